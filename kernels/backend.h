@@ -1,0 +1,141 @@
+// The numeric core's interface: every op the models, objectives and optimizer
+// need, with a Forward and a Backward where training needs one. The model and the
+// training loop are written once against this interface; kernels/cpu implements it
+// in fp32 (the reference), kernels/cuda on the GPU.
+//
+// Conventions shared by every op:
+// - Pointers are to backend memory (host memory for the CPU backend), row-major.
+// - A batch is a set of sequences packed back to back without padding: N rows in
+//   all, sequence s occupying rows [spans[s].start, spans[s].start + spans[s].len).
+//   Attention never crosses a sequence boundary.
+// - Every Backward *accumulates* (+=) into its gradient outputs, parameters and
+//   activations alike, so gradient accumulation and residual branches need no
+//   extra adds; callers zero gradient buffers where a fresh value is wanted.
+// - A null gradient output pointer means that gradient is not needed.
+#ifndef PREFOPT_KERNELS_BACKEND_H_
+#define PREFOPT_KERNELS_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace prefopt::kernels {
+
+// One sequence inside a packed batch.
+struct SeqSpan {
+  int start;  // first row
+  int len;    // number of rows (tokens)
+};
+
+// Hyper-parameters of one AdamW step over one tensor.
+struct AdamWParams {
+  float lr;
+  float beta1;
+  float beta2;
+  float eps;
+  float weight_decay;  // decoupled: p -= lr * weight_decay * p
+  int step;            // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string Name() const = 0;
+
+  // ---- memory ----
+  // Allocates n floats (uninitialized). Freed with Free.
+  virtual float* Alloc(size_t n) = 0;
+  virtual void Free(float* p) = 0;
+  virtual void Zero(float* p, size_t n) = 0;
+  virtual void CopyToDevice(float* dst, const float* host_src, size_t n) = 0;
+  virtual void CopyToHost(float* host_dst, const float* src, size_t n) = 0;
+
+  // ---- embeddings ----
+  // out[n,:] = wte[ids[n],:] + (wpe ? wpe[pos[n],:] : 0). ids/pos are host arrays.
+  virtual void EmbeddingForward(float* out, const int32_t* ids,
+                                const int32_t* pos, const float* wte,
+                                const float* wpe, int N, int C) = 0;
+  virtual void EmbeddingBackward(float* dwte, float* dwpe, const float* dout,
+                                 const int32_t* ids, const int32_t* pos, int N,
+                                 int C) = 0;
+
+  // ---- normalization ----
+  // out = (inp - mean) * rstd * weight + bias, over the last dim C.
+  // mean[N], rstd[N] are saved for Backward. bias may be null.
+  virtual void LayerNormForward(float* out, float* mean, float* rstd,
+                                const float* inp, const float* weight,
+                                const float* bias, int N, int C,
+                                float eps) = 0;
+  virtual void LayerNormBackward(float* dinp, float* dweight, float* dbias,
+                                 const float* dout, const float* inp,
+                                 const float* weight, const float* mean,
+                                 const float* rstd, int N, int C) = 0;
+
+  // ---- dense layers ----
+  // out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias is non-null).
+  virtual void MatmulForward(float* out, const float* inp,
+                             const float* weight, const float* bias, int N,
+                             int C, int OC) = 0;
+  virtual void MatmulBackward(float* dinp, float* dweight, float* dbias,
+                              const float* dout, const float* inp,
+                              const float* weight, int N, int C, int OC) = 0;
+
+  // ---- activations and residuals ----
+  // GELU, tanh approximation (GPT-2's "gelu_new").
+  virtual void GeluForward(float* out, const float* inp, size_t n) = 0;
+  virtual void GeluBackward(float* dinp, const float* inp, const float* dout,
+                            size_t n) = 0;
+  // out = a + b.
+  virtual void Add(float* out, const float* a, const float* b, size_t n) = 0;
+  // y += alpha * x.
+  virtual void Axpy(float* y, float alpha, const float* x, size_t n) = 0;
+
+  // ---- attention ----
+  // Causal multi-head attention with grouped KV heads (NKV divides NH; GPT-2 has
+  // NKV == NH). qkv[N, (NH + 2*NKV)*hs] holds, per row, the NH query heads, then
+  // the NKV key heads, then the NKV value heads, each hs wide.
+  // out[N, NH*hs]. Scale 1/sqrt(hs).
+  // probs: saved softmax probabilities for Backward, AttentionProbsSize() floats.
+  virtual size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
+                                    int NH) const = 0;
+  virtual void AttentionForward(float* out, float* probs, const float* qkv,
+                                const SeqSpan* spans, int num_seqs, int NH,
+                                int NKV, int hs) = 0;
+  virtual void AttentionBackward(float* dqkv, const float* dout,
+                                 const float* qkv, const float* probs,
+                                 const SeqSpan* spans, int num_seqs, int NH,
+                                 int NKV, int hs) = 0;
+
+  // ---- chunked output layer (objectives.md §7) ----
+  // For rows h[N,C] and the output embedding wout[V,C], the logits of a row are
+  // z = wout @ h[n]. The full [N,V] logits are never held: rows are processed
+  // `chunk` at a time through `chunk_buf` (chunk*V floats).
+  //
+  // Pass 1 writes, per row: lse[n] = logsumexp(z), logp[n] = z[labels[n]] - lse,
+  // logit_sum[n] = sum_v z[v] (for the logits/* metrics), and
+  // correct[n] = 1 if argmax(z) == labels[n] else 0.
+  virtual void OutputForward(float* lse, float* logp, float* logit_sum,
+                             int32_t* correct, const float* h,
+                             const float* wout, const int32_t* labels, int N,
+                             int C, int V, float* chunk_buf, int chunk) = 0;
+  // Pass 2: with the per-row coefficient coef[n] (objectives.md's G_t),
+  // dz[n,v] = coef[n] * (softmax(z)[v] - 1[v == labels[n]]); then
+  // dh += dz @ wout and dwout += dz^T @ h. Rows with coef == 0 may be skipped.
+  virtual void OutputBackward(float* dh, float* dwout, const float* h,
+                              const float* wout, const int32_t* labels,
+                              const float* lse, const float* coef, int N,
+                              int C, int V, float* chunk_buf, int chunk) = 0;
+
+  // ---- optimizer ----
+  // Sum of squares of x[0..n), accumulated in double.
+  virtual double SumSquares(const float* x, size_t n) = 0;
+  virtual void Scale(float* x, float alpha, size_t n) = 0;
+  // One AdamW step: m, v are the moment buffers (fp32), p the master weights.
+  virtual void AdamW(float* p, const float* grad, float* m, float* v, size_t n,
+                     const AdamWParams& hp) = 0;
+};
+
+}  // namespace prefopt::kernels
+
+#endif  // PREFOPT_KERNELS_BACKEND_H_
