@@ -1,0 +1,108 @@
+// The prefopt command. Every rank of an mpirun/srun job runs this same binary.
+//
+//   prefopt train --config=run.textproto [--set=field.path=value ...]
+//                 [--run_dir=DIR]
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "trainer/config/config_loader.h"
+#include "trainer/loop/trainer.h"
+
+namespace prefopt {
+namespace {
+
+constexpr char kUsage[] =
+    "usage:\n"
+    "  prefopt train --config=FILE [--set=field.path=value ...] "
+    "[--run_dir=DIR]\n"
+    "\n"
+    "  --config    a TrainConfig in protobuf text format (see "
+    "proto/config.proto)\n"
+    "  --set       override one config field, e.g. "
+    "--set=optimizer.lr=5e-7 (repeatable)\n"
+    "  --run_dir   where the resolved config, metrics.jsonl and caches go "
+    "(overrides run_dir)\n";
+
+struct TrainFlags {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string run_dir;
+};
+
+absl::Status ParseTrainFlags(int argc, char** argv, TrainFlags* flags) {
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    auto value_of = [&](std::string_view name, std::string* out) {
+      const std::string prefix = absl::StrCat("--", name, "=");
+      if (!absl::StartsWith(arg, prefix)) return false;
+      *out = std::string(arg.substr(prefix.size()));
+      return true;
+    };
+    std::string v;
+    if (value_of("config", &flags->config) ||
+        value_of("run_dir", &flags->run_dir)) {
+      continue;
+    }
+    if (value_of("set", &v)) {
+      flags->overrides.push_back(v);
+      continue;
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown argument \"", arg, "\" (flags take the form --name=value)"));
+  }
+  if (flags->config.empty()) {
+    return absl::InvalidArgumentError("--config=FILE is required");
+  }
+  return absl::OkStatus();
+}
+
+int Train(int argc, char** argv) {
+  TrainFlags flags;
+  absl::Status s = ParseTrainFlags(argc, argv, &flags);
+  if (!s.ok()) {
+    std::cerr << "prefopt train: " << s.message() << "\n\n" << kUsage;
+    return 2;
+  }
+  if (!flags.run_dir.empty()) {
+    flags.overrides.push_back(absl::StrCat("run_dir=", flags.run_dir));
+  }
+  auto config = config::LoadTrainConfig(flags.config, flags.overrides);
+  if (!config.ok()) {
+    std::cerr << "prefopt train: " << config.status().message() << "\n";
+    return 2;
+  }
+  auto trainer = loop::Trainer::Create(*config, std::cout);
+  if (!trainer.ok()) {
+    std::cerr << "prefopt train: " << trainer.status().message() << "\n";
+    return 1;
+  }
+  s = (*trainer)->Run();
+  if (!s.ok()) {
+    std::cerr << "prefopt train: " << s.message() << "\n";
+    return 1;
+  }
+  std::cout << "done: " << (*trainer)->steps_done() << " steps; metrics in "
+            << config->run_dir() << "/metrics.jsonl\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace prefopt
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string_view(argv[1]) == "--help" ||
+      std::string_view(argv[1]) == "help") {
+    std::cout << prefopt::kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string_view command = argv[1];
+  if (command == "train") return prefopt::Train(argc, argv);
+  std::cerr << "prefopt: unknown command \"" << command << "\"\n\n"
+            << prefopt::kUsage;
+  return 2;
+}

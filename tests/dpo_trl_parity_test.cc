@@ -1,0 +1,158 @@
+// DPO against TRL 0.28 (tests/fixtures/gpt2/dpo_*.json, train_10_steps.json):
+// the loss and TRL's metrics of every loss type on one batch of six pairs, the
+// policy gradients, and ten AdamW steps with clipping and a warm-up schedule,
+// all through the same Trainer that `prefopt train` runs.
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gtest/gtest.h"
+#include "tests/fixture_util.h"
+#include "trainer/config/config_loader.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/loop/trainer.h"
+
+namespace prefopt {
+namespace {
+
+using testing::RelativeL2;
+using testing::TensorInHfLayout;
+using testing::WorkspacePath;
+
+nlohmann::json ReadJson(const std::string& name) {
+  nlohmann::json j;
+  std::ifstream(WorkspacePath("tests/fixtures/gpt2/" + name)) >> j;
+  return j;
+}
+
+struct Case {
+  const char* name;
+  const char* loss_type;
+  double beta;
+  double label_smoothing;
+  bool has_grads;
+};
+
+std::string ConfigText(const Case& c, const std::string& run_dir) {
+  const std::string dir = WorkspacePath("tests/fixtures/gpt2");
+  return absl::StrCat(
+      "model { hf_path: '", dir, "/policy' reference_hf_path: '", dir,
+      "/reference' }\n", "data { train_files: '", dir,
+      "/pairs.jsonl' max_length: 64 }\n", "objective { dpo { beta: ", c.beta,
+      " loss_type: ", c.loss_type, " label_smoothing: ", c.label_smoothing,
+      " } }\n",
+      "optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }\n",
+      "schedule { kind: LINEAR warmup_steps: 2 }\n",
+      "batch { micro_batch_size: 2 global_batch_size: 6 }\n",
+      "max_steps: 10\nseed: 1\nrun_dir: '", run_dir, "'\n");
+}
+
+std::unique_ptr<loop::Trainer> MakeTrainer(const Case& c) {
+  const std::string run_dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/run_", c.name);
+  const std::string path = testing::WriteTempFile(
+      absl::StrCat(c.name, ".textproto"), ConfigText(c, run_dir));
+  auto config = config::LoadTrainConfig(path, {});
+  EXPECT_TRUE(config.ok()) << config.status();
+  std::ostringstream log;
+  auto trainer = loop::Trainer::Create(*config, log);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  return *std::move(trainer);
+}
+
+void ExpectClose(double ours, double theirs, const std::string& what,
+                 double rel = 1e-4, double abs = 1e-6) {
+  EXPECT_NEAR(ours, theirs, std::max(abs, rel * std::abs(theirs))) << what;
+}
+
+class DpoTrlParity : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DpoTrlParity, LossMetricsAndGradientsMatchTrl) {
+  const Case& c = GetParam();
+  const nlohmann::json expected =
+      ReadJson(absl::StrCat("dpo_", c.name, ".json"));
+  auto trainer = MakeTrainer(c);
+  ASSERT_EQ(trainer->dataset().pairs.size(), 6u);
+
+  // Reference log-probs (TRL's are summed, or length-averaged for IPO).
+  const auto& per_pair = expected["per_pair"];
+  for (int i = 0; i < 6; ++i) {
+    const double kw = per_pair["chosen_response_tokens"][i].get<double>();
+    const double kl = per_pair["rejected_response_tokens"][i].get<double>();
+    const bool averaged = std::string(c.loss_type) == "IPO";
+    ExpectClose(trainer->references()[i].chosen / (averaged ? kw : 1.0),
+                per_pair["reference_chosen_logps"][i].get<double>(),
+                absl::StrCat("reference chosen logp of pair ", i));
+    ExpectClose(trainer->references()[i].rejected / (averaged ? kl : 1.0),
+                per_pair["reference_rejected_logps"][i].get<double>(),
+                absl::StrCat("reference rejected logp of pair ", i));
+  }
+
+  std::vector<int> all(6);
+  std::iota(all.begin(), all.end(), 0);
+  std::map<std::string, double> m = trainer->ForwardBackward(all);
+  ExpectClose(m["loss"], expected["loss"].get<double>(), "loss");
+  for (const auto& [name, value] : expected["metrics"].items()) {
+    ASSERT_TRUE(m.count(name)) << "missing metric " << name;
+    ExpectClose(m[name], value.get<double>(), name);
+  }
+
+  if (!c.has_grads) return;
+  auto grads = io::SafetensorsFile::Open(WorkspacePath(
+      absl::StrCat("tests/fixtures/gpt2/dpo_", c.name, "_grads.safetensors")));
+  ASSERT_TRUE(grads.ok()) << grads.status();
+  const model::Decoder& policy = trainer->policy();
+  for (const model::ParamTensor& t : policy.layout().tensors()) {
+    auto ref = grads->ReadFloat("grad." + t.name);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    EXPECT_LT(RelativeL2(TensorInHfLayout(t, policy.grads()), *ref), 1e-4)
+        << "gradient of " << t.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllLossTypes, DpoTrlParity,
+    ::testing::Values(Case{"sigmoid", "SIGMOID", 0.1, 0.0, true},
+                      Case{"cdpo", "SIGMOID", 0.1, 0.1, false},
+                      Case{"ipo", "IPO", 0.1, 0.0, true},
+                      Case{"hinge", "HINGE", 0.1, 0.0, false},
+                      Case{"robust", "ROBUST", 0.1, 0.1, true},
+                      Case{"sigmoid_beta05", "SIGMOID", 0.5, 0.0, false}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(info.param.name);
+    });
+
+TEST(DpoTraining, TenAdamWStepsMatchTorch) {
+  const nlohmann::json expected = ReadJson("train_10_steps.json");
+  auto trainer = MakeTrainer({"train10", "SIGMOID", 0.1, 0.0, false});
+  ASSERT_EQ(trainer->total_steps(), 10);
+  for (int step = 0; step < 10; ++step) {
+    auto m = trainer->Step();
+    ASSERT_TRUE(m.ok()) << m.status();
+    const auto& e = expected["steps"][step];
+    const std::string at = absl::StrCat(" at step ", step);
+    ExpectClose((*m)["loss"], e["loss"].get<double>(), "loss" + at);
+    ExpectClose((*m)["grad_norm"], e["grad_norm"].get<double>(),
+                "grad_norm" + at);
+    ExpectClose((*m)["lr"], e["lr"].get<double>(), "lr" + at, 1e-6, 1e-12);
+    ExpectClose((*m)["rewards/margins"], e["rewards/margins"].get<double>(),
+                "rewards/margins" + at, 1e-3);
+  }
+  auto final_weights = io::SafetensorsFile::Open(
+      WorkspacePath("tests/fixtures/gpt2/train_10_steps_final.safetensors"));
+  ASSERT_TRUE(final_weights.ok()) << final_weights.status();
+  const model::Decoder& policy = trainer->policy();
+  for (const model::ParamTensor& t : policy.layout().tensors()) {
+    auto ref = final_weights->ReadFloat(t.name);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    EXPECT_LT(RelativeL2(TensorInHfLayout(t, policy.params()), *ref), 1e-5)
+        << "weights of " << t.name << " after 10 steps";
+  }
+}
+
+}  // namespace
+}  // namespace prefopt

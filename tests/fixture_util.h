@@ -1,0 +1,31 @@
+// Helpers for tests that compare against the committed reference fixtures
+// (tests/fixtures/, produced by transformers and TRL).
+#ifndef PREFOPT_TESTS_FIXTURE_UTIL_H_
+#define PREFOPT_TESTS_FIXTURE_UTIL_H_
+
+#include <string>
+#include <vector>
+
+#include "trainer/model/decoder.h"
+#include "trainer/model/param_layout.h"
+
+namespace prefopt::testing {
+
+// Absolute path of a file under the workspace root (tests run there).
+std::string WorkspacePath(const std::string& relative);
+
+// A tensor of the decoder's buffer `base` (params or grads), converted to the
+// Hugging Face layout (Conv1D weights transposed back to [in, out]).
+std::vector<float> TensorInHfLayout(const model::ParamTensor& t,
+                                    const float* base);
+
+// ||a − b|| / max(||b||, tiny): the per-tensor relative error used for
+// gradients and weights.
+double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
+
+// Writes `text` to a fresh file under TEST_TMPDIR and returns its path.
+std::string WriteTempFile(const std::string& name, const std::string& text);
+
+}  // namespace prefopt::testing
+
+#endif  // PREFOPT_TESTS_FIXTURE_UTIL_H_

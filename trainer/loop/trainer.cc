@@ -1,0 +1,308 @@
+#include "trainer/loop/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <ostream>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "trainer/config/config_loader.h"
+#include "trainer/io/atomic_file.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/weight_store.h"
+#include "trainer/reference/reference_logps.h"
+#include "trainer/util/rng.h"
+
+namespace prefopt::loop {
+
+io::ModelSpec SpecFromConfig(const ModelConfig& m) {
+  io::ModelSpec spec;
+  spec.arch = io::ModelSpec::Arch::kGpt2;
+  spec.vocab_size = m.vocab_size();
+  spec.max_positions = m.n_positions();
+  spec.hidden = m.n_embd();
+  spec.n_layer = m.n_layer();
+  spec.n_head = m.n_head();
+  spec.n_kv_head = m.n_head();
+  spec.head_dim = m.n_embd() / m.n_head();
+  spec.intermediate = 4 * m.n_embd();
+  spec.norm_eps = 1e-5f;
+  spec.tie_word_embeddings = true;
+  spec.activation = "gelu_new";
+  return spec;
+}
+
+Trainer::Trainer(const TrainConfig& config, std::ostream& log)
+    : config_(config), log_(log) {}
+
+Trainer::~Trainer() = default;
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
+    const TrainConfig& config, std::ostream& log) {
+  std::unique_ptr<Trainer> t(new Trainer(config, log));
+  absl::Status s = t->Init();
+  if (!s.ok()) return s;
+  return t;
+}
+
+absl::Status Trainer::Init() {
+  const std::string& run_dir = config_.run_dir();
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat(
+        run_dir, ": cannot create the run directory: ", ec.message()));
+  }
+  absl::Status s = io::WriteFileAtomically(run_dir + "/config.textproto",
+                                           config::ResolvedConfigText(config_));
+  if (!s.ok()) return s;
+
+  backend_ = std::make_unique<kernels::CpuBackend>();
+  const ModelConfig& mc = config_.model();
+  std::optional<io::WeightStore> store;
+  if (!mc.hf_path().empty()) {
+    auto spec = io::ReadHfConfig(mc.hf_path());
+    if (!spec.ok()) return spec.status();
+    spec_ = *spec;
+    auto opened = io::WeightStore::Open(mc.hf_path());
+    if (!opened.ok()) return opened.status();
+    store.emplace(*std::move(opened));
+  } else {
+    spec_ = SpecFromConfig(mc);
+  }
+
+  const DataConfig& dc = config_.data();
+  data::TruncationOptions trunc;
+  trunc.max_length = dc.max_length();
+  trunc.max_prompt_length = dc.max_prompt_length();
+  trunc.mode = dc.truncation_mode();
+  auto ds = data::ReadPreferenceJsonl(
+      {dc.train_files().begin(), dc.train_files().end()}, spec_.vocab_size,
+      trunc);
+  if (!ds.ok()) return ds.status();
+  dataset_ = *std::move(ds);
+  log_ << "data: " << dataset_.pairs.size() << " pairs";
+  if (dataset_.truncated > 0)
+    log_ << ", " << dataset_.truncated << " truncated";
+  if (dataset_.dropped_too_long > 0) {
+    log_ << ", " << dataset_.dropped_too_long
+         << " dropped (prompt leaves no room within max_length)";
+  }
+  log_ << "\n";
+  if (dataset_.identical_responses > 0) {
+    log_ << "warning: " << dataset_.identical_responses
+         << " pairs have identical chosen and rejected responses\n";
+  }
+
+  const int mb = config_.batch().micro_batch_size();
+  model::Capacity cap;
+  cap.max_seq_len = data::MaxSequenceLength(dataset_.pairs);
+  cap.max_seqs = 2 * mb;
+  cap.max_rows = cap.max_seqs * cap.max_seq_len;
+  auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
+  if (!policy.ok()) return policy.status();
+  policy_ = *std::move(policy);
+  if (store.has_value()) {
+    s = policy_->LoadHf(*store);
+    if (!s.ok()) return s;
+  } else {
+    policy_->InitRandom(config_.seed(), mc.init_std());
+  }
+
+  auto dpo = objectives::DpoObjective::Create(config_.objective().dpo(),
+                                              spec_.vocab_size);
+  if (!dpo.ok()) return dpo.status();
+  dpo_.emplace(*std::move(dpo));
+
+  s = BuildReferences();
+  if (!s.ok()) return s;
+
+  output_ = std::make_unique<objectives::ChunkedOutputLayer>(
+      backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
+      config_.output_chunk_tokens());
+  optimizer_ = std::make_unique<optim::AdamWOptimizer>(
+      backend_.get(), policy_->layout(), config_.optimizer());
+
+  global_batch_ = config_.batch().global_batch_size();
+  const int n = static_cast<int>(dataset_.pairs.size());
+  steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
+  total_steps_ = config_.max_steps() > 0
+                     ? config_.max_steps()
+                     : config_.num_epochs() * steps_per_epoch_;
+  auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
+  if (!metrics.ok()) return metrics.status();
+  metrics_log_.emplace(*std::move(metrics));
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::BuildReferences() {
+  const ModelConfig& mc = config_.model();
+  io::ModelSpec ref_spec = spec_;
+  std::optional<io::WeightStore> ref_store;
+  if (!mc.reference_hf_path().empty()) {
+    auto spec = io::ReadHfConfig(mc.reference_hf_path());
+    if (!spec.ok()) return spec.status();
+    if (spec->vocab_size != spec_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.reference_hf_path: the reference vocabulary (",
+                       spec->vocab_size, ") differs from the policy's (",
+                       spec_.vocab_size, ")"));
+    }
+    ref_spec = *spec;
+    auto opened = io::WeightStore::Open(mc.reference_hf_path());
+    if (!opened.ok()) return opened.status();
+    ref_store.emplace(*std::move(opened));
+  }
+  // The frozen reference lives only for this pass; training holds no second
+  // model (objectives.md §6).
+  auto ref = model::Decoder::Create(ref_spec, backend_.get(),
+                                    policy_->capacity(), false);
+  if (!ref.ok()) return ref.status();
+  model::Decoder& reference = **ref;
+  if (ref_store.has_value()) {
+    absl::Status s = reference.LoadHf(*ref_store);
+    if (!s.ok()) return s;
+  } else {
+    std::vector<float> host(policy_->layout().total());
+    backend_->CopyToHost(host.data(), policy_->params(), host.size());
+    backend_->CopyToDevice(reference.params(), host.data(), host.size());
+  }
+  auto result = reference::ComputePairReferences(
+      reference, dataset_.pairs, config_.batch().micro_batch_size(),
+      config_.output_chunk_tokens(), config_.run_dir() + "/reference_cache",
+      nullptr);
+  if (!result.ok()) return result.status();
+  if (!result->rebuilt_because.empty()) {
+    log_ << "reference cache " << result->cache_path
+         << " was rebuilt: " << result->rebuilt_because << "\n";
+  }
+  log_ << "reference log-probs: "
+       << (result->loaded_from_cache ? "loaded from " : "computed into ")
+       << result->cache_path << "\n";
+  references_ = std::move(result->values);
+  return absl::OkStatus();
+}
+
+std::vector<int> Trainer::GlobalBatch(int step) {
+  const int n = static_cast<int>(dataset_.pairs.size());
+  const int epoch = step / steps_per_epoch_;
+  const int index = step % steps_per_epoch_;
+  if (epoch_order_for_ != epoch) {
+    epoch_order_.resize(n);
+    std::iota(epoch_order_.begin(), epoch_order_.end(), 0);
+    if (config_.data().shuffle()) {
+      // Fisher-Yates with a generator derived from (seed, epoch), so any
+      // epoch's order can be recreated on resume without replaying the others.
+      util::Rng rng(config_.seed() * 0x9E3779B97F4A7C15ull + epoch + 1);
+      for (int i = n - 1; i > 0; --i) {
+        std::swap(epoch_order_[i], epoch_order_[rng.Below(i + 1)]);
+      }
+    }
+    epoch_order_for_ = epoch;
+  }
+  const int begin = index * global_batch_;
+  const int end = std::min(n, begin + global_batch_);
+  return std::vector<int>(epoch_order_.begin() + begin,
+                          epoch_order_.begin() + end);
+}
+
+std::map<std::string, double> Trainer::ForwardBackward(
+    const std::vector<int>& indices) {
+  // Every micro-batch's contribution is scaled by the global pair count, so
+  // the update is independent of the micro-batch size (objectives.md §0).
+  const double inv_global_pairs = 1.0 / static_cast<double>(indices.size());
+  const int mb = config_.batch().micro_batch_size();
+  const int C = spec_.hidden;
+  objectives::MetricSums sums;
+  int64_t tokens = 0;
+
+  for (size_t begin = 0; begin < indices.size(); begin += mb) {
+    const int n =
+        static_cast<int>(std::min<size_t>(mb, indices.size() - begin));
+    data::BuildPairBatch(dataset_.pairs, indices.data() + begin, n, &batch_);
+    tokens += batch_.packed.rows();
+    const float* hidden = policy_->Forward(batch_.packed);
+    const std::vector<objectives::SequenceScores> scores =
+        output_->Forward(hidden, policy_->output_embedding(),
+                         batch_.packed.tokens.data(), batch_.segments);
+    coef_.clear();
+    for (int i = 0; i < n; ++i) {
+      const objectives::DpoPairGradient g =
+          dpo_->Pair(scores[2 * i], scores[2 * i + 1],
+                     references_[indices[begin + i]], &sums);
+      // The kernel writes G_t·(softmax − onehot) = −∂loss/∂ℓ_t · ∂ℓ_t/∂z.
+      coef_.insert(
+          coef_.end(), scores[2 * i].tokens,
+          static_cast<float>(-g.dloss_dlogp_chosen * inv_global_pairs));
+      coef_.insert(
+          coef_.end(), scores[2 * i + 1].tokens,
+          static_cast<float>(-g.dloss_dlogp_rejected * inv_global_pairs));
+    }
+    backend_->Zero(policy_->dhidden(),
+                   static_cast<size_t>(batch_.packed.rows()) * C);
+    output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
+                      hidden, policy_->output_embedding(),
+                      batch_.packed.tokens.data(), batch_.segments, coef_);
+    policy_->Backward(batch_.packed);
+  }
+  std::map<std::string, double> m = sums.Means();
+  m["tokens"] = static_cast<double>(tokens);
+  return m;
+}
+
+absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::map<std::string, double> m = ForwardBackward(GlobalBatch(step_));
+  const double tokens = m["tokens"];
+  m.erase("tokens");
+  if (!std::isfinite(m["loss"])) {
+    return absl::InternalError(absl::StrCat(
+        "step ", step_ + 1, ": the loss is not finite (", m["loss"],
+        "); lower the learning rate or check the data"));
+  }
+  const double grad_norm = optimizer_->ClipGradients(policy_->grads());
+  if (!std::isfinite(grad_norm)) {
+    return absl::InternalError(
+        absl::StrCat("step ", step_ + 1, ": the gradient norm is not finite"));
+  }
+  const double lr = optim::ScheduledLearningRate(
+      config_.schedule(), config_.optimizer().lr(), step_, total_steps_);
+  optimizer_->Step(policy_->params(), policy_->grads(), static_cast<float>(lr));
+  backend_->Zero(policy_->grads(), policy_->layout().total());
+  ++step_;
+
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  m["grad_norm"] = grad_norm;
+  m["lr"] = lr;
+  m["epoch"] = static_cast<double>(step_) / steps_per_epoch_;
+  m["tokens_per_second"] = seconds > 0 ? tokens / seconds : 0.0;
+  return m;
+}
+
+absl::Status Trainer::Run() {
+  const int log_every = config_.log_every_steps();
+  while (step_ < total_steps_) {
+    auto m = Step();
+    if (!m.ok()) return m.status();
+    if (step_ % log_every == 0 || step_ == total_steps_) {
+      absl::Status s = metrics_log_->Write(step_, *m);
+      if (!s.ok()) return s;
+      log_ << absl::StrFormat(
+          "step %d/%d  loss %.4f  reward_acc %.3f  margin %.4f  lr %.3g  "
+          "grad_norm %.3f  %.0f tok/s\n",
+          step_, total_steps_, (*m)["loss"], (*m)["rewards/accuracies"],
+          (*m)["rewards/margins"], (*m)["lr"], (*m)["grad_norm"],
+          (*m)["tokens_per_second"]);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace prefopt::loop

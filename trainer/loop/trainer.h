@@ -1,0 +1,93 @@
+// The training loop of one run: data → policy forward → chunked output layer
+// and objective → backward → clip → AdamW, with global-batch semantics
+// (objectives.md §0) and metrics.jsonl. design.md's "flow of one step" is
+// Trainer::Step.
+#ifndef PREFOPT_TRAINER_LOOP_TRAINER_H_
+#define PREFOPT_TRAINER_LOOP_TRAINER_H_
+
+#include <cstdint>
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "proto/config.pb.h"
+#include "trainer/data/pair_batch.h"
+#include "trainer/data/preference_data.h"
+#include "trainer/metrics/metrics_log.h"
+#include "trainer/model/decoder.h"
+#include "trainer/objectives/dpo.h"
+#include "trainer/objectives/output_layer.h"
+#include "trainer/optim/optimizer.h"
+
+namespace prefopt::loop {
+
+class Trainer {
+ public:
+  // Prepares a run from a validated config: creates run_dir (writing the
+  // resolved config there), reads the data, builds the policy (loaded or
+  // initialized) and the reference log-probs (cached), and the optimizer.
+  // Progress and notices go to `log`.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(
+      const TrainConfig& config, std::ostream& log);
+  ~Trainer();
+
+  // Runs every remaining step, logging to metrics.jsonl.
+  absl::Status Run();
+
+  // One optimizer step over the next global batch. Returns the step's
+  // metrics (loss, lr, grad_norm, TRL's DPO metrics, tokens_per_second).
+  absl::StatusOr<std::map<std::string, double>> Step();
+
+  // Forward and backward over the pairs `indices` as one global batch,
+  // accumulating into the policy's gradients (no update). Returns the batch's
+  // metrics and "tokens", the rows processed.
+  std::map<std::string, double> ForwardBackward(
+      const std::vector<int>& indices);
+
+  int total_steps() const { return total_steps_; }
+  int steps_done() const { return step_; }
+  const model::Decoder& policy() const { return *policy_; }
+  const data::PreferenceDataset& dataset() const { return dataset_; }
+  const std::vector<objectives::PairReference>& references() const {
+    return references_;
+  }
+
+ private:
+  Trainer(const TrainConfig& config, std::ostream& log);
+  absl::Status Init();
+  absl::Status BuildReferences();
+  // Indices of the pairs of global batch `step`.
+  std::vector<int> GlobalBatch(int step);
+
+  TrainConfig config_;
+  std::ostream& log_;
+  std::unique_ptr<kernels::Backend> backend_;
+  io::ModelSpec spec_;
+  data::PreferenceDataset dataset_;
+  std::vector<objectives::PairReference> references_;
+  std::unique_ptr<model::Decoder> policy_;
+  std::unique_ptr<objectives::ChunkedOutputLayer> output_;
+  std::optional<objectives::DpoObjective> dpo_;
+  std::unique_ptr<optim::AdamWOptimizer> optimizer_;
+  std::optional<metrics::MetricsLog> metrics_log_;
+  data::PairBatch batch_;
+  std::vector<float> coef_;
+  int global_batch_ = 0;
+  int steps_per_epoch_ = 0;
+  int total_steps_ = 0;
+  int step_ = 0;
+  int epoch_order_for_ = -1;
+  std::vector<int> epoch_order_;
+};
+
+// The ModelSpec of a from-scratch model described by the config's sizes.
+io::ModelSpec SpecFromConfig(const ModelConfig& model);
+
+}  // namespace prefopt::loop
+
+#endif  // PREFOPT_TRAINER_LOOP_TRAINER_H_

@@ -1,0 +1,58 @@
+#include "trainer/metrics/metrics_log.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace prefopt::metrics {
+
+std::string MetricsJsonLine(int64_t step,
+                            const std::map<std::string, double>& values) {
+  std::string line = absl::StrCat("{\"step\": ", step);
+  for (const auto& [name, value] : values) {
+    // Metric names are ours (letters, digits, '/', '_'): no escaping needed.
+    absl::StrAppend(&line, ", \"", name, "\": ");
+    if (std::isfinite(value)) {
+      absl::StrAppendFormat(&line, "%.9g", value);
+    } else {
+      absl::StrAppend(&line, "null");
+    }
+  }
+  line += "}";
+  return line;
+}
+
+absl::StatusOr<MetricsLog> MetricsLog::Open(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) {
+    return absl::InternalError(absl::StrCat(
+        path, ": cannot open for writing: ", std::strerror(errno)));
+  }
+  return MetricsLog(path, f);
+}
+
+MetricsLog::MetricsLog(MetricsLog&& other) noexcept
+    : path_(std::move(other.path_)), f_(other.f_) {
+  other.f_ = nullptr;
+}
+
+MetricsLog::~MetricsLog() {
+  if (f_ != nullptr) std::fclose(f_);
+}
+
+absl::Status MetricsLog::Write(int64_t step,
+                               const std::map<std::string, double>& values) {
+  const std::string line = MetricsJsonLine(step, values) + "\n";
+  if (std::fwrite(line.data(), 1, line.size(), f_) != line.size() ||
+      std::fflush(f_) != 0) {
+    return absl::InternalError(
+        absl::StrCat(path_, ": write failed: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace prefopt::metrics

@@ -1,0 +1,97 @@
+#include "trainer/objectives/dpo.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace prefopt::objectives {
+
+double Softplus(double x) {
+  return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x)));
+}
+
+double Sigmoid(double x) {
+  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
+  const double e = std::exp(x);
+  return e / (1.0 + e);
+}
+
+absl::StatusOr<DpoObjective> DpoObjective::Create(const DpoConfig& config,
+                                                  int vocab_size) {
+  if (!(config.beta() > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective.dpo.beta: must be > 0, got ", config.beta()));
+  }
+  const double eps = config.label_smoothing();
+  if (eps < 0 || eps >= 0.5) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective.dpo.label_smoothing: must be in [0, 0.5), got ", eps));
+  }
+  return DpoObjective(config.beta(), config.loss_type(), eps, vocab_size);
+}
+
+DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
+                                   const SequenceScores& rejected,
+                                   const PairReference& ref,
+                                   MetricSums* sums) const {
+  // IPO works on length-averaged log-probs (TRL does the same, and reports its
+  // metrics from the averaged values too).
+  const bool averaged = loss_type_ == DpoConfig::IPO;
+  const double kw = chosen.tokens, kl = rejected.tokens;
+  const double nw = averaged ? kw : 1.0, nl = averaged ? kl : 1.0;
+  const double lw = chosen.logp / nw, ll = rejected.logp / nl;
+  const double ref_w = ref.chosen / nw, ref_l = ref.rejected / nl;
+  const double chosen_ratio = lw - ref_w;
+  const double rejected_ratio = ll - ref_l;
+  const double delta = chosen_ratio - rejected_ratio;
+  const double u = beta_ * delta;
+
+  double loss = 0, dloss_ddelta = 0;
+  switch (loss_type_) {
+    case DpoConfig::SIGMOID:
+      loss = (1 - eps_) * Softplus(-u) + eps_ * Softplus(u);
+      dloss_ddelta = beta_ * (-(1 - eps_) * Sigmoid(-u) + eps_ * Sigmoid(u));
+      break;
+    case DpoConfig::HINGE:
+      loss = std::max(0.0, 1.0 - u);
+      dloss_ddelta = u < 1.0 ? -beta_ : 0.0;
+      break;
+    case DpoConfig::IPO: {
+      const double d = delta - 1.0 / (2.0 * beta_);
+      loss = d * d;
+      dloss_ddelta = 2.0 * d;
+      break;
+    }
+    case DpoConfig::ROBUST:
+      loss = ((1 - eps_) * Softplus(-u) - eps_ * Softplus(u)) / (1 - 2 * eps_);
+      dloss_ddelta = beta_ * (-(1 - eps_) * Sigmoid(-u) - eps_ * Sigmoid(u)) /
+                     (1 - 2 * eps_);
+      break;
+    default:
+      break;
+  }
+
+  const double reward_w = beta_ * chosen_ratio;
+  const double reward_l = beta_ * rejected_ratio;
+  sums->Add("loss", loss);
+  sums->Add("rewards/chosen", reward_w);
+  sums->Add("rewards/rejected", reward_l);
+  sums->Add("rewards/margins", reward_w - reward_l);
+  sums->Add("rewards/accuracies", reward_w > reward_l ? 1.0 : 0.0);
+  sums->Add("logps/chosen", lw);
+  sums->Add("logps/rejected", ll);
+  sums->Add("logits/chosen", chosen.logit_sum, kw * vocab_);
+  sums->Add("logits/rejected", rejected.logit_sum, kl * vocab_);
+  sums->Add("ranking/accuracy", chosen.logp >= rejected.logp ? 1.0 : 0.0);
+  sums->Add("ranking/accuracy_len_norm",
+            chosen.logp / kw >= rejected.logp / kl ? 1.0 : 0.0);
+
+  DpoPairGradient g;
+  g.loss = loss;
+  g.dloss_dlogp_chosen = dloss_ddelta / nw;
+  g.dloss_dlogp_rejected = -dloss_ddelta / nl;
+  return g;
+}
+
+}  // namespace prefopt::objectives

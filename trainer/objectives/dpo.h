@@ -1,0 +1,59 @@
+// DPO and its variants (objectives.md §1): SIGMOID (cDPO with label
+// smoothing), IPO, HINGE and ROBUST, with TRL's metrics.
+#ifndef PREFOPT_TRAINER_OBJECTIVES_DPO_H_
+#define PREFOPT_TRAINER_OBJECTIVES_DPO_H_
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+#include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/output_layer.h"
+
+namespace prefopt::objectives {
+
+// The reference model's summed response log-probs L̃ of one pair.
+struct PairReference {
+  double chosen = 0;
+  double rejected = 0;
+};
+
+// The loss of one pair and its derivatives w.r.t. every response token's ℓ_t
+// (constant over a sequence's tokens for every DPO variant).
+struct DpoPairGradient {
+  double loss = 0;
+  double dloss_dlogp_chosen = 0;    // ∂loss/∂ℓ_t for each chosen token
+  double dloss_dlogp_rejected = 0;  // ∂loss/∂ℓ_t for each rejected token
+};
+
+class DpoObjective {
+ public:
+  // Validates the config (β > 0, 0 ≤ ε < 0.5 where ε is used).
+  static absl::StatusOr<DpoObjective> Create(const DpoConfig& config,
+                                             int vocab_size);
+
+  // Loss and token derivatives of one pair. `vocab_size` is needed only for
+  // the logits/* metrics. Adds the pair's metrics (TRL's names) to `sums`.
+  DpoPairGradient Pair(const SequenceScores& chosen,
+                       const SequenceScores& rejected, const PairReference& ref,
+                       MetricSums* sums) const;
+
+  double beta() const { return beta_; }
+  DpoConfig::LossType loss_type() const { return loss_type_; }
+
+ private:
+  DpoObjective(double beta, DpoConfig::LossType loss_type, double eps,
+               int vocab_size)
+      : beta_(beta), loss_type_(loss_type), eps_(eps), vocab_(vocab_size) {}
+
+  double beta_;
+  DpoConfig::LossType loss_type_;
+  double eps_;
+  int vocab_;
+};
+
+// log(1 + e^x) without overflow or loss of precision for large |x|.
+double Softplus(double x);
+double Sigmoid(double x);
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_DPO_H_

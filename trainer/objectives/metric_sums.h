@@ -1,0 +1,43 @@
+// Sums of per-example metric values over a global batch, turned into means
+// when the step is logged. Each metric has its own denominator (pairs, tokens,
+// tokens × vocabulary), so a sum travels with its count; summing both across
+// micro-batches and ranks gives global-batch means (objectives.md §0).
+#ifndef PREFOPT_TRAINER_OBJECTIVES_METRIC_SUMS_H_
+#define PREFOPT_TRAINER_OBJECTIVES_METRIC_SUMS_H_
+
+#include <map>
+#include <string>
+
+namespace prefopt::objectives {
+
+class MetricSums {
+ public:
+  void Add(const std::string& name, double value, double count = 1.0) {
+    Entry& e = entries_[name];
+    e.sum += value;
+    e.count += count;
+  }
+  void Merge(const MetricSums& other) {
+    for (const auto& [name, e] : other.entries_) Add(name, e.sum, e.count);
+  }
+  void Clear() { entries_.clear(); }
+  // name → sum / count, names in sorted order.
+  std::map<std::string, double> Means() const {
+    std::map<std::string, double> out;
+    for (const auto& [name, e] : entries_) {
+      out[name] = e.count > 0 ? e.sum / e.count : 0.0;
+    }
+    return out;
+  }
+
+ private:
+  struct Entry {
+    double sum = 0;
+    double count = 0;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_METRIC_SUMS_H_

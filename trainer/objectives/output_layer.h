@@ -1,0 +1,76 @@
+// The chunked output layer over the response rows of a packed batch
+// (objectives.md §7): pass 1 reduces each response row's logits to its
+// log-prob and summaries; after the objective has turned those into per-row
+// coefficients G_t, pass 2 recomputes the logits and backpropagates
+// G_t·(softmax − onehot) into the hidden states and the output embedding.
+// Prompt rows are never touched.
+#ifndef PREFOPT_TRAINER_OBJECTIVES_OUTPUT_LAYER_H_
+#define PREFOPT_TRAINER_OBJECTIVES_OUTPUT_LAYER_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace prefopt::objectives {
+
+// A run of consecutive rows of a packed batch whose next tokens are response
+// tokens: rows [row, row + count) predict tokens[row + 1 .. row + count].
+// Within one sequence the response rows are always consecutive.
+struct ResponseSegment {
+  int row;
+  int count;
+};
+
+// Per-sequence reductions of pass 1.
+struct SequenceScores {
+  double logp = 0;       // Σ_t ℓ_t over the response tokens
+  int tokens = 0;        // k
+  double logit_sum = 0;  // Σ over response tokens and the vocabulary of z
+  int correct = 0;       // response tokens whose argmax is the label
+};
+
+class ChunkedOutputLayer {
+ public:
+  // max_rows bounds the response rows of one batch; chunk is how many rows
+  // share one [chunk, V] logits buffer.
+  ChunkedOutputLayer(kernels::Backend* backend, int max_rows, int hidden,
+                     int vocab, int chunk);
+  ~ChunkedOutputLayer();
+  ChunkedOutputLayer(const ChunkedOutputLayer&) = delete;
+  ChunkedOutputLayer& operator=(const ChunkedOutputLayer&) = delete;
+
+  // Pass 1 over `segments` (one per sequence) of `hidden` [N, C] with labels
+  // from `tokens` (host). Fills row_logp() (concatenated over the segments, in
+  // order) and returns one SequenceScores per segment.
+  std::vector<SequenceScores> Forward(
+      const float* hidden, const float* wout, const int32_t* tokens,
+      const std::vector<ResponseSegment>& segments);
+
+  // ℓ_t of every response row of the last Forward, segment after segment.
+  const std::vector<float>& row_logp() const { return logp_host_; }
+
+  // Pass 2: coef holds G_t for every response row, in row_logp()'s order.
+  // Accumulates into dhidden [N, C] and dwout [V, C].
+  void Backward(float* dhidden, float* dwout, const float* hidden,
+                const float* wout, const int32_t* tokens,
+                const std::vector<ResponseSegment>& segments,
+                const std::vector<float>& coef);
+
+ private:
+  kernels::Backend* backend_;
+  int max_rows_, hidden_, vocab_, chunk_;
+  float* chunk_buf_;
+  float* lse_;
+  float* logp_;
+  float* logit_sum_;
+  // int32 results stored in a float-typed backend allocation of equal width.
+  float* correct_;
+  float* coef_;
+  std::vector<float> logp_host_, logit_sum_host_;
+  std::vector<int32_t> correct_host_;
+};
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_OUTPUT_LAYER_H_
