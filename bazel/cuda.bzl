@@ -16,7 +16,7 @@ NVCC_FLAGS = [
     "-gencode=arch=compute_80,code=compute_80",
 ]
 
-def cuda_library(name, srcs, hdrs = [], deps = [], fallback_srcs = [], **kwargs):
+def cuda_library(name, srcs, hdrs = [], deps = [], fallback_srcs = [], cu_hdrs = [], **kwargs):
     """A C++ library whose .cu sources are compiled by nvcc.
 
     Args:
@@ -25,6 +25,8 @@ def cuda_library(name, srcs, hdrs = [], deps = [], fallback_srcs = [], **kwargs)
       hdrs: public headers.
       deps: cc_library dependencies (headers visible to nvcc too).
       fallback_srcs: sources used instead of srcs when no toolkit is present.
+      cu_hdrs: headers from other packages that the .cu files include (nvcc
+        runs in a genrule, which sees only the files it is given).
       **kwargs: passed to cc_library.
     """
     if not HAS_CUDA:
@@ -39,7 +41,7 @@ def cuda_library(name, srcs, hdrs = [], deps = [], fallback_srcs = [], **kwargs)
         obj = name + "_" + src.replace("/", "_")[:-3] + ".o"
         native.genrule(
             name = obj + "_nvcc",
-            srcs = [src] + hdrs + native.glob(["**/*.h", "**/*.cuh"]),
+            srcs = _unique([src] + hdrs + cu_hdrs + native.glob(["**/*.h", "**/*.cuh"])),
             outs = [obj],
             cmd = "{nvcc} {flags} -I. -I$(GENDIR) -c $(location {src}) -o $@".format(
                 nvcc = NVCC,
@@ -56,3 +58,9 @@ def cuda_library(name, srcs, hdrs = [], deps = [], fallback_srcs = [], **kwargs)
         linkstatic = True,
         **kwargs
     )
+
+def _unique(labels):
+    seen = {}
+    for label in labels:
+        seen[label] = True
+    return seen.keys()
