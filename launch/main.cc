@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
@@ -36,11 +35,11 @@ struct TrainFlags {
 
 absl::Status ParseTrainFlags(int argc, char** argv, TrainFlags* flags) {
   for (int i = 2; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value_of = [&](std::string_view name, std::string* out) {
+    const std::string arg = argv[i];
+    auto value_of = [&](const std::string& name, std::string* out) {
       const std::string prefix = absl::StrCat("--", name, "=");
-      if (!absl::StartsWith(arg, prefix)) return false;
-      *out = std::string(arg.substr(prefix.size()));
+      if (arg.rfind(prefix, 0) != 0) return false;
+      *out = arg.substr(prefix.size());
       return true;
     };
     std::string v;

@@ -10,9 +10,12 @@
 // recomputation in pass 2 is not counted): per sequence of T tokens with R
 // response tokens, 72·L·C²·T for the dense layers (forward + backward),
 // 6·L·T²·C for causal attention, and 6·R·C·V for the output layer.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -73,7 +76,7 @@ int main(int argc, char** argv) {
   const char* tmp = std::getenv("TMPDIR");
   const std::string dir =
       absl::StrCat(tmp ? tmp : "/tmp", "/prefopt_dpo_bench_", getpid());
-  std::system(("mkdir -p " + dir).c_str());
+  std::filesystem::create_directories(dir);
   // Random token ids: the cost of a step does not depend on their values.
   prefopt::util::Rng rng(1);
   {
@@ -133,7 +136,7 @@ int main(int argc, char** argv) {
       72.0 * L * C * C * T + 6.0 * L * double(T) * T * C + 6.0 * R * C * V;
   const double flops = 2 * per_seq;
   const double step_gflops = flops / seconds / 1e9;
-  const double sgemm = prefopt::kernels::MeasureSgemmGflops(2048, 2.0);
+  const double sgemm = prefopt::kernels::cpu::MeasureSgemmGflops(2048, 2.0);
   std::printf(
       "DPO step, GPT-2 shape: d=%d layers=%d heads=%d V=%d, 1 pair, "
       "prompt %d + response %d tokens per sequence\n",
@@ -146,6 +149,6 @@ int main(int argc, char** argv) {
               sgemm);
   std::printf("ratio             %.1f%% of sgemm\n",
               100.0 * step_gflops / sgemm);
-  std::system(("rm -rf " + dir).c_str());
+  std::filesystem::remove_all(dir);
   return 0;
 }

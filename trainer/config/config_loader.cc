@@ -1,0 +1,839 @@
+#include "trainer/config/config_loader.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/message.h"
+#include "google/protobuf/text_format.h"
+#include "proto/config.pb.h"
+
+namespace prefopt::config {
+namespace {
+
+namespace fs = std::filesystem;
+using ::google::protobuf::Descriptor;
+using ::google::protobuf::EnumDescriptor;
+using ::google::protobuf::FieldDescriptor;
+using ::google::protobuf::Message;
+using ::google::protobuf::Reflection;
+
+// Defaults for fields left at 0 (documented in config.proto).
+constexpr float kDefaultDpoBeta = 0.1f;
+constexpr float kDefaultAdamBeta1 = 0.9f;
+constexpr float kDefaultAdamBeta2 = 0.999f;
+constexpr float kDefaultAdamEps = 1e-8f;
+constexpr int kDefaultNumEpochs = 1;
+constexpr int kDefaultLogEverySteps = 1;
+constexpr int kDefaultOutputChunkTokens = 64;
+constexpr float kDefaultInitStd = 0.02f;
+constexpr int kDefaultMaxLength = 1024;  // TRL's DPOConfig.max_length
+
+// The names of a message's fields in declaration order, for error messages.
+std::string FieldNames(const Descriptor& descriptor) {
+  std::vector<std::string> names;
+  for (int i = 0; i < descriptor.field_count(); ++i) {
+    names.push_back(descriptor.field(i)->name());
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+// The names of an enum's values, leaving out a 0 value named *_UNSPECIFIED.
+std::string EnumValueNames(const EnumDescriptor& descriptor) {
+  std::vector<std::string> names;
+  for (int i = 0; i < descriptor.value_count(); ++i) {
+    const std::string& name = descriptor.value(i)->name();
+    if (!absl::EndsWith(name, "_UNSPECIFIED")) names.push_back(name);
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+// Protobuf reports an unknown field as `Message type "prefopt.DpoConfig" has
+// no field named "betta".`; this adds the fields that the message does have.
+std::string WithFieldList(const std::string& message) {
+  constexpr absl::string_view kPrefix = "Message type \"";
+  if (!absl::StartsWith(message, kPrefix) ||
+      !absl::StrContains(message, "has no field named")) {
+    return message;
+  }
+  const size_t end = message.find('"', kPrefix.size());
+  const Descriptor* descriptor =
+      google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(
+          message.substr(kPrefix.size(), end - kPrefix.size()));
+  if (descriptor == nullptr) return message;
+  return absl::StrCat(message, " Its fields: ", FieldNames(*descriptor), ".");
+}
+
+// A position in text: 0-based line and column, as protobuf's tokenizer counts
+// them (a tab advances the column to the next multiple of 8).
+struct Position {
+  int line;
+  int column;
+};
+
+// Protobuf's text parser reports some errors (an unknown field name, an
+// unknown enum value, a non-repeated field given twice) at the token after
+// the offending one. Those messages quote the offending token, so when
+// `message` quotes the token just before `reported` and not the token at it,
+// this returns the position of the token before.
+Position OffendingTokenPosition(const std::string& text, Position reported,
+                                const std::string& message) {
+  google::protobuf::io::ArrayInputStream input(text.data(),
+                                               static_cast<int>(text.size()));
+  // Tokenizing errors were reported by the parser already.
+  struct Silent : google::protobuf::io::ErrorCollector {
+    void AddError(int, google::protobuf::io::ColumnNumber,
+                  const std::string&) override {}
+  } silent;
+  google::protobuf::io::Tokenizer tokenizer(&input, &silent);
+  tokenizer.set_comment_style(
+      google::protobuf::io::Tokenizer::SH_COMMENT_STYLE);
+  tokenizer.set_allow_f_after_float(true);
+  const auto quoted = [&](const std::string& token) {
+    return absl::StrContains(message, absl::StrCat("\"", token, "\""));
+  };
+  const auto before = [](Position a, Position b) {
+    return a.line < b.line || (a.line == b.line && a.column < b.column);
+  };
+  bool has_previous = false;
+  Position previous_position{0, 0};
+  std::string previous_text;
+  while (tokenizer.Next()) {
+    const google::protobuf::io::Tokenizer::Token& token = tokenizer.current();
+    const Position position{token.line, token.column};
+    if (!before(position, reported)) {
+      const bool at_reported =
+          position.line == reported.line && position.column == reported.column;
+      if (at_reported && quoted(token.text)) return reported;
+      break;
+    }
+    has_previous = true;
+    previous_position = position;
+    previous_text = token.text;
+  }
+  if (has_previous && quoted(previous_text)) return previous_position;
+  return reported;
+}
+
+// Collects text-format parse errors with 1-based positions.
+class ParseErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  // `text` is what is being parsed. Each error is formatted as
+  // "<prefix><line>:<column>: <message>".
+  ParseErrors(const std::string& text, std::string prefix)
+      : text_(text), prefix_(std::move(prefix)) {}
+
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    const Position position =
+        OffendingTokenPosition(text_, Position{line, column}, message);
+    errors_.push_back(absl::StrCat(prefix_, position.line + 1, ":",
+                                   position.column + 1, ": ",
+                                   WithFieldList(message)));
+  }
+
+  // All errors, one per line.
+  std::string Text() const { return absl::StrJoin(errors_, "\n"); }
+
+ private:
+  const std::string& text_;
+  std::string prefix_;
+  std::vector<std::string> errors_;
+};
+
+// Parses text format into `message`, replacing its contents. `error_prefix`
+// starts each error message, which then continues with "line:column: ".
+absl::Status ParseText(const std::string& text, const std::string& error_prefix,
+                       Message* message) {
+  ParseErrors errors(text, error_prefix);
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (parser.ParseFromString(text, message)) return absl::OkStatus();
+  return absl::InvalidArgumentError(errors.Text());
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::error_code error;
+  if (fs::is_directory(path, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config file \"", path, "\" is a directory, not a .textproto file"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::ErrnoToStatus(
+        errno, absl::StrCat("cannot open config file \"", path, "\""));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return absl::DataLossError(
+        absl::StrCat("error while reading config file \"", path, "\""));
+  }
+  return text.str();
+}
+
+// Makes a relative, non-empty `path` absolute against the directory `base`.
+void ResolvePath(const fs::path& base, std::string* path) {
+  if (path->empty() || fs::path(*path).is_absolute()) return;
+  *path = (base / *path).lexically_normal().string();
+}
+
+// Resolves the model and data paths of `config` against `base`.
+void ResolvePaths(const fs::path& base, TrainConfig* config) {
+  ModelConfig& model = *config->mutable_model();
+  ResolvePath(base, model.mutable_hf_path());
+  ResolvePath(base, model.mutable_reference_hf_path());
+  DataConfig& data = *config->mutable_data();
+  for (std::string& file : *data.mutable_train_files()) {
+    ResolvePath(base, &file);
+  }
+  for (std::string& file : *data.mutable_eval_files()) {
+    ResolvePath(base, &file);
+  }
+}
+
+// "int32", "enum prefopt.DpoConfig.LossType", "message prefopt.DpoConfig".
+std::string TypeName(const FieldDescriptor& field) {
+  switch (field.cpp_type()) {
+    case FieldDescriptor::CPPTYPE_ENUM:
+      return absl::StrCat("enum ", field.enum_type()->full_name());
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      return absl::StrCat("message ", field.message_type()->full_name());
+    default:
+      return field.type_name();
+  }
+}
+
+// Parses a base-10 integer of type T, telling a number out of T's range apart
+// from text that is not an integer.
+template <typename T>
+absl::StatusOr<T> ParseInteger(absl::string_view text,
+                               const std::string& field_path,
+                               const FieldDescriptor& field) {
+  T value;
+  if (absl::SimpleAtoi(text, &value)) return value;
+  absl::string_view digits = text;
+  if (absl::StartsWith(digits, "-") || absl::StartsWith(digits, "+")) {
+    digits.remove_prefix(1);
+  }
+  if (!digits.empty() &&
+      std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field_path, " expects ", field.type_name(), " in [",
+                     std::numeric_limits<T>::min(), ", ",
+                     std::numeric_limits<T>::max(), "], got ", text));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field_path, " expects ", field.type_name(),
+                   " (an integer), got \"", text, "\""));
+}
+
+// Parses `text` as one value of the scalar `field` and stores it in `message`
+// (appending if the field is repeated).
+absl::Status StoreScalar(absl::string_view text, const std::string& field_path,
+                         const FieldDescriptor& field, Message* message) {
+  const Reflection& reflection = *message->GetReflection();
+  const bool add = field.is_repeated();
+  const auto expected = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field_path, " expects ", what, ", got \"", text, "\""));
+  };
+  switch (field.cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32: {
+      absl::StatusOr<int32_t> value =
+          ParseInteger<int32_t>(text, field_path, field);
+      if (!value.ok()) return value.status();
+      add ? reflection.AddInt32(message, &field, *value)
+          : reflection.SetInt32(message, &field, *value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_INT64: {
+      absl::StatusOr<int64_t> value =
+          ParseInteger<int64_t>(text, field_path, field);
+      if (!value.ok()) return value.status();
+      add ? reflection.AddInt64(message, &field, *value)
+          : reflection.SetInt64(message, &field, *value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_UINT32: {
+      absl::StatusOr<uint32_t> value =
+          ParseInteger<uint32_t>(text, field_path, field);
+      if (!value.ok()) return value.status();
+      add ? reflection.AddUInt32(message, &field, *value)
+          : reflection.SetUInt32(message, &field, *value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_UINT64: {
+      absl::StatusOr<uint64_t> value =
+          ParseInteger<uint64_t>(text, field_path, field);
+      if (!value.ok()) return value.status();
+      add ? reflection.AddUInt64(message, &field, *value)
+          : reflection.SetUInt64(message, &field, *value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_FLOAT: {
+      float value;
+      if (!absl::SimpleAtof(text, &value) || !std::isfinite(value)) {
+        return expected("a finite float");
+      }
+      add ? reflection.AddFloat(message, &field, value)
+          : reflection.SetFloat(message, &field, value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_DOUBLE: {
+      double value;
+      if (!absl::SimpleAtod(text, &value) || !std::isfinite(value)) {
+        return expected("a finite double");
+      }
+      add ? reflection.AddDouble(message, &field, value)
+          : reflection.SetDouble(message, &field, value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_BOOL: {
+      bool value;
+      if (text == "true" || text == "1") {
+        value = true;
+      } else if (text == "false" || text == "0") {
+        value = false;
+      } else {
+        return expected("a bool (true, false, 1 or 0)");
+      }
+      add ? reflection.AddBool(message, &field, value)
+          : reflection.SetBool(message, &field, value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_STRING:
+      add ? reflection.AddString(message, &field, std::string(text))
+          : reflection.SetString(message, &field, std::string(text));
+      return absl::OkStatus();
+    case FieldDescriptor::CPPTYPE_ENUM: {
+      const google::protobuf::EnumValueDescriptor* value =
+          field.enum_type()->FindValueByName(std::string(text));
+      if (value == nullptr) {
+        std::vector<std::string> names;
+        for (int i = 0; i < field.enum_type()->value_count(); ++i) {
+          names.push_back(field.enum_type()->value(i)->name());
+        }
+        return expected(absl::StrCat("one of ", absl::StrJoin(names, ", "),
+                                     " (", field.enum_type()->full_name(),
+                                     ", exact case)"));
+      }
+      add ? reflection.AddEnum(message, &field, value)
+          : reflection.SetEnum(message, &field, value);
+      return absl::OkStatus();
+    }
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field_path, " is a ", TypeName(field), ", not a scalar"));
+}
+
+// Sets the last field of an override path from its value text.
+absl::Status StoreValue(absl::string_view text, const std::string& field_path,
+                        const FieldDescriptor& field, Message* message) {
+  const Reflection& reflection = *message->GetReflection();
+  if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+    if (field.is_repeated()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field_path,
+                       " is a repeated message; set it in the "
+                       "config file instead"));
+    }
+    const absl::string_view braced = absl::StripAsciiWhitespace(text);
+    if (!absl::StartsWith(braced, "{") || !absl::EndsWith(braced, "}")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field_path, " is a ", TypeName(field), "; set one of its fields (",
+          FieldNames(*field.message_type()), ") as ", field_path,
+          ".FIELD=VALUE, or give the whole message in braces, e.g. ",
+          field_path, "={}"));
+    }
+    // Blank out the braces so that error columns count from the value's start.
+    std::string inner(text);
+    inner[inner.find('{')] = ' ';
+    inner[inner.rfind('}')] = ' ';
+    return ParseText(inner, absl::StrCat(field_path, " value at "),
+                     reflection.MutableMessage(message, &field));
+  }
+  if (!field.is_repeated()) {
+    return StoreScalar(text, field_path, field, message);
+  }
+  reflection.ClearField(message, &field);
+  if (text.empty()) return absl::OkStatus();
+  for (absl::string_view element : absl::StrSplit(text, ',')) {
+    absl::Status stored = StoreScalar(element, field_path, field, message);
+    if (!stored.ok()) return stored;
+  }
+  return absl::OkStatus();
+}
+
+// Walks `path_text` (dot-separated field names) from `config` and stores
+// `value` in the last field.
+absl::Status ApplyAssignment(absl::string_view path_text,
+                             absl::string_view value, TrainConfig* config) {
+  if (path_text.empty()) {
+    return absl::InvalidArgumentError("empty field path before '='");
+  }
+  const std::vector<absl::string_view> names = absl::StrSplit(path_text, '.');
+  Message* message = config;
+  std::string field_path;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Descriptor& descriptor = *message->GetDescriptor();
+    if (names[i].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("empty field name in \"", path_text, "\""));
+    }
+    const FieldDescriptor* field =
+        descriptor.FindFieldByName(std::string(names[i]));
+    if (field == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "no field \"", names[i], "\" in ", descriptor.full_name(),
+          " (fields: ", FieldNames(descriptor), ")"));
+    }
+    absl::StrAppend(&field_path, i == 0 ? "" : ".", field->name());
+    if (i + 1 == names.size()) {
+      return StoreValue(value, field_path, *field, message);
+    }
+    if (field->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field_path, " is a ", TypeName(*field),
+          ", not a message; it has no field \"", names[i + 1], "\""));
+    }
+    if (field->is_repeated()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field_path,
+                       " is a repeated message; set it in the "
+                       "config file instead"));
+    }
+    message = message->GetReflection()->MutableMessage(message, field);
+  }
+  return absl::OkStatus();
+}
+
+// Adds "<path>: must be a finite number, got <value>" for every non-finite
+// float or double set in `message`. The config's repeated fields hold no
+// numbers or messages, so only singular fields are visited.
+void CheckFinite(const Message& message, const std::string& prefix,
+                 std::vector<std::string>* problems) {
+  const Reflection& reflection = *message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  reflection.ListFields(message, &fields);
+  for (const FieldDescriptor* field : fields) {
+    if (field->is_repeated()) continue;
+    const std::string path = absl::StrCat(prefix, field->name());
+    double value = 0;
+    switch (field->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        CheckFinite(reflection.GetMessage(message, field), path + ".",
+                    problems);
+        continue;
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        value = reflection.GetFloat(message, field);
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        value = reflection.GetDouble(message, field);
+        break;
+      default:
+        continue;
+    }
+    if (!std::isfinite(value)) {
+      problems->push_back(
+          absl::StrCat(path, ": must be a finite number, got ", value));
+    }
+  }
+}
+
+void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
+  const ModelConfig& model = config.model();
+  const auto problem = [&](absl::string_view field, absl::string_view what) {
+    problems->push_back(absl::StrCat("model.", field, ": ", what));
+  };
+  const std::pair<const char*, int32_t> sizes[] = {
+      {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
+      {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},
+      {"n_head", model.n_head()},
+  };
+  if (!model.hf_path().empty()) {
+    constexpr absl::string_view kUnset =
+        "must be unset when model.hf_path is set (the Hugging Face folder's "
+        "config.json defines the model), got ";
+    if (model.architecture() != ARCHITECTURE_UNSPECIFIED) {
+      problem("architecture",
+              absl::StrCat(kUnset, Architecture_Name(model.architecture())));
+    }
+    for (const auto& [name, value] : sizes) {
+      if (value != 0) problem(name, absl::StrCat(kUnset, value));
+    }
+    if (model.init_std() != 0) {
+      problem("init_std", absl::StrCat(kUnset, model.init_std()));
+    }
+    return;
+  }
+  if (model.architecture() == ARCHITECTURE_UNSPECIFIED &&
+      std::all_of(std::begin(sizes), std::end(sizes),
+                  [](const auto& size) { return size.second == 0; })) {
+    problems->push_back(absl::StrCat(
+        "model: set model.hf_path to a Hugging Face model folder, or "
+        "model.architecture (one of: ",
+        EnumValueNames(*Architecture_descriptor()),
+        ") and the sizes vocab_size, n_positions, n_embd, n_layer, n_head for "
+        "a from-scratch model"));
+    return;
+  }
+  if (model.architecture() == ARCHITECTURE_UNSPECIFIED) {
+    problem("architecture",
+            absl::StrCat("must be set for a from-scratch model (one of: ",
+                         EnumValueNames(*Architecture_descriptor()),
+                         "), or set model.hf_path to a Hugging Face model "
+                         "folder"));
+  }
+  for (const auto& [name, value] : sizes) {
+    if (value <= 0) {
+      problem(name, absl::StrCat("must be > 0 for a from-scratch model, got ",
+                                 value));
+    }
+  }
+  if (model.n_embd() > 0 && model.n_head() > 0 &&
+      model.n_embd() % model.n_head() != 0) {
+    problem("n_embd", absl::StrCat("must be a multiple of model.n_head (",
+                                   model.n_head(), "), got ", model.n_embd()));
+  }
+  if (model.init_std() <= 0) {
+    problem("init_std", absl::StrCat("must be > 0, got ", model.init_std()));
+  }
+  if (model.n_positions() > 0 &&
+      config.data().max_length() > model.n_positions()) {
+    problems->push_back(absl::StrCat(
+        "data.max_length: must be <= model.n_positions (", model.n_positions(),
+        ") for this model, got ", config.data().max_length(), " (",
+        kDefaultMaxLength, " when unset)"));
+  }
+}
+
+void CheckData(const DataConfig& data, std::vector<std::string>* problems) {
+  if (data.train_files().empty()) {
+    problems->push_back(
+        "data.train_files: must list at least one JSONL file, got none");
+  }
+  for (int i = 0; i < data.train_files_size(); ++i) {
+    if (data.train_files(i).empty()) {
+      problems->push_back(
+          absl::StrCat("data.train_files[", i, "]: must not be empty"));
+    }
+  }
+  for (int i = 0; i < data.eval_files_size(); ++i) {
+    if (data.eval_files(i).empty()) {
+      problems->push_back(
+          absl::StrCat("data.eval_files[", i, "]: must not be empty"));
+    }
+  }
+  if (data.max_length() < 2) {
+    problems->push_back(absl::StrCat(
+        "data.max_length: must be >= 2 (a prompt token and a response token), "
+        "got ",
+        data.max_length()));
+  }
+  if (data.max_prompt_length() < 0) {
+    problems->push_back(absl::StrCat(
+        "data.max_prompt_length: must be >= 0 (0 = no separate limit), got ",
+        data.max_prompt_length()));
+  } else if (data.max_prompt_length() >= data.max_length()) {
+    problems->push_back(absl::StrCat(
+        "data.max_prompt_length: must be < data.max_length (",
+        data.max_length(), ") to leave room for the response, got ",
+        data.max_prompt_length()));
+  }
+}
+
+void CheckObjective(const ObjectiveConfig& objective,
+                    std::vector<std::string>* problems) {
+  switch (objective.kind_case()) {
+    case ObjectiveConfig::KIND_NOT_SET: {
+      const google::protobuf::OneofDescriptor& kind =
+          *ObjectiveConfig::descriptor()->FindOneofByName("kind");
+      std::vector<std::string> options;
+      for (int i = 0; i < kind.field_count(); ++i) {
+        options.push_back(kind.field(i)->name());
+      }
+      problems->push_back(
+          absl::StrCat("objective: must set one of the oneof objective.kind (",
+                       absl::StrJoin(options, ", "),
+                       "), e.g. objective { dpo { beta: 0.1 } } or "
+                       "--set=objective.dpo.beta=0.1"));
+      return;
+    }
+    case ObjectiveConfig::kDpo: {
+      const DpoConfig& dpo = objective.dpo();
+      if (dpo.beta() <= 0) {
+        problems->push_back(
+            absl::StrCat("objective.dpo.beta: must be > 0, got ", dpo.beta()));
+      }
+      const float epsilon = dpo.label_smoothing();
+      if (dpo.loss_type() == DpoConfig::ROBUST && epsilon >= 0.5f) {
+        problems->push_back(absl::StrCat(
+            "objective.dpo.label_smoothing: must be < 0.5 for loss_type "
+            "ROBUST, got ",
+            epsilon, " (the robust loss divides by 1 - 2 * label_smoothing)"));
+      } else if (epsilon < 0 || epsilon >= 0.5f) {
+        problems->push_back(absl::StrCat(
+            "objective.dpo.label_smoothing: must be in [0, 0.5), got ", epsilon,
+            " (the probability that a preference label is flipped)"));
+      }
+      return;
+    }
+  }
+}
+
+void CheckOptimizer(const OptimizerConfig& optimizer,
+                    std::vector<std::string>* problems) {
+  if (optimizer.lr() <= 0) {
+    problems->push_back(
+        absl::StrCat("optimizer.lr: must be > 0, got ", optimizer.lr()));
+  }
+  const std::pair<const char*, float> betas[] = {{"beta1", optimizer.beta1()},
+                                                 {"beta2", optimizer.beta2()}};
+  for (const auto& [name, value] : betas) {
+    if (value < 0 || value >= 1) {
+      problems->push_back(
+          absl::StrCat("optimizer.", name, ": must be in [0, 1), got ", value));
+    }
+  }
+  if (optimizer.eps() <= 0) {
+    problems->push_back(
+        absl::StrCat("optimizer.eps: must be > 0, got ", optimizer.eps()));
+  }
+  if (optimizer.weight_decay() < 0) {
+    problems->push_back(
+        absl::StrCat("optimizer.weight_decay: must be >= 0, got ",
+                     optimizer.weight_decay()));
+  }
+  if (optimizer.max_grad_norm() < 0) {
+    problems->push_back(absl::StrCat(
+        "optimizer.max_grad_norm: must be >= 0 (0 disables clipping), got ",
+        optimizer.max_grad_norm()));
+  }
+}
+
+void CheckSchedule(const ScheduleConfig& schedule,
+                   std::vector<std::string>* problems) {
+  if (schedule.warmup_steps() < 0) {
+    problems->push_back(absl::StrCat(
+        "schedule.warmup_steps: must be >= 0, got ", schedule.warmup_steps()));
+  }
+  if (schedule.warmup_ratio() < 0 || schedule.warmup_ratio() >= 1) {
+    problems->push_back(
+        absl::StrCat("schedule.warmup_ratio: must be in [0, 1), got ",
+                     schedule.warmup_ratio()));
+  }
+  if (schedule.warmup_steps() > 0 && schedule.warmup_ratio() > 0) {
+    problems->push_back(absl::StrCat(
+        "schedule.warmup_ratio: set at most one of schedule.warmup_steps (",
+        schedule.warmup_steps(), ") and schedule.warmup_ratio (",
+        schedule.warmup_ratio(), ")"));
+  }
+}
+
+void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
+  const int micro = batch.micro_batch_size();
+  const int global = batch.global_batch_size();
+  if (micro < 1) {
+    problems->push_back(
+        absl::StrCat("batch.micro_batch_size: must be >= 1, got ", micro));
+  }
+  if (global < 1) {
+    problems->push_back(
+        absl::StrCat("batch.global_batch_size: must be >= 1, got ", global));
+  }
+  if (micro >= 1 && global >= 1 && global % micro != 0) {
+    problems->push_back(
+        absl::StrCat("batch.global_batch_size: must be a multiple of "
+                     "batch.micro_batch_size (",
+                     micro, "), got ", global));
+  }
+}
+
+void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
+  if (config.max_steps() < 0) {
+    problems->push_back(
+        absl::StrCat("max_steps: must be >= 0 (0 = train for num_epochs), got ",
+                     config.max_steps()));
+  }
+  if (config.num_epochs() < 0) {
+    problems->push_back(
+        absl::StrCat("num_epochs: must be >= 0, got ", config.num_epochs()));
+  }
+  if (config.log_every_steps() < 1) {
+    problems->push_back(absl::StrCat("log_every_steps: must be >= 1, got ",
+                                     config.log_every_steps()));
+  }
+  if (config.output_chunk_tokens() < 1) {
+    problems->push_back(absl::StrCat("output_chunk_tokens: must be >= 1, got ",
+                                     config.output_chunk_tokens()));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<TrainConfig> LoadTrainConfig(
+    const std::string& path, const std::vector<std::string>& overrides) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  TrainConfig config;
+  absl::Status parsed = ParseText(*text, path + ":", &config);
+  if (!parsed.ok()) return parsed;
+
+  std::error_code error;
+  const fs::path config_file = fs::absolute(path, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat(
+        "cannot make \"", path, "\" an absolute path: ", error.message()));
+  }
+  ResolvePaths(config_file.parent_path(), &config);
+
+  for (const std::string& override_text : overrides) {
+    absl::Status applied = ApplyOverride(override_text, &config);
+    if (!applied.ok()) return applied;
+  }
+  const fs::path working_dir = fs::current_path(error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot read the working directory: ", error.message()));
+  }
+  ResolvePaths(working_dir, &config);
+
+  FillDefaults(&config);
+  absl::Status valid = ValidateTrainConfig(config);
+  if (!valid.ok()) {
+    std::vector<std::string> lines = absl::StrSplit(valid.message(), '\n');
+    for (std::string& line : lines) line = absl::StrCat(path, ": ", line);
+    return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
+  }
+  return config;
+}
+
+absl::Status ApplyOverride(const std::string& override_text,
+                           TrainConfig* config) {
+  const size_t equals = override_text.find('=');
+  absl::Status applied;
+  if (equals == std::string::npos) {
+    applied = absl::InvalidArgumentError(
+        "expected path.to.field=value, but there is no '='");
+  } else {
+    // Work on a copy so that a failed override leaves `config` unchanged.
+    TrainConfig updated = *config;
+    const absl::string_view text = override_text;
+    applied = ApplyAssignment(text.substr(0, equals), text.substr(equals + 1),
+                              &updated);
+    if (applied.ok()) *config = std::move(updated);
+  }
+  if (applied.ok()) return applied;
+  return absl::Status(applied.code(), absl::StrCat("--set=", override_text,
+                                                   ": ", applied.message()));
+}
+
+void FillDefaults(TrainConfig* config) {
+  ObjectiveConfig& objective = *config->mutable_objective();
+  if (objective.has_dpo() && objective.dpo().beta() == 0) {
+    objective.mutable_dpo()->set_beta(kDefaultDpoBeta);
+  }
+  OptimizerConfig& optimizer = *config->mutable_optimizer();
+  if (optimizer.beta1() == 0) optimizer.set_beta1(kDefaultAdamBeta1);
+  if (optimizer.beta2() == 0) optimizer.set_beta2(kDefaultAdamBeta2);
+  if (optimizer.eps() == 0) optimizer.set_eps(kDefaultAdamEps);
+  if (config->max_steps() == 0 && config->num_epochs() == 0) {
+    config->set_num_epochs(kDefaultNumEpochs);
+  }
+  if (config->log_every_steps() == 0) {
+    config->set_log_every_steps(kDefaultLogEverySteps);
+  }
+  if (config->output_chunk_tokens() == 0) {
+    config->set_output_chunk_tokens(kDefaultOutputChunkTokens);
+  }
+  ModelConfig& model = *config->mutable_model();
+  if (model.hf_path().empty() && model.init_std() == 0) {
+    model.set_init_std(kDefaultInitStd);
+  }
+  DataConfig& data = *config->mutable_data();
+  if (data.max_length() == 0) data.set_max_length(kDefaultMaxLength);
+}
+
+absl::Status ValidateTrainConfig(const TrainConfig& config) {
+  std::vector<std::string> problems;
+  CheckFinite(config, "", &problems);
+  // Range checks on a NaN or infinity would only repeat the problem.
+  if (problems.empty()) {
+    CheckModel(config, &problems);
+    CheckData(config.data(), &problems);
+    CheckObjective(config.objective(), &problems);
+    CheckOptimizer(config.optimizer(), &problems);
+    CheckSchedule(config.schedule(), &problems);
+    CheckBatch(config.batch(), &problems);
+    CheckRun(config, &problems);
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+absl::Status CheckBatchForWorld(const TrainConfig& config, int world_size) {
+  const int64_t micro = config.batch().micro_batch_size();
+  const int64_t global = config.batch().global_batch_size();
+  if (world_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("world size must be >= 1, got ", world_size));
+  }
+  if (micro < 1 || global < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.micro_batch_size (", micro, ") and batch.global_batch_size (",
+        global, ") must both be >= 1"));
+  }
+  const int64_t per_pass = micro * world_size;
+  if (global % per_pass == 0) return absl::OkStatus();
+  const int64_t below = global / per_pass * per_pass;
+  const std::string suggestion =
+      below > 0 ? absl::StrCat(below, " or ", below + per_pass)
+                : absl::StrCat(per_pass);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "batch.global_batch_size: must be a multiple of batch.micro_batch_size "
+      "* world size = ",
+      micro, " * ", world_size, " = ", per_pass, " so that every rank runs ",
+      "the same number of accumulation steps, got ", global, "; use ",
+      suggestion, ", or change batch.micro_batch_size or the number of ranks"));
+}
+
+int GradientAccumulationSteps(const TrainConfig& config, int world_size) {
+  return config.batch().global_batch_size() /
+         (config.batch().micro_batch_size() * world_size);
+}
+
+std::string ResolvedConfigText(const TrainConfig& config) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(config, &text);
+  return absl::StrCat(
+      "# Resolved prefopt config: the file after --set overrides, defaults "
+      "and absolute paths.\n",
+      text);
+}
+
+}  // namespace prefopt::config

@@ -1,0 +1,643 @@
+#include "trainer/config/config_loader.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "gtest/gtest.h"
+#include "proto/config.pb.h"
+
+namespace prefopt::config {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string Message(const absl::Status& status) {
+  return std::string(status.message());
+}
+
+std::string TestDataDir() {
+  return absl::StrCat(std::getenv("TEST_SRCDIR"), "/",
+                      std::getenv("TEST_WORKSPACE"),
+                      "/trainer/config/testdata");
+}
+
+// Writes `contents` to `relative_path` under the test's temporary directory
+// and returns the file's absolute path.
+std::string WriteTempFile(const std::string& relative_path,
+                          const std::string& contents) {
+  const fs::path path = fs::path(std::getenv("TEST_TMPDIR")) / relative_path;
+  fs::create_directories(path.parent_path());
+  std::ofstream(path) << contents;
+  return path.string();
+}
+
+// A valid from-scratch config that the validation cases break one field at a
+// time.
+constexpr char kValidScratch[] = R"pb(
+  model {
+    architecture: GPT2
+    vocab_size: 64
+    n_positions: 32
+    n_embd: 16
+    n_layer: 2
+    n_head: 4
+  }
+  data { train_files: "train.jsonl" max_length: 32 }
+  objective { dpo { beta: 0.1 } }
+  optimizer { lr: 1e-3 }
+  batch { micro_batch_size: 2 global_batch_size: 8 }
+)pb";
+
+TEST(LoadTrainConfigTest, FullConfigLoadsAndRoundTrips) {
+  const std::string dir = TestDataDir();
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(dir + "/full.textproto", {});
+  ASSERT_TRUE(config.ok()) << config.status();
+
+  EXPECT_EQ(config->model().architecture(), GPT2);
+  EXPECT_EQ(config->model().vocab_size(), 50257);
+  EXPECT_EQ(config->model().n_positions(), 512);
+  EXPECT_EQ(config->model().n_embd(), 768);
+  EXPECT_EQ(config->model().n_layer(), 12);
+  EXPECT_EQ(config->model().n_head(), 12);
+  EXPECT_FLOAT_EQ(config->model().init_std(), 0.01f);
+  EXPECT_EQ(
+      config->model().reference_hf_path(),
+      (fs::path(dir) / "../models/reference").lexically_normal().string());
+  EXPECT_THAT(config->data().train_files(),
+              ElementsAre(dir + "/data/train.jsonl", "/abs/more_train.jsonl"));
+  EXPECT_THAT(config->data().eval_files(),
+              ElementsAre(dir + "/data/eval.jsonl"));
+  EXPECT_EQ(config->data().max_length(), 512);
+  EXPECT_EQ(config->data().max_prompt_length(), 128);
+  EXPECT_EQ(config->data().truncation_mode(), KEEP_START);
+  EXPECT_TRUE(config->data().shuffle());
+  EXPECT_FLOAT_EQ(config->objective().dpo().beta(), 0.25f);
+  EXPECT_EQ(config->objective().dpo().loss_type(), DpoConfig::ROBUST);
+  EXPECT_FLOAT_EQ(config->objective().dpo().label_smoothing(), 0.1f);
+  EXPECT_FLOAT_EQ(config->optimizer().lr(), 5e-7f);
+  EXPECT_FLOAT_EQ(config->optimizer().beta1(), 0.8f);
+  EXPECT_FLOAT_EQ(config->optimizer().beta2(), 0.95f);
+  EXPECT_FLOAT_EQ(config->optimizer().eps(), 1e-6f);
+  EXPECT_FLOAT_EQ(config->optimizer().weight_decay(), 0.01f);
+  EXPECT_TRUE(config->optimizer().decay_norms_and_biases());
+  EXPECT_FLOAT_EQ(config->optimizer().max_grad_norm(), 1.0f);
+  EXPECT_EQ(config->schedule().kind(), ScheduleConfig::COSINE);
+  EXPECT_FLOAT_EQ(config->schedule().warmup_ratio(), 0.1f);
+  EXPECT_EQ(config->batch().micro_batch_size(), 2);
+  EXPECT_EQ(config->batch().global_batch_size(), 16);
+  EXPECT_EQ(config->max_steps(), 100);
+  EXPECT_EQ(config->num_epochs(), 3);
+  EXPECT_EQ(config->seed(), 1234u);
+  EXPECT_EQ(config->run_dir(), "/tmp/prefopt_run");
+  EXPECT_EQ(config->log_every_steps(), 10);
+  EXPECT_EQ(config->output_chunk_tokens(), 32);
+
+  const std::string text = ResolvedConfigText(*config);
+  const std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_THAT(lines[0], StartsWith("# Resolved prefopt config"));
+  EXPECT_THAT(lines[1], ::testing::Not(StartsWith("#")));
+
+  // Read back from another directory: the paths are absolute already.
+  const std::string resolved =
+      WriteTempFile("elsewhere/resolved.textproto", text);
+  absl::StatusOr<TrainConfig> reloaded = LoadTrainConfig(resolved, {});
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  EXPECT_TRUE(
+      google::protobuf::util::MessageDifferencer::Equals(*config, *reloaded))
+      << text << "\nreloaded:\n"
+      << reloaded->DebugString();
+}
+
+TEST(LoadTrainConfigTest, FillsDefaults) {
+  const std::string dir = TestDataDir();
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(dir + "/minimal_hf.textproto", {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->model().hf_path(), dir + "/models/tiny");
+  EXPECT_FLOAT_EQ(config->objective().dpo().beta(), 0.1f);
+  EXPECT_EQ(config->objective().dpo().loss_type(), DpoConfig::SIGMOID);
+  EXPECT_FLOAT_EQ(config->optimizer().beta1(), 0.9f);
+  EXPECT_FLOAT_EQ(config->optimizer().beta2(), 0.999f);
+  EXPECT_FLOAT_EQ(config->optimizer().eps(), 1e-8f);
+  EXPECT_EQ(config->optimizer().weight_decay(), 0.0f);
+  EXPECT_EQ(config->max_steps(), 0);
+  EXPECT_EQ(config->num_epochs(), 1);
+  EXPECT_EQ(config->log_every_steps(), 1);
+  EXPECT_EQ(config->output_chunk_tokens(), 64);
+  EXPECT_EQ(config->data().max_length(), 1024);
+  EXPECT_EQ(config->data().max_prompt_length(), 0);
+  // init_std belongs to from-scratch models only.
+  EXPECT_EQ(config->model().init_std(), 0.0f);
+}
+
+TEST(LoadTrainConfigTest, NumEpochsStaysZeroWhenMaxStepsIsSet) {
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      TestDataDir() + "/minimal_hf.textproto", {"max_steps=10"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->max_steps(), 10);
+  EXPECT_EQ(config->num_epochs(), 0);
+}
+
+TEST(LoadTrainConfigTest, FromScratchModelGetsDefaultInitStd) {
+  const std::string path = WriteTempFile("scratch.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FLOAT_EQ(config->model().init_std(), 0.02f);
+}
+
+TEST(LoadTrainConfigTest, OverridesApplyBeforeDefaults) {
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(TestDataDir() + "/minimal_hf.textproto",
+                      {"optimizer.beta1=0.5", "data.max_length=256",
+                       "optimizer.beta2=0", "objective.dpo.beta=0.3"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FLOAT_EQ(config->optimizer().beta1(), 0.5f);
+  EXPECT_EQ(config->data().max_length(), 256);
+  EXPECT_FLOAT_EQ(config->optimizer().beta2(), 0.999f);  // 0 = default
+  EXPECT_FLOAT_EQ(config->objective().dpo().beta(), 0.3f);
+}
+
+TEST(LoadTrainConfigTest, ResolvesRelativePathsAgainstTheConfigDirectory) {
+  const std::string path = WriteTempFile("configs/run/paths.textproto", R"pb(
+    model { hf_path: "models/tiny" reference_hf_path: "../ref" }
+    data {
+      train_files: "../../data/train.jsonl"
+      train_files: "/data/abs.jsonl"
+      eval_files: "./eval.jsonl"
+    }
+    objective { dpo {} }
+    optimizer { lr: 1e-6 }
+    batch { micro_batch_size: 1 global_batch_size: 1 }
+  )pb");
+  const fs::path tmp = std::getenv("TEST_TMPDIR");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->model().hf_path(),
+            (tmp / "configs/run/models/tiny").string());
+  EXPECT_EQ(config->model().reference_hf_path(),
+            (tmp / "configs/ref").string());
+  EXPECT_THAT(
+      config->data().train_files(),
+      ElementsAre((tmp / "data/train.jsonl").string(), "/data/abs.jsonl"));
+  EXPECT_THAT(config->data().eval_files(),
+              ElementsAre((tmp / "configs/run/eval.jsonl").string()));
+}
+
+TEST(LoadTrainConfigTest, ResolvesOverriddenPathsAgainstTheWorkingDirectory) {
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      TestDataDir() + "/minimal_hf.textproto",
+      {"data.train_files=mine.jsonl,/abs/b.jsonl", "model.hf_path=hf/model"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  const fs::path cwd = fs::current_path();
+  EXPECT_THAT(config->data().train_files(),
+              ElementsAre((cwd / "mine.jsonl").string(), "/abs/b.jsonl"));
+  EXPECT_EQ(config->model().hf_path(), (cwd / "hf/model").string());
+}
+
+TEST(LoadTrainConfigTest, MissingFileIsNamed) {
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig("/no/such/dir/run.textproto", {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Message(config.status()),
+              HasSubstr("\"/no/such/dir/run.textproto\""));
+}
+
+TEST(LoadTrainConfigTest, DirectoryIsRejected) {
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(TestDataDir(), {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()), HasSubstr("is a directory"));
+}
+
+TEST(LoadTrainConfigTest, SyntaxErrorHasLineAndColumn) {
+  const std::string path = WriteTempFile("syntax.textproto",
+                                         "model {\n"
+                                         "  hf_path: \"m\"\n"
+                                         "}\n"
+                                         "optimizer {\n"
+                                         "  lr 0.001\n"
+                                         "}\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(config.status()), StartsWith(path + ":5:6: "));
+  EXPECT_THAT(Message(config.status()), HasSubstr("Expected \":\""));
+}
+
+TEST(LoadTrainConfigTest, SyntaxErrorPointsAtTheTokenItQuotes) {
+  // The error quotes the second "lr" (found where ':' was expected), which
+  // follows another "lr".
+  const std::string path =
+      WriteTempFile("syntax2.textproto", "optimizer {\n  lr lr\n}\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()), StartsWith(path + ":2:6: "));
+  EXPECT_THAT(Message(config.status()), HasSubstr("found \"lr\""));
+}
+
+TEST(LoadTrainConfigTest, UnknownFieldHasPositionAndListsFields) {
+  const std::string path = WriteTempFile("unknown.textproto",
+                                         "objective {\n"
+                                         "  dpo {\n"
+                                         "    betta: 0.2\n"
+                                         "  }\n"
+                                         "}\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()),
+              StartsWith(path + ":3:5: "));  // at "betta"
+  EXPECT_THAT(Message(config.status()),
+              HasSubstr("\"prefopt.DpoConfig\" has no field named \"betta\""));
+  EXPECT_THAT(Message(config.status()),
+              HasSubstr("Its fields: beta, loss_type, label_smoothing."));
+}
+
+TEST(LoadTrainConfigTest, UnknownEnumValueHasPosition) {
+  const std::string path =
+      WriteTempFile("enum.textproto", "schedule {\n  kind: cosine\n}\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()),
+              StartsWith(path + ":2:9: "));  // at "cosine"
+  EXPECT_THAT(Message(config.status()), HasSubstr("cosine"));
+}
+
+TEST(LoadTrainConfigTest, OverrideErrorIsReturned) {
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      TestDataDir() + "/minimal_hf.textproto", {"optimizer.lr=fast"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()),
+              StartsWith("--set=optimizer.lr=fast: "));
+}
+
+struct InvalidCase {
+  std::vector<std::string> overrides;
+  std::string expected;  // follows "<config path>: " in the error
+};
+
+class ValidationTest : public ::testing::TestWithParam<InvalidCase> {};
+
+TEST_P(ValidationTest, NamesTheField) {
+  const std::string path = WriteTempFile("valid.textproto", kValidScratch);
+  ASSERT_TRUE(LoadTrainConfig(path, {}).ok());
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(path, GetParam().overrides);
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(config.status()),
+              HasSubstr(absl::StrCat(path, ": ", GetParam().expected)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllChecks, ValidationTest,
+    ::testing::Values(
+        InvalidCase{{"optimizer.lr=0"}, "optimizer.lr: must be > 0, got 0"},
+        InvalidCase{{"optimizer.lr=-1"}, "optimizer.lr: must be > 0, got -1"},
+        InvalidCase{{"optimizer.beta1=1"},
+                    "optimizer.beta1: must be in [0, 1), got 1"},
+        InvalidCase{{"optimizer.beta2=-0.5"},
+                    "optimizer.beta2: must be in [0, 1), got -0.5"},
+        InvalidCase{{"optimizer.eps=-1e-8"},
+                    "optimizer.eps: must be > 0, got -1e-08"},
+        InvalidCase{{"optimizer.weight_decay=-0.1"},
+                    "optimizer.weight_decay: must be >= 0, got -0.1"},
+        InvalidCase{{"optimizer.max_grad_norm=-1"},
+                    "optimizer.max_grad_norm: must be >= 0"},
+        InvalidCase{{"batch.micro_batch_size=0"},
+                    "batch.micro_batch_size: must be >= 1, got 0"},
+        InvalidCase{{"batch.global_batch_size=-8"},
+                    "batch.global_batch_size: must be >= 1, got -8"},
+        InvalidCase{{"batch.global_batch_size=7"},
+                    "batch.global_batch_size: must be a multiple of "
+                    "batch.micro_batch_size (2), got 7"},
+        InvalidCase{{"objective.dpo.beta=-0.1"},
+                    "objective.dpo.beta: must be > 0, got -0.1"},
+        InvalidCase{{"objective.dpo.label_smoothing=0.5"},
+                    "objective.dpo.label_smoothing: must be in [0, 0.5), got "
+                    "0.5"},
+        InvalidCase{{"objective.dpo.label_smoothing=-0.1"},
+                    "objective.dpo.label_smoothing: must be in [0, 0.5), got "
+                    "-0.1"},
+        InvalidCase{{"objective.dpo.loss_type=ROBUST",
+                     "objective.dpo.label_smoothing=0.5"},
+                    "objective.dpo.label_smoothing: must be < 0.5 for "
+                    "loss_type ROBUST, got 0.5 (the robust loss divides by 1 - "
+                    "2 * label_smoothing)"},
+        InvalidCase{{"schedule.warmup_steps=-1"},
+                    "schedule.warmup_steps: must be >= 0, got -1"},
+        InvalidCase{{"schedule.warmup_ratio=1"},
+                    "schedule.warmup_ratio: must be in [0, 1), got 1"},
+        InvalidCase{{"schedule.warmup_steps=10", "schedule.warmup_ratio=0.1"},
+                    "schedule.warmup_ratio: set at most one of "
+                    "schedule.warmup_steps (10) and schedule.warmup_ratio "
+                    "(0.1)"},
+        InvalidCase{{"model.hf_path=/models/gpt2"},
+                    "model.architecture: must be unset when model.hf_path is "
+                    "set"},
+        InvalidCase{{"model.hf_path=/models/gpt2"},
+                    "model.n_layer: must be unset when model.hf_path is set "
+                    "(the Hugging Face folder's config.json defines the "
+                    "model), got 2"},
+        InvalidCase{{"model.hf_path=/models/gpt2", "model.init_std=0.02"},
+                    "model.init_std: must be unset when model.hf_path is set"},
+        InvalidCase{{"model.architecture=ARCHITECTURE_UNSPECIFIED"},
+                    "model.architecture: must be set for a from-scratch model "
+                    "(one of: GPT2)"},
+        InvalidCase{{"model.vocab_size=0"},
+                    "model.vocab_size: must be > 0 for a from-scratch model, "
+                    "got 0"},
+        InvalidCase{{"model.n_head=-4"},
+                    "model.n_head: must be > 0 for a from-scratch model, got "
+                    "-4"},
+        InvalidCase{{"model.n_embd=18"},
+                    "model.n_embd: must be a multiple of model.n_head (4), got "
+                    "18"},
+        InvalidCase{{"model.init_std=-0.02"},
+                    "model.init_std: must be > 0, got -0.02"},
+        InvalidCase{{"data.train_files="},
+                    "data.train_files: must list at least one JSONL file"},
+        InvalidCase{{"data.train_files=a.jsonl,,b.jsonl"},
+                    "data.train_files[1]: must not be empty"},
+        InvalidCase{{"data.max_length=1"}, "data.max_length: must be >= 2"},
+        InvalidCase{{"data.max_length=64"},
+                    "data.max_length: must be <= model.n_positions (32) for "
+                    "this model, got 64"},
+        InvalidCase{{"data.max_prompt_length=32"},
+                    "data.max_prompt_length: must be < data.max_length (32)"},
+        InvalidCase{{"data.max_prompt_length=-1"},
+                    "data.max_prompt_length: must be >= 0"},
+        InvalidCase{{"max_steps=-5"}, "max_steps: must be >= 0"},
+        InvalidCase{{"num_epochs=-1"}, "num_epochs: must be >= 0, got -1"},
+        InvalidCase{{"log_every_steps=-1"},
+                    "log_every_steps: must be >= 1, got -1"},
+        InvalidCase{{"output_chunk_tokens=-64"},
+                    "output_chunk_tokens: must be >= 1, got -64"}));
+
+TEST(ValidationTest, ObjectiveMustBeSet) {
+  const std::string path = WriteTempFile("no_objective.textproto", R"pb(
+    model { hf_path: "m" }
+    data { train_files: "t.jsonl" }
+    optimizer { lr: 1e-6 }
+    batch { micro_batch_size: 1 global_batch_size: 1 }
+  )pb");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()),
+              HasSubstr(path + ": objective: must set one of the oneof "
+                               "objective.kind (dpo)"));
+}
+
+TEST(ValidationTest, ModelMustBeDescribed) {
+  const std::string path = WriteTempFile("no_model.textproto", R"pb(
+    data { train_files: "t.jsonl" }
+    objective { dpo {} }
+    optimizer { lr: 1e-6 }
+    batch { micro_batch_size: 1 global_batch_size: 1 }
+  )pb");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            path +
+                ": model: set model.hf_path to a Hugging Face model folder, "
+                "or model.architecture (one of: GPT2) and the sizes "
+                "vocab_size, n_positions, n_embd, n_layer, n_head for a "
+                "from-scratch model");
+}
+
+TEST(ValidationTest, NonFiniteNumbersAreRejected) {
+  const std::string path = WriteTempFile(
+      "nonfinite.textproto",
+      absl::StrCat(
+          absl::StrReplaceAll(kValidScratch, {{"lr: 1e-3", "lr: nan"}}),
+          "schedule { warmup_ratio: inf }\n"));
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            absl::StrCat(path,
+                         ": optimizer.lr: must be a finite number, got "
+                         "nan\n",
+                         path,
+                         ": schedule.warmup_ratio: must be a finite "
+                         "number, got inf"));
+}
+
+TEST(ValidationTest, ReportsEveryProblem) {
+  const std::string path = WriteTempFile("many.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      path, {"optimizer.lr=0", "batch.micro_batch_size=0", "max_steps=-1"});
+  ASSERT_FALSE(config.ok());
+  const std::vector<std::string> lines =
+      absl::StrSplit(config.status().message(), '\n');
+  EXPECT_THAT(
+      lines, ElementsAre(path + ": optimizer.lr: must be > 0, got 0",
+                         path + ": batch.micro_batch_size: must be >= 1, got 0",
+                         StartsWith(path + ": max_steps: must be >= 0")));
+}
+
+TEST(ApplyOverrideTest, SetsEveryScalarType) {
+  TrainConfig config;
+  for (const char* override_text :
+       {"batch.micro_batch_size=4", "max_steps=-3", "seed=18446744073709551615",
+        "optimizer.lr=3e-4", "data.shuffle=true",
+        "optimizer.decay_norms_and_biases=1", "run_dir=/runs/a b",
+        "schedule.kind=COSINE", "data.truncation_mode=KEEP_START"}) {
+    ASSERT_TRUE(ApplyOverride(override_text, &config).ok()) << override_text;
+  }
+  EXPECT_EQ(config.batch().micro_batch_size(), 4);
+  EXPECT_EQ(config.max_steps(), -3);
+  EXPECT_EQ(config.seed(), 18446744073709551615u);
+  EXPECT_FLOAT_EQ(config.optimizer().lr(), 3e-4f);
+  EXPECT_TRUE(config.data().shuffle());
+  EXPECT_TRUE(config.optimizer().decay_norms_and_biases());
+  EXPECT_EQ(config.run_dir(), "/runs/a b");
+  EXPECT_EQ(config.schedule().kind(), ScheduleConfig::COSINE);
+  EXPECT_EQ(config.data().truncation_mode(), KEEP_START);
+
+  ASSERT_TRUE(ApplyOverride("data.shuffle=0", &config).ok());
+  EXPECT_FALSE(config.data().shuffle());
+  ASSERT_TRUE(
+      ApplyOverride("optimizer.decay_norms_and_biases=false", &config).ok());
+  EXPECT_FALSE(config.optimizer().decay_norms_and_biases());
+  ASSERT_TRUE(ApplyOverride("batch.micro_batch_size=8", &config).ok());
+  EXPECT_EQ(config.batch().micro_batch_size(), 8);
+}
+
+TEST(ApplyOverrideTest, CreatesNestedMessages) {
+  TrainConfig config;
+  ASSERT_TRUE(ApplyOverride("optimizer.lr=0.5", &config).ok());
+  EXPECT_TRUE(config.has_optimizer());
+  EXPECT_FLOAT_EQ(config.optimizer().lr(), 0.5f);
+}
+
+TEST(ApplyOverrideTest, SelectsOneofMember) {
+  TrainConfig config;
+  ASSERT_TRUE(ApplyOverride("objective.dpo.beta=0.2", &config).ok());
+  EXPECT_EQ(config.objective().kind_case(), ObjectiveConfig::kDpo);
+  EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.2f);
+  ASSERT_TRUE(ApplyOverride("objective.dpo.loss_type=IPO", &config).ok());
+  EXPECT_EQ(config.objective().dpo().loss_type(), DpoConfig::IPO);
+  EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.2f);
+}
+
+TEST(ApplyOverrideTest, MessageValueInBracesReplacesTheMessage) {
+  TrainConfig config;
+  config.mutable_objective()->mutable_dpo()->set_label_smoothing(0.1f);
+  ASSERT_TRUE(
+      ApplyOverride("objective.dpo={beta: 0.3 loss_type: HINGE}", &config)
+          .ok());
+  EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.3f);
+  EXPECT_EQ(config.objective().dpo().loss_type(), DpoConfig::HINGE);
+  EXPECT_EQ(config.objective().dpo().label_smoothing(), 0.0f);
+
+  TrainConfig empty;
+  ASSERT_TRUE(ApplyOverride("objective.dpo={}", &empty).ok());
+  EXPECT_TRUE(empty.objective().has_dpo());
+}
+
+TEST(ApplyOverrideTest, RepeatedFieldTakesACommaSeparatedList) {
+  TrainConfig config;
+  config.mutable_data()->add_train_files("old.jsonl");
+  config.mutable_data()->add_eval_files("eval.jsonl");
+  ASSERT_TRUE(ApplyOverride("data.train_files=a.jsonl,b.jsonl", &config).ok());
+  EXPECT_THAT(config.data().train_files(), ElementsAre("a.jsonl", "b.jsonl"));
+  ASSERT_TRUE(ApplyOverride("data.train_files=c.jsonl", &config).ok());
+  EXPECT_THAT(config.data().train_files(), ElementsAre("c.jsonl"));
+  ASSERT_TRUE(ApplyOverride("data.eval_files=", &config).ok());
+  EXPECT_TRUE(config.data().eval_files().empty());
+}
+
+TEST(ApplyOverrideTest, FailedOverrideLeavesConfigUnchanged) {
+  TrainConfig config;
+  EXPECT_FALSE(ApplyOverride("objective.dpo.betta=0.2", &config).ok());
+  EXPECT_FALSE(config.has_objective());
+}
+
+TEST(ApplyOverrideTest, UnknownFieldListsTheMessagesFields) {
+  TrainConfig config;
+  absl::Status status = ApplyOverride("objective.dpo.betta=0.2", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Message(status),
+            "--set=objective.dpo.betta=0.2: no field \"betta\" in "
+            "prefopt.DpoConfig (fields: beta, loss_type, label_smoothing)");
+}
+
+struct BadOverride {
+  std::string override_text;
+  std::string expected;  // follows "--set=<override_text>: " in the error
+};
+
+class BadOverrideTest : public ::testing::TestWithParam<BadOverride> {};
+
+TEST_P(BadOverrideTest, ExplainsTheProblem) {
+  TrainConfig config;
+  absl::Status status = ApplyOverride(GetParam().override_text, &config);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(status),
+              StartsWith(absl::StrCat("--set=", GetParam().override_text, ": ",
+                                      GetParam().expected)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKinds, BadOverrideTest,
+    ::testing::Values(
+        BadOverride{"optimizer.lr",
+                    "expected path.to.field=value, but there is no '='"},
+        BadOverride{"=3", "empty field path before '='"},
+        BadOverride{"optimizer..lr=1", "empty field name in \"optimizer..lr\""},
+        BadOverride{"nope=1",
+                    "no field \"nope\" in prefopt.TrainConfig (fields: model, "
+                    "data, objective, optimizer, schedule, batch, max_steps, "
+                    "num_epochs, seed, run_dir, log_every_steps, "
+                    "output_chunk_tokens)"},
+        BadOverride{"batch.micro_batch_size=four",
+                    "batch.micro_batch_size expects int32 (an integer), got "
+                    "\"four\""},
+        BadOverride{"batch.micro_batch_size=2.5",
+                    "batch.micro_batch_size expects int32 (an integer), got "
+                    "\"2.5\""},
+        BadOverride{"max_steps=3000000000",
+                    "max_steps expects int32 in [-2147483648, 2147483647], "
+                    "got 3000000000"},
+        BadOverride{"seed=-1",
+                    "seed expects uint64 in [0, 18446744073709551615], got -1"},
+        BadOverride{"optimizer.lr=fast",
+                    "optimizer.lr expects a finite float, got \"fast\""},
+        BadOverride{"optimizer.lr=inf",
+                    "optimizer.lr expects a finite float, got \"inf\""},
+        BadOverride{"optimizer.lr=1e40",
+                    "optimizer.lr expects a finite float, got \"1e40\""},
+        BadOverride{"data.shuffle=yes",
+                    "data.shuffle expects a bool (true, false, 1 or 0), got "
+                    "\"yes\""},
+        BadOverride{"schedule.kind=cosine",
+                    "schedule.kind expects one of CONSTANT, LINEAR, COSINE "
+                    "(prefopt.ScheduleConfig.Kind, exact case), got "
+                    "\"cosine\""},
+        BadOverride{"optimizer.lr.x=1",
+                    "optimizer.lr is a float, not a message; it has no field "
+                    "\"x\""},
+        BadOverride{"objective.dpo=0.2",
+                    "objective.dpo is a message prefopt.DpoConfig; set one of "
+                    "its fields (beta, loss_type, label_smoothing) as "
+                    "objective.dpo.FIELD=VALUE, or give the whole message in "
+                    "braces, e.g. objective.dpo={}"},
+        BadOverride{"objective.dpo={betta: 1}",
+                    "objective.dpo value at 1:2: Message type "
+                    "\"prefopt.DpoConfig\" has no field named \"betta\"."}));
+
+TEST(BatchForWorldTest, AcceptsDivisibleWorldSizes) {
+  TrainConfig config;
+  config.mutable_batch()->set_micro_batch_size(2);
+  config.mutable_batch()->set_global_batch_size(16);
+  for (const auto& [world_size, steps] :
+       std::vector<std::pair<int, int>>{{1, 8}, {2, 4}, {4, 2}, {8, 1}}) {
+    EXPECT_TRUE(CheckBatchForWorld(config, world_size).ok()) << world_size;
+    EXPECT_EQ(GradientAccumulationSteps(config, world_size), steps);
+  }
+}
+
+TEST(BatchForWorldTest, RejectsIndivisibleWorldSize) {
+  TrainConfig config;
+  config.mutable_batch()->set_micro_batch_size(2);
+  config.mutable_batch()->set_global_batch_size(16);
+  absl::Status status = CheckBatchForWorld(config, 3);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(status),
+              StartsWith("batch.global_batch_size: must be a multiple of "
+                         "batch.micro_batch_size * world size = 2 * 3 = 6"));
+  EXPECT_THAT(Message(status), HasSubstr("got 16; use 12 or 18"));
+
+  config.mutable_batch()->set_global_batch_size(4);
+  EXPECT_THAT(Message(CheckBatchForWorld(config, 4)),
+              HasSubstr("got 4; use 8,"));
+}
+
+TEST(BatchForWorldTest, RejectsBadSizes) {
+  TrainConfig config;
+  config.mutable_batch()->set_micro_batch_size(2);
+  config.mutable_batch()->set_global_batch_size(16);
+  EXPECT_THAT(Message(CheckBatchForWorld(config, 0)),
+              HasSubstr("world size must be >= 1, got 0"));
+  config.mutable_batch()->set_micro_batch_size(0);
+  EXPECT_THAT(Message(CheckBatchForWorld(config, 1)),
+              HasSubstr("batch.micro_batch_size (0)"));
+}
+
+}  // namespace
+}  // namespace prefopt::config

@@ -1,0 +1,232 @@
+#include "trainer/io/hf_config.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "trainer/io/json_file.h"
+#include "trainer/io/test_util.h"
+
+namespace prefopt::io {
+namespace {
+
+using testing::ErrorContains;
+using testing::NewTempDir;
+using testing::TestdataPath;
+
+void ExpectSameSpec(const ModelSpec& a, const ModelSpec& b) {
+  EXPECT_EQ(a.arch, b.arch);
+  EXPECT_EQ(a.hf_architecture, b.hf_architecture);
+  EXPECT_EQ(a.hf_model_type, b.hf_model_type);
+  EXPECT_EQ(a.vocab_size, b.vocab_size);
+  EXPECT_EQ(a.max_positions, b.max_positions);
+  EXPECT_EQ(a.hidden, b.hidden);
+  EXPECT_EQ(a.n_layer, b.n_layer);
+  EXPECT_EQ(a.n_head, b.n_head);
+  EXPECT_EQ(a.n_kv_head, b.n_kv_head);
+  EXPECT_EQ(a.head_dim, b.head_dim);
+  EXPECT_EQ(a.intermediate, b.intermediate);
+  EXPECT_EQ(a.norm_eps, b.norm_eps);
+  EXPECT_EQ(a.tie_word_embeddings, b.tie_word_embeddings);
+  EXPECT_EQ(a.activation, b.activation);
+  EXPECT_EQ(a.rope_theta, b.rope_theta);
+  EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
+  EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
+  EXPECT_EQ(a.rope_scaling.low_freq_factor, b.rope_scaling.low_freq_factor);
+  EXPECT_EQ(a.rope_scaling.high_freq_factor, b.rope_scaling.high_freq_factor);
+  EXPECT_EQ(a.rope_scaling.original_max_position_embeddings,
+            b.rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(a.attention_bias, b.attention_bias);
+  EXPECT_EQ(a.attention_out_bias, b.attention_out_bias);
+  EXPECT_EQ(a.mlp_bias, b.mlp_bias);
+  EXPECT_EQ(a.bos_token_id, b.bos_token_id);
+  EXPECT_EQ(a.eos_token_id, b.eos_token_id);
+  EXPECT_EQ(a.extra_eos_token_ids, b.extra_eos_token_ids);
+  EXPECT_EQ(a.torch_dtype, b.torch_dtype);
+}
+
+ModelSpec Read(const std::string& dir) {
+  absl::StatusOr<ModelSpec> spec = ReadHfConfig(TestdataPath(dir));
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  return spec.ok() ? *spec : ModelSpec();
+}
+
+TEST(ReadHfConfigTest, Gpt2) {
+  const ModelSpec spec = Read("gpt2");
+  EXPECT_EQ(spec.arch, ModelSpec::Arch::kGpt2);
+  EXPECT_EQ(spec.hf_architecture, "GPT2LMHeadModel");
+  EXPECT_EQ(spec.hf_model_type, "gpt2");
+  EXPECT_EQ(spec.vocab_size, 16);
+  EXPECT_EQ(spec.max_positions, 8);
+  EXPECT_EQ(spec.hidden, 8);
+  EXPECT_EQ(spec.n_layer, 1);
+  EXPECT_EQ(spec.n_head, 2);
+  EXPECT_EQ(spec.n_kv_head, 2);
+  EXPECT_EQ(spec.head_dim, 4);
+  EXPECT_EQ(spec.intermediate, 32);  // n_inner null -> 4 * n_embd
+  EXPECT_EQ(spec.norm_eps, 1e-5);
+  EXPECT_TRUE(spec.tie_word_embeddings);
+  EXPECT_EQ(spec.activation, "gelu_new");
+  EXPECT_TRUE(spec.attention_bias);
+  EXPECT_TRUE(spec.attention_out_bias);
+  EXPECT_TRUE(spec.mlp_bias);
+  EXPECT_EQ(spec.bos_token_id, 0);
+  EXPECT_EQ(spec.eos_token_id, 1);
+  EXPECT_TRUE(spec.extra_eos_token_ids.empty());
+  EXPECT_EQ(spec.torch_dtype, "float32");
+  EXPECT_EQ(spec.rope_scaling.type, RopeScaling::Type::kNone);
+}
+
+TEST(ReadHfConfigTest, Llama) {
+  const ModelSpec spec = Read("configs/llama");
+  EXPECT_EQ(spec.arch, ModelSpec::Arch::kLlama);
+  EXPECT_EQ(spec.hf_architecture, "LlamaForCausalLM");
+  EXPECT_EQ(spec.vocab_size, 32);
+  EXPECT_EQ(spec.max_positions, 64);
+  EXPECT_EQ(spec.hidden, 16);
+  EXPECT_EQ(spec.intermediate, 40);
+  EXPECT_EQ(spec.n_layer, 2);
+  EXPECT_EQ(spec.n_head, 4);
+  EXPECT_EQ(spec.n_kv_head, 2);
+  EXPECT_EQ(spec.head_dim, 4);
+  EXPECT_EQ(spec.norm_eps, 1e-5);
+  EXPECT_FALSE(spec.tie_word_embeddings);
+  EXPECT_EQ(spec.activation, "silu");
+  EXPECT_EQ(spec.rope_theta, 500000.0);
+  EXPECT_EQ(spec.rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(spec.rope_scaling.factor, 8.0);
+  EXPECT_EQ(spec.rope_scaling.low_freq_factor, 1.0);
+  EXPECT_EQ(spec.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(spec.rope_scaling.original_max_position_embeddings, 32);
+  EXPECT_FALSE(spec.attention_bias);
+  EXPECT_FALSE(spec.attention_out_bias);
+  EXPECT_FALSE(spec.mlp_bias);
+  EXPECT_EQ(spec.bos_token_id, 1);
+  EXPECT_EQ(spec.eos_token_id, 2);
+  EXPECT_EQ(spec.extra_eos_token_ids, std::vector<int64_t>{3});
+  EXPECT_EQ(spec.torch_dtype, "bfloat16");
+}
+
+TEST(ReadHfConfigTest, Mistral) {
+  const ModelSpec spec = Read("configs/mistral");
+  EXPECT_EQ(spec.arch, ModelSpec::Arch::kLlama);
+  EXPECT_EQ(spec.hf_architecture, "MistralForCausalLM");
+  EXPECT_EQ(spec.hf_model_type, "mistral");
+  EXPECT_EQ(spec.n_kv_head, 1);
+  EXPECT_EQ(spec.head_dim, 8);  // given explicitly, not hidden / heads
+  EXPECT_EQ(spec.norm_eps, 1e-6);
+  EXPECT_EQ(spec.rope_theta, 10000.0);
+  EXPECT_FALSE(spec.attention_bias);
+  EXPECT_FALSE(spec.mlp_bias);
+  EXPECT_EQ(spec.torch_dtype, "");
+}
+
+TEST(ReadHfConfigTest, Qwen2) {
+  const ModelSpec spec = Read("configs/qwen2");
+  EXPECT_EQ(spec.arch, ModelSpec::Arch::kQwen2);
+  EXPECT_EQ(spec.hf_architecture, "Qwen2ForCausalLM");
+  EXPECT_EQ(spec.head_dim, 4);
+  EXPECT_EQ(spec.n_kv_head, 2);
+  EXPECT_TRUE(spec.tie_word_embeddings);
+  EXPECT_EQ(spec.rope_theta, 1000000.0);
+  EXPECT_TRUE(spec.attention_bias);
+  EXPECT_FALSE(spec.attention_out_bias);
+  EXPECT_FALSE(spec.mlp_bias);
+  EXPECT_FALSE(spec.bos_token_id.has_value());
+  EXPECT_EQ(spec.eos_token_id, 5);
+}
+
+struct BadConfig {
+  const char* dir;
+  std::vector<std::string_view> message_parts;
+};
+
+TEST(ReadHfConfigTest, RejectsBadConfigs) {
+  const std::vector<BadConfig> cases = {
+      {"unknown_arch",
+       {"\"BertForMaskedLM\"", "'architectures'", "GPT2LMHeadModel",
+        "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}},
+      {"model_type_mismatch", {"'model_type'", "\"llama\"", "GPT2LMHeadModel"}},
+      {"gpt2_relu", {"'activation_function'", "\"relu\""}},
+      {"gpt2_inverse_layer_idx",
+       {"'scale_attn_by_inverse_layer_idx'", "not support"}},
+      {"gpt2_upcast", {"'reorder_and_upcast_attn'", "not support"}},
+      {"gpt2_string_size", {"'n_embd'", "an integer", "the string \"8\""}},
+      {"gpt2_heads", {"'n_embd'", "9", "n_head 2"}},
+      {"gpt2_missing_layers", {"missing required field 'n_layer'"}},
+      {"llama_gelu", {"'hidden_act'", "\"gelu\"", "silu"}},
+      {"llama_kv_heads", {"'num_attention_heads'", "num_key_value_heads 3"}},
+      {"llama_yarn", {"'rope_scaling'", "\"yarn\"", "linear", "llama3"}},
+      {"llama_llama3_incomplete",
+       {"(rope_scaling)", "'low_freq_factor'", "a number"}},
+      {"mistral_sliding", {"'sliding_window'", "16", "not supported"}},
+      {"qwen2_sliding", {"'use_sliding_window'", "16", "not supported"}},
+      {"not_json", {":3:15: invalid JSON"}},
+  };
+  for (const BadConfig& c : cases) {
+    const std::string dir = TestdataPath(std::string("bad_configs/") + c.dir);
+    absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.dir;
+    EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/config.json"})) << c.dir;
+    for (const std::string_view part : c.message_parts) {
+      EXPECT_TRUE(ErrorContains(spec.status(), {part})) << c.dir;
+    }
+  }
+}
+
+TEST(ReadHfConfigTest, MissingConfigNamesPath) {
+  const std::string dir = NewTempDir("no_config");
+  absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+  EXPECT_EQ(spec.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/config.json"}));
+}
+
+TEST(WriteHfConfigTest, RoundTripsEveryArchitecture) {
+  for (const char* dir :
+       {"gpt2", "configs/llama", "configs/mistral", "configs/qwen2"}) {
+    const ModelSpec spec = Read(dir);
+    const std::string out = NewTempDir(std::string("round_trip_") +
+                                       (dir + std::string(dir).rfind('/') + 1));
+    ASSERT_TRUE(WriteHfConfig(spec, out).ok()) << dir;
+    absl::StatusOr<ModelSpec> again = ReadHfConfig(out);
+    ASSERT_TRUE(again.ok()) << again.status();
+    SCOPED_TRACE(dir);
+    ExpectSameSpec(*again, spec);
+  }
+}
+
+TEST(WriteHfConfigTest, WritesTransformersFields) {
+  const std::string out = NewTempDir("gpt2_fields");
+  ASSERT_TRUE(WriteHfConfig(Read("gpt2"), out).ok());
+  const nlohmann::json config = *ReadJsonFile(out + "/config.json");
+  EXPECT_EQ(config["architectures"], nlohmann::json({"GPT2LMHeadModel"}));
+  EXPECT_EQ(config["model_type"], "gpt2");
+  EXPECT_EQ(config["n_embd"], 8);
+  EXPECT_EQ(config["n_inner"], 32);
+  EXPECT_EQ(config["activation_function"], "gelu_new");
+  EXPECT_EQ(config["layer_norm_epsilon"], 1e-5);
+  EXPECT_EQ(config["tie_word_embeddings"], true);
+  EXPECT_EQ(config["torch_dtype"], "float32");
+  EXPECT_EQ(config["dtype"], "float32");
+}
+
+TEST(WriteHfConfigTest, RejectsInexpressibleSpecs) {
+  const std::string out = NewTempDir("inexpressible");
+  ModelSpec qwen2 = Read("configs/qwen2");
+  qwen2.attention_bias = false;
+  EXPECT_TRUE(ErrorContains(WriteHfConfig(qwen2, out), {"Qwen2ForCausalLM"}));
+  ModelSpec gpt2 = Read("gpt2");
+  gpt2.activation = "silu";
+  EXPECT_TRUE(ErrorContains(WriteHfConfig(gpt2, out), {"gelu_new", "silu"}));
+  gpt2 = Read("gpt2");
+  gpt2.hf_architecture = "LlamaForCausalLM";
+  EXPECT_TRUE(ErrorContains(WriteHfConfig(gpt2, out), {"LlamaForCausalLM"}));
+  ModelSpec llama = Read("configs/llama");
+  llama.n_kv_head = 3;
+  EXPECT_TRUE(ErrorContains(WriteHfConfig(llama, out), {"n_kv_head 3"}));
+  EXPECT_FALSE(testing::Exists(out + "/config.json"));
+}
+
+}  // namespace
+}  // namespace prefopt::io
