@@ -1,0 +1,106 @@
+// The fast fp32 CPU backend: GEMMs through OpenBLAS, the other loops
+// vectorized (AVX2/FMA) and parallelized with OpenMP. Same layouts and
+// semantics as ReferenceBackend (kernels/cpu/reference.h), which it is tested
+// against.
+//
+// Threads: an op runs on the OpenMP threads (omp_get_max_threads()), or on the
+// calling thread alone when it is too small to gain from more. While an op
+// runs, OpenBLAS is set to one thread per call and each OpenMP thread computes
+// its own part of a GEMM, so the two thread pools never compete; the previous
+// OpenBLAS thread count is restored when the op returns.
+//
+// Determinism: with the same inputs and the same OpenMP thread count, every op
+// returns bitwise-identical results (no atomics; reductions run in a fixed
+// order).
+//
+// A label outside [0, V) or a chunk < 1 in OutputForward/OutputBackward is a
+// caller bug: it aborts with a message.
+//
+// Not thread-safe: one caller at a time. Scratch memory (attention backward,
+// SumSquares partials) is allocated on first use and reused, growing only when
+// a larger shape arrives.
+#ifndef PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
+#define PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace prefopt::kernels {
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend();
+
+  std::string Name() const override { return "cpu"; }
+
+  // Allocations are 64-byte aligned.
+  float* Alloc(size_t n) override;
+  void Free(float* p) override;
+  void Zero(float* p, size_t n) override;
+  void CopyToDevice(float* dst, const float* host_src, size_t n) override;
+  void CopyToHost(float* host_dst, const float* src, size_t n) override;
+
+  void EmbeddingForward(float* out, const int32_t* ids, const int32_t* pos,
+                        const float* wte, const float* wpe, int N,
+                        int C) override;
+  void EmbeddingBackward(float* dwte, float* dwpe, const float* dout,
+                         const int32_t* ids, const int32_t* pos, int N,
+                         int C) override;
+
+  void LayerNormForward(float* out, float* mean, float* rstd, const float* inp,
+                        const float* weight, const float* bias, int N, int C,
+                        float eps) override;
+  void LayerNormBackward(float* dinp, float* dweight, float* dbias,
+                         const float* dout, const float* inp,
+                         const float* weight, const float* mean,
+                         const float* rstd, int N, int C) override;
+
+  void MatmulForward(float* out, const float* inp, const float* weight,
+                     const float* bias, int N, int C, int OC) override;
+  void MatmulBackward(float* dinp, float* dweight, float* dbias,
+                      const float* dout, const float* inp, const float* weight,
+                      int N, int C, int OC) override;
+
+  void GeluForward(float* out, const float* inp, size_t n) override;
+  void GeluBackward(float* dinp, const float* inp, const float* dout,
+                    size_t n) override;
+  void Add(float* out, const float* a, const float* b, size_t n) override;
+  void Axpy(float* y, float alpha, const float* x, size_t n) override;
+
+  size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
+                            int NH) const override;
+  void AttentionForward(float* out, float* probs, const float* qkv,
+                        const SeqSpan* spans, int num_seqs, int NH, int NKV,
+                        int hs) override;
+  void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
+                         const float* probs, const SeqSpan* spans, int num_seqs,
+                         int NH, int NKV, int hs) override;
+
+  void OutputForward(float* lse, float* logp, float* logit_sum,
+                     int32_t* correct, const float* h, const float* wout,
+                     const int32_t* labels, int N, int C, int V,
+                     float* chunk_buf, int chunk) override;
+  void OutputBackward(float* dh, float* dwout, const float* h,
+                      const float* wout, const int32_t* labels,
+                      const float* lse, const float* coef, int N, int C, int V,
+                      float* chunk_buf, int chunk) override;
+
+  double SumSquares(const float* x, size_t n) override;
+  void Scale(float* x, float alpha, size_t n) override;
+  void AdamW(float* p, const float* grad, float* m, float* v, size_t n,
+             const AdamWParams& hp) override;
+
+ private:
+  // Per-thread dS blocks for AttentionBackward.
+  std::vector<float> attention_scratch_;
+  // Per-block partial sums for SumSquares.
+  std::vector<double> sum_partials_;
+};
+
+}  // namespace prefopt::kernels
+
+#endif  // PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
