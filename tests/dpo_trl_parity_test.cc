@@ -76,7 +76,7 @@ TEST_P(DpoTrlParity, LossMetricsAndGradientsMatchTrl) {
   const nlohmann::json expected =
       ReadJson(absl::StrCat("dpo_", c.name, ".json"));
   auto trainer = MakeTrainer(c);
-  ASSERT_EQ(trainer->dataset().pairs.size(), 6u);
+  ASSERT_EQ(trainer->dataset().examples.size(), 6u);
 
   // Reference log-probs (TRL's are summed, or length-averaged for IPO).
   const auto& per_pair = expected["per_pair"];
@@ -84,12 +84,14 @@ TEST_P(DpoTrlParity, LossMetricsAndGradientsMatchTrl) {
     const double kw = per_pair["chosen_response_tokens"][i].get<double>();
     const double kl = per_pair["rejected_response_tokens"][i].get<double>();
     const bool averaged = std::string(c.loss_type) == "IPO";
-    ExpectClose(trainer->references()[i].chosen / (averaged ? kw : 1.0),
-                per_pair["reference_chosen_logps"][i].get<double>(),
-                absl::StrCat("reference chosen logp of pair ", i));
-    ExpectClose(trainer->references()[i].rejected / (averaged ? kl : 1.0),
-                per_pair["reference_rejected_logps"][i].get<double>(),
-                absl::StrCat("reference rejected logp of pair ", i));
+    ExpectClose(
+        trainer->references().SequenceLogp(i, 0) / (averaged ? kw : 1.0),
+        per_pair["reference_chosen_logps"][i].get<double>(),
+        absl::StrCat("reference chosen logp of pair ", i));
+    ExpectClose(
+        trainer->references().SequenceLogp(i, 1) / (averaged ? kl : 1.0),
+        per_pair["reference_rejected_logps"][i].get<double>(),
+        absl::StrCat("reference rejected logp of pair ", i));
   }
 
   std::vector<int> all(6);

@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
   }
   // sgemm is measured before and after the steps: the machine's speed can
   // drift (other load, clocks), and the ratio uses their mean.
-  const double sgemm_before = prefopt::kernels::cpu::MeasureSgemmGflops(2048, 2.0);
+  const double sgemm_before =
+      prefopt::kernels::cpu::MeasureSgemmGflops(2048, 2.0);
   const char* tmp = std::getenv("TMPDIR");
   const std::string dir =
       absl::StrCat(tmp ? tmp : "/tmp", "/prefopt_dpo_bench_", getpid());

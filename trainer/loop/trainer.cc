@@ -15,6 +15,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/rng.h"
 
@@ -35,6 +36,20 @@ io::ModelSpec SpecFromConfig(const ModelConfig& m) {
   spec.tie_word_embeddings = true;
   spec.activation = "gelu_new";
   return spec;
+}
+
+absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
+    const ObjectiveConfig& config, int vocab_size) {
+  switch (config.kind_case()) {
+    case ObjectiveConfig::kDpo: {
+      auto dpo = objectives::DpoObjective::Create(config.dpo(), vocab_size);
+      if (!dpo.ok()) return dpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(dpo));
+    }
+    default:
+      return absl::InvalidArgumentError(
+          "objective: no objective is set (choose one of: dpo)");
+  }
 }
 
 Trainer::Trainer(const TrainConfig& config, std::ostream& log)
@@ -76,17 +91,22 @@ absl::Status Trainer::Init() {
     spec_ = SpecFromConfig(mc);
   }
 
+  auto objective =
+      CreateObjective(config_.objective(), static_cast<int>(spec_.vocab_size));
+  if (!objective.ok()) return objective.status();
+  objective_ = *std::move(objective);
+
   const DataConfig& dc = config_.data();
   data::TruncationOptions trunc;
   trunc.max_length = dc.max_length();
   trunc.max_prompt_length = dc.max_prompt_length();
   trunc.mode = dc.truncation_mode();
-  auto ds = data::ReadPreferenceJsonl(
-      {dc.train_files().begin(), dc.train_files().end()}, spec_.vocab_size,
-      trunc);
+  auto ds = data::ReadExamplesJsonl(
+      {dc.train_files().begin(), dc.train_files().end()},
+      objective_->example_kind(), static_cast<int>(spec_.vocab_size), trunc);
   if (!ds.ok()) return ds.status();
   dataset_ = *std::move(ds);
-  log_ << "data: " << dataset_.pairs.size() << " pairs";
+  log_ << "data: " << dataset_.examples.size() << " examples";
   if (dataset_.truncated > 0)
     log_ << ", " << dataset_.truncated << " truncated";
   if (dataset_.dropped_too_long > 0) {
@@ -101,8 +121,10 @@ absl::Status Trainer::Init() {
 
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
-  cap.max_seq_len = data::MaxSequenceLength(dataset_.pairs);
-  cap.max_seqs = 2 * mb;
+  cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
+  cap.max_seqs =
+      (objective_->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
+      mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
   if (!policy.ok()) return policy.status();
@@ -114,13 +136,10 @@ absl::Status Trainer::Init() {
     policy_->InitRandom(config_.seed(), mc.init_std());
   }
 
-  auto dpo = objectives::DpoObjective::Create(config_.objective().dpo(),
-                                              spec_.vocab_size);
-  if (!dpo.ok()) return dpo.status();
-  dpo_.emplace(*std::move(dpo));
-
-  s = BuildReferences();
-  if (!s.ok()) return s;
+  if (objective_->reference_needs() != objectives::ReferenceNeeds::kNone) {
+    s = BuildReferences();
+    if (!s.ok()) return s;
+  }
 
   output_ = std::make_unique<objectives::ChunkedOutputLayer>(
       backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
@@ -129,7 +148,7 @@ absl::Status Trainer::Init() {
       backend_.get(), policy_->layout(), config_.optimizer());
 
   global_batch_ = config_.batch().global_batch_size();
-  const int n = static_cast<int>(dataset_.pairs.size());
+  const int n = static_cast<int>(dataset_.examples.size());
   steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
   total_steps_ = config_.max_steps() > 0
                      ? config_.max_steps()
@@ -172,10 +191,15 @@ absl::Status Trainer::BuildReferences() {
     backend_->CopyToHost(host.data(), policy_->params(), host.size());
     backend_->CopyToDevice(reference.params(), host.data(), host.size());
   }
-  auto result = reference::ComputePairReferences(
-      reference, dataset_.pairs, config_.batch().micro_batch_size(),
-      config_.output_chunk_tokens(), config_.run_dir() + "/reference_cache",
-      nullptr);
+  reference::ReferenceOptions options;
+  options.token_logps =
+      objective_->reference_needs() == objectives::ReferenceNeeds::kTokenLogps;
+  options.include_context = objective_->reference_sees_context();
+  options.micro_batch_examples = config_.batch().micro_batch_size();
+  options.output_chunk = config_.output_chunk_tokens();
+  auto result = reference::ComputeReferenceValues(
+      reference, dataset_.examples, options,
+      config_.run_dir() + "/reference_cache", nullptr);
   if (!result.ok()) return result.status();
   if (!result->rebuilt_because.empty()) {
     log_ << "reference cache " << result->cache_path
@@ -189,7 +213,7 @@ absl::Status Trainer::BuildReferences() {
 }
 
 std::vector<int> Trainer::GlobalBatch(int step) {
-  const int n = static_cast<int>(dataset_.pairs.size());
+  const int n = static_cast<int>(dataset_.examples.size());
   const int epoch = step / steps_per_epoch_;
   const int index = step % steps_per_epoch_;
   if (epoch_order_for_ != epoch) {
@@ -213,36 +237,30 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
-  // Every micro-batch's contribution is scaled by the global pair count, so
-  // the update is independent of the micro-batch size (objectives.md §0).
-  const double inv_global_pairs = 1.0 / static_cast<double>(indices.size());
+  // Every micro-batch's contribution is divided by the global batch's
+  // denominator, so the update does not depend on how the batch is split into
+  // micro-batches (objectives.md §0).
+  const double denominator =
+      objective_->Denominator(dataset_.examples, indices);
   const int mb = config_.batch().micro_batch_size();
-  const int C = spec_.hidden;
+  const int C = static_cast<int>(spec_.hidden);
   objectives::MetricSums sums;
   int64_t tokens = 0;
+  std::vector<int> micro;
+  std::vector<objectives::SequenceScores> scores;
 
   for (size_t begin = 0; begin < indices.size(); begin += mb) {
-    const int n =
-        static_cast<int>(std::min<size_t>(mb, indices.size() - begin));
-    data::BuildPairBatch(dataset_.pairs, indices.data() + begin, n, &batch_);
+    const size_t n = std::min<size_t>(mb, indices.size() - begin);
+    micro.assign(indices.begin() + begin, indices.begin() + begin + n);
+    data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
+                     /*include_context=*/true, &batch_);
     tokens += batch_.packed.rows();
     const float* hidden = policy_->Forward(batch_.packed);
-    const std::vector<objectives::SequenceScores> scores =
-        output_->Forward(hidden, policy_->output_embedding(),
-                         batch_.packed.tokens.data(), batch_.segments);
-    coef_.clear();
-    for (int i = 0; i < n; ++i) {
-      const objectives::DpoPairGradient g =
-          dpo_->Pair(scores[2 * i], scores[2 * i + 1],
-                     references_[indices[begin + i]], &sums);
-      // The kernel writes G_t·(softmax − onehot) = −∂loss/∂ℓ_t · ∂ℓ_t/∂z.
-      coef_.insert(
-          coef_.end(), scores[2 * i].tokens,
-          static_cast<float>(-g.dloss_dlogp_chosen * inv_global_pairs));
-      coef_.insert(
-          coef_.end(), scores[2 * i + 1].tokens,
-          static_cast<float>(-g.dloss_dlogp_rejected * inv_global_pairs));
-    }
+    scores = output_->Forward(hidden, policy_->output_embedding(),
+                              batch_.packed.tokens.data(), batch_.segments);
+    const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                          &references_};
+    objective_->Coefficients(view, denominator, &coef_, &sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
@@ -286,6 +304,23 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   return m;
 }
 
+std::string StepLine(int step, int total,
+                     const std::map<std::string, double>& m) {
+  std::string line =
+      absl::StrFormat("step %d/%d  loss %.4f", step, total, m.at("loss"));
+  // The headline metrics of whichever objective is training.
+  for (const char* key :
+       {"rewards/accuracies", "rewards/margins", "mean_token_accuracy"}) {
+    auto it = m.find(key);
+    if (it != m.end())
+      absl::StrAppendFormat(&line, "  %s %.4f", key, it->second);
+  }
+  absl::StrAppendFormat(&line, "  lr %.3g  grad_norm %.3f  %.0f tok/s",
+                        m.at("lr"), m.at("grad_norm"),
+                        m.at("tokens_per_second"));
+  return line;
+}
+
 absl::Status Trainer::Run() {
   const int log_every = config_.log_every_steps();
   while (step_ < total_steps_) {
@@ -294,12 +329,7 @@ absl::Status Trainer::Run() {
     if (step_ % log_every == 0 || step_ == total_steps_) {
       absl::Status s = metrics_log_->Write(step_, *m);
       if (!s.ok()) return s;
-      log_ << absl::StrFormat(
-          "step %d/%d  loss %.4f  reward_acc %.3f  margin %.4f  lr %.3g  "
-          "grad_norm %.3f  %.0f tok/s\n",
-          step_, total_steps_, (*m)["loss"], (*m)["rewards/accuracies"],
-          (*m)["rewards/margins"], (*m)["lr"], (*m)["grad_norm"],
-          (*m)["tokens_per_second"]);
+      log_ << StepLine(step_, total_steps_, *m) << "\n";
     }
   }
   return absl::OkStatus();

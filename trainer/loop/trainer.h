@@ -16,12 +16,13 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
-#include "trainer/data/pair_batch.h"
-#include "trainer/data/preference_data.h"
+#include "trainer/data/batch.h"
+#include "trainer/data/examples.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/model/decoder.h"
-#include "trainer/objectives/dpo.h"
+#include "trainer/objectives/objective.h"
 #include "trainer/objectives/output_layer.h"
+#include "trainer/objectives/reference_values.h"
 #include "trainer/optim/optimizer.h"
 
 namespace prefopt::loop {
@@ -40,10 +41,10 @@ class Trainer {
   absl::Status Run();
 
   // One optimizer step over the next global batch. Returns the step's
-  // metrics (loss, lr, grad_norm, TRL's DPO metrics, tokens_per_second).
+  // metrics (loss, lr, grad_norm, the objective's metrics, tokens_per_second).
   absl::StatusOr<std::map<std::string, double>> Step();
 
-  // Forward and backward over the pairs `indices` as one global batch,
+  // Forward and backward over the examples `indices` as one global batch,
   // accumulating into the policy's gradients (no update). Returns the batch's
   // metrics and "tokens", the rows processed.
   std::map<std::string, double> ForwardBackward(
@@ -52,30 +53,28 @@ class Trainer {
   int total_steps() const { return total_steps_; }
   int steps_done() const { return step_; }
   const model::Decoder& policy() const { return *policy_; }
-  const data::PreferenceDataset& dataset() const { return dataset_; }
-  const std::vector<objectives::PairReference>& references() const {
-    return references_;
-  }
+  const data::Dataset& dataset() const { return dataset_; }
+  const objectives::ReferenceValues& references() const { return references_; }
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log);
   absl::Status Init();
   absl::Status BuildReferences();
-  // Indices of the pairs of global batch `step`.
+  // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
 
   TrainConfig config_;
   std::ostream& log_;
   std::unique_ptr<kernels::Backend> backend_;
   io::ModelSpec spec_;
-  data::PreferenceDataset dataset_;
-  std::vector<objectives::PairReference> references_;
+  data::Dataset dataset_;
+  objectives::ReferenceValues references_;
   std::unique_ptr<model::Decoder> policy_;
   std::unique_ptr<objectives::ChunkedOutputLayer> output_;
-  std::optional<objectives::DpoObjective> dpo_;
+  std::unique_ptr<objectives::Objective> objective_;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
   std::optional<metrics::MetricsLog> metrics_log_;
-  data::PairBatch batch_;
+  data::Batch batch_;
   std::vector<float> coef_;
   int global_batch_ = 0;
   int steps_per_epoch_ = 0;
@@ -87,6 +86,14 @@ class Trainer {
 
 // The ModelSpec of a from-scratch model described by the config's sizes.
 io::ModelSpec SpecFromConfig(const ModelConfig& model);
+
+// One human-readable progress line for a step's metrics.
+std::string StepLine(int step, int total,
+                     const std::map<std::string, double>& metrics);
+
+// The objective selected by the config.
+absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
+    const ObjectiveConfig& config, int vocab_size);
 
 }  // namespace prefopt::loop
 

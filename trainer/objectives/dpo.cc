@@ -17,8 +17,8 @@ double Sigmoid(double x) {
   return e / (1.0 + e);
 }
 
-absl::StatusOr<DpoObjective> DpoObjective::Create(const DpoConfig& config,
-                                                  int vocab_size) {
+absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
+    const DpoConfig& config, int vocab_size) {
   if (!(config.beta() > 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("objective.dpo.beta: must be > 0, got ", config.beta()));
@@ -28,7 +28,8 @@ absl::StatusOr<DpoObjective> DpoObjective::Create(const DpoConfig& config,
     return absl::InvalidArgumentError(absl::StrCat(
         "objective.dpo.label_smoothing: must be in [0, 0.5), got ", eps));
   }
-  return DpoObjective(config.beta(), config.loss_type(), eps, vocab_size);
+  return std::unique_ptr<DpoObjective>(
+      new DpoObjective(config.beta(), config.loss_type(), eps, vocab_size));
 }
 
 DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
@@ -92,6 +93,29 @@ DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
   g.dloss_dlogp_chosen = dloss_ddelta / nw;
   g.dloss_dlogp_rejected = -dloss_ddelta / nl;
   return g;
+}
+
+double DpoObjective::Denominator(const std::vector<data::Example>&,
+                                 const std::vector<int>& batch) const {
+  return static_cast<double>(batch.size());
+}
+
+void DpoObjective::Coefficients(const MicroBatchView& batch, double denominator,
+                                std::vector<float>* coef,
+                                MetricSums* sums) const {
+  const std::vector<SequenceScores>& scores = *batch.scores;
+  coef->clear();
+  for (size_t i = 0; i < batch.examples->size(); ++i) {
+    const int ex = (*batch.examples)[i];
+    const PairReference ref{batch.reference->SequenceLogp(ex, 0),
+                            batch.reference->SequenceLogp(ex, 1)};
+    const DpoPairGradient g = Pair(scores[2 * i], scores[2 * i + 1], ref, sums);
+    // G_t = −∂loss/∂ℓ_t (the kernel writes G_t·(softmax − onehot)).
+    coef->insert(coef->end(), scores[2 * i].tokens,
+                 static_cast<float>(-g.dloss_dlogp_chosen / denominator));
+    coef->insert(coef->end(), scores[2 * i + 1].tokens,
+                 static_cast<float>(-g.dloss_dlogp_rejected / denominator));
+  }
 }
 
 }  // namespace prefopt::objectives

@@ -3,9 +3,12 @@
 #ifndef PREFOPT_TRAINER_OBJECTIVES_DPO_H_
 #define PREFOPT_TRAINER_OBJECTIVES_DPO_H_
 
+#include <memory>
+
 #include "absl/status/statusor.h"
 #include "proto/config.pb.h"
 #include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/objective.h"
 #include "trainer/objectives/output_layer.h"
 
 namespace prefopt::objectives {
@@ -24,11 +27,23 @@ struct DpoPairGradient {
   double dloss_dlogp_rejected = 0;  // ∂loss/∂ℓ_t for each rejected token
 };
 
-class DpoObjective {
+class DpoObjective : public Objective {
  public:
   // Validates the config (β > 0, 0 ≤ ε < 0.5 where ε is used).
-  static absl::StatusOr<DpoObjective> Create(const DpoConfig& config,
-                                             int vocab_size);
+  static absl::StatusOr<std::unique_ptr<DpoObjective>> Create(
+      const DpoConfig& config, int vocab_size);
+
+  data::ExampleKind example_kind() const override {
+    return data::ExampleKind::kPreference;
+  }
+  ReferenceNeeds reference_needs() const override {
+    return ReferenceNeeds::kSequenceLogps;
+  }
+  // The mean is over pairs.
+  double Denominator(const std::vector<data::Example>& examples,
+                     const std::vector<int>& batch) const override;
+  void Coefficients(const MicroBatchView& batch, double denominator,
+                    std::vector<float>* coef, MetricSums* sums) const override;
 
   // Loss and token derivatives of one pair. `vocab_size` is needed only for
   // the logits/* metrics. Adds the pair's metrics (TRL's names) to `sums`.

@@ -29,14 +29,14 @@ TEST_P(DpoGradient, MatchesFiniteDifferences) {
     for (double ll : {-15.0, -8.5, -2.0}) {
       SequenceScores w{lw, 4, 0, 0}, l{ll, 7, 0, 0};
       MetricSums sums;
-      const DpoPairGradient g = dpo->Pair(w, l, ref, &sums);
+      const DpoPairGradient g = (*dpo)->Pair(w, l, ref, &sums);
       const double h = 1e-5;
       auto loss_at = [&](double dw, double dl) {
         SequenceScores w2 = w, l2 = l;
         w2.logp += dw;
         l2.logp += dl;
         MetricSums unused;
-        return dpo->Pair(w2, l2, ref, &unused).loss;
+        return (*dpo)->Pair(w2, l2, ref, &unused).loss;
       };
       // A token's ℓ_t enters the sequence sum with weight 1.
       const double fd_w = (loss_at(h, 0) - loss_at(-h, 0)) / (2 * h);
@@ -62,7 +62,7 @@ TEST(Dpo, ClosedFormsAndMetrics) {
   // Δ = (−3 − −4) − (−6 − −5) = 2, u = 1: loss = softplus(−1).
   MetricSums sums;
   const DpoPairGradient g =
-      dpo->Pair({-3.0, 2, 8.0, 1}, {-6.0, 3, 6.0, 0}, {-4.0, -5.0}, &sums);
+      (*dpo)->Pair({-3.0, 2, 8.0, 1}, {-6.0, 3, 6.0, 0}, {-4.0, -5.0}, &sums);
   EXPECT_NEAR(g.loss, std::log1p(std::exp(-1.0)), 1e-12);
   auto m = sums.Means();
   EXPECT_NEAR(m["rewards/chosen"], 0.5, 1e-12);
@@ -79,7 +79,7 @@ TEST(Dpo, ClosedFormsAndMetrics) {
   auto hinge = DpoObjective::Create(config, 4);
   ASSERT_TRUE(hinge.ok());
   const DpoPairGradient flat =
-      hinge->Pair({-1.0, 2, 0, 0}, {-9.0, 3, 0, 0}, {-4.0, -5.0}, &sums);
+      (*hinge)->Pair({-1.0, 2, 0, 0}, {-9.0, 3, 0, 0}, {-4.0, -5.0}, &sums);
   EXPECT_EQ(flat.loss, 0.0);
   EXPECT_EQ(flat.dloss_dlogp_chosen, 0.0);
 }

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "trainer/data/pair_batch.h"
+#include "trainer/data/batch.h"
 #include "trainer/io/atomic_file.h"
 #include "trainer/objectives/output_layer.h"
 #include "trainer/util/fingerprint.h"
@@ -17,48 +17,60 @@
 namespace prefopt::reference {
 namespace {
 
-constexpr char kMagic[8] = {'P', 'F', 'R', 'E', 'F', 'L', 'P', '1'};
+constexpr char kMagic[8] = {'P', 'F', 'R', 'E', 'F', 'L', 'P', '2'};
 
-// File layout: magic[8], key u64, count u64, count × (chosen, rejected) f64,
-// payload fingerprint u64.
-std::string Serialize(uint64_t key,
-                      const std::vector<objectives::PairReference>& values) {
+void Put(std::string* out, const void* p, size_t n) {
+  out->append(static_cast<const char*>(p), n);
+}
+
+template <typename T>
+void PutVector(std::string* out, const std::vector<T>& v) {
+  const uint64_t n = v.size();
+  Put(out, &n, 8);
+  Put(out, v.data(), n * sizeof(T));
+}
+
+// Reads a length-prefixed vector at *pos; false if the bytes run out.
+template <typename T>
+bool GetVector(const std::string& in, size_t* pos, std::vector<T>* v) {
+  uint64_t n;
+  if (in.size() - *pos < 8) return false;
+  std::memcpy(&n, in.data() + *pos, 8);
+  *pos += 8;
+  if (n > (in.size() - *pos) / sizeof(T)) return false;
+  v->resize(n);
+  std::memcpy(v->data(), in.data() + *pos, n * sizeof(T));
+  *pos += n * sizeof(T);
+  return true;
+}
+
+// File layout: magic[8], key u64, then the four vectors of ReferenceValues
+// (each u64 length + data), then a fingerprint of everything before it.
+std::string Serialize(uint64_t key, const objectives::ReferenceValues& v) {
   std::string out(kMagic, sizeof(kMagic));
-  auto put = [&out](const void* p, size_t n) {
-    out.append(static_cast<const char*>(p), n);
-  };
-  const uint64_t count = values.size();
-  put(&key, 8);
-  put(&count, 8);
-  for (const auto& v : values) {
-    put(&v.chosen, 8);
-    put(&v.rejected, 8);
-  }
+  Put(&out, &key, 8);
+  PutVector(&out, v.first_response);
+  PutVector(&out, v.sequence_logp);
+  PutVector(&out, v.token_offset);
+  PutVector(&out, v.token_logp);
   util::Fingerprinter fp;
   fp.Update(out);
   const uint64_t check = fp.Value();
-  put(&check, 8);
+  Put(&out, &check, 8);
   return out;
 }
 
-// Returns the values, or an empty optional-like status message saying why the
-// file cannot be used.
-absl::StatusOr<std::vector<objectives::PairReference>> Deserialize(
-    const std::string& bytes, uint64_t key, size_t expected_count) {
-  const size_t header = sizeof(kMagic) + 16;
-  if (bytes.size() < header + 8 ||
+absl::StatusOr<objectives::ReferenceValues> Deserialize(
+    const std::string& bytes, uint64_t key, size_t num_examples) {
+  if (bytes.size() < sizeof(kMagic) + 16 ||
       std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::DataLossError("not a reference cache file, or truncated");
   }
-  uint64_t file_key, count;
+  uint64_t file_key;
   std::memcpy(&file_key, bytes.data() + 8, 8);
-  std::memcpy(&count, bytes.data() + 16, 8);
   if (file_key != key) {
     return absl::FailedPreconditionError(
-        "its fingerprint differs (other weights or data)");
-  }
-  if (count != expected_count || bytes.size() != header + count * 16 + 8) {
-    return absl::DataLossError("its size does not match its pair count");
+        "its fingerprint differs (other weights, data or options)");
   }
   util::Fingerprinter fp;
   fp.Update(bytes.data(), bytes.size() - 8);
@@ -67,22 +79,26 @@ absl::StatusOr<std::vector<objectives::PairReference>> Deserialize(
   if (check != fp.Value()) {
     return absl::DataLossError("its checksum does not match (corrupted)");
   }
-  std::vector<objectives::PairReference> values(count);
-  const char* p = bytes.data() + header;
-  for (auto& v : values) {
-    std::memcpy(&v.chosen, p, 8);
-    std::memcpy(&v.rejected, p + 8, 8);
-    p += 16;
+  objectives::ReferenceValues v;
+  size_t pos = 16;
+  const std::string body = bytes.substr(0, bytes.size() - 8);
+  if (!GetVector(body, &pos, &v.first_response) ||
+      !GetVector(body, &pos, &v.sequence_logp) ||
+      !GetVector(body, &pos, &v.token_offset) ||
+      !GetVector(body, &pos, &v.token_logp) || pos != body.size() ||
+      v.first_response.size() != num_examples) {
+    return absl::DataLossError("its layout does not match its example count");
   }
-  return values;
+  return v;
 }
 
 }  // namespace
 
 uint64_t ReferenceFingerprint(const model::Decoder& reference,
-                              const std::vector<data::PreferencePair>& pairs) {
+                              const std::vector<data::Example>& examples,
+                              const ReferenceOptions& options) {
   util::Fingerprinter fp;
-  fp.Update("prefopt reference log-probs v1");
+  fp.Update("prefopt reference log-probs v2");
   const io::ModelSpec& spec = reference.spec();
   for (int64_t v : {static_cast<int64_t>(spec.arch), spec.vocab_size,
                     spec.hidden, spec.n_layer, spec.n_head, spec.n_kv_head,
@@ -90,11 +106,14 @@ uint64_t ReferenceFingerprint(const model::Decoder& reference,
     fp.UpdateValue(v);
   }
   fp.UpdateValue(spec.norm_eps);
+  fp.UpdateValue(options.token_logps);
+  fp.UpdateValue(options.include_context);
   std::vector<float> host(reference.layout().total());
   reference.backend()->CopyToHost(host.data(), reference.params(), host.size());
   fp.Update(host.data(), host.size() * sizeof(float));
-  for (const data::PreferencePair& p : pairs) {
-    for (const auto* ids : {&p.prompt, &p.chosen, &p.rejected}) {
+  for (const data::Example& ex : examples) {
+    for (const auto* ids :
+         {&ex.context, &ex.prompt, &ex.chosen, &ex.rejected}) {
       const uint64_t n = ids->size();
       fp.UpdateValue(n);
       fp.Update(ids->data(), n * sizeof(int32_t));
@@ -103,18 +122,18 @@ uint64_t ReferenceFingerprint(const model::Decoder& reference,
   return fp.Value();
 }
 
-absl::StatusOr<ReferenceCacheResult> ComputePairReferences(
-    model::Decoder& reference, const std::vector<data::PreferencePair>& pairs,
-    int micro_batch_pairs, int output_chunk, const std::string& cache_dir,
+absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
+    model::Decoder& reference, const std::vector<data::Example>& examples,
+    const ReferenceOptions& options, const std::string& cache_dir,
     const ProgressFn& progress) {
   ReferenceCacheResult result;
-  const uint64_t key = ReferenceFingerprint(reference, pairs);
+  const uint64_t key = ReferenceFingerprint(reference, examples, options);
   result.cache_path = absl::StrCat(cache_dir, "/reference_logps_",
                                    util::FingerprintHex(key), ".bin");
   if (std::ifstream in{result.cache_path, std::ios::binary}) {
     std::stringstream ss;
     ss << in.rdbuf();
-    auto values = Deserialize(ss.str(), key, pairs.size());
+    auto values = Deserialize(ss.str(), key, examples.size());
     if (values.ok()) {
       result.values = *std::move(values);
       result.loaded_from_cache = true;
@@ -123,25 +142,48 @@ absl::StatusOr<ReferenceCacheResult> ComputePairReferences(
     result.rebuilt_because = std::string(values.status().message());
   }
 
-  const int max_rows = reference.capacity().max_rows;
-  objectives::ChunkedOutputLayer output(reference.backend(), max_rows,
-                                        reference.hidden_size(),
-                                        reference.vocab_size(), output_chunk);
-  std::vector<int> order(pairs.size());
+  objectives::ReferenceValues& v = result.values;
+  for (const data::Example& ex : examples) {
+    v.first_response.push_back(static_cast<int64_t>(v.sequence_logp.size()));
+    for (int r = 0; r < ex.num_responses(); ++r) {
+      v.sequence_logp.push_back(0.0);
+      if (options.token_logps) {
+        v.token_offset.push_back(static_cast<int64_t>(v.token_logp.size()));
+        v.token_logp.resize(v.token_logp.size() + ex.response(r).size());
+      }
+    }
+  }
+
+  objectives::ChunkedOutputLayer output(
+      reference.backend(), reference.capacity().max_rows,
+      reference.hidden_size(), reference.vocab_size(), options.output_chunk);
+  std::vector<int> order(examples.size());
   std::iota(order.begin(), order.end(), 0);
-  data::PairBatch batch;
-  result.values.resize(pairs.size());
-  const int64_t total = static_cast<int64_t>(pairs.size());
-  for (int64_t begin = 0; begin < total; begin += micro_batch_pairs) {
-    const int n =
-        static_cast<int>(std::min<int64_t>(micro_batch_pairs, total - begin));
-    data::BuildPairBatch(pairs, order.data() + begin, n, &batch);
+  data::Batch batch;
+  const int64_t total = static_cast<int64_t>(examples.size());
+  for (int64_t begin = 0; begin < total;
+       begin += options.micro_batch_examples) {
+    const int n = static_cast<int>(
+        std::min<int64_t>(options.micro_batch_examples, total - begin));
+    data::BuildBatch(examples, order.data() + begin, n, options.include_context,
+                     &batch);
     const float* hidden = reference.Forward(batch.packed);
     const std::vector<objectives::SequenceScores> scores =
         output.Forward(hidden, reference.output_embedding(),
                        batch.packed.tokens.data(), batch.segments);
+    size_t seq = 0, row = 0;
     for (int i = 0; i < n; ++i) {
-      result.values[begin + i] = {scores[2 * i].logp, scores[2 * i + 1].logp};
+      const int64_t first = v.first_response[begin + i];
+      for (int r = 0; r < examples[begin + i].num_responses(); ++r, ++seq) {
+        v.sequence_logp[first + r] = scores[seq].logp;
+        const int k = scores[seq].tokens;
+        if (options.token_logps) {
+          std::copy(output.row_logp().begin() + row,
+                    output.row_logp().begin() + row + k,
+                    v.token_logp.begin() + v.token_offset[first + r]);
+        }
+        row += k;
+      }
     }
     if (progress) progress(begin + n, total);
   }

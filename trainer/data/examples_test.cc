@@ -1,6 +1,7 @@
-// Reading pre-tokenized preference JSONL: truncation as documented, and every
-// kind of bad input reported with its file, line and field.
-#include "trainer/data/preference_data.h"
+// Reading pre-tokenized JSONL (pairs and demonstrations): truncation as
+// documented, and every kind of bad input reported with its file, line and
+// field.
+#include "trainer/data/examples.h"
 
 #include <cstdlib>
 #include <fstream>
@@ -32,37 +33,41 @@ TEST(PreferenceData, ReadsPairsAndSkipsBlankLines) {
                                  "\n"
                                  "{\"prompt_ids\": [6], \"chosen_ids\": [7, "
                                  "8], \"rejected_ids\": [7, 8]}\n");
-  auto ds = ReadPreferenceJsonl({path}, 10, Trunc(100));
+  auto ds = ReadExamplesJsonl({path}, ExampleKind::kPreference, 10, Trunc(100));
   ASSERT_TRUE(ds.ok()) << ds.status();
-  ASSERT_EQ(ds->pairs.size(), 2u);
-  EXPECT_EQ(ds->pairs[0].rejected, (std::vector<int32_t>{4, 5}));
-  EXPECT_EQ(ds->pairs[1].source, path + ":3");
+  ASSERT_EQ(ds->examples.size(), 2u);
+  EXPECT_EQ(ds->examples[0].rejected, (std::vector<int32_t>{4, 5}));
+  EXPECT_EQ(ds->examples[1].source, path + ":3");
   EXPECT_EQ(ds->identical_responses, 1);
 }
 
 TEST(PreferenceData, TruncatesPromptThenResponsesAndDropsWhatCannotFit) {
-  PreferencePair p{{1, 2, 3, 4, 5}, {6, 7, 8}, {9}, ""};
+  Example p;
+  p.prompt = {1, 2, 3, 4, 5};
+  p.chosen = {6, 7, 8};
+  p.rejected = {9};
   bool truncated = false;
-  PreferencePair keep_end = p;
-  ASSERT_TRUE(TruncatePair(Trunc(5, 3), &keep_end, &truncated));
+  Example keep_end = p;
+  ASSERT_TRUE(TruncateExample(Trunc(5, 3), &keep_end, &truncated));
   EXPECT_TRUE(truncated);
   EXPECT_EQ(keep_end.prompt, (std::vector<int32_t>{3, 4, 5}));
   EXPECT_EQ(keep_end.chosen, (std::vector<int32_t>{6, 7}));
   EXPECT_EQ(keep_end.rejected, (std::vector<int32_t>{9}));
-  PreferencePair keep_start = p;
-  ASSERT_TRUE(TruncatePair(Trunc(5, 3, KEEP_START), &keep_start, &truncated));
+  Example keep_start = p;
+  ASSERT_TRUE(
+      TruncateExample(Trunc(5, 3, KEEP_START), &keep_start, &truncated));
   EXPECT_EQ(keep_start.prompt, (std::vector<int32_t>{1, 2, 3}));
-  PreferencePair no_room = p;
-  EXPECT_FALSE(TruncatePair(Trunc(5), &no_room, &truncated));
+  Example no_room = p;
+  EXPECT_FALSE(TruncateExample(Trunc(5), &no_room, &truncated));
 
   const std::string path = Write(
       "long.jsonl",
       "{\"prompt_ids\": [1, 2, 3, 4, 5], \"chosen_ids\": [1], "
       "\"rejected_ids\": [2]}\n"
       "{\"prompt_ids\": [1], \"chosen_ids\": [1], \"rejected_ids\": [2]}\n");
-  auto ds = ReadPreferenceJsonl({path}, 10, Trunc(4));
+  auto ds = ReadExamplesJsonl({path}, ExampleKind::kPreference, 10, Trunc(4));
   ASSERT_TRUE(ds.ok()) << ds.status();
-  EXPECT_EQ(ds->pairs.size(), 1u);
+  EXPECT_EQ(ds->examples.size(), 1u);
   EXPECT_EQ(ds->dropped_too_long, 1);
 }
 
@@ -81,7 +86,7 @@ TEST_P(PreferenceDataBadInput, NamesFileLineAndField) {
             std::string("{\"prompt_ids\": [1], \"chosen_ids\": [2], "
                         "\"rejected_ids\": [3]}\n") +
                 c.line + "\n");
-  auto ds = ReadPreferenceJsonl({path}, 10, Trunc(100));
+  auto ds = ReadExamplesJsonl({path}, ExampleKind::kPreference, 10, Trunc(100));
   ASSERT_FALSE(ds.ok());
   const std::string msg(ds.status().message());
   EXPECT_NE(msg.find(path + ":2"), std::string::npos) << msg;
@@ -119,8 +124,52 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(info.param.name);
     });
 
+TEST(PreferenceData, DemonstrationsWithContextAndShapeMismatch) {
+  const std::string path =
+      Write("demos.jsonl",
+            "{\"context_ids\": [9, 9], \"prompt_ids\": [1], "
+            "\"completion_ids\": [2, 3, 4]}\n"
+            "{\"prompt_ids\": [1], \"completion_ids\": [2]}\n");
+  auto ds =
+      ReadExamplesJsonl({path}, ExampleKind::kDemonstration, 10, Trunc(5));
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  ASSERT_EQ(ds->examples.size(), 2u);
+  EXPECT_EQ(ds->examples[0].context, (std::vector<int32_t>{9, 9}));
+  // context + prompt leave room for 2 of the 3 completion tokens.
+  EXPECT_EQ(ds->examples[0].chosen, (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(ds->examples[0].num_responses(), 1);
+  EXPECT_EQ(ds->truncated, 1);
+
+  auto wrong =
+      ReadExamplesJsonl({path}, ExampleKind::kPreference, 10, Trunc(5));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find(
+                "\"completion_ids\" belongs to demonstrations"),
+            std::string::npos)
+      << wrong.status();
+}
+
+TEST(PreferenceData, PreferenceFractionIsReadAndChecked) {
+  const std::string ok =
+      Write("frac.jsonl",
+            "{\"prompt_ids\": [1], \"chosen_ids\": [2], \"rejected_ids\": [3], "
+            "\"preference_fraction\": 0.75}\n");
+  auto ds = ReadExamplesJsonl({ok}, ExampleKind::kPreference, 10, Trunc(5));
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  EXPECT_FLOAT_EQ(ds->examples[0].preference_fraction, 0.75f);
+  const std::string bad =
+      Write("badfrac.jsonl",
+            "{\"prompt_ids\": [1], \"chosen_ids\": [2], \"rejected_ids\": [3], "
+            "\"preference_fraction\": 1.5}\n");
+  auto err = ReadExamplesJsonl({bad}, ExampleKind::kPreference, 10, Trunc(5));
+  ASSERT_FALSE(err.ok());
+  EXPECT_NE(err.status().message().find("preference_fraction"),
+            std::string::npos);
+}
+
 TEST(PreferenceData, MissingFileIsNamed) {
-  auto ds = ReadPreferenceJsonl({"/nonexistent/pairs.jsonl"}, 10, Trunc(10));
+  auto ds = ReadExamplesJsonl({"/nonexistent/pairs.jsonl"},
+                              ExampleKind::kPreference, 10, Trunc(10));
   ASSERT_FALSE(ds.ok());
   EXPECT_NE(ds.status().message().find("/nonexistent/pairs.jsonl"),
             std::string::npos);

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The prefopt command end to end: a successful run writes its resolved config and
+# one metrics line per logged step; bad flags, configs, model folders and data
+# each exit non-zero with a message naming the culprit.
+set -uo pipefail
+
+prefopt="$1"
+fixtures="$PWD/tests/fixtures/gpt2"
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+failures=0
+
+# expect_fail NAME EXPECTED_EXIT EXPECTED_SUBSTRING -- ARGS...
+expect_fail() {
+  local name=$1 code=$2 needle=$3
+  shift 4
+  local out rc
+  out=$("$prefopt" "$@" 2>&1)
+  rc=$?
+  if [[ $rc -ne $code ]]; then
+    echo "FAIL $name: exit $rc, expected $code; output: $out"
+    failures=$((failures + 1))
+  elif [[ "$out" != *"$needle"* ]]; then
+    echo "FAIL $name: output lacks \"$needle\": $out"
+    failures=$((failures + 1))
+  else
+    echo "ok   $name"
+  fi
+}
+
+write_config() {  # write_config FILE MODEL_LINE DATA_FILE
+  cat >"$1" <<CONF
+model { $2 }
+data { train_files: "$3" max_length: 32 }
+objective { dpo { beta: 0.1 } }
+optimizer { lr: 1e-3 }
+batch { micro_batch_size: 2 global_batch_size: 4 }
+max_steps: 3
+run_dir: "$tmp/run_$(basename "$1" .textproto)"
+CONF
+}
+
+scratch='architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 16 n_layer: 1 n_head: 2'
+
+# A successful run.
+write_config "$tmp/good.textproto" "$scratch" "$fixtures/pairs.jsonl"
+if "$prefopt" train --config="$tmp/good.textproto" --set=log_every_steps=1 >"$tmp/good.log" 2>&1; then
+  lines=$(wc -l <"$tmp/run_good/metrics.jsonl")
+  if [[ $lines -eq 3 && -s "$tmp/run_good/config.textproto" ]] &&
+     grep -q '"rewards/accuracies"' "$tmp/run_good/metrics.jsonl"; then
+    echo "ok   successful run (3 metrics lines, resolved config written)"
+  else
+    echo "FAIL successful run: $lines metrics lines"; failures=$((failures + 1))
+  fi
+else
+  echo "FAIL successful run: $(cat "$tmp/good.log")"; failures=$((failures + 1))
+fi
+
+expect_fail "no command" 2 "usage:" --
+expect_fail "unknown command" 2 'unknown command "trian"' -- trian
+expect_fail "unknown flag" 2 'unknown argument "--confg=x"' -- train --confg=x
+expect_fail "missing --config" 2 "--config=FILE is required" -- train
+expect_fail "missing config file" 2 "$tmp/none.textproto" -- train --config="$tmp/none.textproto"
+
+printf 'model { architecture: GPT2 }\noptimzer { lr: 1 }\n' >"$tmp/typo.textproto"
+expect_fail "unknown config field" 2 "typo.textproto:2:1" -- train --config="$tmp/typo.textproto"
+expect_fail "bad --set" 2 'no field "betta"' -- train --config="$tmp/good.textproto" --set=objective.dpo.betta=1
+
+mkdir -p "$tmp/empty_model"
+write_config "$tmp/nomodel.textproto" "hf_path: \"$tmp/empty_model\"" "$fixtures/pairs.jsonl"
+expect_fail "model folder without config.json" 1 "$tmp/empty_model/config.json" -- train --config="$tmp/nomodel.textproto"
+
+mkdir -p "$tmp/truncated"
+cp "$fixtures/policy/config.json" "$tmp/truncated/"
+head -c 50000 "$fixtures/policy/model.safetensors" >"$tmp/truncated/model.safetensors"
+write_config "$tmp/trunc.textproto" "hf_path: \"$tmp/truncated\"" "$fixtures/pairs.jsonl"
+expect_fail "truncated safetensors" 1 "$tmp/truncated/model.safetensors" -- train --config="$tmp/trunc.textproto"
+
+printf '{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}\n{"prompt_ids": [1], "chosen_ids": [2]\n' >"$tmp/bad.jsonl"
+write_config "$tmp/baddata.textproto" "$scratch" "$tmp/bad.jsonl"
+expect_fail "malformed JSONL" 1 "$tmp/bad.jsonl:2" -- train --config="$tmp/baddata.textproto"
+
+printf '{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [500]}\n' >"$tmp/oov.jsonl"
+write_config "$tmp/oov.textproto" "$scratch" "$tmp/oov.jsonl"
+expect_fail "token id out of vocabulary" 1 "outside the model's vocabulary" -- train --config="$tmp/oov.textproto"
+
+if [[ $failures -ne 0 ]]; then
+  echo "$failures check(s) failed"
+  exit 1
+fi
+echo "all checks passed"

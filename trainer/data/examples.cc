@@ -1,0 +1,178 @@
+#include "trainer/data/examples.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace prefopt::data {
+namespace {
+
+// Reads the token-id array `field`. A missing field is an error unless
+// `optional`, in which case `out` is left empty.
+absl::Status ReadIds(const nlohmann::json& obj, const char* field,
+                     int vocab_size, const std::string& where,
+                     std::vector<int32_t>* out, bool optional = false) {
+  out->clear();
+  auto it = obj.find(field);
+  if (it == obj.end()) {
+    if (optional) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": missing field \"", field, "\""));
+  }
+  if (!it->is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": field \"", field, "\" must be an array of token ids, got ",
+        it->type_name()));
+  }
+  out->reserve(it->size());
+  for (size_t i = 0; i < it->size(); ++i) {
+    const nlohmann::json& v = (*it)[i];
+    if (!v.is_number_integer()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": field \"", field, "\"[", i,
+                       "] must be an integer token id, got ", v.dump()));
+    }
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": field \"", field, "\"[", i, "] = ", id,
+          " is outside the model's vocabulary [0, ", vocab_size, ")"));
+    }
+    out->push_back(static_cast<int32_t>(id));
+  }
+  if (out->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": field \"", field, "\" is empty"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseExample(const nlohmann::json& obj, ExampleKind kind,
+                          int vocab_size, const std::string& where,
+                          Example* ex) {
+  const bool pairs = kind == ExampleKind::kPreference;
+  // A field of the other shape means the file does not fit the objective.
+  static constexpr const char* kDemoOnly[] = {"completion_ids", "context_ids"};
+  static constexpr const char* kPairOnly[] = {"chosen_ids", "rejected_ids"};
+  for (const char* other : pairs ? kDemoOnly : kPairOnly) {
+    if (obj.contains(other)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": field \"", other, "\" belongs to ",
+                       pairs ? "demonstrations" : "preference pairs",
+                       ", but the objective trains on ",
+                       pairs ? "preference pairs" : "demonstrations"));
+    }
+  }
+  absl::Status s = ReadIds(obj, "prompt_ids", vocab_size, where, &ex->prompt);
+  if (!s.ok()) return s;
+  if (pairs) {
+    s = ReadIds(obj, "chosen_ids", vocab_size, where, &ex->chosen);
+    if (!s.ok()) return s;
+    s = ReadIds(obj, "rejected_ids", vocab_size, where, &ex->rejected);
+    if (!s.ok()) return s;
+    auto frac = obj.find("preference_fraction");
+    if (frac != obj.end()) {
+      if (!frac->is_number() || frac->get<double>() <= 0.0 ||
+          frac->get<double>() >= 1.0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where,
+                         ": field \"preference_fraction\" must be a number in "
+                         "(0, 1), got ",
+                         frac->dump()));
+      }
+      ex->preference_fraction = frac->get<float>();
+    }
+    return absl::OkStatus();
+  }
+  s = ReadIds(obj, "completion_ids", vocab_size, where, &ex->chosen);
+  if (!s.ok()) return s;
+  s = ReadIds(obj, "context_ids", vocab_size, where, &ex->context,
+              /*optional=*/true);
+  if (!s.ok()) return s;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool TruncateExample(const TruncationOptions& t, Example* example,
+                     bool* was_truncated) {
+  *was_truncated = false;
+  auto& prompt = example->prompt;
+  if (t.max_prompt_length > 0 &&
+      static_cast<int>(prompt.size()) > t.max_prompt_length) {
+    *was_truncated = true;
+    if (t.mode == KEEP_END) {
+      prompt.erase(prompt.begin(), prompt.end() - t.max_prompt_length);
+    } else {
+      prompt.resize(t.max_prompt_length);
+    }
+  }
+  const int room =
+      t.max_length - static_cast<int>(example->context.size() + prompt.size());
+  if (room <= 0) return false;
+  for (auto* response : {&example->chosen, &example->rejected}) {
+    if (static_cast<int>(response->size()) > room) {
+      response->resize(room);
+      *was_truncated = true;
+    }
+  }
+  return true;
+}
+
+absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
+                                          ExampleKind kind, int vocab_size,
+                                          const TruncationOptions& truncation) {
+  Dataset ds;
+  ds.kind = kind;
+  for (const std::string& file : files) {
+    std::ifstream in(file);
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat(file, ": cannot open data file"));
+    }
+    std::string line;
+    int64_t line_no = 0;
+    while (std::getline(in, line)) {
+      ++line_no;
+      const std::string where = absl::StrCat(file, ":", line_no);
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json obj;
+      try {
+        obj = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& e) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": malformed JSON at byte ", e.byte, ": ", e.what()));
+      }
+      if (!obj.is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": expected a JSON object, got ", obj.type_name()));
+      }
+      Example ex;
+      ex.source = where;
+      absl::Status s = ParseExample(obj, kind, vocab_size, where, &ex);
+      if (!s.ok()) return s;
+      if (kind == ExampleKind::kPreference && ex.chosen == ex.rejected) {
+        ++ds.identical_responses;
+      }
+      bool was_truncated = false;
+      if (!TruncateExample(truncation, &ex, &was_truncated)) {
+        ++ds.dropped_too_long;
+        continue;
+      }
+      if (was_truncated) ++ds.truncated;
+      ds.examples.push_back(std::move(ex));
+    }
+    if (in.bad()) {
+      return absl::DataLossError(absl::StrCat(file, ": read error"));
+    }
+  }
+  if (ds.examples.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no usable examples in the data files (", ds.dropped_too_long,
+        " dropped because the prompt leaves no room within max_length)"));
+  }
+  return ds;
+}
+
+}  // namespace prefopt::data

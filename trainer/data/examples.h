@@ -1,0 +1,74 @@
+// Training examples read from pre-tokenized JSONL, with TRL-style truncation.
+// Two shapes (objectives.md, design.md "Formats users already have"):
+// - preference pairs {"prompt_ids", "chosen_ids", "rejected_ids"} (DPO family,
+//   SparsePO);
+// - demonstrations {"prompt_ids", "completion_ids"} (SFT, implicit-reward SFT),
+//   with an optional "context_ids" (PRIOR: seen by the policy, not by the
+//   reference).
+// Preference pairs may carry "preference_fraction": the fraction of raters who
+// preferred the chosen response (for the idealized ranking accuracy).
+#ifndef PREFOPT_TRAINER_DATA_EXAMPLES_H_
+#define PREFOPT_TRAINER_DATA_EXAMPLES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+
+namespace prefopt::data {
+
+enum class ExampleKind {
+  kPreference,     // prompt + chosen / rejected
+  kDemonstration,  // [context +] prompt + completion
+};
+
+struct Example {
+  std::vector<int32_t> context;  // demonstrations only; may be empty
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> chosen;    // the completion, for demonstrations
+  std::vector<int32_t> rejected;  // preference pairs only
+  // Fraction of raters preferring `chosen`, or a negative value when the data
+  // does not say.
+  float preference_fraction = -1.0f;
+  std::string source;  // "file:line", for messages
+
+  // The responses in sequence order: {chosen, rejected} or {completion}.
+  int num_responses() const { return rejected.empty() ? 1 : 2; }
+  const std::vector<int32_t>& response(int i) const {
+    return i == 0 ? chosen : rejected;
+  }
+};
+
+struct TruncationOptions {
+  int max_length = 0;         // context + prompt + response tokens
+  int max_prompt_length = 0;  // 0: no separate limit
+  TruncationMode mode = KEEP_END;
+};
+
+struct Dataset {
+  ExampleKind kind = ExampleKind::kPreference;
+  std::vector<Example> examples;
+  int64_t dropped_too_long = 0;     // no room for a response after the prompt
+  int64_t truncated = 0;            // kept, but shortened
+  int64_t identical_responses = 0;  // chosen == rejected (kept; warned)
+};
+
+// Reads every file in order. Errors name the file, the 1-based line and the
+// field: malformed JSON, a missing or non-integer-array field, an id outside
+// [0, vocab_size), an empty prompt or response, a field of the other shape.
+absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
+                                          ExampleKind kind, int vocab_size,
+                                          const TruncationOptions& truncation);
+
+// Applies truncation to one example: the prompt is cut to max_prompt_length
+// (KEEP_END keeps its last tokens, KEEP_START its first), then each response is
+// cut at its end so that context + prompt + response fits max_length. Returns
+// false when no response token fits (the example is dropped).
+bool TruncateExample(const TruncationOptions& truncation, Example* example,
+                     bool* was_truncated);
+
+}  // namespace prefopt::data
+
+#endif  // PREFOPT_TRAINER_DATA_EXAMPLES_H_

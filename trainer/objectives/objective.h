@@ -1,0 +1,61 @@
+// The plug-in interface of the objectives whose logit gradient has the
+// coefficient form G_t·(softmax − onehot) (objectives.md §0): DPO and its
+// variants, SFT, PRIOR and implicit-reward SFT. An objective says which data
+// and reference values it needs, how its loss is normalized over a global
+// batch, and turns one micro-batch's policy log-probs into per-token
+// coefficients and metrics. The chunked output layer and the loop do not change
+// when one is added.
+#ifndef PREFOPT_TRAINER_OBJECTIVES_OBJECTIVE_H_
+#define PREFOPT_TRAINER_OBJECTIVES_OBJECTIVE_H_
+
+#include <vector>
+
+#include "trainer/data/examples.h"
+#include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/output_layer.h"
+#include "trainer/objectives/reference_values.h"
+
+namespace prefopt::objectives {
+
+enum class ReferenceNeeds {
+  kNone,
+  kSequenceLogps,  // L̃ per response
+  kTokenLogps,     // ℓ̃_t per response token (and L̃)
+};
+
+// One micro-batch as the objective sees it. Sequences are in data::BuildBatch
+// order (each example's responses in turn); row_logp holds the policy's ℓ_t
+// of every response token, sequence after sequence.
+struct MicroBatchView {
+  const std::vector<int>* examples;           // dataset indices
+  const std::vector<SequenceScores>* scores;  // per sequence
+  const std::vector<float>* row_logp;         // per response token
+  const ReferenceValues* reference;           // null for kNone
+};
+
+class Objective {
+ public:
+  virtual ~Objective() = default;
+
+  virtual data::ExampleKind example_kind() const = 0;
+  virtual ReferenceNeeds reference_needs() const = 0;
+  // Whether the reference model scores the example with its context (PRIOR's
+  // reference never sees it).
+  virtual bool reference_sees_context() const { return true; }
+
+  // The global-batch denominator of the loss (objectives.md §0): the number
+  // of pairs, of sequences, or of response tokens in `batch`.
+  virtual double Denominator(const std::vector<data::Example>& examples,
+                             const std::vector<int>& batch) const = 0;
+
+  // Writes G_t for every response token of the micro-batch (row_logp's
+  // order), already divided by `denominator`, and adds the micro-batch's
+  // loss and metrics (sums whose counts make global-batch means) to `sums`.
+  virtual void Coefficients(const MicroBatchView& batch, double denominator,
+                            std::vector<float>* coef,
+                            MetricSums* sums) const = 0;
+};
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_OBJECTIVE_H_
