@@ -21,6 +21,9 @@ Outputs:
         ids_special    encode(text, add_special_tokens=True).ids
         decoded        decode(ids_special, skip_special_tokens=False)
         decoded_skip   decode(ids_special, skip_special_tokens=True)
+    fixtures/component_cases.jsonl     single pre-tokenizers, normalizers and
+        decoders (every Split behavior, with and without invert, ...) applied
+        to short inputs: {"kind", "config", "input", "output"}.
 
 Fixtures:
     gpt2_style    ByteLevel pre-tokenizer with GPT-2's regex, ByteLevel decoder,
@@ -179,6 +182,8 @@ def corpus_lines():
         "nbsp\u00a0here and\u2009thin\u2003em\u3000ideographic",
         "line\u2028separator\u2029paragraph\u0085nel",
         "mongolian\u180evowel\u180e\u180eseparator !\u180e",
+        "Unicode 15/16 letters and digits: a\u1c89's \U000105c0'S "
+        "\U0002ebf0\U0002ebf1 \U00010d40\U00010d41\U00010d42\U00010d43",
         "control\x01\x02\x1b[0mchars\x7f\x1c\x1f",
         "soft\u00adhyphen and replacement \ufffd char",
         "BOM\ufeffinside",
@@ -251,14 +256,19 @@ def corpus_lines():
     return lines
 
 
-def train(tok, vocab_size, special_tokens, alphabet, limit_alphabet=None):
+def train(tok, vocab_size, special_tokens, alphabet, max_codepoint=None):
+    """Trains on generated text; characters above max_codepoint are dropped
+    from it, so they stay out of the vocabulary."""
     rng = random.Random(42)
     text = training_text(rng, 30000)
-    kwargs = dict(vocab_size=vocab_size, special_tokens=special_tokens,
-                  initial_alphabet=alphabet, show_progress=False)
-    if limit_alphabet is not None:
-        kwargs["limit_alphabet"] = limit_alphabet
-    tok.train_from_iterator(text, trainers.BpeTrainer(**kwargs))
+    if max_codepoint is not None:
+        text = ["".join(c for c in line if ord(c) <= max_codepoint)
+                for line in text]
+    tok.train_from_iterator(
+        text, trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=special_tokens,
+                                  initial_alphabet=alphabet,
+                                  show_progress=False))
 
 
 def gpt2_style():
@@ -288,6 +298,14 @@ def llama3_style():
     ])
     tok.decoder = decoders.ByteLevel()
     train(tok, 3000, [], pre_tokenizers.ByteLevel.alphabet())
+    # Whole words that the merges cannot build: only ignore_merges reaches
+    # them. They go in before the special tokens, which follow the vocabulary.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for word in ["Ġunits", "Ġupon", "Ġwhitespace", "Ġseparated", "Ġexample"]:
+        assert word not in vocab, word
+        vocab[word] = len(vocab)
+    tok = Tokenizer.from_str(json.dumps(spec))
     specials = ["<|begin_of_text|>", "<|end_of_text|>"]
     specials += ["<|reserved_special_token_%d|>" % i for i in range(3)]
     specials += ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -300,15 +318,7 @@ def llama3_style():
             pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
             special_tokens=[("<|begin_of_text|>", bos)]),
     ])
-    spec = json.loads(tok.to_str())
-    # Whole words that the merges cannot build: only ignore_merges reaches them.
-    vocab = spec["model"]["vocab"]
-    next_id = max(max(vocab.values()), max(t["id"] for t in spec["added_tokens"])) + 1
-    for word in ["Ġunits", "Ġupon", "Ġwhitespace", "Ġseparated", "Ġexample"]:
-        assert word not in vocab, word
-        vocab[word] = next_id
-        next_id += 1
-    return spec
+    return json.loads(tok.to_str())
 
 
 def qwen2_style():
@@ -331,7 +341,7 @@ def llama2_style():
     # Train on "▁"-prefixed words, as SentencePiece does; encoding then runs
     # with the normalizers of converted Llama 2 / Mistral files instead.
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    train(tok, 1500, ["<unk>", "<s>", "</s>"], [], limit_alphabet=120)
+    train(tok, 1500, ["<unk>", "<s>", "</s>"], [], max_codepoint=0x24F)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     next_id = max(vocab.values()) + 1
@@ -354,6 +364,82 @@ def llama2_style():
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)])
     return json.loads(tok.to_str())
+
+
+def component_json(kind, component):
+    """The tokenizer.json form of a component."""
+    tok = Tokenizer(models.BPE())
+    setattr(tok, kind, component)
+    return json.loads(tok.to_str())[kind]
+
+
+def component_cases():
+    P, N, D = pre_tokenizers, normalizers, decoders
+    cases = []
+
+    def pre(component, texts):
+        for text in texts:
+            pieces = [p for p, _ in component.pre_tokenize_str(text)]
+            cases.append({"kind": "pre_tokenizer",
+                          "config": component_json("pre_tokenizer", component),
+                          "input": text, "output": pieces})
+
+    behaviors = ["removed", "isolated", "merged_with_previous",
+                 "merged_with_next", "contiguous"]
+    for behavior in behaviors:
+        for invert in [False, True]:
+            pre(P.Split("-", behavior, invert=invert),
+                ["the-final--countdown", "-a-", "--", "abc", "a-b-c-"])
+            pre(P.Split(Regex(r"\s+"), behavior, invert=invert),
+                ["  hello  world 12 ab34 ", "x"])
+            pre(P.Split(Regex(r"\d"), behavior, invert=invert),
+                ["a1b22c333", "4x5"])
+            # Empty matches.
+            pre(P.Split(Regex(r"(?=[A-Z])"), behavior, invert=invert),
+                ["HelloWorldFooBAR", "lower"])
+            pre(P.Split(Regex(r"x*"), behavior, invert=invert), ["axxbx", "xx"])
+    for individual in [False, True]:
+        pre(P.Digits(individual_digits=individual),
+            ["ab12x٣٤５6 1234567", "Ⅻ½²①"])
+    for prefix in [False, True]:
+        for use_regex in [False, True]:
+            pre(P.ByteLevel(add_prefix_space=prefix, use_regex=use_regex),
+                ["Hello world", " leading", "it's 123  ok\n\n", "é😀 x"])
+    pre(P.Sequence([P.Digits(individual_digits=True),
+                    P.ByteLevel(add_prefix_space=False)]),
+        ["abc 2024", "x  9"])
+    pre(P.Split(Regex(LLAMA3_REGEX), "isolated"),
+        ["I'M here, it's 12345!\n\n  ok  ", "\u1c89's \U000105c0'S x"])
+
+    def norm(component, texts):
+        for text in texts:
+            cases.append({"kind": "normalizer",
+                          "config": component_json("normalizer", component),
+                          "input": text, "output": component.normalize_str(text)})
+
+    norm(N.Prepend("▁"), ["", "a b"])
+    norm(N.Replace(" ", "▁"), ["a  b ", "none"])
+    norm(N.Replace(Regex(r"\s+"), " "), ["a  \n b\t", "x"])
+    norm(N.Sequence([N.Prepend("▁"), N.Replace(" ", "▁")]), ["hi there"])
+
+    def dec(component, token_lists):
+        for tokens in token_lists:
+            cases.append({"kind": "decoder",
+                          "config": component_json("decoder", component),
+                          "input": tokens, "output": component.decode(tokens)})
+
+    dec(D.ByteLevel(), [["Hello", "Ġworld", "Ã", "©"], ["hé", " x", "ĠðŁĺĢ"],
+                        ["ðŁĺ"], []])
+    dec(D.ByteFallback(), [["<0xE5>", "<0x8f>", "<0xab>", "a"],
+                           ["<0xE5>", "<0x8f>", "a", "<0x61>"], ["<0xZZ>", "b"]])
+    dec(D.Fuse(), [["a", "b", "c"]])
+    dec(D.Strip(content=" ", left=1, right=0), [["  a ", " b", ""]])
+    dec(D.Strip(content="a", left=2, right=2), [["aaxaaa", "xa", "b"]])
+    dec(D.Replace("▁", " "), [["▁Hello", "▁▁world"]])
+    dec(D.Sequence([D.Replace("▁", " "), D.ByteFallback(), D.Fuse(),
+                    D.Strip(content=" ", left=1, right=0)]),
+        [["▁Hi", "<0xE6>", "<0x97>", "<0xA5>", "▁there"]])
+    return cases
 
 
 def write_fixture(name, spec, corpus):
@@ -387,6 +473,11 @@ def main():
                         ("qwen2_style", qwen2_style), ("llama2_style", llama2_style)]:
         write_fixture(name, build(), corpus)
         print("wrote", name)
+    with open(os.path.join(HERE, "fixtures", "component_cases.jsonl"), "w",
+              encoding="utf-8") as f:
+        for case in component_cases():
+            f.write(json.dumps(case, ensure_ascii=False) + "\n")
+    print("wrote component_cases")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+// Pre-tokenizers of tokenizer.json: ByteLevel, Split, Digits and Sequence.
+// They cut a piece of text into the words the model tokenizes one by one.
+#ifndef PREFOPT_TRAINER_TOKENIZER_PRE_TOKENIZERS_H_
+#define PREFOPT_TRAINER_TOKENIZER_PRE_TOKENIZERS_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "trainer/tokenizer/json_util.h"
+#include "trainer/tokenizer/regex.h"
+
+namespace prefopt::tokenizer {
+
+// Words: non-empty byte ranges of `text`, in order.
+struct Pieces {
+  std::string text;
+  std::vector<ByteRange> ranges;
+
+  std::string_view Get(const ByteRange& range) const {
+    return std::string_view(text).substr(range.first,
+                                         range.second - range.first);
+  }
+};
+
+class PreTokenizer {
+ public:
+  virtual ~PreTokenizer() = default;
+  // Splits every piece of `pieces` further (and may rewrite the text).
+  virtual absl::Status PreTokenize(Pieces* pieces) const = 0;
+};
+
+// The pre-tokenizer at `path`; nullptr for JSON null.
+absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(
+    const Json& json, std::string_view path);
+
+}  // namespace prefopt::tokenizer
+
+#endif  // PREFOPT_TRAINER_TOKENIZER_PRE_TOKENIZERS_H_
