@@ -603,6 +603,62 @@ void CheckObjective(const ObjectiveConfig& objective,
       }
       return;
     }
+    case ObjectiveConfig::kSft:
+      return;
+    case ObjectiveConfig::kPrior: {
+      const PriorConfig& prior = objective.prior();
+      if (prior.has_alpha() && !(prior.alpha() >= 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.prior.alpha: must be >= 0, got ", prior.alpha()));
+      }
+      if (!(prior.weight_sum_floor() > 0)) {
+        problems->push_back(
+            absl::StrCat("objective.prior.weight_sum_floor: must be > 0, got ",
+                         prior.weight_sum_floor()));
+      }
+      return;
+    }
+    case ObjectiveConfig::kImplicitSft: {
+      const ImplicitSftConfig& isft = objective.implicit_sft();
+      if (isft.divergence() == ImplicitSftConfig::DIVERGENCE_UNSPECIFIED) {
+        problems->push_back(
+            "objective.implicit_sft.divergence: must be set (TOTAL_VARIATION, "
+            "PEARSON_CHI2, NEYMAN_CHI2, KL, SQUARED_HELLINGER or "
+            "JENSEN_SHANNON)");
+      }
+      if (!(isft.beta() > 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.implicit_sft.beta: must be > 0, got ", isft.beta()));
+      }
+      if (!(isft.domain_margin() > 0 && isft.domain_margin() <= 0.5f)) {
+        problems->push_back(
+            absl::StrCat("objective.implicit_sft.domain_margin: must be in "
+                         "(0, 0.5], got ",
+                         isft.domain_margin()));
+      }
+      return;
+    }
+    case ObjectiveConfig::kSparsepo: {
+      const SparsePoConfig& sp = objective.sparsepo();
+      if (!(sp.beta() > 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.sparsepo.beta: must be > 0, got ", sp.beta()));
+      }
+      for (auto [name, value] : {std::pair{"l1_reward", sp.l1_reward()},
+                                 std::pair{"l1_kl", sp.l1_kl()}}) {
+        if (!(value >= 0)) {
+          problems->push_back(absl::StrCat("objective.sparsepo.", name,
+                                           ": must be >= 0, got ", value));
+        }
+      }
+      if (sp.mask() == SparsePoConfig::MAPO &&
+          (sp.independent_masks() || sp.l1_reward() > 0 || sp.l1_kl() > 0)) {
+        problems->push_back(
+            "objective.sparsepo.mask: MAPO masks are fixed and common, so "
+            "independent_masks, l1_reward and l1_kl must be unset with it");
+      }
+      return;
+    }
   }
 }
 
@@ -757,6 +813,22 @@ void FillDefaults(TrainConfig* config) {
   ObjectiveConfig& objective = *config->mutable_objective();
   if (objective.has_dpo() && objective.dpo().beta() == 0) {
     objective.mutable_dpo()->set_beta(kDefaultDpoBeta);
+  }
+  if (objective.has_prior()) {
+    PriorConfig& prior = *objective.mutable_prior();
+    if (!prior.has_alpha()) prior.set_alpha(1.0f);
+    if (prior.weight_sum_floor() == 0) prior.set_weight_sum_floor(1e-6f);
+  }
+  if (objective.has_implicit_sft()) {
+    ImplicitSftConfig& isft = *objective.mutable_implicit_sft();
+    if (isft.beta() == 0) isft.set_beta(0.1f);
+    if (isft.domain_margin() == 0) isft.set_domain_margin(0.01f);
+  }
+  if (objective.has_sparsepo()) {
+    SparsePoConfig& sp = *objective.mutable_sparsepo();
+    if (sp.beta() == 0) sp.set_beta(0.8f);
+    if (sp.mask_init_std() == 0) sp.set_mask_init_std(0.02f);
+    if (!sp.has_mask_weight_decay()) sp.set_mask_weight_decay(0.01f);
   }
   OptimizerConfig& optimizer = *config->mutable_optimizer();
   if (optimizer.beta1() == 0) optimizer.set_beta1(kDefaultAdamBeta1);

@@ -399,7 +399,8 @@ TEST(ValidationTest, ObjectiveMustBeSet) {
   ASSERT_FALSE(config.ok());
   EXPECT_THAT(Message(config.status()),
               HasSubstr(path + ": objective: must set one of the oneof "
-                               "objective.kind (dpo)"));
+                               "objective.kind (dpo, sft, prior, "
+                               "implicit_sft, sparsepo)"));
 }
 
 TEST(ValidationTest, ModelMustBeDescribed) {

@@ -2,14 +2,26 @@
 // (one pair per step: chosen and rejected, prompt + response tokens each),
 // beside OpenBLAS sgemm GFLOP/s measured in the same process.
 //
-//   bazel run -c opt //trainer/loop:dpo_step_bench -- [--n_embd=768]
-//     [--n_layer=12] [--n_head=12] [--vocab=50257] [--prompt=256]
+//   bazel run -c opt //trainer/loop:dpo_step_bench -- [--arch=gpt2|llama]
+//     [--n_embd=768] [--n_layer=12] [--n_head=12] [--n_kv_head=n_head]
+//     [--intermediate=4*n_embd] [--vocab=50257] [--prompt=256]
 //     [--response=256] [--steps=3]
 //
+// --arch=llama builds a Llama decoder (RMSNorm, RoPE, grouped KV heads,
+// SwiGLU, tied embeddings as SmolLM2), e.g. SmolLM2-135M's shape:
+//   --arch=llama --n_embd=576 --n_layer=30 --n_head=9 --n_kv_head=3
+//     --intermediate=1536 --vocab=49152
+// The config proto has no from-scratch Llama fields, so the benchmark writes
+// a Hugging Face folder (config.json and N(0, 0.02) bf16 weights) into its
+// temporary directory and loads it through model.hf_path.
+//
 // FLOPs counted (model FLOPs, the work a step must do; the output layer's
-// recomputation in pass 2 is not counted): per sequence of T tokens with R
-// response tokens, 72·L·C²·T for the dense layers (forward + backward),
-// 6·L·T²·C for causal attention, and 6·R·C·V for the output layer.
+// recomputation in pass 2 is not counted), per sequence of T tokens with R
+// response tokens: 6·L·T·P for the dense layers (forward + backward), P the
+// multiply-adds of one token through one layer's projections (12·C² for
+// GPT-2; C·(NH + 2·NKV)·hd + NH·hd·C + 3·C·FF for Llama), 6·L·T²·NH·hd for
+// causal attention, and 6·R·C·V for the output layer. The load average of the
+// machine is printed before and after, as other work on it slows the step.
 #include <unistd.h>
 
 #include <chrono>
@@ -18,20 +30,30 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm_probe.h"
 #include "trainer/config/config_loader.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/weight_store.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/model/decoder.h"
 #include "trainer/util/rng.h"
 
 namespace {
 
+using prefopt::io::ModelSpec;
+
 struct Options {
+  bool llama = false;
   int n_embd = 768, n_layer = 12, n_head = 12, vocab = 50257;
+  int n_kv_head = 0, intermediate = 0;  // 0: n_head, 4 * n_embd
   int prompt = 256, response = 256, steps = 3;
 };
 
@@ -41,9 +63,19 @@ bool Parse(int argc, char** argv, Options* o) {
     const size_t eq = a.find('=');
     if (a.rfind("--", 0) != 0 || eq == std::string::npos) return false;
     const std::string name = a.substr(2, eq - 2);
+    const std::string value = a.substr(eq + 1);
+    if (name == "arch") {
+      if (value != "gpt2" && value != "llama") return false;
+      o->llama = value == "llama";
+      continue;
+    }
     int v;
-    if (!absl::SimpleAtoi(a.substr(eq + 1), &v) || v <= 0) return false;
-    if (name == "n_embd")
+    if (!absl::SimpleAtoi(value, &v) || v <= 0) return false;
+    if (name == "n_kv_head")
+      o->n_kv_head = v;
+    else if (name == "intermediate")
+      o->intermediate = v;
+    else if (name == "n_embd")
       o->n_embd = v;
     else if (name == "n_layer")
       o->n_layer = v;
@@ -63,16 +95,73 @@ bool Parse(int argc, char** argv, Options* o) {
   return true;
 }
 
+std::string LoadAverage() {
+  std::string line;
+  std::getline(std::ifstream("/proc/loadavg"), line);
+  return line;
+}
+
+// SmolLM2's choices where the options say nothing: tied embeddings,
+// rope_theta 1e5, RMSNorm eps 1e-5, no biases.
+ModelSpec LlamaSpec(const Options& o, int max_positions) {
+  ModelSpec spec;
+  spec.arch = ModelSpec::Arch::kLlama;
+  spec.vocab_size = o.vocab;
+  spec.max_positions = max_positions;
+  spec.hidden = o.n_embd;
+  spec.n_layer = o.n_layer;
+  spec.n_head = o.n_head;
+  spec.n_kv_head = o.n_kv_head;
+  spec.head_dim = o.n_embd / o.n_head;
+  spec.intermediate = o.intermediate;
+  spec.norm_eps = 1e-5;
+  spec.activation = "silu";
+  spec.tie_word_embeddings = true;
+  spec.rope_theta = 100000.0;
+  return spec;
+}
+
+// Writes `spec` as a Hugging Face folder `dir` with bf16 weights initialized
+// as transformers does (N(0, 0.02) weights, unit norms).
+absl::Status WriteRandomModel(const ModelSpec& spec, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  absl::Status s = prefopt::io::WriteHfConfig(spec, dir);
+  if (!s.ok()) return s;
+  prefopt::kernels::CpuBackend backend;
+  auto decoder = prefopt::model::Decoder::Create(spec, &backend, {1, 1, 1},
+                                                 /*trainable=*/false);
+  if (!decoder.ok()) return decoder.status();
+  (*decoder)->InitRandom(1, 0.02f);
+  std::vector<prefopt::io::TensorToWrite> tensors;
+  // Llama's tensors are all stored untransposed, so each one is a range of
+  // the (host) parameter buffer.
+  for (const prefopt::model::HfTensorRef& ref :
+       (*decoder)->layout().HfTensors()) {
+    tensors.push_back({ref.name, ref.shape, (*decoder)->params() + ref.offset});
+  }
+  return prefopt::io::WriteWeightStore(dir, tensors, prefopt::io::DType::kBF16,
+                                       std::numeric_limits<size_t>::max());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
   if (!Parse(argc, argv, &o)) {
-    std::cerr << "usage: dpo_step_bench [--n_embd=N] [--n_layer=N] "
-                 "[--n_head=N] [--vocab=N] [--prompt=N] [--response=N] "
+    std::cerr << "usage: dpo_step_bench [--arch=gpt2|llama] [--n_embd=N] "
+                 "[--n_layer=N] [--n_head=N] [--n_kv_head=N] "
+                 "[--intermediate=N] [--vocab=N] [--prompt=N] [--response=N] "
                  "[--steps=N]\n";
     return 2;
   }
+  if (o.n_kv_head == 0) o.n_kv_head = o.n_head;
+  if (o.intermediate == 0) o.intermediate = 4 * o.n_embd;
+  if (!o.llama && (o.n_kv_head != o.n_head || o.intermediate != 4 * o.n_embd)) {
+    std::cerr << "--n_kv_head and --intermediate need --arch=llama (GPT-2 "
+                 "has n_kv_head = n_head and intermediate = 4 * n_embd)\n";
+    return 2;
+  }
+  const std::string load_before = LoadAverage();
   // sgemm is measured before and after the steps: the machine's speed can
   // drift (other load, clocks), and the ratio uses their mean.
   const double sgemm_before =
@@ -99,10 +188,23 @@ int main(int argc, char** argv) {
     }
   }
   const int T = o.prompt + o.response;
+  std::string model_text;
+  if (o.llama) {
+    const absl::Status s = WriteRandomModel(LlamaSpec(o, T), dir + "/model");
+    if (!s.ok()) {
+      std::cerr << s << "\n";
+      std::filesystem::remove_all(dir);
+      return 1;
+    }
+    model_text = absl::StrCat("model { hf_path: '", dir, "/model' }\n");
+  } else {
+    model_text =
+        absl::StrCat("model { architecture: GPT2 vocab_size: ", o.vocab,
+                     " n_positions: ", T, " n_embd: ", o.n_embd,
+                     " n_layer: ", o.n_layer, " n_head: ", o.n_head, " }\n");
+  }
   const std::string config_text = absl::StrCat(
-      "model { architecture: GPT2 vocab_size: ", o.vocab, " n_positions: ", T,
-      " n_embd: ", o.n_embd, " n_layer: ", o.n_layer, " n_head: ", o.n_head,
-      " }\n", "data { train_files: '", dir, "/pairs.jsonl' max_length: ", T,
+      model_text, "data { train_files: '", dir, "/pairs.jsonl' max_length: ", T,
       " }\n", "objective { dpo { beta: 0.1 } }\n",
       "optimizer { lr: 1e-5 max_grad_norm: 1.0 }\n",
       "batch { micro_batch_size: 1 global_batch_size: 1 }\n",
@@ -136,17 +238,22 @@ int main(int argc, char** argv) {
       o.steps;
 
   const double C = o.n_embd, L = o.n_layer, V = o.vocab, R = o.response;
-  const double per_seq =
-      72.0 * L * C * C * T + 6.0 * L * double(T) * T * C + 6.0 * R * C * V;
+  const double hd = o.n_embd / o.n_head, att = o.n_head * hd;
+  const double qkv = (o.n_head + 2 * o.n_kv_head) * hd;
+  const double ff = o.intermediate;
+  const double layer_macs = C * qkv + att * C + (o.llama ? 3 : 2) * C * ff;
+  const double per_seq = 6.0 * L * T * layer_macs +
+                         6.0 * L * double(T) * T * att + 6.0 * R * C * V;
   const double flops = 2 * per_seq;
   const double step_gflops = flops / seconds / 1e9;
   const double sgemm_after =
       prefopt::kernels::cpu::MeasureSgemmGflops(2048, 2.0);
   const double sgemm = 0.5 * (sgemm_before + sgemm_after);
   std::printf(
-      "DPO step, GPT-2 shape: d=%d layers=%d heads=%d V=%d, 1 pair, "
-      "prompt %d + response %d tokens per sequence\n",
-      o.n_embd, o.n_layer, o.n_head, o.vocab, o.prompt, o.response);
+      "DPO step, %s shape: d=%d layers=%d heads=%d kv_heads=%d ff=%d V=%d, "
+      "1 pair, prompt %d + response %d tokens per sequence\n",
+      o.llama ? "Llama" : "GPT-2", o.n_embd, o.n_layer, o.n_head, o.n_kv_head,
+      o.intermediate, o.vocab, o.prompt, o.response);
   std::printf("step time         %.3f s\n", seconds);
   std::printf("tokens/s          %.1f\n", 2.0 * T / seconds);
   std::printf("model GFLOP/step  %.1f\n", flops / 1e9);
@@ -157,6 +264,8 @@ int main(int argc, char** argv) {
       sgemm, sgemm_before, sgemm_after);
   std::printf("ratio             %.1f%% of sgemm\n",
               100.0 * step_gflops / sgemm);
+  std::printf("load average      %s (before), %s (after)\n",
+              load_before.c_str(), LoadAverage().c_str());
   std::filesystem::remove_all(dir);
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/rng.h"
@@ -46,9 +47,23 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       if (!dpo.ok()) return dpo.status();
       return std::unique_ptr<objectives::Objective>(*std::move(dpo));
     }
+    case ObjectiveConfig::kSft:
+      return std::unique_ptr<objectives::Objective>(
+          std::make_unique<objectives::SftPlugin>());
+    case ObjectiveConfig::kPrior: {
+      auto prior = objectives::PriorPlugin::Create(config.prior());
+      if (!prior.ok()) return prior.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(prior));
+    }
+    case ObjectiveConfig::kImplicitSft: {
+      auto isft = objectives::ImplicitSftPlugin::Create(config.implicit_sft());
+      if (!isft.ok()) return isft.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(isft));
+    }
     default:
       return absl::InvalidArgumentError(
-          "objective: no objective is set (choose one of: dpo)");
+          "objective: no objective is set (choose one of: dpo, sft, prior, "
+          "implicit_sft)");
   }
 }
 
