@@ -9,6 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "comm/create_communicator.h"
+#include "comm/failure.h"
+#include "comm/launch_env.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
 
@@ -60,6 +63,15 @@ absl::Status ParseTrainFlags(int argc, char** argv, TrainFlags* flags) {
   return absl::OkStatus();
 }
 
+// Reports a fatal error: a lone process returns `code`; in a multi-rank job
+// every rank is brought down, since a rank that simply returned would leave
+// the others waiting in a collective forever.
+int Fail(comm::Communicator* comm, const absl::Status& status, int code) {
+  if (comm != nullptr && comm->world_size() > 1) comm::AbortAll(*comm, status);
+  std::cerr << "prefopt train: " << status.message() << "\n";
+  return code;
+}
+
 int Train(int argc, char** argv) {
   TrainFlags flags;
   absl::Status s = ParseTrainFlags(argc, argv, &flags);
@@ -70,23 +82,26 @@ int Train(int argc, char** argv) {
   if (!flags.run_dir.empty()) {
     flags.overrides.push_back(absl::StrCat("run_dir=", flags.run_dir));
   }
+  auto env = comm::DetectLaunchEnv();
+  if (!env.ok()) return Fail(nullptr, env.status(), 2);
+  auto communicator =
+      comm::CreateCommunicator(*env, comm::Device::kCpu, &argc, &argv);
+  if (!communicator.ok()) return Fail(nullptr, communicator.status(), 1);
+  comm::Communicator* comm = communicator->get();
+  // Configs are read on every rank (they are small) and compared by hash.
   auto config = config::LoadTrainConfig(flags.config, flags.overrides);
-  if (!config.ok()) {
-    std::cerr << "prefopt train: " << config.status().message() << "\n";
-    return 2;
+  if (!config.ok()) return Fail(comm, config.status(), 2);
+  if (comm->rank() == 0 && comm->world_size() > 1) {
+    std::cout << "data-parallel: " << comm::DescribeLaunchEnv(*env) << "\n";
   }
-  auto trainer = loop::Trainer::Create(*config, std::cout);
-  if (!trainer.ok()) {
-    std::cerr << "prefopt train: " << trainer.status().message() << "\n";
-    return 1;
-  }
+  auto trainer = loop::Trainer::Create(*config, std::cout, comm);
+  if (!trainer.ok()) return Fail(comm, trainer.status(), 1);
   s = (*trainer)->Run();
-  if (!s.ok()) {
-    std::cerr << "prefopt train: " << s.message() << "\n";
-    return 1;
+  if (!s.ok()) return Fail(comm, s, 1);
+  if (comm->rank() == 0) {
+    std::cout << "done: " << (*trainer)->steps_done() << " steps; metrics in "
+              << config->run_dir() << "/metrics.jsonl\n";
   }
-  std::cout << "done: " << (*trainer)->steps_done() << " steps; metrics in "
-            << config->run_dir() << "/metrics.jsonl\n";
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "comm/failure.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/atomic_file.h"
@@ -18,6 +19,7 @@
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
+#include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::loop {
@@ -67,14 +69,24 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
   }
 }
 
-Trainer::Trainer(const TrainConfig& config, std::ostream& log)
-    : config_(config), log_(log) {}
+Trainer::Trainer(const TrainConfig& config, std::ostream& log,
+                 comm::Communicator* comm)
+    : config_(config),
+      log_(log),
+      comm_(comm),
+      rank_(comm ? comm->rank() : 0),
+      world_(comm ? comm->world_size() : 1) {}
+
+std::ostream& Trainer::out() {
+  static std::ostream* const null_stream = new std::ostream(nullptr);
+  return rank_ == 0 ? log_ : *null_stream;
+}
 
 Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
-    const TrainConfig& config, std::ostream& log) {
-  std::unique_ptr<Trainer> t(new Trainer(config, log));
+    const TrainConfig& config, std::ostream& log, comm::Communicator* comm) {
+  std::unique_ptr<Trainer> t(new Trainer(config, log, comm));
   absl::Status s = t->Init();
   if (!s.ok()) return s;
   return t;
@@ -121,17 +133,30 @@ absl::Status Trainer::Init() {
       objective_->example_kind(), static_cast<int>(spec_.vocab_size), trunc);
   if (!ds.ok()) return ds.status();
   dataset_ = *std::move(ds);
-  log_ << "data: " << dataset_.examples.size() << " examples";
+  out() << "data: " << dataset_.examples.size() << " examples";
   if (dataset_.truncated > 0)
-    log_ << ", " << dataset_.truncated << " truncated";
+    out() << ", " << dataset_.truncated << " truncated";
   if (dataset_.dropped_too_long > 0) {
-    log_ << ", " << dataset_.dropped_too_long
-         << " dropped (prompt leaves no room within max_length)";
+    out() << ", " << dataset_.dropped_too_long
+          << " dropped (prompt leaves no room within max_length)";
   }
-  log_ << "\n";
+  out() << "\n";
   if (dataset_.identical_responses > 0) {
-    log_ << "warning: " << dataset_.identical_responses
-         << " pairs have identical chosen and rejected responses\n";
+    out() << "warning: " << dataset_.identical_responses
+          << " pairs have identical chosen and rejected responses\n";
+  }
+
+  if (world_ > 1) {
+    util::Fingerprinter fp;
+    for (const data::Example& ex : dataset_.examples) {
+      for (const auto* ids :
+           {&ex.context, &ex.prompt, &ex.chosen, &ex.rejected}) {
+        fp.UpdateValue(ids->size());
+        fp.Update(ids->data(), ids->size() * sizeof(int32_t));
+      }
+    }
+    s = comm::CheckSameAcrossRanks(*comm_, fp.Value(), "the training data");
+    if (!s.ok()) return s;
   }
 
   const int mb = config_.batch().micro_batch_size();
@@ -165,12 +190,25 @@ absl::Status Trainer::Init() {
   global_batch_ = config_.batch().global_batch_size();
   const int n = static_cast<int>(dataset_.examples.size());
   steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
+  // A last, partial global batch must give every rank at least one example.
+  if (n % global_batch_ != 0 && n % global_batch_ < world_) {
+    --steps_per_epoch_;
+    out() << "notice: the last " << n % global_batch_
+          << " examples of each epoch are skipped (fewer than the " << world_
+          << " ranks)\n";
+  }
+  if (steps_per_epoch_ == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the data has ", n, " examples, fewer than the ", world_, " ranks"));
+  }
   total_steps_ = config_.max_steps() > 0
                      ? config_.max_steps()
                      : config_.num_epochs() * steps_per_epoch_;
-  auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
-  if (!metrics.ok()) return metrics.status();
-  metrics_log_.emplace(*std::move(metrics));
+  if (rank_ == 0) {
+    auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
+    if (!metrics.ok()) return metrics.status();
+    metrics_log_.emplace(*std::move(metrics));
+  }
   return absl::OkStatus();
 }
 
@@ -212,17 +250,18 @@ absl::Status Trainer::BuildReferences() {
   options.include_context = objective_->reference_sees_context();
   options.micro_batch_examples = config_.batch().micro_batch_size();
   options.output_chunk = config_.output_chunk_tokens();
+  options.comm = world_ > 1 ? comm_ : nullptr;
   auto result = reference::ComputeReferenceValues(
       reference, dataset_.examples, options,
       config_.run_dir() + "/reference_cache", nullptr);
   if (!result.ok()) return result.status();
   if (!result->rebuilt_because.empty()) {
-    log_ << "reference cache " << result->cache_path
-         << " was rebuilt: " << result->rebuilt_because << "\n";
+    out() << "reference cache " << result->cache_path
+          << " was rebuilt: " << result->rebuilt_because << "\n";
   }
-  log_ << "reference log-probs: "
-       << (result->loaded_from_cache ? "loaded from " : "computed into ")
-       << result->cache_path << "\n";
+  out() << "reference log-probs: "
+        << (result->loaded_from_cache ? "loaded from " : "computed into ")
+        << result->cache_path << "\n";
   references_ = std::move(result->values);
   return absl::OkStatus();
 }
@@ -252,14 +291,28 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
+  objectives::MetricSums sums;
+  const int64_t tokens = LocalForwardBackward(
+      indices, objective_->Denominator(dataset_.examples, indices), &sums);
+  std::map<std::string, double> m = sums.Means();
+  m["tokens"] = static_cast<double>(tokens);
+  return m;
+}
+
+std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
+  const size_t n = global.size();
+  const size_t begin = n * rank_ / world_, end = n * (rank_ + 1) / world_;
+  return std::vector<int>(global.begin() + begin, global.begin() + end);
+}
+
+int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
+                                      double denominator,
+                                      objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
   // denominator, so the update does not depend on how the batch is split into
-  // micro-batches (objectives.md §0).
-  const double denominator =
-      objective_->Denominator(dataset_.examples, indices);
+  // micro-batches and ranks (objectives.md §0).
   const int mb = config_.batch().micro_batch_size();
   const int C = static_cast<int>(spec_.hidden);
-  objectives::MetricSums sums;
   int64_t tokens = 0;
   std::vector<int> micro;
   std::vector<objectives::SequenceScores> scores;
@@ -275,7 +328,7 @@ std::map<std::string, double> Trainer::ForwardBackward(
                               batch_.packed.tokens.data(), batch_.segments);
     const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                           &references_};
-    objective_->Coefficients(view, denominator, &coef_, &sums);
+    objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
@@ -283,21 +336,30 @@ std::map<std::string, double> Trainer::ForwardBackward(
                       batch_.packed.tokens.data(), batch_.segments, coef_);
     policy_->Backward(batch_.packed);
   }
-  std::map<std::string, double> m = sums.Means();
-  m["tokens"] = static_cast<double>(tokens);
-  return m;
+  return tokens;
 }
 
 absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const auto t0 = std::chrono::steady_clock::now();
-  std::map<std::string, double> m = ForwardBackward(GlobalBatch(step_));
-  const double tokens = m["tokens"];
-  m.erase("tokens");
-  if (!std::isfinite(m["loss"])) {
-    return absl::InternalError(absl::StrCat(
-        "step ", step_ + 1, ": the loss is not finite (", m["loss"],
-        "); lower the learning rate or check the data"));
+  const std::vector<int> global = GlobalBatch(step_);
+  objectives::MetricSums sums;
+  double tokens = static_cast<double>(LocalForwardBackward(
+      LocalShard(global), objective_->Denominator(dataset_.examples, global),
+      &sums));
+  if (world_ > 1) {
+    // Sums, not means: each rank's gradient is already divided by the global
+    // denominator.
+    absl::Status s =
+        comm_->AllReduceSum(policy_->grads(), policy_->layout().total());
+    std::vector<double> flat = sums.Flattened();
+    flat.push_back(tokens);
+    if (s.ok()) s = comm_->AllReduceSum(flat.data(), flat.size());
+    if (!s.ok()) return s;
+    tokens = flat.back();
+    flat.pop_back();
+    sums.SetFlattened(flat);
   }
+  std::map<std::string, double> m = sums.Means();
   const double grad_norm = optimizer_->ClipGradients(policy_->grads());
   if (!std::isfinite(grad_norm)) {
     return absl::InternalError(
@@ -341,7 +403,7 @@ absl::Status Trainer::Run() {
   while (step_ < total_steps_) {
     auto m = Step();
     if (!m.ok()) return m.status();
-    if (step_ % log_every == 0 || step_ == total_steps_) {
+    if (rank_ == 0 && (step_ % log_every == 0 || step_ == total_steps_)) {
       absl::Status s = metrics_log_->Write(step_, *m);
       if (!s.ok()) return s;
       log_ << StepLine(step_, total_steps_, *m) << "\n";

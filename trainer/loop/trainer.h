@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/communicator.h"
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
@@ -32,9 +33,11 @@ class Trainer {
   // Prepares a run from a validated config: creates run_dir (writing the
   // resolved config there), reads the data, builds the policy (loaded or
   // initialized) and the reference log-probs (cached), and the optimizer.
-  // Progress and notices go to `log`.
+  // Progress and notices go to `log` (rank 0 only). `comm` connects the
+  // data-parallel ranks (not owned; null: a single process).
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(
-      const TrainConfig& config, std::ostream& log);
+      const TrainConfig& config, std::ostream& log,
+      comm::Communicator* comm = nullptr);
   ~Trainer();
 
   // Runs every remaining step, logging to metrics.jsonl.
@@ -57,14 +60,28 @@ class Trainer {
   const objectives::ReferenceValues& references() const { return references_; }
 
  private:
-  Trainer(const TrainConfig& config, std::ostream& log);
+  Trainer(const TrainConfig& config, std::ostream& log,
+          comm::Communicator* comm);
   absl::Status Init();
+  // Forward and backward over `local` (this rank's share of a global batch
+  // whose loss denominator is `denominator`); adds metrics to `sums` and
+  // returns the rows processed.
+  int64_t LocalForwardBackward(const std::vector<int>& local,
+                               double denominator,
+                               objectives::MetricSums* sums);
+  // This rank's contiguous share of a global batch.
+  std::vector<int> LocalShard(const std::vector<int>& global) const;
+  // Where notices go: `log_` on rank 0, nowhere on the others.
+  std::ostream& out();
   absl::Status BuildReferences();
   // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
 
   TrainConfig config_;
   std::ostream& log_;
+  comm::Communicator* comm_;
+  int rank_ = 0;
+  int world_ = 1;
   std::unique_ptr<kernels::Backend> backend_;
   io::ModelSpec spec_;
   data::Dataset dataset_;

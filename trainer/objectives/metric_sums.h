@@ -7,6 +7,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace prefopt::objectives {
 
@@ -21,6 +22,29 @@ class MetricSums {
     for (const auto& [name, e] : other.entries_) Add(name, e.sum, e.count);
   }
   void Clear() { entries_.clear(); }
+  // (sum, count) of every metric in name order, for summing across ranks;
+  // SetFlattened takes such a vector back (same names, same order).
+  std::vector<double> Flattened() const {
+    std::vector<double> out;
+    for (const auto& [name, e] : entries_) {
+      out.push_back(e.sum);
+      out.push_back(e.count);
+    }
+    return out;
+  }
+  void SetFlattened(const std::vector<double>& values) {
+    size_t i = 0;
+    for (auto& [name, e] : entries_) {
+      e.sum = values[i++];
+      e.count = values[i++];
+    }
+  }
+  // A fingerprint-friendly list of the names, to check that ranks agree.
+  std::string JoinedNames() const {
+    std::string out;
+    for (const auto& [name, e] : entries_) out += name + ";";
+    return out;
+  }
   // name → sum / count, names in sorted order.
   std::map<std::string, double> Means() const {
     std::map<std::string, double> out;

@@ -130,6 +130,8 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
   const uint64_t key = ReferenceFingerprint(reference, examples, options);
   result.cache_path = absl::StrCat(cache_dir, "/reference_logps_",
                                    util::FingerprintHex(key), ".bin");
+  const int rank = options.comm ? options.comm->rank() : 0;
+  const int world = options.comm ? options.comm->world_size() : 1;
   if (std::ifstream in{result.cache_path, std::ios::binary}) {
     std::stringstream ss;
     ss << in.rdbuf();
@@ -137,10 +139,19 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
     if (values.ok()) {
       result.values = *std::move(values);
       result.loaded_from_cache = true;
-      return result;
+    } else {
+      result.rebuilt_because = std::string(values.status().message());
     }
-    result.rebuilt_because = std::string(values.status().message());
   }
+  if (world > 1) {
+    // Every rank must take the same path: use the cache only if all could.
+    double missing = result.loaded_from_cache ? 0.0 : 1.0;
+    absl::Status s = options.comm->AllReduceSum(&missing, 1);
+    if (!s.ok()) return s;
+    if (missing > 0) result.loaded_from_cache = false;
+  }
+  if (result.loaded_from_cache) return result;
+  result.values = objectives::ReferenceValues();
 
   objectives::ReferenceValues& v = result.values;
   for (const data::Example& ex : examples) {
@@ -160,11 +171,15 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
   std::vector<int> order(examples.size());
   std::iota(order.begin(), order.end(), 0);
   data::Batch batch;
+  // Each rank scores a contiguous slice; the others' entries stay 0 and the
+  // all-reduce below fills them in (a sum with zeros is exact).
   const int64_t total = static_cast<int64_t>(examples.size());
-  for (int64_t begin = 0; begin < total;
+  const int64_t slice_begin = total * rank / world;
+  const int64_t slice_end = total * (rank + 1) / world;
+  for (int64_t begin = slice_begin; begin < slice_end;
        begin += options.micro_batch_examples) {
     const int n = static_cast<int>(
-        std::min<int64_t>(options.micro_batch_examples, total - begin));
+        std::min<int64_t>(options.micro_batch_examples, slice_end - begin));
     data::BuildBatch(examples, order.data() + begin, n, options.include_context,
                      &batch);
     const float* hidden = reference.Forward(batch.packed);
@@ -185,8 +200,17 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
         row += k;
       }
     }
-    if (progress) progress(begin + n, total);
+    if (progress) progress(begin + n - slice_begin, slice_end - slice_begin);
   }
+  if (world > 1) {
+    absl::Status s = options.comm->AllReduceSum(v.sequence_logp.data(),
+                                                v.sequence_logp.size());
+    if (s.ok() && !v.token_logp.empty()) {
+      s = options.comm->AllReduceSum(v.token_logp.data(), v.token_logp.size());
+    }
+    if (!s.ok()) return s;
+  }
+  if (rank != 0) return result;
 
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);

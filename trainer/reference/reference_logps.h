@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/communicator.h"
 #include "trainer/data/examples.h"
 #include "trainer/model/decoder.h"
 #include "trainer/objectives/reference_values.h"
@@ -23,6 +24,9 @@ struct ReferenceOptions {
   bool include_context = true;  // false: score without the examples' context
   int micro_batch_examples = 1;
   int output_chunk = 64;
+  // Data-parallel ranks split the examples and exchange their values; only
+  // rank 0 writes the cache file. Null: one process.
+  comm::Communicator* comm = nullptr;
 };
 
 struct ReferenceCacheResult {
