@@ -1,16 +1,19 @@
 // The numeric core's interface: every op the models, objectives and optimizer
-// need, with a Forward and a Backward where training needs one. The model and the
-// training loop are written once against this interface; kernels/cpu implements it
-// in fp32 (the reference), kernels/cuda on the GPU.
+// need, with a Forward and a Backward where training needs one. The model and
+// the training loop are written once against this interface; kernels/cpu
+// implements it in fp32 (the reference), kernels/cuda on the GPU.
 //
 // Conventions shared by every op:
-// - Pointers are to backend memory (host memory for the CPU backend), row-major.
-// - A batch is a set of sequences packed back to back without padding: N rows in
-//   all, sequence s occupying rows [spans[s].start, spans[s].start + spans[s].len).
-//   Attention never crosses a sequence boundary.
+// - Pointers are to backend memory (host memory for the CPU backend),
+//   row-major.
+// - A batch is a set of sequences packed back to back without padding: N rows
+//   in all, sequence s occupying rows
+//   [spans[s].start, spans[s].start + spans[s].len). Attention never crosses a
+//   sequence boundary.
 // - Every Backward *accumulates* (+=) into its gradient outputs, parameters and
 //   activations alike, so gradient accumulation and residual branches need no
 //   extra adds; callers zero gradient buffers where a fresh value is wanted.
+//   The one exception is RopeBackward, which rotates its buffer in place.
 // - A null gradient output pointer means that gradient is not needed.
 #ifndef PREFOPT_KERNELS_BACKEND_H_
 #define PREFOPT_KERNELS_BACKEND_H_
@@ -52,7 +55,8 @@ class Backend {
   virtual void CopyToHost(float* host_dst, const float* src, size_t n) = 0;
 
   // ---- embeddings ----
-  // out[n,:] = wte[ids[n],:] + (wpe ? wpe[pos[n],:] : 0). ids/pos are host arrays.
+  // out[n,:] = wte[ids[n],:] + (wpe ? wpe[pos[n],:] : 0). ids/pos are host
+  // arrays.
   virtual void EmbeddingForward(float* out, const int32_t* ids,
                                 const int32_t* pos, const float* wte,
                                 const float* wpe, int N, int C) = 0;
@@ -65,18 +69,27 @@ class Backend {
   // mean[N], rstd[N] are saved for Backward. bias may be null.
   virtual void LayerNormForward(float* out, float* mean, float* rstd,
                                 const float* inp, const float* weight,
-                                const float* bias, int N, int C,
-                                float eps) = 0;
+                                const float* bias, int N, int C, float eps) = 0;
   virtual void LayerNormBackward(float* dinp, float* dweight, float* dbias,
                                  const float* dout, const float* inp,
                                  const float* weight, const float* mean,
                                  const float* rstd, int N, int C) = 0;
 
+  // RMSNorm (Llama/Qwen2): out = inp * rstd * weight over the last dim C, with
+  // rstd = 1 / sqrt(mean(inp^2) + eps) per row, no mean subtraction and no
+  // bias. rstd[N] is saved for Backward.
+  virtual void RmsNormForward(float* out, float* rstd, const float* inp,
+                              const float* weight, int N, int C, float eps) = 0;
+  // With g = dout * weight: dinp += rstd * g - inp * rstd^3 * mean(g * inp),
+  // dweight += sum over rows of dout * inp * rstd.
+  virtual void RmsNormBackward(float* dinp, float* dweight, const float* dout,
+                               const float* inp, const float* weight,
+                               const float* rstd, int N, int C) = 0;
+
   // ---- dense layers ----
   // out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias is non-null).
-  virtual void MatmulForward(float* out, const float* inp,
-                             const float* weight, const float* bias, int N,
-                             int C, int OC) = 0;
+  virtual void MatmulForward(float* out, const float* inp, const float* weight,
+                             const float* bias, int N, int C, int OC) = 0;
   virtual void MatmulBackward(float* dinp, float* dweight, float* dbias,
                               const float* dout, const float* inp,
                               const float* weight, int N, int C, int OC) = 0;
@@ -86,17 +99,28 @@ class Backend {
   virtual void GeluForward(float* out, const float* inp, size_t n) = 0;
   virtual void GeluBackward(float* dinp, const float* inp, const float* dout,
                             size_t n) = 0;
+  // SwiGLU (Llama/Qwen2 MLP): gate_up[N, 2*FF] holds, per row, the FF gate
+  // values and then the FF up values (the fused gate|up projection's output);
+  // out[N, FF] = silu(gate) * up, silu(x) = x * sigmoid(x).
+  virtual void SwiGluForward(float* out, const float* gate_up, int N,
+                             int FF) = 0;
+  // dgate_up[:, j] += dout[:, j] * up * silu'(gate) and
+  // dgate_up[:, FF + j] += dout[:, j] * silu(gate), j < FF, with
+  // silu'(x) = sigmoid(x) * (1 + x * (1 - sigmoid(x))).
+  virtual void SwiGluBackward(float* dgate_up, const float* gate_up,
+                              const float* dout, int N, int FF) = 0;
   // out = a + b.
   virtual void Add(float* out, const float* a, const float* b, size_t n) = 0;
   // y += alpha * x.
   virtual void Axpy(float* y, float alpha, const float* x, size_t n) = 0;
 
   // ---- attention ----
-  // Causal multi-head attention with grouped KV heads (NKV divides NH; GPT-2 has
-  // NKV == NH). qkv[N, (NH + 2*NKV)*hs] holds, per row, the NH query heads, then
-  // the NKV key heads, then the NKV value heads, each hs wide.
+  // Causal multi-head attention with grouped KV heads (NKV divides NH; GPT-2
+  // has NKV == NH). qkv[N, (NH + 2*NKV)*hs] holds, per row, the NH query heads,
+  // then the NKV key heads, then the NKV value heads, each hs wide.
   // out[N, NH*hs]. Scale 1/sqrt(hs).
-  // probs: saved softmax probabilities for Backward, AttentionProbsSize() floats.
+  // probs: saved softmax probabilities for Backward, AttentionProbsSize()
+  // floats.
   virtual size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                     int NH) const = 0;
   virtual void AttentionForward(float* out, float* probs, const float* qkv,
@@ -107,14 +131,40 @@ class Backend {
                                  const SeqSpan* spans, int num_seqs, int NH,
                                  int NKV, int hs) = 0;
 
+  // ---- rotary position embedding (Llama/Qwen2) ----
+  // Rotates, in place, the NH query heads and the NKV key heads of every row of
+  // qkv[N, (NH + 2*NKV)*hs] (the layout of AttentionForward; the value heads
+  // are left alone). hs is even; let h = hs/2. Row n is at position pos[n]
+  // (host array; 0 <= pos[n] < the table's rows), and with
+  // c = cos[pos[n]*h + i], s = sin[pos[n]*h + i], each head's pairs
+  // (x[i], x[i+h]), i < h, become
+  //   x[i]   <- x[i] * c - x[i+h] * s
+  //   x[i+h] <- x[i+h] * c + x[i] * s
+  // which is transformers' rotate_half convention (the first half of a head
+  // pairs with its second half; not interleaved). cos and sin are tables
+  // [max_pos, hs/2] in backend memory, filled by the model (they encode
+  // rope_theta and rope_scaling).
+  virtual void RopeForward(float* qkv, const int32_t* pos, const float* cos,
+                           const float* sin, int N, int NH, int NKV,
+                           int hs) = 0;
+  // The backward of RopeForward: rotates the query and key heads of the
+  // gradient dqkv[N, (NH + 2*NKV)*hs] in place by -theta (s replaced by -s
+  // above), turning the gradient w.r.t. the rotated q, k into the gradient
+  // w.r.t. the unrotated ones; value heads untouched. Unlike the other
+  // Backward ops it transforms its buffer instead of accumulating into it, so
+  // the buffer must hold only gradient that flows through the rotation.
+  virtual void RopeBackward(float* dqkv, const int32_t* pos, const float* cos,
+                            const float* sin, int N, int NH, int NKV,
+                            int hs) = 0;
+
   // ---- chunked output layer (objectives.md §7) ----
   // For rows h[N,C] and the output embedding wout[V,C], the logits of a row are
   // z = wout @ h[n]. The full [N,V] logits are never held: rows are processed
   // `chunk` at a time through `chunk_buf` (chunk*V floats).
   //
-  // Pass 1 writes, per row: lse[n] = logsumexp(z), logp[n] = z[labels[n]] - lse,
-  // logit_sum[n] = sum_v z[v] (for the logits/* metrics), and
-  // correct[n] = 1 if argmax(z) == labels[n] else 0.
+  // Pass 1 writes, per row: lse[n] = logsumexp(z),
+  // logp[n] = z[labels[n]] - lse, logit_sum[n] = sum_v z[v] (for the logits/*
+  // metrics), and correct[n] = 1 if argmax(z) == labels[n] else 0.
   virtual void OutputForward(float* lse, float* logp, float* logit_sum,
                              int32_t* correct, const float* h,
                              const float* wout, const int32_t* labels, int N,
@@ -124,8 +174,8 @@ class Backend {
   // dh += dz @ wout and dwout += dz^T @ h. Rows with coef == 0 may be skipped.
   virtual void OutputBackward(float* dh, float* dwout, const float* h,
                               const float* wout, const int32_t* labels,
-                              const float* lse, const float* coef, int N,
-                              int C, int V, float* chunk_buf, int chunk) = 0;
+                              const float* lse, const float* coef, int N, int C,
+                              int V, float* chunk_buf, int chunk) = 0;
 
   // ---- optimizer ----
   // Sum of squares of x[0..n), accumulated in double.

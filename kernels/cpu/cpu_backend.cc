@@ -291,6 +291,36 @@ inline __m256 GeluGrad8(__m256 x) {
   return _mm256_add_ps(t.sig, slope);
 }
 
+// sigmoid(x) on 8 lanes: 1 / (1 + exp(-x)); exp(-x) = +inf gives exactly 0.
+inline __m256 Sigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(
+      one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+// Rotates the query and key heads of every row by +theta (sign 1) or -theta
+// (sign -1); see Backend::RopeForward. Rows are independent.
+void Rotate(float* qkv, const int32_t* pos, const float* cos, const float* sin,
+            int N, int NH, int NKV, int hs, float sign) {
+  const int h = hs / 2;
+  const size_t row = static_cast<size_t>(NH + 2 * NKV) * hs;
+#pragma omp parallel for schedule(static) if (row * N >= kMinParallel)
+  for (int n = 0; n < N; ++n) {
+    const float* c = cos + static_cast<size_t>(pos[n]) * h;
+    const float* s = sin + static_cast<size_t>(pos[n]) * h;
+    for (int head = 0; head < NH + NKV; ++head) {
+      float* x1 = qkv + n * row + static_cast<size_t>(head) * hs;
+      float* x2 = x1 + h;
+#pragma omp simd
+      for (int i = 0; i < h; ++i) {
+        const float a = x1[i], b = x2[i], si = sign * s[i];
+        x1[i] = a * c[i] - b * si;
+        x2[i] = b * c[i] + a * si;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 CpuBackend::CpuBackend() = default;
@@ -434,6 +464,56 @@ void CpuBackend::LayerNormBackward(float* dinp, float* dweight, float* dbias,
   });
 }
 
+void CpuBackend::RmsNormForward(float* out, float* rstd, const float* inp,
+                                const float* weight, int N, int C, float eps) {
+#pragma omp parallel for schedule(static) if (size_t{1} * N * C >= kMinParallel)
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + static_cast<size_t>(n) * C;
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int c = 0; c < C; ++c) sq += x[c] * x[c];
+    const float rs = 1.0f / std::sqrt(sq / C + eps);
+    float* o = out + static_cast<size_t>(n) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = x[c] * rs * weight[c];
+    rstd[n] = rs;
+  }
+}
+
+void CpuBackend::RmsNormBackward(float* dinp, float* dweight, const float* dout,
+                                 const float* inp, const float* weight,
+                                 const float* rstd, int N, int C) {
+  if (dinp != nullptr) {
+#pragma omp parallel for schedule(static) if (size_t{1} * N * C >= kMinParallel)
+    for (int n = 0; n < N; ++n) {
+      const float* x = inp + static_cast<size_t>(n) * C;
+      const float* d = dout + static_cast<size_t>(n) * C;
+      const float rs = rstd[n];
+      // dx = rs * g - x * rs^3 * mean(g * x), g = dout * weight.
+      float g_x_sum = 0.0f;
+#pragma omp simd reduction(+ : g_x_sum)
+      for (int c = 0; c < C; ++c) g_x_sum += d[c] * weight[c] * x[c];
+      const float k = rs * rs * rs * (g_x_sum / C);
+      float* dx = dinp + static_cast<size_t>(n) * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) dx[c] += rs * d[c] * weight[c] - x[c] * k;
+    }
+  }
+  if (dweight == nullptr) return;
+  ParallelColumnTiles(C, N, [&](int c0, int c1) {
+    float dw[kColumnTile] = {0.0f};
+    const int width = c1 - c0;
+    for (int n = 0; n < N; ++n) {
+      const float* x = inp + static_cast<size_t>(n) * C + c0;
+      const float* d = dout + static_cast<size_t>(n) * C + c0;
+      const float rs = rstd[n];
+#pragma omp simd
+      for (int c = 0; c < width; ++c) dw[c] += d[c] * (x[c] * rs);
+    }
+    for (int c = 0; c < width; ++c) dweight[c0 + c] += dw[c];
+  });
+}
+
 void CpuBackend::MatmulForward(float* out, const float* inp,
                                const float* weight, const float* bias, int N,
                                int C, int OC) {
@@ -514,6 +594,53 @@ void CpuBackend::GeluBackward(float* dinp, const float* inp, const float* dout,
                                           _mm256_maskload_ps(dinp + i, mask)));
     }
   });
+}
+
+void CpuBackend::SwiGluForward(float* out, const float* gate_up, int N,
+                               int FF) {
+#pragma omp parallel for schedule(static) if (size_t{1} * N * FF >= \
+                                              kMinParallel)
+  for (int n = 0; n < N; ++n) {
+    const float* gate = gate_up + static_cast<size_t>(n) * 2 * FF;
+    const float* up = gate + FF;
+    float* o = out + static_cast<size_t>(n) * FF;
+    for (int j = 0; j < FF; j += 8) {
+      const __m256i mask = FirstLanes(std::min(8, FF - j));
+      const __m256 g = _mm256_maskload_ps(gate + j, mask);
+      const __m256 u = _mm256_maskload_ps(up + j, mask);
+      StoreLanes(o, j, FF, _mm256_mul_ps(_mm256_mul_ps(g, Sigmoid8(g)), u));
+    }
+  }
+}
+
+void CpuBackend::SwiGluBackward(float* dgate_up, const float* gate_up,
+                                const float* dout, int N, int FF) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+#pragma omp parallel for schedule(static) if (size_t{1} * N * FF >= \
+                                              kMinParallel)
+  for (int n = 0; n < N; ++n) {
+    const float* gate = gate_up + static_cast<size_t>(n) * 2 * FF;
+    const float* up = gate + FF;
+    const float* d = dout + static_cast<size_t>(n) * FF;
+    float* dgate = dgate_up + static_cast<size_t>(n) * 2 * FF;
+    float* dup = dgate + FF;
+    for (int j = 0; j < FF; j += 8) {
+      const __m256i mask = FirstLanes(std::min(8, FF - j));
+      const __m256 g = _mm256_maskload_ps(gate + j, mask);
+      const __m256 u = _mm256_maskload_ps(up + j, mask);
+      const __m256 dj = _mm256_maskload_ps(d + j, mask);
+      const __m256 sig = Sigmoid8(g);
+      // silu'(g) = sig * (1 + g * (1 - sig)).
+      const __m256 dsilu =
+          _mm256_mul_ps(sig, _mm256_fmadd_ps(g, _mm256_sub_ps(one, sig), one));
+      StoreLanes(dgate, j, FF,
+                 _mm256_fmadd_ps(_mm256_mul_ps(dj, u), dsilu,
+                                 _mm256_maskload_ps(dgate + j, mask)));
+      StoreLanes(dup, j, FF,
+                 _mm256_fmadd_ps(dj, _mm256_mul_ps(g, sig),
+                                 _mm256_maskload_ps(dup + j, mask)));
+    }
+  }
 }
 
 void CpuBackend::Add(float* out, const float* a, const float* b, size_t n) {
@@ -650,6 +777,17 @@ void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
       }
     }
   }
+}
+
+void CpuBackend::RopeForward(float* qkv, const int32_t* pos, const float* cos,
+                             const float* sin, int N, int NH, int NKV, int hs) {
+  Rotate(qkv, pos, cos, sin, N, NH, NKV, hs, 1.0f);
+}
+
+void CpuBackend::RopeBackward(float* dqkv, const int32_t* pos, const float* cos,
+                              const float* sin, int N, int NH, int NKV,
+                              int hs) {
+  Rotate(dqkv, pos, cos, sin, N, NH, NKV, hs, -1.0f);
 }
 
 void CpuBackend::OutputForward(float* lse, float* logp, float* logit_sum,

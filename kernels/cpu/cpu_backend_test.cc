@@ -195,6 +195,52 @@ TEST_P(CpuBackendTest, LayerNorm) {
   });
 }
 
+TEST_P(CpuBackendTest, RmsNorm) {
+  const int N = 256, C = 300;
+  const float eps = 1e-6f;
+  std::vector<float> inp = RandomNormal(N * C, 1, 2.0f);
+  for (float& x : inp) x += 1.0f;
+  const std::vector<float> weight = RandomNormal(C, 2);
+  std::vector<float> out_ref(N * C), rstd_ref(N);
+  std::vector<float> out_cpu(N * C, NAN), rstd_cpu(N, NAN);
+  ref_.RmsNormForward(out_ref.data(), rstd_ref.data(), inp.data(),
+                      weight.data(), N, C, eps);
+  cpu_.RmsNormForward(out_cpu.data(), rstd_cpu.data(), inp.data(),
+                      weight.data(), N, C, eps);
+  EXPECT_LE(ErrorVsScale(out_cpu, out_ref), kTol);
+  EXPECT_LE(ErrorVsScale(rstd_cpu, rstd_ref), kTol);
+
+  const std::vector<float> dout = RandomNormal(N * C, 4);
+  const std::vector<float> dinp0 = RandomNormal(N * C, 5);
+  const std::vector<float> dweight0 = RandomNormal(C, 6);
+  std::vector<float> dinp_ref = dinp0, dweight_ref = dweight0;
+  std::vector<float> dinp_cpu = dinp0, dweight_cpu = dweight0;
+  ref_.RmsNormBackward(dinp_ref.data(), dweight_ref.data(), dout.data(),
+                       inp.data(), weight.data(), rstd_ref.data(), N, C);
+  cpu_.RmsNormBackward(dinp_cpu.data(), dweight_cpu.data(), dout.data(),
+                       inp.data(), weight.data(), rstd_ref.data(), N, C);
+  EXPECT_LE(GradError(dinp_cpu, dinp_ref, dinp0), kTol);
+  EXPECT_LE(GradError(dweight_cpu, dweight_ref, dweight0), kTol);
+  // Each gradient alone.
+  std::vector<float> dinp_only = dinp0, dweight_only = dweight0;
+  cpu_.RmsNormBackward(dinp_only.data(), nullptr, dout.data(), inp.data(),
+                       weight.data(), rstd_ref.data(), N, C);
+  cpu_.RmsNormBackward(nullptr, dweight_only.data(), dout.data(), inp.data(),
+                       weight.data(), rstd_ref.data(), N, C);
+  EXPECT_TRUE(BitwiseEqual(dinp_only, dinp_cpu));
+  EXPECT_TRUE(BitwiseEqual(dweight_only, dweight_cpu));
+
+  ExpectDeterministic(
+      {std::vector<float>(N * C), std::vector<float>(N)}, [&](auto* o) {
+        cpu_.RmsNormForward((*o)[0].data(), (*o)[1].data(), inp.data(),
+                            weight.data(), N, C, eps);
+      });
+  ExpectDeterministic({dinp0, dweight0}, [&](auto* o) {
+    cpu_.RmsNormBackward((*o)[0].data(), (*o)[1].data(), dout.data(),
+                         inp.data(), weight.data(), rstd_ref.data(), N, C);
+  });
+}
+
 TEST_P(CpuBackendTest, Matmul) {
   // 1.35M multiply-adds: above the threshold for splitting GEMMs.
   const int N = 150, C = 100, OC = 90;
@@ -276,6 +322,100 @@ TEST_P(CpuBackendTest, Gelu) {
   ExpectDeterministic({dinp0}, [&](auto* o) {
     cpu_.GeluBackward((*o)[0].data(), inp.data(), dout.data(), n);
   });
+}
+
+TEST_P(CpuBackendTest, SwiGlu) {
+  // FF = 1003: the parallel path and a partial last vector per row.
+  const int N = 70, FF = 1003;
+  std::vector<float> gate_up = RandomNormal(N * 2 * FF, 1, 3.0f);
+  // Saturated gates: sigmoid is 0 (exp overflows) or 1.
+  gate_up[0] = -100.0f;
+  gate_up[1] = 100.0f;
+  gate_up[2] = 0.0f;
+  std::vector<float> out_ref(N * FF), out_cpu(N * FF, NAN);
+  ref_.SwiGluForward(out_ref.data(), gate_up.data(), N, FF);
+  cpu_.SwiGluForward(out_cpu.data(), gate_up.data(), N, FF);
+  EXPECT_LE(ErrorVsScale(out_cpu, out_ref), kTol);
+  EXPECT_EQ(out_cpu[0], 0.0f);
+  EXPECT_EQ(out_cpu[1], out_ref[1]);
+
+  const std::vector<float> dout = RandomNormal(N * FF, 2);
+  const std::vector<float> dgate_up0 = RandomNormal(N * 2 * FF, 3);
+  std::vector<float> dref = dgate_up0, dcpu = dgate_up0;
+  ref_.SwiGluBackward(dref.data(), gate_up.data(), dout.data(), N, FF);
+  cpu_.SwiGluBackward(dcpu.data(), gate_up.data(), dout.data(), N, FF);
+  EXPECT_LE(GradError(dcpu, dref, dgate_up0), kTol);
+
+  ExpectDeterministic({std::vector<float>(N * FF)}, [&](auto* o) {
+    cpu_.SwiGluForward((*o)[0].data(), gate_up.data(), N, FF);
+  });
+  ExpectDeterministic({dgate_up0}, [&](auto* o) {
+    cpu_.SwiGluBackward((*o)[0].data(), gate_up.data(), dout.data(), N, FF);
+  });
+}
+
+TEST_P(CpuBackendTest, Rope) {
+  // GQA 3:1, 200 rows: the parallel path.
+  const int N = 200, NH = 6, NKV = 2, hs = 64, max_pos = 50;
+  const int row = (NH + 2 * NKV) * hs;
+  const std::vector<int32_t> pos = RandomInts(N, max_pos, 1);
+  const std::vector<float> angle = RandomNormal(max_pos * hs / 2, 2, 3.0f);
+  std::vector<float> cos(angle.size()), sin(angle.size());
+  for (size_t i = 0; i < angle.size(); ++i) {
+    cos[i] = std::cos(angle[i]);
+    sin[i] = std::sin(angle[i]);
+  }
+  const std::vector<float> qkv = RandomNormal(N * row, 3);
+  std::vector<float> ref = qkv, cpu = qkv;
+  ref_.RopeForward(ref.data(), pos.data(), cos.data(), sin.data(), N, NH, NKV,
+                   hs);
+  cpu_.RopeForward(cpu.data(), pos.data(), cos.data(), sin.data(), N, NH, NKV,
+                   hs);
+  EXPECT_LE(ErrorVsScale(cpu, ref), kTol);
+  // Value heads are not touched.
+  for (int n = 0; n < N; ++n) {
+    for (int c = (NH + NKV) * hs; c < row; ++c) {
+      ASSERT_EQ(cpu[n * row + c], qkv[n * row + c]) << n << " " << c;
+    }
+  }
+  // Backward (rotation by -theta) undoes forward: R(-t) R(t) = I.
+  cpu_.RopeBackward(cpu.data(), pos.data(), cos.data(), sin.data(), N, NH, NKV,
+                    hs);
+  EXPECT_LE(ErrorVsScale(cpu, qkv), 1e-6);
+  std::vector<float> back_ref = ref;
+  ref_.RopeBackward(back_ref.data(), pos.data(), cos.data(), sin.data(), N, NH,
+                    NKV, hs);
+  EXPECT_LE(ErrorVsScale(back_ref, qkv), 1e-6);
+
+  ExpectDeterministic({qkv}, [&](auto* o) {
+    cpu_.RopeForward((*o)[0].data(), pos.data(), cos.data(), sin.data(), N, NH,
+                     NKV, hs);
+  });
+  ExpectDeterministic({qkv}, [&](auto* o) {
+    cpu_.RopeBackward((*o)[0].data(), pos.data(), cos.data(), sin.data(), N, NH,
+                      NKV, hs);
+  });
+}
+
+// transformers' rotate_half convention, on exact values: with hs = 4 the
+// pairs are (x0, x2) and (x1, x3), not (x0, x1) and (x2, x3).
+TEST_P(CpuBackendTest, RopePairsFirstHalfWithSecondHalf) {
+  // One query head, one key head, one value head; angles 90 and 180 degrees.
+  const std::vector<int32_t> pos = {1};
+  const std::vector<float> cos = {1.0f, 1.0f, 0.0f, -1.0f};
+  const std::vector<float> sin = {0.0f, 0.0f, 1.0f, 0.0f};
+  const std::vector<float> qkv = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  // (x0, x2) = (1, 3) rotated by 90 degrees -> (-3, 1); (x1, x3) = (2, 4) by
+  // 180 degrees -> (-2, -4).
+  const std::vector<float> expected = {-3, -2, 1, -4, -7, -6,
+                                       5,  -8, 9, 10, 11, 12};
+  for (Backend* backend :
+       {static_cast<Backend*>(&ref_), static_cast<Backend*>(&cpu_)}) {
+    std::vector<float> x = qkv;
+    backend->RopeForward(x.data(), pos.data(), cos.data(), sin.data(), 1, 1, 1,
+                         4);
+    EXPECT_EQ(x, expected) << backend->Name();
+  }
 }
 
 TEST_P(CpuBackendTest, AddAxpyScale) {

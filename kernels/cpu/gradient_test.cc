@@ -151,6 +151,31 @@ TEST_P(GradientTest, LayerNorm) {
   ExpectGradient(&bias, Delta(dbias, dbias0), loss, 3e-3f, "dbias");
 }
 
+TEST_P(GradientTest, RmsNorm) {
+  const int N = 5, C = 13;
+  const float eps = 1e-5f;
+  std::vector<float> inp = RandomNormal(N * C, 1, 1.5f);
+  for (float& x : inp) x += 0.5f;
+  std::vector<float> weight = RandomNormal(C, 2, 0.2f);
+  for (float& x : weight) x += 1.0f;
+  const std::vector<float> w = RandomNormal(N * C, 4);
+  std::vector<float> out(N * C), rstd(N);
+  auto loss = [&] {
+    ref_.RmsNormForward(out.data(), rstd.data(), inp.data(), weight.data(), N,
+                        C, eps);
+    return Dot(out, w);
+  };
+  backend().RmsNormForward(out.data(), rstd.data(), inp.data(), weight.data(),
+                           N, C, eps);
+  const std::vector<float> dinp0 = RandomNormal(N * C, 5);
+  const std::vector<float> dweight0 = RandomNormal(C, 6);
+  std::vector<float> dinp = dinp0, dweight = dweight0;
+  backend().RmsNormBackward(dinp.data(), dweight.data(), w.data(), inp.data(),
+                            weight.data(), rstd.data(), N, C);
+  ExpectGradient(&inp, Delta(dinp, dinp0), loss, 3e-3f, "dinp");
+  ExpectGradient(&weight, Delta(dweight, dweight0), loss, 3e-3f, "dweight");
+}
+
 TEST_P(GradientTest, Matmul) {
   const int N = 7, C = 11, OC = 9;
   std::vector<float> inp = RandomNormal(N * C, 1);
@@ -187,6 +212,50 @@ TEST_P(GradientTest, Gelu) {
   std::vector<float> dinp = dinp0;
   backend().GeluBackward(dinp.data(), inp.data(), w.data(), n);
   ExpectGradient(&inp, Delta(dinp, dinp0), loss, 1e-2f, "dinp");
+}
+
+TEST_P(GradientTest, SwiGlu) {
+  // FF = 13: a full vector and a partial one per row in the fast path.
+  const int N = 3, FF = 13;
+  std::vector<float> gate_up = RandomNormal(N * 2 * FF, 1, 2.5f);
+  const std::vector<float> w = RandomNormal(N * FF, 2);
+  std::vector<float> out(N * FF);
+  auto loss = [&] {
+    ref_.SwiGluForward(out.data(), gate_up.data(), N, FF);
+    return Dot(out, w);
+  };
+  const std::vector<float> dgate_up0 = RandomNormal(N * 2 * FF, 3);
+  std::vector<float> dgate_up = dgate_up0;
+  backend().SwiGluBackward(dgate_up.data(), gate_up.data(), w.data(), N, FF);
+  ExpectGradient(&gate_up, Delta(dgate_up, dgate_up0), loss, 1e-2f, "dgate_up");
+}
+
+// RoPE on a qkv buffer with grouped KV heads; positions repeat and include 0.
+// Its backward rotates the upstream gradient in place (no accumulation), so
+// the check is on the rotated buffer itself.
+TEST_P(GradientTest, Rope) {
+  const int N = 7, NH = 4, NKV = 2, hs = 6, max_pos = 5;
+  const int row = (NH + 2 * NKV) * hs;
+  const std::vector<int32_t> pos = {0, 1, 2, 4, 1, 0, 3};
+  const std::vector<float> angle = RandomNormal(max_pos * hs / 2, 1, 2.0f);
+  std::vector<float> cos(angle.size()), sin(angle.size());
+  for (size_t i = 0; i < angle.size(); ++i) {
+    cos[i] = std::cos(angle[i]);
+    sin[i] = std::sin(angle[i]);
+  }
+  std::vector<float> qkv = RandomNormal(N * row, 2);
+  const std::vector<float> w = RandomNormal(N * row, 3);
+  std::vector<float> out(N * row);
+  auto loss = [&] {
+    out = qkv;
+    ref_.RopeForward(out.data(), pos.data(), cos.data(), sin.data(), N, NH, NKV,
+                     hs);
+    return Dot(out, w);
+  };
+  std::vector<float> dqkv = w;
+  backend().RopeBackward(dqkv.data(), pos.data(), cos.data(), sin.data(), N, NH,
+                         NKV, hs);
+  ExpectGradient(&qkv, dqkv, loss, 1e-2f, "dqkv");
 }
 
 // Three packed sequences (one longer than the fast path's 64-row block, one a

@@ -50,6 +50,29 @@ void Logits(float* z, const float* h_row, const float* wout, int C, int V) {
   }
 }
 
+double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// Rotates the query and key heads of every row by +theta (sign 1) or -theta
+// (sign -1); see Backend::RopeForward.
+void Rotate(float* qkv, const int32_t* pos, const float* cos, const float* sin,
+            int N, int NH, int NKV, int hs, double sign) {
+  const int h = hs / 2;
+  const size_t row = static_cast<size_t>(NH + 2 * NKV) * hs;
+  for (int n = 0; n < N; ++n) {
+    const float* c = cos + static_cast<size_t>(pos[n]) * h;
+    const float* s = sin + static_cast<size_t>(pos[n]) * h;
+    for (int head = 0; head < NH + NKV; ++head) {
+      float* x = qkv + n * row + static_cast<size_t>(head) * hs;
+      for (int i = 0; i < h; ++i) {
+        const double x1 = x[i], x2 = x[i + h];
+        const double si = sign * s[i];
+        x[i] = static_cast<float>(x1 * c[i] - x2 * si);
+        x[i + h] = static_cast<float>(x2 * c[i] + x1 * si);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 float* ReferenceBackend::Alloc(size_t n) { return new float[n]; }
@@ -160,6 +183,51 @@ void ReferenceBackend::LayerNormBackward(float* dinp, float* dweight,
   }
 }
 
+void ReferenceBackend::RmsNormForward(float* out, float* rstd, const float* inp,
+                                      const float* weight, int N, int C,
+                                      float eps) {
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + static_cast<size_t>(n) * C;
+    double sq = 0.0;
+    for (int c = 0; c < C; ++c) sq += static_cast<double>(x[c]) * x[c];
+    const double rs = 1.0 / std::sqrt(sq / C + eps);
+    float* o = out + static_cast<size_t>(n) * C;
+    for (int c = 0; c < C; ++c)
+      o[c] = static_cast<float>(x[c] * rs * weight[c]);
+    rstd[n] = static_cast<float>(rs);
+  }
+}
+
+void ReferenceBackend::RmsNormBackward(float* dinp, float* dweight,
+                                       const float* dout, const float* inp,
+                                       const float* weight, const float* rstd,
+                                       int N, int C) {
+  std::vector<double> dw(C, 0.0);
+  for (int n = 0; n < N; ++n) {
+    const float* x = inp + static_cast<size_t>(n) * C;
+    const float* d = dout + static_cast<size_t>(n) * C;
+    const double rs = rstd[n];
+    // y = x * rs * w with rs = (mean(x^2) + eps)^(-1/2), so with g = dout * w:
+    // dx = rs * g - x * rs^3 * mean(g * x).
+    double g_x_mean = 0.0;
+    for (int c = 0; c < C; ++c) {
+      g_x_mean += static_cast<double>(d[c]) * weight[c] * x[c];
+      dw[c] += static_cast<double>(d[c]) * x[c] * rs;
+    }
+    g_x_mean /= C;
+    if (dinp != nullptr) {
+      float* dx = dinp + static_cast<size_t>(n) * C;
+      for (int c = 0; c < C; ++c) {
+        const double g = static_cast<double>(d[c]) * weight[c];
+        dx[c] += static_cast<float>(rs * g - x[c] * rs * rs * rs * g_x_mean);
+      }
+    }
+  }
+  if (dweight != nullptr) {
+    for (int c = 0; c < C; ++c) dweight[c] += static_cast<float>(dw[c]);
+  }
+}
+
 void ReferenceBackend::MatmulForward(float* out, const float* inp,
                                      const float* weight, const float* bias,
                                      int N, int C, int OC) {
@@ -228,6 +296,37 @@ void ReferenceBackend::GeluBackward(float* dinp, const float* inp,
     const double du_dx = kGeluScale * (1.0 + 3.0 * kGeluCubic * x * x);
     const double grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx;
     dinp[i] += static_cast<float>(grad * dout[i]);
+  }
+}
+
+void ReferenceBackend::SwiGluForward(float* out, const float* gate_up, int N,
+                                     int FF) {
+  for (int n = 0; n < N; ++n) {
+    const float* gate = gate_up + static_cast<size_t>(n) * 2 * FF;
+    const float* up = gate + FF;
+    float* o = out + static_cast<size_t>(n) * FF;
+    for (int j = 0; j < FF; ++j) {
+      const double g = gate[j];
+      o[j] = static_cast<float>(g * Sigmoid(g) * up[j]);
+    }
+  }
+}
+
+void ReferenceBackend::SwiGluBackward(float* dgate_up, const float* gate_up,
+                                      const float* dout, int N, int FF) {
+  for (int n = 0; n < N; ++n) {
+    const float* gate = gate_up + static_cast<size_t>(n) * 2 * FF;
+    const float* up = gate + FF;
+    const float* d = dout + static_cast<size_t>(n) * FF;
+    float* dgate = dgate_up + static_cast<size_t>(n) * 2 * FF;
+    float* dup = dgate + FF;
+    for (int j = 0; j < FF; ++j) {
+      const double g = gate[j];
+      const double sig = Sigmoid(g);
+      dgate[j] +=
+          static_cast<float>(d[j] * up[j] * sig * (1.0 + g * (1.0 - sig)));
+      dup[j] += static_cast<float>(d[j] * g * sig);
+    }
   }
 }
 
@@ -344,6 +443,20 @@ void ReferenceBackend::AttentionBackward(float* dqkv, const float* dout,
       }
     }
   }
+}
+
+void ReferenceBackend::RopeForward(float* qkv, const int32_t* pos,
+                                   const float* cos, const float* sin, int N,
+                                   int NH, int NKV, int hs) {
+  Rotate(qkv, pos, cos, sin, N, NH, NKV, hs, 1.0);
+}
+
+void ReferenceBackend::RopeBackward(float* dqkv, const int32_t* pos,
+                                    const float* cos, const float* sin, int N,
+                                    int NH, int NKV, int hs) {
+  // The rotation is orthogonal: its transpose (the backward) is the rotation
+  // by -theta.
+  Rotate(dqkv, pos, cos, sin, N, NH, NKV, hs, -1.0);
 }
 
 void ReferenceBackend::OutputForward(float* lse, float* logp, float* logit_sum,

@@ -52,6 +52,12 @@ class ReferenceBackend : public Backend {
                          const float* weight, const float* mean,
                          const float* rstd, int N, int C) override;
 
+  void RmsNormForward(float* out, float* rstd, const float* inp,
+                      const float* weight, int N, int C, float eps) override;
+  void RmsNormBackward(float* dinp, float* dweight, const float* dout,
+                       const float* inp, const float* weight, const float* rstd,
+                       int N, int C) override;
+
   void MatmulForward(float* out, const float* inp, const float* weight,
                      const float* bias, int N, int C, int OC) override;
   void MatmulBackward(float* dinp, float* dweight, float* dbias,
@@ -61,6 +67,9 @@ class ReferenceBackend : public Backend {
   void GeluForward(float* out, const float* inp, size_t n) override;
   void GeluBackward(float* dinp, const float* inp, const float* dout,
                     size_t n) override;
+  void SwiGluForward(float* out, const float* gate_up, int N, int FF) override;
+  void SwiGluBackward(float* dgate_up, const float* gate_up, const float* dout,
+                      int N, int FF) override;
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
 
@@ -72,6 +81,11 @@ class ReferenceBackend : public Backend {
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
                          const float* probs, const SeqSpan* spans, int num_seqs,
                          int NH, int NKV, int hs) override;
+
+  void RopeForward(float* qkv, const int32_t* pos, const float* cos,
+                   const float* sin, int N, int NH, int NKV, int hs) override;
+  void RopeBackward(float* dqkv, const int32_t* pos, const float* cos,
+                    const float* sin, int N, int NH, int NKV, int hs) override;
 
   void OutputForward(float* lse, float* logp, float* logit_sum,
                      int32_t* correct, const float* h, const float* wout,

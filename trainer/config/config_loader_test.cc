@@ -563,9 +563,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadOverride{"optimizer..lr=1", "empty field name in \"optimizer..lr\""},
         BadOverride{"nope=1",
                     "no field \"nope\" in prefopt.TrainConfig (fields: model, "
-                    "data, objective, optimizer, schedule, batch, max_steps, "
-                    "num_epochs, seed, run_dir, log_every_steps, "
-                    "output_chunk_tokens)"},
+                    "data, objective, optimizer, schedule, batch, max_steps"},
         BadOverride{"batch.micro_batch_size=four",
                     "batch.micro_batch_size expects int32 (an integer), got "
                     "\"four\""},

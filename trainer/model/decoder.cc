@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "trainer/model/rope.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::model {
@@ -26,44 +27,52 @@ void PackedBatch::AddSequence(absl::Span<const int32_t> first,
   spans.push_back({start, len});
 }
 
-// Offsets (into the parameter buffer) of one transformer block's tensors.
+// Offsets (into the parameter buffer) of one transformer block's tensors;
+// kAbsent for a bias the architecture does not have.
 struct Decoder::LayerOffsets {
-  size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b;
-  size_t ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+  size_t ln1_w, ln1_b;        // input norm (GPT-2 ln_1)
+  size_t qkv_w, qkv_b;        // fused q|k|v projection (GPT-2 c_attn)
+  size_t proj_w, proj_b;      // attention output (GPT-2 c_proj, o_proj)
+  size_t ln2_w, ln2_b;        // post-attention norm (GPT-2 ln_2)
+  size_t fc_w, fc_b;          // MLP input (GPT-2 c_fc, fused gate|up)
+  size_t fcproj_w, fcproj_b;  // MLP output (GPT-2 mlp.c_proj, down_proj)
 };
 
 // One block's saved forward activations (backend memory).
 struct Decoder::LayerActs {
   float* ln1;
-  float* ln1_mean;
+  float* ln1_mean;  // LayerNorm only
   float* ln1_rstd;
-  float* qkv;
+  float* qkv;  // after RoPE (Llama/Qwen2)
   float* att;
   float* probs;
   float* res2;  // residual stream after the attention block
   float* ln2;
-  float* ln2_mean;
+  float* ln2_mean;  // LayerNorm only
   float* ln2_rstd;
-  float* fc;
-  float* gelu;
+  float* fc;    // MLP input projection: [N, FF] (GPT-2) or [N, 2*FF] gate|up
+  float* act;   // GELU(fc) or SwiGLU(fc), [N, FF]
   float* res3;  // residual stream after the MLP block = the block's output
 };
 
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
     const io::ModelSpec& spec, Backend* backend, const Capacity& capacity,
     bool trainable) {
-  if (spec.arch != io::ModelSpec::Arch::kGpt2) {
-    return absl::UnimplementedError(
-        "only the GPT-2 architecture is implemented so far");
-  }
   if (capacity.max_rows <= 0 || capacity.max_seq_len <= 0) {
     return absl::InvalidArgumentError("decoder capacity must be positive");
   }
+  const bool gpt2 = spec.arch == io::ModelSpec::Arch::kGpt2;
   if (capacity.max_seq_len > spec.max_positions) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sequences of up to ", capacity.max_seq_len,
         " tokens were requested but the model has only ", spec.max_positions,
-        " positions (n_positions); lower data.max_length"));
+        " positions (", gpt2 ? "n_positions" : "max_position_embeddings",
+        "); lower data.max_length"));
+  }
+  if (!gpt2 && spec.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head_dim is ", spec.head_dim,
+                     "; rotary embeddings need an even head_dim"));
   }
   std::unique_ptr<Decoder> d(new Decoder(spec, backend, capacity, trainable));
   d->BuildLayout();
@@ -76,7 +85,8 @@ Decoder::Decoder(const io::ModelSpec& spec, Backend* backend,
     : spec_(spec),
       backend_(backend),
       capacity_(capacity),
-      trainable_(trainable) {}
+      trainable_(trainable),
+      llama_family_(spec.arch != io::ModelSpec::Arch::kGpt2) {}
 
 Decoder::~Decoder() {
   for (float* p : owned_) backend_->Free(p);
@@ -86,45 +96,102 @@ void Decoder::BuildLayout() {
   const int64_t C = spec_.hidden;
   const int64_t V = spec_.vocab_size;
   const int64_t FF = spec_.intermediate;
-  const float proj_scale = 1.0f / std::sqrt(2.0f * spec_.n_layer);
+  const int64_t hd = spec_.head_dim;
+  const int64_t q_rows = spec_.n_head * hd, kv_rows = spec_.n_kv_head * hd;
+  const int64_t qkv_rows = q_rows + 2 * kv_rows;
   auto add = [&](std::string name, std::vector<int64_t> shape, Init init,
-                 bool transposed, bool norm_or_bias, float scale = 1.0f) {
+                 bool transposed, bool norm_or_bias, float scale = 1.0f,
+                 std::vector<HfPart> parts = {}) {
     ParamTensor t;
     t.name = std::move(name);
     t.shape = std::move(shape);
     t.init = init;
     t.hf_transposed = transposed;
+    t.hf_parts = std::move(parts);
     t.is_norm_or_bias = norm_or_bias;
     t.init_scale = scale;
     return layout_.Add(std::move(t));
   };
-  wte_offset_ =
-      add("transformer.wte.weight", {V, C}, Init::kNormal, false, false);
-  wpe_offset_ = add("transformer.wpe.weight", {spec_.max_positions, C},
-                    Init::kNormal, false, false);
-  for (int l = 0; l < spec_.n_layer; ++l) {
-    const std::string p = absl::StrCat("transformer.h.", l, ".");
-    LayerOffsets o;
-    o.ln1_w = add(p + "ln_1.weight", {C}, Init::kOnes, false, true);
-    o.ln1_b = add(p + "ln_1.bias", {C}, Init::kZeros, false, true);
-    o.qkv_w =
-        add(p + "attn.c_attn.weight", {3 * C, C}, Init::kNormal, true, false);
-    o.qkv_b = add(p + "attn.c_attn.bias", {3 * C}, Init::kZeros, false, true);
-    o.proj_w = add(p + "attn.c_proj.weight", {C, C}, Init::kNormal, true, false,
-                   proj_scale);
-    o.proj_b = add(p + "attn.c_proj.bias", {C}, Init::kZeros, false, true);
-    o.ln2_w = add(p + "ln_2.weight", {C}, Init::kOnes, false, true);
-    o.ln2_b = add(p + "ln_2.bias", {C}, Init::kZeros, false, true);
-    o.fc_w = add(p + "mlp.c_fc.weight", {FF, C}, Init::kNormal, true, false);
-    o.fc_b = add(p + "mlp.c_fc.bias", {FF}, Init::kZeros, false, true);
-    o.fcproj_w = add(p + "mlp.c_proj.weight", {C, FF}, Init::kNormal, true,
+
+  if (!llama_family_) {
+    const float proj_scale = 1.0f / std::sqrt(2.0f * spec_.n_layer);
+    wte_offset_ =
+        add("transformer.wte.weight", {V, C}, Init::kNormal, false, false);
+    wpe_offset_ = add("transformer.wpe.weight", {spec_.max_positions, C},
+                      Init::kNormal, false, false);
+    for (int l = 0; l < spec_.n_layer; ++l) {
+      const std::string p = absl::StrCat("transformer.h.", l, ".");
+      LayerOffsets o;
+      o.ln1_w = add(p + "ln_1.weight", {C}, Init::kOnes, false, true);
+      o.ln1_b = add(p + "ln_1.bias", {C}, Init::kZeros, false, true);
+      o.qkv_w = add(p + "attn.c_attn.weight", {qkv_rows, C}, Init::kNormal,
+                    true, false);
+      o.qkv_b =
+          add(p + "attn.c_attn.bias", {qkv_rows}, Init::kZeros, false, true);
+      o.proj_w = add(p + "attn.c_proj.weight", {C, q_rows}, Init::kNormal, true,
                      false, proj_scale);
-    o.fcproj_b = add(p + "mlp.c_proj.bias", {C}, Init::kZeros, false, true);
-    layer_offsets_.push_back(o);
+      o.proj_b = add(p + "attn.c_proj.bias", {C}, Init::kZeros, false, true);
+      o.ln2_w = add(p + "ln_2.weight", {C}, Init::kOnes, false, true);
+      o.ln2_b = add(p + "ln_2.bias", {C}, Init::kZeros, false, true);
+      o.fc_w = add(p + "mlp.c_fc.weight", {FF, C}, Init::kNormal, true, false);
+      o.fc_b = add(p + "mlp.c_fc.bias", {FF}, Init::kZeros, false, true);
+      o.fcproj_w = add(p + "mlp.c_proj.weight", {C, FF}, Init::kNormal, true,
+                       false, proj_scale);
+      o.fcproj_b = add(p + "mlp.c_proj.bias", {C}, Init::kZeros, false, true);
+      layer_offsets_.push_back(o);
+    }
+    lnf_w_ = add("transformer.ln_f.weight", {C}, Init::kOnes, false, true);
+    lnf_b_ = add("transformer.ln_f.bias", {C}, Init::kZeros, false, true);
+  } else {
+    wte_offset_ =
+        add("model.embed_tokens.weight", {V, C}, Init::kNormal, false, false);
+    // The row ranges of the fused tensors' parts.
+    auto qkv_parts = [&](const std::string& p, const std::string& suffix) {
+      return std::vector<HfPart>{
+          {p + "self_attn.q_proj." + suffix, 0, q_rows},
+          {p + "self_attn.k_proj." + suffix, q_rows, kv_rows},
+          {p + "self_attn.v_proj." + suffix, q_rows + kv_rows, kv_rows}};
+    };
+    auto gate_up_parts = [&](const std::string& p, const std::string& suffix) {
+      return std::vector<HfPart>{{p + "mlp.gate_proj." + suffix, 0, FF},
+                                 {p + "mlp.up_proj." + suffix, FF, FF}};
+    };
+    for (int l = 0; l < spec_.n_layer; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      LayerOffsets o;
+      o.ln1_w =
+          add(p + "input_layernorm.weight", {C}, Init::kOnes, false, true);
+      o.ln1_b = kAbsent;
+      o.qkv_w = add(p + "self_attn.qkv_proj.weight", {qkv_rows, C},
+                    Init::kNormal, false, false, 1.0f, qkv_parts(p, "weight"));
+      o.qkv_b = spec_.attention_bias
+                    ? add(p + "self_attn.qkv_proj.bias", {qkv_rows},
+                          Init::kZeros, false, true, 1.0f, qkv_parts(p, "bias"))
+                    : kAbsent;
+      o.proj_w = add(p + "self_attn.o_proj.weight", {C, q_rows}, Init::kNormal,
+                     false, false);
+      o.proj_b = spec_.attention_out_bias ? add(p + "self_attn.o_proj.bias",
+                                                {C}, Init::kZeros, false, true)
+                                          : kAbsent;
+      o.ln2_w = add(p + "post_attention_layernorm.weight", {C}, Init::kOnes,
+                    false, true);
+      o.ln2_b = kAbsent;
+      o.fc_w = add(p + "mlp.gate_up_proj.weight", {2 * FF, C}, Init::kNormal,
+                   false, false, 1.0f, gate_up_parts(p, "weight"));
+      o.fc_b = spec_.mlp_bias
+                   ? add(p + "mlp.gate_up_proj.bias", {2 * FF}, Init::kZeros,
+                         false, true, 1.0f, gate_up_parts(p, "bias"))
+                   : kAbsent;
+      o.fcproj_w =
+          add(p + "mlp.down_proj.weight", {C, FF}, Init::kNormal, false, false);
+      o.fcproj_b = spec_.mlp_bias ? add(p + "mlp.down_proj.bias", {C},
+                                        Init::kZeros, false, true)
+                                  : kAbsent;
+      layer_offsets_.push_back(o);
+    }
+    lnf_w_ = add("model.norm.weight", {C}, Init::kOnes, false, true);
   }
-  lnf_w_ = add("transformer.ln_f.weight", {C}, Init::kOnes, false, true);
-  lnf_b_ = add("transformer.ln_f.bias", {C}, Init::kZeros, false, true);
-  wout_offset_ = wte_offset_;  // GPT-2 ties the output embedding
+  wout_offset_ = wte_offset_;
   if (!spec_.tie_word_embeddings) {
     wout_offset_ = add("lm_head.weight", {V, C}, Init::kNormal, false, false);
   }
@@ -143,6 +210,8 @@ void Decoder::AllocateActivations() {
   const size_t N = capacity_.max_rows;
   const size_t C = spec_.hidden;
   const size_t FF = spec_.intermediate;
+  const size_t FC = llama_family_ ? 2 * FF : FF;
+  const size_t ATT = static_cast<size_t>(spec_.n_head) * spec_.head_dim;
   const size_t QKV =
       static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
   // Σ_s NH·len_s² ≤ NH·max_seq_len·Σ_s len_s = NH·max_seq_len·max_rows.
@@ -153,9 +222,19 @@ void Decoder::AllocateActivations() {
     owned_.push_back(p);
     return p;
   };
+  if (llama_family_) {
+    // Positions restart at 0 for every sequence, so max_seq_len rows cover
+    // every position a batch can hold.
+    std::vector<float> cos, sin;
+    RopeTables(spec_, capacity_.max_seq_len, &cos, &sin);
+    rope_cos_ = alloc(cos.size());
+    rope_sin_ = alloc(sin.size());
+    backend_->CopyToDevice(rope_cos_, cos.data(), cos.size());
+    backend_->CopyToDevice(rope_sin_, sin.data(), sin.size());
+  }
   encoded_ = alloc(N * C);
   lnf_ = alloc(N * C);
-  lnf_mean_ = alloc(N);
+  lnf_mean_ = llama_family_ ? nullptr : alloc(N);
   lnf_rstd_ = alloc(N);
   // A frozen model needs no saved activations: one block's buffers are reused
   // by every block.
@@ -163,17 +242,17 @@ void Decoder::AllocateActivations() {
   for (int l = 0; l < stored; ++l) {
     LayerActs a;
     a.ln1 = alloc(N * C);
-    a.ln1_mean = alloc(N);
+    a.ln1_mean = llama_family_ ? nullptr : alloc(N);
     a.ln1_rstd = alloc(N);
     a.qkv = alloc(N * QKV);
-    a.att = alloc(N * C);
+    a.att = alloc(N * ATT);
     a.probs = alloc(probs);
     a.res2 = alloc(N * C);
     a.ln2 = alloc(N * C);
-    a.ln2_mean = alloc(N);
+    a.ln2_mean = llama_family_ ? nullptr : alloc(N);
     a.ln2_rstd = alloc(N);
-    a.fc = alloc(N * FF);
-    a.gelu = alloc(N * FF);
+    a.fc = alloc(N * FC);
+    a.act = alloc(N * FF);
     a.res3 = alloc(N * C);
     acts_.push_back(a);
   }
@@ -182,38 +261,28 @@ void Decoder::AllocateActivations() {
     dhidden_ = alloc(N * C);
     dresidual_ = alloc(N * C);
     dscratch_c_ = alloc(N * C);
-    dscratch_c2_ = alloc(N * C);
+    dscratch_att_ = alloc(N * ATT);
     dscratch_qkv_ = alloc(N * QKV);
     dscratch_ff_ = alloc(N * FF);
-    dscratch_ff2_ = alloc(N * FF);
+    dscratch_fc_ = alloc(N * FC);
   }
 }
 
 absl::Status Decoder::LoadHf(const io::WeightStore& store) {
-  std::vector<float> host;
-  std::vector<float> transposed;
-  for (const ParamTensor& t : layout_.tensors()) {
-    if (t.name == "lm_head.weight" && !store.Has(t.name)) {
-      return absl::NotFoundError(
-          absl::StrCat("lm_head.weight is missing but config.json says "
-                       "tie_word_embeddings is false"));
-    }
-    host.resize(t.numel);
-    const std::vector<int64_t> hf_shape = t.HfShape();
-    absl::Status s = store.ReadFloat(t.name, hf_shape, host.data());
+  if (!spec_.tie_word_embeddings && !store.Has("lm_head.weight")) {
+    return absl::NotFoundError(
+        absl::StrCat(store.model_dir(),
+                     ": lm_head.weight is missing but config.json says "
+                     "tie_word_embeddings is false"));
+  }
+  std::vector<float> hf, staged;
+  for (const HfTensorRef& ref : layout_.HfTensors()) {
+    hf.resize(ref.numel);
+    staged.resize(ref.numel);
+    absl::Status s = store.ReadFloat(ref.name, ref.shape, hf.data());
     if (!s.ok()) return s;
-    if (t.hf_transposed) {
-      const int64_t rows = hf_shape[0], cols = hf_shape[1];
-      transposed.resize(t.numel);
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t j = 0; j < cols; ++j) {
-          transposed[j * rows + i] = host[i * cols + j];
-        }
-      }
-      backend_->CopyToDevice(params_ + t.offset, transposed.data(), t.numel);
-    } else {
-      backend_->CopyToDevice(params_ + t.offset, host.data(), t.numel);
-    }
+    HfToLayout(ref, hf.data(), staged.data());
+    backend_->CopyToDevice(params_ + ref.offset, staged.data(), ref.numel);
   }
   return absl::OkStatus();
 }
@@ -239,15 +308,40 @@ void Decoder::InitRandom(uint64_t seed, float init_std) {
   }
 }
 
+void Decoder::NormForward(float* out, float* mean, float* rstd,
+                          const float* inp, size_t weight, size_t bias, int N) {
+  if (llama_family_) {
+    backend_->RmsNormForward(out, rstd, inp, P(weight), N, spec_.hidden,
+                             spec_.norm_eps);
+  } else {
+    backend_->LayerNormForward(out, mean, rstd, inp, P(weight), P(bias), N,
+                               spec_.hidden, spec_.norm_eps);
+  }
+}
+
+void Decoder::NormBackward(float* dinp, const float* dout, const float* inp,
+                           size_t weight, size_t bias, const float* mean,
+                           const float* rstd, int N) {
+  if (llama_family_) {
+    backend_->RmsNormBackward(dinp, G(weight), dout, inp, P(weight), rstd, N,
+                              spec_.hidden);
+  } else {
+    backend_->LayerNormBackward(dinp, G(weight), G(bias), dout, inp, P(weight),
+                                mean, rstd, N, spec_.hidden);
+  }
+}
+
 const float* Decoder::Forward(const PackedBatch& batch) {
   Backend& b = *backend_;
   const int N = batch.rows();
+  const size_t n = static_cast<size_t>(N);
   const int C = spec_.hidden;
   const int FF = spec_.intermediate;
+  const int FC = llama_family_ ? 2 * FF : FF;
   const int NH = spec_.n_head, NKV = spec_.n_kv_head, hs = spec_.head_dim;
+  const int ATT = NH * hs;
   const int QKV = (NH + 2 * NKV) * hs;
   const int S = static_cast<int>(batch.spans.size());
-  const float eps = spec_.norm_eps;
 
   b.EmbeddingForward(encoded_, batch.tokens.data(), batch.positions.data(),
                      P(wte_offset_), P(wpe_offset_), N, C);
@@ -255,24 +349,30 @@ const float* Decoder::Forward(const PackedBatch& batch) {
   for (int l = 0; l < spec_.n_layer; ++l) {
     const LayerOffsets& o = layer_offsets_[l];
     LayerActs& a = acts_[trainable_ ? l : 0];
-    b.LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, P(o.ln1_w),
-                       P(o.ln1_b), N, C, eps);
+    // Attention block.
+    NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
     b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
+    if (llama_family_) {
+      b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
+                    NKV, hs);
+    }
     b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV,
                        hs);
-    b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, C, C);
-    b.Add(a.res2, residual, branch_out_, static_cast<size_t>(N) * C);
-    b.LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, P(o.ln2_w),
-                       P(o.ln2_b), N, C, eps);
-    b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FF);
-    b.GeluForward(a.gelu, a.fc, static_cast<size_t>(N) * FF);
-    b.MatmulForward(branch_out_, a.gelu, P(o.fcproj_w), P(o.fcproj_b), N, FF,
-                    C);
-    b.Add(a.res3, a.res2, branch_out_, static_cast<size_t>(N) * C);
+    b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+    b.Add(a.res2, residual, branch_out_, n * C);
+    // MLP block.
+    NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+    b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+    if (llama_family_) {
+      b.SwiGluForward(a.act, a.fc, N, FF);
+    } else {
+      b.GeluForward(a.act, a.fc, n * FF);
+    }
+    b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+    b.Add(a.res3, a.res2, branch_out_, n * C);
     residual = a.res3;
   }
-  b.LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, residual, P(lnf_w_), P(lnf_b_),
-                     N, C, eps);
+  NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
   return lnf_;
 }
 
@@ -282,14 +382,16 @@ void Decoder::Backward(const PackedBatch& batch) {
   const size_t n = static_cast<size_t>(N);
   const int C = spec_.hidden;
   const int FF = spec_.intermediate;
+  const int FC = llama_family_ ? 2 * FF : FF;
   const int NH = spec_.n_head, NKV = spec_.n_kv_head, hs = spec_.head_dim;
+  const int ATT = NH * hs;
   const int QKV = (NH + 2 * NKV) * hs;
   const int S = static_cast<int>(batch.spans.size());
   const int L = spec_.n_layer;
 
   b.Zero(dresidual_, n * C);
-  b.LayerNormBackward(dresidual_, G(lnf_w_), G(lnf_b_), dhidden_,
-                      acts_[L - 1].res3, P(lnf_w_), lnf_mean_, lnf_rstd_, N, C);
+  NormBackward(dresidual_, dhidden_, acts_[L - 1].res3, lnf_w_, lnf_b_,
+               lnf_mean_, lnf_rstd_, N);
   // dresidual_ holds the gradient w.r.t. the residual stream; each block's
   // normalization backward accumulates its branch into it (the residual adds
   // pass the gradient through unchanged).
@@ -300,26 +402,34 @@ void Decoder::Backward(const PackedBatch& batch) {
     // MLP block.
     b.Zero(dscratch_ff_, n * FF);
     b.MatmulBackward(dscratch_ff_, G(o.fcproj_w), G(o.fcproj_b), dresidual_,
-                     a.gelu, P(o.fcproj_w), N, FF, C);
-    b.Zero(dscratch_ff2_, n * FF);
-    b.GeluBackward(dscratch_ff2_, a.fc, dscratch_ff_, n * FF);
+                     a.act, P(o.fcproj_w), N, FF, C);
+    b.Zero(dscratch_fc_, n * FC);
+    if (llama_family_) {
+      b.SwiGluBackward(dscratch_fc_, a.fc, dscratch_ff_, N, FF);
+    } else {
+      b.GeluBackward(dscratch_fc_, a.fc, dscratch_ff_, n * FF);
+    }
     b.Zero(dscratch_c_, n * C);
-    b.MatmulBackward(dscratch_c_, G(o.fc_w), G(o.fc_b), dscratch_ff2_, a.ln2,
-                     P(o.fc_w), N, C, FF);
-    b.LayerNormBackward(dresidual_, G(o.ln2_w), G(o.ln2_b), dscratch_c_, a.res2,
-                        P(o.ln2_w), a.ln2_mean, a.ln2_rstd, N, C);
+    b.MatmulBackward(dscratch_c_, G(o.fc_w), G(o.fc_b), dscratch_fc_, a.ln2,
+                     P(o.fc_w), N, C, FC);
+    NormBackward(dresidual_, dscratch_c_, a.res2, o.ln2_w, o.ln2_b, a.ln2_mean,
+                 a.ln2_rstd, N);
     // Attention block.
-    b.Zero(dscratch_c2_, n * C);
-    b.MatmulBackward(dscratch_c2_, G(o.proj_w), G(o.proj_b), dresidual_, a.att,
-                     P(o.proj_w), N, C, C);
+    b.Zero(dscratch_att_, n * ATT);
+    b.MatmulBackward(dscratch_att_, G(o.proj_w), G(o.proj_b), dresidual_, a.att,
+                     P(o.proj_w), N, ATT, C);
     b.Zero(dscratch_qkv_, n * QKV);
-    b.AttentionBackward(dscratch_qkv_, dscratch_c2_, a.qkv, a.probs,
+    b.AttentionBackward(dscratch_qkv_, dscratch_att_, a.qkv, a.probs,
                         batch.spans.data(), S, NH, NKV, hs);
+    if (llama_family_) {
+      b.RopeBackward(dscratch_qkv_, batch.positions.data(), rope_cos_,
+                     rope_sin_, N, NH, NKV, hs);
+    }
     b.Zero(dscratch_c_, n * C);
     b.MatmulBackward(dscratch_c_, G(o.qkv_w), G(o.qkv_b), dscratch_qkv_, a.ln1,
                      P(o.qkv_w), N, C, QKV);
-    b.LayerNormBackward(dresidual_, G(o.ln1_w), G(o.ln1_b), dscratch_c_,
-                        residual_in, P(o.ln1_w), a.ln1_mean, a.ln1_rstd, N, C);
+    NormBackward(dresidual_, dscratch_c_, residual_in, o.ln1_w, o.ln1_b,
+                 a.ln1_mean, a.ln1_rstd, N);
   }
   b.EmbeddingBackward(G(wte_offset_), G(wpe_offset_), dresidual_,
                       batch.tokens.data(), batch.positions.data(), N, C);

@@ -1,6 +1,15 @@
-// A decoder-only language model (GPT-2 family; Llama and Qwen2 share the
-// structure) with explicit forward and backward passes over a packed batch,
-// written once against kernels::Backend.
+// A decoder-only language model with explicit forward and backward passes
+// over a packed batch, written once against kernels::Backend. Two families
+// share the pre-norm block structure (norm -> attention -> residual, norm ->
+// MLP -> residual):
+// - GPT-2 (GPT2LMHeadModel): learned positions, LayerNorm, fused c_attn,
+//   GELU MLP, biases everywhere, tied output embedding.
+// - Llama (LlamaForCausalLM, MistralForCausalLM without a sliding window) and
+//   Qwen2 (Qwen2ForCausalLM): RMSNorm, rotary positions on q and k, grouped
+//   KV heads, SwiGLU MLP, biases per the spec (Qwen2: q/k/v only), tied or
+//   untied output embedding. Hugging Face's separate q_proj/k_proj/v_proj and
+//   gate_proj/up_proj weights are held fused, as one qkv_proj and one
+//   gate_up_proj tensor per layer (ParamTensor::hf_parts names the parts).
 //
 // The model stops at the final normalization: Forward returns the final hidden
 // states, and the output layer (hidden → vocabulary) is applied by the chunked
@@ -57,10 +66,14 @@ class Decoder {
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
 
-  // Loads every parameter from a Hugging Face weight store; a missing tensor or
-  // a shape mismatch is an error naming the tensor and the file.
+  // Loads every parameter from a Hugging Face weight store (the parts of a
+  // fused tensor from their own Hugging Face tensors); a missing tensor or a
+  // shape mismatch is an error naming the tensor and the file.
   absl::Status LoadHf(const io::WeightStore& store);
-  // From-scratch initialization as transformers does for the architecture.
+  // From-scratch initialization as transformers does for the architecture:
+  // weights and embeddings N(0, init_std^2) (GPT-2's residual projections
+  // scaled by 1/sqrt(2 * n_layer)), biases 0, normalization weights 1 (and
+  // LayerNorm biases 0).
   void InitRandom(uint64_t seed, float init_std);
 
   // Runs the model over `batch` and returns the final hidden states [N, C]
@@ -94,18 +107,34 @@ class Decoder {
 
   Decoder(const io::ModelSpec& spec, kernels::Backend* backend,
           const Capacity& capacity, bool trainable);
+  // Offset of a tensor the architecture does not have (an absent bias).
+  static constexpr size_t kAbsent = ~size_t{0};
+
   void BuildLayout();
   void AllocateActivations();
-  float* P(size_t offset) { return params_ + offset; }
-  float* G(size_t offset) { return grads_ + offset; }
+  // A tensor's parameters or gradient; null for kAbsent.
+  float* P(size_t offset) {
+    return offset == kAbsent ? nullptr : params_ + offset;
+  }
+  float* G(size_t offset) {
+    return offset == kAbsent ? nullptr : grads_ + offset;
+  }
+  // LayerNorm (GPT-2, with bias) or RMSNorm (Llama/Qwen2, bias kAbsent).
+  void NormForward(float* out, float* mean, float* rstd, const float* inp,
+                   size_t weight, size_t bias, int N);
+  void NormBackward(float* dinp, const float* dout, const float* inp,
+                    size_t weight, size_t bias, const float* mean,
+                    const float* rstd, int N);
 
   io::ModelSpec spec_;
   kernels::Backend* backend_;
   Capacity capacity_;
   bool trainable_;
+  // Llama/Qwen2 (RMSNorm, RoPE, SwiGLU) rather than GPT-2.
+  bool llama_family_;
   ParamLayout layout_;
-  size_t wte_offset_ = 0, wpe_offset_ = 0, wout_offset_ = 0;
-  size_t lnf_w_ = 0, lnf_b_ = 0;
+  size_t wte_offset_ = 0, wpe_offset_ = kAbsent, wout_offset_ = 0;
+  size_t lnf_w_ = 0, lnf_b_ = kAbsent;
   std::vector<LayerOffsets> layer_offsets_;
   std::vector<LayerActs> acts_;
 
@@ -113,10 +142,13 @@ class Decoder {
   float* grads_ = nullptr;
   std::vector<float*> owned_;  // every backend allocation, freed at destruction
 
+  // RoPE cos/sin tables [max_seq_len, head_dim/2] (Llama/Qwen2).
+  float* rope_cos_ = nullptr;
+  float* rope_sin_ = nullptr;
   // Forward activations shared across layers.
   float* encoded_ = nullptr;  // embedding output = residual stream into layer 0
   float* lnf_ = nullptr;      // final hidden states
-  float* lnf_mean_ = nullptr;
+  float* lnf_mean_ = nullptr;  // LayerNorm only
   float* lnf_rstd_ = nullptr;
   float* branch_out_ = nullptr;  // a block's attention or MLP output
   // Backward scratch.
@@ -124,9 +156,9 @@ class Decoder {
   float* dresidual_ = nullptr;
   float* dscratch_c_ = nullptr;    // [rows, C]
   float* dscratch_qkv_ = nullptr;  // [rows, qkv width]
-  float* dscratch_c2_ = nullptr;   // [rows, C]
+  float* dscratch_att_ = nullptr;  // [rows, n_head * head_dim]
   float* dscratch_ff_ = nullptr;   // [rows, intermediate]
-  float* dscratch_ff2_ = nullptr;  // [rows, intermediate]
+  float* dscratch_fc_ = nullptr;   // [rows, MLP input projection width]
 };
 
 }  // namespace prefopt::model

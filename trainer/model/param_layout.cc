@@ -1,5 +1,8 @@
 #include "trainer/model/param_layout.h"
 
+#include <cstring>
+#include <utility>
+
 namespace prefopt::model {
 
 std::vector<int64_t> ParamTensor::HfShape() const {
@@ -23,6 +26,50 @@ const ParamTensor* ParamLayout::Find(const std::string& name) const {
     if (t.name == name) return &t;
   }
   return nullptr;
+}
+
+std::vector<HfTensorRef> ParamLayout::HfTensors() const {
+  std::vector<HfTensorRef> refs;
+  for (const ParamTensor& t : tensors_) {
+    if (t.hf_parts.empty()) {
+      refs.push_back(
+          {t.name, t.HfShape(), t.offset, t.numel, t.hf_transposed, &t});
+      continue;
+    }
+    // Row-major: rows [b, b + r) of a [rows, ...] tensor are one range.
+    const size_t row_size = t.numel / static_cast<size_t>(t.shape[0]);
+    for (const HfPart& part : t.hf_parts) {
+      std::vector<int64_t> shape = t.shape;
+      shape[0] = part.rows;
+      refs.push_back({part.name, std::move(shape),
+                      t.offset + static_cast<size_t>(part.row_begin) * row_size,
+                      static_cast<size_t>(part.rows) * row_size, false, &t});
+    }
+  }
+  return refs;
+}
+
+void HfToLayout(const HfTensorRef& ref, const float* hf, float* buffer) {
+  if (!ref.transposed) {
+    std::memcpy(buffer, hf, ref.numel * sizeof(float));
+    return;
+  }
+  // hf is [rows, cols]; the buffer holds its [cols, rows] transpose.
+  const int64_t rows = ref.shape[0], cols = ref.shape[1];
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) buffer[j * rows + i] = hf[i * cols + j];
+  }
+}
+
+void LayoutToHf(const HfTensorRef& ref, const float* buffer, float* hf) {
+  if (!ref.transposed) {
+    std::memcpy(hf, buffer, ref.numel * sizeof(float));
+    return;
+  }
+  const int64_t rows = ref.shape[0], cols = ref.shape[1];
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) hf[i * cols + j] = buffer[j * rows + i];
+  }
 }
 
 }  // namespace prefopt::model
