@@ -1,0 +1,14 @@
+// CudaBackend in a build without the CUDA toolkit: Create says so.
+#include "absl/status/status.h"
+#include "kernels/cuda/cuda_backend.h"
+
+namespace prefopt::kernels {
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    int /*device*/, Precision /*precision*/) {
+  return absl::UnavailableError(
+      "built without CUDA (no toolkit at /usr/local/cuda or $CUDA_PATH when "
+      "this binary was built)");
+}
+
+}  // namespace prefopt::kernels

@@ -1,0 +1,880 @@
+// CudaBackend against the CPU ReferenceBackend on random inputs, forward and
+// backward, in both precisions; run-to-run determinism (each op twice on the
+// same inputs gives the same bits); AdamW against torch.optim.AdamW.
+//
+// Tolerance: max |cuda - reference| <= tol * max |reference| per output
+// tensor; for a Backward, over the part it added to a random initial
+// gradient. Integer outputs (argmax hits) must match exactly.
+// - fp32 mode: tol = 1e-5; attention 1e-4 (online softmax and a different
+//   summation order over up to a few hundred keys).
+// - bf16 mode, for the ops whose products run in bf16 (Matmul, attention, the
+//   output layer): 1e-2 for forward outputs and 2e-2 for gradients, which
+//   pass through two bf16 roundings (llm.c holds its bf16 build to about
+//   1e-2). Every other op does not touch bf16 and keeps the fp32 tolerances.
+//   Argmax hits are compared only on rows whose two largest logits differ by
+//   more than bf16 rounding can move them.
+//
+// Without a GPU (or in a build without CUDA) every test prints why, once, as
+// "SKIPPED: no GPU (...)", and skips.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/cpu/test_util.h"
+
+namespace prefopt::kernels {
+namespace {
+
+using testing::Delta;
+using testing::ErrorVsScale;
+using testing::RandomInts;
+using testing::RandomNormal;
+using Precision = CudaBackend::Precision;
+
+constexpr double kTol = 1e-5;
+constexpr double kAttentionTol = 1e-4;
+constexpr double kBf16Tol = 1e-2;
+constexpr double kBf16GradTol = 2e-2;
+
+// Creates a backend, or prints why not (once per process) and returns null.
+std::unique_ptr<CudaBackend> CreateOrExplain(Precision precision) {
+  absl::StatusOr<std::unique_ptr<CudaBackend>> created =
+      CudaBackend::Create(0, precision);
+  if (created.ok()) return *std::move(created);
+  static bool explained = false;
+  if (!explained) {
+    explained = true;
+    std::cout << "SKIPPED: no GPU (" << created.status().message() << ")\n";
+  }
+  return nullptr;
+}
+
+bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+double GradError(const std::vector<float>& got, const std::vector<float>& ref,
+                 const std::vector<float>& initial) {
+  return ErrorVsScale(Delta(got, initial), Delta(ref, initial));
+}
+
+// Device memory for one test: uploads, reads back, frees at scope exit.
+class DeviceBuffers {
+ public:
+  explicit DeviceBuffers(Backend* backend) : b_(backend) {}
+  ~DeviceBuffers() {
+    for (float* p : owned_) b_->Free(p);
+  }
+  DeviceBuffers(const DeviceBuffers&) = delete;
+  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
+
+  float* Upload(const std::vector<float>& host) {
+    float* p = b_->Alloc(host.size());
+    b_->CopyToDevice(p, host.data(), host.size());
+    owned_.push_back(p);
+    return p;
+  }
+  // NaN-filled: an output element the op fails to write shows up.
+  float* Unwritten(size_t n) {
+    return Upload(std::vector<float>(n, std::nanf("")));
+  }
+  std::vector<float> Read(const float* p, size_t n) {
+    std::vector<float> host(n);
+    b_->CopyToHost(host.data(), p, n);
+    return host;
+  }
+  std::vector<int32_t> ReadInts(const float* p, size_t n) {
+    const std::vector<float> raw = Read(p, n);
+    std::vector<int32_t> ints(n);
+    std::memcpy(ints.data(), raw.data(), n * sizeof(int32_t));
+    return ints;
+  }
+
+ private:
+  Backend* b_;
+  std::vector<float*> owned_;
+};
+
+// Runs op twice, each time on fresh device copies of `initial` (the op's
+// outputs, accumulated into or overwritten), and expects the same bits.
+void ExpectDeterministic(
+    Backend* backend, const std::vector<std::vector<float>>& initial,
+    const std::function<void(const std::vector<float*>&)>& op) {
+  std::vector<std::vector<float>> results[2];
+  for (auto& result : results) {
+    DeviceBuffers buf(backend);
+    std::vector<float*> ptrs;
+    for (const std::vector<float>& v : initial) ptrs.push_back(buf.Upload(v));
+    op(ptrs);
+    for (size_t i = 0; i < initial.size(); ++i) {
+      result.push_back(buf.Read(ptrs[i], initial[i].size()));
+    }
+  }
+  for (size_t i = 0; i < initial.size(); ++i) {
+    EXPECT_TRUE(BitwiseEqual(results[0][i], results[1][i])) << "output " << i;
+  }
+}
+
+std::string PrecisionName(const ::testing::TestParamInfo<Precision>& info) {
+  return info.param == Precision::kBf16 ? "bf16" : "fp32";
+}
+
+class CudaBackendTest : public ::testing::TestWithParam<Precision> {
+ protected:
+  void SetUp() override {
+    cuda_ = CreateOrExplain(GetParam());
+    if (cuda_ == nullptr) GTEST_SKIP() << "no GPU";
+  }
+
+  bool bf16() const { return GetParam() == Precision::kBf16; }
+  // Tolerances of the ops that run in bf16 in bf16 mode.
+  double ForwardTol(double fp32_tol = kTol) const {
+    return bf16() ? kBf16Tol : fp32_tol;
+  }
+  double GradTol(double fp32_tol = kTol) const {
+    return bf16() ? kBf16GradTol : fp32_tol;
+  }
+
+  ReferenceBackend ref_;
+  std::unique_ptr<CudaBackend> cuda_;
+};
+
+TEST_P(CudaBackendTest, MemoryOps) {
+  EXPECT_EQ(cuda_->Name(), bf16() ? "cuda_bf16" : "cuda_fp32");
+  const size_t n = 100003;
+  const std::vector<float> src = RandomNormal(n, 1);
+  DeviceBuffers buf(cuda_.get());
+  float* p = buf.Upload(src);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(p, n), src));
+  cuda_->Zero(p + 1, n - 2);
+  const std::vector<float> back = buf.Read(p, n);
+  EXPECT_EQ(back[0], src[0]);
+  EXPECT_EQ(back[n - 1], src[n - 1]);
+  EXPECT_TRUE(std::all_of(back.begin() + 1, back.end() - 1,
+                          [](float x) { return x == 0.0f; }));
+}
+
+TEST_P(CudaBackendTest, Embedding) {
+  // 300 rows over 50 ids and 64 positions: every id and position repeats.
+  const int N = 300, C = 200, V = 50, T = 64;
+  const std::vector<int32_t> ids = RandomInts(N, V, 1);
+  const std::vector<int32_t> pos = RandomInts(N, T, 2);
+  const std::vector<float> wte = RandomNormal(V * C, 3);
+  const std::vector<float> wpe = RandomNormal(T * C, 4);
+  DeviceBuffers buf(cuda_.get());
+  float* d_wte = buf.Upload(wte);
+  float* d_wpe = buf.Upload(wpe);
+  for (bool with_wpe : {true, false}) {
+    std::vector<float> out_ref(N * C);
+    ref_.EmbeddingForward(out_ref.data(), ids.data(), pos.data(), wte.data(),
+                          with_wpe ? wpe.data() : nullptr, N, C);
+    float* out = buf.Unwritten(N * C);
+    cuda_->EmbeddingForward(out, ids.data(), pos.data(), d_wte,
+                            with_wpe ? d_wpe : nullptr, N, C);
+    EXPECT_LE(ErrorVsScale(buf.Read(out, N * C), out_ref), kTol);
+  }
+  const std::vector<float> dout = RandomNormal(N * C, 5);
+  const std::vector<float> dwte0 = RandomNormal(V * C, 6);
+  const std::vector<float> dwpe0 = RandomNormal(T * C, 7);
+  std::vector<float> dwte_ref = dwte0, dwpe_ref = dwpe0;
+  ref_.EmbeddingBackward(dwte_ref.data(), dwpe_ref.data(), dout.data(),
+                         ids.data(), pos.data(), N, C);
+  float* d_dout = buf.Upload(dout);
+  float* dwte = buf.Upload(dwte0);
+  float* dwpe = buf.Upload(dwpe0);
+  cuda_->EmbeddingBackward(dwte, dwpe, d_dout, ids.data(), pos.data(), N, C);
+  const std::vector<float> dwte_cuda = buf.Read(dwte, V * C);
+  EXPECT_LE(GradError(dwte_cuda, dwte_ref, dwte0), kTol);
+  EXPECT_LE(GradError(buf.Read(dwpe, T * C), dwpe_ref, dwpe0), kTol);
+  // Null wpe gradient: dwte alone.
+  float* dwte_only = buf.Upload(dwte0);
+  cuda_->EmbeddingBackward(dwte_only, nullptr, d_dout, ids.data(), nullptr, N,
+                           C);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dwte_only, V * C), dwte_cuda));
+
+  ExpectDeterministic(cuda_.get(), {dwte0, dwpe0}, [&](const auto& o) {
+    cuda_->EmbeddingBackward(o[0], o[1], d_dout, ids.data(), pos.data(), N, C);
+  });
+}
+
+TEST_P(CudaBackendTest, LayerNorm) {
+  // C = 300: rows that do not fill whole warps.
+  const int N = 256, C = 300;
+  const float eps = 1e-5f;
+  std::vector<float> inp = RandomNormal(N * C, 1, 2.0f);
+  for (float& x : inp) x += 1.0f;
+  const std::vector<float> weight = RandomNormal(C, 2);
+  const std::vector<float> bias = RandomNormal(C, 3);
+  DeviceBuffers buf(cuda_.get());
+  float* d_inp = buf.Upload(inp);
+  float* d_weight = buf.Upload(weight);
+  float* d_bias = buf.Upload(bias);
+  std::vector<float> mean(N), rstd(N);
+  for (bool with_bias : {true, false}) {
+    std::vector<float> out_ref(N * C);
+    ref_.LayerNormForward(out_ref.data(), mean.data(), rstd.data(), inp.data(),
+                          weight.data(), with_bias ? bias.data() : nullptr, N,
+                          C, eps);
+    float* out = buf.Unwritten(N * C);
+    float* d_mean = buf.Unwritten(N);
+    float* d_rstd = buf.Unwritten(N);
+    cuda_->LayerNormForward(out, d_mean, d_rstd, d_inp, d_weight,
+                            with_bias ? d_bias : nullptr, N, C, eps);
+    EXPECT_LE(ErrorVsScale(buf.Read(out, N * C), out_ref), kTol);
+    EXPECT_LE(ErrorVsScale(buf.Read(d_mean, N), mean), kTol);
+    EXPECT_LE(ErrorVsScale(buf.Read(d_rstd, N), rstd), kTol);
+  }
+  // Backward from the reference's saved statistics (last loop: no bias).
+  const std::vector<float> dout = RandomNormal(N * C, 4);
+  const std::vector<float> dinp0 = RandomNormal(N * C, 5);
+  const std::vector<float> dweight0 = RandomNormal(C, 6);
+  const std::vector<float> dbias0 = RandomNormal(C, 7);
+  std::vector<float> dinp_ref = dinp0, dweight_ref = dweight0,
+                     dbias_ref = dbias0;
+  ref_.LayerNormBackward(dinp_ref.data(), dweight_ref.data(), dbias_ref.data(),
+                         dout.data(), inp.data(), weight.data(), mean.data(),
+                         rstd.data(), N, C);
+  float* d_dout = buf.Upload(dout);
+  float* d_mean = buf.Upload(mean);
+  float* d_rstd = buf.Upload(rstd);
+  float* dinp = buf.Upload(dinp0);
+  float* dweight = buf.Upload(dweight0);
+  float* dbias = buf.Upload(dbias0);
+  cuda_->LayerNormBackward(dinp, dweight, dbias, d_dout, d_inp, d_weight,
+                           d_mean, d_rstd, N, C);
+  const std::vector<float> dinp_cuda = buf.Read(dinp, N * C);
+  const std::vector<float> dweight_cuda = buf.Read(dweight, C);
+  const std::vector<float> dbias_cuda = buf.Read(dbias, C);
+  EXPECT_LE(GradError(dinp_cuda, dinp_ref, dinp0), kTol);
+  EXPECT_LE(GradError(dweight_cuda, dweight_ref, dweight0), kTol);
+  EXPECT_LE(GradError(dbias_cuda, dbias_ref, dbias0), kTol);
+  // Parameter gradients only, then the input gradient only.
+  float* dweight_only = buf.Upload(dweight0);
+  float* dbias_only = buf.Upload(dbias0);
+  cuda_->LayerNormBackward(nullptr, dweight_only, dbias_only, d_dout, d_inp,
+                           d_weight, d_mean, d_rstd, N, C);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dweight_only, C), dweight_cuda));
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dbias_only, C), dbias_cuda));
+  float* dinp_only = buf.Upload(dinp0);
+  cuda_->LayerNormBackward(dinp_only, nullptr, nullptr, d_dout, d_inp, d_weight,
+                           d_mean, d_rstd, N, C);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dinp_only, N * C), dinp_cuda));
+
+  ExpectDeterministic(
+      cuda_.get(),
+      {std::vector<float>(N * C), std::vector<float>(N), std::vector<float>(N)},
+      [&](const auto& o) {
+        cuda_->LayerNormForward(o[0], o[1], o[2], d_inp, d_weight, d_bias, N, C,
+                                eps);
+      });
+  ExpectDeterministic(
+      cuda_.get(), {dinp0, dweight0, dbias0}, [&](const auto& o) {
+        cuda_->LayerNormBackward(o[0], o[1], o[2], d_dout, d_inp, d_weight,
+                                 d_mean, d_rstd, N, C);
+      });
+}
+
+TEST_P(CudaBackendTest, RmsNorm) {
+  const int N = 200, C = 333;
+  const float eps = 1e-6f;
+  const std::vector<float> inp = RandomNormal(N * C, 1, 2.0f);
+  const std::vector<float> weight = RandomNormal(C, 2);
+  std::vector<float> out_ref(N * C), rstd(N);
+  ref_.RmsNormForward(out_ref.data(), rstd.data(), inp.data(), weight.data(), N,
+                      C, eps);
+  DeviceBuffers buf(cuda_.get());
+  float* d_inp = buf.Upload(inp);
+  float* d_weight = buf.Upload(weight);
+  float* out = buf.Unwritten(N * C);
+  float* d_rstd_out = buf.Unwritten(N);
+  cuda_->RmsNormForward(out, d_rstd_out, d_inp, d_weight, N, C, eps);
+  EXPECT_LE(ErrorVsScale(buf.Read(out, N * C), out_ref), kTol);
+  EXPECT_LE(ErrorVsScale(buf.Read(d_rstd_out, N), rstd), kTol);
+
+  const std::vector<float> dout = RandomNormal(N * C, 3);
+  const std::vector<float> dinp0 = RandomNormal(N * C, 4);
+  const std::vector<float> dweight0 = RandomNormal(C, 5);
+  std::vector<float> dinp_ref = dinp0, dweight_ref = dweight0;
+  ref_.RmsNormBackward(dinp_ref.data(), dweight_ref.data(), dout.data(),
+                       inp.data(), weight.data(), rstd.data(), N, C);
+  float* d_dout = buf.Upload(dout);
+  float* d_rstd = buf.Upload(rstd);
+  float* dinp = buf.Upload(dinp0);
+  float* dweight = buf.Upload(dweight0);
+  cuda_->RmsNormBackward(dinp, dweight, d_dout, d_inp, d_weight, d_rstd, N, C);
+  const std::vector<float> dinp_cuda = buf.Read(dinp, N * C);
+  const std::vector<float> dweight_cuda = buf.Read(dweight, C);
+  EXPECT_LE(GradError(dinp_cuda, dinp_ref, dinp0), kTol);
+  EXPECT_LE(GradError(dweight_cuda, dweight_ref, dweight0), kTol);
+  float* dinp_only = buf.Upload(dinp0);
+  float* dweight_only = buf.Upload(dweight0);
+  cuda_->RmsNormBackward(dinp_only, nullptr, d_dout, d_inp, d_weight, d_rstd, N,
+                         C);
+  cuda_->RmsNormBackward(nullptr, dweight_only, d_dout, d_inp, d_weight, d_rstd,
+                         N, C);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dinp_only, N * C), dinp_cuda));
+  EXPECT_TRUE(BitwiseEqual(buf.Read(dweight_only, C), dweight_cuda));
+
+  ExpectDeterministic(cuda_.get(), {dinp0, dweight0}, [&](const auto& o) {
+    cuda_->RmsNormBackward(o[0], o[1], d_dout, d_inp, d_weight, d_rstd, N, C);
+  });
+}
+
+struct MatmulCase {
+  int N, C, OC;
+  // Operands and outputs start this many floats into their buffers, so that
+  // they are only 4-byte aligned: the GEMM must not assume more.
+  int offset;
+};
+
+TEST_P(CudaBackendTest, Matmul) {
+  const std::vector<MatmulCase> cases = {
+      {150, 100, 90, 0}, {256, 512, 384, 0}, {37, 64, 130, 1}};
+  for (const MatmulCase& tc : cases) {
+    SCOPED_TRACE(::testing::Message()
+                 << "N " << tc.N << " C " << tc.C << " OC " << tc.OC);
+    const int N = tc.N, C = tc.C, OC = tc.OC, off = tc.offset;
+    const std::vector<float> inp = RandomNormal(N * C, 1);
+    const std::vector<float> weight = RandomNormal(OC * C, 2);
+    const std::vector<float> bias = RandomNormal(OC, 3);
+    auto padded = [off](const std::vector<float>& v) {
+      std::vector<float> p(v.size() + off, 0.0f);
+      std::copy(v.begin(), v.end(), p.begin() + off);
+      return p;
+    };
+    DeviceBuffers buf(cuda_.get());
+    float* d_inp = buf.Upload(padded(inp)) + off;
+    float* d_weight = buf.Upload(padded(weight)) + off;
+    float* d_bias = buf.Upload(padded(bias)) + off;
+    for (bool with_bias : {true, false}) {
+      std::vector<float> out_ref(N * OC);
+      ref_.MatmulForward(out_ref.data(), inp.data(), weight.data(),
+                         with_bias ? bias.data() : nullptr, N, C, OC);
+      float* out = buf.Unwritten(N * OC + off) + off;
+      cuda_->MatmulForward(out, d_inp, d_weight, with_bias ? d_bias : nullptr,
+                           N, C, OC);
+      EXPECT_LE(ErrorVsScale(buf.Read(out, N * OC), out_ref), ForwardTol())
+          << "bias " << with_bias;
+    }
+    const std::vector<float> dout = RandomNormal(N * OC, 4);
+    const std::vector<float> dinp0 = RandomNormal(N * C, 5);
+    const std::vector<float> dweight0 = RandomNormal(OC * C, 6);
+    const std::vector<float> dbias0 = RandomNormal(OC, 7);
+    std::vector<float> dinp_ref = dinp0, dweight_ref = dweight0,
+                       dbias_ref = dbias0;
+    ref_.MatmulBackward(dinp_ref.data(), dweight_ref.data(), dbias_ref.data(),
+                        dout.data(), inp.data(), weight.data(), N, C, OC);
+    float* d_dout = buf.Upload(padded(dout)) + off;
+    float* dinp = buf.Upload(padded(dinp0)) + off;
+    float* dweight = buf.Upload(padded(dweight0)) + off;
+    float* dbias = buf.Upload(padded(dbias0)) + off;
+    cuda_->MatmulBackward(dinp, dweight, dbias, d_dout, d_inp, d_weight, N, C,
+                          OC);
+    const std::vector<float> dinp_cuda = buf.Read(dinp, N * C);
+    const std::vector<float> dweight_cuda = buf.Read(dweight, OC * C);
+    const std::vector<float> dbias_cuda = buf.Read(dbias, OC);
+    EXPECT_LE(GradError(dinp_cuda, dinp_ref, dinp0), GradTol());
+    EXPECT_LE(GradError(dweight_cuda, dweight_ref, dweight0), GradTol());
+    // The bias gradient is a plain fp32 column sum in both modes.
+    EXPECT_LE(GradError(dbias_cuda, dbias_ref, dbias0), kTol);
+    // Each gradient alone.
+    float* dinp_only = buf.Upload(padded(dinp0)) + off;
+    float* dweight_only = buf.Upload(padded(dweight0)) + off;
+    float* dbias_only = buf.Upload(padded(dbias0)) + off;
+    cuda_->MatmulBackward(dinp_only, nullptr, nullptr, d_dout, d_inp, d_weight,
+                          N, C, OC);
+    cuda_->MatmulBackward(nullptr, dweight_only, nullptr, d_dout, d_inp,
+                          d_weight, N, C, OC);
+    cuda_->MatmulBackward(nullptr, nullptr, dbias_only, d_dout, d_inp, d_weight,
+                          N, C, OC);
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dinp_only, N * C), dinp_cuda));
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dweight_only, OC * C), dweight_cuda));
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dbias_only, OC), dbias_cuda));
+
+    ExpectDeterministic(
+        cuda_.get(), {std::vector<float>(N * OC)}, [&](const auto& o) {
+          cuda_->MatmulForward(o[0], d_inp, d_weight, d_bias, N, C, OC);
+        });
+    ExpectDeterministic(cuda_.get(), {dinp0, dweight0, dbias0},
+                        [&](const auto& o) {
+                          cuda_->MatmulBackward(o[0], o[1], o[2], d_dout, d_inp,
+                                                d_weight, N, C, OC);
+                        });
+  }
+}
+
+TEST_P(CudaBackendTest, Gelu) {
+  const size_t n = 100003;
+  std::vector<float> inp = RandomNormal(n, 1, 3.0f);
+  inp[0] = -30.0f;
+  inp[1] = 30.0f;
+  inp[2] = 0.0f;
+  std::vector<float> out_ref(n);
+  ref_.GeluForward(out_ref.data(), inp.data(), n);
+  DeviceBuffers buf(cuda_.get());
+  float* d_inp = buf.Upload(inp);
+  float* out = buf.Unwritten(n);
+  cuda_->GeluForward(out, d_inp, n);
+  const std::vector<float> out_cuda = buf.Read(out, n);
+  EXPECT_LE(ErrorVsScale(out_cuda, out_ref), kTol);
+  // Elementwise too: 1e-5 relative to max(|gelu(x)|, 1e-3).
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_NEAR(out_cuda[i], out_ref[i],
+                1e-5 * std::max(1e-3, std::fabs(double{out_ref[i]})))
+        << "x = " << inp[i];
+  }
+  const std::vector<float> dout = RandomNormal(n, 2);
+  const std::vector<float> dinp0 = RandomNormal(n, 3);
+  std::vector<float> dinp_ref = dinp0;
+  ref_.GeluBackward(dinp_ref.data(), inp.data(), dout.data(), n);
+  float* d_dout = buf.Upload(dout);
+  float* dinp = buf.Upload(dinp0);
+  cuda_->GeluBackward(dinp, d_inp, d_dout, n);
+  EXPECT_LE(GradError(buf.Read(dinp, n), dinp_ref, dinp0), kTol);
+
+  ExpectDeterministic(cuda_.get(), {dinp0}, [&](const auto& o) {
+    cuda_->GeluBackward(o[0], d_inp, d_dout, n);
+  });
+}
+
+TEST_P(CudaBackendTest, SwiGlu) {
+  const int N = 37, FF = 1001;
+  std::vector<float> gate_up = RandomNormal(N * 2 * FF, 1, 3.0f);
+  gate_up[0] = -40.0f;  // sigmoid underflows to 0
+  gate_up[1] = 40.0f;
+  gate_up[2] = 0.0f;
+  std::vector<float> out_ref(N * FF);
+  ref_.SwiGluForward(out_ref.data(), gate_up.data(), N, FF);
+  DeviceBuffers buf(cuda_.get());
+  float* d_gate_up = buf.Upload(gate_up);
+  float* out = buf.Unwritten(N * FF);
+  cuda_->SwiGluForward(out, d_gate_up, N, FF);
+  EXPECT_LE(ErrorVsScale(buf.Read(out, N * FF), out_ref), kTol);
+
+  const std::vector<float> dout = RandomNormal(N * FF, 2);
+  const std::vector<float> dgu0 = RandomNormal(N * 2 * FF, 3);
+  std::vector<float> dgu_ref = dgu0;
+  ref_.SwiGluBackward(dgu_ref.data(), gate_up.data(), dout.data(), N, FF);
+  float* d_dout = buf.Upload(dout);
+  float* dgu = buf.Upload(dgu0);
+  cuda_->SwiGluBackward(dgu, d_gate_up, d_dout, N, FF);
+  EXPECT_LE(GradError(buf.Read(dgu, N * 2 * FF), dgu_ref, dgu0), kTol);
+
+  ExpectDeterministic(cuda_.get(), {dgu0}, [&](const auto& o) {
+    cuda_->SwiGluBackward(o[0], d_gate_up, d_dout, N, FF);
+  });
+}
+
+TEST_P(CudaBackendTest, AddAxpyScale) {
+  const size_t n = 100003;
+  const std::vector<float> a = RandomNormal(n, 1);
+  const std::vector<float> b = RandomNormal(n, 2);
+  DeviceBuffers buf(cuda_.get());
+  float* d_a = buf.Upload(a);
+  float* d_b = buf.Upload(b);
+
+  std::vector<float> out_ref(n);
+  ref_.Add(out_ref.data(), a.data(), b.data(), n);
+  float* out = buf.Unwritten(n);
+  cuda_->Add(out, d_a, d_b, n);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(out, n), out_ref));  // one rounding
+
+  std::vector<float> y_ref = a;
+  ref_.Axpy(y_ref.data(), -0.37f, b.data(), n);
+  float* y = buf.Upload(a);
+  cuda_->Axpy(y, -0.37f, d_b, n);
+  EXPECT_LE(ErrorVsScale(buf.Read(y, n), y_ref), 1e-7);
+
+  std::vector<float> x_ref = a;
+  ref_.Scale(x_ref.data(), 1.7f, n);
+  float* x = buf.Upload(a);
+  cuda_->Scale(x, 1.7f, n);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(x, n), x_ref));
+}
+
+struct AttentionCase {
+  std::vector<SeqSpan> spans;
+  int NH, NKV, hs;
+};
+
+TEST_P(CudaBackendTest, Attention) {
+  const std::vector<AttentionCase> cases = {
+      // Lengths around the 64-row tile, a single token, GQA 2:1.
+      {{{0, 1}, {1, 64}, {65, 65}, {130, 130}, {260, 7}}, 4, 2, 16},
+      // Multi-head (NKV == NH), as GPT-2.
+      {{{0, 100}, {100, 37}}, 3, 3, 32},
+      // GQA 4:1 with a head size below one tensor-core tile (padded).
+      {{{0, 90}}, 8, 2, 8},
+      // Multi-query (one KV head), head size 64, several tiles per sequence.
+      {{{0, 200}, {200, 131}}, 4, 1, 64},
+      // Head size 128 and one not divisible by 16.
+      {{{0, 150}}, 2, 2, 128},
+      {{{0, 33}, {33, 70}}, 2, 1, 80},
+      // Head size 256: 32-row tiles.
+      {{{0, 70}, {70, 45}}, 2, 1, 256},
+  };
+  const double fwd_tol = ForwardTol(kAttentionTol);
+  const double grad_tol = GradTol(kAttentionTol);
+  for (const AttentionCase& tc : cases) {
+    SCOPED_TRACE(::testing::Message()
+                 << "NH " << tc.NH << " NKV " << tc.NKV << " hs " << tc.hs);
+    const int num_seqs = static_cast<int>(tc.spans.size());
+    const int N = tc.spans.back().start + tc.spans.back().len;
+    const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
+    const int out_row = tc.NH * tc.hs;
+    const std::vector<float> qkv = RandomNormal(N * row, 1);
+    const size_t ref_probs_size =
+        ref_.AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH);
+    const size_t probs_size =
+        cuda_->AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH);
+    EXPECT_EQ(probs_size, static_cast<size_t>(N) * tc.NH);
+    std::vector<float> out_ref(N * out_row), probs_ref(ref_probs_size);
+    ref_.AttentionForward(out_ref.data(), probs_ref.data(), qkv.data(),
+                          tc.spans.data(), num_seqs, tc.NH, tc.NKV, tc.hs);
+    DeviceBuffers buf(cuda_.get());
+    float* d_qkv = buf.Upload(qkv);
+    float* out = buf.Unwritten(N * out_row);
+    float* probs = buf.Unwritten(probs_size);
+    cuda_->AttentionForward(out, probs, d_qkv, tc.spans.data(), num_seqs, tc.NH,
+                            tc.NKV, tc.hs);
+    EXPECT_LE(ErrorVsScale(buf.Read(out, N * out_row), out_ref), fwd_tol);
+    for (float l : buf.Read(probs, probs_size)) ASSERT_TRUE(std::isfinite(l));
+
+    const std::vector<float> dout = RandomNormal(N * out_row, 2);
+    const std::vector<float> dqkv0 = RandomNormal(N * row, 3);
+    std::vector<float> dqkv_ref = dqkv0;
+    ref_.AttentionBackward(dqkv_ref.data(), dout.data(), qkv.data(),
+                           probs_ref.data(), tc.spans.data(), num_seqs, tc.NH,
+                           tc.NKV, tc.hs);
+    float* d_dout = buf.Upload(dout);
+    float* dqkv = buf.Upload(dqkv0);
+    cuda_->AttentionBackward(dqkv, d_dout, d_qkv, probs, tc.spans.data(),
+                             num_seqs, tc.NH, tc.NKV, tc.hs);
+    EXPECT_LE(GradError(buf.Read(dqkv, N * row), dqkv_ref, dqkv0), grad_tol);
+
+    ExpectDeterministic(
+        cuda_.get(),
+        {std::vector<float>(N * out_row), std::vector<float>(probs_size)},
+        [&](const auto& o) {
+          cuda_->AttentionForward(o[0], o[1], d_qkv, tc.spans.data(), num_seqs,
+                                  tc.NH, tc.NKV, tc.hs);
+        });
+    ExpectDeterministic(cuda_.get(), {dqkv0}, [&](const auto& o) {
+      cuda_->AttentionBackward(o[0], d_dout, d_qkv, probs, tc.spans.data(),
+                               num_seqs, tc.NH, tc.NKV, tc.hs);
+    });
+  }
+}
+
+TEST_P(CudaBackendTest, Rope) {
+  const int N = 50, NH = 4, NKV = 2, hs = 16, max_pos = 64, half = hs / 2;
+  const int row = (NH + 2 * NKV) * hs;
+  std::vector<float> cos(max_pos * half), sin(max_pos * half);
+  for (int p = 0; p < max_pos; ++p) {
+    for (int i = 0; i < half; ++i) {
+      const double theta = p * std::pow(10000.0, -2.0 * i / hs);
+      cos[p * half + i] = static_cast<float>(std::cos(theta));
+      sin[p * half + i] = static_cast<float>(std::sin(theta));
+    }
+  }
+  const std::vector<int32_t> pos = RandomInts(N, max_pos, 1);
+  const std::vector<float> qkv = RandomNormal(N * row, 2);
+  DeviceBuffers buf(cuda_.get());
+  float* d_cos = buf.Upload(cos);
+  float* d_sin = buf.Upload(sin);
+
+  std::vector<float> fwd_ref = qkv;
+  ref_.RopeForward(fwd_ref.data(), pos.data(), cos.data(), sin.data(), N, NH,
+                   NKV, hs);
+  float* x = buf.Upload(qkv);
+  cuda_->RopeForward(x, pos.data(), d_cos, d_sin, N, NH, NKV, hs);
+  const std::vector<float> fwd = buf.Read(x, N * row);
+  EXPECT_LE(ErrorVsScale(fwd, fwd_ref), kTol);
+  // Value heads untouched.
+  for (int n = 0; n < N; ++n) {
+    for (int c = (NH + NKV) * hs; c < row; ++c) {
+      ASSERT_EQ(fwd[n * row + c], qkv[n * row + c]);
+    }
+  }
+  std::vector<float> bwd_ref = qkv;
+  ref_.RopeBackward(bwd_ref.data(), pos.data(), cos.data(), sin.data(), N, NH,
+                    NKV, hs);
+  float* g = buf.Upload(qkv);
+  cuda_->RopeBackward(g, pos.data(), d_cos, d_sin, N, NH, NKV, hs);
+  EXPECT_LE(ErrorVsScale(buf.Read(g, N * row), bwd_ref), kTol);
+  // Backward undoes forward (the rotation is orthogonal).
+  cuda_->RopeBackward(x, pos.data(), d_cos, d_sin, N, NH, NKV, hs);
+  EXPECT_LE(ErrorVsScale(buf.Read(x, N * row), qkv), kTol);
+
+  ExpectDeterministic(cuda_.get(), {qkv}, [&](const auto& o) {
+    cuda_->RopeForward(o[0], pos.data(), d_cos, d_sin, N, NH, NKV, hs);
+  });
+}
+
+// Host logits z = wout h_n in double, for argmax margins.
+std::vector<double> HostLogits(const std::vector<float>& h,
+                               const std::vector<float>& wout, int N, int C,
+                               int V) {
+  std::vector<double> z(static_cast<size_t>(N) * V);
+  for (int n = 0; n < N; ++n) {
+    for (int v = 0; v < V; ++v) {
+      double acc = 0.0;
+      for (int c = 0; c < C; ++c) {
+        acc += double{wout[static_cast<size_t>(v) * C + c]} * h[n * C + c];
+      }
+      z[static_cast<size_t>(n) * V + v] = acc;
+    }
+  }
+  return z;
+}
+
+struct OutputCase {
+  int N, C, V;
+  std::vector<int> chunks;
+};
+
+TEST_P(CudaBackendTest, OutputLayer) {
+  // Chunk sizes that do not divide N, one row, and more than N.
+  const std::vector<OutputCase> cases = {{70, 32, 1003, {1, 16, 128}},
+                                         {33, 96, 4099, {8}}};
+  for (const OutputCase& tc : cases) {
+    const int N = tc.N, C = tc.C, V = tc.V;
+    SCOPED_TRACE(::testing::Message() << "V " << V);
+    const std::vector<float> h = RandomNormal(N * C, 1);
+    const std::vector<float> wout = RandomNormal(V * C, 2, 0.5f);
+    const std::vector<double> z = HostLogits(h, wout, N, C, V);
+    std::vector<int32_t> labels = RandomInts(N, V, 3);
+    // Every third row's label is its argmax, so `correct` sees both values;
+    // argmax hits are compared where the top two logits are well apart.
+    std::vector<bool> clear_margin(N);
+    for (int n = 0; n < N; ++n) {
+      const double* row = z.data() + static_cast<size_t>(n) * V;
+      std::vector<double> sorted(row, row + V);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(),
+                        std::greater<double>());
+      clear_margin[n] = !bf16() || sorted[0] - sorted[1] > 0.1;
+      if (n % 3 == 0) labels[n] = std::max_element(row, row + V) - row;
+    }
+    // Zero coefficients: leading rows, a run longer than some chunks,
+    // scattered rows and the last row.
+    std::vector<float> coef = RandomNormal(N, 4);
+    for (int n : {0, 1, 2, 9, 20, N - 1}) coef[n] = 0.0f;
+    for (int n = 40; n < std::min(N, 60); ++n) coef[n] = 0.0f;
+
+    std::vector<float> lse_ref(N), logp_ref(N), sum_ref(N);
+    std::vector<int32_t> correct_ref(N);
+    std::vector<float> ref_buf(V);
+    ref_.OutputForward(lse_ref.data(), logp_ref.data(), sum_ref.data(),
+                       correct_ref.data(), h.data(), wout.data(), labels.data(),
+                       N, C, V, ref_buf.data(), 1);
+    const std::vector<float> dh0 = RandomNormal(N * C, 5);
+    const std::vector<float> dwout0 = RandomNormal(V * C, 6);
+    std::vector<float> dh_ref = dh0, dwout_ref = dwout0;
+    ref_.OutputBackward(dh_ref.data(), dwout_ref.data(), h.data(), wout.data(),
+                        labels.data(), lse_ref.data(), coef.data(), N, C, V,
+                        ref_buf.data(), 1);
+
+    DeviceBuffers buf(cuda_.get());
+    float* d_h = buf.Upload(h);
+    float* d_wout = buf.Upload(wout);
+    float* d_coef = buf.Upload(coef);
+    float* d_lse_ref = buf.Upload(lse_ref);
+    for (int chunk : tc.chunks) {
+      SCOPED_TRACE(::testing::Message() << "chunk " << chunk);
+      float* chunk_buf = buf.Unwritten(static_cast<size_t>(chunk) * V);
+      float* lse = buf.Unwritten(N);
+      float* logp = buf.Unwritten(N);
+      float* sum = buf.Unwritten(N);
+      float* correct = buf.Unwritten(N);
+      cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct),
+                           d_h, d_wout, labels.data(), N, C, V, chunk_buf,
+                           chunk);
+      EXPECT_LE(ErrorVsScale(buf.Read(lse, N), lse_ref), ForwardTol());
+      EXPECT_LE(ErrorVsScale(buf.Read(logp, N), logp_ref), ForwardTol());
+      EXPECT_LE(ErrorVsScale(buf.Read(sum, N), sum_ref), ForwardTol());
+      const std::vector<int32_t> hits = buf.ReadInts(correct, N);
+      for (int n = 0; n < N; ++n) {
+        if (clear_margin[n]) {
+          EXPECT_EQ(hits[n], correct_ref[n]) << "row " << n;
+        }
+      }
+
+      // The backward from the reference's lse, as the CPU tests do.
+      float* dh = buf.Upload(dh0);
+      float* dwout = buf.Upload(dwout0);
+      cuda_->OutputBackward(dh, dwout, d_h, d_wout, labels.data(), d_lse_ref,
+                            d_coef, N, C, V, chunk_buf, chunk);
+      const std::vector<float> dh_cuda = buf.Read(dh, N * C);
+      const std::vector<float> dwout_cuda = buf.Read(dwout, V * C);
+      EXPECT_LE(GradError(dh_cuda, dh_ref, dh0), GradTol());
+      EXPECT_LE(GradError(dwout_cuda, dwout_ref, dwout0), GradTol());
+      // dh alone, then dwout alone.
+      float* dh_only = buf.Upload(dh0);
+      float* dwout_only = buf.Upload(dwout0);
+      cuda_->OutputBackward(dh_only, nullptr, d_h, d_wout, labels.data(),
+                            d_lse_ref, d_coef, N, C, V, chunk_buf, chunk);
+      cuda_->OutputBackward(nullptr, dwout_only, d_h, d_wout, labels.data(),
+                            d_lse_ref, d_coef, N, C, V, chunk_buf, chunk);
+      EXPECT_TRUE(BitwiseEqual(buf.Read(dh_only, N * C), dh_cuda));
+      EXPECT_TRUE(BitwiseEqual(buf.Read(dwout_only, V * C), dwout_cuda));
+
+      ExpectDeterministic(cuda_.get(),
+                          {std::vector<float>(N), std::vector<float>(N),
+                           std::vector<float>(N), std::vector<float>(N)},
+                          [&](const auto& o) {
+                            cuda_->OutputForward(
+                                o[0], o[1], o[2],
+                                reinterpret_cast<int32_t*>(o[3]), d_h, d_wout,
+                                labels.data(), N, C, V, chunk_buf, chunk);
+                          });
+      ExpectDeterministic(cuda_.get(), {dh0, dwout0}, [&](const auto& o) {
+        cuda_->OutputBackward(o[0], o[1], d_h, d_wout, labels.data(), d_lse_ref,
+                              d_coef, N, C, V, chunk_buf, chunk);
+      });
+    }
+
+    // All coefficients zero: nothing is added.
+    float* zeros = buf.Upload(std::vector<float>(N, 0.0f));
+    float* dh = buf.Upload(dh0);
+    float* dwout = buf.Upload(dwout0);
+    float* chunk_buf = buf.Unwritten(static_cast<size_t>(16) * V);
+    cuda_->OutputBackward(dh, dwout, d_h, d_wout, labels.data(), d_lse_ref,
+                          zeros, N, C, V, chunk_buf, 16);
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dh, N * C), dh0));
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dwout, V * C), dwout0));
+  }
+}
+
+// torch.argmax returns the first of equal maxima; so must `correct`. Rows 5
+// and 700 of wout are equal (also after rounding to bf16) and give both rows
+// their largest logit.
+TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
+  const int N = 2, C = 32, V = 1003;
+  std::vector<float> h = RandomNormal(N * C, 1);
+  std::copy(h.begin(), h.begin() + C, h.begin() + C);
+  std::vector<float> wout = RandomNormal(V * C, 2, 0.01f);
+  for (int c = 0; c < C; ++c) wout[5 * C + c] = wout[700 * C + c] = h[c];
+  const std::vector<int32_t> labels = {5, 700};
+  DeviceBuffers buf(cuda_.get());
+  float* d_h = buf.Upload(h);
+  float* d_wout = buf.Upload(wout);
+  float* lse = buf.Unwritten(N);
+  float* logp = buf.Unwritten(N);
+  float* sum = buf.Unwritten(N);
+  float* correct = buf.Unwritten(N);
+  float* chunk_buf = buf.Unwritten(2 * V);
+  cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct), d_h,
+                       d_wout, labels.data(), N, C, V, chunk_buf, 2);
+  const std::vector<float> lp = buf.Read(logp, N);
+  EXPECT_EQ(lp[0], lp[1]);
+  EXPECT_EQ(buf.ReadInts(correct, N), (std::vector<int32_t>{1, 0}));
+}
+
+TEST_P(CudaBackendTest, SumSquares) {
+  // Many blocks of the first pass plus a partial one.
+  const size_t n = (size_t{1} << 20) + 5;
+  const std::vector<float> x = RandomNormal(n, 1);
+  const double expected = ref_.SumSquares(x.data(), n);
+  DeviceBuffers buf(cuda_.get());
+  float* d_x = buf.Upload(x);
+  const double got = cuda_->SumSquares(d_x, n);
+  EXPECT_NEAR(got, expected, 1e-12 * expected);
+  EXPECT_EQ(cuda_->SumSquares(d_x, n), got);  // bitwise, run to run
+  EXPECT_NEAR(cuda_->SumSquares(d_x, 3),
+              double{x[0]} * x[0] + double{x[1]} * x[1] + double{x[2]} * x[2],
+              1e-15);
+  EXPECT_EQ(cuda_->SumSquares(d_x, 0), 0.0);
+}
+
+TEST_P(CudaBackendTest, AdamW) {
+  const size_t n = 100003;
+  const std::vector<float> p0 = RandomNormal(n, 1);
+  const std::vector<float> grad = RandomNormal(n, 2, 0.1f);
+  const std::vector<float> m0 = RandomNormal(n, 3, 0.01f);
+  std::vector<float> v0 = RandomNormal(n, 4, 0.01f);
+  for (float& x : v0) x *= x;
+  const AdamWParams hp{3e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 5};
+  std::vector<float> p_ref = p0, m_ref = m0, v_ref = v0;
+  ref_.AdamW(p_ref.data(), grad.data(), m_ref.data(), v_ref.data(), n, hp);
+  DeviceBuffers buf(cuda_.get());
+  float* p = buf.Upload(p0);
+  float* d_grad = buf.Upload(grad);
+  float* m = buf.Upload(m0);
+  float* v = buf.Upload(v0);
+  cuda_->AdamW(p, d_grad, m, v, n, hp);
+  const std::vector<float> p_cuda = buf.Read(p, n);
+  const std::vector<float> m_cuda = buf.Read(m, n);
+  const std::vector<float> v_cuda = buf.Read(v, n);
+  // The kernel repeats the reference's roundings; 1e-6 leaves room for a
+  // compiler that fuses the reference's multiply-adds.
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_NEAR(p_cuda[i], p_ref[i], 1e-6 * std::fabs(p_ref[i])) << i;
+    ASSERT_NEAR(m_cuda[i], m_ref[i], 1e-6 * std::fabs(m_ref[i])) << i;
+    ASSERT_NEAR(v_cuda[i], v_ref[i], 1e-6 * std::fabs(v_ref[i])) << i;
+  }
+  ExpectDeterministic(cuda_.get(), {p0, m0, v0}, [&](const auto& o) {
+    cuda_->AdamW(o[0], d_grad, o[1], o[2], n, hp);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaBackendTest,
+                         ::testing::Values(Precision::kFp32, Precision::kBf16),
+                         PrecisionName);
+
+// Expected values from torch 2.6.0 (the CPU backend test's fixture):
+//   p = torch.nn.Parameter(p0); opt = torch.optim.AdamW([p], lr=1e-2,
+//       betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+//   for g in grads: p.grad = g; opt.step()
+TEST(CudaAdamWTest, MatchesTorchOverThreeSteps) {
+  std::unique_ptr<CudaBackend> cuda = CreateOrExplain(Precision::kFp32);
+  if (cuda == nullptr) GTEST_SKIP() << "no GPU";
+  const std::vector<float> p0 = {0.5f,    -1.25f, 2.0f,  0.0f,
+                                 3.5e-3f, -0.75f, 1e-4f, -2.5f};
+  const std::vector<std::vector<float>> grads = {
+      {0.1f, -0.2f, 0.3f, -0.4f, 0.5f, 1e-3f, -2.0f, 0.0f},
+      {-0.05f, 0.25f, 0.3f, 0.8f, -0.5f, 2e-3f, 1.0f, 1e-6f},
+      {0.2f, 0.0f, -0.1f, 0.4f, 0.05f, -3e-3f, 0.5f, -1e-6f}};
+  const std::vector<float> torch_p = {
+      0.47935304f,     -1.23916566f, 1.96791339f,   0.00115635945f,
+      -0.00601037545f, -0.76664573f, 0.0133858845f, -2.49930763f};
+  const std::vector<float> torch_m = {
+      0.0236000009f,   0.00630000001f,   0.0413000025f,  0.0796000063f,
+      0.000499999151f, -3.89999987e-05f, -0.0219999999f, -9.99999639e-09f};
+  const std::vector<float> torch_v = {
+      0.00257000024f, 0.00477375044f, 0.00883625075f, 0.0456200056f,
+      0.0232812483f,  6.8512503e-07f, 0.240499988f,   9.74999974e-14f};
+  DeviceBuffers buf(cuda.get());
+  float* p = buf.Upload(p0);
+  float* m = buf.Upload(std::vector<float>(8, 0.0f));
+  float* v = buf.Upload(std::vector<float>(8, 0.0f));
+  for (int step = 1; step <= 3; ++step) {
+    float* g = buf.Upload(grads[step - 1]);
+    cuda->AdamW(p, g, m, v, 8,
+                AdamWParams{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step});
+  }
+  const std::vector<float> p_got = buf.Read(p, 8), m_got = buf.Read(m, 8),
+                           v_got = buf.Read(v, 8);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_NEAR(p_got[i], torch_p[i], 2e-6 * std::fabs(torch_p[i]) + 1e-9)
+        << "p[" << i << "]";
+    EXPECT_NEAR(m_got[i], torch_m[i], 2e-6 * std::fabs(torch_m[i]))
+        << "m[" << i << "]";
+    EXPECT_NEAR(v_got[i], torch_v[i], 2e-6 * std::fabs(torch_v[i]))
+        << "v[" << i << "]";
+  }
+}
+
+}  // namespace
+}  // namespace prefopt::kernels

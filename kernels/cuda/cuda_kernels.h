@@ -1,0 +1,164 @@
+// The device kernels behind CudaBackend, as plain launch functions: each
+// enqueues its work on `stream` and returns the launch status
+// (cudaGetLastError), which the caller checks. Every pointer is device memory.
+// Internal to //kernels/cuda; CudaBackend (cuda_backend.h) is the public face.
+#ifndef PREFOPT_KERNELS_CUDA_CUDA_KERNELS_H_
+#define PREFOPT_KERNELS_CUDA_CUDA_KERNELS_H_
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace prefopt::kernels::cuda {
+
+// ---- embeddings ----
+// out[n] = wte[ids[n]] + (wpe ? wpe[pos[n]] : 0).
+cudaError_t EmbeddingForward(cudaStream_t stream, float* out,
+                             const int32_t* ids, const int32_t* pos,
+                             const float* wte, const float* wpe, int N, int C);
+// Deterministic scatter-add without atomics: bucket b holds the rows
+// rows[begin[b]..begin[b+1]) (ascending), all with table row keys[b]; one
+// thread per (bucket, column) adds them to grad[keys[b]] in row order.
+cudaError_t BucketAccumulate(cudaStream_t stream, float* grad,
+                             const float* dout, const int32_t* rows,
+                             const int32_t* keys, const int32_t* begin,
+                             int num_buckets, int C);
+
+// ---- normalization (one warp per row, fp32 accumulation) ----
+cudaError_t LayerNormForward(cudaStream_t stream, float* out, float* mean,
+                             float* rstd, const float* inp, const float* weight,
+                             const float* bias, int N, int C, float eps);
+// dinp += the input gradient; the parameter gradients come from
+// ColumnGradients.
+cudaError_t LayerNormBackwardInput(cudaStream_t stream, float* dinp,
+                                   const float* dout, const float* inp,
+                                   const float* weight, const float* mean,
+                                   const float* rstd, int N, int C);
+cudaError_t RmsNormForward(cudaStream_t stream, float* out, float* rstd,
+                           const float* inp, const float* weight, int N, int C,
+                           float eps);
+cudaError_t RmsNormBackwardInput(cudaStream_t stream, float* dinp,
+                                 const float* dout, const float* inp,
+                                 const float* weight, const float* rstd, int N,
+                                 int C);
+
+// Column sums over the N rows, reduced deterministically: fixed row slices
+// give partial sums (ColumnSlices(N) x C floats in each of two scratch
+// arrays), which a second kernel adds up in slice order into the outputs.
+enum class ColumnGradient {
+  kLayerNorm,  // out0 += sum dout * xhat, out1 += sum dout
+  kRmsNorm,    // out0 += sum dout * inp * rstd
+  kBias,       // out1 += sum dout
+};
+int ColumnSlices(int N);
+// out0/out1 may be null (not wanted); inp/mean/rstd are read only where
+// `kind` needs them. partials holds 2 * ColumnSlices(N) * C floats.
+cudaError_t ColumnGradients(cudaStream_t stream, ColumnGradient kind,
+                            float* out0, float* out1, const float* dout,
+                            const float* inp, const float* mean,
+                            const float* rstd, int N, int C, float* partials);
+// out[n, :] += bias, for GEMMs whose bias epilogue cuBLASLt cannot fuse.
+cudaError_t AddBias(cudaStream_t stream, float* out, const float* bias, int N,
+                    int OC);
+
+// ---- elementwise ----
+cudaError_t GeluForward(cudaStream_t stream, float* out, const float* inp,
+                        size_t n);
+cudaError_t GeluBackward(cudaStream_t stream, float* dinp, const float* inp,
+                         const float* dout, size_t n);
+cudaError_t SwiGluForward(cudaStream_t stream, float* out, const float* gate_up,
+                          int N, int FF);
+cudaError_t SwiGluBackward(cudaStream_t stream, float* dgate_up,
+                           const float* gate_up, const float* dout, int N,
+                           int FF);
+cudaError_t Add(cudaStream_t stream, float* out, const float* a, const float* b,
+                size_t n);
+cudaError_t Axpy(cudaStream_t stream, float* y, float alpha, const float* x,
+                 size_t n);
+cudaError_t Scale(cudaStream_t stream, float* x, float alpha, size_t n);
+// dst[i] = bf16(src[i]) with round-to-nearest-even; dst is n bf16 values.
+cudaError_t ToBf16(cudaStream_t stream, void* dst, const float* src, size_t n);
+
+// ---- rotary position embedding ----
+// Rotates the NH query and NKV key heads of every row of qkv by +theta
+// (sign = 1) or -theta (sign = -1); see Backend::RopeForward.
+cudaError_t RopeRotate(cudaStream_t stream, float* qkv, const int32_t* pos,
+                       const float* cos, const float* sin, int N, int NH,
+                       int NKV, int hs, float sign);
+
+// ---- attention (flash-attention-2 style; see cuda_backend.cu) ----
+// One block's share of a packed sequence: rows
+// [tile_start, tile_start + AttentionTileRows(hs)) of the sequence at rows
+// [seq_start, seq_start + seq_len) of the batch (queries for the forward and
+// dQ kernels, keys for the dK/dV kernel).
+struct AttentionTile {
+  int32_t seq_start;
+  int32_t seq_len;
+  int32_t tile_start;
+  int32_t reserved;  // keeps the struct 16 bytes
+};
+// The largest head size the kernels take.
+constexpr int kMaxAttentionHeadSize = 256;
+// Rows per tile for a head size (64, or 32 above 128).
+int AttentionTileRows(int hs);
+// Dynamic shared memory one block needs.
+size_t AttentionSmemBytes(bool bf16, int hs, bool backward);
+// Forward over query tiles: out[N, NH*hs] and lse[N, NH] (natural log). With
+// dout non-null it instead recomputes the output and writes
+// dsum[n, h] = sum_d dout[n, h, d] * out[n, h, d] (backward's D), leaving out
+// and lse alone. bf16: Q K^T and P V on tensor cores (bf16 in, fp32
+// accumulate); otherwise fp32 throughout.
+cudaError_t AttentionForward(cudaStream_t stream, bool bf16, float* out,
+                             float* lse, const float* dout, float* dsum,
+                             const float* qkv, const AttentionTile* q_tiles,
+                             int num_q_tiles, int NH, int NKV, int hs);
+// dqkv += the gradient, from lse and dsum (AttentionForward's outputs):
+// one kernel over key tiles (dK, dV, summing a KV head's query heads in
+// order), one over query tiles (dQ). No atomics.
+cudaError_t AttentionBackward(cudaStream_t stream, bool bf16, float* dqkv,
+                              const float* dout, const float* qkv,
+                              const float* lse, const float* dsum,
+                              const AttentionTile* q_tiles, int num_q_tiles,
+                              const AttentionTile* k_tiles, int num_k_tiles,
+                              int NH, int NKV, int hs);
+
+// ---- chunked output layer ----
+// Per row r of logits[rows, V]: lse, logp = z[label] - lse, logit_sum and
+// correct (argmax == label, first index on ties).
+cudaError_t OutputRowStats(cudaStream_t stream, float* lse, float* logp,
+                           float* logit_sum, int32_t* correct,
+                           const float* logits, const int32_t* labels, int rows,
+                           int V);
+// Overwrites logits[rows, V] with dz = coef * (softmax - onehot) (exact zeros
+// where coef == 0). bf16: row r's dz is written as V bf16 values at the start
+// of the row's own storage, so the bf16 matrix has a row stride of 2V.
+cudaError_t OutputRowGrad(cudaStream_t stream, bool bf16, float* logits,
+                          const int32_t* labels, const float* lse,
+                          const float* coef, int rows, int V);
+
+// ---- optimizer ----
+// Blocks of the first SumSquares pass for n values (at most 1024; a function
+// of n alone, so the reduction order does not depend on the device).
+int SumSquaresBlocks(size_t n);
+// result[0] = sum x^2 in double: per-block partials (SumSquaresBlocks(n)
+// doubles in partials), then one block adds them in a fixed tree order.
+cudaError_t SumSquares(cudaStream_t stream, double* result, double* partials,
+                       const float* x, size_t n);
+// torch.optim.AdamW's single-tensor step, operation for operation as the CPU
+// reference (no fused multiply-adds), with the host-computed factors.
+struct AdamWFactors {
+  float decay;            // 1 - lr * weight_decay
+  float one_minus_beta1;  // 1 - beta1
+  float beta2;
+  float one_minus_beta2;        // 1 - beta2
+  float step_size;              // lr / (1 - beta1^step)
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  float eps;
+};
+cudaError_t AdamW(cudaStream_t stream, float* p, const float* grad, float* m,
+                  float* v, size_t n, const AdamWFactors& f);
+
+}  // namespace prefopt::kernels::cuda
+
+#endif  // PREFOPT_KERNELS_CUDA_CUDA_KERNELS_H_
