@@ -1,0 +1,59 @@
+// TensorBoard event files written by prefopt itself: TFRecord-framed Event
+// protos holding scalar summaries, which `tensorboard --logdir=RUN_DIR` shows
+// as one chart per metric.
+#ifndef PREFOPT_TRAINER_METRICS_TENSORBOARD_WRITER_H_
+#define PREFOPT_TRAINER_METRICS_TENSORBOARD_WRITER_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace prefopt::metrics {
+
+class TensorBoardWriter {
+ public:
+  // Creates log_dir (and its parents) if needed and a new event file in it,
+  // events.out.tfevents.<unix time>.<hostname>.<pid>.prefopt, whose first
+  // record declares the file version "brain.Event:2". Never overwrites a file.
+  static absl::StatusOr<TensorBoardWriter> Open(const std::string& log_dir);
+  TensorBoardWriter(TensorBoardWriter&& other) noexcept;
+  TensorBoardWriter& operator=(TensorBoardWriter&&) = delete;
+  TensorBoardWriter(const TensorBoardWriter&) = delete;
+  ~TensorBoardWriter();
+
+  // Appends one Event for `step` with a scalar per entry of `scalars`, tagged
+  // TensorBoardTag(name), and flushes it to the file. Values are stored as
+  // float, as TensorBoard's simple_value is.
+  absl::Status Write(int64_t step,
+                     const std::map<std::string, double>& scalars);
+
+  // The event file's path.
+  const std::string& path() const { return path_; }
+
+ private:
+  TensorBoardWriter(std::string path, FILE* f)
+      : path_(std::move(path)), f_(f) {}
+  absl::Status WriteRecord(const std::string& data);
+
+  std::string path_;
+  FILE* f_;
+};
+
+// The TensorBoard tag of a metric: names that already say their split
+// ("train/...", "eval/...", "test/...") are kept, every other (training)
+// metric gets "train/" in front, as Hugging Face's Trainer and TRL name them.
+std::string TensorBoardTag(absl::string_view metric_name);
+
+// One TFRecord: the little-endian uint64 length of `data`, the masked CRC-32C
+// of those 8 bytes, `data`, and the masked CRC-32C of `data` (both CRCs
+// little-endian uint32).
+std::string TfRecord(absl::string_view data);
+
+}  // namespace prefopt::metrics
+
+#endif  // PREFOPT_TRAINER_METRICS_TENSORBOARD_WRITER_H_
