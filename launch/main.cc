@@ -2,6 +2,8 @@
 //
 //   prefopt train --config=run.textproto [--set=field.path=value ...]
 //                 [--run_dir=DIR]
+#include <unistd.h>
+
 #include <iostream>
 #include <string>
 #include <string_view>
@@ -14,6 +16,7 @@
 #include "comm/launch_env.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/metrics/progress.h"
 
 namespace prefopt {
 namespace {
@@ -94,13 +97,18 @@ int Train(int argc, char** argv) {
   if (comm->rank() == 0 && comm->world_size() > 1) {
     std::cout << "data-parallel: " << comm::DescribeLaunchEnv(*env) << "\n";
   }
-  auto trainer = loop::Trainer::Create(*config, std::cout, comm);
+  // mpirun gives every rank a pseudo-terminal of its own, even when mpirun's
+  // output goes to a file, so isatty() only means a terminal without it.
+  const bool live_progress =
+      env->launcher != "mpirun" && metrics::IsTerminal(STDOUT_FILENO);
+  auto trainer = loop::Trainer::Create(*config, std::cout, comm, live_progress);
   if (!trainer.ok()) return Fail(comm, trainer.status(), 1);
   s = (*trainer)->Run();
   if (!s.ok()) return Fail(comm, s, 1);
   if (comm->rank() == 0) {
     std::cout << "done: " << (*trainer)->steps_done() << " steps; metrics in "
-              << config->run_dir() << "/metrics.jsonl\n";
+              << config->run_dir() << "/metrics.jsonl, charts in "
+              << config->run_dir() << "/report.html\n";
   }
   return 0;
 }

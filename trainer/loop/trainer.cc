@@ -1,5 +1,7 @@
 #include "trainer/loop/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +18,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/metrics/run_report.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
@@ -70,10 +73,11 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
 }
 
 Trainer::Trainer(const TrainConfig& config, std::ostream& log,
-                 comm::Communicator* comm)
+                 comm::Communicator* comm, bool log_is_terminal)
     : config_(config),
       log_(log),
       comm_(comm),
+      log_is_terminal_(log_is_terminal),
       rank_(comm ? comm->rank() : 0),
       world_(comm ? comm->world_size() : 1) {}
 
@@ -85,8 +89,9 @@ std::ostream& Trainer::out() {
 Trainer::~Trainer() = default;
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
-    const TrainConfig& config, std::ostream& log, comm::Communicator* comm) {
-  std::unique_ptr<Trainer> t(new Trainer(config, log, comm));
+    const TrainConfig& config, std::ostream& log, comm::Communicator* comm,
+    bool log_is_terminal) {
+  std::unique_ptr<Trainer> t(new Trainer(config, log, comm, log_is_terminal));
   absl::Status s = t->Init();
   if (!s.ok()) return s;
   return t;
@@ -159,6 +164,32 @@ absl::Status Trainer::Init() {
     if (!s.ok()) return s;
   }
 
+  global_batch_ = config_.batch().global_batch_size();
+  const int n = static_cast<int>(dataset_.examples.size());
+  steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
+  // A last, partial global batch must give every rank at least one example.
+  if (n % global_batch_ != 0 && n % global_batch_ < world_) {
+    --steps_per_epoch_;
+    out() << "notice: the last " << n % global_batch_
+          << " examples of each epoch are skipped (fewer than the " << world_
+          << " ranks)\n";
+  }
+  if (steps_per_epoch_ == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the data has ", n, " examples, fewer than the ", world_, " ranks"));
+  }
+  total_steps_ = config_.max_steps() > 0
+                     ? config_.max_steps()
+                     : config_.num_epochs() * steps_per_epoch_;
+  // Before the reference pass, which reports its progress through it.
+  if (rank_ == 0) {
+    progress_ = std::make_unique<metrics::ProgressReporter>(
+        log_, log_is_terminal_, total_steps_, /*first_step=*/step_);
+    if (log_is_terminal_) {
+      progress_->set_columns(metrics::TerminalColumns(STDOUT_FILENO));
+    }
+  }
+
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
@@ -187,27 +218,15 @@ absl::Status Trainer::Init() {
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
       backend_.get(), policy_->layout(), config_.optimizer());
 
-  global_batch_ = config_.batch().global_batch_size();
-  const int n = static_cast<int>(dataset_.examples.size());
-  steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
-  // A last, partial global batch must give every rank at least one example.
-  if (n % global_batch_ != 0 && n % global_batch_ < world_) {
-    --steps_per_epoch_;
-    out() << "notice: the last " << n % global_batch_
-          << " examples of each epoch are skipped (fewer than the " << world_
-          << " ranks)\n";
-  }
-  if (steps_per_epoch_ == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the data has ", n, " examples, fewer than the ", world_, " ranks"));
-  }
-  total_steps_ = config_.max_steps() > 0
-                     ? config_.max_steps()
-                     : config_.num_epochs() * steps_per_epoch_;
   if (rank_ == 0) {
     auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
     if (!metrics.ok()) return metrics.status();
     metrics_log_.emplace(*std::move(metrics));
+    // Next to metrics.jsonl, so `tensorboard --logdir=RUN_DIR` (or its
+    // parent, to compare runs) finds it.
+    auto events = metrics::TensorBoardWriter::Open(run_dir);
+    if (!events.ok()) return events.status();
+    tensorboard_.emplace(*std::move(events));
   }
   return absl::OkStatus();
 }
@@ -253,7 +272,12 @@ absl::Status Trainer::BuildReferences() {
   options.comm = world_ > 1 ? comm_ : nullptr;
   auto result = reference::ComputeReferenceValues(
       reference, dataset_.examples, options,
-      config_.run_dir() + "/reference_cache", nullptr);
+      config_.run_dir() + "/reference_cache",
+      [this](int64_t done, int64_t total) {
+        if (progress_ != nullptr) {
+          progress_->Phase("reference log-probs", done, total);
+        }
+      });
   if (!result.ok()) return result.status();
   if (!result->rebuilt_because.empty()) {
     out() << "reference cache " << result->cache_path
@@ -381,33 +405,31 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   return m;
 }
 
-std::string StepLine(int step, int total,
-                     const std::map<std::string, double>& m) {
-  std::string line =
-      absl::StrFormat("step %d/%d  loss %.4f", step, total, m.at("loss"));
-  // The headline metrics of whichever objective is training.
-  for (const char* key :
-       {"rewards/accuracies", "rewards/margins", "mean_token_accuracy"}) {
-    auto it = m.find(key);
-    if (it != m.end())
-      absl::StrAppendFormat(&line, "  %s %.4f", key, it->second);
-  }
-  absl::StrAppendFormat(&line, "  lr %.3g  grad_norm %.3f  %.0f tok/s",
-                        m.at("lr"), m.at("grad_norm"),
-                        m.at("tokens_per_second"));
-  return line;
+absl::Status Trainer::Run() {
+  const absl::Status s = RunSteps();
+  if (rank_ != 0) return s;
+  // End the live line before the caller prints the outcome.
+  progress_->Finish();
+  // Also after a failed step: the curves up to the failure help find its
+  // cause. The step's error is the one returned.
+  const absl::Status report = metrics::WriteRunReport(
+      config_.run_dir(), config::ResolvedConfigText(config_), {});
+  return s.ok() ? report : s;
 }
 
-absl::Status Trainer::Run() {
+absl::Status Trainer::RunSteps() {
   const int log_every = config_.log_every_steps();
   while (step_ < total_steps_) {
     auto m = Step();
     if (!m.ok()) return m.status();
-    if (rank_ == 0 && (step_ % log_every == 0 || step_ == total_steps_)) {
+    if (rank_ != 0) continue;
+    const bool logged = step_ % log_every == 0 || step_ == total_steps_;
+    if (logged) {
       absl::Status s = metrics_log_->Write(step_, *m);
+      if (s.ok()) s = tensorboard_->Write(step_, *m);
       if (!s.ok()) return s;
-      log_ << StepLine(step_, total_steps_, *m) << "\n";
     }
+    progress_->Step(step_, *m, logged);
   }
   return absl::OkStatus();
 }

@@ -20,6 +20,8 @@
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
 #include "trainer/metrics/metrics_log.h"
+#include "trainer/metrics/progress.h"
+#include "trainer/metrics/tensorboard_writer.h"
 #include "trainer/model/decoder.h"
 #include "trainer/objectives/objective.h"
 #include "trainer/objectives/output_layer.h"
@@ -33,14 +35,17 @@ class Trainer {
   // Prepares a run from a validated config: creates run_dir (writing the
   // resolved config there), reads the data, builds the policy (loaded or
   // initialized) and the reference log-probs (cached), and the optimizer.
-  // Progress and notices go to `log` (rank 0 only). `comm` connects the
-  // data-parallel ranks (not owned; null: a single process).
+  // Progress and notices go to `log` (rank 0 only): a live progress line
+  // when `log_is_terminal`, plain lines otherwise (files, Slurm logs).
+  // `comm` connects the data-parallel ranks (not owned; null: a single
+  // process).
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(
       const TrainConfig& config, std::ostream& log,
-      comm::Communicator* comm = nullptr);
+      comm::Communicator* comm = nullptr, bool log_is_terminal = false);
   ~Trainer();
 
-  // Runs every remaining step, logging to metrics.jsonl.
+  // Runs every remaining step, logging to metrics.jsonl and TensorBoard,
+  // then writes report.html (also after a failed step, for diagnosis).
   absl::Status Run();
 
   // One optimizer step over the next global batch. Returns the step's
@@ -61,7 +66,7 @@ class Trainer {
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log,
-          comm::Communicator* comm);
+          comm::Communicator* comm, bool log_is_terminal);
   absl::Status Init();
   // Forward and backward over `local` (this rank's share of a global batch
   // whose loss denominator is `denominator`); adds metrics to `sums` and
@@ -74,12 +79,15 @@ class Trainer {
   // Where notices go: `log_` on rank 0, nowhere on the others.
   std::ostream& out();
   absl::Status BuildReferences();
+  // Run() until an error or the last step, without the report.
+  absl::Status RunSteps();
   // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
 
   TrainConfig config_;
   std::ostream& log_;
   comm::Communicator* comm_;
+  bool log_is_terminal_;
   int rank_ = 0;
   int world_ = 1;
   std::unique_ptr<kernels::Backend> backend_;
@@ -91,6 +99,9 @@ class Trainer {
   std::unique_ptr<objectives::Objective> objective_;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
   std::optional<metrics::MetricsLog> metrics_log_;
+  // Rank 0 only, like metrics_log_; null/empty on the other ranks.
+  std::optional<metrics::TensorBoardWriter> tensorboard_;
+  std::unique_ptr<metrics::ProgressReporter> progress_;
   data::Batch batch_;
   std::vector<float> coef_;
   int global_batch_ = 0;
@@ -103,10 +114,6 @@ class Trainer {
 
 // The ModelSpec of a from-scratch model described by the config's sizes.
 io::ModelSpec SpecFromConfig(const ModelConfig& model);
-
-// One human-readable progress line for a step's metrics.
-std::string StepLine(int step, int total,
-                     const std::map<std::string, double>& metrics);
 
 // The objective selected by the config.
 absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
