@@ -15,15 +15,16 @@ struct Case {
   const char* name;
   const char* objective;  // the text inside objective { ... }
   const char* data;       // file under tests/fixtures
+  const char* model =     // the text inside model { ... }
+      "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+      "n_layer: 2 n_head: 4";
 };
 
 std::vector<double> Losses(const Case& c, int steps) {
   const std::string text = absl::StrCat(
-      "model { architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
-      "n_layer: 2 n_head: 4 }\n",
-      "data { train_files: '", testing::WorkspacePath("tests/fixtures/"),
-      c.data, "' max_length: 32 }\n", "objective { ", c.objective, " }\n",
-      "optimizer { lr: 3e-3 }\n",
+      "model { ", c.model, " }\n", "data { train_files: '",
+      testing::WorkspacePath("tests/fixtures/"), c.data, "' max_length: 32 }\n",
+      "objective { ", c.objective, " }\n", "optimizer { lr: 3e-3 }\n",
       "batch { micro_batch_size: 4 global_batch_size: 12 }\n",
       "max_steps: ", steps, "\nseed: 3\nrun_dir: '", std::getenv("TEST_TMPDIR"),
       "/", c.name, "'\n");
@@ -68,7 +69,14 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"isft_kl", "implicit_sft { divergence: KL beta: 0.5 }",
              "demos.jsonl"},
         Case{"isft_js", "implicit_sft { divergence: JENSEN_SHANNON }",
-             "demos.jsonl"}),
+             "demos.jsonl"},
+        Case{"llama_scratch_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+             "architecture: LLAMA vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64"},
+        Case{"qwen2_scratch_sft", "sft {}", "demos.jsonl",
+             "architecture: QWEN2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64 "
+             "tie_word_embeddings: true"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });

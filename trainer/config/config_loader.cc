@@ -212,6 +212,8 @@ void ResolvePaths(const fs::path& base, TrainConfig* config) {
   for (std::string& file : *data.mutable_eval_files()) {
     ResolvePath(base, &file);
   }
+  ResolvePath(base, data.mutable_tokenizer_path());
+  ResolvePath(base, data.mutable_cache_dir());
 }
 
 // "int32", "enum prefopt.DpoConfig.LossType", "message prefopt.DpoConfig".
@@ -523,6 +525,45 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
   if (model.init_std() <= 0) {
     problem("init_std", absl::StrCat("must be > 0, got ", model.init_std()));
   }
+  const bool rope_family =
+      model.architecture() == LLAMA || model.architecture() == QWEN2;
+  if (!rope_family) {
+    const std::pair<const char*, bool> llama_only[] = {
+        {"n_kv_head", model.n_kv_head() != 0},
+        {"intermediate_size", model.intermediate_size() != 0},
+        {"head_dim", model.head_dim() != 0},
+        {"rope_theta", model.rope_theta() != 0},
+        {"rms_norm_eps", model.rms_norm_eps() != 0},
+        {"tie_word_embeddings", model.has_tie_word_embeddings()},
+        {"attention_bias", model.attention_bias()},
+        {"mlp_bias", model.mlp_bias()}};
+    for (const auto& [name, set] : llama_only) {
+      if (set) problem(name, "applies to LLAMA and QWEN2 only; leave it unset");
+    }
+  } else {
+    if (model.intermediate_size() <= 0) {
+      problem("intermediate_size",
+              absl::StrCat("must be > 0 for ",
+                           Architecture_Name(model.architecture()), ", got ",
+                           model.intermediate_size()));
+    }
+    if (model.n_kv_head() < 0 ||
+        (model.n_kv_head() > 0 && model.n_head() % model.n_kv_head() != 0)) {
+      problem("n_kv_head",
+              absl::StrCat("must divide model.n_head (", model.n_head(),
+                           "), got ", model.n_kv_head()));
+    }
+    if (model.head_dim() < 0 || model.head_dim() % 2 != 0) {
+      problem("head_dim", absl::StrCat("must be even (rotary pairs), got ",
+                                       model.head_dim()));
+    }
+    if (model.architecture() == QWEN2 &&
+        (model.attention_bias() || model.mlp_bias())) {
+      problem("attention_bias",
+              "QWEN2 always has q/k/v biases and no others; leave "
+              "attention_bias and mlp_bias unset");
+    }
+  }
   if (model.n_positions() > 0 &&
       config.data().max_length() > model.n_positions()) {
     problems->push_back(absl::StrCat(
@@ -564,6 +605,21 @@ void CheckData(const DataConfig& data, std::vector<std::string>* problems) {
         "data.max_prompt_length: must be < data.max_length (",
         data.max_length(), ") to leave room for the response, got ",
         data.max_prompt_length()));
+  }
+}
+
+// Conversational data needs a tokenizer; data.tokenizer_path defaults to the
+// model folder's tokenizer.json, so one of the two must be set.
+void CheckChatTemplate(const TrainConfig& config,
+                       std::vector<std::string>* problems) {
+  const DataConfig& data = config.data();
+  if (data.chat_template() != DataConfig::NONE &&
+      data.tokenizer_path().empty() && config.model().hf_path().empty()) {
+    problems->push_back(absl::StrCat(
+        "data.chat_template: ",
+        DataConfig::ChatTemplate_Name(data.chat_template()),
+        " renders text, which needs a tokenizer: set data.tokenizer_path (or "
+        "model.hf_path to a folder with tokenizer.json)"));
   }
 }
 
@@ -858,6 +914,7 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
   if (problems.empty()) {
     CheckModel(config, &problems);
     CheckData(config.data(), &problems);
+    CheckChatTemplate(config, &problems);
     CheckObjective(config.objective(), &problems);
     CheckOptimizer(config.optimizer(), &problems);
     CheckSchedule(config.schedule(), &problems);

@@ -198,6 +198,33 @@ TEST(LoadTrainConfigTest, ResolvesRelativePathsAgainstTheConfigDirectory) {
               ElementsAre((tmp / "configs/run/eval.jsonl").string()));
 }
 
+TEST(LoadTrainConfigTest, ResolvesTokenizerAndCachePaths) {
+  const std::string path = WriteTempFile("configs/text/run.textproto", R"pb(
+    model { hf_path: "/models/tiny" }
+    data {
+      train_files: "chat.jsonl"
+      tokenizer_path: "tok/tokenizer.json"
+      chat_template: CHATML
+      cache_dir: "../cache"
+    }
+    objective { dpo {} }
+    optimizer { lr: 1e-6 }
+    batch { micro_batch_size: 1 global_batch_size: 1 }
+  )pb");
+  const fs::path tmp = std::getenv("TEST_TMPDIR");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->data().tokenizer_path(),
+            (tmp / "configs/text/tok/tokenizer.json").string());
+  EXPECT_EQ(config->data().cache_dir(), (tmp / "configs/cache").string());
+  EXPECT_EQ(config->data().chat_template(), DataConfig::CHATML);
+  // Unset, they stay empty: the loop fills in the defaults.
+  config = LoadTrainConfig(path, {"data.tokenizer_path=", "data.cache_dir="});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->data().tokenizer_path(), "");
+  EXPECT_EQ(config->data().cache_dir(), "");
+}
+
 TEST(LoadTrainConfigTest, ResolvesOverriddenPathsAgainstTheWorkingDirectory) {
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(
       TestDataDir() + "/minimal_hf.textproto",
@@ -357,7 +384,7 @@ INSTANTIATE_TEST_SUITE_P(
                     "model.init_std: must be unset when model.hf_path is set"},
         InvalidCase{{"model.architecture=ARCHITECTURE_UNSPECIFIED"},
                     "model.architecture: must be set for a from-scratch model "
-                    "(one of: GPT2)"},
+                    "(one of: GPT2, LLAMA, QWEN2)"},
         InvalidCase{{"model.vocab_size=0"},
                     "model.vocab_size: must be > 0 for a from-scratch model, "
                     "got 0"},
@@ -381,6 +408,9 @@ INSTANTIATE_TEST_SUITE_P(
                     "data.max_prompt_length: must be < data.max_length (32)"},
         InvalidCase{{"data.max_prompt_length=-1"},
                     "data.max_prompt_length: must be >= 0"},
+        InvalidCase{{"data.chat_template=LLAMA3"},
+                    "data.chat_template: LLAMA3 renders text, which needs a "
+                    "tokenizer: set data.tokenizer_path"},
         InvalidCase{{"max_steps=-5"}, "max_steps: must be >= 0"},
         InvalidCase{{"num_epochs=-1"}, "num_epochs: must be >= 0, got -1"},
         InvalidCase{{"log_every_steps=-1"},
@@ -412,12 +442,13 @@ TEST(ValidationTest, ModelMustBeDescribed) {
   )pb");
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
   ASSERT_FALSE(config.ok());
-  EXPECT_EQ(Message(config.status()),
-            path +
-                ": model: set model.hf_path to a Hugging Face model folder, "
-                "or model.architecture (one of: GPT2) and the sizes "
-                "vocab_size, n_positions, n_embd, n_layer, n_head for a "
-                "from-scratch model");
+  EXPECT_EQ(
+      Message(config.status()),
+      path +
+          ": model: set model.hf_path to a Hugging Face model folder, "
+          "or model.architecture (one of: GPT2, LLAMA, QWEN2) and the sizes "
+          "vocab_size, n_positions, n_embd, n_layer, n_head for a "
+          "from-scratch model");
 }
 
 TEST(ValidationTest, NonFiniteNumbersAreRejected) {

@@ -29,18 +29,42 @@ namespace prefopt::loop {
 
 io::ModelSpec SpecFromConfig(const ModelConfig& m) {
   io::ModelSpec spec;
-  spec.arch = io::ModelSpec::Arch::kGpt2;
   spec.vocab_size = m.vocab_size();
   spec.max_positions = m.n_positions();
   spec.hidden = m.n_embd();
   spec.n_layer = m.n_layer();
   spec.n_head = m.n_head();
-  spec.n_kv_head = m.n_head();
-  spec.head_dim = m.n_embd() / m.n_head();
-  spec.intermediate = 4 * m.n_embd();
-  spec.norm_eps = 1e-5f;
-  spec.tie_word_embeddings = true;
-  spec.activation = "gelu_new";
+  if (m.architecture() == GPT2) {
+    spec.arch = io::ModelSpec::Arch::kGpt2;
+    spec.hf_architecture = "GPT2LMHeadModel";
+    spec.hf_model_type = "gpt2";
+    spec.n_kv_head = m.n_head();
+    spec.head_dim = m.n_embd() / m.n_head();
+    spec.intermediate = 4 * m.n_embd();
+    spec.norm_eps = 1e-5;
+    spec.tie_word_embeddings = true;
+    spec.activation = "gelu_new";
+    return spec;
+  }
+  // LLAMA and QWEN2, with LlamaConfig's / Qwen2Config's defaults.
+  const bool qwen2 = m.architecture() == QWEN2;
+  spec.arch = qwen2 ? io::ModelSpec::Arch::kQwen2 : io::ModelSpec::Arch::kLlama;
+  spec.hf_architecture = qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
+  spec.hf_model_type = qwen2 ? "qwen2" : "llama";
+  spec.n_kv_head = m.n_kv_head() > 0 ? m.n_kv_head() : m.n_head();
+  spec.head_dim = m.head_dim() > 0 ? m.head_dim() : m.n_embd() / m.n_head();
+  spec.intermediate = m.intermediate_size();
+  spec.norm_eps = m.rms_norm_eps() > 0 ? m.rms_norm_eps() : 1e-6;
+  spec.rope_theta = m.rope_theta() > 0 ? m.rope_theta() : 10000.0;
+  spec.tie_word_embeddings = m.tie_word_embeddings();
+  spec.activation = "silu";
+  if (spec.arch == io::ModelSpec::Arch::kQwen2) {
+    spec.attention_bias = true;
+  } else {
+    spec.attention_bias = m.attention_bias();
+    spec.attention_out_bias = m.attention_bias();
+    spec.mlp_bias = m.mlp_bias();
+  }
   return spec;
 }
 
