@@ -83,6 +83,19 @@ printf '{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [500]}\n' >"$tmp/
 write_config "$tmp/oov.textproto" "$scratch" "$tmp/oov.jsonl"
 expect_fail "token id out of vocabulary" 1 "outside the model's vocabulary" -- train --config="$tmp/oov.textproto"
 
+# A diverging run (absurd learning rate) stops with the step named, or skips
+# the non-finite updates when asked to.
+write_config "$tmp/nan.textproto" "$scratch" "$fixtures/pairs.jsonl"
+expect_fail "non-finite loss stops the run" 1 "step 2: the loss is not finite" -- \
+  train --config="$tmp/nan.textproto" --set=optimizer.lr=1e30
+if "$prefopt" train --config="$tmp/nan.textproto" --set=optimizer.lr=1e30 \
+    --set=skip_nonfinite_steps=true >"$tmp/nan.log" 2>&1 &&
+   grep -q '"skipped_nonfinite": 1' "$tmp/run_nan/metrics.jsonl"; then
+  echo "ok   non-finite steps skipped with skip_nonfinite_steps"
+else
+  echo "FAIL non-finite skip: $(cat "$tmp/nan.log")"; failures=$((failures + 1))
+fi
+
 if [[ $failures -ne 0 ]]; then
   echo "$failures check(s) failed"
   exit 1

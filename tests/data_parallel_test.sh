@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training with real processes: `mpirun -np 2` with 2 examples per
 # rank per step must retrace one rank with the doubled batch (4 examples per
-# step, in 2 micro-batches), step for step, within fp32 summation-order noise.
+# step, in 2 micro-batches), step for step, within fp32 summation-order noise;
+# and ZeRO-1 (sharded AdamW state) must retrace the unsharded optimizer.
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -25,7 +26,13 @@ run_mpi 2 120 "$prefopt" train --config="$tmp/dp.textproto" --run_dir="$tmp/two"
   --set=batch.micro_batch_size=1 >"$tmp/two.log" 2>&1 ||
   { echo "FAIL: 2-rank run"; cat "$tmp/two.log"; exit 1; }
 
-python3 - "$tmp/one/metrics.jsonl" "$tmp/two/metrics.jsonl" <<'PY'
+run_mpi 2 120 "$prefopt" train --config="$tmp/dp.textproto" --run_dir="$tmp/zero1" \
+  --set=batch.micro_batch_size=1 --set=zero_stage=1 >"$tmp/zero1.log" 2>&1 ||
+  { echo "FAIL: 2-rank ZeRO-1 run"; cat "$tmp/zero1.log"; exit 1; }
+
+# compare A B LABEL: per-step loss and gradient metrics within fp32 noise.
+compare() {
+  python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
 one = [json.loads(l) for l in open(sys.argv[1])]
 two = [json.loads(l) for l in open(sys.argv[2])]
@@ -36,7 +43,11 @@ for a, b in zip(one, two):
         x, y = a[key], b[key]
         err = abs(x - y) / max(abs(x), 1e-6)
         worst = max(worst, err)
-        assert err < 1e-4, f"step {a['step']} {key}: 1 rank {x}, 2 ranks {y}"
-print(f"ok: 6 steps, 1 rank x 4 pairs == 2 ranks x 2 pairs "
-      f"(worst relative difference {worst:.2e})")
+        assert err < 1e-4, f"{sys.argv[3]}: step {a['step']} {key}: {x} vs {y}"
+print(f"ok: {sys.argv[3]}, 6 steps (worst relative difference {worst:.2e})")
 PY
+}
+compare "$tmp/one/metrics.jsonl" "$tmp/two/metrics.jsonl" \
+  "1 rank x 4 pairs == 2 ranks x 2 pairs" || exit 1
+compare "$tmp/two/metrics.jsonl" "$tmp/zero1/metrics.jsonl" \
+  "2 ranks ZeRO-1 == 2 ranks unsharded" || exit 1

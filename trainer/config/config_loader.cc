@@ -787,6 +787,12 @@ void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
 }
 
 void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
+  if (config.zero_stage() != 0 && config.zero_stage() != 1) {
+    problems->push_back(absl::StrCat(
+        "zero_stage: must be 0 (no sharding) or 1 (AdamW moments sharded), "
+        "got ",
+        config.zero_stage()));
+  }
   if (config.max_steps() < 0) {
     problems->push_back(
         absl::StrCat("max_steps: must be >= 0 (0 = train for num_epochs), got ",

@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -49,9 +50,28 @@ absl::Status ReadIds(const nlohmann::json& obj, const char* field,
   return absl::OkStatus();
 }
 
-absl::Status ParseExample(const nlohmann::json& obj, ExampleKind kind,
-                          int vocab_size, const std::string& where,
-                          Example* ex) {
+}  // namespace
+
+absl::Status ParsePreferenceFraction(const nlohmann::json& obj,
+                                     const std::string& where,
+                                     float* fraction) {
+  auto frac = obj.find("preference_fraction");
+  if (frac == obj.end()) return absl::OkStatus();
+  if (!frac->is_number() || frac->get<double>() <= 0.0 ||
+      frac->get<double>() >= 1.0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where,
+                     ": field \"preference_fraction\" must be a number in "
+                     "(0, 1), got ",
+                     frac->dump()));
+  }
+  *fraction = frac->get<float>();
+  return absl::OkStatus();
+}
+
+absl::Status ParseTokenIdsExample(const nlohmann::json& obj, ExampleKind kind,
+                                  int vocab_size, const std::string& where,
+                                  Example* ex) {
   const bool pairs = kind == ExampleKind::kPreference;
   // A field of the other shape means the file does not fit the objective.
   static constexpr const char* kDemoOnly[] = {"completion_ids", "context_ids"};
@@ -72,19 +92,7 @@ absl::Status ParseExample(const nlohmann::json& obj, ExampleKind kind,
     if (!s.ok()) return s;
     s = ReadIds(obj, "rejected_ids", vocab_size, where, &ex->rejected);
     if (!s.ok()) return s;
-    auto frac = obj.find("preference_fraction");
-    if (frac != obj.end()) {
-      if (!frac->is_number() || frac->get<double>() <= 0.0 ||
-          frac->get<double>() >= 1.0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where,
-                         ": field \"preference_fraction\" must be a number in "
-                         "(0, 1), got ",
-                         frac->dump()));
-      }
-      ex->preference_fraction = frac->get<float>();
-    }
-    return absl::OkStatus();
+    return ParsePreferenceFraction(obj, where, &ex->preference_fraction);
   }
   s = ReadIds(obj, "completion_ids", vocab_size, where, &ex->chosen);
   if (!s.ok()) return s;
@@ -94,7 +102,19 @@ absl::Status ParseExample(const nlohmann::json& obj, ExampleKind kind,
   return absl::OkStatus();
 }
 
-}  // namespace
+void AddExample(Example example, const TruncationOptions& truncation,
+                Dataset* dataset) {
+  if (!example.rejected.empty() && example.chosen == example.rejected) {
+    ++dataset->identical_responses;
+  }
+  bool was_truncated = false;
+  if (!TruncateExample(truncation, &example, &was_truncated)) {
+    ++dataset->dropped_too_long;
+    return;
+  }
+  if (was_truncated) ++dataset->truncated;
+  dataset->examples.push_back(std::move(example));
+}
 
 bool TruncateExample(const TruncationOptions& t, Example* example,
                      bool* was_truncated) {
@@ -150,18 +170,9 @@ absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
       }
       Example ex;
       ex.source = where;
-      absl::Status s = ParseExample(obj, kind, vocab_size, where, &ex);
+      absl::Status s = ParseTokenIdsExample(obj, kind, vocab_size, where, &ex);
       if (!s.ok()) return s;
-      if (kind == ExampleKind::kPreference && ex.chosen == ex.rejected) {
-        ++ds.identical_responses;
-      }
-      bool was_truncated = false;
-      if (!TruncateExample(truncation, &ex, &was_truncated)) {
-        ++ds.dropped_too_long;
-        continue;
-      }
-      if (was_truncated) ++ds.truncated;
-      ds.examples.push_back(std::move(ex));
+      AddExample(std::move(ex), truncation, &ds);
     }
     if (in.bad()) {
       return absl::DataLossError(absl::StrCat(file, ": read error"));

@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "proto/config.pb.h"
 
 namespace prefopt::data {
@@ -61,6 +63,24 @@ struct Dataset {
 absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
                                           ExampleKind kind, int vocab_size,
                                           const TruncationOptions& truncation);
+
+// Parses one pre-tokenized JSON object (a line of a `*_ids` file) of the
+// shape of `kind` into `example`, with the checks ReadExamplesJsonl makes.
+// Errors start with `where` ("file:line") and name the field.
+absl::Status ParseTokenIdsExample(const nlohmann::json& obj, ExampleKind kind,
+                                  int vocab_size, const std::string& where,
+                                  Example* example);
+
+// Reads the optional "preference_fraction" of a preference pair into
+// `fraction` (left as it is when absent): a number in (0, 1).
+absl::Status ParsePreferenceFraction(const nlohmann::json& obj,
+                                     const std::string& where, float* fraction);
+
+// Truncates a parsed example and adds it to `dataset`, or counts it as
+// dropped when no response token fits; counts identical responses of pairs
+// (before truncation) and truncated examples.
+void AddExample(Example example, const TruncationOptions& truncation,
+                Dataset* dataset);
 
 // Applies truncation to one example: the prompt is cut to max_prompt_length
 // (KEEP_END keeps its last tokens, KEEP_START its first), then each response is

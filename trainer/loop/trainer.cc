@@ -221,6 +221,8 @@ absl::Status Trainer::Init() {
       (objective_->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
       mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
+  // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
+  cap.param_multiple = 16 * world_;
   auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
   if (!policy.ok()) return policy.status();
   policy_ = *std::move(policy);
@@ -239,8 +241,15 @@ absl::Status Trainer::Init() {
   output_ = std::make_unique<objectives::ChunkedOutputLayer>(
       backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
       config_.output_chunk_tokens());
+  sync_ = std::make_unique<GradientSync>(world_ > 1 ? comm_ : nullptr,
+                                         policy_->padded_param_count(),
+                                         config_.zero_stage());
+  policy_->set_grads_ready_callback([this](int, model::ParamRange range) {
+    sync_->BlockReady(policy_->grads(), range);
+  });
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
-      backend_.get(), policy_->layout(), config_.optimizer());
+      backend_.get(), policy_->layout(), config_.optimizer(),
+      sync_->shard().begin, sync_->shard().end);
 
   if (rank_ == 0) {
     auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
@@ -382,6 +391,9 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
                       hidden, policy_->output_embedding(),
                       batch_.packed.tokens.data(), batch_.segments, coef_);
+    // The last micro-batch's backward finishes each block's gradients: their
+    // exchange can start while the blocks below are still computed.
+    if (begin + n == indices.size()) sync_->BeginLastBackward();
     policy_->Backward(batch_.packed);
   }
   return tokens;
@@ -394,29 +406,47 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   double tokens = static_cast<double>(LocalForwardBackward(
       LocalShard(global), objective_->Denominator(dataset_.examples, global),
       &sums));
+  // Every rank calls Finish, also one whose share of the batch was empty.
+  absl::Status s = sync_->Finish(policy_->grads());
+  if (!s.ok()) return s;
   if (world_ > 1) {
-    // Sums, not means: each rank's gradient is already divided by the global
-    // denominator.
-    absl::Status s =
-        comm_->AllReduceSum(policy_->grads(), policy_->layout().total());
     std::vector<double> flat = sums.Flattened();
     flat.push_back(tokens);
-    if (s.ok()) s = comm_->AllReduceSum(flat.data(), flat.size());
+    s = comm_->AllReduceSum(flat.data(), flat.size());
     if (!s.ok()) return s;
     tokens = flat.back();
     flat.pop_back();
     sums.SetFlattened(flat);
   }
   std::map<std::string, double> m = sums.Means();
-  const double grad_norm = optimizer_->ClipGradients(policy_->grads());
-  if (!std::isfinite(grad_norm)) {
-    return absl::InternalError(
-        absl::StrCat("step ", step_ + 1, ": the gradient norm is not finite"));
-  }
+  auto squares =
+      sync_->GlobalGradSquares(optimizer_->LocalGradSquares(policy_->grads()));
+  if (!squares.ok()) return squares.status();
+  const double grad_norm = std::sqrt(*squares);
   const double lr = optim::ScheduledLearningRate(
       config_.schedule(), config_.optimizer().lr(), step_, total_steps_);
-  optimizer_->Step(policy_->params(), policy_->grads(), static_cast<float>(lr));
-  backend_->Zero(policy_->grads(), policy_->layout().total());
+  // Every rank sees the same reduced values, so every rank decides alike.
+  const bool finite = std::isfinite(grad_norm) && std::isfinite(m["loss"]);
+  if (!finite && !config_.skip_nonfinite_steps()) {
+    return absl::InternalError(absl::StrCat(
+        "step ", step_ + 1, ": the ",
+        std::isfinite(m["loss"]) ? "gradient" : "loss",
+        " is not finite (NaN or Inf); lower the learning rate, check the "
+        "data, or set skip_nonfinite_steps to skip such steps"));
+  }
+  if (finite) {
+    optimizer_->ClipWithNorm(policy_->grads(), grad_norm);
+    optimizer_->Step(policy_->params(), policy_->grads(),
+                     static_cast<float>(lr));
+    s = sync_->GatherParams(policy_->params());
+    if (!s.ok()) return s;
+  } else {
+    out() << "step " << step_ + 1
+          << ": the gradient is not finite; update skipped "
+             "(skip_nonfinite_steps)\n";
+  }
+  m["skipped_nonfinite"] = finite ? 0.0 : 1.0;
+  backend_->Zero(policy_->grads(), policy_->padded_param_count());
   ++step_;
 
   const double seconds =

@@ -1,5 +1,6 @@
 #include "trainer/model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -139,6 +140,7 @@ void Decoder::BuildLayout() {
                        false, proj_scale);
       o.fcproj_b = add(p + "mlp.c_proj.bias", {C}, Init::kZeros, false, true);
       layer_offsets_.push_back(o);
+      layer_ranges_.push_back({o.ln1_w, layout_.total()});
     }
     lnf_w_ = add("transformer.ln_f.weight", {C}, Init::kOnes, false, true);
     lnf_b_ = add("transformer.ln_f.bias", {C}, Init::kZeros, false, true);
@@ -188,6 +190,7 @@ void Decoder::BuildLayout() {
                                         Init::kZeros, false, true)
                                   : kAbsent;
       layer_offsets_.push_back(o);
+      layer_ranges_.push_back({o.ln1_w, layout_.total()});
     }
     lnf_w_ = add("model.norm.weight", {C}, Init::kOnes, false, true);
   }
@@ -196,13 +199,15 @@ void Decoder::BuildLayout() {
     wout_offset_ = add("lm_head.weight", {V, C}, Init::kNormal, false, false);
   }
 
-  params_ = backend_->Alloc(layout_.total());
+  const size_t multiple = std::max(1, capacity_.param_multiple);
+  padded_params_ = (layout_.total() + multiple - 1) / multiple * multiple;
+  params_ = backend_->Alloc(padded_params_);
   owned_.push_back(params_);
-  backend_->Zero(params_, layout_.total());
+  backend_->Zero(params_, padded_params_);
   if (trainable_) {
-    grads_ = backend_->Alloc(layout_.total());
+    grads_ = backend_->Alloc(padded_params_);
     owned_.push_back(grads_);
-    backend_->Zero(grads_, layout_.total());
+    backend_->Zero(grads_, padded_params_);
   }
 }
 
@@ -430,6 +435,7 @@ void Decoder::Backward(const PackedBatch& batch) {
                      P(o.qkv_w), N, C, QKV);
     NormBackward(dresidual_, dscratch_c_, residual_in, o.ln1_w, o.ln1_b,
                  a.ln1_mean, a.ln1_rstd, N);
+    if (grads_ready_) grads_ready_(l, layer_ranges_[l]);
   }
   b.EmbeddingBackward(G(wte_offset_), G(wpe_offset_), dresidual_,
                       batch.tokens.data(), batch.positions.data(), N, C);

@@ -19,6 +19,7 @@
 #define PREFOPT_TRAINER_MODEL_DECODER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,15 @@ struct Capacity {
   int max_rows = 0;     // tokens in one packed batch
   int max_seq_len = 0;  // longest sequence
   int max_seqs = 0;     // sequences in one packed batch
+  // The parameter and gradient buffers are zero-padded to a multiple of this
+  // many floats (ZeRO-1 splits them into equal shards, one per rank).
+  int param_multiple = 1;
+};
+
+// A half-open range of the flat parameter buffer, in floats.
+struct ParamRange {
+  size_t begin = 0;
+  size_t end = 0;
 };
 
 class Decoder {
@@ -83,6 +93,18 @@ class Decoder {
   // the caller) through the model for the batch of the last Forward,
   // accumulating into grads(). Trainable models only.
   void Backward(const PackedBatch& batch);
+  // Called during Backward when transformer block `layer`'s gradients are
+  // complete (blocks finish from the last to the first), so that their
+  // all-reduce can overlap the rest of the backward pass.
+  using GradsReadyFn = std::function<void(int layer, ParamRange range)>;
+  void set_grads_ready_callback(GradsReadyFn fn) {
+    grads_ready_ = std::move(fn);
+  }
+  // The parameters of transformer block `layer` (contiguous in the buffer).
+  ParamRange layer_range(int layer) const { return layer_ranges_[layer]; }
+  // Floats in the parameter (and gradient) buffer, padding included.
+  size_t padded_param_count() const { return padded_params_; }
+
   // [max_rows, C] buffer for the gradient w.r.t. the final hidden states.
   float* dhidden() { return dhidden_; }
 
@@ -136,6 +158,9 @@ class Decoder {
   size_t wte_offset_ = 0, wpe_offset_ = kAbsent, wout_offset_ = 0;
   size_t lnf_w_ = 0, lnf_b_ = kAbsent;
   std::vector<LayerOffsets> layer_offsets_;
+  std::vector<ParamRange> layer_ranges_;
+  size_t padded_params_ = 0;
+  GradsReadyFn grads_ready_;
   std::vector<LayerActs> acts_;
 
   float* params_ = nullptr;

@@ -7,12 +7,19 @@ namespace prefopt::optim {
 
 AdamWOptimizer::AdamWOptimizer(kernels::Backend* backend,
                                const model::ParamLayout& layout,
-                               const OptimizerConfig& config)
-    : backend_(backend), layout_(layout), config_(config) {
-  m_ = backend_->Alloc(layout_.total());
-  v_ = backend_->Alloc(layout_.total());
-  backend_->Zero(m_, layout_.total());
-  backend_->Zero(v_, layout_.total());
+                               const OptimizerConfig& config,
+                               size_t shard_begin, size_t shard_end)
+    : backend_(backend),
+      layout_(layout),
+      config_(config),
+      begin_(std::min(shard_begin, layout.total())),
+      end_(std::max(begin_, std::min(shard_end, layout.total()))) {
+  // At least one float, so that an empty shard still has valid buffers.
+  const size_t n = std::max<size_t>(end_ - begin_, 1);
+  m_ = backend_->Alloc(n);
+  v_ = backend_->Alloc(n);
+  backend_->Zero(m_, n);
+  backend_->Zero(v_, n);
 }
 
 AdamWOptimizer::~AdamWOptimizer() {
@@ -20,21 +27,31 @@ AdamWOptimizer::~AdamWOptimizer() {
   backend_->Free(v_);
 }
 
-double AdamWOptimizer::ClipGradients(float* grads) {
-  const double norm = std::sqrt(backend_->SumSquares(grads, layout_.total()));
+double AdamWOptimizer::LocalGradSquares(const float* grads) const {
+  return backend_->SumSquares(grads + begin_, end_ - begin_);
+}
+
+void AdamWOptimizer::ClipWithNorm(float* grads, double norm) {
   const double max_norm = config_.max_grad_norm();
-  if (max_norm > 0) {
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) {
-      backend_->Scale(grads, static_cast<float>(coef), layout_.total());
-    }
+  if (max_norm <= 0) return;
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0) {
+    backend_->Scale(grads + begin_, static_cast<float>(coef), end_ - begin_);
   }
+}
+
+double AdamWOptimizer::ClipGradients(float* grads) {
+  const double norm = std::sqrt(LocalGradSquares(grads));
+  ClipWithNorm(grads, norm);
   return norm;
 }
 
 void AdamWOptimizer::Step(float* params, const float* grads, float lr) {
   ++step_;
   for (const model::ParamTensor& t : layout_.tensors()) {
+    const size_t lo = std::max(t.offset, begin_);
+    const size_t hi = std::min(t.offset + t.numel, end_);
+    if (lo >= hi) continue;
     kernels::AdamWParams hp;
     hp.lr = lr;
     hp.beta1 = config_.beta1();
@@ -44,8 +61,8 @@ void AdamWOptimizer::Step(float* params, const float* grads, float lr) {
                           ? 0.0f
                           : config_.weight_decay();
     hp.step = step_;
-    backend_->AdamW(params + t.offset, grads + t.offset, m_ + t.offset,
-                    v_ + t.offset, t.numel, hp);
+    backend_->AdamW(params + lo, grads + lo, m_ + (lo - begin_),
+                    v_ + (lo - begin_), hi - lo, hp);
   }
 }
 

@@ -11,9 +11,13 @@ namespace prefopt::optim {
 
 class AdamWOptimizer {
  public:
-  // Moments start at zero, allocated on `backend` for every tensor of layout.
+  // Moments start at zero, allocated on `backend` for the floats
+  // [shard_begin, shard_end) of the flat parameter buffer: the whole layout by
+  // default, one rank's shard under ZeRO-1 (the range may cut tensors; each
+  // element keeps its tensor's weight-decay rule).
   AdamWOptimizer(kernels::Backend* backend, const model::ParamLayout& layout,
-                 const OptimizerConfig& config);
+                 const OptimizerConfig& config, size_t shard_begin = 0,
+                 size_t shard_end = static_cast<size_t>(-1));
   ~AdamWOptimizer();
   AdamWOptimizer(const AdamWOptimizer&) = delete;
   AdamWOptimizer& operator=(const AdamWOptimizer&) = delete;
@@ -21,13 +25,23 @@ class AdamWOptimizer {
   // Returns the global L2 norm of grads before clipping, and scales grads so
   // that their norm is at most max_grad_norm when that is set (the same rule
   // as torch.nn.utils.clip_grad_norm_: coefficient max/(norm + 1e-6), ≤ 1).
+  // For an unsharded optimizer; a sharded one combines LocalGradSquares over
+  // ranks and calls ClipWithNorm.
   double ClipGradients(float* grads);
+  // Σ grad² over this optimizer's range.
+  double LocalGradSquares(const float* grads) const;
+  // Scales this optimizer's range of grads as clipping at `norm` requires.
+  void ClipWithNorm(float* grads, double norm);
 
-  // One AdamW update of every tensor at learning rate lr. Biases and norm
-  // weights get no weight decay unless decay_norms_and_biases is set.
+  // One AdamW update of this optimizer's range at learning rate lr. Biases
+  // and norm weights get no weight decay unless decay_norms_and_biases is set.
   void Step(float* params, const float* grads, float lr);
 
   int steps_taken() const { return step_; }
+  // For resuming: the number of updates already applied (bias correction).
+  void set_steps_taken(int steps) { step_ = steps; }
+  size_t shard_begin() const { return begin_; }
+  size_t shard_end() const { return end_; }
   float* first_moment() { return m_; }
   float* second_moment() { return v_; }
 
@@ -35,7 +49,8 @@ class AdamWOptimizer {
   kernels::Backend* backend_;
   const model::ParamLayout& layout_;
   OptimizerConfig config_;
-  float* m_;
+  size_t begin_, end_;
+  float* m_;  // moments of [begin_, end_): m_[i - begin_]
   float* v_;
   int step_ = 0;
 };

@@ -1,5 +1,11 @@
 #include "trainer/tokenizer/normalizers.h"
 
+#include <unicode/bytestream.h>
+#include <unicode/normalizer2.h>
+#include <unicode/stringpiece.h>
+#include <unicode/uniset.h>
+#include <unicode/utypes.h>
+
 #include <utility>
 #include <vector>
 
@@ -9,7 +15,8 @@
 namespace prefopt::tokenizer {
 namespace {
 
-constexpr char kSupported[] = "Sequence, Prepend, Replace";
+constexpr char kSupported[] =
+    "Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD";
 
 class SequenceNormalizer : public Normalizer {
  public:
@@ -58,6 +65,98 @@ class ReplaceNormalizer : public Normalizer {
   std::string content_;
 };
 
+// The Unicode version of the normalization tables of `tokenizers` (0.22): the
+// unicode-normalization-alignments crate it uses was forked from
+// unicode-normalization when that had Unicode 9.0 data. Characters assigned
+// later have no decomposition and combining class 0 there, so they are left
+// as they are and end any reordering or composition, even where Unicode
+// since gave them a mapping (U+11938 = U+11935 U+11930, Unicode 13) or a
+// combining class (U+1DF6, Unicode 10).
+constexpr char kTokenizersUnicodeSet[] = "[:age=9.0:]";
+
+// The characters of kTokenizersUnicodeSet; built once, frozen (so that
+// concurrent reads are safe) and never freed.
+absl::StatusOr<const icu::UnicodeSet*> TokenizersCharacters() {
+  static const icu::UnicodeSet* const set = [] {
+    UErrorCode status = U_ZERO_ERROR;
+    auto* chars = new icu::UnicodeSet(
+        icu::UnicodeString(kTokenizersUnicodeSet, -1, US_INV), status);
+    if (U_FAILURE(status)) {
+      delete chars;
+      return static_cast<icu::UnicodeSet*>(nullptr);
+    }
+    chars->freeze();
+    return chars;
+  }();
+  if (set == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("ICU cannot build the character set ",
+                     kTokenizersUnicodeSet, " (is its data library present?)"));
+  }
+  return set;
+}
+
+// NFC, NFD, NFKC and NFKD with ICU's Normalizer2, restricted to the
+// characters `tokenizers` knows (see kTokenizersUnicodeSet): ICU's
+// FilteredNormalizer2 normalizes the runs of those characters and leaves the
+// others unchanged, which is what the older tables do to them.
+class UnicodeNormalizer : public Normalizer {
+ public:
+  explicit UnicodeNormalizer(std::unique_ptr<icu::Normalizer2> normalizer)
+      : normalizer_(std::move(normalizer)) {}
+
+  absl::Status Normalize(std::string* text) const override {
+    // Every normalization form maps ASCII to itself; most text is ASCII.
+    bool ascii = true;
+    for (const char c : *text) {
+      if (static_cast<unsigned char>(c) >= 0x80) {
+        ascii = false;
+        break;
+      }
+    }
+    if (ascii) return absl::OkStatus();
+    std::string out;
+    out.reserve(text->size() + text->size() / 8);
+    icu::StringByteSink<std::string> sink(&out);
+    UErrorCode status = U_ZERO_ERROR;
+    normalizer_->normalizeUTF8(
+        0, icu::StringPiece(text->data(), static_cast<int32_t>(text->size())),
+        sink, nullptr, status);
+    if (U_FAILURE(status)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Unicode normalization failed: ", u_errorName(status)));
+    }
+    *text = std::move(out);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::unique_ptr<icu::Normalizer2> normalizer_;
+};
+
+absl::StatusOr<std::unique_ptr<Normalizer>> MakeUnicodeNormalizer(
+    const std::string& type, std::string_view path) {
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* base = nullptr;
+  if (type == "NFC") {
+    base = icu::Normalizer2::getNFCInstance(status);
+  } else if (type == "NFD") {
+    base = icu::Normalizer2::getNFDInstance(status);
+  } else if (type == "NFKC") {
+    base = icu::Normalizer2::getNFKCInstance(status);
+  } else {
+    base = icu::Normalizer2::getNFKDInstance(status);
+  }
+  if (U_FAILURE(status)) {
+    return JsonError(path, absl::StrCat("ICU cannot provide the ", type,
+                                        " normalizer: ", u_errorName(status)));
+  }
+  absl::StatusOr<const icu::UnicodeSet*> chars = TokenizersCharacters();
+  if (!chars.ok()) return chars.status();
+  return std::make_unique<UnicodeNormalizer>(
+      std::make_unique<icu::FilteredNormalizer2>(*base, **chars));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(
@@ -99,11 +198,7 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(
                                                *std::move(content));
   }
   if (*type == "NFC" || *type == "NFD" || *type == "NFKC" || *type == "NFKD") {
-    return JsonError(
-        path, absl::StrCat("normalizer type \"", *type,
-                           "\" is not supported: Unicode normalization is "
-                           "not implemented (supported: ",
-                           kSupported, ")"));
+    return MakeUnicodeNormalizer(*type, path);
   }
   return UnsupportedType(path, "normalizer", *type, kSupported);
 }

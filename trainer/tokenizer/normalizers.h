@@ -1,6 +1,7 @@
-// Normalizers of tokenizer.json: Sequence, Prepend and Replace. Unicode
-// normalization forms (NFC, NFKC, ...) and the other types are rejected when
-// the file is read.
+// Normalizers of tokenizer.json: Sequence, Prepend, Replace and the Unicode
+// normalization forms NFC, NFD, NFKC and NFKD (with ICU, on the Unicode 9.0
+// repertoire that `tokenizers` normalizes; see normalizers.cc). The other
+// types are rejected when the file is read.
 #ifndef PREFOPT_TRAINER_TOKENIZER_NORMALIZERS_H_
 #define PREFOPT_TRAINER_TOKENIZER_NORMALIZERS_H_
 

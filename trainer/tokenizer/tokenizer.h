@@ -1,14 +1,14 @@
 // A reader for Hugging Face `tokenizer.json` files whose Encode and Decode
 // give the same ids and text as the `tokenizers` library (0.22): byte-level
-// BPE as in GPT-2, Llama 3 and SmolLM files (and Qwen2's, but for its NFC
-// normalizer, which is rejected), and SentencePiece-style BPE with
-// Prepend/Replace normalizers and byte fallback as in Llama 2 files.
+// BPE as in GPT-2, Llama 3, Qwen2 (with its NFC normalizer) and SmolLM files,
+// and SentencePiece-style BPE with Prepend/Replace normalizers and byte
+// fallback as in Llama 2 files.
 //
 // Supported components (anything else is rejected when the file is read, with
 // an error naming the component type and its JSON path):
 //   model           BPE (merges as "a b" or ["a", "b"]; byte_fallback;
 //                   unk_token with fuse_unk; ignore_merges)
-//   normalizer      Sequence, Prepend, Replace (not NFC/NFKC/...)
+//   normalizer      Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD
 //   pre_tokenizer   ByteLevel, Split, Digits, Sequence
 //   post_processor  TemplateProcessing (single sequence), ByteLevel, Sequence
 //   decoder         ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence

@@ -196,9 +196,10 @@ TEST(LoadTest, MalformedJson) {
 
 TEST(LoadTest, UnsupportedComponentsAreNamedWithTheirPath) {
   Json json = TinyTokenizer();
-  json["normalizer"] = {{"type", "NFC"}};
-  EXPECT_THAT(LoadError(json), HasSubstr("bad.json: normalizer: normalizer "
-                                         "type \"NFC\" is not supported"));
+  json["normalizer"] = {{"type", "BertNormalizer"}};
+  EXPECT_THAT(LoadError(json),
+              HasSubstr("bad.json: normalizer: normalizer "
+                        "type \"BertNormalizer\" is not supported"));
 
   json = TinyTokenizer();
   json["normalizer"] = {{"type", "Sequence"},
