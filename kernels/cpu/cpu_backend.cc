@@ -12,6 +12,7 @@
 #include <limits>
 #include <new>
 
+#include "kernels/cpu/parallel_gemm.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/vec_math.h"
 
@@ -20,8 +21,11 @@ namespace {
 
 using cpu::Exp8;
 using cpu::FirstLanes;
+using cpu::GemmPart;
 using cpu::HorizontalMax;
 using cpu::HorizontalSum;
+using cpu::Sgemm;
+using cpu::SingleThreadedBlas;
 
 // Below this many elements an elementwise loop is not worth waking threads for.
 constexpr size_t kMinParallel = size_t{1} << 15;
@@ -42,58 +46,6 @@ constexpr size_t kAlignment = 64;
 template <typename T>
 T CeilDiv(T a, T b) {
   return (a + b - 1) / b;
-}
-
-// Sets OpenBLAS to one thread for the lifetime of the guard: the OpenMP
-// threads split each GEMM between themselves instead.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
-    if (saved_ != 1) openblas_set_num_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (saved_ != 1) openblas_set_num_threads(saved_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int saved_;
-};
-
-void Sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-           const float* A, int lda, const float* B, int ldb, float beta,
-           float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
-              ldb, beta, C, ldc);
-}
-
-// Called by every thread of an OpenMP parallel region: computes this thread's
-// share of the row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C,
-// cutting the longer of C's two dimensions into one slice per thread.
-void GemmPart(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-              const float* A, int lda, const float* B, int ldb, float beta,
-              float* C, int ldc) {
-  const int threads = omp_get_num_threads();
-  const int t = omp_get_thread_num();
-  const bool split_columns = N >= M;
-  const int extent = split_columns ? N : M;
-  // Multiples of 16 keep the slices aligned to OpenBLAS's register blocks.
-  const int per = CeilDiv(CeilDiv(extent, threads), 16) * 16;
-  const int begin = std::min(extent, t * per);
-  const int end = std::min(extent, begin + per);
-  if (begin >= end) return;
-  if (split_columns) {
-    B += trans_b ? static_cast<size_t>(begin) * ldb : begin;
-    C += begin;
-    N = end - begin;
-  } else {
-    A += trans_a ? begin : static_cast<size_t>(begin) * lda;
-    C += static_cast<size_t>(begin) * ldc;
-    M = end - begin;
-  }
-  Sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 // Runs body(begin, end) over contiguous slices of [0, n), one per thread. Each

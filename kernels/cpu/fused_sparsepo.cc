@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/cpu/parallel_gemm.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace prefopt::kernels::cpu {
@@ -22,54 +23,6 @@ constexpr double kMinParallelMacs = 1 << 20;
 // Float lane sums cover this many vocabulary entries before going into a
 // double, bounding the rounding error of sums over large vocabularies.
 constexpr int kSumBlock = 512;
-
-// Sets OpenBLAS to one thread while the guard lives: the OpenMP threads split
-// each GEMM between themselves instead, so the two pools never compete.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
-    if (saved_ != 1) openblas_set_num_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (saved_ != 1) openblas_set_num_threads(saved_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  int saved_;
-};
-
-int CeilDiv(int a, int b) { return (a + b - 1) / b; }
-
-// Called by every thread of an OpenMP parallel region: computes this thread's
-// share of the row-major C[M,N] = op(A)[M,K] @ op(B)[K,N] + beta * C, cutting
-// the longer of C's two dimensions into one slice per thread. Each element is
-// computed by one thread with one sgemm, so results do not depend on timing.
-void GemmPart(bool trans_a, bool trans_b, int M, int N, int K, const float* A,
-              int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  const int threads = omp_get_num_threads();
-  const int t = omp_get_thread_num();
-  const bool split_columns = N >= M;
-  const int extent = split_columns ? N : M;
-  // Multiples of 16 keep the slices aligned to OpenBLAS's register blocks.
-  const int per = CeilDiv(CeilDiv(extent, threads), 16) * 16;
-  const int begin = std::min(extent, t * per);
-  const int end = std::min(extent, begin + per);
-  if (begin >= end) return;
-  if (split_columns) {
-    B += trans_b ? static_cast<size_t>(begin) * ldb : begin;
-    C += begin;
-    N = end - begin;
-  } else {
-    A += trans_a ? begin : static_cast<size_t>(begin) * lda;
-    C += static_cast<size_t>(begin) * ldc;
-    M = end - begin;
-  }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B,
-              ldb, beta, C, ldc);
-}
 
 void CheckChunk(int chunk) {
   if (chunk < 1) {
@@ -195,9 +148,10 @@ void SparsePoOutputForward(const SparsePoOutputLayers& layers,
 #pragma omp parallel if (double{1} * N * (C + RC) * V >= kMinParallelMacs)
   for (int n0 = 0; n0 < N; n0 += chunk) {
     const int rows = std::min(chunk, N - n0);
-    GemmPart(false, true, rows, V, C, layers.h + static_cast<size_t>(n0) * C, C,
-             layers.wout, C, 0.0f, chunk_buf, V);
-    GemmPart(false, true, rows, V, RC,
+    GemmPart(false, true, rows, V, C, 1.0f,
+             layers.h + static_cast<size_t>(n0) * C, C, layers.wout, C, 0.0f,
+             chunk_buf, V);
+    GemmPart(false, true, rows, V, RC, 1.0f,
              layers.ref_h + static_cast<size_t>(n0) * RC, RC, layers.ref_wout,
              RC, 0.0f, ref_chunk_buf, V);
 #pragma omp barrier
@@ -256,10 +210,10 @@ void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
       bool need_ref = false;
       for (int n = n0; n < n1; ++n) need_ref |= coef_b[n] != 0.0f;
       const float* hb = layers.h + static_cast<size_t>(n0) * C;
-      GemmPart(false, true, rows, V, C, hb, C, layers.wout, C, 0.0f, chunk_buf,
-               V);
+      GemmPart(false, true, rows, V, C, 1.0f, hb, C, layers.wout, C, 0.0f,
+               chunk_buf, V);
       if (need_ref) {
-        GemmPart(false, true, rows, V, RC,
+        GemmPart(false, true, rows, V, RC, 1.0f,
                  layers.ref_h + static_cast<size_t>(n0) * RC, RC,
                  layers.ref_wout, RC, 0.0f, ref_chunk_buf, V);
       }
@@ -277,11 +231,12 @@ void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
                        labels[n], lse[n], ref_lse[n], coef_a[n], coef_b[n]);
       }
       if (dh != nullptr) {
-        GemmPart(false, false, rows, C, V, chunk_buf, V, layers.wout, C, 1.0f,
-                 dh + static_cast<size_t>(n0) * C, C);
+        GemmPart(false, false, rows, C, V, 1.0f, chunk_buf, V, layers.wout, C,
+                 1.0f, dh + static_cast<size_t>(n0) * C, C);
       }
       if (dwout != nullptr) {
-        GemmPart(true, false, V, C, rows, chunk_buf, V, hb, C, 1.0f, dwout, C);
+        GemmPart(true, false, V, C, rows, 1.0f, chunk_buf, V, hb, C, 1.0f,
+                 dwout, C);
       }
       // The next chunk's GEMMs overwrite both buffers.
 #pragma omp barrier
