@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   bazel-bootstrap g++ libabsl-dev libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin libopenblas-dev
-  nlohmann-json3-dev libpcre2-dev python3
+  nlohmann-json3-dev libpcre2-dev libicu-dev python3
 )
 
 missing=()

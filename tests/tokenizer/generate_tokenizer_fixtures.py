@@ -21,8 +21,9 @@ Outputs:
         ids_special    encode(text, add_special_tokens=True).ids
         decoded        decode(ids_special, skip_special_tokens=False)
         decoded_skip   decode(ids_special, skip_special_tokens=True)
-    fixtures/component_cases.jsonl     single pre-tokenizers, normalizers and
-        decoders (every Split behavior, with and without invert, ...) applied
+    fixtures/component_cases.jsonl     single pre-tokenizers, normalizers (the
+        four Unicode normalization forms too) and decoders (every Split
+        behavior, with and without invert, ...) applied
         to short inputs: {"kind", "config", "input", "output"}.
 
 Fixtures:
@@ -36,7 +37,8 @@ Fixtures:
                   reserved special tokens and `<|eot_id|>`. Largest vocab; the
                   benchmark uses it too.
     qwen2_style   Split with Qwen2's regex + ByteLevel(use_regex=false),
-                  `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`.
+                  `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, and the NFC
+                  normalizer of Qwen2's files.
     llama2_style  SentencePiece-style BPE as converted Llama 2 / Mistral files
                   are: Prepend + Replace normalizers, no pre-tokenizer,
                   byte_fallback with <0xXX> vocab entries (all but the lead
@@ -332,6 +334,9 @@ def qwen2_style():
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     train(tok, 2500, [], pre_tokenizers.ByteLevel.alphabet())
     tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    # Qwen2's files normalize to NFC. Set after training, so the vocabulary
+    # is the one trained without it.
+    tok.normalizer = normalizers.NFC()
     return json.loads(tok.to_str())
 
 
@@ -421,6 +426,21 @@ def component_cases():
     norm(N.Replace(" ", "▁"), ["a  b ", "none"])
     norm(N.Replace(Regex(r"\s+"), " "), ["a  \n b\t", "x"])
     norm(N.Sequence([N.Prepend("▁"), N.Replace(" ", "▁")]), ["hi there"])
+    # Unicode normalization forms: composition and decomposition, canonical
+    # reordering, singletons, Hangul, compatibility mappings, and characters
+    # newer than tokenizers' Unicode 9.0 tables (U+1E944 is 9.0 and reorders;
+    # U+1DF6 (10.0) and U+10F82 (14.0) do not; U+11935 U+11930 (13.0) do not
+    # compose; U+10781 (14.0) has no compatibility mapping there).
+    unicode_inputs = [
+        "cafe\u0301 caf\u00e9 \u212b \u0041\u030a \u1e9b\u0323",
+        "a\u0301\u0323 q\u0307\u0323 \u1100\u1161\u11a8 \ud55c\uad6d\uc5b4",
+        "\ufb01 \u2460 \u00bd \uff21\uff22 x\u00b2 \u2126 \u0958",
+        "a\u0301\U0001e944\u0323 a\u0301\u1df6\u0323 a\u0301\U00010f82\u0323",
+        "\U00011935\U00011930 \U00010781 \u1c89 plain ascii",
+    ]
+    for form in [N.NFC(), N.NFD(), N.NFKC(), N.NFKD()]:
+        norm(form, unicode_inputs)
+    norm(N.Sequence([N.NFKC(), N.Replace(" ", "\u2581")]), ["\ufb01 x"])
 
     def dec(component, token_lists):
         for tokens in token_lists:
