@@ -83,6 +83,37 @@ printf '{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [500]}\n' >"$tmp/
 write_config "$tmp/oov.textproto" "$scratch" "$tmp/oov.jsonl"
 expect_fail "token id out of vocabulary" 1 "outside the model's vocabulary" -- train --config="$tmp/oov.textproto"
 
+# Text data: a preference JSONL in TRL's shape and a chat one, tokenized with the
+# model folder's tokenizer.json (and cached).
+textm="$PWD/tests/fixtures/text_model"
+for data in pref.jsonl pref_chat.jsonl; do
+  cat >"$tmp/text_$data.textproto" <<CONF
+model { hf_path: "$textm" }
+data { train_files: "$textm/$data" max_length: 64 $([[ $data == *chat* ]] && echo "chat_template: CHATML") }
+objective { dpo { beta: 0.1 } }
+optimizer { lr: 1e-3 }
+batch { micro_batch_size: 1 global_batch_size: 2 }
+max_steps: 2
+run_dir: "$tmp/run_text_$data"
+CONF
+  if "$prefopt" train --config="$tmp/text_$data.textproto" >"$tmp/text.log" 2>&1 &&
+     [[ $(wc -l <"$tmp/run_text_$data/metrics.jsonl") -eq 2 ]]; then
+    echo "ok   DPO from text data ($data) with the model's tokenizer.json"
+  else
+    echo "FAIL text data $data: $(cat "$tmp/text.log")"; failures=$((failures + 1))
+  fi
+done
+cat >"$tmp/notemplate.textproto" <<CONF
+model { hf_path: "$textm" }
+data { train_files: "$textm/pref_chat.jsonl" max_length: 64 }
+objective { dpo { beta: 0.1 } }
+optimizer { lr: 1e-3 }
+batch { micro_batch_size: 1 global_batch_size: 2 }
+run_dir: "$tmp/run_notemplate"
+CONF
+expect_fail "conversational data without a chat template" 1 "chat_template" -- \
+  train --config="$tmp/notemplate.textproto"
+
 # A diverging run (absurd learning rate) stops with the step named, or skips
 # the non-finite updates when asked to.
 write_config "$tmp/nan.textproto" "$scratch" "$fixtures/pairs.jsonl"

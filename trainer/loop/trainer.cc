@@ -15,6 +15,7 @@
 #include "comm/failure.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "trainer/config/config_loader.h"
+#include "trainer/data/dataset_loader.h"
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
@@ -153,13 +154,34 @@ absl::Status Trainer::Init() {
   objective_ = *std::move(objective);
 
   const DataConfig& dc = config_.data();
-  data::TruncationOptions trunc;
-  trunc.max_length = dc.max_length();
-  trunc.max_prompt_length = dc.max_prompt_length();
-  trunc.mode = dc.truncation_mode();
-  auto ds = data::ReadExamplesJsonl(
-      {dc.train_files().begin(), dc.train_files().end()},
-      objective_->example_kind(), static_cast<int>(spec_.vocab_size), trunc);
+  data::DataOptions data_options;
+  data_options.vocab_size = static_cast<int>(spec_.vocab_size);
+  data_options.truncation.max_length = dc.max_length();
+  data_options.truncation.max_prompt_length = dc.max_prompt_length();
+  data_options.truncation.mode = dc.truncation_mode();
+  data_options.tokenizer_path =
+      data::DefaultTokenizerPath(dc.tokenizer_path(), mc.hf_path());
+  data_options.chat_template = dc.chat_template();
+  data_options.cache_dir =
+      dc.cache_dir().empty() ? run_dir + "/data_cache" : dc.cache_dir();
+  const std::vector<std::string> train_files(dc.train_files().begin(),
+                                             dc.train_files().end());
+  // Rank 0 tokenizes text data and writes its token cache first; the other
+  // ranks then read the cache instead of all tokenizing (and writing) the
+  // same files at once. Every rank reaches the barrier, even after an error.
+  absl::StatusOr<data::Dataset> ds = absl::UnknownError("not loaded");
+  if (rank_ == 0) {
+    ds = data::LoadDataset(train_files, objective_->example_kind(),
+                           data_options, &out());
+  }
+  if (world_ > 1) {
+    s = comm_->Barrier();
+    if (!s.ok()) return s;
+  }
+  if (rank_ != 0) {
+    ds = data::LoadDataset(train_files, objective_->example_kind(),
+                           data_options, nullptr);
+  }
   if (!ds.ok()) return ds.status();
   dataset_ = *std::move(ds);
   out() << "data: " << dataset_.examples.size() << " examples";
