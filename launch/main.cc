@@ -14,6 +14,7 @@
 #include "comm/create_communicator.h"
 #include "comm/failure.h"
 #include "comm/launch_env.h"
+#include "kernels/cpu/omp_wait_policy.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/metrics/progress.h"
@@ -117,6 +118,7 @@ int Train(int argc, char** argv) {
 }  // namespace prefopt
 
 int main(int argc, char** argv) {
+  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
   if (argc < 2 || std::string_view(argv[1]) == "--help" ||
       std::string_view(argv[1]) == "help") {
     std::cout << prefopt::kUsage;

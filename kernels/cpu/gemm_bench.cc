@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/omp_wait_policy.h"
 #include "kernels/cpu/sgemm_probe.h"
 
 namespace {
@@ -84,7 +85,8 @@ void OutputLayer() {
 
 }  // namespace
 
-int main() {
+int main(int, char** argv) {
+  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
   for (int n : {512, 1024, 2048}) {
     std::printf("sgemm n=%4d: %7.1f GFLOP/s (%d OpenBLAS threads)\n", n,
                 prefopt::kernels::cpu::MeasureSgemmGflops(n, 1.0),

@@ -38,6 +38,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/omp_wait_policy.h"
 #include "kernels/cpu/sgemm_probe.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/hf_config.h"
@@ -146,6 +147,7 @@ absl::Status WriteRandomModel(const ModelSpec& spec, const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
   Options o;
   if (!Parse(argc, argv, &o)) {
     std::cerr << "usage: dpo_step_bench [--arch=gpt2|llama] [--n_embd=N] "
