@@ -124,6 +124,17 @@ TEST(TensorBoardWriterTest, WritesFileVersionThenOneEventPerStep) {
   EXPECT_TRUE(absl::EndsWith(
       name, absl::StrCat(".", static_cast<int64_t>(getpid()), ".prefopt")))
       << name;
+  {
+    // Two more writers of this process in the same second (or not): each
+    // gets a file of its own, and the first file is left alone.
+    auto second = TensorBoardWriter::Open(dir);
+    auto third = TensorBoardWriter::Open(dir);
+    ASSERT_TRUE(second.ok()) << second.status();
+    ASSERT_TRUE(third.ok()) << third.status();
+    EXPECT_NE(second->path(), path);
+    EXPECT_NE(third->path(), second->path());
+    EXPECT_NE(third->path(), path);
+  }
 
   std::vector<std::string> records;
   ASSERT_TRUE(ReadRecords(ReadAll(path), &records));

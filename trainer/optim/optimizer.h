@@ -3,6 +3,8 @@
 #ifndef PREFOPT_TRAINER_OPTIM_OPTIMIZER_H_
 #define PREFOPT_TRAINER_OPTIM_OPTIMIZER_H_
 
+#include <cstddef>
+
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/model/param_layout.h"
@@ -27,7 +29,17 @@ class AdamWOptimizer {
   // weights get no weight decay unless decay_norms_and_biases is set.
   void Step(float* params, const float* grads, float lr);
 
+  // Updates made so far (AdamW's bias correction uses the count). Resume
+  // restores it with set_steps_taken.
   int steps_taken() const { return step_; }
+  void set_steps_taken(int steps) { step_ = steps; }
+
+  // The range [moments_begin(), moments_end()) of the flat parameter buffer
+  // whose moments this optimizer holds, saves and restores: the whole buffer
+  // (without ZeRO every rank updates every parameter). first_moment() and
+  // second_moment() point at the moments of moments_begin().
+  size_t moments_begin() const { return 0; }
+  size_t moments_end() const { return layout_.total(); }
   float* first_moment() { return m_; }
   float* second_moment() { return v_; }
 
