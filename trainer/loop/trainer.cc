@@ -233,6 +233,10 @@ absl::Status Trainer::Init() {
     auto events = metrics::TensorBoardWriter::Open(run_dir);
     if (!events.ok()) return events.status();
     tensorboard_.emplace(*std::move(events));
+    if (step_ > 0) {
+      s = tensorboard_->WriteSessionStart(step_ + 1);
+      if (!s.ok()) return s;
+    }
   }
   return absl::OkStatus();
 }

@@ -114,6 +114,14 @@ absl::Status TensorBoardWriter::Write(
   return WriteRecord(event.SerializeAsString());
 }
 
+absl::Status TensorBoardWriter::WriteSessionStart(int64_t step) {
+  tensorboard::Event event;
+  event.set_wall_time(WallTime());
+  event.set_step(step);
+  event.mutable_session_log()->set_status(tensorboard::SessionLog::START);
+  return WriteRecord(event.SerializeAsString());
+}
+
 absl::Status TensorBoardWriter::WriteRecord(const std::string& data) {
   const std::string record = TfRecord(data);
   if (std::fwrite(record.data(), 1, record.size(), f_) != record.size() ||

@@ -169,6 +169,22 @@ TEST(TensorBoardWriterTest, WritesFileVersionThenOneEventPerStep) {
   EXPECT_EQ(events[3].summary().value_size(), 0);
 }
 
+TEST(TensorBoardWriterTest, SessionStartMarksAResumedRun) {
+  const std::string dir = NewTempDir("resumed");
+  auto writer = TensorBoardWriter::Open(dir);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(writer->WriteSessionStart(5).ok());
+  ASSERT_TRUE(writer->Write(5, {{"loss", 0.25}}).ok());
+  std::vector<std::string> records;
+  ASSERT_TRUE(ReadRecords(ReadAll(writer->path()), &records));
+  ASSERT_EQ(records.size(), 3u);
+  tensorboard::Event start;
+  ASSERT_TRUE(start.ParseFromString(records[1]));
+  EXPECT_EQ(start.step(), 5);
+  EXPECT_EQ(start.session_log().status(), tensorboard::SessionLog::START);
+  EXPECT_FALSE(start.has_summary());
+}
+
 TEST(TensorBoardWriterTest, ReaderRejectsACorruptedRecord) {
   const std::string dir = NewTempDir("corrupt");
   auto writer = TensorBoardWriter::Open(dir);
