@@ -7,7 +7,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +32,33 @@ static_assert(std::atomic<int>::is_always_lock_free);
 
 extern "C" void RecordStopSignal(int signal) {
   received_stop_signal.store(signal, std::memory_order_relaxed);
+}
+
+// Keeps the first text-format error instead of letting protobuf log it.
+class FirstError : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (text_.empty()) {
+      text_ = absl::StrCat("line ", line + 1, ":", column + 1, ": ", message);
+    }
+  }
+  const std::string& text() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+// Parses `text` into `message`; on failure returns false with the first
+// error in `*error`.
+bool ParseQuietly(const std::string& text, google::protobuf::Message* message,
+                  std::string* error) {
+  FirstError errors;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (parser.ParseFromString(text, message)) return true;
+  *error = errors.text();
+  return false;
 }
 
 }  // namespace
@@ -91,24 +120,13 @@ uint64_t ConfigFingerprint(const TrainConfig& config) {
 
 absl::Status CheckSameTraining(const std::string& saved_config_text,
                                const TrainConfig& config) {
-  // Records the first error instead of logging it to stderr.
-  struct FirstError : google::protobuf::io::ErrorCollector {
-    void AddError(int line, google::protobuf::io::ColumnNumber column,
-                  const std::string& message) override {
-      if (text.empty()) {
-        text = absl::StrCat("line ", line + 1, ":", column + 1, ": ", message);
-      }
-    }
-    std::string text;
-  } error;
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&error);
   TrainConfig saved;
-  if (!parser.ParseFromString(saved_config_text, &saved)) {
+  std::string error;
+  if (!ParseQuietly(saved_config_text, &saved, &error)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the checkpoint's config is not a TrainConfig this build can read "
         "(saved by a newer prefopt?): ",
-        error.text));
+        error));
   }
   google::protobuf::util::MessageDifferencer differencer;
   std::string report;
@@ -125,6 +143,30 @@ absl::Status CheckSameTraining(const std::string& saved_config_text,
       ". Resume with the checkpoint's config (only run_dir, resume, "
       "save_every_steps, keep_last_n, save_on_signal, log_every_steps and "
       "data file paths may change), or train into a new run_dir"));
+}
+
+absl::Status CheckContinuesTraining(const std::string& checkpoint_dir,
+                                    const TrainConfig& config,
+                                    uint64_t data_fingerprint) {
+  std::ifstream in(checkpoint_dir + "/manifest.textproto");
+  const std::string text((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  CheckpointManifest manifest;
+  std::string error;
+  if (!in || !ParseQuietly(text, &manifest, &error)) return absl::OkStatus();
+  if (absl::Status s = CheckSameTraining(manifest.config_text(), config);
+      !s.ok()) {
+    return s;
+  }
+  if (manifest.data_fingerprint() != data_fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the training data differs from the checkpoint's (fingerprint ",
+        absl::Hex(manifest.data_fingerprint()), ", now ",
+        absl::Hex(data_fingerprint),
+        "): data.train_files holds other examples, or their truncation "
+        "changed"));
+  }
+  return absl::OkStatus();
 }
 
 uint64_t DataFingerprint(const data::Dataset& dataset) {

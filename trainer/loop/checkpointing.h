@@ -48,6 +48,16 @@ uint64_t ConfigFingerprint(const TrainConfig& config);
 absl::Status CheckSameTraining(const std::string& saved_config_text,
                                const TrainConfig& config);
 
+// The checks resume makes before loading the checkpoint folder
+// `checkpoint_dir`: that its manifest's config trains as `config` does
+// (CheckSameTraining) and that its data fingerprint is `data_fingerprint`
+// (DataFingerprint of this run's data). A manifest that cannot be read is
+// not an error here: LoadCheckpoint verifies the folder and says what is
+// wrong with it.
+absl::Status CheckContinuesTraining(const std::string& checkpoint_dir,
+                                    const TrainConfig& config,
+                                    uint64_t data_fingerprint);
+
 // Fingerprint of every training example's token ids and preference
 // fraction, in order: equal fingerprints mean the same global batches.
 uint64_t DataFingerprint(const data::Dataset& dataset);

@@ -2,11 +2,16 @@
 
 #include <signal.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
+#include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
 #include "trainer/config/config_loader.h"
 
@@ -76,6 +81,46 @@ TEST(SameTrainingTest, UnreadableSavedConfigIsAnError) {
   const absl::Status s = CheckSameTraining("no_such_field: 1", BaseConfig());
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("not a TrainConfig"));
+}
+
+// A checkpoint folder holding only a manifest with `config` and
+// `data_fingerprint`.
+std::string ManifestDir(const std::string& name, const TrainConfig& config,
+                        uint64_t data_fingerprint) {
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", name);
+  std::filesystem::create_directories(dir);
+  CheckpointManifest manifest;
+  manifest.set_config_text(config::ResolvedConfigText(config));
+  manifest.set_data_fingerprint(data_fingerprint);
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(manifest, &text);
+  std::ofstream(dir + "/manifest.textproto") << text;
+  return dir;
+}
+
+TEST(ContinuesTrainingTest, ComparesConfigAndData) {
+  const TrainConfig config = BaseConfig();
+  const std::string dir = ManifestDir("continues", config, 77);
+  EXPECT_TRUE(CheckContinuesTraining(dir, config, 77).ok());
+
+  const absl::Status data = CheckContinuesTraining(dir, config, 78);
+  EXPECT_EQ(data.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(data.message()),
+              HasSubstr("the training data differs from the checkpoint's"));
+
+  TrainConfig other = config;
+  other.set_seed(3);
+  const absl::Status seed = CheckContinuesTraining(dir, other, 77);
+  EXPECT_EQ(seed.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(seed.message()), HasSubstr("added: seed: 3"));
+}
+
+TEST(ContinuesTrainingTest, UnreadableManifestIsLeftToTheLoader) {
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/garbled");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/manifest.textproto") << "step: {{{";
+  EXPECT_TRUE(CheckContinuesTraining(dir, BaseConfig(), 1).ok());
+  EXPECT_TRUE(CheckContinuesTraining(dir + "/none", BaseConfig(), 1).ok());
 }
 
 TEST(DataFingerprintTest, ChangesWithAnyTokenOrPreference) {

@@ -5,8 +5,6 @@
 
 #include <csignal>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -14,7 +12,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/text_format.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/checkpointing.h"
@@ -110,25 +107,10 @@ absl::StatusOr<std::string> Trainer::ChooseResumeCheckpoint() {
 absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
   const std::string what = absl::StrCat("resume from ", dir);
   // The training checks first: they need only the manifest, and say more
-  // than a mismatched layout would. LoadCheckpoint then verifies it all (a
-  // manifest that does not parse here fails there, with the reason).
-  std::ifstream in(dir + "/manifest.textproto");
-  std::string text((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  CheckpointManifest manifest;
-  if (google::protobuf::TextFormat::ParseFromString(text, &manifest)) {
-    absl::Status s = CheckSameTraining(manifest.config_text(), config_);
-    if (s.ok() && manifest.data_fingerprint() != data_fingerprint_) {
-      s = absl::FailedPreconditionError(absl::StrCat(
-          "the training data differs from the checkpoint's (fingerprint ",
-          absl::Hex(manifest.data_fingerprint()), ", now ",
-          absl::Hex(data_fingerprint_),
-          "): data.train_files holds other examples, or their truncation "
-          "changed"));
-    }
-    if (!s.ok())
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, ": ", s.message()));
+  // than a mismatched layout would.
+  if (absl::Status s = CheckContinuesTraining(dir, config_, data_fingerprint_);
+      !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": ", s.message()));
   }
 
   checkpoint::LoadOptions options;
