@@ -52,7 +52,7 @@ check() {
 
   local want="srun --mpi=pmix --kill-on-bad-exit=1 --cpus-per-task=${cpus} "
   want+="${work}/submit/bazel-bin/launch/prefopt train "
-  want+="--config=runs/dpo.textproto --run_dir=runs/prefopt-1234 "
+  want+="--config=runs/dpo.textproto --run_dir=runs/prefopt-1234 --resume=latest "
   want+="--set=optimizer.lr=5e-7"
   [[ "$(cat "${dir}/cmdline")" == "${want}" ]] ||
     fail "$1: srun command line is '$(cat "${dir}/cmdline")', want '${want}'"

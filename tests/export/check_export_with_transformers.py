@@ -22,12 +22,19 @@ AutoModelForCausalLM.from_pretrained and requires:
   - where the source has a tokenizer, AutoTokenizer.from_pretrained(export)
     encoding a sample exactly as the source tokenizer does.
 
+Given the prefopt binary as well, it also trains the GPT-2 fixture and the
+untied GPT-2 for 2 DPO steps with `prefopt train` (on the fixture pairs), runs
+`prefopt export` on the run dir (its latest checkpoint) as F32 and BF16, and
+requires the same of each export against the trained checkpoint (loaded by
+transformers as it is), whose weights must differ from the initial ones.
+
 Run from the repository root:
 
     bazel --output_base=/root/.cache/bazel_ob_ckpt build --symlink_prefix=/ \\
-        //trainer/checkpoint:export_tool
+        //trainer/checkpoint:export_tool //launch:prefopt
+    BIN=$(bazel --output_base=/root/.cache/bazel_ob_ckpt info bazel-bin)
     /opt/fixenv/bin/python tests/export/check_export_with_transformers.py \\
-        $(bazel --output_base=/root/.cache/bazel_ob_ckpt info bazel-bin)/trainer/checkpoint/export_tool
+        $BIN/trainer/checkpoint/export_tool [$BIN/launch/prefopt]
 
 Checked with Python 3.11.7, torch 2.6.0+cu124 (CPU), transformers 4.57.1,
 tokenizers 0.22.2, safetensors 0.8.0.
@@ -180,10 +187,61 @@ def check(tool, name, source, work):
     return failures
 
 
+TRAIN_CONFIG = """
+model {{ hf_path: "{model}" }}
+data {{ train_files: "{pairs}" max_length: 32 }}
+objective {{ dpo {{ beta: 0.1 }} }}
+optimizer {{ lr: 1e-2 }}
+batch {{ micro_batch_size: 2 global_batch_size: 2 }}
+max_steps: 2
+"""
+
+
+def check_trained(prefopt, name, source, work):
+    """Trains `source` with `prefopt train`, exports the run with `prefopt
+    export` and checks each export against the trained checkpoint."""
+    run = os.path.join(work, f"{name}_trained")
+    config = os.path.join(work, f"{name}_train.textproto")
+    with open(config, "w") as f:
+        f.write(TRAIN_CONFIG.format(model=source, pairs=os.path.join(
+            ROOT, "tests", "fixtures", "gpt2", "pairs.jsonl")))
+    subprocess.run([prefopt, "train", f"--config={config}", f"--run_dir={run}"],
+                   check=True, capture_output=True)
+    checkpoint = os.path.join(run, "checkpoints", "step_2")
+    trained = AutoModelForCausalLM.from_pretrained(checkpoint,
+                                                   dtype=torch.float32).eval()
+    initial = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    failures = []
+    if all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
+                                             initial.state_dict().values())):
+        failures.append((name, "trained", ["training left the weights unchanged"]))
+    vocab = trained.config.vocab_size
+    ids = torch.tensor([[0, 3, 1, 4, 1, 5, 2, 6, 5, 3, vocab - 1]])
+    reference = logits_of(trained, ids)
+    has_tokenizer = os.path.exists(os.path.join(source, "tokenizer.json"))
+    for dtype_name, flag in (("F32", "fp32"), ("BF16", "bf16")):
+        out = os.path.join(work, f"{name}_trained_{flag}")
+        subprocess.run([prefopt, "export", f"--checkpoint={run}", f"--out={out}",
+                        f"--dtype={flag}"], check=True, capture_output=True)
+        expected = rounded_logits(checkpoint, DTYPES[dtype_name], ids)
+        problems, logits = check_folder(out, trained, DTYPES[dtype_name], expected,
+                                        ids, source, has_tokenizer)
+        error = (logits - expected).abs().max().item()
+        vs_fp32 = (logits - reference).abs().max().item()
+        status = "ok" if not problems else "FAIL: " + "; ".join(problems)
+        print(f"{name:12s} {'trained->' + dtype_name:17s} {len(os.listdir(out)):2d} "
+              f"files  max|logits-expected| {error:.2e}  vs fp32 {vs_fp32:.2e}  "
+              f"{status}")
+        if problems:
+            failures.append((name, f"trained->{dtype_name}", problems))
+    return failures
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     tool = os.path.abspath(sys.argv[1])
+    prefopt = os.path.abspath(sys.argv[2]) if len(sys.argv) == 3 else None
     torch.set_num_threads(1)
     failures = []
     with tempfile.TemporaryDirectory() as work:
@@ -196,6 +254,9 @@ def main():
                                        os.path.join(work, f"{name}_source"))
         for name, source in sources.items():
             failures += check(tool, name, source, work)
+        if prefopt is not None:
+            for name in ("gpt2_fixture", "gpt2_untied"):
+                failures += check_trained(prefopt, name, sources[name], work)
         print("files of an export with a tokenizer:",
               sorted(os.listdir(os.path.join(work, "gpt2_untied_F32_1073741824"))))
         checkpoint = os.path.join(work, "gpt2_untied_run", "checkpoints", "step_0")

@@ -1046,12 +1046,37 @@ absl::StatusOr<std::string> FindLatestCheckpoint(
       internal::ListDirectory(root);
   if (!names.ok()) return names.status();
   std::vector<int64_t> steps;
+  // Temporary folders of saves that never reached Finalize's rename (a crash
+  // or kill while writing): (step, folder name).
+  std::vector<std::pair<int64_t, std::string>> unfinished;
   for (const std::string& name : *names) {
-    if (std::optional<int64_t> s = ParseStepDir(name)) steps.push_back(*s);
+    if (std::optional<int64_t> s = ParseStepDir(name)) {
+      steps.push_back(*s);
+    } else if (std::optional<int64_t> t =
+                   ParseStep(name, kTempPrefix, '_', nullptr)) {
+      unfinished.emplace_back(*t, name);
+    }
   }
   std::sort(steps.rbegin(), steps.rend());
+  std::sort(unfinished.rbegin(), unfinished.rend());
   size_t skipped = 0;
+  size_t next_unfinished = 0;
+  // Reports the unfinished saves of steps after `step`, newest first.
+  auto skip_unfinished_after = [&](int64_t step) {
+    for (; next_unfinished < unfinished.size() &&
+           unfinished[next_unfinished].first > step;
+         ++next_unfinished) {
+      ++skipped;
+      if (skipped_reasons == nullptr) continue;
+      const auto& [s, name] = unfinished[next_unfinished];
+      skipped_reasons->push_back(
+          absl::StrCat("checkpoint ", root, "/", CheckpointDirName(s),
+                       ": the save did not finish (only its temporary folder ",
+                       name, " exists)"));
+    }
+  };
   for (int64_t s : steps) {
+    skip_unfinished_after(s);
     const std::string dir = root + "/" + CheckpointDirName(s);
     absl::StatusOr<CheckpointManifest> verified = VerifyCheckpoint(dir);
     if (verified.ok()) return dir;
@@ -1060,6 +1085,7 @@ absl::StatusOr<std::string> FindLatestCheckpoint(
       skipped_reasons->push_back(std::string(verified.status().message()));
     }
   }
+  skip_unfinished_after(-1);
   return absl::NotFoundError(absl::StrCat(
       "no complete checkpoint in ", root,
       skipped > 0 ? absl::StrCat(" (", skipped, " incomplete or corrupt)")

@@ -223,9 +223,11 @@ absl::StatusOr<LoadedCheckpoint> LoadCheckpoint(
     const LoadOptions& options = {});
 
 // The newest run_dir/checkpoints/step_<N> that passes VerifyCheckpoint. Newer
-// ones that fail are skipped, each adding "step_<N>: <why>" to
-// `skipped_reasons` (may be null), so that --resume=latest can say what it
-// fell back from. NotFound when no checkpoint verifies.
+// ones that fail, and newer saves that never got past their temporary folder
+// (killed while writing), are skipped, each adding "checkpoint
+// <run_dir>/checkpoints/step_<N>: <why>" to `skipped_reasons` (may be null;
+// newest first), so that --resume=latest can say what it fell back from.
+// NotFound when no checkpoint verifies.
 absl::StatusOr<std::string> FindLatestCheckpoint(
     const std::string& run_dir, std::vector<std::string>* skipped_reasons);
 

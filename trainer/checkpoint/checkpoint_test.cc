@@ -382,8 +382,17 @@ TEST(CheckpointTest, LeftoversOfCrashedSavesAreIgnoredThenRemoved) {
   absl::StatusOr<std::string> latest = FindLatestCheckpoint(run, &reasons);
   ASSERT_TRUE(latest.ok()) << latest.status();
   EXPECT_EQ(*latest, dir10);
-  ASSERT_EQ(reasons.size(), 1u);
-  EXPECT_NE(reasons[0].find("step_30"), std::string::npos);
+  // Newest first; the temporary folders are reported as unfinished saves.
+  ASSERT_EQ(reasons.size(), 3u);
+  EXPECT_EQ(reasons[0], "checkpoint " + root +
+                            "/step_99: the save did not finish (only its "
+                            "temporary folder .tmp_step_99_ours exists)");
+  EXPECT_NE(reasons[1].find("step_30: no COMPLETE marker"), std::string::npos)
+      << reasons[1];
+  EXPECT_NE(reasons[2].find("step_20: the save did not finish (only its "
+                            "temporary folder .tmp_step_20_999-0badc0de"),
+            std::string::npos)
+      << reasons[2];
 
   CheckpointContents now = model.Contents(20);
   now.writer_id = "ours";

@@ -11,8 +11,7 @@
 //       RUN_DIR (zero optimizer moments, IN_DIR's tokenizer files).
 //   export_tool export-checkpoint CHECKPOINT_DIR OUT_DIR F32|F16|BF16
 //       MAX_SHARD_BYTES
-//       Verifies and loads a checkpoint's weights and exports them with its
-//       own config, generation config and tokenizer files.
+//       ExportCheckpoint, as `prefopt export` runs it.
 
 #include <cstdlib>
 #include <iostream>
@@ -24,6 +23,7 @@
 #include "absl/status/status.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "trainer/checkpoint/checkpoint.h"
+#include "trainer/checkpoint/checkpoint_export.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/safetensors.h"
@@ -97,23 +97,6 @@ absl::Status Checkpoint(const std::string& in_dir, const std::string& run_dir) {
   return absl::OkStatus();
 }
 
-absl::Status ExportCheckpoint(const std::string& checkpoint_dir,
-                              const std::string& out_dir, io::DType dtype,
-                              size_t max_shard_bytes) {
-  absl::StatusOr<io::ModelSpec> spec = io::ReadHfConfig(checkpoint_dir);
-  if (!spec.ok()) return spec.status();
-  kernels::CpuBackend backend;
-  absl::StatusOr<std::unique_ptr<model::Decoder>> decoder =
-      MakeDecoder(*spec, &backend);
-  if (!decoder.ok()) return decoder.status();
-  absl::StatusOr<LoadedCheckpoint> loaded = LoadCheckpoint(
-      checkpoint_dir, (*decoder)->layout(), {false, std::nullopt});
-  if (!loaded.ok()) return loaded.status();
-  return ExportHfModel(out_dir, *spec, (*decoder)->layout(),
-                       loaded->params.data(), dtype, max_shard_bytes,
-                       checkpoint_dir);
-}
-
 }  // namespace
 }  // namespace prefopt::checkpoint
 
@@ -132,7 +115,8 @@ int main(int argc, char** argv) {
     status = prefopt::checkpoint::Checkpoint(argv[2], argv[3]);
   } else if (mode == "export-checkpoint" && argc == 6 && dtype.has_value()) {
     status = prefopt::checkpoint::ExportCheckpoint(
-        argv[2], argv[3], *dtype, std::strtoull(argv[5], nullptr, 10));
+                 argv[2], argv[3], *dtype, std::strtoull(argv[5], nullptr, 10))
+                 .status();
   } else {
     std::cerr << "usage:\n  " << argv[0]
               << " export IN_DIR OUT_DIR F32|F16|BF16 MAX_SHARD_BYTES "

@@ -50,6 +50,8 @@ constexpr int kDefaultLogEverySteps = 1;
 constexpr int kDefaultOutputChunkTokens = 64;
 constexpr float kDefaultInitStd = 0.02f;
 constexpr int kDefaultMaxLength = 1024;  // TRL's DPOConfig.max_length
+// TrainConfig.resume's keyword; any other value is a path.
+constexpr char kResumeLatest[] = "latest";
 
 // The names of a message's fields in declaration order, for error messages.
 std::string FieldNames(const Descriptor& descriptor) {
@@ -214,6 +216,9 @@ void ResolvePaths(const fs::path& base, TrainConfig* config) {
   }
   ResolvePath(base, data.mutable_tokenizer_path());
   ResolvePath(base, data.mutable_cache_dir());
+  if (config->resume() != kResumeLatest) {
+    ResolvePath(base, config->mutable_resume());
+  }
 }
 
 // "int32", "enum prefopt.DpoConfig.LossType", "message prefopt.DpoConfig".
@@ -810,6 +815,16 @@ void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
     problems->push_back(absl::StrCat("output_chunk_tokens: must be >= 1, got ",
                                      config.output_chunk_tokens()));
   }
+  if (config.save_every_steps() < 0) {
+    problems->push_back(absl::StrCat(
+        "save_every_steps: must be >= 0 (0 = only after the last step), got ",
+        config.save_every_steps()));
+  }
+  if (config.keep_last_n() < 0) {
+    problems->push_back(
+        absl::StrCat("keep_last_n: must be >= 0 (0 = keep all), got ",
+                     config.keep_last_n()));
+  }
 }
 
 }  // namespace
@@ -905,6 +920,7 @@ void FillDefaults(TrainConfig* config) {
   if (config->output_chunk_tokens() == 0) {
     config->set_output_chunk_tokens(kDefaultOutputChunkTokens);
   }
+  if (!config->has_save_on_signal()) config->set_save_on_signal(true);
   ModelConfig& model = *config->mutable_model();
   if (model.hf_path().empty() && model.init_std() == 0) {
     model.set_init_std(kDefaultInitStd);

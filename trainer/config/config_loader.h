@@ -17,7 +17,8 @@ namespace prefopt::config {
 // Reads the text-format TrainConfig at `path` and returns it ready for use:
 //   1. parse; syntax errors and unknown fields are reported as
 //      "path:line:column: message" (1-based);
-//   2. resolve relative model and data paths against the directory of `path`;
+//   2. resolve relative model, data and resume paths against the directory of
+//      `path`;
 //   3. apply `overrides` in order (each "path.to.field=value", see
 //      ApplyOverride); relative paths they set are resolved against the
 //      working directory;
@@ -42,7 +43,8 @@ absl::Status ApplyOverride(const std::string& override_text,
 // Replaces unset (zero) fields by their documented defaults (config.proto):
 // objective.dpo.beta 0.1; optimizer.beta1 0.9, beta2 0.999, eps 1e-8;
 // num_epochs 1 when max_steps is 0; log_every_steps 1; output_chunk_tokens 64;
-// model.init_std 0.02 for a from-scratch model; data.max_length 1024.
+// model.init_std 0.02 for a from-scratch model; data.max_length 1024;
+// save_on_signal true.
 void FillDefaults(prefopt::TrainConfig* config);
 
 // Checks every field of a config whose defaults are filled. Reports all

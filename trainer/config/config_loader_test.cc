@@ -141,6 +141,10 @@ TEST(LoadTrainConfigTest, FillsDefaults) {
   EXPECT_EQ(config->output_chunk_tokens(), 64);
   EXPECT_EQ(config->data().max_length(), 1024);
   EXPECT_EQ(config->data().max_prompt_length(), 0);
+  EXPECT_EQ(config->save_every_steps(), 0);
+  EXPECT_EQ(config->keep_last_n(), 0);
+  EXPECT_TRUE(config->save_on_signal());
+  EXPECT_EQ(config->resume(), "");
   // init_std belongs to from-scratch models only.
   EXPECT_EQ(config->model().init_std(), 0.0f);
 }
@@ -234,6 +238,30 @@ TEST(LoadTrainConfigTest, ResolvesOverriddenPathsAgainstTheWorkingDirectory) {
   EXPECT_THAT(config->data().train_files(),
               ElementsAre((cwd / "mine.jsonl").string(), "/abs/b.jsonl"));
   EXPECT_EQ(config->model().hf_path(), (cwd / "hf/model").string());
+}
+
+TEST(LoadTrainConfigTest, SaveOnSignalCanBeTurnedOff) {
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      TestDataDir() + "/minimal_hf.textproto", {"save_on_signal=false"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->save_on_signal());
+}
+
+TEST(LoadTrainConfigTest, ResumePathIsResolvedButLatestIsKept) {
+  const std::string path =
+      WriteTempFile("configs/resume/run.textproto",
+                    absl::StrCat(kValidScratch, "resume: \"ck/step_4\"\n"));
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->resume(),
+            (fs::path(std::getenv("TEST_TMPDIR")) / "configs/resume/ck/step_4")
+                .string());
+  config = LoadTrainConfig(path, {"resume=latest"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->resume(), "latest");
+  config = LoadTrainConfig(path, {"resume=other/step_2"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->resume(), (fs::current_path() / "other/step_2").string());
 }
 
 TEST(LoadTrainConfigTest, MissingFileIsNamed) {
@@ -416,7 +444,12 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{{"log_every_steps=-1"},
                     "log_every_steps: must be >= 1, got -1"},
         InvalidCase{{"output_chunk_tokens=-64"},
-                    "output_chunk_tokens: must be >= 1, got -64"}));
+                    "output_chunk_tokens: must be >= 1, got -64"},
+        InvalidCase{{"save_every_steps=-1"},
+                    "save_every_steps: must be >= 0 (0 = only after the last "
+                    "step), got -1"},
+        InvalidCase{{"keep_last_n=-2"},
+                    "keep_last_n: must be >= 0 (0 = keep all), got -2"}));
 
 TEST(ValidationTest, ObjectiveMustBeSet) {
   const std::string path = WriteTempFile("no_objective.textproto", R"pb(

@@ -19,11 +19,11 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/loop/checkpointing.h"
 #include "trainer/metrics/run_report.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
-#include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::loop {
@@ -45,6 +45,9 @@ io::ModelSpec SpecFromConfig(const ModelConfig& m) {
     spec.norm_eps = 1e-5;
     spec.tie_word_embeddings = true;
     spec.activation = "gelu_new";
+    // GPT-2 has biases on every projection (as ReadHfConfig sets them); the
+    // exported config.json must say so.
+    spec.attention_bias = spec.attention_out_bias = spec.mlp_bias = true;
     return spec;
   }
   // LLAMA and QWEN2, with LlamaConfig's / Qwen2Config's defaults.
@@ -197,16 +200,10 @@ absl::Status Trainer::Init() {
           << " pairs have identical chosen and rejected responses\n";
   }
 
+  data_fingerprint_ = DataFingerprint(dataset_);
   if (world_ > 1) {
-    util::Fingerprinter fp;
-    for (const data::Example& ex : dataset_.examples) {
-      for (const auto* ids :
-           {&ex.context, &ex.prompt, &ex.chosen, &ex.rejected}) {
-        fp.UpdateValue(ids->size());
-        fp.Update(ids->data(), ids->size() * sizeof(int32_t));
-      }
-    }
-    s = comm::CheckSameAcrossRanks(*comm_, fp.Value(), "the training data");
+    s = comm::CheckSameAcrossRanks(*comm_, data_fingerprint_,
+                                   "the training data");
     if (!s.ok()) return s;
   }
 
@@ -272,16 +269,29 @@ absl::Status Trainer::Init() {
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
       backend_.get(), policy_->layout(), config_.optimizer(),
       sync_->shard().begin, sync_->shard().end);
+  // After the reference pass, which must see the initial policy.
+  s = InitCheckpoints();
+  if (!s.ok()) return s;
 
   if (rank_ == 0) {
-    auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl");
+    auto metrics = metrics::MetricsLog::Open(run_dir + "/metrics.jsonl",
+                                             resumed_metrics_lines_);
     if (!metrics.ok()) return metrics.status();
     metrics_log_.emplace(*std::move(metrics));
+    if (metrics_log_->lines() < resumed_metrics_lines_) {
+      out() << "notice: " << run_dir << "/metrics.jsonl has "
+            << metrics_log_->lines() << " lines, the checkpoint counted "
+            << resumed_metrics_lines_ << "; appending after them\n";
+    }
     // Next to metrics.jsonl, so `tensorboard --logdir=RUN_DIR` (or its
     // parent, to compare runs) finds it.
     auto events = metrics::TensorBoardWriter::Open(run_dir);
     if (!events.ok()) return events.status();
     tensorboard_.emplace(*std::move(events));
+    if (step_ > 0) {
+      s = tensorboard_->WriteSessionStart(step_ + 1);
+      if (!s.ok()) return s;
+    }
   }
   return absl::OkStatus();
 }
@@ -498,14 +508,19 @@ absl::Status Trainer::RunSteps() {
   while (step_ < total_steps_) {
     auto m = Step();
     if (!m.ok()) return m.status();
-    if (rank_ != 0) continue;
-    const bool logged = step_ % log_every == 0 || step_ == total_steps_;
-    if (logged) {
-      absl::Status s = metrics_log_->Write(step_, *m);
-      if (s.ok()) s = tensorboard_->Write(step_, *m);
-      if (!s.ok()) return s;
+    if (rank_ == 0) {
+      const bool logged = step_ % log_every == 0 || step_ == total_steps_;
+      if (logged) {
+        absl::Status s = metrics_log_->Write(step_, *m);
+        if (s.ok()) s = tensorboard_->Write(step_, *m);
+        if (!s.ok()) return s;
+      }
+      progress_->Step(step_, *m, logged);
     }
-    progress_->Step(step_, *m, logged);
+    // After the step's metrics line, which the checkpoint counts.
+    absl::StatusOr<bool> stop = CheckpointAfterStep();
+    if (!stop.ok()) return stop.status();
+    if (*stop) break;
   }
   return absl::OkStatus();
 }

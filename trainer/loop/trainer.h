@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "kernels/backend.h"
+#include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
@@ -35,7 +36,10 @@ class Trainer {
  public:
   // Prepares a run from a validated config: creates run_dir (writing the
   // resolved config there), reads the data, builds the policy (loaded or
-  // initialized) and the reference log-probs (cached), and the optimizer.
+  // initialized) and the reference log-probs (cached), and the optimizer,
+  // then resumes from the checkpoint config.resume() names, if any (the
+  // weights, optimizer state and step; metrics.jsonl is cut back to the
+  // checkpoint's lines).
   // Progress and notices go to `log` (rank 0 only): a live progress line
   // when `log_is_terminal`, plain lines otherwise (files, Slurm logs).
   // `comm` connects the data-parallel ranks (not owned; null: a single
@@ -45,9 +49,18 @@ class Trainer {
       comm::Communicator* comm = nullptr, bool log_is_terminal = false);
   ~Trainer();
 
-  // Runs every remaining step, logging to metrics.jsonl and TensorBoard,
-  // then writes report.html (also after a failed step, for diagnosis).
+  // Runs every remaining step, logging to metrics.jsonl and TensorBoard and
+  // saving checkpoints (every save_every_steps and after the last step),
+  // then writes report.html (also after a failed step, for diagnosis). On a
+  // stop signal (InstallStopSignalHandlers, with save_on_signal) it saves a
+  // checkpoint after the current step and returns OK early; see
+  // stopped_by_signal().
   absl::Status Run();
+
+  // Saves a checkpoint of the state after steps_done() steps into
+  // run_dir/checkpoints (collective: every rank calls it). Returns the
+  // checkpoint folder (on rank 0; empty on the others).
+  absl::StatusOr<std::string> SaveCheckpoint();
 
   // One optimizer step over the next global batch. Returns the step's
   // metrics (loss, lr, grad_norm, the objective's metrics, tokens_per_second).
@@ -61,6 +74,8 @@ class Trainer {
 
   int total_steps() const { return total_steps_; }
   int steps_done() const { return step_; }
+  // The signal that stopped Run() before the last step, or 0.
+  int stopped_by_signal() const { return stop_signal_; }
   const model::Decoder& policy() const { return *policy_; }
   const data::Dataset& dataset() const { return dataset_; }
   const objectives::ReferenceValues& references() const { return references_; }
@@ -84,6 +99,22 @@ class Trainer {
   absl::Status RunSteps();
   // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
+
+  // Checkpoint steps (trainer_checkpoint.cc).
+  // Agrees on a writer id for this launch's saves and resumes from the
+  // checkpoint config_.resume() names, if any.
+  absl::Status InitCheckpoints();
+  // Rank 0: the checkpoint folder config_.resume() names ("latest": the
+  // newest complete one, reporting those skipped); empty for a fresh start.
+  absl::StatusOr<std::string> ChooseResumeCheckpoint();
+  // Restores the weights, optimizer state and step from `dir` after checking
+  // that it continues this training.
+  absl::Status RestoreCheckpoint(const std::string& dir);
+  // After each step: saves when one is due or a stop signal arrived (which
+  // all ranks agree on); returns whether to stop.
+  absl::StatusOr<bool> CheckpointAfterStep();
+  // DataPositionAfter(step_) for this run's data and batches.
+  DataPosition CurrentDataPosition() const;
 
   TrainConfig config_;
   std::ostream& log_;
@@ -112,6 +143,14 @@ class Trainer {
   int step_ = 0;
   int epoch_order_for_ = -1;
   std::vector<int> epoch_order_;
+  // Checkpoints: the fingerprints saved with them, the id this launch's
+  // saves carry, the metrics.jsonl lines a resumed checkpoint counted, and
+  // the signal that stopped the run.
+  uint64_t data_fingerprint_ = 0;
+  uint64_t tokenizer_fingerprint_ = 0;
+  std::string writer_id_;
+  int64_t resumed_metrics_lines_ = 0;
+  int stop_signal_ = 0;
 };
 
 // The ModelSpec of a from-scratch model described by the config's sizes.

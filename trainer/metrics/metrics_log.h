@@ -3,6 +3,7 @@
 #ifndef PREFOPT_TRAINER_METRICS_METRICS_LOG_H_
 #define PREFOPT_TRAINER_METRICS_METRICS_LOG_H_
 
+#include <cstdint>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -13,8 +14,14 @@ namespace prefopt::metrics {
 
 class MetricsLog {
  public:
-  // Opens (truncating) path for writing.
-  static absl::StatusOr<MetricsLog> Open(const std::string& path);
+  // Opens `path` for writing after its first `keep_lines` complete lines and
+  // drops the rest (keep_lines 0: an empty file). A resumed run keeps the
+  // lines of the steps its checkpoint covers and drops those of later steps,
+  // which it runs again. A missing file, or one with fewer complete lines, is
+  // kept as it is (a partial last line, left by a crash, is dropped);
+  // lines() then says how many there are.
+  static absl::StatusOr<MetricsLog> Open(const std::string& path,
+                                         int64_t keep_lines = 0);
   MetricsLog(MetricsLog&& other) noexcept;
   MetricsLog& operator=(MetricsLog&&) = delete;
   MetricsLog(const MetricsLog&) = delete;
@@ -23,10 +30,15 @@ class MetricsLog {
   // Writes {"step": step, <values in name order>} as one line.
   absl::Status Write(int64_t step, const std::map<std::string, double>& values);
 
+  // Lines in the file: those kept by Open and those written since.
+  int64_t lines() const { return lines_; }
+
  private:
-  MetricsLog(std::string path, FILE* f) : path_(std::move(path)), f_(f) {}
+  MetricsLog(std::string path, FILE* f, int64_t lines)
+      : path_(std::move(path)), f_(f), lines_(lines) {}
   std::string path_;
   FILE* f_;
+  int64_t lines_;
 };
 
 // One JSON line (without the newline) for the values; non-finite values are

@@ -65,12 +65,18 @@ absl::StatusOr<TensorBoardWriter> TensorBoardWriter::Open(
         ": cannot create the TensorBoard log directory: ", ec.message()));
   }
   const double now = WallTime();
-  const std::string path = absl::StrCat(
-      log_dir, "/events.out.tfevents.", static_cast<int64_t>(now), ".",
-      HostName(), ".", static_cast<int64_t>(getpid()), ".prefopt");
-  // "x": a second writer of the same process in the same second must not
-  // truncate the first one's file.
+  const std::string stem =
+      absl::StrCat(log_dir, "/events.out.tfevents.", static_cast<int64_t>(now),
+                   ".", HostName(), ".", static_cast<int64_t>(getpid()));
+  // "x": a second writer of the same process in the same second (a run
+  // resumed in-process) must not truncate the first one's file; it takes the
+  // next free counter instead.
+  std::string path = absl::StrCat(stem, ".prefopt");
   FILE* f = std::fopen(path.c_str(), "wbx");
+  for (int n = 1; f == nullptr && errno == EEXIST && n < 100; ++n) {
+    path = absl::StrCat(stem, ".", n, ".prefopt");
+    f = std::fopen(path.c_str(), "wbx");
+  }
   if (f == nullptr) {
     return absl::InternalError(absl::StrCat(
         path,
@@ -105,6 +111,14 @@ absl::Status TensorBoardWriter::Write(
     v->set_tag(TensorBoardTag(name));
     v->set_simple_value(static_cast<float>(value));
   }
+  return WriteRecord(event.SerializeAsString());
+}
+
+absl::Status TensorBoardWriter::WriteSessionStart(int64_t step) {
+  tensorboard::Event event;
+  event.set_wall_time(WallTime());
+  event.set_step(step);
+  event.mutable_session_log()->set_status(tensorboard::SessionLog::START);
   return WriteRecord(event.SerializeAsString());
 }
 

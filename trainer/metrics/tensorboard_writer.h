@@ -32,6 +32,12 @@ class TensorBoardWriter {
   absl::Status Write(int64_t step,
                      const std::map<std::string, double>& scalars);
 
+  // Marks a resumed run whose next step is `step`: a SessionLog START event,
+  // on which TensorBoard forgets the events of `step` and later that it read
+  // from earlier files of the run dir, so that the steps run again after a
+  // checkpoint are not shown twice.
+  absl::Status WriteSessionStart(int64_t step);
+
   // The event file's path.
   const std::string& path() const { return path_; }
 

@@ -124,6 +124,17 @@ TEST(TensorBoardWriterTest, WritesFileVersionThenOneEventPerStep) {
   EXPECT_TRUE(absl::EndsWith(
       name, absl::StrCat(".", static_cast<int64_t>(getpid()), ".prefopt")))
       << name;
+  {
+    // Two more writers of this process in the same second (or not): each
+    // gets a file of its own, and the first file is left alone.
+    auto second = TensorBoardWriter::Open(dir);
+    auto third = TensorBoardWriter::Open(dir);
+    ASSERT_TRUE(second.ok()) << second.status();
+    ASSERT_TRUE(third.ok()) << third.status();
+    EXPECT_NE(second->path(), path);
+    EXPECT_NE(third->path(), second->path());
+    EXPECT_NE(third->path(), path);
+  }
 
   std::vector<std::string> records;
   ASSERT_TRUE(ReadRecords(ReadAll(path), &records));
@@ -156,6 +167,22 @@ TEST(TensorBoardWriterTest, WritesFileVersionThenOneEventPerStep) {
   EXPECT_EQ(events[3].step(), 3);
   EXPECT_TRUE(events[3].has_summary());
   EXPECT_EQ(events[3].summary().value_size(), 0);
+}
+
+TEST(TensorBoardWriterTest, SessionStartMarksAResumedRun) {
+  const std::string dir = NewTempDir("resumed");
+  auto writer = TensorBoardWriter::Open(dir);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(writer->WriteSessionStart(5).ok());
+  ASSERT_TRUE(writer->Write(5, {{"loss", 0.25}}).ok());
+  std::vector<std::string> records;
+  ASSERT_TRUE(ReadRecords(ReadAll(writer->path()), &records));
+  ASSERT_EQ(records.size(), 3u);
+  tensorboard::Event start;
+  ASSERT_TRUE(start.ParseFromString(records[1]));
+  EXPECT_EQ(start.step(), 5);
+  EXPECT_EQ(start.session_log().status(), tensorboard::SessionLog::START);
+  EXPECT_FALSE(start.has_summary());
 }
 
 TEST(TensorBoardWriterTest, ReaderRejectsACorruptedRecord) {

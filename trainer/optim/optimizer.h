@@ -3,6 +3,8 @@
 #ifndef PREFOPT_TRAINER_OPTIM_OPTIMIZER_H_
 #define PREFOPT_TRAINER_OPTIM_OPTIMIZER_H_
 
+#include <cstddef>
+
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/model/param_layout.h"
@@ -37,11 +39,17 @@ class AdamWOptimizer {
   // and norm weights get no weight decay unless decay_norms_and_biases is set.
   void Step(float* params, const float* grads, float lr);
 
+  // Updates made so far (AdamW's bias correction uses the count). Resume
+  // restores it with set_steps_taken.
   int steps_taken() const { return step_; }
-  // For resuming: the number of updates already applied (bias correction).
   void set_steps_taken(int steps) { step_ = steps; }
-  size_t shard_begin() const { return begin_; }
-  size_t shard_end() const { return end_; }
+
+  // The range [moments_begin(), moments_end()) of the flat parameter buffer
+  // whose moments this optimizer holds, saves and restores: the whole layout
+  // without ZeRO, this rank's shard under ZeRO-1. first_moment() and
+  // second_moment() point at the moments of moments_begin().
+  size_t moments_begin() const { return begin_; }
+  size_t moments_end() const { return end_; }
   float* first_moment() { return m_; }
   float* second_moment() { return v_; }
 

@@ -1,0 +1,193 @@
+// Resume continues the exact run (design.md "Determinism"): a run
+// interrupted after a checkpoint and resumed from it takes the same steps,
+// bit for bit, as one that never stopped: losses, every other metric and the
+// final weights. Also: a checkpoint of another training is refused naming
+// what differs, and what `prefopt export` writes from a trained checkpoint
+// holds the trained weights bit for bit.
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fixture_util.h"
+#include "trainer/checkpoint/checkpoint_export.h"
+#include "trainer/config/config_loader.h"
+#include "trainer/io/weight_store.h"
+#include "trainer/loop/trainer.h"
+
+namespace prefopt {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// 6 pairs in global batches of 2: 3 steps per epoch, so the 8 steps cross
+// two epoch boundaries (each with its own shuffle), and the resume at step
+// 4 lands mid-epoch. The linear schedule with warm-up makes every step's
+// learning rate depend on the step count that resume restores.
+std::string RunConfig(const std::string& name, const std::string& extra = "") {
+  const std::string run_dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/", name);
+  fs::remove_all(run_dir);
+  return testing::WriteTempFile(
+      name + ".textproto",
+      absl::StrCat(
+          "model { architecture: GPT2 vocab_size: 101 n_positions: 32 "
+          "n_embd: 32 n_layer: 2 n_head: 4 }\n",
+          "data { train_files: '",
+          testing::WorkspacePath("tests/fixtures/gpt2/pairs.jsonl"),
+          "' max_length: 32 shuffle: true }\n",
+          "objective { dpo { beta: 0.1 } }\n",
+          "optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }\n",
+          "schedule { kind: LINEAR warmup_steps: 2 }\n",
+          "batch { micro_batch_size: 1 global_batch_size: 2 }\n",
+          "max_steps: 8\nseed: 11\nrun_dir: '", run_dir, "'\n", extra));
+}
+
+std::unique_ptr<loop::Trainer> MakeTrainer(
+    const std::string& config_path,
+    const std::vector<std::string>& overrides = {}) {
+  auto config = config::LoadTrainConfig(config_path, overrides);
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return nullptr;
+  static std::ostringstream* log = new std::ostringstream;
+  auto trainer = loop::Trainer::Create(*config, *log);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  return trainer.ok() ? *std::move(trainer) : nullptr;
+}
+
+// Every metric of each step but the timing, which differs between runs.
+using StepMetrics = std::map<std::string, double>;
+
+std::vector<StepMetrics> RunSteps(loop::Trainer& trainer, int until) {
+  std::vector<StepMetrics> steps;
+  while (trainer.steps_done() < until) {
+    auto m = trainer.Step();
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) break;
+    m->erase("tokens_per_second");
+    steps.push_back(*m);
+  }
+  return steps;
+}
+
+std::vector<float> Params(const loop::Trainer& trainer) {
+  const model::Decoder& p = trainer.policy();
+  return std::vector<float>(p.params(), p.params() + p.layout().total());
+}
+
+void ExpectBitwiseEqual(const std::vector<StepMetrics>& a,
+                        const std::vector<StepMetrics>& b, int first_step) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].size(), b[i].size());
+    for (const auto& [name, value] : a[i]) {
+      const double other = b[i].at(name);
+      EXPECT_EQ(std::memcmp(&value, &other, sizeof(double)), 0)
+          << "step " << first_step + i + 1 << " " << name << ": " << value
+          << " vs " << other;
+    }
+  }
+}
+
+TEST(CheckpointResume, ResumedRunIsBitwiseTheUninterruptedRun) {
+  std::unique_ptr<loop::Trainer> straight = MakeTrainer(RunConfig("straight"));
+  ASSERT_NE(straight, nullptr);
+  const std::vector<StepMetrics> all = RunSteps(*straight, 8);
+  ASSERT_EQ(all.size(), 8u);
+
+  const std::string config = RunConfig("interrupted");
+  std::string saved;
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
+    ASSERT_NE(first, nullptr);
+    const std::vector<StepMetrics> head = RunSteps(*first, 4);
+    ExpectBitwiseEqual(
+        head, std::vector<StepMetrics>(all.begin(), all.begin() + 4), 0);
+    absl::StatusOr<std::string> dir = first->SaveCheckpoint();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    saved = *dir;
+    // Steps after the checkpoint that the resumed run takes again.
+    RunSteps(*first, 6);
+  }
+  EXPECT_EQ(fs::path(saved).filename(), "step_4");
+
+  std::unique_ptr<loop::Trainer> resumed =
+      MakeTrainer(config, {"resume=latest"});
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->steps_done(), 4);
+  const std::vector<StepMetrics> tail = RunSteps(*resumed, 8);
+  ExpectBitwiseEqual(tail, std::vector<StepMetrics>(all.begin() + 4, all.end()),
+                     4);
+  const std::vector<float> a = Params(*straight), b = Params(*resumed);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+      << "final weights differ";
+}
+
+TEST(CheckpointResume, CheckpointOfOtherTrainingIsRefusedNamingTheField) {
+  const std::string config = RunConfig("other");
+  std::string dir;
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
+    ASSERT_NE(first, nullptr);
+    RunSteps(*first, 2);
+    absl::StatusOr<std::string> saved = first->SaveCheckpoint();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    dir = *saved;
+  }
+  auto changed = config::LoadTrainConfig(
+      config, {absl::StrCat("resume=", dir), "optimizer.lr=2e-3"});
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  std::ostringstream log;
+  auto refused = loop::Trainer::Create(*changed, log);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr(absl::StrCat("resume from ", dir)));
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("optimizer.lr: 0.001 -> 0.002"));
+
+  // Settings of the run, not of the training, may change; a checkpoint can
+  // seed a new run dir.
+  std::unique_ptr<loop::Trainer> moved =
+      MakeTrainer(config, {absl::StrCat("resume=", dir), "save_every_steps=5",
+                           "log_every_steps=3", "run_dir=" + dir + "_fork"});
+  ASSERT_NE(moved, nullptr);
+  EXPECT_EQ(moved->steps_done(), 2);
+}
+
+TEST(CheckpointResume, ExportHoldsTheTrainedWeightsBitForBit) {
+  std::unique_ptr<loop::Trainer> trainer = MakeTrainer(RunConfig("export"));
+  ASSERT_NE(trainer, nullptr);
+  RunSteps(*trainer, 3);
+  absl::StatusOr<std::string> dir = trainer->SaveCheckpoint();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string out = *dir + "_hf";
+  absl::StatusOr<checkpoint::CheckpointExport> exported =
+      checkpoint::ExportCheckpoint(*dir, out, io::DType::kF32,
+                                   checkpoint::kDefaultMaxShardBytes);
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ(exported->step, 3);
+  absl::StatusOr<io::WeightStore> store = io::WeightStore::Open(out);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const model::ParamLayout& layout = trainer->policy().layout();
+  const std::vector<float> params = Params(*trainer);
+  for (const model::HfTensorRef& ref : layout.HfTensors()) {
+    std::vector<float> got(ref.numel), want(ref.numel);
+    ASSERT_TRUE(store->ReadFloat(ref.name, ref.shape, got.data()).ok());
+    model::LayoutToHf(ref, params.data() + ref.offset, want.data());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+        << ref.name;
+  }
+}
+
+}  // namespace
+}  // namespace prefopt

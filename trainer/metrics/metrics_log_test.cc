@@ -1,0 +1,82 @@
+#include "trainer/metrics/metrics_log.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace prefopt::metrics {
+namespace {
+
+std::string TempPath(const std::string& name) {
+  return std::string(std::getenv("TEST_TMPDIR")) + "/" + name;
+}
+
+std::string Contents(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+TEST(MetricsLogTest, WritesOneLinePerStepAndCountsThem) {
+  const std::string path = TempPath("fresh.jsonl");
+  WriteFile(path, "{\"step\": 9}\n");  // an earlier run's: replaced
+  auto log = MetricsLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(log->lines(), 0);
+  ASSERT_TRUE(log->Write(1, {{"loss", 0.5}}).ok());
+  ASSERT_TRUE(log->Write(2, {{"loss", 0.25}, {"lr", 1e-3}}).ok());
+  EXPECT_EQ(log->lines(), 2);
+  EXPECT_EQ(Contents(path),
+            "{\"step\": 1, \"loss\": 0.5}\n"
+            "{\"step\": 2, \"loss\": 0.25, \"lr\": 0.001}\n");
+}
+
+TEST(MetricsLogTest, ResumeKeepsTheFirstLinesAndAppends) {
+  const std::string path = TempPath("resume.jsonl");
+  WriteFile(path,
+            "{\"step\": 1}\n{\"step\": 2}\n{\"step\": 3}\n{\"step\": 4}\n");
+  auto log = MetricsLog::Open(path, 2);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(log->lines(), 2);
+  ASSERT_TRUE(log->Write(3, {{"loss", 1}}).ok());
+  EXPECT_EQ(log->lines(), 3);
+  EXPECT_EQ(Contents(path),
+            "{\"step\": 1}\n{\"step\": 2}\n{\"step\": 3, \"loss\": 1}\n");
+}
+
+TEST(MetricsLogTest, ResumeDropsAPartialLastLine) {
+  const std::string path = TempPath("partial.jsonl");
+  WriteFile(path, "{\"step\": 1}\n{\"step\": 2}\n{\"st");
+  auto log = MetricsLog::Open(path, 5);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(log->lines(), 2);
+  ASSERT_TRUE(log->Write(3, {}).ok());
+  EXPECT_EQ(Contents(path), "{\"step\": 1}\n{\"step\": 2}\n{\"step\": 3}\n");
+}
+
+TEST(MetricsLogTest, ResumeWithoutAFileStartsOne) {
+  const std::string path = TempPath("missing.jsonl");
+  auto log = MetricsLog::Open(path, 3);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(log->lines(), 0);
+  ASSERT_TRUE(log->Write(4, {}).ok());
+  EXPECT_EQ(Contents(path), "{\"step\": 4}\n");
+}
+
+TEST(MetricsLogTest, UnwritableFolderIsNamed) {
+  auto log = MetricsLog::Open("/nonexistent-dir/metrics.jsonl");
+  ASSERT_FALSE(log.ok());
+  EXPECT_NE(log.status().message().find("/nonexistent-dir/metrics.jsonl"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace prefopt::metrics
