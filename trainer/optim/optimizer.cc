@@ -20,16 +20,27 @@ AdamWOptimizer::~AdamWOptimizer() {
   backend_->Free(v_);
 }
 
-double AdamWOptimizer::ClipGradients(float* grads) {
-  const double norm = std::sqrt(backend_->SumSquares(grads, layout_.total()));
-  const double max_norm = config_.max_grad_norm();
+double ClipGlobalNorm(kernels::Backend* backend,
+                      absl::Span<const GradientSpan> buffers, double max_norm) {
+  double squares = 0;
+  for (const GradientSpan& b : buffers) {
+    squares += backend->SumSquares(b.grads, b.n);
+  }
+  const double norm = std::sqrt(squares);
   if (max_norm > 0) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
-      backend_->Scale(grads, static_cast<float>(coef), layout_.total());
+      for (const GradientSpan& b : buffers) {
+        backend->Scale(b.grads, static_cast<float>(coef), b.n);
+      }
     }
   }
   return norm;
+}
+
+double AdamWOptimizer::ClipGradients(float* grads) {
+  return ClipGlobalNorm(backend_, {{grads, layout_.total()}},
+                        config_.max_grad_norm());
 }
 
 void AdamWOptimizer::Step(float* params, const float* grads, float lr) {
