@@ -470,6 +470,10 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
   const auto problem = [&](absl::string_view field, absl::string_view what) {
     problems->push_back(absl::StrCat("model.", field, ": ", what));
   };
+  if (model.live_reference() && config.objective().has_sft()) {
+    problem("live_reference",
+            "objective sft uses no reference model; remove live_reference");
+  }
   const std::pair<const char*, int32_t> sizes[] = {
       {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
       {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},

@@ -386,7 +386,10 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{{"log_every_steps=-1"},
                     "log_every_steps: must be >= 1, got -1"},
         InvalidCase{{"output_chunk_tokens=-64"},
-                    "output_chunk_tokens: must be >= 1, got -64"}));
+                    "output_chunk_tokens: must be >= 1, got -64"},
+        InvalidCase{{"objective.sft={}", "model.live_reference=true"},
+                    "model.live_reference: objective sft uses no reference "
+                    "model"}));
 
 TEST(ValidationTest, ObjectiveMustBeSet) {
   const std::string path = WriteTempFile("no_objective.textproto", R"pb(

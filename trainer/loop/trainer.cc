@@ -208,8 +208,17 @@ absl::Status Trainer::Init() {
   }
 
   if (objective_->reference_needs() != objectives::ReferenceNeeds::kNone) {
-    s = BuildReferences();
-    if (!s.ok()) return s;
+    if (mc.live_reference()) {
+      auto reference = CreateReferenceModel(mc, *policy_);
+      if (!reference.ok()) return reference.status();
+      live_reference_ = std::make_unique<LiveReference>(
+          *std::move(reference), config_.output_chunk_tokens(),
+          dataset_.examples.size());
+      out() << "reference: live (frozen copy in memory)\n";
+    } else {
+      s = BuildReferences();
+      if (!s.ok()) return s;
+    }
   }
 
   output_ = std::make_unique<objectives::ChunkedOutputLayer>(
@@ -232,37 +241,11 @@ absl::Status Trainer::Init() {
 }
 
 absl::Status Trainer::BuildReferences() {
-  const ModelConfig& mc = config_.model();
-  io::ModelSpec ref_spec = spec_;
-  std::optional<io::WeightStore> ref_store;
-  if (!mc.reference_hf_path().empty()) {
-    auto spec = io::ReadHfConfig(mc.reference_hf_path());
-    if (!spec.ok()) return spec.status();
-    if (spec->vocab_size != spec_.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model.reference_hf_path: the reference vocabulary (",
-                       spec->vocab_size, ") differs from the policy's (",
-                       spec_.vocab_size, ")"));
-    }
-    ref_spec = *spec;
-    auto opened = io::WeightStore::Open(mc.reference_hf_path());
-    if (!opened.ok()) return opened.status();
-    ref_store.emplace(*std::move(opened));
-  }
   // The frozen reference lives only for this pass; training holds no second
   // model (objectives.md §6).
-  auto ref = model::Decoder::Create(ref_spec, backend_.get(),
-                                    policy_->capacity(), false);
+  auto ref = CreateReferenceModel(config_.model(), *policy_);
   if (!ref.ok()) return ref.status();
   model::Decoder& reference = **ref;
-  if (ref_store.has_value()) {
-    absl::Status s = reference.LoadHf(*ref_store);
-    if (!s.ok()) return s;
-  } else {
-    std::vector<float> host(policy_->layout().total());
-    backend_->CopyToHost(host.data(), policy_->params(), host.size());
-    backend_->CopyToDevice(reference.params(), host.data(), host.size());
-  }
   reference::ReferenceOptions options;
   options.token_logps =
       objective_->reference_needs() == objectives::ReferenceNeeds::kTokenLogps;
@@ -347,11 +330,16 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     tokens += batch_.packed.rows();
+    const objectives::ReferenceValues* reference = &references_;
+    if (live_reference_ != nullptr) {
+      reference = &live_reference_->Score(dataset_.examples, micro,
+                                          objective_->reference_sees_context());
+    }
     const float* hidden = policy_->Forward(batch_.packed);
     scores = output_->Forward(hidden, policy_->output_embedding(),
                               batch_.packed.tokens.data(), batch_.segments);
     const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                          &references_};
+                                          reference};
     objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);

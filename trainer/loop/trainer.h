@@ -19,6 +19,7 @@
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
+#include "trainer/loop/reference_model.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/metrics/tensorboard_writer.h"
@@ -97,6 +98,8 @@ class Trainer {
   std::unique_ptr<model::Decoder> policy_;
   std::unique_ptr<objectives::ChunkedOutputLayer> output_;
   std::unique_ptr<objectives::Objective> objective_;
+  // model.live_reference: scores each micro-batch instead of references_.
+  std::unique_ptr<LiveReference> live_reference_;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
   std::optional<metrics::MetricsLog> metrics_log_;
   // Rank 0 only, like metrics_log_; null/empty on the other ranks.
