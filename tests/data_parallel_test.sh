@@ -2,6 +2,9 @@
 # Data-parallel training with real processes: `mpirun -np 2` with 2 examples per
 # rank per step must retrace one rank with the doubled batch (4 examples per
 # step, in 2 micro-batches), step for step, within fp32 summation-order noise.
+# Run for DPO and for SparsePO with two learned mask networks, whose gradients
+# are summed across ranks with the policy's (unsummed, each rank's masks would
+# drift apart and the losses with them).
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -9,34 +12,49 @@ source "$PWD/comm/mpi_env.sh"
 fixtures="$PWD/tests/fixtures/gpt2"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 
-cat >"$tmp/dp.textproto" <<CONF
+# run_case NAME OBJECTIVE: both runs of one objective, then the comparison.
+run_case() {
+  local name="$1" objective="$2"
+  cat >"$tmp/$name.textproto" <<CONF
 model { hf_path: "$fixtures/policy" reference_hf_path: "$fixtures/reference" }
 data { train_files: "$fixtures/pairs.jsonl" max_length: 64 shuffle: true }
-objective { dpo { beta: 0.1 } }
+objective { $objective }
 optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }
 batch { micro_batch_size: 2 global_batch_size: 4 }
 max_steps: 6
 seed: 5
 CONF
 
-"$prefopt" train --config="$tmp/dp.textproto" --run_dir="$tmp/one" >"$tmp/one.log" 2>&1 ||
-  { echo "FAIL: single-rank run"; cat "$tmp/one.log"; exit 1; }
-run_mpi 2 120 "$prefopt" train --config="$tmp/dp.textproto" --run_dir="$tmp/two" \
-  --set=batch.micro_batch_size=1 >"$tmp/two.log" 2>&1 ||
-  { echo "FAIL: 2-rank run"; cat "$tmp/two.log"; exit 1; }
+  "$prefopt" train --config="$tmp/$name.textproto" --run_dir="$tmp/$name-one" \
+    >"$tmp/$name-one.log" 2>&1 ||
+    { echo "FAIL: $name single-rank run"; cat "$tmp/$name-one.log"; exit 1; }
+  run_mpi 2 120 "$prefopt" train --config="$tmp/$name.textproto" \
+    --run_dir="$tmp/$name-two" --set=batch.micro_batch_size=1 \
+    >"$tmp/$name-two.log" 2>&1 ||
+    { echo "FAIL: $name 2-rank run"; cat "$tmp/$name-two.log"; exit 1; }
 
-python3 - "$tmp/one/metrics.jsonl" "$tmp/two/metrics.jsonl" <<'PY'
+  python3 - "$name" "$tmp/$name-one/metrics.jsonl" \
+    "$tmp/$name-two/metrics.jsonl" <<'PY' || exit 1
 import json, sys
-one = [json.loads(l) for l in open(sys.argv[1])]
-two = [json.loads(l) for l in open(sys.argv[2])]
+name = sys.argv[1]
+one = [json.loads(l) for l in open(sys.argv[2])]
+two = [json.loads(l) for l in open(sys.argv[3])]
 assert len(one) == len(two) == 6, (len(one), len(two))
+keys = ["loss", "grad_norm", "rewards/margins", "logps/chosen"]
+if name == "sparsepo":
+    keys += ["mask/mean", "mask/kl_mean"]
 worst = 0.0
 for a, b in zip(one, two):
-    for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):
+    for key in keys:
         x, y = a[key], b[key]
         err = abs(x - y) / max(abs(x), 1e-6)
         worst = max(worst, err)
-        assert err < 1e-4, f"step {a['step']} {key}: 1 rank {x}, 2 ranks {y}"
-print(f"ok: 6 steps, 1 rank x 4 pairs == 2 ranks x 2 pairs "
+        assert err < 1e-4, f"{name} step {a['step']} {key}: 1 rank {x}, 2 ranks {y}"
+print(f"ok: {name}, 6 steps, 1 rank x 4 pairs == 2 ranks x 2 pairs "
       f"(worst relative difference {worst:.2e})")
 PY
+}
+
+run_case dpo "dpo { beta: 0.1 }"
+run_case sparsepo \
+  "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"

@@ -1,6 +1,7 @@
 // Every objective trains through the same loop: a short from-scratch run on a
-// tiny GPT-2 lowers its loss, PRIOR with α = 0 retraces SFT step for step, and
-// a live reference model gives what the precomputed reference cache gives.
+// tiny GPT-2 lowers its loss (SparsePO with each kind of mask too), PRIOR with
+// α = 0 retraces SFT step for step, and a live reference model gives what the
+// precomputed reference cache gives.
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -77,6 +78,15 @@ INSTANTIATE_TEST_SUITE_P(
              "demos.jsonl"},
         Case{"isft_js", "implicit_sft { divergence: JENSEN_SHANNON }",
              "demos.jsonl"},
+        Case{"sparsepo_learned_common", "sparsepo { beta: 0.8 }",
+             "gpt2/pairs.jsonl"},
+        Case{"sparsepo_learned_independent_l1",
+             "sparsepo { independent_masks: true l1_reward: 0.01 l1_kl: 0.02 "
+             "mask_init_std: 0.1 }",
+             "gpt2/pairs.jsonl"},
+        Case{"sparsepo_mapo_all_groups",
+             "sparsepo { mask: MAPO mapo_groups: [MLP, ATTN, RESID, LOGITS] }",
+             "gpt2/pairs.jsonl"},
         Case{"dpo_live_reference", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
              "model.live_reference=true"}),
     [](const ::testing::TestParamInfo<Case>& info) {

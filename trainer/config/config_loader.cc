@@ -661,6 +661,17 @@ void CheckObjective(const ObjectiveConfig& objective,
             "objective.sparsepo.mask: MAPO masks are fixed and common, so "
             "independent_masks, l1_reward and l1_kl must be unset with it");
       }
+      if (sp.mask() != SparsePoConfig::MAPO && sp.mapo_groups_size() > 0) {
+        problems->push_back(
+            "objective.sparsepo.mapo_groups: only used with mask: MAPO");
+      }
+      for (int g : sp.mapo_groups()) {
+        if (g == SparsePoConfig::MAPO_GROUP_UNSPECIFIED) {
+          problems->push_back(
+              "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED is not "
+              "a group (choose MLP, ATTN, RESID or LOGITS)");
+        }
+      }
       return;
     }
   }

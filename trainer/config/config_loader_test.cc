@@ -387,6 +387,14 @@ INSTANTIATE_TEST_SUITE_P(
                     "log_every_steps: must be >= 1, got -1"},
         InvalidCase{{"output_chunk_tokens=-64"},
                     "output_chunk_tokens: must be >= 1, got -64"},
+        InvalidCase{{"objective.sparsepo.mapo_groups=MLP"},
+                    "objective.sparsepo.mapo_groups: only used with mask: "
+                    "MAPO"},
+        InvalidCase{{"objective.sparsepo.mask=MAPO",
+                     "objective.sparsepo.mapo_groups=RESID,"
+                     "MAPO_GROUP_UNSPECIFIED"},
+                    "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED "
+                    "is not a group"},
         InvalidCase{{"objective.sft={}", "model.live_reference=true"},
                     "model.live_reference: objective sft uses no reference "
                     "model"}));

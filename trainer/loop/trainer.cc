@@ -65,10 +65,14 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       if (!isft.ok()) return isft.status();
       return std::unique_ptr<objectives::Objective>(*std::move(isft));
     }
+    case ObjectiveConfig::kSparsepo:
+      return absl::InvalidArgumentError(
+          "objective.sparsepo: not a coefficient-form objective; the loop runs "
+          "it with SparsePoStep");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
-          "implicit_sft)");
+          "implicit_sft, sparsepo)");
   }
 }
 
@@ -123,10 +127,15 @@ absl::Status Trainer::Init() {
     spec_ = SpecFromConfig(mc);
   }
 
-  auto objective =
-      CreateObjective(config_.objective(), static_cast<int>(spec_.vocab_size));
-  if (!objective.ok()) return objective.status();
-  objective_ = *std::move(objective);
+  const bool sparsepo = config_.objective().has_sparsepo();
+  if (!sparsepo) {
+    auto objective = CreateObjective(config_.objective(),
+                                     static_cast<int>(spec_.vocab_size));
+    if (!objective.ok()) return objective.status();
+    objective_ = *std::move(objective);
+  }
+  const data::ExampleKind kind =
+      sparsepo ? data::ExampleKind::kPreference : objective_->example_kind();
 
   const DataConfig& dc = config_.data();
   data::TruncationOptions trunc;
@@ -134,8 +143,8 @@ absl::Status Trainer::Init() {
   trunc.max_prompt_length = dc.max_prompt_length();
   trunc.mode = dc.truncation_mode();
   auto ds = data::ReadExamplesJsonl(
-      {dc.train_files().begin(), dc.train_files().end()},
-      objective_->example_kind(), static_cast<int>(spec_.vocab_size), trunc);
+      {dc.train_files().begin(), dc.train_files().end()}, kind,
+      static_cast<int>(spec_.vocab_size), trunc);
   if (!ds.ok()) return ds.status();
   dataset_ = *std::move(ds);
   out() << "data: " << dataset_.examples.size() << " examples";
@@ -193,9 +202,7 @@ absl::Status Trainer::Init() {
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
-  cap.max_seqs =
-      (objective_->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
-      mb;
+  cap.max_seqs = (kind == data::ExampleKind::kPreference ? 2 : 1) * mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
   if (!policy.ok()) return policy.status();
@@ -207,7 +214,17 @@ absl::Status Trainer::Init() {
     policy_->InitRandom(config_.seed(), mc.init_std());
   }
 
-  if (objective_->reference_needs() != objectives::ReferenceNeeds::kNone) {
+  if (sparsepo) {
+    // SparsePO's reference stays in memory for the whole run (§6).
+    auto reference = CreateReferenceModel(mc, *policy_);
+    if (!reference.ok()) return reference.status();
+    auto step =
+        SparsePoStep::Create(config_, policy_.get(), *std::move(reference));
+    if (!step.ok()) return step.status();
+    sparsepo_ = *std::move(step);
+    out() << "reference: live (frozen copy in memory)\n";
+  } else if (objective_->reference_needs() !=
+             objectives::ReferenceNeeds::kNone) {
     if (mc.live_reference()) {
       auto reference = CreateReferenceModel(mc, *policy_);
       if (!reference.ok()) return reference.status();
@@ -221,9 +238,11 @@ absl::Status Trainer::Init() {
     }
   }
 
-  output_ = std::make_unique<objectives::ChunkedOutputLayer>(
-      backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
-      config_.output_chunk_tokens());
+  if (!sparsepo) {
+    output_ = std::make_unique<objectives::ChunkedOutputLayer>(
+        backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
+        config_.output_chunk_tokens());
+  }
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
       backend_.get(), policy_->layout(), config_.optimizer());
 
@@ -299,11 +318,42 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums sums;
-  const int64_t tokens = LocalForwardBackward(
-      indices, objective_->Denominator(dataset_.examples, indices), &sums);
+  const int64_t tokens =
+      LocalForwardBackward(indices, Denominator(indices), &sums);
   std::map<std::string, double> m = sums.Means();
   m["tokens"] = static_cast<double>(tokens);
   return m;
+}
+
+double Trainer::Denominator(const std::vector<int>& batch) const {
+  // SparsePO's loss is a mean over pairs.
+  if (sparsepo_ != nullptr) return static_cast<double>(batch.size());
+  return objective_->Denominator(dataset_.examples, batch);
+}
+
+std::vector<optim::GradientSpan> Trainer::Gradients() {
+  std::vector<optim::GradientSpan> spans = {
+      {policy_->grads(), policy_->layout().total()}};
+  if (sparsepo_ != nullptr) {
+    for (const optim::GradientSpan& g : sparsepo_->Gradients()) {
+      spans.push_back(g);
+    }
+  }
+  return spans;
+}
+
+std::vector<io::TensorToWrite> Trainer::ExtraCheckpointTensors() {
+  if (sparsepo_ == nullptr) return {};
+  return sparsepo_->CheckpointTensors();
+}
+
+absl::Status Trainer::RestoreExtraCheckpointTensors(
+    absl::Span<const io::TensorToWrite> tensors) {
+  if (sparsepo_ != nullptr) return sparsepo_->RestoreCheckpointTensors(tensors);
+  if (tensors.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("extra checkpoint tensors (e.g. ", tensors[0].name,
+                   ") need objective.sparsepo"));
 }
 
 std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
@@ -330,6 +380,10 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     tokens += batch_.packed.rows();
+    if (sparsepo_ != nullptr) {
+      sparsepo_->ForwardBackward(batch_, denominator, sums);
+      continue;
+    }
     const objectives::ReferenceValues* reference = &references_;
     if (live_reference_ != nullptr) {
       reference = &live_reference_->Score(dataset_.examples, micro,
@@ -355,14 +409,15 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<int> global = GlobalBatch(step_);
   objectives::MetricSums sums;
-  double tokens = static_cast<double>(LocalForwardBackward(
-      LocalShard(global), objective_->Denominator(dataset_.examples, global),
-      &sums));
+  double tokens = static_cast<double>(
+      LocalForwardBackward(LocalShard(global), Denominator(global), &sums));
   if (world_ > 1) {
     // Sums, not means: each rank's gradient is already divided by the global
     // denominator.
-    absl::Status s =
-        comm_->AllReduceSum(policy_->grads(), policy_->layout().total());
+    absl::Status s;
+    for (const optim::GradientSpan& g : Gradients()) {
+      if (s.ok()) s = comm_->AllReduceSum(g.grads, g.n);
+    }
     std::vector<double> flat = sums.Flattened();
     flat.push_back(tokens);
     if (s.ok()) s = comm_->AllReduceSum(flat.data(), flat.size());
@@ -372,7 +427,8 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     sums.SetFlattened(flat);
   }
   std::map<std::string, double> m = sums.Means();
-  const double grad_norm = optimizer_->ClipGradients(policy_->grads());
+  const double grad_norm = optim::ClipGlobalNorm(
+      backend_.get(), Gradients(), config_.optimizer().max_grad_norm());
   if (!std::isfinite(grad_norm)) {
     return absl::InternalError(
         absl::StrCat("step ", step_ + 1, ": the gradient norm is not finite"));
@@ -380,6 +436,7 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const double lr = optim::ScheduledLearningRate(
       config_.schedule(), config_.optimizer().lr(), step_, total_steps_);
   optimizer_->Step(policy_->params(), policy_->grads(), static_cast<float>(lr));
+  if (sparsepo_ != nullptr) sparsepo_->Update(static_cast<float>(lr));
   backend_->Zero(policy_->grads(), policy_->layout().total());
   ++step_;
 

@@ -14,12 +14,15 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "comm/communicator.h"
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
+#include "trainer/io/safetensors.h"
 #include "trainer/loop/reference_model.h"
+#include "trainer/loop/sparsepo_step.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/metrics/tensorboard_writer.h"
@@ -35,7 +38,8 @@ class Trainer {
  public:
   // Prepares a run from a validated config: creates run_dir (writing the
   // resolved config there), reads the data, builds the policy (loaded or
-  // initialized) and the reference log-probs (cached), and the optimizer.
+  // initialized), the reference (log-probs cached, or a live frozen model
+  // for model.live_reference and SparsePO), and the optimizer(s).
   // Progress and notices go to `log` (rank 0 only): a live progress line
   // when `log_is_terminal`, plain lines otherwise (files, Slurm logs).
   // `comm` connects the data-parallel ranks (not owned; null: a single
@@ -62,8 +66,20 @@ class Trainer {
   int total_steps() const { return total_steps_; }
   int steps_done() const { return step_; }
   const model::Decoder& policy() const { return *policy_; }
+  // For tests (finite differences) and for restoring weights.
+  model::Decoder& mutable_policy() { return *policy_; }
   const data::Dataset& dataset() const { return dataset_; }
   const objectives::ReferenceValues& references() const { return references_; }
+  // The SparsePO step (objective.sparsepo), holding the live reference and
+  // the mask; null for the other objectives.
+  SparsePoStep* sparsepo() { return sparsepo_.get(); }
+
+  // Trained state outside the policy, for checkpoints only (never the Hugging
+  // Face export): SparsePO's mask networks and their AdamW moments (see
+  // SparsePoStep::CheckpointTensors); empty for the other objectives.
+  std::vector<io::TensorToWrite> ExtraCheckpointTensors();
+  absl::Status RestoreExtraCheckpointTensors(
+      absl::Span<const io::TensorToWrite> tensors);
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log,
@@ -75,6 +91,11 @@ class Trainer {
   int64_t LocalForwardBackward(const std::vector<int>& local,
                                double denominator,
                                objectives::MetricSums* sums);
+  // The loss denominator of a global batch (objectives.md §0).
+  double Denominator(const std::vector<int>& batch) const;
+  // Every trained buffer's gradient: the policy's, then SparsePO's mask
+  // networks'. They are summed across ranks and clipped as one vector.
+  std::vector<optim::GradientSpan> Gradients();
   // This rank's contiguous share of a global batch.
   std::vector<int> LocalShard(const std::vector<int>& global) const;
   // Where notices go: `log_` on rank 0, nowhere on the others.
@@ -97,7 +118,9 @@ class Trainer {
   objectives::ReferenceValues references_;
   std::unique_ptr<model::Decoder> policy_;
   std::unique_ptr<objectives::ChunkedOutputLayer> output_;
+  // Null for SparsePO, which runs through sparsepo_ instead.
   std::unique_ptr<objectives::Objective> objective_;
+  std::unique_ptr<SparsePoStep> sparsepo_;
   // model.live_reference: scores each micro-batch instead of references_.
   std::unique_ptr<LiveReference> live_reference_;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
