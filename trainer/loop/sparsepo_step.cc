@@ -58,7 +58,8 @@ MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
 // response rows (segment after segment): LEARNED keeps the hidden state after
 // each layer (the last after the final norm); MAPO keeps one score per row
 // and map, the row's mean over the map's width, which is all MapoMask reads
-// of a map (its min-max rescaling follows per sequence).
+// of a map (its min-max rescaling follows per sequence). The views are read
+// in place: the decoder's memory is host memory here (see the header).
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
   MaskInputs(bool learned, const std::vector<MapoGroup>& groups, int layers,
