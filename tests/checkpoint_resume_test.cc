@@ -32,7 +32,8 @@ using ::testing::HasSubstr;
 // two epoch boundaries (each with its own shuffle), and the resume at step
 // 4 lands mid-epoch. The linear schedule with warm-up makes every step's
 // learning rate depend on the step count that resume restores.
-std::string RunConfig(const std::string& name, const std::string& extra = "") {
+std::string RunConfig(const std::string& name, const std::string& extra = "",
+                      const std::string& objective = "dpo { beta: 0.1 }") {
   const std::string run_dir =
       absl::StrCat(std::getenv("TEST_TMPDIR"), "/", name);
   fs::remove_all(run_dir);
@@ -43,8 +44,8 @@ std::string RunConfig(const std::string& name, const std::string& extra = "") {
           "n_embd: 32 n_layer: 2 n_head: 4 }\n",
           "data { train_files: '",
           testing::WorkspacePath("tests/fixtures/gpt2/pairs.jsonl"),
-          "' max_length: 32 shuffle: true }\n",
-          "objective { dpo { beta: 0.1 } }\n",
+          "' max_length: 32 shuffle: true }\n", "objective { ", objective,
+          " }\n",
           "optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }\n",
           "schedule { kind: LINEAR warmup_steps: 2 }\n",
           "batch { micro_batch_size: 1 global_batch_size: 2 }\n",
@@ -97,13 +98,19 @@ void ExpectBitwiseEqual(const std::vector<StepMetrics>& a,
   }
 }
 
-TEST(CheckpointResume, ResumedRunIsBitwiseTheUninterruptedRun) {
-  std::unique_ptr<loop::Trainer> straight = MakeTrainer(RunConfig("straight"));
+// SparsePO also saves and restores its mask networks and their optimizers.
+class ResumeEachObjective : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ResumeEachObjective, ResumedRunIsBitwiseTheUninterruptedRun) {
+  const std::string objective = GetParam();
+  const std::string tag = objective.substr(0, objective.find(' '));
+  std::unique_ptr<loop::Trainer> straight =
+      MakeTrainer(RunConfig("straight_" + tag, "", objective));
   ASSERT_NE(straight, nullptr);
   const std::vector<StepMetrics> all = RunSteps(*straight, 8);
   ASSERT_EQ(all.size(), 8u);
 
-  const std::string config = RunConfig("interrupted");
+  const std::string config = RunConfig("interrupted_" + tag, "", objective);
   std::string saved;
   {
     std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
@@ -131,6 +138,12 @@ TEST(CheckpointResume, ResumedRunIsBitwiseTheUninterruptedRun) {
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
       << "final weights differ";
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Objectives, ResumeEachObjective,
+    ::testing::Values("dpo { beta: 0.1 }",
+                      "sparsepo { independent_masks: true mask_init_std: 0.3 "
+                      "}"));
 
 TEST(CheckpointResume, CheckpointOfOtherTrainingIsRefusedNamingTheField) {
   const std::string config = RunConfig("other");

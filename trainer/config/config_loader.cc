@@ -477,6 +477,10 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
   const auto problem = [&](absl::string_view field, absl::string_view what) {
     problems->push_back(absl::StrCat("model.", field, ": ", what));
   };
+  if (model.live_reference() && config.objective().has_sft()) {
+    problem("live_reference",
+            "objective sft uses no reference model; remove live_reference");
+  }
   const std::pair<const char*, int32_t> sizes[] = {
       {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
       {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},
@@ -717,6 +721,17 @@ void CheckObjective(const ObjectiveConfig& objective,
         problems->push_back(
             "objective.sparsepo.mask: MAPO masks are fixed and common, so "
             "independent_masks, l1_reward and l1_kl must be unset with it");
+      }
+      if (sp.mask() != SparsePoConfig::MAPO && sp.mapo_groups_size() > 0) {
+        problems->push_back(
+            "objective.sparsepo.mapo_groups: only used with mask: MAPO");
+      }
+      for (int g : sp.mapo_groups()) {
+        if (g == SparsePoConfig::MAPO_GROUP_UNSPECIFIED) {
+          problems->push_back(
+              "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED is not "
+              "a group (choose MLP, ATTN, RESID or LOGITS)");
+        }
       }
       return;
     }

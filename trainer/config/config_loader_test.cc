@@ -449,7 +449,18 @@ INSTANTIATE_TEST_SUITE_P(
                     "save_every_steps: must be >= 0 (0 = only after the last "
                     "step), got -1"},
         InvalidCase{{"keep_last_n=-2"},
-                    "keep_last_n: must be >= 0 (0 = keep all), got -2"}));
+                    "keep_last_n: must be >= 0 (0 = keep all), got -2"},
+        InvalidCase{{"objective.sparsepo.mapo_groups=MLP"},
+                    "objective.sparsepo.mapo_groups: only used with mask: "
+                    "MAPO"},
+        InvalidCase{{"objective.sparsepo.mask=MAPO",
+                     "objective.sparsepo.mapo_groups=RESID,"
+                     "MAPO_GROUP_UNSPECIFIED"},
+                    "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED "
+                    "is not a group"},
+        InvalidCase{{"objective.sft={}", "model.live_reference=true"},
+                    "model.live_reference: objective sft uses no reference "
+                    "model"}));
 
 TEST(ValidationTest, ObjectiveMustBeSet) {
   const std::string path = WriteTempFile("no_objective.textproto", R"pb(

@@ -93,10 +93,14 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       if (!isft.ok()) return isft.status();
       return std::unique_ptr<objectives::Objective>(*std::move(isft));
     }
+    case ObjectiveConfig::kSparsepo:
+      return absl::InvalidArgumentError(
+          "objective.sparsepo: not a coefficient-form objective; the loop runs "
+          "it with SparsePoStep");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
-          "implicit_sft)");
+          "implicit_sft, sparsepo)");
   }
 }
 
@@ -151,10 +155,15 @@ absl::Status Trainer::Init() {
     spec_ = SpecFromConfig(mc);
   }
 
-  auto objective =
-      CreateObjective(config_.objective(), static_cast<int>(spec_.vocab_size));
-  if (!objective.ok()) return objective.status();
-  objective_ = *std::move(objective);
+  const bool sparsepo = config_.objective().has_sparsepo();
+  if (!sparsepo) {
+    auto objective = CreateObjective(config_.objective(),
+                                     static_cast<int>(spec_.vocab_size));
+    if (!objective.ok()) return objective.status();
+    objective_ = *std::move(objective);
+  }
+  const data::ExampleKind kind =
+      sparsepo ? data::ExampleKind::kPreference : objective_->example_kind();
 
   const DataConfig& dc = config_.data();
   data::DataOptions data_options;
@@ -174,16 +183,14 @@ absl::Status Trainer::Init() {
   // same files at once. Every rank reaches the barrier, even after an error.
   absl::StatusOr<data::Dataset> ds = absl::UnknownError("not loaded");
   if (rank_ == 0) {
-    ds = data::LoadDataset(train_files, objective_->example_kind(),
-                           data_options, &out());
+    ds = data::LoadDataset(train_files, kind, data_options, &out());
   }
   if (world_ > 1) {
     s = comm_->Barrier();
     if (!s.ok()) return s;
   }
   if (rank_ != 0) {
-    ds = data::LoadDataset(train_files, objective_->example_kind(),
-                           data_options, nullptr);
+    ds = data::LoadDataset(train_files, kind, data_options, nullptr);
   }
   if (!ds.ok()) return ds.status();
   dataset_ = *std::move(ds);
@@ -236,9 +243,7 @@ absl::Status Trainer::Init() {
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
-  cap.max_seqs =
-      (objective_->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
-      mb;
+  cap.max_seqs = (kind == data::ExampleKind::kPreference ? 2 : 1) * mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
   cap.param_multiple = 16 * world_;
@@ -252,14 +257,35 @@ absl::Status Trainer::Init() {
     policy_->InitRandom(config_.seed(), mc.init_std());
   }
 
-  if (objective_->reference_needs() != objectives::ReferenceNeeds::kNone) {
-    s = BuildReferences();
-    if (!s.ok()) return s;
+  if (sparsepo) {
+    // SparsePO's reference stays in memory for the whole run (§6).
+    auto reference = CreateReferenceModel(mc, *policy_);
+    if (!reference.ok()) return reference.status();
+    auto step =
+        SparsePoStep::Create(config_, policy_.get(), *std::move(reference));
+    if (!step.ok()) return step.status();
+    sparsepo_ = *std::move(step);
+    out() << "reference: live (frozen copy in memory)\n";
+  } else if (objective_->reference_needs() !=
+             objectives::ReferenceNeeds::kNone) {
+    if (mc.live_reference()) {
+      auto reference = CreateReferenceModel(mc, *policy_);
+      if (!reference.ok()) return reference.status();
+      live_reference_ = std::make_unique<LiveReference>(
+          *std::move(reference), config_.output_chunk_tokens(),
+          dataset_.examples.size());
+      out() << "reference: live (frozen copy in memory)\n";
+    } else {
+      s = BuildReferences();
+      if (!s.ok()) return s;
+    }
   }
 
-  output_ = std::make_unique<objectives::ChunkedOutputLayer>(
-      backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
-      config_.output_chunk_tokens());
+  if (!sparsepo) {
+    output_ = std::make_unique<objectives::ChunkedOutputLayer>(
+        backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
+        config_.output_chunk_tokens());
+  }
   sync_ = std::make_unique<GradientSync>(world_ > 1 ? comm_ : nullptr,
                                          policy_->padded_param_count(),
                                          config_.zero_stage());
@@ -297,37 +323,11 @@ absl::Status Trainer::Init() {
 }
 
 absl::Status Trainer::BuildReferences() {
-  const ModelConfig& mc = config_.model();
-  io::ModelSpec ref_spec = spec_;
-  std::optional<io::WeightStore> ref_store;
-  if (!mc.reference_hf_path().empty()) {
-    auto spec = io::ReadHfConfig(mc.reference_hf_path());
-    if (!spec.ok()) return spec.status();
-    if (spec->vocab_size != spec_.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model.reference_hf_path: the reference vocabulary (",
-                       spec->vocab_size, ") differs from the policy's (",
-                       spec_.vocab_size, ")"));
-    }
-    ref_spec = *spec;
-    auto opened = io::WeightStore::Open(mc.reference_hf_path());
-    if (!opened.ok()) return opened.status();
-    ref_store.emplace(*std::move(opened));
-  }
   // The frozen reference lives only for this pass; training holds no second
   // model (objectives.md §6).
-  auto ref = model::Decoder::Create(ref_spec, backend_.get(),
-                                    policy_->capacity(), false);
+  auto ref = CreateReferenceModel(config_.model(), *policy_);
   if (!ref.ok()) return ref.status();
   model::Decoder& reference = **ref;
-  if (ref_store.has_value()) {
-    absl::Status s = reference.LoadHf(*ref_store);
-    if (!s.ok()) return s;
-  } else {
-    std::vector<float> host(policy_->layout().total());
-    backend_->CopyToHost(host.data(), policy_->params(), host.size());
-    backend_->CopyToDevice(reference.params(), host.data(), host.size());
-  }
   reference::ReferenceOptions options;
   options.token_logps =
       objective_->reference_needs() == objectives::ReferenceNeeds::kTokenLogps;
@@ -381,11 +381,36 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums sums;
-  const int64_t tokens = LocalForwardBackward(
-      indices, objective_->Denominator(dataset_.examples, indices), &sums);
+  const int64_t tokens =
+      LocalForwardBackward(indices, Denominator(indices), &sums);
   std::map<std::string, double> m = sums.Means();
   m["tokens"] = static_cast<double>(tokens);
   return m;
+}
+
+double Trainer::Denominator(const std::vector<int>& batch) const {
+  // SparsePO's loss is a mean over pairs.
+  if (sparsepo_ != nullptr) return static_cast<double>(batch.size());
+  return objective_->Denominator(dataset_.examples, batch);
+}
+
+std::vector<optim::GradientSpan> Trainer::ExtraGradients() {
+  if (sparsepo_ == nullptr) return {};
+  return sparsepo_->Gradients();
+}
+
+std::vector<io::TensorToWrite> Trainer::ExtraCheckpointTensors() {
+  if (sparsepo_ == nullptr) return {};
+  return sparsepo_->CheckpointTensors();
+}
+
+absl::Status Trainer::RestoreExtraCheckpointTensors(
+    absl::Span<const io::TensorToWrite> tensors) {
+  if (sparsepo_ != nullptr) return sparsepo_->RestoreCheckpointTensors(tensors);
+  if (tensors.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("extra checkpoint tensors (e.g. ", tensors[0].name,
+                   ") need objective.sparsepo"));
 }
 
 std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
@@ -412,11 +437,20 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     tokens += batch_.packed.rows();
+    if (sparsepo_ != nullptr) {
+      sparsepo_->ForwardBackward(batch_, denominator, sums);
+      continue;
+    }
+    const objectives::ReferenceValues* reference = &references_;
+    if (live_reference_ != nullptr) {
+      reference = &live_reference_->Score(dataset_.examples, micro,
+                                          objective_->reference_sees_context());
+    }
     const float* hidden = policy_->Forward(batch_.packed);
     scores = output_->Forward(hidden, policy_->output_embedding(),
                               batch_.packed.tokens.data(), batch_.segments);
     const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                          &references_};
+                                          reference};
     objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
@@ -435,13 +469,18 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<int> global = GlobalBatch(step_);
   objectives::MetricSums sums;
-  double tokens = static_cast<double>(LocalForwardBackward(
-      LocalShard(global), objective_->Denominator(dataset_.examples, global),
-      &sums));
+  double tokens = static_cast<double>(
+      LocalForwardBackward(LocalShard(global), Denominator(global), &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;
   if (world_ > 1) {
+    // The mask networks' gradients (SparsePO) are summed in full: they are
+    // small and their optimizers are not sharded.
+    for (const optim::GradientSpan& g : ExtraGradients()) {
+      if (s.ok()) s = comm_->AllReduceSum(g.grads, g.n);
+    }
+    if (!s.ok()) return s;
     std::vector<double> flat = sums.Flattened();
     flat.push_back(tokens);
     s = comm_->AllReduceSum(flat.data(), flat.size());
@@ -451,10 +490,16 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     sums.SetFlattened(flat);
   }
   std::map<std::string, double> m = sums.Means();
+  // The global norm covers the policy (sharded under ZeRO-1, so its squares
+  // are summed across ranks) and the mask networks (whole on every rank).
   auto squares =
       sync_->GlobalGradSquares(optimizer_->LocalGradSquares(policy_->grads()));
   if (!squares.ok()) return squares.status();
-  const double grad_norm = std::sqrt(*squares);
+  double total_squares = *squares;
+  for (const optim::GradientSpan& g : ExtraGradients()) {
+    total_squares += backend_->SumSquares(g.grads, g.n);
+  }
+  const double grad_norm = std::sqrt(total_squares);
   const double lr = optim::ScheduledLearningRate(
       config_.schedule(), config_.optimizer().lr(), step_, total_steps_);
   // Every rank sees the same reduced values, so every rank decides alike.
@@ -468,14 +513,18 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   }
   if (finite) {
     optimizer_->ClipWithNorm(policy_->grads(), grad_norm);
+    optim::ScaleForClip(backend_.get(), ExtraGradients(), grad_norm,
+                        config_.optimizer().max_grad_norm());
     optimizer_->Step(policy_->params(), policy_->grads(),
                      static_cast<float>(lr));
+    if (sparsepo_ != nullptr) sparsepo_->Update(static_cast<float>(lr));
     s = sync_->GatherParams(policy_->params());
     if (!s.ok()) return s;
   } else {
     out() << "step " << step_ + 1
           << ": the gradient is not finite; update skipped "
              "(skip_nonfinite_steps)\n";
+    if (sparsepo_ != nullptr) sparsepo_->ZeroGradients();
   }
   m["skipped_nonfinite"] = finite ? 0.0 : 1.0;
   backend_->Zero(policy_->grads(), policy_->padded_param_count());

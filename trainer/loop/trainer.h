@@ -14,13 +14,17 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "comm/communicator.h"
 #include "kernels/backend.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
+#include "trainer/io/safetensors.h"
 #include "trainer/loop/gradient_sync.h"
+#include "trainer/loop/reference_model.h"
+#include "trainer/loop/sparsepo_step.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/metrics/tensorboard_writer.h"
@@ -36,10 +40,11 @@ class Trainer {
  public:
   // Prepares a run from a validated config: creates run_dir (writing the
   // resolved config there), reads the data, builds the policy (loaded or
-  // initialized) and the reference log-probs (cached), and the optimizer,
-  // then resumes from the checkpoint config.resume() names, if any (the
-  // weights, optimizer state and step; metrics.jsonl is cut back to the
-  // checkpoint's lines).
+  // initialized), the reference (log-probs cached, or a live frozen model
+  // for model.live_reference and SparsePO), and the optimizer(s), then
+  // resumes from the checkpoint config.resume() names, if any (the weights,
+  // optimizer state and step; metrics.jsonl is cut back to the checkpoint's
+  // lines).
   // Progress and notices go to `log` (rank 0 only): a live progress line
   // when `log_is_terminal`, plain lines otherwise (files, Slurm logs).
   // `comm` connects the data-parallel ranks (not owned; null: a single
@@ -77,8 +82,20 @@ class Trainer {
   // The signal that stopped Run() before the last step, or 0.
   int stopped_by_signal() const { return stop_signal_; }
   const model::Decoder& policy() const { return *policy_; }
+  // For tests (finite differences) and for restoring weights.
+  model::Decoder& mutable_policy() { return *policy_; }
   const data::Dataset& dataset() const { return dataset_; }
   const objectives::ReferenceValues& references() const { return references_; }
+  // The SparsePO step (objective.sparsepo), holding the live reference and
+  // the mask; null for the other objectives.
+  SparsePoStep* sparsepo() { return sparsepo_.get(); }
+
+  // Trained state outside the policy, for checkpoints only (never the Hugging
+  // Face export): SparsePO's mask networks and their AdamW moments (see
+  // SparsePoStep::CheckpointTensors); empty for the other objectives.
+  std::vector<io::TensorToWrite> ExtraCheckpointTensors();
+  absl::Status RestoreExtraCheckpointTensors(
+      absl::Span<const io::TensorToWrite> tensors);
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log,
@@ -90,6 +107,11 @@ class Trainer {
   int64_t LocalForwardBackward(const std::vector<int>& local,
                                double denominator,
                                objectives::MetricSums* sums);
+  // The loss denominator of a global batch (objectives.md §0).
+  double Denominator(const std::vector<int>& batch) const;
+  // The gradients trained beside the policy's: SparsePO's mask networks'.
+  // They are summed across ranks and clipped with the policy's as one vector.
+  std::vector<optim::GradientSpan> ExtraGradients();
   // This rank's contiguous share of a global batch.
   std::vector<int> LocalShard(const std::vector<int>& global) const;
   // Where notices go: `log_` on rank 0, nowhere on the others.
@@ -128,8 +150,12 @@ class Trainer {
   objectives::ReferenceValues references_;
   std::unique_ptr<model::Decoder> policy_;
   std::unique_ptr<objectives::ChunkedOutputLayer> output_;
+  // Null for SparsePO, which runs through sparsepo_ instead.
   std::unique_ptr<objectives::Objective> objective_;
   std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<SparsePoStep> sparsepo_;
+  // model.live_reference: scores each micro-batch instead of references_.
+  std::unique_ptr<LiveReference> live_reference_;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
   std::optional<metrics::MetricsLog> metrics_log_;
   // Rank 0 only, like metrics_log_; null/empty on the other ranks.

@@ -142,6 +142,18 @@ absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
   backend_->CopyToDevice(optimizer_->second_moment(), loaded->exp_avg_sq.data(),
                          loaded->exp_avg_sq.size());
   optimizer_->set_steps_taken(static_cast<int>(m.optimizer_step()));
+  std::vector<io::TensorToWrite> extra;
+  for (const checkpoint::LoadedTensor& t : loaded->extra) {
+    if (t.role == "mask_net")
+      extra.push_back({t.name, t.shape, t.values.data()});
+  }
+  if (absl::Status s = RestoreExtraCheckpointTensors(extra); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": ", s.message()));
+  }
+  // The mask networks' optimizers step with the policy's.
+  if (sparsepo_ != nullptr) {
+    sparsepo_->SetOptimizerSteps(static_cast<int>(m.optimizer_step()));
+  }
   resumed_metrics_lines_ = m.metrics_lines();
   if (rank_ == 0) {
     // The ETA's pace counts only the steps this launch runs.
@@ -187,6 +199,14 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint() {
     c.spec = &spec_;
     c.params = params.data();
     c.tokenizer_dir = TokenizerDir(config_);
+    // SparsePO's mask networks (and their moments): saved with the run,
+    // never part of the Hugging Face model.
+    checkpoint::TensorGroup masks;
+    masks.role = "mask_net";
+    for (const io::TensorToWrite& t : ExtraCheckpointTensors()) {
+      masks.tensors.push_back({t.name, t.shape, t.data});
+    }
+    if (!masks.tensors.empty()) c.extra.push_back(std::move(masks));
   }
   // Each rank saves the moments it owns: its own shard when the optimizer
   // is sharded (ZeRO-1), else rank 0 the whole buffer.

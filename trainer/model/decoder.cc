@@ -350,6 +350,7 @@ const float* Decoder::Forward(const PackedBatch& batch) {
 
   b.EmbeddingForward(encoded_, batch.tokens.data(), batch.positions.data(),
                      P(wte_offset_), P(wpe_offset_), N, C);
+  Observe(Activation::kEmbedding, -1, encoded_, N, C, C);
   const float* residual = encoded_;
   for (int l = 0; l < spec_.n_layer; ++l) {
     const LayerOffsets& o = layer_offsets_[l];
@@ -361,10 +362,15 @@ const float* Decoder::Forward(const PackedBatch& batch) {
       b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
                     NKV, hs);
     }
+    Observe(Activation::kQuery, l, a.qkv, N, ATT, QKV);
+    Observe(Activation::kKey, l, a.qkv + ATT, N, NKV * hs, QKV);
+    Observe(Activation::kValue, l, a.qkv + ATT + NKV * hs, N, NKV * hs, QKV);
     b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV,
                        hs);
     b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+    Observe(Activation::kAttentionOutput, l, branch_out_, N, C, C);
     b.Add(a.res2, residual, branch_out_, n * C);
+    Observe(Activation::kResidAfterAttention, l, a.res2, N, C, C);
     // MLP block.
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
     b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
@@ -373,11 +379,14 @@ const float* Decoder::Forward(const PackedBatch& batch) {
     } else {
       b.GeluForward(a.act, a.fc, n * FF);
     }
+    Observe(Activation::kMlpActivation, l, a.act, N, FF, FF);
     b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
     b.Add(a.res3, a.res2, branch_out_, n * C);
+    Observe(Activation::kResidAfterMlp, l, a.res3, N, C, C);
     residual = a.res3;
   }
   NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
+  Observe(Activation::kFinalNorm, -1, lnf_, N, C, C);
   return lnf_;
 }
 

@@ -47,6 +47,46 @@ struct PackedBatch {
                    absl::Span<const int32_t> second = {});
 };
 
+// A tensor produced inside Forward, as an ActivationObserver sees it.
+enum class Activation {
+  kEmbedding,  // the embedding output (the residual stream into layer 0)
+  // The attention projections, after rotary embedding where the model has it
+  // (Llama/Qwen2): NH query heads, NKV key heads, NKV value heads.
+  kQuery,
+  kKey,
+  kValue,
+  // The attention block's output (after the output projection, before the
+  // residual add): what Hugging Face's attention module returns.
+  kAttentionOutput,
+  kResidAfterAttention,  // the residual stream after the attention block
+  kMlpActivation,        // GELU(c_fc) or SwiGLU(gate, up), [N, intermediate]
+  kResidAfterMlp,  // the residual stream after the MLP block (layer output)
+  kFinalNorm,      // the final normalization's output (Forward's result)
+};
+
+// `rows` rows of `width` floats; row r starts at data + r * stride. Backend
+// memory, valid only during the Observe call: a frozen decoder reuses one
+// layer's buffers for every layer.
+struct ActivationView {
+  Activation kind;
+  int layer;  // 0-based block index; -1 for kEmbedding and kFinalNorm
+  const float* data;
+  int rows;
+  int width;
+  int stride;
+};
+
+// Receives, in order, every tensor of a Forward pass listed in Activation:
+// the embedding output, then per layer q, k, v, the attention output, the
+// residual after attention, the MLP activation and the residual after the
+// MLP, and last the final-norm output. Observers copy what they need (e.g.
+// SparsePO's mask inputs or MaPO's activation maps, objectives.md §2).
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  virtual void Observe(const ActivationView& view) = 0;
+};
+
 // Upper bounds that size the activation memory, allocated once up front so that
 // the steady-state step allocates nothing.
 struct Capacity {
@@ -107,6 +147,9 @@ class Decoder {
 
   // [max_rows, C] buffer for the gradient w.r.t. the final hidden states.
   float* dhidden() { return dhidden_; }
+  // Every later Forward reports its activations to `observer` (not owned;
+  // null: none, the default). Observing does not change the results.
+  void set_observer(ActivationObserver* observer) { observer_ = observer; }
 
   const io::ModelSpec& spec() const { return spec_; }
   const ParamLayout& layout() const { return layout_; }
@@ -147,6 +190,13 @@ class Decoder {
   void NormBackward(float* dinp, const float* dout, const float* inp,
                     size_t weight, size_t bias, const float* mean,
                     const float* rstd, int N);
+  // Hands a view to the observer, if one is set.
+  void Observe(Activation kind, int layer, const float* data, int rows,
+               int width, int stride) {
+    if (observer_ != nullptr) {
+      observer_->Observe({kind, layer, data, rows, width, stride});
+    }
+  }
 
   io::ModelSpec spec_;
   kernels::Backend* backend_;
@@ -162,6 +212,7 @@ class Decoder {
   size_t padded_params_ = 0;
   GradsReadyFn grads_ready_;
   std::vector<LayerActs> acts_;
+  ActivationObserver* observer_ = nullptr;
 
   float* params_ = nullptr;
   float* grads_ = nullptr;

@@ -32,12 +32,30 @@ double AdamWOptimizer::LocalGradSquares(const float* grads) const {
 }
 
 void AdamWOptimizer::ClipWithNorm(float* grads, double norm) {
-  const double max_norm = config_.max_grad_norm();
+  const GradientSpan mine{grads + begin_, end_ - begin_};
+  ScaleForClip(backend_, {mine}, norm, config_.max_grad_norm());
+}
+
+void ScaleForClip(kernels::Backend* backend,
+                  absl::Span<const GradientSpan> buffers, double norm,
+                  double max_norm) {
   if (max_norm <= 0) return;
   const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) {
-    backend_->Scale(grads + begin_, static_cast<float>(coef), end_ - begin_);
+  if (coef >= 1.0) return;
+  for (const GradientSpan& b : buffers) {
+    backend->Scale(b.grads, static_cast<float>(coef), b.n);
   }
+}
+
+double ClipGlobalNorm(kernels::Backend* backend,
+                      absl::Span<const GradientSpan> buffers, double max_norm) {
+  double squares = 0;
+  for (const GradientSpan& b : buffers) {
+    squares += backend->SumSquares(b.grads, b.n);
+  }
+  const double norm = std::sqrt(squares);
+  ScaleForClip(backend, buffers, norm, max_norm);
+  return norm;
 }
 
 double AdamWOptimizer::ClipGradients(float* grads) {

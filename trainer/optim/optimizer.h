@@ -5,11 +5,31 @@
 
 #include <cstddef>
 
+#include "absl/types/span.h"
 #include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/model/param_layout.h"
 
 namespace prefopt::optim {
+
+// n gradient floats in backend memory.
+struct GradientSpan {
+  float* grads;
+  size_t n;
+};
+
+// Clips several gradient buffers as one vector (the policy's and SparsePO's
+// mask networks'): returns their joint L2 norm before clipping, and when
+// max_norm > 0 scales every buffer by max_norm/(norm + 1e-6) if that is < 1
+// (torch.nn.utils.clip_grad_norm_ over all the parameters).
+double ClipGlobalNorm(kernels::Backend* backend,
+                      absl::Span<const GradientSpan> buffers, double max_norm);
+
+// Scales every buffer as clipping a gradient of global L2 norm `norm` to
+// `max_norm` requires (nothing when max_norm is 0 or the norm is below it).
+void ScaleForClip(kernels::Backend* backend,
+                  absl::Span<const GradientSpan> buffers, double norm,
+                  double max_norm);
 
 class AdamWOptimizer {
  public:

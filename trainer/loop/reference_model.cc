@@ -1,0 +1,78 @@
+#include "trainer/loop/reference_model.h"
+
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/weight_store.h"
+
+namespace prefopt::loop {
+
+absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
+    const ModelConfig& config, const model::Decoder& policy) {
+  kernels::Backend* backend = policy.backend();
+  io::ModelSpec spec = policy.spec();
+  std::optional<io::WeightStore> store;
+  if (!config.reference_hf_path().empty()) {
+    auto read = io::ReadHfConfig(config.reference_hf_path());
+    if (!read.ok()) return read.status();
+    if (read->vocab_size != spec.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.reference_hf_path: the reference vocabulary (",
+                       read->vocab_size, ") differs from the policy's (",
+                       spec.vocab_size, ")"));
+    }
+    spec = *read;
+    auto opened = io::WeightStore::Open(config.reference_hf_path());
+    if (!opened.ok()) return opened.status();
+    store.emplace(*std::move(opened));
+  }
+  auto reference = model::Decoder::Create(spec, backend, policy.capacity(),
+                                          /*trainable=*/false);
+  if (!reference.ok()) return reference.status();
+  if (store.has_value()) {
+    absl::Status s = (*reference)->LoadHf(*store);
+    if (!s.ok()) return s;
+  } else {
+    std::vector<float> host(policy.layout().total());
+    backend->CopyToHost(host.data(), policy.params(), host.size());
+    backend->CopyToDevice((*reference)->params(), host.data(), host.size());
+  }
+  return reference;
+}
+
+LiveReference::LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
+                             size_t num_examples)
+    : model_(std::move(model)),
+      output_(model_->backend(), model_->capacity().max_rows,
+              model_->hidden_size(), model_->vocab_size(), chunk) {
+  // Only the entries of the scored examples are ever read.
+  values_.first_response.assign(num_examples, 0);
+}
+
+const objectives::ReferenceValues& LiveReference::Score(
+    const std::vector<data::Example>& examples, const std::vector<int>& micro,
+    bool include_context) {
+  data::BuildBatch(examples, micro.data(), static_cast<int>(micro.size()),
+                   include_context, &batch_);
+  const float* hidden = model_->Forward(batch_.packed);
+  const std::vector<objectives::SequenceScores> scores =
+      output_.Forward(hidden, model_->output_embedding(),
+                      batch_.packed.tokens.data(), batch_.segments);
+  values_.sequence_logp.clear();
+  values_.token_offset.clear();
+  int64_t response = 0, token = 0;
+  for (int ex : micro) {
+    values_.first_response[ex] = response;
+    for (int r = 0; r < examples[ex].num_responses(); ++r, ++response) {
+      values_.sequence_logp.push_back(scores[response].logp);
+      values_.token_offset.push_back(token);
+      token += scores[response].tokens;
+    }
+  }
+  values_.token_logp = output_.row_logp();
+  return values_;
+}
+
+}  // namespace prefopt::loop

@@ -1,0 +1,52 @@
+// The frozen reference model (objectives.md §6), and its live use by the
+// coefficient-form objectives: instead of the precomputed cache, a frozen
+// copy in memory scores every micro-batch (model.live_reference; SparsePO
+// always runs its reference live, see sparsepo_step.h).
+#ifndef PREFOPT_TRAINER_LOOP_REFERENCE_MODEL_H_
+#define PREFOPT_TRAINER_LOOP_REFERENCE_MODEL_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+#include "trainer/data/batch.h"
+#include "trainer/data/examples.h"
+#include "trainer/model/decoder.h"
+#include "trainer/objectives/output_layer.h"
+#include "trainer/objectives/reference_values.h"
+
+namespace prefopt::loop {
+
+// A frozen decoder (no gradients, no optimizer state) sized for the policy's
+// capacity on the policy's backend: the model at config.reference_hf_path,
+// whose vocabulary must be the policy's, or else a copy of the policy's
+// current weights (the initial policy, when called before training).
+absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
+    const ModelConfig& config, const model::Decoder& policy);
+
+class LiveReference {
+ public:
+  // `chunk` is the output layer's chunk (output_chunk_tokens);
+  // `num_examples` the size of the dataset whose indices Score receives.
+  LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
+                size_t num_examples);
+
+  // Scores the examples `micro` (dataset indices, at most the capacity's
+  // worth) with the frozen model, with or without their context. The result
+  // is laid out as the precomputed values (per-response L̃ and per-token ℓ̃)
+  // but holds only these examples; valid until the next call.
+  const objectives::ReferenceValues& Score(
+      const std::vector<data::Example>& examples, const std::vector<int>& micro,
+      bool include_context);
+
+ private:
+  std::unique_ptr<model::Decoder> model_;
+  objectives::ChunkedOutputLayer output_;
+  data::Batch batch_;
+  objectives::ReferenceValues values_;
+};
+
+}  // namespace prefopt::loop
+
+#endif  // PREFOPT_TRAINER_LOOP_REFERENCE_MODEL_H_

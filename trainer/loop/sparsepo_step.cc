@@ -1,0 +1,438 @@
+#include "trainer/loop/sparsepo_step.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/cpu/fused_sparsepo.h"
+#include "trainer/util/rng.h"
+
+namespace prefopt::loop {
+namespace {
+
+using model::Activation;
+using objectives::MapoGroup;
+
+// The MaPO group an activation belongs to (objectives.md §2); the logits
+// group is not an activation of the decoder.
+MapoGroup GroupOf(Activation kind) {
+  switch (kind) {
+    case Activation::kMlpActivation:
+      return MapoGroup::kMlp;
+    case Activation::kQuery:
+    case Activation::kKey:
+    case Activation::kValue:
+    case Activation::kAttentionOutput:
+      return MapoGroup::kAttn;
+    case Activation::kEmbedding:
+    case Activation::kResidAfterAttention:
+    case Activation::kResidAfterMlp:
+    case Activation::kFinalNorm:
+      break;
+  }
+  return MapoGroup::kResid;
+}
+
+MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
+  switch (g) {
+    case SparsePoConfig::MLP:
+      return MapoGroup::kMlp;
+    case SparsePoConfig::ATTN:
+      return MapoGroup::kAttn;
+    case SparsePoConfig::RESID:
+      return MapoGroup::kResid;
+    default:
+      break;
+  }
+  return MapoGroup::kLogits;
+}
+
+}  // namespace
+
+// Copies what the masks need from the reference's Forward, restricted to the
+// response rows (segment after segment): LEARNED keeps the hidden state after
+// each layer (the last after the final norm); MAPO keeps one score per row
+// and map, the row's mean over the map's width, which is all MapoMask reads
+// of a map (its min-max rescaling follows per sequence). The views are read
+// in place: the decoder's memory is host memory here (see the header).
+class SparsePoStep::MaskInputs : public model::ActivationObserver {
+ public:
+  MaskInputs(bool learned, const std::vector<MapoGroup>& groups, int layers,
+             int hidden, int max_rows)
+      : learned_(learned),
+        layers_(layers),
+        hidden_(hidden),
+        max_rows_(max_rows) {
+    if (learned_) {
+      states_.resize(static_cast<size_t>(layers) * max_rows * hidden);
+      for (int l = 0; l < layers; ++l) {
+        state_ptrs_.push_back(states_.data() +
+                              static_cast<size_t>(l) * max_rows * hidden);
+      }
+      return;
+    }
+    for (MapoGroup g : groups) selected_[static_cast<int>(g)] = true;
+    // Per layer: the MLP activation, q, k, v, the attention output and two
+    // residual streams; plus the embedding and final-norm outputs.
+    const int max_maps = 7 * layers + 2;
+    scores_.resize(static_cast<size_t>(max_maps) * max_rows);
+    map_groups_.reserve(max_maps);
+  }
+
+  // Before the reference's Forward over a batch with these segments.
+  void Begin(const std::vector<objectives::ResponseSegment>* segments) {
+    segments_ = segments;
+    map_groups_.clear();
+  }
+
+  void Observe(const model::ActivationView& v) override {
+    if (learned_) {
+      // Layer l's output, except the last layer's, which is taken after the
+      // final norm.
+      int slot = -1;
+      if (v.kind == Activation::kResidAfterMlp && v.layer < layers_ - 1) {
+        slot = v.layer;
+      } else if (v.kind == Activation::kFinalNorm) {
+        slot = layers_ - 1;
+      }
+      if (slot < 0) return;
+      float* out =
+          states_.data() + static_cast<size_t>(slot) * max_rows_ * hidden_;
+      for (const objectives::ResponseSegment& s : *segments_) {
+        for (int t = 0; t < s.count; ++t, out += hidden_) {
+          const float* row = v.data + static_cast<size_t>(s.row + t) * v.stride;
+          std::copy(row, row + hidden_, out);
+        }
+      }
+      return;
+    }
+    const MapoGroup group = GroupOf(v.kind);
+    if (!selected_[static_cast<int>(group)]) return;
+    float* out = scores_.data() + map_groups_.size() * max_rows_;
+    map_groups_.push_back(group);
+    for (const objectives::ResponseSegment& s : *segments_) {
+      for (int t = 0; t < s.count; ++t) {
+        const float* row = v.data + static_cast<size_t>(s.row + t) * v.stride;
+        double sum = 0;
+        for (int h = 0; h < v.width; ++h) sum += row[h];
+        *out++ = static_cast<float>(sum / v.width);
+      }
+    }
+  }
+
+  // LEARNED: per layer, the hidden states of the response rows.
+  absl::Span<const float* const> states() const { return state_ptrs_; }
+  // MAPO: the maps of the last Forward; map i's scores of the response rows
+  // start at scores(i).
+  int num_maps() const { return static_cast<int>(map_groups_.size()); }
+  MapoGroup map_group(int i) const { return map_groups_[i]; }
+  const float* scores(int i) const {
+    return scores_.data() + static_cast<size_t>(i) * max_rows_;
+  }
+
+ private:
+  bool learned_;
+  int layers_, hidden_, max_rows_;
+  const std::vector<objectives::ResponseSegment>* segments_ = nullptr;
+  std::vector<float> states_;
+  std::vector<const float*> state_ptrs_;
+  bool selected_[4] = {false, false, false, false};  // by MapoGroup
+  std::vector<float> scores_;
+  std::vector<MapoGroup> map_groups_;
+};
+
+absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
+    const TrainConfig& config, model::Decoder* policy,
+    std::unique_ptr<model::Decoder> reference) {
+  const SparsePoConfig& sp = config.objective().sparsepo();
+  const bool mapo = sp.mask() == SparsePoConfig::MAPO;
+  objectives::SparsePoOptions options;
+  options.beta = sp.beta();
+  options.l1_reward = sp.l1_reward();
+  options.l1_kl = sp.l1_kl();
+  options.common_mask = mapo || !sp.independent_masks();
+  auto objective =
+      objectives::SparsePoObjective::Create(options, policy->vocab_size());
+  if (!objective.ok()) return objective.status();
+  if (reference->vocab_size() != policy->vocab_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective.sparsepo: the reference vocabulary (",
+                     reference->vocab_size(), ") differs from the policy's (",
+                     policy->vocab_size(), ")"));
+  }
+  std::unique_ptr<SparsePoStep> step(new SparsePoStep(
+      config, policy, std::move(reference), *std::move(objective)));
+  if (mapo) {
+    for (int g : sp.mapo_groups()) {
+      if (g == SparsePoConfig::MAPO_GROUP_UNSPECIFIED) {
+        return absl::InvalidArgumentError(
+            "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED is not a "
+            "group (choose MLP, ATTN, RESID or LOGITS)");
+      }
+      step->mapo_groups_.push_back(
+          FromConfig(static_cast<SparsePoConfig::MapoGroup>(g)));
+    }
+    if (step->mapo_groups_.empty()) {
+      step->mapo_groups_ = {MapoGroup::kMlp, MapoGroup::kAttn,
+                            MapoGroup::kResid, MapoGroup::kLogits};
+    }
+  }
+  const io::ModelSpec& ref_spec = step->reference_->spec();
+  const int max_rows = policy->capacity().max_rows;
+  step->inputs_ = std::make_unique<MaskInputs>(
+      step->learned_, step->mapo_groups_, static_cast<int>(ref_spec.n_layer),
+      static_cast<int>(ref_spec.hidden), max_rows);
+  if (step->learned_) {
+    // A stream of its own, so that the mask networks do not shift the
+    // policy's initialization or the data order.
+    util::Rng rng(config.seed() ^ 0x4D41534B4E455453ull);
+    OptimizerConfig mask_optimizer = config.optimizer();
+    mask_optimizer.set_weight_decay(sp.mask_weight_decay());
+    mask_optimizer.set_decay_norms_and_biases(false);
+    const std::vector<std::string> names =
+        options.common_mask ? std::vector<std::string>{"sparsepo_mask"}
+                            : std::vector<std::string>{"sparsepo_mask_reward",
+                                                       "sparsepo_mask_kl"};
+    for (const std::string& name : names) {
+      auto net = std::make_unique<objectives::SparsePoMaskNet>(
+          name, static_cast<int>(ref_spec.n_layer),
+          static_cast<int>(ref_spec.hidden),
+          static_cast<float>(ref_spec.norm_eps));
+      net->Init(&rng, sp.mask_init_std());
+      step->optimizers_.push_back(std::make_unique<optim::AdamWOptimizer>(
+          policy->backend(), net->layout(), mask_optimizer));
+      step->nets_.push_back(std::move(net));
+    }
+  }
+  return step;
+}
+
+SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
+                           std::unique_ptr<model::Decoder> reference,
+                           objectives::SparsePoObjective objective)
+    : policy_(policy),
+      reference_(std::move(reference)),
+      objective_(std::move(objective)),
+      chunk_(config.output_chunk_tokens()),
+      learned_(config.objective().sparsepo().mask() ==
+               SparsePoConfig::LEARNED) {
+  const size_t rows = policy_->capacity().max_rows;
+  const size_t V = policy_->vocab_size();
+  rows_h_.resize(rows * policy_->hidden_size());
+  rows_dh_.resize(rows * policy_->hidden_size());
+  rows_ref_h_.resize(rows * reference_->hidden_size());
+  labels_.resize(rows);
+  for (std::vector<float>* v :
+       {&lse_, &ref_lse_, &logp_, &ref_logp_, &kl_, &logit_sum_,
+        &ref_logit_sum_, &mask_reward_, &mask_kl_}) {
+    v->resize(rows);
+  }
+  chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
+  ref_chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
+}
+
+SparsePoStep::~SparsePoStep() = default;
+
+void SparsePoStep::ForwardBackward(const data::Batch& batch,
+                                   double global_pairs,
+                                   objectives::MetricSums* sums) {
+  kernels::Backend& b = *policy_->backend();
+  const int C = policy_->hidden_size(), RC = reference_->hidden_size();
+  const std::vector<objectives::ResponseSegment>& segments = batch.segments;
+  const int32_t* tokens = batch.packed.tokens.data();
+
+  const float* hidden = policy_->Forward(batch.packed);
+  inputs_->Begin(&segments);
+  reference_->set_observer(inputs_.get());
+  const float* ref_hidden = reference_->Forward(batch.packed);
+  reference_->set_observer(nullptr);
+
+  // The response rows of both models, gathered so that the fused kernel's
+  // chunks span sequences.
+  int rows = 0;
+  for (const objectives::ResponseSegment& s : segments) {
+    b.CopyToHost(rows_h_.data() + static_cast<size_t>(rows) * C,
+                 hidden + static_cast<size_t>(s.row) * C,
+                 static_cast<size_t>(s.count) * C);
+    b.CopyToHost(rows_ref_h_.data() + static_cast<size_t>(rows) * RC,
+                 ref_hidden + static_cast<size_t>(s.row) * RC,
+                 static_cast<size_t>(s.count) * RC);
+    std::copy(tokens + s.row + 1, tokens + s.row + 1 + s.count,
+              labels_.begin() + rows);
+    rows += s.count;
+  }
+  const kernels::cpu::SparsePoOutputLayers layers{
+      rows_h_.data(),       policy_->output_embedding(),    C,
+      rows_ref_h_.data(),   reference_->output_embedding(), RC,
+      policy_->vocab_size()};
+  kernels::cpu::SparsePoOutputForward(
+      layers, labels_.data(), rows, chunk_buf_.data(), ref_chunk_buf_.data(),
+      chunk_,
+      {lse_.data(), ref_lse_.data(), logp_.data(), ref_logp_.data(), kl_.data(),
+       logit_sum_.data(), learned_ ? nullptr : ref_logit_sum_.data()});
+  ComputeMasks(batch, rows);
+
+  // The objective, pair by pair; its per-token outputs come in row order.
+  grads_.Clear();
+  auto response = [&](int offset, int k) {
+    objectives::SparsePoResponse r;
+    r.logp = absl::MakeConstSpan(logp_.data() + offset, k);
+    r.ref_logp = absl::MakeConstSpan(ref_logp_.data() + offset, k);
+    r.kl = absl::MakeConstSpan(kl_.data() + offset, k);
+    r.mask_reward = absl::MakeConstSpan(mask_reward_.data() + offset, k);
+    if (nets_.size() == 2) {
+      r.mask_kl = absl::MakeConstSpan(mask_kl_.data() + offset, k);
+    }
+    for (int t = 0; t < k; ++t) r.logit_sum += logit_sum_[offset + t];
+    return r;
+  };
+  int offset = 0;
+  for (size_t s = 0; s + 1 < segments.size(); s += 2) {
+    const int kw = segments[s].count, kl = segments[s + 1].count;
+    objective_.Pair(response(offset, kw), response(offset + kw, kl),
+                    global_pairs, sums, &grads_);
+    offset += kw + kl;
+  }
+
+  std::fill(rows_dh_.begin(), rows_dh_.begin() + static_cast<size_t>(rows) * C,
+            0.0f);
+  kernels::cpu::SparsePoOutputBackward(
+      layers, labels_.data(), rows, lse_.data(), ref_lse_.data(),
+      grads_.coef_a.data(), grads_.coef_b.data(), chunk_buf_.data(),
+      ref_chunk_buf_.data(), chunk_, rows_dh_.data(),
+      policy_->output_embedding_grad());
+  b.Zero(policy_->dhidden(), static_cast<size_t>(batch.packed.rows()) * C);
+  rows = 0;
+  for (const objectives::ResponseSegment& s : segments) {
+    b.CopyToDevice(policy_->dhidden() + static_cast<size_t>(s.row) * C,
+                   rows_dh_.data() + static_cast<size_t>(rows) * C,
+                   static_cast<size_t>(s.count) * C);
+    rows += s.count;
+  }
+  policy_->Backward(batch.packed);
+  if (learned_) {
+    nets_[0]->Backward(inputs_->states(), rows, grads_.dmask_reward.data());
+    if (nets_.size() == 2) {
+      nets_[1]->Backward(inputs_->states(), rows, grads_.dmask_kl.data());
+    }
+  }
+}
+
+void SparsePoStep::ComputeMasks(const data::Batch& batch, int rows) {
+  if (learned_) {
+    nets_[0]->Forward(inputs_->states(), rows, mask_reward_.data());
+    if (nets_.size() == 2) {
+      nets_[1]->Forward(inputs_->states(), rows, mask_kl_.data());
+    }
+    return;
+  }
+  // The logits map's score is the mean reference logit of the row.
+  const float inv_vocab = 1.0f / static_cast<float>(policy_->vocab_size());
+  for (int r = 0; r < rows; ++r) ref_logit_sum_[r] *= inv_vocab;
+  std::vector<objectives::MapoActivation> maps;
+  int offset = 0;
+  for (const objectives::ResponseSegment& s : batch.segments) {
+    maps.clear();
+    for (int i = 0; i < inputs_->num_maps(); ++i) {
+      maps.push_back(
+          {inputs_->map_group(i), inputs_->scores(i) + offset, 1, 1});
+    }
+    maps.push_back({MapoGroup::kLogits, ref_logit_sum_.data() + offset, 1, 1});
+    const absl::Status status = objectives::MapoMask(
+        maps, mapo_groups_, s.count, mask_reward_.data() + offset);
+    if (!status.ok()) {
+      // Create checked the groups, and the decoder reports every one.
+      std::fprintf(stderr, "SparsePoStep: %s\n",
+                   std::string(status.message()).c_str());
+      std::abort();
+    }
+    offset += s.count;
+  }
+}
+
+std::vector<optim::GradientSpan> SparsePoStep::Gradients() {
+  std::vector<optim::GradientSpan> spans;
+  for (auto& net : nets_)
+    spans.push_back({net->grads(), net->layout().total()});
+  return spans;
+}
+
+void SparsePoStep::ZeroGradients() {
+  for (auto& net : nets_) net->ZeroGrads();
+}
+
+void SparsePoStep::SetOptimizerSteps(int steps) {
+  for (auto& optimizer : optimizers_) optimizer->set_steps_taken(steps);
+}
+
+void SparsePoStep::Update(float lr) {
+  for (size_t i = 0; i < nets_.size(); ++i) {
+    optimizers_[i]->Step(nets_[i]->params(), nets_[i]->grads(), lr);
+    nets_[i]->ZeroGrads();
+  }
+}
+
+std::vector<SparsePoStep::StateBuffer> SparsePoStep::StateBuffers() {
+  std::vector<StateBuffer> out;
+  for (size_t i = 0; i < nets_.size(); ++i) {
+    for (const model::ParamTensor& t : nets_[i]->layout().tensors()) {
+      out.push_back({t.name, &t, nets_[i]->params() + t.offset});
+      out.push_back(
+          {t.name + ".exp_avg", &t, optimizers_[i]->first_moment() + t.offset});
+      out.push_back({t.name + ".exp_avg_sq", &t,
+                     optimizers_[i]->second_moment() + t.offset});
+    }
+  }
+  return out;
+}
+
+std::vector<io::TensorToWrite> SparsePoStep::CheckpointTensors() {
+  std::vector<io::TensorToWrite> out;
+  for (const StateBuffer& b : StateBuffers()) {
+    out.push_back({b.name, b.tensor->shape, b.data});
+  }
+  return out;
+}
+
+absl::Status SparsePoStep::RestoreCheckpointTensors(
+    absl::Span<const io::TensorToWrite> tensors) {
+  std::map<std::string, const io::TensorToWrite*> given;
+  for (const io::TensorToWrite& t : tensors) given[t.name] = &t;
+  const std::vector<StateBuffer> buffers = StateBuffers();
+  // Everything is checked before anything is written.
+  for (const StateBuffer& b : buffers) {
+    auto it = given.find(b.name);
+    if (it == given.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SparsePO mask state: tensor ", b.name, " is missing"));
+    }
+    if (it->second->shape != b.tensor->shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SparsePO mask state: tensor ", b.name, " has shape [",
+                       absl::StrJoin(it->second->shape, ", "), "], expected [",
+                       absl::StrJoin(b.tensor->shape, ", "), "]"));
+    }
+  }
+  if (given.size() != buffers.size()) {
+    for (const io::TensorToWrite& t : tensors) {
+      if (std::none_of(
+              buffers.begin(), buffers.end(),
+              [&](const StateBuffer& b) { return b.name == t.name; })) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("SparsePO mask state: unexpected tensor ", t.name));
+      }
+    }
+  }
+  for (const StateBuffer& b : buffers) {
+    const float* src = given[b.name]->data;
+    std::copy(src, src + b.tensor->numel, b.data);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace prefopt::loop

@@ -1,0 +1,143 @@
+// SparsePO's micro-batch step (objectives.md §2). SparsePO does not fit the
+// coefficient-form Objective interface: its logit gradient has a second term
+// that needs the reference's full-vocabulary logits, its masks come from the
+// reference's activations, and the learned mask is a second set of trained
+// parameters. This class holds what it needs beside the policy:
+//   - the live reference, a frozen decoder kept in memory for the whole run
+//     (no gradients, no optimizer state), observed during its Forward for the
+//     mask inputs;
+//   - the mask: one or two SparsePoMaskNet (LEARNED: over the reference's
+//     hidden state after each layer, the last after the final norm, on the
+//     response rows) with their own AdamW, or MaPO's fixed masks (MAPO: from
+//     the reference's activations and logits);
+//   - the fused two-model output layer (kernels/cpu/fused_sparsepo.h), which
+//     keeps the output layer's memory at two [chunk, V] buffers.
+//
+// One micro-batch: policy forward → reference forward (capturing) → fused
+// pass 1 (ℓ, ℓ̃, K per response token) → masks → SparsePoObjective::Pair per
+// pair → fused pass 2 into the policy's ∂hidden and output-embedding
+// gradient → policy backward → mask networks' backward. The loop sums the
+// mask gradients across ranks, clips them together with the policy's, and
+// calls Update after the policy's AdamW step.
+//
+// The fused kernel is CPU code: the policy's backend must keep its memory on
+// the host (the CPU backend).
+#ifndef PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
+#define PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "proto/config.pb.h"
+#include "trainer/data/batch.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/model/decoder.h"
+#include "trainer/objectives/mapo_masks.h"
+#include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/sparsepo.h"
+#include "trainer/objectives/sparsepo_mask_net.h"
+#include "trainer/optim/optimizer.h"
+
+namespace prefopt::loop {
+
+class SparsePoStep {
+ public:
+  // `config` is the validated run config (objective.sparsepo set; its
+  // optimizer and output_chunk_tokens apply, and its seed draws the mask
+  // networks' initial weights). `policy` is not owned and outlives this
+  // object; `reference` is the frozen reference (CreateReferenceModel).
+  static absl::StatusOr<std::unique_ptr<SparsePoStep>> Create(
+      const TrainConfig& config, model::Decoder* policy,
+      std::unique_ptr<model::Decoder> reference);
+  ~SparsePoStep();
+  SparsePoStep(const SparsePoStep&) = delete;
+  SparsePoStep& operator=(const SparsePoStep&) = delete;
+
+  // Forward and backward over one packed micro-batch of pairs (data::
+  // BuildBatch order: each example's chosen, then rejected sequence) of a
+  // global batch of `global_pairs` pairs. Accumulates into the policy's
+  // gradients (the caller zeroes them once per step) and the mask networks'
+  // gradients, and adds the loss and §2's metrics to `sums`.
+  void ForwardBackward(const data::Batch& batch, double global_pairs,
+                       objectives::MetricSums* sums);
+
+  // The mask networks' gradient buffers (none with MaPO masks), for the
+  // all-reduce across ranks and the global clipping norm.
+  std::vector<optim::GradientSpan> Gradients();
+  // Discards the mask networks' gradients (a skipped, non-finite step).
+  void ZeroGradients();
+  // For resuming: the updates the mask optimizers have already applied.
+  void SetOptimizerSteps(int steps);
+  // One AdamW step of the mask networks at the policy's learning rate `lr`,
+  // then zeroes their gradients.
+  void Update(float lr);
+
+  // The trained state outside the policy, for checkpoints (never for the
+  // Hugging Face export): each mask network's tensors under their layout
+  // names ("sparsepo_mask.w.0", ...), and its AdamW moments as
+  // "<name>.exp_avg" and "<name>.exp_avg_sq". Host memory, valid until the
+  // next Update or restore. Empty with MaPO masks. The mask optimizers step
+  // once per policy step, so their step count is the policy optimizer's.
+  std::vector<io::TensorToWrite> CheckpointTensors();
+  // Restores tensors of CheckpointTensors' names and shapes. Fails, changing
+  // nothing, when one is missing, unknown or of another shape.
+  absl::Status RestoreCheckpointTensors(
+      absl::Span<const io::TensorToWrite> tensors);
+
+  const model::Decoder& reference() const { return *reference_; }
+  // LEARNED: the common (or reward) mask network, then the KL one with
+  // independent masks. Empty with MaPO masks.
+  const std::vector<std::unique_ptr<objectives::SparsePoMaskNet>>& mask_nets()
+      const {
+    return nets_;
+  }
+
+ private:
+  class MaskInputs;
+  // One buffer of the mask state: a mask network's tensor or one of its
+  // AdamW moments.
+  struct StateBuffer {
+    std::string name;
+    const model::ParamTensor* tensor;
+    float* data;
+  };
+
+  SparsePoStep(const TrainConfig& config, model::Decoder* policy,
+               std::unique_ptr<model::Decoder> reference,
+               objectives::SparsePoObjective objective);
+  // Writes the masks of the last forward's response rows into mask_reward_
+  // (and mask_kl_ with independent masks).
+  void ComputeMasks(const data::Batch& batch, int rows);
+  // Every buffer CheckpointTensors names, in that order.
+  std::vector<StateBuffer> StateBuffers();
+
+  model::Decoder* policy_;
+  std::unique_ptr<model::Decoder> reference_;
+  objectives::SparsePoObjective objective_;
+  int chunk_;
+  bool learned_;
+  std::vector<objectives::MapoGroup> mapo_groups_;
+  // LEARNED: the common (or reward) mask network, and the KL mask network
+  // with independent masks; each with its own AdamW.
+  std::vector<std::unique_ptr<objectives::SparsePoMaskNet>> nets_;
+  std::vector<std::unique_ptr<optim::AdamWOptimizer>> optimizers_;
+  std::unique_ptr<MaskInputs> inputs_;
+
+  // Response rows of one micro-batch, segment after segment (host memory,
+  // sized for the capacity once).
+  std::vector<float> rows_h_, rows_ref_h_, rows_dh_;
+  std::vector<int32_t> labels_;
+  std::vector<float> lse_, ref_lse_, logp_, ref_logp_, kl_, logit_sum_,
+      ref_logit_sum_;
+  std::vector<float> mask_reward_, mask_kl_;
+  std::vector<float> chunk_buf_, ref_chunk_buf_;
+  objectives::SparsePoGradients grads_;
+};
+
+}  // namespace prefopt::loop
+
+#endif  // PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
