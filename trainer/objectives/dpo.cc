@@ -4,18 +4,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "trainer/objectives/logistic.h"
 
 namespace prefopt::objectives {
-
-double Softplus(double x) {
-  return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x)));
-}
-
-double Sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
-  const double e = std::exp(x);
-  return e / (1.0 + e);
-}
 
 absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
     const DpoConfig& config, int vocab_size) {

@@ -65,10 +65,6 @@ class DpoObjective : public Objective {
   int vocab_;
 };
 
-// log(1 + e^x) without overflow or loss of precision for large |x|.
-double Softplus(double x);
-double Sigmoid(double x);
-
 }  // namespace prefopt::objectives
 
 #endif  // PREFOPT_TRAINER_OBJECTIVES_DPO_H_

@@ -6,23 +6,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/objectives/length_check.h"
+#include "trainer/objectives/logistic.h"
 
 namespace prefopt::objectives {
 namespace {
 
 constexpr char kWhere[] = "SparsePoObjective::Pair";
-
-// log(1 + e^x) and 1/(1 + e^−x) without overflow or loss of precision for
-// large |x|.
-double Softplus(double x) {
-  return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x)));
-}
-
-double Sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + std::exp(-x));
-  const double e = std::exp(x);
-  return e / (1.0 + e);
-}
 
 double Sign(float m) { return m > 0 ? 1.0 : (m < 0 ? -1.0 : 0.0); }
 
