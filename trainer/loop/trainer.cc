@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "comm/failure.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "trainer/checkpoint/hf_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
@@ -38,9 +39,12 @@ io::ModelSpec SpecFromConfig(const ModelConfig& m) {
   spec.n_kv_head = m.n_head();
   spec.head_dim = m.n_embd() / m.n_head();
   spec.intermediate = 4 * m.n_embd();
-  spec.norm_eps = 1e-5f;
+  spec.norm_eps = 1e-5;
   spec.tie_word_embeddings = true;
   spec.activation = "gelu_new";
+  // GPT-2 has biases on every projection (as its config.json must say).
+  spec.attention_bias = spec.attention_out_bias = spec.mlp_bias = true;
+  if (m.has_eos_token_id()) spec.eos_token_id = m.eos_token_id();
   return spec;
 }
 
@@ -108,6 +112,14 @@ absl::Status Trainer::Init() {
   absl::Status s = io::WriteFileAtomically(run_dir + "/config.textproto",
                                            config::ResolvedConfigText(config_));
   if (!s.ok()) return s;
+  // Before training, not after it: a run must not end by failing to save.
+  const std::string& export_dir = config_.export_hf_path();
+  if (!export_dir.empty() && std::filesystem::exists(export_dir, ec) &&
+      !std::filesystem::is_empty(export_dir, ec)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "export_hf_path: ", export_dir,
+        " exists and is not empty; name a new folder or remove it"));
+  }
 
   backend_ = std::make_unique<kernels::CpuBackend>();
   const ModelConfig& mc = config_.model();
@@ -149,6 +161,13 @@ absl::Status Trainer::Init() {
   if (dataset_.identical_responses > 0) {
     out() << "warning: " << dataset_.identical_responses
           << " pairs have identical chosen and rejected responses\n";
+  }
+  if (!dc.eval_files().empty()) {
+    auto eval =
+        ReadEvalData(config_, *objective_, static_cast<int>(spec_.vocab_size));
+    if (!eval.ok()) return eval.status();
+    out() << "eval data: " << eval->examples.size() << " examples\n";
+    eval_data_ = *std::move(eval);
   }
 
   if (world_ > 1) {
@@ -193,6 +212,10 @@ absl::Status Trainer::Init() {
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
+  if (eval_data_.has_value()) {
+    cap.max_seq_len = std::max(cap.max_seq_len,
+                               data::MaxSequenceLength(eval_data_->examples));
+  }
   cap.max_seqs =
       (objective_->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
       mb;
@@ -215,6 +238,13 @@ absl::Status Trainer::Init() {
   output_ = std::make_unique<objectives::ChunkedOutputLayer>(
       backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
       config_.output_chunk_tokens());
+  if (eval_data_.has_value()) {
+    auto evaluator = Evaluator::Create(objective_.get(), *std::move(eval_data_),
+                                       std::move(eval_references_), mb, comm_);
+    if (!evaluator.ok()) return evaluator.status();
+    evaluator_ = *std::move(evaluator);
+    eval_data_.reset();
+  }
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
       backend_.get(), policy_->layout(), config_.optimizer());
 
@@ -287,6 +317,18 @@ absl::Status Trainer::BuildReferences() {
         << (result->loaded_from_cache ? "loaded from " : "computed into ")
         << result->cache_path << "\n";
   references_ = std::move(result->values);
+  if (eval_data_.has_value()) {
+    auto eval = reference::ComputeReferenceValues(
+        reference, eval_data_->examples, options,
+        config_.run_dir() + "/reference_cache",
+        [this](int64_t done, int64_t total) {
+          if (progress_ != nullptr) {
+            progress_->Phase("eval reference log-probs", done, total);
+          }
+        });
+    if (!eval.ok()) return eval.status();
+    eval_references_ = std::move(eval->values);
+  }
   return absl::OkStatus();
 }
 
@@ -406,15 +448,50 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
 }
 
 absl::Status Trainer::Run() {
-  const absl::Status s = RunSteps();
+  absl::Status s = RunSteps();
+  if (s.ok() && evaluator_ != nullptr && last_eval_step_ != step_) {
+    s = Evaluate();
+  }
+  if (s.ok() && !config_.export_hf_path().empty()) s = ExportPolicy();
   if (rank_ != 0) return s;
   // End the live line before the caller prints the outcome.
   progress_->Finish();
   // Also after a failed step: the curves up to the failure help find its
   // cause. The step's error is the one returned.
   const absl::Status report = metrics::WriteRunReport(
-      config_.run_dir(), config::ResolvedConfigText(config_), {});
+      config_.run_dir(), config::ResolvedConfigText(config_),
+      EvalReportRows(last_eval_));
   return s.ok() ? report : s;
+}
+
+absl::Status Trainer::Evaluate() {
+  auto m = evaluator_->Evaluate(*policy_, *output_);
+  if (!m.ok()) return m.status();
+  last_eval_ = *std::move(m);
+  last_eval_step_ = step_;
+  if (rank_ != 0) return absl::OkStatus();
+  absl::Status s = metrics_log_->Write(step_, WithPrefix(last_eval_, "eval_"));
+  if (s.ok()) s = tensorboard_->Write(step_, WithPrefix(last_eval_, "eval/"));
+  if (s.ok()) {
+    s = WriteEvalJson(config_.run_dir() + "/eval.json", step_,
+                      static_cast<int64_t>(evaluator_->data().examples.size()),
+                      "policy after step " + std::to_string(step_), last_eval_);
+  }
+  progress_->Print(EvalSummaryLine(step_, last_eval_));
+  return s;
+}
+
+absl::Status Trainer::ExportPolicy() {
+  if (rank_ != 0) return absl::OkStatus();
+  std::vector<float> params(policy_->layout().total());
+  backend_->CopyToHost(params.data(), policy_->params(), params.size());
+  // Hugging Face's own default shard size.
+  constexpr size_t kMaxShardBytes = size_t{5} * 1000 * 1000 * 1000;
+  absl::Status s = checkpoint::ExportHfModel(
+      config_.export_hf_path(), spec_, policy_->layout(), params.data(),
+      io::DType::kF32, kMaxShardBytes, config_.model().hf_path());
+  if (s.ok()) progress_->Print("exported: " + config_.export_hf_path());
+  return s;
 }
 
 absl::Status Trainer::RunSteps() {
@@ -422,14 +499,20 @@ absl::Status Trainer::RunSteps() {
   while (step_ < total_steps_) {
     auto m = Step();
     if (!m.ok()) return m.status();
-    if (rank_ != 0) continue;
-    const bool logged = step_ % log_every == 0 || step_ == total_steps_;
-    if (logged) {
-      absl::Status s = metrics_log_->Write(step_, *m);
-      if (s.ok()) s = tensorboard_->Write(step_, *m);
+    if (rank_ == 0) {
+      const bool logged = step_ % log_every == 0 || step_ == total_steps_;
+      if (logged) {
+        absl::Status s = metrics_log_->Write(step_, *m);
+        if (s.ok()) s = tensorboard_->Write(step_, *m);
+        if (!s.ok()) return s;
+      }
+      progress_->Step(step_, *m, logged);
+    }
+    const int eval_every = config_.eval_every_steps();
+    if (evaluator_ != nullptr && eval_every > 0 && step_ % eval_every == 0) {
+      absl::Status s = Evaluate();
       if (!s.ok()) return s;
     }
-    progress_->Step(step_, *m, logged);
   }
   return absl::OkStatus();
 }

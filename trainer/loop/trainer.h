@@ -19,6 +19,7 @@
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
+#include "trainer/loop/evaluator.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/metrics/tensorboard_writer.h"
@@ -44,8 +45,10 @@ class Trainer {
       comm::Communicator* comm = nullptr, bool log_is_terminal = false);
   ~Trainer();
 
-  // Runs every remaining step, logging to metrics.jsonl and TensorBoard,
-  // then writes report.html (also after a failed step, for diagnosis).
+  // Runs every remaining step, logging to metrics.jsonl and TensorBoard and
+  // evaluating on data.eval_files every eval_every_steps and after the last
+  // step, exports the policy to export_hf_path if set, then writes
+  // report.html (also after a failed step, for diagnosis).
   absl::Status Run();
 
   // One optimizer step over the next global batch. Returns the step's
@@ -63,6 +66,8 @@ class Trainer {
   const model::Decoder& policy() const { return *policy_; }
   const data::Dataset& dataset() const { return dataset_; }
   const objectives::ReferenceValues& references() const { return references_; }
+  // The metrics of the last evaluation (empty before the first).
+  const std::map<std::string, double>& last_eval() const { return last_eval_; }
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log,
@@ -83,6 +88,10 @@ class Trainer {
   absl::Status RunSteps();
   // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
+  // Evaluates on the held-out data (all ranks) and logs the result (rank 0).
+  absl::Status Evaluate();
+  // Writes the policy to export_hf_path (rank 0).
+  absl::Status ExportPolicy();
 
   TrainConfig config_;
   std::ostream& log_;
@@ -110,6 +119,13 @@ class Trainer {
   int step_ = 0;
   int epoch_order_for_ = -1;
   std::vector<int> epoch_order_;
+  // Held-out data: read in Init, scored by the reference in BuildReferences,
+  // then owned by evaluator_ (null without data.eval_files).
+  std::optional<data::Dataset> eval_data_;
+  objectives::ReferenceValues eval_references_;
+  std::unique_ptr<Evaluator> evaluator_;
+  std::map<std::string, double> last_eval_;
+  int last_eval_step_ = -1;
 };
 
 // The ModelSpec of a from-scratch model described by the config's sizes.
