@@ -1,22 +1,47 @@
 // The prefopt command. Every rank of an mpirun/srun job runs this same binary.
 //
-//   prefopt train --config=run.textproto [--set=field.path=value ...]
-//                 [--run_dir=DIR]
+//   prefopt train    --config=run.textproto [--set=field.path=value ...]
+//                    [--run_dir=DIR]
+//   prefopt eval     --config=run.textproto [--model=HF_DIR] [--set=...]
+//                    [--run_dir=DIR]
+//   prefopt generate --model=HF_DIR --prompt=TEXT|--prompt_ids=1,2,3|
+//                    --data=FILE.jsonl [--max_new_tokens=N]
+//                    [--temperature=T] [--top_p=P] [--seed=S]
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "comm/create_communicator.h"
 #include "comm/failure.h"
 #include "comm/launch_env.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "trainer/config/config_loader.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/json_file.h"
+#include "trainer/io/weight_store.h"
+#include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/metrics/progress.h"
+#include "trainer/model/decoder.h"
+#include "trainer/model/generation.h"
+#include "trainer/tokenizer/tokenizer.h"
 
 namespace prefopt {
 namespace {
@@ -25,13 +50,34 @@ constexpr char kUsage[] =
     "usage:\n"
     "  prefopt train --config=FILE [--set=field.path=value ...] "
     "[--run_dir=DIR]\n"
+    "  prefopt eval --config=FILE [--model=HF_DIR] [--set=...] "
+    "[--run_dir=DIR]\n"
+    "  prefopt generate --model=HF_DIR (--prompt=TEXT | --prompt_ids=1,2,3 | "
+    "--data=FILE.jsonl)\n"
+    "                   [--max_new_tokens=N] [--temperature=T] [--top_p=P] "
+    "[--seed=S]\n"
     "\n"
-    "  --config    a TrainConfig in protobuf text format (see "
+    "  --config          a TrainConfig in protobuf text format (see "
     "proto/config.proto)\n"
-    "  --set       override one config field, e.g. "
+    "  --set             override one config field, e.g. "
     "--set=optimizer.lr=5e-7 (repeatable)\n"
-    "  --run_dir   where the resolved config, metrics.jsonl and caches go "
-    "(overrides run_dir)\n";
+    "  --run_dir         where the resolved config, metrics.jsonl, eval.json "
+    "and caches go (overrides run_dir)\n"
+    "  --model           a Hugging Face model folder (config.json + "
+    "model.safetensors); a checkpoint folder\n"
+    "                    is one (--checkpoint=DIR is the same). eval: "
+    "default the config's own model\n"
+    "  --prompt          text; needs the model folder's tokenizer.json\n"
+    "  --prompt_ids      token ids, comma-separated\n"
+    "  --data            JSONL, one prompt per line (\"prompt_ids\" or "
+    "\"prompt\"); prints one JSON line\n"
+    "                    per prompt and, where the line has \"chosen_ids\" or "
+    "\"completion_ids\", how many\n"
+    "                    generations equal them\n"
+    "  --max_new_tokens  default 64, lowered to fit the model's positions\n"
+    "  --temperature     0 (default): greedy; > 0: sampling\n"
+    "  --top_p           nucleus sampling, in (0, 1]; default 1\n"
+    "  --seed            of the sampling; default 0\n";
 
 struct TrainFlags {
   std::string config;
@@ -69,9 +115,10 @@ absl::Status ParseTrainFlags(int argc, char** argv, TrainFlags* flags) {
 // Reports a fatal error: a lone process returns `code`; in a multi-rank job
 // every rank is brought down, since a rank that simply returned would leave
 // the others waiting in a collective forever.
-int Fail(comm::Communicator* comm, const absl::Status& status, int code) {
+int Fail(comm::Communicator* comm, const absl::Status& status, int code,
+         const char* command = "train") {
   if (comm != nullptr && comm->world_size() > 1) comm::AbortAll(*comm, status);
-  std::cerr << "prefopt train: " << status.message() << "\n";
+  std::cerr << "prefopt " << command << ": " << status.message() << "\n";
   return code;
 }
 
@@ -113,6 +160,375 @@ int Train(int argc, char** argv) {
   return 0;
 }
 
+// Flags of the form --name=value after the command word; each at most once,
+// except --set, which may repeat.
+struct Flags {
+  std::map<std::string, std::string> values;
+  std::vector<std::string> sets;
+
+  bool Has(const std::string& name) const { return values.count(name) != 0; }
+  std::string Get(const std::string& name) const {
+    auto it = values.find(name);
+    return it == values.end() ? "" : it->second;
+  }
+};
+
+absl::StatusOr<Flags> ParseFlags(int argc, char** argv,
+                                 const std::set<std::string>& names) {
+  Flags flags;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    const std::string name = arg.rfind("--", 0) == 0 && eq != std::string::npos
+                                 ? arg.substr(2, eq - 2)
+                                 : "";
+    if (name.empty() || names.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown argument \"", arg, "\" (flags: --",
+                       absl::StrJoin(names, "=, --"), "=)"));
+    }
+    const std::string value = arg.substr(eq + 1);
+    if (name == "set") {
+      flags.sets.push_back(value);
+    } else if (!flags.values.emplace(name, value).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " is given twice"));
+    }
+  }
+  return flags;
+}
+
+int Eval(int argc, char** argv) {
+  auto flags = ParseFlags(argc, argv,
+                          {"config", "model", "checkpoint", "set", "run_dir"});
+  if (flags.ok() && !flags->Has("config")) {
+    flags = absl::InvalidArgumentError("--config=FILE is required");
+  }
+  if (flags.ok() && flags->Has("model") && flags->Has("checkpoint")) {
+    flags = absl::InvalidArgumentError(
+        "give the model folder once, as --model or as --checkpoint");
+  }
+  if (!flags.ok()) {
+    std::cerr << "prefopt eval: " << flags.status().message() << "\n\n"
+              << kUsage;
+    return 2;
+  }
+  std::vector<std::string> overrides = flags->sets;
+  if (flags->Has("run_dir")) {
+    overrides.push_back(absl::StrCat("run_dir=", flags->Get("run_dir")));
+  }
+  const std::string model_dir =
+      flags->Has("model") ? flags->Get("model") : flags->Get("checkpoint");
+  auto env = comm::DetectLaunchEnv();
+  if (!env.ok()) return Fail(nullptr, env.status(), 2, "eval");
+  auto communicator =
+      comm::CreateCommunicator(*env, comm::Device::kCpu, &argc, &argv);
+  if (!communicator.ok())
+    return Fail(nullptr, communicator.status(), 1, "eval");
+  comm::Communicator* comm = communicator->get();
+  auto config = config::LoadTrainConfig(flags->Get("config"), overrides);
+  if (!config.ok()) return Fail(comm, config.status(), 2, "eval");
+  const bool rank0 = comm->rank() == 0;
+  const bool live =
+      env->launcher != "mpirun" && metrics::IsTerminal(STDOUT_FILENO);
+  std::optional<metrics::ProgressReporter> progress;
+  if (rank0) progress.emplace(std::cout, live, 0);
+  auto result = loop::EvaluateModel(
+      *config, model_dir, rank0 ? std::cout : std::cerr, comm,
+      [&](const std::string& phase, int64_t done, int64_t total) {
+        if (progress.has_value()) progress->Phase(phase, done, total);
+      });
+  if (!result.ok()) return Fail(comm, result.status(), 1, "eval");
+  if (!rank0) return 0;
+  progress.reset();
+  const std::string model =
+      model_dir.empty() ? "the config's model" : model_dir;
+  std::cout << "eval of " << model << " on " << result->examples
+            << " held-out examples:\n"
+            << loop::EvalTableText(result->metrics);
+  std::error_code ec;
+  std::filesystem::create_directories(config->run_dir(), ec);
+  const std::string path = config->run_dir() + "/eval.json";
+  const absl::Status s = loop::WriteEvalJson(
+      path, std::nullopt, result->examples, model, result->metrics);
+  if (!s.ok()) return Fail(comm, s, 1, "eval");
+  std::cout << "written to " << path << "\n";
+  return 0;
+}
+
+// Comma-separated token ids.
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag,
+                                              const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(part, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": \"", std::string(part),
+                       "\" is not a token id (expected e.g. 1,2,3)"));
+    }
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+// The ids generation stops after: generation_config.json's eos_token_id
+// (an id or a list) when the folder has one, else config.json's.
+absl::StatusOr<std::vector<int32_t>> StopIds(const std::string& model_dir,
+                                             const io::ModelSpec& spec) {
+  std::vector<int32_t> ids;
+  const std::string path = model_dir + "/generation_config.json";
+  if (std::filesystem::exists(path)) {
+    auto j = io::ReadJsonFile(path);
+    if (!j.ok()) return j.status();
+    auto eos = j->find("eos_token_id");
+    if (eos != j->end() && eos->is_number_integer()) {
+      ids.push_back(eos->get<int32_t>());
+    } else if (eos != j->end() && eos->is_array()) {
+      for (const auto& id : *eos) {
+        if (id.is_number_integer()) ids.push_back(id.get<int32_t>());
+      }
+    }
+    if (!ids.empty()) return ids;
+  }
+  if (spec.eos_token_id.has_value()) {
+    ids.push_back(static_cast<int32_t>(*spec.eos_token_id));
+  }
+  for (int64_t id : spec.extra_eos_token_ids) {
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  return ids;
+}
+
+// One prompt of a --data file, with the response the data holds for it.
+struct DataPrompt {
+  std::vector<int32_t> prompt;
+  std::optional<std::vector<int32_t>> reference;
+};
+
+absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
+    const std::string& path, const tokenizer::Tokenizer* tok,
+    const std::string& model_dir) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::vector<DataPrompt> prompts;
+  std::string line;
+  for (int line_no = 1; std::getline(in, line); ++line_no) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = absl::StrCat(path, ":", line_no);
+    auto j = io::ParseJson(line, where);
+    if (!j.ok()) return j.status();
+    DataPrompt p;
+    try {
+      if (j->contains("prompt_ids")) {
+        p.prompt = (*j)["prompt_ids"].get<std::vector<int32_t>>();
+      } else if (j->contains("prompt") && (*j)["prompt"].is_string()) {
+        if (tok == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": a text \"prompt\" needs ", model_dir,
+              "/tokenizer.json, which is missing; give \"prompt_ids\""));
+        }
+        auto ids = tok->Encode((*j)["prompt"].get<std::string>(), true);
+        if (!ids.ok()) return ids.status();
+        p.prompt = *std::move(ids);
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where,
+                         ": expected \"prompt_ids\" (token ids) or \"prompt\" "
+                         "(text)"));
+      }
+      for (const char* field : {"chosen_ids", "completion_ids"}) {
+        if (j->contains(field)) {
+          p.reference = (*j)[field].get<std::vector<int32_t>>();
+        }
+      }
+    } catch (const nlohmann::json::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": token ids must be integer arrays (", e.what(), ")"));
+    }
+    if (p.prompt.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": the prompt has no tokens"));
+    }
+    prompts.push_back(std::move(p));
+  }
+  if (prompts.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no prompts"));
+  }
+  return prompts;
+}
+
+int Generate(int argc, char** argv) {
+  const auto fail = [](const absl::Status& status, int code) {
+    return Fail(nullptr, status, code, "generate");
+  };
+  auto flags =
+      ParseFlags(argc, argv,
+                 {"model", "checkpoint", "prompt", "prompt_ids", "data",
+                  "max_new_tokens", "temperature", "top_p", "seed"});
+  if (flags.ok()) {
+    const int prompts =
+        flags->Has("prompt") + flags->Has("prompt_ids") + flags->Has("data");
+    if (!flags->Has("model") && !flags->Has("checkpoint")) {
+      flags = absl::InvalidArgumentError("--model=HF_DIR is required");
+    } else if (prompts != 1) {
+      flags = absl::InvalidArgumentError(
+          "give exactly one of --prompt=TEXT, --prompt_ids=1,2,3 and "
+          "--data=FILE.jsonl");
+    }
+  }
+  if (!flags.ok()) {
+    std::cerr << "prefopt generate: " << flags.status().message() << "\n\n"
+              << kUsage;
+    return 2;
+  }
+  const std::string model_dir =
+      flags->Has("model") ? flags->Get("model") : flags->Get("checkpoint");
+  model::GenerationOptions options;
+  bool max_new_given = false;
+  {
+    std::string bad;
+    if (flags->Has("max_new_tokens")) {
+      max_new_given = true;
+      if (!absl::SimpleAtoi(flags->Get("max_new_tokens"),
+                            &options.max_new_tokens)) {
+        bad = "max_new_tokens";
+      }
+    }
+    if (flags->Has("temperature") &&
+        !absl::SimpleAtod(flags->Get("temperature"), &options.temperature)) {
+      bad = "temperature";
+    }
+    if (flags->Has("top_p") &&
+        !absl::SimpleAtod(flags->Get("top_p"), &options.top_p)) {
+      bad = "top_p";
+    }
+    if (flags->Has("seed") &&
+        !absl::SimpleAtoi(flags->Get("seed"), &options.seed)) {
+      bad = "seed";
+    }
+    if (!bad.empty()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+                      "--", bad, ": not a number: \"", flags->Get(bad), "\"")),
+                  2);
+    }
+  }
+
+  auto spec = io::ReadHfConfig(model_dir);
+  if (!spec.ok()) return fail(spec.status(), 1);
+  std::optional<tokenizer::Tokenizer> tok;
+  const std::string tok_path = model_dir + "/tokenizer.json";
+  if (std::filesystem::exists(tok_path)) {
+    auto t = tokenizer::Tokenizer::FromFile(tok_path);
+    if (!t.ok()) return fail(t.status(), 1);
+    tok.emplace(*std::move(t));
+  }
+  std::vector<DataPrompt> prompts;
+  if (flags->Has("data")) {
+    auto read =
+        ReadPrompts(flags->Get("data"), tok ? &*tok : nullptr, model_dir);
+    if (!read.ok()) return fail(read.status(), 2);
+    prompts = *std::move(read);
+  } else if (flags->Has("prompt_ids")) {
+    auto ids = ParseIds("prompt_ids", flags->Get("prompt_ids"));
+    if (!ids.ok()) return fail(ids.status(), 2);
+    prompts.push_back({*std::move(ids), std::nullopt});
+  } else {
+    if (!tok.has_value()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+                      "--prompt needs a tokenizer, and ", model_dir,
+                      " has no tokenizer.json; give token ids with "
+                      "--prompt_ids=1,2,3")),
+                  2);
+    }
+    auto ids = tok->Encode(flags->Get("prompt"), /*add_special_tokens=*/true);
+    if (!ids.ok()) return fail(ids.status(), 2);
+    if (ids->empty()) {
+      return fail(absl::InvalidArgumentError(
+                      "--prompt: the text has no tokens in this tokenizer"),
+                  2);
+    }
+    prompts.push_back({*std::move(ids), std::nullopt});
+  }
+
+  // The decoder holds the longest prompt and its new tokens.
+  size_t longest = 0;
+  for (const DataPrompt& p : prompts)
+    longest = std::max(longest, p.prompt.size());
+  const int positions = static_cast<int>(spec->max_positions);
+  if (static_cast<int>(longest) >= positions) {
+    return fail(
+        absl::InvalidArgumentError(absl::StrCat(
+            "a prompt of ", longest, " tokens leaves no room in the model's ",
+            positions, " positions")),
+        2);
+  }
+  if (static_cast<int>(longest) + options.max_new_tokens > positions) {
+    if (max_new_given) {
+      std::cerr << "notice: max_new_tokens lowered from "
+                << options.max_new_tokens << " to " << positions - longest
+                << " to fit the model's " << positions << " positions\n";
+    }
+    options.max_new_tokens = positions - static_cast<int>(longest);
+  }
+  auto stop_ids = StopIds(model_dir, *spec);
+  if (!stop_ids.ok()) return fail(stop_ids.status(), 1);
+  options.stop_ids = *std::move(stop_ids);
+
+  kernels::CpuBackend backend;
+  model::Capacity cap;
+  // Prompts run in chunks of up to 64 tokens, which bounds the attention
+  // buffers a long prompt would otherwise need.
+  cap.max_rows = std::min<int>(64, static_cast<int>(longest));
+  cap.max_seq_len = static_cast<int>(longest) + options.max_new_tokens;
+  cap.max_seqs = 1;
+  auto decoder = model::Decoder::Create(*spec, &backend, cap, false);
+  if (!decoder.ok()) return fail(decoder.status(), 1);
+  auto store = io::WeightStore::Open(model_dir);
+  if (!store.ok()) return fail(store.status(), 1);
+  absl::Status s = (*decoder)->LoadHf(*store);
+  if (!s.ok()) return fail(s, 1);
+  auto generator = model::Generator::Create(decoder->get());
+  if (!generator.ok()) return fail(generator.status(), 1);
+
+  int with_reference = 0, matches = 0;
+  for (const DataPrompt& p : prompts) {
+    auto out = (*generator)->Generate(p.prompt, options);
+    if (!out.ok()) return fail(out.status(), 2);
+    std::optional<std::string> text;
+    if (tok.has_value()) {
+      auto decoded = tok->Decode(*out, /*skip_special_tokens=*/true);
+      if (!decoded.ok()) return fail(decoded.status(), 1);
+      text = *std::move(decoded);
+    }
+    if (!flags->Has("data")) {
+      std::cout << (text ? *text : absl::StrJoin(*out, ",")) << "\n";
+      continue;
+    }
+    nlohmann::json line = {{"prompt_ids", p.prompt}, {"generated_ids", *out}};
+    if (text) line["text"] = *text;
+    if (p.reference) {
+      const bool match = *out == *p.reference;
+      line["matches_reference"] = match;
+      ++with_reference;
+      matches += match;
+    }
+    std::cout << line.dump() << "\n";
+  }
+  if (flags->Has("data")) {
+    std::cerr << prompts.size() << " prompts";
+    if (with_reference > 0) {
+      std::cerr << "; the generation equals the data's response "
+                   "(chosen_ids/completion_ids) for "
+                << matches << " of " << with_reference << " ("
+                << absl::StrFormat("%.1f", 100.0 * matches / with_reference)
+                << "%)";
+    }
+    std::cerr << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace prefopt
 
@@ -124,6 +540,8 @@ int main(int argc, char** argv) {
   }
   const std::string_view command = argv[1];
   if (command == "train") return prefopt::Train(argc, argv);
+  if (command == "eval") return prefopt::Eval(argc, argv);
+  if (command == "generate") return prefopt::Generate(argc, argv);
   std::cerr << "prefopt: unknown command \"" << command << "\"\n\n"
             << prefopt::kUsage;
   return 2;
