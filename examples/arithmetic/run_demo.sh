@@ -20,8 +20,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${1:-/tmp/prefopt-demo}
 prefopt=${PREFOPT:-$repo/bazel-bin/launch/prefopt}
-# The model is tiny: one thread is as fast as two, and unlike several it does
-# not slow down many times over when other work shares the cores.
+# The model is tiny: one thread is as fast as two, and steadier when other
+# work shares the cores.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export OMP_NUM_THREADS
 
