@@ -358,6 +358,59 @@ absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
   return prompts;
 }
 
+// --max_new_tokens, --temperature, --top_p and --seed.
+absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
+  model::GenerationOptions options;
+  std::string bad;  // the first flag that is not a number
+  const auto check = [&](const char* name, bool parsed) {
+    if (!parsed && bad.empty()) bad = name;
+  };
+  if (flags.Has("max_new_tokens")) {
+    check("max_new_tokens", absl::SimpleAtoi(flags.Get("max_new_tokens"),
+                                             &options.max_new_tokens));
+  }
+  if (flags.Has("temperature")) {
+    check("temperature",
+          absl::SimpleAtod(flags.Get("temperature"), &options.temperature));
+  }
+  if (flags.Has("top_p")) {
+    check("top_p", absl::SimpleAtod(flags.Get("top_p"), &options.top_p));
+  }
+  if (flags.Has("seed")) {
+    check("seed", absl::SimpleAtoi(flags.Get("seed"), &options.seed));
+  }
+  if (!bad.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", bad, ": not a number: \"", flags.Get(bad), "\""));
+  }
+  return options;
+}
+
+// The prompt(s) of --data, --prompt_ids or --prompt.
+absl::StatusOr<std::vector<DataPrompt>> CollectPrompts(
+    const Flags& flags, const tokenizer::Tokenizer* tok,
+    const std::string& model_dir) {
+  if (flags.Has("data")) return ReadPrompts(flags.Get("data"), tok, model_dir);
+  if (flags.Has("prompt_ids")) {
+    auto ids = ParseIds("prompt_ids", flags.Get("prompt_ids"));
+    if (!ids.ok()) return ids.status();
+    return std::vector<DataPrompt>{{*std::move(ids), std::nullopt}};
+  }
+  if (tok == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prompt needs a tokenizer, and ", model_dir,
+                     " has no tokenizer.json; give token ids with "
+                     "--prompt_ids=1,2,3"));
+  }
+  auto ids = tok->Encode(flags.Get("prompt"), /*add_special_tokens=*/true);
+  if (!ids.ok()) return ids.status();
+  if (ids->empty()) {
+    return absl::InvalidArgumentError(
+        "--prompt: the text has no tokens in this tokenizer");
+  }
+  return std::vector<DataPrompt>{{*std::move(ids), std::nullopt}};
+}
+
 int Generate(int argc, char** argv) {
   const auto fail = [](const absl::Status& status, int code) {
     return Fail(nullptr, status, code, "generate");
@@ -384,35 +437,8 @@ int Generate(int argc, char** argv) {
   }
   const std::string model_dir =
       flags->Has("model") ? flags->Get("model") : flags->Get("checkpoint");
-  model::GenerationOptions options;
-  bool max_new_given = false;
-  {
-    std::string bad;
-    if (flags->Has("max_new_tokens")) {
-      max_new_given = true;
-      if (!absl::SimpleAtoi(flags->Get("max_new_tokens"),
-                            &options.max_new_tokens)) {
-        bad = "max_new_tokens";
-      }
-    }
-    if (flags->Has("temperature") &&
-        !absl::SimpleAtod(flags->Get("temperature"), &options.temperature)) {
-      bad = "temperature";
-    }
-    if (flags->Has("top_p") &&
-        !absl::SimpleAtod(flags->Get("top_p"), &options.top_p)) {
-      bad = "top_p";
-    }
-    if (flags->Has("seed") &&
-        !absl::SimpleAtoi(flags->Get("seed"), &options.seed)) {
-      bad = "seed";
-    }
-    if (!bad.empty()) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-                      "--", bad, ": not a number: \"", flags->Get(bad), "\"")),
-                  2);
-    }
-  }
+  auto options = SamplingFlags(*flags);
+  if (!options.ok()) return fail(options.status(), 2);
 
   auto spec = io::ReadHfConfig(model_dir);
   if (!spec.ok()) return fail(spec.status(), 1);
@@ -423,77 +449,54 @@ int Generate(int argc, char** argv) {
     if (!t.ok()) return fail(t.status(), 1);
     tok.emplace(*std::move(t));
   }
-  std::vector<DataPrompt> prompts;
-  if (flags->Has("data")) {
-    auto read =
-        ReadPrompts(flags->Get("data"), tok ? &*tok : nullptr, model_dir);
-    if (!read.ok()) return fail(read.status(), 2);
-    prompts = *std::move(read);
-  } else if (flags->Has("prompt_ids")) {
-    auto ids = ParseIds("prompt_ids", flags->Get("prompt_ids"));
-    if (!ids.ok()) return fail(ids.status(), 2);
-    prompts.push_back({*std::move(ids), std::nullopt});
-  } else {
-    if (!tok.has_value()) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-                      "--prompt needs a tokenizer, and ", model_dir,
-                      " has no tokenizer.json; give token ids with "
-                      "--prompt_ids=1,2,3")),
-                  2);
-    }
-    auto ids = tok->Encode(flags->Get("prompt"), /*add_special_tokens=*/true);
-    if (!ids.ok()) return fail(ids.status(), 2);
-    if (ids->empty()) {
-      return fail(absl::InvalidArgumentError(
-                      "--prompt: the text has no tokens in this tokenizer"),
-                  2);
-    }
-    prompts.push_back({*std::move(ids), std::nullopt});
-  }
+  auto prompts = CollectPrompts(*flags, tok ? &*tok : nullptr, model_dir);
+  if (!prompts.ok()) return fail(prompts.status(), 2);
 
   // The decoder holds the longest prompt and its new tokens.
-  size_t longest = 0;
-  for (const DataPrompt& p : prompts)
-    longest = std::max(longest, p.prompt.size());
+  int longest = 0;
+  for (const DataPrompt& p : *prompts) {
+    longest = std::max(longest, static_cast<int>(p.prompt.size()));
+  }
   const int positions = static_cast<int>(spec->max_positions);
-  if (static_cast<int>(longest) >= positions) {
+  if (longest >= positions) {
     return fail(
         absl::InvalidArgumentError(absl::StrCat(
             "a prompt of ", longest, " tokens leaves no room in the model's ",
             positions, " positions")),
         2);
   }
-  if (static_cast<int>(longest) + options.max_new_tokens > positions) {
-    if (max_new_given) {
+  if (longest + options->max_new_tokens > positions) {
+    if (flags->Has("max_new_tokens")) {
       std::cerr << "notice: max_new_tokens lowered from "
-                << options.max_new_tokens << " to " << positions - longest
+                << options->max_new_tokens << " to " << positions - longest
                 << " to fit the model's " << positions << " positions\n";
     }
-    options.max_new_tokens = positions - static_cast<int>(longest);
+    options->max_new_tokens = positions - longest;
   }
   auto stop_ids = StopIds(model_dir, *spec);
   if (!stop_ids.ok()) return fail(stop_ids.status(), 1);
-  options.stop_ids = *std::move(stop_ids);
+  options->stop_ids = *std::move(stop_ids);
 
   kernels::CpuBackend backend;
   model::Capacity cap;
   // Prompts run in chunks of up to 64 tokens, which bounds the attention
   // buffers a long prompt would otherwise need.
-  cap.max_rows = std::min<int>(64, static_cast<int>(longest));
-  cap.max_seq_len = static_cast<int>(longest) + options.max_new_tokens;
+  cap.max_rows = std::min(64, longest);
+  cap.max_seq_len = longest + options->max_new_tokens;
   cap.max_seqs = 1;
   auto decoder = model::Decoder::Create(*spec, &backend, cap, false);
   if (!decoder.ok()) return fail(decoder.status(), 1);
   auto store = io::WeightStore::Open(model_dir);
   if (!store.ok()) return fail(store.status(), 1);
-  absl::Status s = (*decoder)->LoadHf(*store);
-  if (!s.ok()) return fail(s, 1);
+  const absl::Status loaded = (*decoder)->LoadHf(*store);
+  if (!loaded.ok()) return fail(loaded, 1);
   auto generator = model::Generator::Create(decoder->get());
   if (!generator.ok()) return fail(generator.status(), 1);
 
+  const bool data = flags->Has("data");
   int with_reference = 0, matches = 0;
-  for (const DataPrompt& p : prompts) {
-    auto out = (*generator)->Generate(p.prompt, options);
+  for (const DataPrompt& p : *prompts) {
+    auto out = (*generator)->Generate(p.prompt, *options);
     if (!out.ok()) return fail(out.status(), 2);
     std::optional<std::string> text;
     if (tok.has_value()) {
@@ -501,7 +504,7 @@ int Generate(int argc, char** argv) {
       if (!decoded.ok()) return fail(decoded.status(), 1);
       text = *std::move(decoded);
     }
-    if (!flags->Has("data")) {
+    if (!data) {
       std::cout << (text ? *text : absl::StrJoin(*out, ",")) << "\n";
       continue;
     }
@@ -515,8 +518,8 @@ int Generate(int argc, char** argv) {
     }
     std::cout << line.dump() << "\n";
   }
-  if (flags->Has("data")) {
-    std::cerr << prompts.size() << " prompts";
+  if (data) {
+    std::cerr << prompts->size() << " prompts";
     if (with_reference > 0) {
       std::cerr << "; the generation equals the data's response "
                    "(chosen_ids/completion_ids) for "

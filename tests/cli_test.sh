@@ -126,6 +126,8 @@ expect_fail "two prompts" 2 "give exactly one of" -- \
   generate --model="$fixtures/policy" --prompt=a --prompt_ids=1
 expect_fail "bad ids" 2 '"x" is not a token id' -- \
   generate --model="$fixtures/policy" --prompt_ids=1,x
+expect_fail "non-numeric flag" 2 '--temperature: not a number: "warm"' -- \
+  generate --model="$fixtures/policy" --prompt_ids=1 --temperature=warm
 expect_fail "bad top_p" 2 "top_p must be in (0, 1]" -- \
   generate --model="$fixtures/policy" --prompt_ids=1 --top_p=0
 printf '{"prompt_ids": [1]}\n{"prompt_ids": []}\n' >"$tmp/empty_prompt.jsonl"
