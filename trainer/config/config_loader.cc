@@ -528,7 +528,8 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
     problem("init_std", absl::StrCat("must be > 0, got ", model.init_std()));
   }
   if (model.has_eos_token_id() &&
-      (model.eos_token_id() < 0 || model.eos_token_id() >= model.vocab_size())) {
+      (model.eos_token_id() < 0 ||
+       model.eos_token_id() >= model.vocab_size())) {
     problem("eos_token_id",
             absl::StrCat("must be in [0, model.vocab_size) = [0, ",
                          model.vocab_size(), "), got ", model.eos_token_id()));
