@@ -130,6 +130,15 @@ class Backend {
                                  const float* qkv, const float* probs,
                                  const SeqSpan* spans, int num_seqs, int NH,
                                  int NKV, int hs) = 0;
+  // Incremental decoding (forward only): the attention of the last n rows of
+  // ONE sequence whose earlier rows are a key/value cache, without
+  // recomputing the cached rows. qkv[past + n, (NH + 2*NKV)*hs] is the
+  // sequence in AttentionForward's row layout; of rows [0, past) only the key
+  // and value heads are read. New row past + i attends to rows [0, past + i].
+  // out[n, NH*hs] equals rows [past, past + n) of AttentionForward over the
+  // whole sequence.
+  virtual void CachedAttentionForward(float* out, const float* qkv, int past,
+                                      int n, int NH, int NKV, int hs) = 0;
 
   // ---- rotary position embedding (Llama/Qwen2) ----
   // Rotates, in place, the NH query heads and the NKV key heads of every row of

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prefopt command end to end: a successful run writes its resolved config and
-# one metrics line per logged step; bad flags, configs, model folders and data
-# each exit non-zero with a message naming the culprit.
+# one metrics line per logged step; `prefopt eval` writes eval.json; `prefopt
+# generate` reads ids or text; bad flags, configs, model folders and data each
+# exit non-zero with a message naming the culprit.
 set -uo pipefail
 
 prefopt="$1"
@@ -125,6 +126,89 @@ if "$prefopt" train --config="$tmp/nan.textproto" --set=optimizer.lr=1e30 \
   echo "ok   non-finite steps skipped with skip_nonfinite_steps"
 else
   echo "FAIL non-finite skip: $(cat "$tmp/nan.log")"; failures=$((failures + 1))
+fi
+
+# expect_ok NAME EXPECTED_SUBSTRING -- ARGS...: exit 0, output has the text.
+expect_ok() {
+  local name=$1 needle=$2
+  shift 3
+  local out rc
+  out=$("$prefopt" "$@" 2>&1)
+  rc=$?
+  if [[ $rc -ne 0 || "$out" != *"$needle"* ]]; then
+    echo "FAIL $name: exit $rc, expected 0 and \"$needle\"; output: $out"
+    failures=$((failures + 1))
+  else
+    echo "ok   $name"
+  fi
+}
+
+# prefopt eval.
+hf="hf_path: \"$fixtures/policy\" reference_hf_path: \"$fixtures/reference\""
+write_config "$tmp/eval.textproto" "$hf" "$fixtures/pairs.jsonl"
+expect_ok "eval of a model folder" "ranking/idealized_accuracy" -- eval \
+  --config="$tmp/eval.textproto" --checkpoint="$fixtures/policy" \
+  --set=data.eval_files="$fixtures/pairs.jsonl" --run_dir="$tmp/eval_run"
+if grep -q '"ranking/alignment_gap"' "$tmp/eval_run/eval.json"; then
+  echo "ok   eval.json written"
+else
+  echo "FAIL eval.json: $(cat "$tmp/eval_run/eval.json")"; failures=$((failures + 1))
+fi
+expect_fail "eval without held-out data" 1 "data.eval_files: no held-out data" -- \
+  eval --config="$tmp/eval.textproto"
+expect_fail "eval without --config" 2 "--config=FILE is required" -- eval
+expect_fail "eval with two model flags" 2 "give the model folder once" -- \
+  eval --config="$tmp/eval.textproto" --model=a --checkpoint=b
+
+# prefopt generate: ids without a tokenizer; text with one (a copy of the
+# fixture model with a character tokenizer over its 101 ids).
+expect_ok "generate from ids" "," -- generate --model="$fixtures/policy" \
+  --prompt_ids=5,6,7 --max_new_tokens=4
+expect_fail "text prompt without tokenizer.json" 2 "has no tokenizer.json" -- \
+  generate --model="$fixtures/policy" --prompt=hello
+expect_fail "two prompts" 2 "give exactly one of" -- \
+  generate --model="$fixtures/policy" --prompt=a --prompt_ids=1
+expect_fail "bad ids" 2 '"x" is not a token id' -- \
+  generate --model="$fixtures/policy" --prompt_ids=1,x
+expect_fail "non-numeric flag" 2 '--temperature: not a number: "warm"' -- \
+  generate --model="$fixtures/policy" --prompt_ids=1 --temperature=warm
+expect_fail "bad top_p" 2 "top_p must be in (0, 1]" -- \
+  generate --model="$fixtures/policy" --prompt_ids=1 --top_p=0
+printf '{"prompt_ids": [1]}\n{"prompt_ids": []}\n' >"$tmp/empty_prompt.jsonl"
+expect_fail "empty prompt" 2 "empty_prompt.jsonl:2: the prompt has no tokens" -- \
+  generate --model="$fixtures/policy" --data="$tmp/empty_prompt.jsonl"
+mkdir -p "$tmp/with_tok"
+cp "$fixtures/policy/"* "$tmp/with_tok/"
+python3 - "$tmp/with_tok/tokenizer.json" <<'PY'
+import json, sys
+vocab = {chr(0x100 + i): i for i in range(101)}
+json.dump({"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [], "normalizer": None, "pre_tokenizer": None,
+           "post_processor": None, "decoder": None,
+           "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                     "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False,
+                     "byte_fallback": False, "ignore_merges": False,
+                     "vocab": vocab, "merges": []}},
+          open(sys.argv[1], "w"))
+PY
+text=$("$prefopt" generate --model="$tmp/with_tok" --prompt="$(printf '\xc4\x85\xc4\x86\xc4\x87')" \
+  --max_new_tokens=6 2>&1)
+ids=$("$prefopt" generate --model="$tmp/with_tok" --prompt_ids=5,6,7 \
+  --max_new_tokens=6 2>&1)
+if [[ -n "$text" && "$text" == "$ids" ]]; then
+  echo "ok   generate from text equals generate from its ids ($text)"
+else
+  echo "FAIL generate from text: \"$text\" vs ids: \"$ids\""; failures=$((failures + 1))
+fi
+printf '{"prompt_ids": [5, 6, 7], "chosen_ids": [1]}\n{"prompt": "\u0105"}\n' >"$tmp/prompts.jsonl"
+out=$("$prefopt" generate --model="$tmp/with_tok" --data="$tmp/prompts.jsonl" \
+  --max_new_tokens=3 2>"$tmp/generate.err")
+if [[ $(grep -c '"generated_ids"' <<<"$out") -eq 2 ]] &&
+   grep -q "of 1 (" "$tmp/generate.err"; then
+  echo "ok   generate --data (one JSON line per prompt, matches counted)"
+else
+  echo "FAIL generate --data: $out $(cat "$tmp/generate.err")"; failures=$((failures + 1))
 fi
 
 if [[ $failures -ne 0 ]]; then

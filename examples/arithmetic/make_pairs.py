@@ -6,9 +6,14 @@ the correct answer, the rejected response a plausible wrong one (off by one, off
 ten, or with two digits swapped), each ending with an end-of-sequence token. The
 preference is verifiable, so accuracy on held-out pairs measures learning.
 
-Demonstrations (demos_*.jsonl) hold the prompt and the correct answer; they also
-carry a context, a "hint" that states the answer's last digit (for PRIOR: tokens
-that the hint makes predictable get more weight than those it does not).
+Held-out means unseen: of the 90 x 90 sums, 400 are set aside; eval.jsonl asks
+200 of them, demos_eval.jsonl and prior_eval.jsonl the other 200, and no
+training file asks any of the 400.
+
+Demonstrations (demos_*.jsonl) hold the prompt and the correct answer (SFT).
+The PRIOR demonstrations (prior_*.jsonl) also carry a context, a "hint" that
+states the answer's last digit (tokens that the hint makes predictable get more
+weight than those it does not).
 
 Tokens are characters: '0'..'9' -> 0..9, '+' -> 10, '=' -> 11, end -> 12.
 
@@ -43,8 +48,7 @@ def wrong_answer(rng, a, b):
             return cand
 
 
-def pair(rng):
-    a, b = rng.randrange(10, 100), rng.randrange(10, 100)
+def pair(rng, a, b):
     return {
         "prompt_ids": ids(f"{a}+{b}="),
         "chosen_ids": ids(str(a + b)) + [END],
@@ -52,26 +56,39 @@ def pair(rng):
     }
 
 
-def demo(rng):
-    a, b = rng.randrange(10, 100), rng.randrange(10, 100)
-    answer = str(a + b)
+def demo(rng, a, b):
     return {
-        "context_ids": ids(answer[-1]) + [EQUALS],
         "prompt_ids": ids(f"{a}+{b}="),
-        "completion_ids": ids(answer) + [END],
+        "completion_ids": ids(str(a + b)) + [END],
     }
+
+
+def hinted_demo(rng, a, b):
+    example = demo(rng, a, b)
+    answer_last_digit = example["completion_ids"][-2]
+    return {"context_ids": [answer_last_digit, EQUALS], **example}
 
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     rng = random.Random(1234)
-    for name, count, make in (("train.jsonl", 2000, pair),
-                              ("eval.jsonl", 200, pair),
-                              ("demos_train.jsonl", 2000, demo),
-                              ("demos_eval.jsonl", 200, demo)):
+    sums = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    rng.shuffle(sums)
+    eval_pairs, eval_demos, train = sums[:200], sums[200:400], sums[400:]
+    # Training files draw their sums from `train` (with repeats); each
+    # evaluation file asks its own held-out sums once.
+    for name, make, problems in (
+            ("train.jsonl", pair, [rng.choice(train) for _ in range(8000)]),
+            ("eval.jsonl", pair, eval_pairs),
+            ("demos_train.jsonl", demo, [rng.choice(train) for _ in range(2000)]),
+            ("demos_eval.jsonl", demo, eval_demos),
+            ("prior_train.jsonl", hinted_demo,
+             [rng.choice(train) for _ in range(2000)]),
+            ("prior_eval.jsonl", hinted_demo, eval_demos)):
         with open(os.path.join(here, name), "w") as f:
-            for _ in range(count):
-                f.write(json.dumps(make(rng)) + "\n")
+            for a, b in problems:
+                f.write(json.dumps(make(rng, a, b), separators=(",", ":")) +
+                        "\n")
 
 
 if __name__ == "__main__":

@@ -661,6 +661,51 @@ void CpuBackend::AttentionForward(float* out, float* probs, const float* qkv,
   }
 }
 
+void CpuBackend::CachedAttentionForward(float* out, const float* qkv, int past,
+                                        int n, int NH, int NKV, int hs) {
+  const int row = (NH + 2 * NKV) * hs;
+  const int out_row = NH * hs;
+  const int T = past + n;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const int group = NH / NKV;
+  // Scores of one block of new rows against every key they may see.
+  const size_t per_thread = static_cast<size_t>(kAttentionBlock) * T;
+  const size_t scratch = per_thread * omp_get_max_threads();
+  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
+  float* const scratch_base = attention_scratch_.data();
+  SingleThreadedBlas blas;
+  const bool parallel = double{1} * NH * n * T * hs >= kMinParallelMacs;
+  // One query head per iteration; iterations write disjoint outputs.
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int h = 0; h < NH; ++h) {
+    const int kv = h / group;
+    const float* K = qkv + (NH + kv) * hs;
+    const float* V = qkv + (NH + NKV + kv) * hs;
+    float* S = scratch_base + per_thread * omp_get_thread_num();
+    for (int i0 = 0; i0 < n; i0 += kAttentionBlock) {
+      const int i1 = std::min(n, i0 + kAttentionBlock);
+      const int keys = past + i1;
+      Sgemm(false, true, i1 - i0, keys, hs, scale,
+            qkv + static_cast<size_t>(past + i0) * row + h * hs, row, K, row,
+            0.0f, S, keys);
+      for (int i = i0; i < i1; ++i) {
+        float* p = S + static_cast<size_t>(i - i0) * keys;
+        const int seen = past + i + 1;
+        const float max_score = RowMax(p, seen);
+        const float sum = static_cast<float>(
+            ExpShifted(p, seen, max_score,
+                       [&](int j, __m256 y) { StoreLanes(p, j, seen, y); }));
+        const float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < seen; ++j) p[j] *= inv;
+        std::memset(p + seen, 0, (keys - seen) * sizeof(float));
+      }
+      Sgemm(false, false, i1 - i0, hs, keys, 1.0f, S, keys, V, row, 0.0f,
+            out + static_cast<size_t>(i0) * out_row + h * hs, out_row);
+    }
+  }
+}
+
 void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
                                    const float* qkv, const float* probs,
                                    const SeqSpan* spans, int num_seqs, int NH,

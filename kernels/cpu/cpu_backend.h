@@ -16,9 +16,9 @@
 // A label outside [0, V) or a chunk < 1 in OutputForward/OutputBackward is a
 // caller bug: it aborts with a message.
 //
-// Not thread-safe: one caller at a time. Scratch memory (attention backward,
-// SumSquares partials) is allocated on first use and reused, growing only when
-// a larger shape arrives.
+// Not thread-safe: one caller at a time. Scratch memory (attention backward
+// and cached attention, SumSquares partials) is allocated on first use and
+// reused, growing only when a larger shape arrives.
 #ifndef PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 #define PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 
@@ -88,6 +88,8 @@ class CpuBackend : public Backend {
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
                          const float* probs, const SeqSpan* spans, int num_seqs,
                          int NH, int NKV, int hs) override;
+  void CachedAttentionForward(float* out, const float* qkv, int past, int n,
+                              int NH, int NKV, int hs) override;
 
   void RopeForward(float* qkv, const int32_t* pos, const float* cos,
                    const float* sin, int N, int NH, int NKV, int hs) override;
@@ -109,7 +111,8 @@ class CpuBackend : public Backend {
              const AdamWParams& hp) override;
 
  private:
-  // Per-thread dS blocks for AttentionBackward.
+  // Per-thread dS blocks for AttentionBackward, score blocks for
+  // CachedAttentionForward.
   std::vector<float> attention_scratch_;
   // Per-block partial sums for SumSquares.
   std::vector<double> sum_partials_;

@@ -586,6 +586,46 @@ TEST_P(CpuBackendTest, Attention) {
   }
 }
 
+struct CachedAttentionCase {
+  int past, n, NH, NKV, hs;
+};
+
+// Rows [past, past + n) of the whole sequence's attention, from the cache.
+TEST_P(CpuBackendTest, CachedAttention) {
+  const std::vector<CachedAttentionCase> cases = {
+      // A prompt without cache, one decoding step, steps at the 64-row block.
+      {0, 9, 4, 2, 16},  {9, 1, 4, 2, 16},  {63, 1, 3, 3, 32},
+      {64, 1, 3, 3, 32}, {100, 3, 8, 2, 8}, {30, 70, 8, 1, 8},
+  };
+  for (const CachedAttentionCase& tc : cases) {
+    SCOPED_TRACE(::testing::Message() << "past " << tc.past << " n " << tc.n
+                                      << " NH " << tc.NH << " NKV " << tc.NKV);
+    const int T = tc.past + tc.n;
+    const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
+    const int out_row = tc.NH * tc.hs;
+    const std::vector<float> qkv = RandomNormal(T * row, 4);
+    const SeqSpan span{0, T};
+    std::vector<float> full(T * out_row),
+        probs(ref_.AttentionProbsSize(&span, 1, tc.NH));
+    ref_.AttentionForward(full.data(), probs.data(), qkv.data(), &span, 1,
+                          tc.NH, tc.NKV, tc.hs);
+    const std::vector<float> expected(full.begin() + tc.past * out_row,
+                                      full.end());
+    std::vector<float> out_ref(tc.n * out_row, NAN),
+        out_cpu(tc.n * out_row, NAN);
+    ref_.CachedAttentionForward(out_ref.data(), qkv.data(), tc.past, tc.n,
+                                tc.NH, tc.NKV, tc.hs);
+    cpu_.CachedAttentionForward(out_cpu.data(), qkv.data(), tc.past, tc.n,
+                                tc.NH, tc.NKV, tc.hs);
+    EXPECT_LE(ErrorVsScale(out_ref, expected), 1e-6);
+    EXPECT_LE(ErrorVsScale(out_cpu, expected), kTol);
+    ExpectDeterministic({std::vector<float>(tc.n * out_row)}, [&](auto* o) {
+      cpu_.CachedAttentionForward((*o)[0].data(), qkv.data(), tc.past, tc.n,
+                                  tc.NH, tc.NKV, tc.hs);
+    });
+  }
+}
+
 TEST_P(CpuBackendTest, OutputLayer) {
   const int N = 70, C = 32, V = 1003;
   const std::vector<float> h = RandomNormal(N * C, 1);

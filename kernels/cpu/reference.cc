@@ -393,6 +393,46 @@ void ReferenceBackend::AttentionForward(float* out, float* probs,
   }
 }
 
+void ReferenceBackend::CachedAttentionForward(float* out, const float* qkv,
+                                              int past, int n, int NH, int NKV,
+                                              int hs) {
+  const size_t row = static_cast<size_t>(NH + 2 * NKV) * hs;
+  const size_t out_row = static_cast<size_t>(NH) * hs;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hs));
+  const int group = NH / NKV;
+  std::vector<double> score(past + n);
+  for (int h = 0; h < NH; ++h) {
+    const int kv = h / group;
+    for (int i = past; i < past + n; ++i) {
+      const float* q = qkv + i * row + static_cast<size_t>(h) * hs;
+      double max_score = -std::numeric_limits<double>::infinity();
+      for (int j = 0; j <= i; ++j) {
+        const float* k = qkv + j * row + static_cast<size_t>(NH + kv) * hs;
+        double dot = 0.0;
+        for (int d = 0; d < hs; ++d) dot += static_cast<double>(q[d]) * k[d];
+        score[j] = dot * scale;
+        if (score[j] > max_score) max_score = score[j];
+      }
+      double sum = 0.0;
+      for (int j = 0; j <= i; ++j) {
+        score[j] = std::exp(score[j] - max_score);
+        sum += score[j];
+      }
+      float* o = out + (i - past) * out_row + static_cast<size_t>(h) * hs;
+      for (int d = 0; d < hs; ++d) {
+        double acc = 0.0;
+        for (int j = 0; j <= i; ++j) {
+          const float* v =
+              qkv + j * row + static_cast<size_t>(NH + NKV + kv) * hs;
+          // Rounded to float as AttentionForward's saved probabilities are.
+          acc += static_cast<double>(static_cast<float>(score[j] / sum)) * v[d];
+        }
+        o[d] = static_cast<float>(acc);
+      }
+    }
+  }
+}
+
 void ReferenceBackend::AttentionBackward(float* dqkv, const float* dout,
                                          const float* qkv, const float* probs,
                                          const SeqSpan* spans, int num_seqs,

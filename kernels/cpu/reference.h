@@ -81,6 +81,8 @@ class ReferenceBackend : public Backend {
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
                          const float* probs, const SeqSpan* spans, int num_seqs,
                          int NH, int NKV, int hs) override;
+  void CachedAttentionForward(float* out, const float* qkv, int past, int n,
+                              int NH, int NKV, int hs) override;
 
   void RopeForward(float* qkv, const int32_t* pos, const float* cos,
                    const float* sin, int N, int NH, int NKV, int hs) override;

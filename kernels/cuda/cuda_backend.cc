@@ -345,7 +345,7 @@ struct CudaBackend::State {
   // bf16 operand copies: up to three per GEMM op.
   Scratch bf16_a, bf16_b, bf16_c;
   Scratch indices;  // uploaded host arrays
-  Scratch floats;   // column partials, attention's D
+  Scratch floats;   // column partials, attention's D, decoding scores
   Scratch doubles;  // SumSquares partials and result
   HostStaging staging;
   std::map<GemmKey, GemmPlan> plans;
@@ -792,6 +792,17 @@ void CudaBackend::AttentionBackward(float* dqkv, const float* dout,
   PREFOPT_CHECK_CUDA(cuda::AttentionBackward(
       s_->stream, bf16, dqkv, dout, qkv, probs, dsum, tiles, num_tiles,
       tiles + num_tiles, num_tiles, NH, NKV, hs));
+}
+
+void CudaBackend::CachedAttentionForward(float* out, const float* qkv, int past,
+                                         int n, int NH, int NKV, int hs) {
+  if (NKV < 1 || NH % NKV != 0) {
+    Fatal(absl::StrCat("attention: NKV = ", NKV, " does not divide NH = ", NH));
+  }
+  float* scores =
+      s_->floats.Get<float>(static_cast<size_t>(n) * NH * (past + n));
+  PREFOPT_CHECK_CUDA(cuda::CachedAttentionForward(s_->stream, out, scores, qkv,
+                                                  past, n, NH, NKV, hs));
 }
 
 void CudaBackend::RopeForward(float* qkv, const int32_t* pos, const float* cos,

@@ -32,7 +32,7 @@
 // Attention saves only the row logsumexp: AttentionProbsSize is N * NH
 // floats (not the T x T probabilities of the CPU backends), and the backward
 // recomputes the probabilities tile by tile (see cuda_backend.cu). Head sizes
-// up to 256.
+// up to 256. CachedAttentionForward (decoding) runs in fp32 in both modes.
 //
 // Determinism: every op gives bitwise-identical results run to run on the
 // same GPU model (no floating-point atomics; embedding and parameter-gradient
@@ -125,6 +125,8 @@ class CudaBackend : public Backend {
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
                          const float* probs, const SeqSpan* spans, int num_seqs,
                          int NH, int NKV, int hs) override;
+  void CachedAttentionForward(float* out, const float* qkv, int past, int n,
+                              int NH, int NKV, int hs) override;
 
   void RopeForward(float* qkv, const int32_t* pos, const float* cos,
                    const float* sin, int N, int NH, int NKV, int hs) override;

@@ -578,6 +578,46 @@ TEST_P(CudaBackendTest, Attention) {
   }
 }
 
+// Decoding attention against the reference's whole-sequence attention; fp32
+// in both precisions.
+TEST_P(CudaBackendTest, CachedAttention) {
+  struct Case {
+    int past, n, NH, NKV, hs;
+  };
+  const std::vector<Case> cases = {
+      {0, 9, 4, 2, 16},   {9, 1, 4, 2, 16},  {64, 1, 3, 3, 32},
+      {300, 1, 4, 1, 64}, {100, 3, 8, 2, 8}, {30, 70, 2, 1, 80},
+      {50, 2, 2, 1, 256},
+  };
+  for (const Case& tc : cases) {
+    SCOPED_TRACE(::testing::Message() << "past " << tc.past << " n " << tc.n
+                                      << " NH " << tc.NH << " hs " << tc.hs);
+    const int T = tc.past + tc.n;
+    const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
+    const int out_row = tc.NH * tc.hs;
+    const std::vector<float> qkv = RandomNormal(T * row, 4);
+    const SeqSpan span{0, T};
+    std::vector<float> full(T * out_row),
+        probs(ref_.AttentionProbsSize(&span, 1, tc.NH));
+    ref_.AttentionForward(full.data(), probs.data(), qkv.data(), &span, 1,
+                          tc.NH, tc.NKV, tc.hs);
+    const std::vector<float> expected(full.begin() + tc.past * out_row,
+                                      full.end());
+    DeviceBuffers buf(cuda_.get());
+    float* d_qkv = buf.Upload(qkv);
+    float* out = buf.Unwritten(tc.n * out_row);
+    cuda_->CachedAttentionForward(out, d_qkv, tc.past, tc.n, tc.NH, tc.NKV,
+                                  tc.hs);
+    EXPECT_LE(ErrorVsScale(buf.Read(out, tc.n * out_row), expected),
+              kAttentionTol);
+    ExpectDeterministic(cuda_.get(), {std::vector<float>(tc.n * out_row)},
+                        [&](const auto& o) {
+                          cuda_->CachedAttentionForward(
+                              o[0], d_qkv, tc.past, tc.n, tc.NH, tc.NKV, tc.hs);
+                        });
+  }
+}
+
 TEST_P(CudaBackendTest, Rope) {
   const int N = 50, NH = 4, NKV = 2, hs = 16, max_pos = 64, half = hs / 2;
   const int row = (NH + 2 * NKV) * hs;

@@ -123,6 +123,14 @@ cudaError_t AttentionBackward(cudaStream_t stream, bool bf16, float* dqkv,
                               const AttentionTile* k_tiles, int num_k_tiles,
                               int NH, int NKV, int hs);
 
+// Incremental decoding: rows [past, past + n) of one sequence attending to
+// rows [0, own row] (Backend::CachedAttentionForward). One block per (new
+// row, head); scores holds n * NH * (past + n) floats of scratch. fp32 in
+// both precisions: decoding is bound by reading the cache, not by math.
+cudaError_t CachedAttentionForward(cudaStream_t stream, float* out,
+                                   float* scores, const float* qkv, int past,
+                                   int n, int NH, int NKV, int hs);
+
 // ---- chunked output layer ----
 // Per row r of logits[rows, V]: lse, logp = z[label] - lse, logit_sum and
 // correct (argmax == label, first index on ties).

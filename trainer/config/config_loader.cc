@@ -207,6 +207,7 @@ void ResolvePaths(const fs::path& base, TrainConfig* config) {
   ModelConfig& model = *config->mutable_model();
   ResolvePath(base, model.mutable_hf_path());
   ResolvePath(base, model.mutable_reference_hf_path());
+  ResolvePath(base, config->mutable_export_hf_path());
   DataConfig& data = *config->mutable_data();
   for (std::string& file : *data.mutable_train_files()) {
     ResolvePath(base, &file);
@@ -500,6 +501,9 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
     if (model.init_std() != 0) {
       problem("init_std", absl::StrCat(kUnset, model.init_std()));
     }
+    if (model.has_eos_token_id()) {
+      problem("eos_token_id", absl::StrCat(kUnset, model.eos_token_id()));
+    }
     return;
   }
   if (model.architecture() == ARCHITECTURE_UNSPECIFIED &&
@@ -572,6 +576,13 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
               "QWEN2 always has q/k/v biases and no others; leave "
               "attention_bias and mlp_bias unset");
     }
+  }
+  if (model.has_eos_token_id() &&
+      (model.eos_token_id() < 0 ||
+       model.eos_token_id() >= model.vocab_size())) {
+    problem("eos_token_id",
+            absl::StrCat("must be in [0, model.vocab_size) = [0, ",
+                         model.vocab_size(), "), got ", model.eos_token_id()));
   }
   if (model.n_positions() > 0 &&
       config.data().max_length() > model.n_positions()) {
@@ -839,6 +850,17 @@ void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
     problems->push_back(
         absl::StrCat("keep_last_n: must be >= 0 (0 = keep all), got ",
                      config.keep_last_n()));
+  }
+  if (config.eval_every_steps() < 0) {
+    problems->push_back(
+        absl::StrCat("eval_every_steps: must be >= 0 (0 = after the last step "
+                     "only), got ",
+                     config.eval_every_steps()));
+  }
+  if (config.eval_every_steps() > 0 && config.data().eval_files().empty()) {
+    problems->push_back(absl::StrCat(
+        "eval_every_steps: is ", config.eval_every_steps(),
+        " but data.eval_files is empty; name the held-out data to evaluate"));
   }
 }
 

@@ -187,6 +187,7 @@ TEST(LoadTrainConfigTest, ResolvesRelativePathsAgainstTheConfigDirectory) {
     objective { dpo {} }
     optimizer { lr: 1e-6 }
     batch { micro_batch_size: 1 global_batch_size: 1 }
+    export_hf_path: "out/hf"
   )pb");
   const fs::path tmp = std::getenv("TEST_TMPDIR");
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
@@ -200,6 +201,7 @@ TEST(LoadTrainConfigTest, ResolvesRelativePathsAgainstTheConfigDirectory) {
       ElementsAre((tmp / "data/train.jsonl").string(), "/data/abs.jsonl"));
   EXPECT_THAT(config->data().eval_files(),
               ElementsAre((tmp / "configs/run/eval.jsonl").string()));
+  EXPECT_EQ(config->export_hf_path(), (tmp / "configs/run/out/hf").string());
 }
 
 TEST(LoadTrainConfigTest, ResolvesTokenizerAndCachePaths) {
@@ -460,7 +462,17 @@ INSTANTIATE_TEST_SUITE_P(
                     "is not a group"},
         InvalidCase{{"objective.sft={}", "model.live_reference=true"},
                     "model.live_reference: objective sft uses no reference "
-                    "model"}));
+                    "model"},
+        InvalidCase{{"eval_every_steps=-1"},
+                    "eval_every_steps: must be >= 0 (0 = after the last step "
+                    "only), got -1"},
+        InvalidCase{{"eval_every_steps=10"},
+                    "eval_every_steps: is 10 but data.eval_files is empty"},
+        InvalidCase{{"model.eos_token_id=-1"},
+                    "model.eos_token_id: must be in [0, model.vocab_size)"},
+        InvalidCase{{"model.hf_path=/models/gpt2", "model.eos_token_id=3"},
+                    "model.eos_token_id: must be unset when model.hf_path is "
+                    "set"}));
 
 TEST(ValidationTest, ObjectiveMustBeSet) {
   const std::string path = WriteTempFile("no_objective.textproto", R"pb(

@@ -97,6 +97,8 @@ TrainConfig TrainingConfig(const TrainConfig& config) {
   training.clear_keep_last_n();
   training.clear_save_on_signal();
   training.clear_log_every_steps();
+  training.clear_eval_every_steps();
+  training.clear_export_hf_path();
   DataConfig& data = *training.mutable_data();
   data.clear_train_files();
   data.clear_eval_files();
@@ -141,7 +143,8 @@ absl::Status CheckSameTraining(const std::string& saved_config_text,
       "-> this run): ",
       absl::StrJoin(lines, "; "),
       ". Resume with the checkpoint's config (only run_dir, resume, "
-      "save_every_steps, keep_last_n, save_on_signal, log_every_steps and "
+      "save_every_steps, keep_last_n, save_on_signal, log_every_steps, "
+      "eval_every_steps, export_hf_path and "
       "data file paths may change), or train into a new run_dir"));
 }
 

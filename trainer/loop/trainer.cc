@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "comm/failure.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "trainer/checkpoint/hf_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/data/dataset_loader.h"
 #include "trainer/io/atomic_file.h"
@@ -35,6 +36,7 @@ io::ModelSpec SpecFromConfig(const ModelConfig& m) {
   spec.hidden = m.n_embd();
   spec.n_layer = m.n_layer();
   spec.n_head = m.n_head();
+  if (m.has_eos_token_id()) spec.eos_token_id = m.eos_token_id();
   if (m.architecture() == GPT2) {
     spec.arch = io::ModelSpec::Arch::kGpt2;
     spec.hf_architecture = "GPT2LMHeadModel";
@@ -140,6 +142,14 @@ absl::Status Trainer::Init() {
   absl::Status s = io::WriteFileAtomically(run_dir + "/config.textproto",
                                            config::ResolvedConfigText(config_));
   if (!s.ok()) return s;
+  // Before training, not after it: a run must not end by failing to save.
+  const std::string& export_dir = config_.export_hf_path();
+  if (!export_dir.empty() && std::filesystem::exists(export_dir, ec) &&
+      !std::filesystem::is_empty(export_dir, ec)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "export_hf_path: ", export_dir,
+        " exists and is not empty; name a new folder or remove it"));
+  }
 
   backend_ = std::make_unique<kernels::CpuBackend>();
   const ModelConfig& mc = config_.model();
@@ -206,6 +216,19 @@ absl::Status Trainer::Init() {
     out() << "warning: " << dataset_.identical_responses
           << " pairs have identical chosen and rejected responses\n";
   }
+  if (!dc.eval_files().empty() && (sparsepo || mc.live_reference())) {
+    return absl::UnimplementedError(
+        "data.eval_files: held-out evaluation runs with a precomputed "
+        "reference; it is not available yet for objective.sparsepo or "
+        "model.live_reference (leave data.eval_files empty)");
+  }
+  if (!dc.eval_files().empty()) {
+    auto eval =
+        ReadEvalData(config_, *objective_, static_cast<int>(spec_.vocab_size));
+    if (!eval.ok()) return eval.status();
+    out() << "eval data: " << eval->examples.size() << " examples\n";
+    eval_data_ = *std::move(eval);
+  }
 
   data_fingerprint_ = DataFingerprint(dataset_);
   if (world_ > 1) {
@@ -243,6 +266,10 @@ absl::Status Trainer::Init() {
   const int mb = config_.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(dataset_.examples);
+  if (eval_data_.has_value()) {
+    cap.max_seq_len = std::max(cap.max_seq_len,
+                               data::MaxSequenceLength(eval_data_->examples));
+  }
   cap.max_seqs = (kind == data::ExampleKind::kPreference ? 2 : 1) * mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
@@ -292,6 +319,13 @@ absl::Status Trainer::Init() {
   policy_->set_grads_ready_callback([this](int, model::ParamRange range) {
     sync_->BlockReady(policy_->grads(), range);
   });
+  if (eval_data_.has_value()) {
+    auto evaluator = Evaluator::Create(objective_.get(), *std::move(eval_data_),
+                                       std::move(eval_references_), mb, comm_);
+    if (!evaluator.ok()) return evaluator.status();
+    evaluator_ = *std::move(evaluator);
+    eval_data_.reset();
+  }
   optimizer_ = std::make_unique<optim::AdamWOptimizer>(
       backend_.get(), policy_->layout(), config_.optimizer(),
       sync_->shard().begin, sync_->shard().end);
@@ -352,6 +386,18 @@ absl::Status Trainer::BuildReferences() {
         << (result->loaded_from_cache ? "loaded from " : "computed into ")
         << result->cache_path << "\n";
   references_ = std::move(result->values);
+  if (eval_data_.has_value()) {
+    auto eval = reference::ComputeReferenceValues(
+        reference, eval_data_->examples, options,
+        config_.run_dir() + "/reference_cache",
+        [this](int64_t done, int64_t total) {
+          if (progress_ != nullptr) {
+            progress_->Phase("eval reference log-probs", done, total);
+          }
+        });
+    if (!eval.ok()) return eval.status();
+    eval_references_ = std::move(eval->values);
+  }
   return absl::OkStatus();
 }
 
@@ -541,15 +587,55 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
 }
 
 absl::Status Trainer::Run() {
-  const absl::Status s = RunSteps();
+  absl::Status s = RunSteps();
+  // A run stopped by a signal continues later from its checkpoint: the final
+  // evaluation and export belong to the run's real end.
+  const bool finished = stop_signal_ == 0;
+  if (s.ok() && finished && evaluator_ != nullptr && last_eval_step_ != step_) {
+    s = Evaluate();
+  }
+  if (s.ok() && finished && !config_.export_hf_path().empty()) {
+    s = ExportPolicy();
+  }
   if (rank_ != 0) return s;
   // End the live line before the caller prints the outcome.
   progress_->Finish();
   // Also after a failed step: the curves up to the failure help find its
   // cause. The step's error is the one returned.
   const absl::Status report = metrics::WriteRunReport(
-      config_.run_dir(), config::ResolvedConfigText(config_), {});
+      config_.run_dir(), config::ResolvedConfigText(config_),
+      EvalReportRows(last_eval_));
   return s.ok() ? report : s;
+}
+
+absl::Status Trainer::Evaluate() {
+  auto m = evaluator_->Evaluate(*policy_, *output_);
+  if (!m.ok()) return m.status();
+  last_eval_ = *std::move(m);
+  last_eval_step_ = step_;
+  if (rank_ != 0) return absl::OkStatus();
+  absl::Status s = metrics_log_->Write(step_, WithPrefix(last_eval_, "eval_"));
+  if (s.ok()) s = tensorboard_->Write(step_, WithPrefix(last_eval_, "eval/"));
+  if (s.ok()) {
+    s = WriteEvalJson(config_.run_dir() + "/eval.json", step_,
+                      static_cast<int64_t>(evaluator_->data().examples.size()),
+                      "policy after step " + std::to_string(step_), last_eval_);
+  }
+  progress_->Print(EvalSummaryLine(step_, last_eval_));
+  return s;
+}
+
+absl::Status Trainer::ExportPolicy() {
+  if (rank_ != 0) return absl::OkStatus();
+  std::vector<float> params(policy_->layout().total());
+  backend_->CopyToHost(params.data(), policy_->params(), params.size());
+  // Hugging Face's own default shard size.
+  constexpr size_t kMaxShardBytes = size_t{5} * 1000 * 1000 * 1000;
+  absl::Status s = checkpoint::ExportHfModel(
+      config_.export_hf_path(), spec_, policy_->layout(), params.data(),
+      io::DType::kF32, kMaxShardBytes, config_.model().hf_path());
+  if (s.ok()) progress_->Print("exported: " + config_.export_hf_path());
+  return s;
 }
 
 absl::Status Trainer::RunSteps() {
@@ -566,7 +652,12 @@ absl::Status Trainer::RunSteps() {
       }
       progress_->Step(step_, *m, logged);
     }
-    // After the step's metrics line, which the checkpoint counts.
+    // Before the checkpoint, which counts the metrics.jsonl lines so far.
+    const int eval_every = config_.eval_every_steps();
+    if (evaluator_ != nullptr && eval_every > 0 && step_ % eval_every == 0) {
+      absl::Status s = Evaluate();
+      if (!s.ok()) return s;
+    }
     absl::StatusOr<bool> stop = CheckpointAfterStep();
     if (!stop.ok()) return stop.status();
     if (*stop) break;

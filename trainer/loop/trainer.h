@@ -22,6 +22,7 @@
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/loop/evaluator.h"
 #include "trainer/loop/gradient_sync.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/sparsepo_step.h"
@@ -56,10 +57,12 @@ class Trainer {
 
   // Runs every remaining step, logging to metrics.jsonl and TensorBoard and
   // saving checkpoints (every save_every_steps and after the last step),
-  // then writes report.html (also after a failed step, for diagnosis). On a
-  // stop signal (InstallStopSignalHandlers, with save_on_signal) it saves a
-  // checkpoint after the current step and returns OK early; see
-  // stopped_by_signal().
+  // evaluating on data.eval_files every eval_every_steps and after the last
+  // step, exports the policy to export_hf_path if set, then writes
+  // report.html (also after a failed step, for diagnosis). On a stop signal
+  // (InstallStopSignalHandlers, with save_on_signal) it saves a checkpoint
+  // after the current step and returns OK early (no final evaluation or
+  // export); see stopped_by_signal().
   absl::Status Run();
 
   // Saves a checkpoint of the state after steps_done() steps into
@@ -96,6 +99,8 @@ class Trainer {
   std::vector<io::TensorToWrite> ExtraCheckpointTensors();
   absl::Status RestoreExtraCheckpointTensors(
       absl::Span<const io::TensorToWrite> tensors);
+  // The metrics of the last evaluation (empty before the first).
+  const std::map<std::string, double>& last_eval() const { return last_eval_; }
 
  private:
   Trainer(const TrainConfig& config, std::ostream& log,
@@ -121,6 +126,10 @@ class Trainer {
   absl::Status RunSteps();
   // Indices of the examples of global batch `step`.
   std::vector<int> GlobalBatch(int step);
+  // Evaluates on the held-out data (all ranks) and logs the result (rank 0).
+  absl::Status Evaluate();
+  // Writes the policy to export_hf_path (rank 0).
+  absl::Status ExportPolicy();
 
   // Checkpoint steps (trainer_checkpoint.cc).
   // Agrees on a writer id for this launch's saves and resumes from the
@@ -177,6 +186,13 @@ class Trainer {
   std::string writer_id_;
   int64_t resumed_metrics_lines_ = 0;
   int stop_signal_ = 0;
+  // Held-out data: read in Init, scored by the reference in BuildReferences,
+  // then owned by evaluator_ (null without data.eval_files).
+  std::optional<data::Dataset> eval_data_;
+  objectives::ReferenceValues eval_references_;
+  std::unique_ptr<Evaluator> evaluator_;
+  std::map<std::string, double> last_eval_;
+  int last_eval_step_ = -1;
 };
 
 // The ModelSpec of a from-scratch model described by the config's sizes.

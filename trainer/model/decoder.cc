@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -387,6 +389,90 @@ const float* Decoder::Forward(const PackedBatch& batch) {
   }
   NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
   Observe(Activation::kFinalNorm, -1, lnf_, N, C, C);
+  return lnf_;
+}
+
+KvCache::~KvCache() {
+  for (float* p : layers_) backend_->Free(p);
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> Decoder::NewKvCache(
+    int max_len) const {
+  if (max_len < 1 || max_len > capacity_.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a key/value cache of ", max_len,
+                     " tokens was requested; this decoder was built for "
+                     "sequences of 1 to ",
+                     capacity_.max_seq_len, " tokens"));
+  }
+  const size_t qkv =
+      static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
+  std::vector<float*> layers;
+  for (int l = 0; l < spec_.n_layer; ++l) {
+    layers.push_back(backend_->Alloc(qkv * max_len));
+  }
+  return std::unique_ptr<KvCache>(
+      new KvCache(backend_, std::move(layers), max_len));
+}
+
+// Forward's block structure with two differences: the new rows' q|k|v are
+// projected straight into the cache, and attention reads the cached keys and
+// values instead of recomputing them.
+const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
+                                         KvCache* cache) {
+  Backend& b = *backend_;
+  const int N = static_cast<int>(tokens.size());
+  const int past = cache->length_;
+  if (N < 1 || N > capacity_.max_rows || past + N > cache->max_len_) {
+    // A caller bug: generation sizes its calls from the capacity and cache.
+    std::fprintf(stderr,
+                 "Decoder::ForwardIncremental: %d tokens after %d cached do "
+                 "not fit (at most %d per call, %d in the cache)\n",
+                 N, past, capacity_.max_rows, cache->max_len_);
+    std::abort();
+  }
+  const size_t n = static_cast<size_t>(N);
+  const int C = spec_.hidden;
+  const int FF = spec_.intermediate;
+  const int FC = llama_family_ ? 2 * FF : FF;
+  const int NH = spec_.n_head, NKV = spec_.n_kv_head, hs = spec_.head_dim;
+  const int ATT = NH * hs;
+  const size_t QKV = static_cast<size_t>(NH + 2 * NKV) * hs;
+
+  positions_.resize(n);
+  for (int i = 0; i < N; ++i) positions_[i] = past + i;
+  b.EmbeddingForward(encoded_, tokens.data(), positions_.data(), P(wte_offset_),
+                     P(wpe_offset_), N, C);
+  const float* residual = encoded_;
+  for (int l = 0; l < spec_.n_layer; ++l) {
+    const LayerOffsets& o = layer_offsets_[l];
+    LayerActs& a = acts_[trainable_ ? l : 0];
+    float* qkv = cache->layers_[l] + past * QKV;
+    // Attention block.
+    NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
+    b.MatmulForward(qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C,
+                    static_cast<int>(QKV));
+    if (llama_family_) {
+      b.RopeForward(qkv, positions_.data(), rope_cos_, rope_sin_, N, NH, NKV,
+                    hs);
+    }
+    b.CachedAttentionForward(a.att, cache->layers_[l], past, N, NH, NKV, hs);
+    b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+    b.Add(a.res2, residual, branch_out_, n * C);
+    // MLP block.
+    NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+    b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+    if (llama_family_) {
+      b.SwiGluForward(a.act, a.fc, N, FF);
+    } else {
+      b.GeluForward(a.act, a.fc, n * FF);
+    }
+    b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+    b.Add(a.res3, a.res2, branch_out_, n * C);
+    residual = a.res3;
+  }
+  NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
+  cache->length_ += N;
   return lnf_;
 }
 

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -104,6 +105,35 @@ struct ParamRange {
   size_t end = 0;
 };
 
+class Decoder;
+
+// The keys and values of the tokens one sequence has seen so far, for
+// incremental decoding (Decoder::ForwardIncremental): per layer, up to
+// max_len rows of q|k|v in backend memory. Made by Decoder::NewKvCache and
+// tied to that decoder.
+class KvCache {
+ public:
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  // Tokens cached so far.
+  int length() const { return length_; }
+  int max_len() const { return max_len_; }
+  // Forgets every token, to start another sequence.
+  void Clear() { length_ = 0; }
+
+ private:
+  friend class Decoder;
+  KvCache(kernels::Backend* backend, std::vector<float*> layers, int max_len)
+      : backend_(backend), layers_(std::move(layers)), max_len_(max_len) {}
+
+  kernels::Backend* backend_;
+  std::vector<float*> layers_;  // [max_len, (NH + 2*NKV)*hs] per layer
+  int max_len_;
+  int length_ = 0;
+};
+
 class Decoder {
  public:
   // Lays out the parameters of `spec` and allocates them (and, when trainable,
@@ -129,6 +159,19 @@ class Decoder {
   // Runs the model over `batch` and returns the final hidden states [N, C]
   // (backend memory, valid until the next Forward).
   const float* Forward(const PackedBatch& batch);
+  // A key/value cache for one sequence of up to `max_len` tokens; max_len may
+  // not exceed capacity().max_seq_len (the rotary tables' length).
+  absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int max_len) const;
+  // Incremental decoding: runs the model over `tokens`, the next tokens of
+  // the sequence whose earlier tokens are in `cache` (made by this decoder's
+  // NewKvCache), appends their keys and values to the cache and returns
+  // their final hidden states [tokens.size(), C] (backend memory, valid until
+  // the next forward). Equals those rows of Forward over the whole sequence,
+  // without recomputing the cached tokens. Requires 1 <= tokens.size() <=
+  // capacity().max_rows and room in the cache. Overwrites the activations a
+  // Backward would use.
+  const float* ForwardIncremental(absl::Span<const int32_t> tokens,
+                                  KvCache* cache);
   // Backpropagates dhidden() (the gradient w.r.t. Forward's output, filled by
   // the caller) through the model for the batch of the last Forward,
   // accumulating into grads(). Trainable models only.
@@ -227,6 +270,8 @@ class Decoder {
   float* lnf_mean_ = nullptr;  // LayerNorm only
   float* lnf_rstd_ = nullptr;
   float* branch_out_ = nullptr;  // a block's attention or MLP output
+  // ForwardIncremental's positions (host).
+  std::vector<int32_t> positions_;
   // Backward scratch.
   float* dhidden_ = nullptr;
   float* dresidual_ = nullptr;

@@ -86,6 +86,31 @@ DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
   return g;
 }
 
+bool IdealizedRankingCorrect(const PairReference& ref, double beta,
+                             double alpha) {
+  return ref.chosen - ref.rejected + std::log(alpha / (1.0 - alpha)) / beta >
+         0.0;
+}
+
+void DpoObjective::AddEvalMetrics(const MicroBatchView& batch,
+                                  const std::vector<data::Example>& examples,
+                                  MetricSums* sums) const {
+  const std::vector<SequenceScores>& scores = *batch.scores;
+  for (size_t i = 0; i < batch.examples->size(); ++i) {
+    const int ex = (*batch.examples)[i];
+    const PairReference ref{batch.reference->SequenceLogp(ex, 0),
+                            batch.reference->SequenceLogp(ex, 1)};
+    const float fraction = examples[ex].preference_fraction;
+    const double alpha = fraction > 0 ? fraction : kDefaultPreferenceFraction;
+    const double ideal = IdealizedRankingCorrect(ref, beta_, alpha) ? 1.0 : 0.0;
+    // The same test as Pair's ranking/accuracy.
+    const double actual =
+        scores[2 * i].logp >= scores[2 * i + 1].logp ? 1.0 : 0.0;
+    sums->Add("ranking/idealized_accuracy", ideal);
+    sums->Add("ranking/alignment_gap", ideal - actual);
+  }
+}
+
 double DpoObjective::Denominator(const std::vector<data::Example>&,
                                  const std::vector<int>& batch) const {
   return static_cast<double>(batch.size());

@@ -27,6 +27,18 @@ struct DpoPairGradient {
   double dloss_dlogp_rejected = 0;  // ∂loss/∂ℓ_t for each rejected token
 };
 
+// The fraction α of raters taken to prefer the chosen response when the data
+// does not say (objectives.md §1).
+inline constexpr double kDefaultPreferenceFraction = 1.0 - 0.001;
+
+// Whether the optimal DPO policy for reference log-probs `ref` ranks the
+// chosen response first (Chen et al. 2024, "Preference Learning Algorithms Do
+// Not Learn Preference Rankings", Cor. 3.3):
+// L̃(y_w) − L̃(y_l) + (1/β)·log(α/(1−α)) > 0, with α in (0, 1) the fraction of
+// raters preferring y_w.
+bool IdealizedRankingCorrect(const PairReference& ref, double beta,
+                             double alpha);
+
 class DpoObjective : public Objective {
  public:
   // Validates the config (β > 0, 0 ≤ ε < 0.5 where ε is used).
@@ -44,6 +56,12 @@ class DpoObjective : public Objective {
                      const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
+  // ranking/idealized_accuracy (IdealizedRankingCorrect, α from the data's
+  // preference_fraction or kDefaultPreferenceFraction) and
+  // ranking/alignment_gap, its difference from ranking/accuracy.
+  void AddEvalMetrics(const MicroBatchView& batch,
+                      const std::vector<data::Example>& examples,
+                      MetricSums* sums) const override;
 
   // Loss and token derivatives of one pair. `vocab_size` is needed only for
   // the logits/* metrics. Adds the pair's metrics (TRL's names) to `sums`.

@@ -4,6 +4,7 @@
 #include "trainer/objectives/dpo.h"
 
 #include <cmath>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -82,6 +83,52 @@ TEST(Dpo, ClosedFormsAndMetrics) {
       (*hinge)->Pair({-1.0, 2, 0, 0}, {-9.0, 3, 0, 0}, {-4.0, -5.0}, &sums);
   EXPECT_EQ(flat.loss, 0.0);
   EXPECT_EQ(flat.dloss_dlogp_chosen, 0.0);
+}
+
+TEST(Dpo, IdealizedRankingFollowsTheReferenceAndThePreferenceStrength) {
+  // L̃(y_w) − L̃(y_l) = −3: the reference prefers y_l by 3 nats.
+  const PairReference ref{-10.0, -7.0};
+  // β = 0.1, α = 0.999: (1/β)·log(999) ≈ 69 outweighs the 3 nats.
+  EXPECT_TRUE(IdealizedRankingCorrect(ref, 0.1, kDefaultPreferenceFraction));
+  // β = 10: log(999)/10 ≈ 0.69 does not.
+  EXPECT_FALSE(IdealizedRankingCorrect(ref, 10.0, kDefaultPreferenceFraction));
+  // α = 0.5 (raters split): the reference's own ranking decides.
+  EXPECT_FALSE(IdealizedRankingCorrect(ref, 0.1, 0.5));
+  EXPECT_TRUE(IdealizedRankingCorrect({-7.0, -10.0}, 0.1, 0.5));
+  // At the boundary log(α/(1−α))/β = 3 exactly: strict, so not ranked.
+  const double alpha = 1.0 / (1.0 + std::exp(-0.3));
+  EXPECT_FALSE(IdealizedRankingCorrect(ref, 0.1, alpha * (1 - 1e-12)));
+  EXPECT_TRUE(IdealizedRankingCorrect(ref, 0.1, alpha * (1 + 1e-9)));
+}
+
+TEST(Dpo, EvalMetricsUseTheDataPreferenceFraction) {
+  DpoConfig config;
+  config.set_beta(1.0f);
+  auto dpo = DpoObjective::Create(config, 4);
+  ASSERT_TRUE(dpo.ok()) << dpo.status();
+  // Two pairs whose reference prefers y_l by 2 nats; the policy ranks y_w
+  // first in the first pair only.
+  std::vector<data::Example> examples(2);
+  examples[0].preference_fraction = 0.6f;  // log(1.5) < 2: not ranked
+  // examples[1] has no fraction: α = 0.999, log(999) > 2: ranked.
+  ReferenceValues ref;
+  ref.first_response = {0, 2};
+  ref.sequence_logp = {-5.0, -3.0, -5.0, -3.0};
+  const std::vector<int> batch = {0, 1};
+  const std::vector<SequenceScores> scores = {
+      {-1.0, 2, 0, 0}, {-4.0, 2, 0, 0}, {-4.0, 2, 0, 0}, {-1.0, 2, 0, 0}};
+  const std::vector<float> row_logp(8);
+  MetricSums sums;
+  (*dpo)->AddEvalMetrics({&batch, &scores, &row_logp, &ref}, examples, &sums);
+  const auto m = sums.Means();
+  EXPECT_DOUBLE_EQ(m.at("ranking/idealized_accuracy"), 0.5);
+  // Pair 0: ideal 0, actual 1; pair 1: ideal 1, actual 0.
+  EXPECT_DOUBLE_EQ(m.at("ranking/alignment_gap"), 0.0);
+  examples[0].preference_fraction = 0.95f;  // log(19) > 2: ranked
+  sums.Clear();
+  (*dpo)->AddEvalMetrics({&batch, &scores, &row_logp, &ref}, examples, &sums);
+  EXPECT_DOUBLE_EQ(sums.Means().at("ranking/idealized_accuracy"), 1.0);
+  EXPECT_DOUBLE_EQ(sums.Means().at("ranking/alignment_gap"), 0.5);
 }
 
 TEST(Dpo, RejectsBadConfig) {

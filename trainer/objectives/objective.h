@@ -54,6 +54,13 @@ class Objective {
   virtual void Coefficients(const MicroBatchView& batch, double denominator,
                             std::vector<float>* coef,
                             MetricSums* sums) const = 0;
+
+  // Adds the metrics that only an evaluation reports for one micro-batch
+  // (Coefficients has added the training ones); `examples` is the dataset
+  // batch.examples indexes. None by default.
+  virtual void AddEvalMetrics(const MicroBatchView& /*batch*/,
+                              const std::vector<data::Example>& /*examples*/,
+                              MetricSums* /*sums*/) const {}
 };
 
 }  // namespace prefopt::objectives

@@ -1,0 +1,314 @@
+#include "trainer/loop/evaluator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <ostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "nlohmann/json.hpp"
+#include "trainer/data/dataset_loader.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/json_file.h"
+#include "trainer/io/weight_store.h"
+#include "trainer/loop/trainer.h"
+#include "trainer/reference/reference_logps.h"
+
+namespace prefopt::loop {
+namespace {
+
+// The metrics EvalSummaryLine shows, in order, when present.
+constexpr const char* kSummaryMetrics[] = {
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "ranking/accuracy",
+    "ranking/idealized_accuracy",
+    "ranking/alignment_gap",
+    "sft/loss",
+    "mean_token_accuracy",
+    "greedy/exact_match",
+};
+
+std::string FormatValue(double value) {
+  return std::isfinite(value) ? absl::StrFormat("%.6g", value) : "nan";
+}
+
+// A decoder of `spec` for `capacity`, loaded from `dir`, or initialized as a
+// from-scratch run of `config` does when `dir` is empty.
+absl::StatusOr<std::unique_ptr<model::Decoder>> LoadFrozen(
+    const std::string& dir, const io::ModelSpec& spec,
+    kernels::Backend* backend, const model::Capacity& capacity,
+    const TrainConfig& config) {
+  auto decoder = model::Decoder::Create(spec, backend, capacity, false);
+  if (!decoder.ok()) return decoder.status();
+  if (dir.empty()) {
+    (*decoder)->InitRandom(config.seed(), config.model().init_std());
+    return decoder;
+  }
+  auto store = io::WeightStore::Open(dir);
+  if (!store.ok()) return store.status();
+  const absl::Status s = (*decoder)->LoadHf(*store);
+  if (!s.ok()) return s;
+  return decoder;
+}
+
+// The spec of the model in `dir`, or of the config's from-scratch model.
+absl::StatusOr<io::ModelSpec> SpecOf(const std::string& dir,
+                                     const TrainConfig& config) {
+  if (dir.empty()) return SpecFromConfig(config.model());
+  return io::ReadHfConfig(dir);
+}
+
+}  // namespace
+
+absl::StatusOr<data::Dataset> ReadEvalData(
+    const TrainConfig& config, const objectives::Objective& objective,
+    int vocab_size) {
+  // The held-out files take the training data's path: text or token ids,
+  // the same tokenizer, template, truncation and cache.
+  const DataConfig& dc = config.data();
+  data::DataOptions options;
+  options.vocab_size = vocab_size;
+  options.truncation.max_length = dc.max_length();
+  options.truncation.max_prompt_length = dc.max_prompt_length();
+  options.truncation.mode = dc.truncation_mode();
+  options.tokenizer_path =
+      data::DefaultTokenizerPath(dc.tokenizer_path(), config.model().hf_path());
+  options.chat_template = dc.chat_template();
+  options.cache_dir = dc.cache_dir().empty() ? config.run_dir() + "/data_cache"
+                                             : dc.cache_dir();
+  return data::LoadDataset({dc.eval_files().begin(), dc.eval_files().end()},
+                           objective.example_kind(), options, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Evaluator>> Evaluator::Create(
+    const objectives::Objective* objective, data::Dataset data,
+    objectives::ReferenceValues references, int micro_batch,
+    comm::Communicator* comm) {
+  const int world = comm != nullptr ? comm->world_size() : 1;
+  const size_t n = data.examples.size();
+  if (n < static_cast<size_t>(world)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data.eval_files: ", n, " held-out examples, fewer than the ", world,
+        " ranks (each rank evaluates a share)"));
+  }
+  return std::unique_ptr<Evaluator>(new Evaluator(
+      objective, std::move(data), std::move(references), micro_batch, comm));
+}
+
+Evaluator::Evaluator(const objectives::Objective* objective, data::Dataset data,
+                     objectives::ReferenceValues references, int micro_batch,
+                     comm::Communicator* comm)
+    : objective_(objective),
+      data_(std::move(data)),
+      references_(std::move(references)),
+      micro_batch_(micro_batch),
+      comm_(comm) {
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const int world = comm != nullptr ? comm->world_size() : 1;
+  const size_t n = data_.examples.size();
+  for (size_t i = n * rank / world; i < n * (rank + 1) / world; ++i) {
+    local_.push_back(static_cast<int>(i));
+  }
+}
+
+absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
+    model::Decoder& policy, objectives::ChunkedOutputLayer& output,
+    const std::function<void(int64_t, int64_t)>& progress) {
+  std::vector<int> all(data_.examples.size());
+  std::iota(all.begin(), all.end(), 0);
+  // Coefficients wants the loss's denominator; the coefficients themselves
+  // are not used.
+  const double denominator = objective_->Denominator(data_.examples, all);
+  const bool pairs = data_.kind == data::ExampleKind::kPreference;
+  objectives::MetricSums sums, common;
+  std::vector<int> micro;
+  for (size_t begin = 0; begin < local_.size(); begin += micro_batch_) {
+    const size_t n = std::min<size_t>(micro_batch_, local_.size() - begin);
+    micro.assign(local_.begin() + begin, local_.begin() + begin + n);
+    data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
+                     /*include_context=*/true, &batch_);
+    const float* hidden = policy.Forward(batch_.packed);
+    const std::vector<objectives::SequenceScores> scores =
+        output.Forward(hidden, policy.output_embedding(),
+                       batch_.packed.tokens.data(), batch_.segments);
+    const objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
+                                          &references_};
+    objective_->Coefficients(view, denominator, &coef_, &sums);
+    objective_->AddEvalMetrics(view, data_.examples, &sums);
+    for (size_t i = 0; i < n; ++i) {
+      const objectives::SequenceScores& s = scores[pairs ? 2 * i : i];
+      common.Add("greedy/exact_match", s.correct == s.tokens ? 1.0 : 0.0);
+      if (!pairs) {
+        common.Add("sft/loss", -s.logp, s.tokens);
+        common.Add("mean_token_accuracy", s.correct, s.tokens);
+      }
+    }
+    if (progress) progress(static_cast<int64_t>(begin + n), local_.size());
+  }
+  if (comm_ != nullptr && comm_->world_size() > 1) {
+    std::vector<double> flat = sums.Flattened();
+    const size_t own = flat.size();
+    const std::vector<double> more = common.Flattened();
+    flat.insert(flat.end(), more.begin(), more.end());
+    const absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
+    if (!s.ok()) return s;
+    sums.SetFlattened(std::vector<double>(flat.begin(), flat.begin() + own));
+    common.SetFlattened(std::vector<double>(flat.begin() + own, flat.end()));
+  }
+  std::map<std::string, double> metrics = sums.Means();
+  // The objective's own value of a common metric wins (they agree).
+  for (const auto& [name, value] : common.Means()) metrics.emplace(name, value);
+  return metrics;
+}
+
+std::map<std::string, double> WithPrefix(
+    const std::map<std::string, double>& metrics, const std::string& prefix) {
+  std::map<std::string, double> out;
+  for (const auto& [name, value] : metrics) out[prefix + name] = value;
+  return out;
+}
+
+std::string EvalSummaryLine(int64_t step,
+                            const std::map<std::string, double>& metrics) {
+  std::string line = absl::StrCat("eval at step ", step, ":");
+  for (const char* name : kSummaryMetrics) {
+    auto it = metrics.find(name);
+    if (it == metrics.end()) continue;
+    absl::StrAppend(&line, "  ", name, " ",
+                    std::isfinite(it->second)
+                        ? absl::StrFormat("%.4f", it->second)
+                        : std::string("nan"));
+  }
+  return line;
+}
+
+std::string EvalTableText(const std::map<std::string, double>& metrics) {
+  size_t width = 0;
+  for (const auto& [name, value] : metrics)
+    width = std::max(width, name.size());
+  std::string text;
+  for (const auto& [name, value] : metrics) {
+    absl::StrAppend(&text, name, std::string(width + 2 - name.size(), ' '),
+                    FormatValue(value), "\n");
+  }
+  return text;
+}
+
+std::vector<std::pair<std::string, std::string>> EvalReportRows(
+    const std::map<std::string, double>& metrics) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  for (const auto& [name, value] : metrics) {
+    rows.emplace_back(name, FormatValue(value));
+  }
+  return rows;
+}
+
+absl::Status WriteEvalJson(const std::string& path, std::optional<int64_t> step,
+                           int64_t examples, const std::string& model,
+                           const std::map<std::string, double>& metrics) {
+  nlohmann::json j;
+  for (const auto& [name, value] : metrics) {
+    j[name] =
+        std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+  }
+  if (step.has_value()) j["step"] = *step;
+  j["examples"] = examples;
+  j["model"] = model;
+  return io::WriteJsonFile(path, j);
+}
+
+absl::StatusOr<ModelEvaluation> EvaluateModel(
+    const TrainConfig& config, const std::string& model_dir, std::ostream& log,
+    comm::Communicator* comm,
+    const std::function<void(const std::string&, int64_t, int64_t)>& progress) {
+  if (config.data().eval_files().empty()) {
+    return absl::InvalidArgumentError(
+        "data.eval_files: no held-out data to evaluate on; name it in the "
+        "config or with --set=data.eval_files=FILE.jsonl");
+  }
+  const bool rank0 = comm == nullptr || comm->rank() == 0;
+  kernels::CpuBackend backend;
+  const std::string policy_dir =
+      model_dir.empty() ? config.model().hf_path() : model_dir;
+  auto spec = SpecOf(policy_dir, config);
+  if (!spec.ok()) return spec.status();
+  const int vocab = static_cast<int>(spec->vocab_size);
+  auto objective = CreateObjective(config.objective(), vocab);
+  if (!objective.ok()) return objective.status();
+  auto data = ReadEvalData(config, **objective, vocab);
+  if (!data.ok()) return data.status();
+  if (rank0) {
+    log << "eval data: " << data->examples.size() << " examples";
+    if (data->truncated > 0) log << ", " << data->truncated << " truncated";
+    if (data->dropped_too_long > 0) {
+      log << ", " << data->dropped_too_long
+          << " dropped (prompt leaves no room within max_length)";
+    }
+    log << "\n";
+  }
+
+  const int mb = config.batch().micro_batch_size();
+  model::Capacity cap;
+  cap.max_seq_len = data::MaxSequenceLength(data->examples);
+  cap.max_seqs =
+      ((*objective)->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
+      mb;
+  cap.max_rows = cap.max_seqs * cap.max_seq_len;
+  auto policy = LoadFrozen(policy_dir, *spec, &backend, cap, config);
+  if (!policy.ok()) return policy.status();
+
+  objectives::ReferenceValues references;
+  if ((*objective)->reference_needs() != objectives::ReferenceNeeds::kNone) {
+    const ModelConfig& mc = config.model();
+    const std::string ref_dir =
+        !mc.reference_hf_path().empty() ? mc.reference_hf_path() : mc.hf_path();
+    auto ref_spec = SpecOf(ref_dir, config);
+    if (!ref_spec.ok()) return ref_spec.status();
+    if (ref_spec->vocab_size != spec->vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the reference model's vocabulary (", ref_spec->vocab_size, ", from ",
+          ref_dir.empty() ? "the config's model" : ref_dir,
+          ") differs from the evaluated model's (", spec->vocab_size, ")"));
+    }
+    auto reference = LoadFrozen(ref_dir, *ref_spec, &backend, cap, config);
+    if (!reference.ok()) return reference.status();
+    reference::ReferenceOptions options;
+    options.token_logps = (*objective)->reference_needs() ==
+                          objectives::ReferenceNeeds::kTokenLogps;
+    options.include_context = (*objective)->reference_sees_context();
+    options.micro_batch_examples = mb;
+    options.output_chunk = config.output_chunk_tokens();
+    options.comm = comm != nullptr && comm->world_size() > 1 ? comm : nullptr;
+    auto result = reference::ComputeReferenceValues(
+        **reference, data->examples, options,
+        config.run_dir() + "/reference_cache",
+        [&](int64_t done, int64_t total) {
+          if (progress) progress("reference log-probs", done, total);
+        });
+    if (!result.ok()) return result.status();
+    references = std::move(result->values);
+  }
+
+  objectives::ChunkedOutputLayer output(&backend, cap.max_rows, spec->hidden,
+                                        spec->vocab_size,
+                                        config.output_chunk_tokens());
+  const int64_t examples = static_cast<int64_t>(data->examples.size());
+  auto evaluator = Evaluator::Create(objective->get(), *std::move(data),
+                                     std::move(references), mb, comm);
+  if (!evaluator.ok()) return evaluator.status();
+  auto metrics =
+      (*evaluator)
+          ->Evaluate(**policy, output, [&](int64_t done, int64_t total) {
+            if (progress) progress("evaluation", done, total);
+          });
+  if (!metrics.ok()) return metrics.status();
+  return ModelEvaluation{*std::move(metrics), examples};
+}
+
+}  // namespace prefopt::loop
