@@ -340,6 +340,19 @@ void ReadLlamaFamily(FieldReader& r, std::string_view model_type,
   spec.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
   spec.rope_theta = r.Float("rope_theta", 10000.0);
   ReadRopeScaling(r, spec.rope_scaling);
+  // transformers applies these when present; silently ignoring them would
+  // rotate (or not rotate) the wrong dimensions.
+  if (r.Float("partial_rotary_factor", 1.0) != 1.0) {
+    r.Fail("partial_rotary_factor",
+           "is not 1; prefopt rotates every head dimension (partial rotary "
+           "embeddings are not supported)");
+  }
+  if (HasNonNull(r.config(), "rope_parameters")) {
+    r.Fail("rope_parameters",
+           "is the transformers v5 form of rope_theta/rope_scaling, which "
+           "prefopt does not read yet; write rope_theta and rope_scaling "
+           "instead");
+  }
   if (model_type == "qwen2") {
     ReadTokenIds(r, std::nullopt, spec);
     spec.attention_bias = true;

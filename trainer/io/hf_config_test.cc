@@ -159,6 +159,8 @@ TEST(ReadHfConfigTest, RejectsBadConfigs) {
       {"llama_yarn", {"'rope_scaling'", "\"yarn\"", "linear", "llama3"}},
       {"llama_llama3_incomplete",
        {"(rope_scaling)", "'low_freq_factor'", "a number"}},
+      {"llama_partial_rotary", {"'partial_rotary_factor'", "not supported"}},
+      {"llama_rope_parameters", {"'rope_parameters'", "transformers v5"}},
       {"mistral_sliding", {"'sliding_window'", "16", "not supported"}},
       {"qwen2_sliding", {"'use_sliding_window'", "16", "not supported"}},
       {"not_json", {":3:15: invalid JSON"}},
