@@ -69,3 +69,18 @@ CONF
 run_case dpo "dpo { beta: 0.1 }"
 run_case sparsepo \
   "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"
+
+# Ranks started with different configs refuse to train, naming what differs;
+# a global batch that does not split evenly over the ranks is refused too.
+run_mpi 2 60 bash -c 'extra=""; [[ $OMPI_COMM_WORLD_RANK == 1 ]] && extra=--set=optimizer.lr=2e-3
+  exec "$0" train --config="$1" --run_dir="$2" $extra' \
+  "$prefopt" "$tmp/dpo.textproto" "$tmp/mismatch" >"$tmp/mismatch.log" 2>&1
+if [[ $? -eq 0 ]] || ! grep -q "the resolved config differs across ranks" "$tmp/mismatch.log"; then
+  echo "FAIL: ranks with different configs were not refused"; cat "$tmp/mismatch.log"; exit 1
+fi
+run_mpi 2 60 "$prefopt" train --config="$tmp/dpo.textproto" --run_dir="$tmp/uneven" \
+  --set=batch.micro_batch_size=1 --set=batch.global_batch_size=3 >"$tmp/uneven.log" 2>&1
+if [[ $? -eq 0 ]] || ! grep -q "must be a multiple of batch.micro_batch_size \* world size" "$tmp/uneven.log"; then
+  echo "FAIL: an uneven global batch was not refused"; cat "$tmp/uneven.log"; exit 1
+fi
+echo "ok: mismatched configs and an uneven global batch are refused on every rank"

@@ -25,6 +25,7 @@
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/reference/reference_logps.h"
+#include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::loop {
@@ -139,9 +140,21 @@ absl::Status Trainer::Init() {
     return absl::InternalError(absl::StrCat(
         run_dir, ": cannot create the run directory: ", ec.message()));
   }
-  absl::Status s = io::WriteFileAtomically(run_dir + "/config.textproto",
-                                           config::ResolvedConfigText(config_));
+  absl::Status s = config::CheckBatchForWorld(config_, world_);
   if (!s.ok()) return s;
+  const std::string resolved = config::ResolvedConfigText(config_);
+  if (world_ > 1) {
+    // Every rank reads the config itself; a rank started with other flags or
+    // another file would silently train something else.
+    util::Fingerprinter fp;
+    fp.Update(resolved);
+    s = comm::CheckSameAcrossRanks(*comm_, fp.Value(), "the resolved config");
+    if (!s.ok()) return s;
+  }
+  if (rank_ == 0) {
+    s = io::WriteFileAtomically(run_dir + "/config.textproto", resolved);
+    if (!s.ok()) return s;
+  }
   // Before training, not after it: a run must not end by failing to save.
   const std::string& export_dir = config_.export_hf_path();
   if (!export_dir.empty() && std::filesystem::exists(export_dir, ec) &&
