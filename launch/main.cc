@@ -147,6 +147,39 @@ int Fail(comm::Communicator* comm, const absl::Status& status, int code,
   return code;
 }
 
+// What every rank of `train` and `eval` sets up before its work: the launch
+// environment, the communicator between the ranks, and the config (read on
+// every rank, it is small; the trainer compares it across ranks).
+struct RankSetup {
+  comm::LaunchEnv env;
+  std::unique_ptr<comm::Communicator> comm;
+  TrainConfig config;
+  // mpirun gives every rank a pseudo-terminal of its own, even when mpirun's
+  // output goes to a file, so isatty() only means a terminal without it.
+  bool live_progress = false;
+};
+
+// Returns 0 with `setup` filled, or the exit code after reporting the error.
+int SetUpRank(int argc, char** argv, const char* command,
+              const std::string& config_path,
+              const std::vector<std::string>& overrides, RankSetup* setup) {
+  auto env = comm::DetectLaunchEnv();
+  if (!env.ok()) return Fail(nullptr, env.status(), 2, command);
+  setup->env = *env;
+  auto communicator =
+      comm::CreateCommunicator(*env, comm::Device::kCpu, &argc, &argv);
+  if (!communicator.ok()) {
+    return Fail(nullptr, communicator.status(), 1, command);
+  }
+  setup->comm = *std::move(communicator);
+  auto config = config::LoadTrainConfig(config_path, overrides);
+  if (!config.ok()) return Fail(setup->comm.get(), config.status(), 2, command);
+  setup->config = *std::move(config);
+  setup->live_progress =
+      env->launcher != "mpirun" && metrics::IsTerminal(STDOUT_FILENO);
+  return 0;
+}
+
 int Train(int argc, char** argv) {
   auto flags = ParseFlags(argc, argv, {"config", "run_dir", "resume", "set"});
   if (flags.ok() && !flags->Has("config")) {
@@ -163,26 +196,22 @@ int Train(int argc, char** argv) {
       overrides.push_back(absl::StrCat(name, "=", flags->Get(name)));
     }
   }
-  auto env = comm::DetectLaunchEnv();
-  if (!env.ok()) return Fail(nullptr, env.status(), 2);
-  auto communicator =
-      comm::CreateCommunicator(*env, comm::Device::kCpu, &argc, &argv);
-  if (!communicator.ok()) return Fail(nullptr, communicator.status(), 1);
-  comm::Communicator* comm = communicator->get();
-  // Configs are read on every rank (they are small) and compared by hash.
-  auto config = config::LoadTrainConfig(flags->Get("config"), overrides);
-  if (!config.ok()) return Fail(comm, config.status(), 2);
-  if (comm->rank() == 0 && comm->world_size() > 1) {
-    std::cout << "data-parallel: " << comm::DescribeLaunchEnv(*env) << "\n";
+  RankSetup run;
+  if (int code =
+          SetUpRank(argc, argv, "train", flags->Get("config"), overrides, &run);
+      code != 0) {
+    return code;
   }
-  // mpirun gives every rank a pseudo-terminal of its own, even when mpirun's
-  // output goes to a file, so isatty() only means a terminal without it.
-  const bool live_progress =
-      env->launcher != "mpirun" && metrics::IsTerminal(STDOUT_FILENO);
+  comm::Communicator* comm = run.comm.get();
+  const TrainConfig* config = &run.config;
+  if (comm->rank() == 0 && comm->world_size() > 1) {
+    std::cout << "data-parallel: " << comm::DescribeLaunchEnv(run.env) << "\n";
+  }
   // Before the long preparation (data, reference pass): a signal then stops
   // the run after its first step, with a checkpoint.
   if (config->save_on_signal()) loop::InstallStopSignalHandlers();
-  auto trainer = loop::Trainer::Create(*config, std::cout, comm, live_progress);
+  auto trainer =
+      loop::Trainer::Create(*config, std::cout, comm, run.live_progress);
   if (!trainer.ok()) return Fail(comm, trainer.status(), 1);
   const absl::Status s = (*trainer)->Run();
   if (!s.ok()) return Fail(comm, s, 1);
@@ -264,18 +293,16 @@ int Eval(int argc, char** argv) {
   }
   const std::string model_dir =
       flags->Has("model") ? flags->Get("model") : flags->Get("checkpoint");
-  auto env = comm::DetectLaunchEnv();
-  if (!env.ok()) return Fail(nullptr, env.status(), 2, "eval");
-  auto communicator =
-      comm::CreateCommunicator(*env, comm::Device::kCpu, &argc, &argv);
-  if (!communicator.ok())
-    return Fail(nullptr, communicator.status(), 1, "eval");
-  comm::Communicator* comm = communicator->get();
-  auto config = config::LoadTrainConfig(flags->Get("config"), overrides);
-  if (!config.ok()) return Fail(comm, config.status(), 2, "eval");
+  RankSetup run;
+  if (int code =
+          SetUpRank(argc, argv, "eval", flags->Get("config"), overrides, &run);
+      code != 0) {
+    return code;
+  }
+  comm::Communicator* comm = run.comm.get();
+  const TrainConfig* config = &run.config;
   const bool rank0 = comm->rank() == 0;
-  const bool live =
-      env->launcher != "mpirun" && metrics::IsTerminal(STDOUT_FILENO);
+  const bool live = run.live_progress;
   std::optional<metrics::ProgressReporter> progress;
   if (rank0) progress.emplace(std::cout, live, 0);
   auto result = loop::EvaluateModel(
