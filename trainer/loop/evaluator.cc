@@ -15,6 +15,7 @@
 #include "trainer/io/hf_config.h"
 #include "trainer/io/json_file.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/loop/reference_model.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/reference/reference_logps.h"
 
@@ -278,13 +279,8 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
     }
     auto reference = LoadFrozen(ref_dir, *ref_spec, &backend, cap, config);
     if (!reference.ok()) return reference.status();
-    reference::ReferenceOptions options;
-    options.token_logps = (*objective)->reference_needs() ==
-                          objectives::ReferenceNeeds::kTokenLogps;
-    options.include_context = (*objective)->reference_sees_context();
-    options.micro_batch_examples = mb;
-    options.output_chunk = config.output_chunk_tokens();
-    options.comm = comm != nullptr && comm->world_size() > 1 ? comm : nullptr;
+    const reference::ReferenceOptions options =
+        ReferenceOptionsFor(**objective, config, comm);
     auto result = reference::ComputeReferenceValues(
         **reference, data->examples, options,
         config.run_dir() + "/reference_cache",

@@ -75,4 +75,17 @@ const objectives::ReferenceValues& LiveReference::Score(
   return values_;
 }
 
+reference::ReferenceOptions ReferenceOptionsFor(
+    const objectives::Objective& objective, const TrainConfig& config,
+    comm::Communicator* comm) {
+  reference::ReferenceOptions options;
+  options.token_logps =
+      objective.reference_needs() == objectives::ReferenceNeeds::kTokenLogps;
+  options.include_context = objective.reference_sees_context();
+  options.micro_batch_examples = config.batch().micro_batch_size();
+  options.output_chunk = config.output_chunk_tokens();
+  options.comm = comm != nullptr && comm->world_size() > 1 ? comm : nullptr;
+  return options;
+}
+
 }  // namespace prefopt::loop

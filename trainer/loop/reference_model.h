@@ -9,12 +9,15 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/communicator.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
 #include "trainer/model/decoder.h"
+#include "trainer/objectives/objective.h"
 #include "trainer/objectives/output_layer.h"
 #include "trainer/objectives/reference_values.h"
+#include "trainer/reference/reference_logps.h"
 
 namespace prefopt::loop {
 
@@ -24,6 +27,13 @@ namespace prefopt::loop {
 // current weights (the initial policy, when called before training).
 absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
     const ModelConfig& config, const model::Decoder& policy);
+
+// How the precomputed reference pass runs for `objective` under `config`:
+// per-token values when the objective needs them, the context left out when
+// its reference must not see it, split over the ranks of `comm` (may be null).
+reference::ReferenceOptions ReferenceOptionsFor(
+    const objectives::Objective& objective, const TrainConfig& config,
+    comm::Communicator* comm);
 
 class LiveReference {
  public:

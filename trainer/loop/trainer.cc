@@ -375,13 +375,8 @@ absl::Status Trainer::BuildReferences() {
   auto ref = CreateReferenceModel(config_.model(), *policy_);
   if (!ref.ok()) return ref.status();
   model::Decoder& reference = **ref;
-  reference::ReferenceOptions options;
-  options.token_logps =
-      objective_->reference_needs() == objectives::ReferenceNeeds::kTokenLogps;
-  options.include_context = objective_->reference_sees_context();
-  options.micro_batch_examples = config_.batch().micro_batch_size();
-  options.output_chunk = config_.output_chunk_tokens();
-  options.comm = world_ > 1 ? comm_ : nullptr;
+  const reference::ReferenceOptions options =
+      ReferenceOptionsFor(*objective_, config_, comm_);
   auto result = reference::ComputeReferenceValues(
       reference, dataset_.examples, options,
       config_.run_dir() + "/reference_cache",
