@@ -166,7 +166,7 @@ class Backend {
                             const float* sin, int N, int NH, int NKV,
                             int hs) = 0;
 
-  // ---- chunked output layer (objectives.md §7) ----
+  // ---- chunked output layer (docs/objectives.md §7) ----
   // For rows h[N,C] and the output embedding wout[V,C], the logits of a row are
   // z = wout @ h[n]. The full [N,V] logits are never held: rows are processed
   // `chunk` at a time through `chunk_buf` (chunk*V floats).
@@ -178,7 +178,7 @@ class Backend {
                              int32_t* correct, const float* h,
                              const float* wout, const int32_t* labels, int N,
                              int C, int V, float* chunk_buf, int chunk) = 0;
-  // Pass 2: with the per-row coefficient coef[n] (objectives.md's G_t),
+  // Pass 2: with the per-row coefficient coef[n] (docs/objectives.md's G_t),
   // dz[n,v] = coef[n] * (softmax(z)[v] - 1[v == labels[n]]); then
   // dh += dz @ wout and dwout += dz^T @ h. Rows with coef == 0 may be skipped.
   virtual void OutputBackward(float* dh, float* dwout, const float* h,

@@ -1,4 +1,4 @@
-// Resume continues the exact run (design.md "Determinism"): a run
+// Resume continues the exact run (docs/architecture.md "Determinism"): a run
 // interrupted after a checkpoint and resumed from it takes the same steps,
 // bit for bit, as one that never stopped: losses, every other metric and the
 // final weights. Also: a checkpoint of another training is refused naming

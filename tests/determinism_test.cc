@@ -1,5 +1,6 @@
 // Same config and seed ⇒ the same losses and weights, bit for bit, on the CPU
-// path (design.md "Determinism"); a different seed ⇒ different weights.
+// path (docs/architecture.md "Determinism"); a different seed ⇒ different
+// weights.
 #include <cstring>
 #include <sstream>
 

@@ -1,8 +1,8 @@
 // Evaluation on held-out data: `prefopt eval`'s metrics against TRL's on the
 // GPT-2 fixture's six pairs, the evaluation-only ranking metrics against
-// objectives.md §1 computed from TRL's per-pair log-probs, and the training
-// loop's periodic evaluation, eval.json and export (whose folder evaluates to
-// the loop's own last evaluation).
+// docs/objectives.md §1 computed from TRL's per-pair log-probs, and the
+// training loop's periodic evaluation, eval.json and export (whose folder
+// evaluates to the loop's own last evaluation).
 #include "trainer/loop/evaluator.h"
 
 #include <cmath>
@@ -74,8 +74,8 @@ TEST(EvaluateModelTest, MetricsMatchTrlOnTheFixturePairs) {
   for (const auto& [name, value] : trl["metrics"].items()) {
     expect_close(name, value.get<double>());
   }
-  // objectives.md §1 from TRL's per-pair sequence log-probs; α = 0.999 (the
-  // data has no preference_fraction), β = 0.1.
+  // docs/objectives.md §1 from TRL's per-pair sequence log-probs; α = 0.999
+  // (the data has no preference_fraction), β = 0.1.
   const auto& pp = trl["per_pair"];
   double ranked = 0, ideal = 0;
   for (size_t i = 0; i < 6; ++i) {

@@ -227,8 +227,8 @@ TEST_P(LlamaQwen2Parity, DpoLossMetricsAndGradientsMatchTrl) {
   ExpectGradientsMatch(trainer.policy(), *grads, v.hf_tensors);
 }
 
-// design.md's determinism on this architecture: three AdamW steps twice give
-// bitwise-equal losses and weights.
+// docs/architecture.md "Determinism" on this architecture: three AdamW steps
+// twice give bitwise-equal losses and weights.
 TEST_P(LlamaQwen2Parity, TwoRunsAreBitwiseEqual) {
   const Variant& v = GetParam();
   std::vector<std::vector<double>> losses(2);

@@ -1,5 +1,5 @@
-// SparsePO through loop::Trainer (objectives.md §2): the gradient of a whole
-// step (policy and mask networks) against finite differences of the loss;
+// SparsePO through loop::Trainer (docs/objectives.md §2): the gradient of a
+// whole step (policy and mask networks) against finite differences of the loss;
 // with masks ≡ 1 the step's loss is TDPO1's, recomputed here from fully
 // materialized logits of both models; two runs are bitwise equal; the mask
 // state round-trips through the checkpoint accessors.

@@ -1,8 +1,8 @@
-// SparsePO's fused, chunked output layer on the CPU (objectives.md §2 and §7):
-// the policy's and the frozen reference's logits of the same response rows are
-// computed chunk by chunk, reduced to the per-token quantities SparsePO needs
-// (ℓ_t, ℓ̃_t and the KL term K_t), and discarded; the backward pass recomputes
-// them and writes the logit gradient
+// SparsePO's fused, chunked output layer on the CPU (docs/objectives.md §2 and
+// §7): the policy's and the frozen reference's logits of the same response rows
+// are computed chunk by chunk, reduced to the per-token quantities SparsePO
+// needs (ℓ_t, ℓ̃_t and the KL term K_t), and discarded; the backward pass
+// recomputes them and writes the logit gradient
 //   dz_{t,v} = A_t (π_{t,v} − 1[v = y_t]) + B_t (π_{t,v} − p_{t,v})
 // (π = softmax(z), p = softmax(z̃)) straight into the GEMMs that produce the
 // hidden-state and output-embedding gradients. Memory is two [chunk, V]

@@ -1,5 +1,5 @@
 // Training examples read from pre-tokenized JSONL, with TRL-style truncation.
-// Two shapes (objectives.md, design.md "Formats users already have"):
+// Two shapes (docs/architecture.md "Formats users already have"):
 // - preference pairs {"prompt_ids", "chosen_ids", "rejected_ids"} (DPO family,
 //   SparsePO);
 // - demonstrations {"prompt_ids", "completion_ids"} (SFT, implicit-reward SFT),

@@ -2,7 +2,8 @@
 // objective over the whole set, without gradients, split across the
 // data-parallel ranks, plus the metrics only an evaluation reports:
 // - the objective's own (Objective::AddEvalMetrics; DPO's
-//   ranking/idealized_accuracy and ranking/alignment_gap, objectives.md §1);
+//   ranking/idealized_accuracy and ranking/alignment_gap,
+//   docs/objectives.md §1);
 // - greedy/exact_match: 1 when greedy decoding from the prompt reproduces the
 //   reference response (the chosen one, or the completion) token for token,
 //   end-of-sequence included. Greedy decoding emits the reference exactly

@@ -10,7 +10,7 @@
 // optimizer update the weights are all-gathered.
 //
 // Gradients are summed, not averaged: each rank's contribution is already
-// divided by the global batch's denominator (objectives.md §0).
+// divided by the global batch's denominator (docs/objectives.md §0).
 #ifndef PREFOPT_TRAINER_LOOP_GRADIENT_SYNC_H_
 #define PREFOPT_TRAINER_LOOP_GRADIENT_SYNC_H_
 

@@ -1,5 +1,5 @@
 // Benchmark: peak resident memory of a training step as the vocabulary grows
-// (objectives.md §7). With the chunked output layer, the memory beyond the
+// (docs/objectives.md §7). With the chunked output layer, the memory beyond the
 // trained state (weights, gradients, AdamW moments) must not grow with the
 // vocabulary except for the [chunk, V] logits buffer; a naive output layer
 // that materializes the logits of every response token and their gradient

@@ -1,4 +1,4 @@
-// The frozen reference model (objectives.md §6), and its live use by the
+// The frozen reference model (docs/objectives.md §6), and its live use by the
 // coefficient-form objectives: instead of the precomputed cache, a frozen
 // copy in memory scores every micro-batch (model.live_reference; SparsePO
 // always runs its reference live, see sparsepo_step.h).

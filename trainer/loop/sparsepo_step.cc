@@ -18,7 +18,7 @@ namespace {
 using model::Activation;
 using objectives::MapoGroup;
 
-// The MaPO group an activation belongs to (objectives.md §2); the logits
+// The MaPO group an activation belongs to (docs/objectives.md §2); the logits
 // group is not an activation of the decoder.
 MapoGroup GroupOf(Activation kind) {
   switch (kind) {

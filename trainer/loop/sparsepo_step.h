@@ -1,7 +1,7 @@
-// SparsePO's micro-batch step (objectives.md §2). SparsePO does not fit the
-// coefficient-form Objective interface: its logit gradient has a second term
-// that needs the reference's full-vocabulary logits, its masks come from the
-// reference's activations, and the learned mask is a second set of trained
+// SparsePO's micro-batch step (docs/objectives.md §2). SparsePO does not fit
+// the coefficient-form Objective interface: its logit gradient has a second
+// term that needs the reference's full-vocabulary logits, its masks come from
+// the reference's activations, and the learned mask is a second set of trained
 // parameters. This class holds what it needs beside the policy:
 //   - the live reference, a frozen decoder kept in memory for the whole run
 //     (no gradients, no optimizer state), observed during its Forward for the

@@ -371,7 +371,7 @@ absl::Status Trainer::Init() {
 
 absl::Status Trainer::BuildReferences() {
   // The frozen reference lives only for this pass; training holds no second
-  // model (objectives.md §6).
+  // model (docs/objectives.md §6).
   auto ref = CreateReferenceModel(config_.model(), *policy_);
   if (!ref.ok()) return ref.status();
   model::Decoder& reference = **ref;
@@ -478,7 +478,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                       objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
   // denominator, so the update does not depend on how the batch is split into
-  // micro-batches and ranks (objectives.md §0).
+  // micro-batches and ranks (docs/objectives.md §0).
   const int mb = config_.batch().micro_batch_size();
   const int C = static_cast<int>(spec_.hidden);
   int64_t tokens = 0;

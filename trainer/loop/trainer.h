@@ -1,7 +1,7 @@
 // The training loop of one run: data → policy forward → chunked output layer
 // and objective → backward → clip → AdamW, with global-batch semantics
-// (objectives.md §0) and metrics.jsonl. design.md's "flow of one step" is
-// Trainer::Step.
+// (docs/objectives.md §0) and metrics.jsonl. docs/architecture.md's "One step's
+// data flow" is Trainer::Step.
 #ifndef PREFOPT_TRAINER_LOOP_TRAINER_H_
 #define PREFOPT_TRAINER_LOOP_TRAINER_H_
 
@@ -112,7 +112,7 @@ class Trainer {
   int64_t LocalForwardBackward(const std::vector<int>& local,
                                double denominator,
                                objectives::MetricSums* sums);
-  // The loss denominator of a global batch (objectives.md §0).
+  // The loss denominator of a global batch (docs/objectives.md §0).
   double Denominator(const std::vector<int>& batch) const;
   // The gradients trained beside the policy's: SparsePO's mask networks'.
   // They are summed across ranks and clipped with the policy's as one vector.

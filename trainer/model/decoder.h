@@ -14,7 +14,7 @@
 // The model stops at the final normalization: Forward returns the final hidden
 // states, and the output layer (hidden → vocabulary) is applied by the chunked
 // output layer of the objective runner, which never materializes all logits
-// (objectives.md §7). The output embedding is exposed for that purpose.
+// (docs/objectives.md §7). The output embedding is exposed for that purpose.
 #ifndef PREFOPT_TRAINER_MODEL_DECODER_H_
 #define PREFOPT_TRAINER_MODEL_DECODER_H_
 
@@ -81,7 +81,7 @@ struct ActivationView {
 // the embedding output, then per layer q, k, v, the attention output, the
 // residual after attention, the MLP activation and the residual after the
 // MLP, and last the final-norm output. Observers copy what they need (e.g.
-// SparsePO's mask inputs or MaPO's activation maps, objectives.md §2).
+// SparsePO's mask inputs or MaPO's activation maps, docs/objectives.md §2).
 class ActivationObserver {
  public:
   virtual ~ActivationObserver() = default;

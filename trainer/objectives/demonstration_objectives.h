@@ -1,6 +1,6 @@
 // The objectives over demonstrations as plug-ins of the loop: SFT
-// (objectives.md §5), PRIOR (§4) and implicit-reward SFT (§3). The math lives
-// in sft.h, prior.h and implicit_sft.h; these classes say what data and
+// (docs/objectives.md §5), PRIOR (§4) and implicit-reward SFT (§3). The math
+// lives in sft.h, prior.h and implicit_sft.h; these classes say what data and
 // reference values each needs and how its loss is normalized.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_DEMONSTRATION_OBJECTIVES_H_
 #define PREFOPT_TRAINER_OBJECTIVES_DEMONSTRATION_OBJECTIVES_H_

@@ -1,4 +1,4 @@
-// DPO and its variants (objectives.md §1): SIGMOID (cDPO with label
+// DPO and its variants (docs/objectives.md §1): SIGMOID (cDPO with label
 // smoothing), IPO, HINGE and ROBUST, with TRL's metrics.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_DPO_H_
 #define PREFOPT_TRAINER_OBJECTIVES_DPO_H_
@@ -28,7 +28,7 @@ struct DpoPairGradient {
 };
 
 // The fraction α of raters taken to prefer the chosen response when the data
-// does not say (objectives.md §1).
+// does not say (docs/objectives.md §1).
 inline constexpr double kDefaultPreferenceFraction = 1.0 - 0.001;
 
 // Whether the optimal DPO policy for reference log-probs `ref` ranks the

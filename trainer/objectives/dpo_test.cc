@@ -1,5 +1,5 @@
 // DPO loss derivatives against central finite differences of the loss itself,
-// for every loss type, and the closed forms of objectives.md §1 at chosen
+// for every loss type, and the closed forms of docs/objectives.md §1 at chosen
 // points.
 #include "trainer/objectives/dpo.h"
 

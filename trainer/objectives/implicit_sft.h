@@ -1,8 +1,8 @@
-// Implicit-reward SFT (objectives.md §3; Wang et al. 2025, "Implicit Reward as
-// the Bridge"): supervised fine-tuning on demonstrations through an
+// Implicit-reward SFT (docs/objectives.md §3; Wang et al. 2025, "Implicit
+// Reward as the Bridge"): supervised fine-tuning on demonstrations through an
 // f-divergence of the implicit reward r = β·log(π/π_ref), which keeps the
 // KL-to-reference term that plain SFT drops. The φ of each divergence is the
-// contract's reconstruction (objectives.md §3 table).
+// contract's reconstruction (docs/objectives.md §3 table).
 #ifndef PREFOPT_TRAINER_OBJECTIVES_IMPLICIT_SFT_H_
 #define PREFOPT_TRAINER_OBJECTIVES_IMPLICIT_SFT_H_
 

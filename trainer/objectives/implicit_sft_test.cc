@@ -1,4 +1,4 @@
-// Implicit-reward SFT by the properties objectives.md §3 states: φ′ is the
+// Implicit-reward SFT by the properties docs/objectives.md §3 states: φ′ is the
 // derivative of φ, TOTAL_VARIATION is β × SFT, at π = π_ref every divergence
 // pushes like (a multiple of) SFT, Pearson's weight vanishes at r = 2, and
 // clamping keeps everything finite and is counted.
@@ -52,7 +52,7 @@ TEST(ImplicitSft, PhiPrimeMatchesFiniteDifferences) {
 }
 
 TEST(ImplicitSft, PhiValuesAtOneMatchTheTable) {
-  // −φ(1) from objectives.md §3's loss column.
+  // −φ(1) from docs/objectives.md §3's loss column.
   EXPECT_NEAR(-EvaluatePhi(Divergence::kTotalVariation, 1, 0.01).phi, -1,
               1e-15);
   EXPECT_NEAR(-EvaluatePhi(Divergence::kPearsonChi2, 1, 0.01).phi, -0.75,

@@ -1,5 +1,5 @@
 // The logistic function and softplus in double precision, computed without
-// overflow or cancellation for large |x| (objectives.md §0: −log σ(x) is
+// overflow or cancellation for large |x| (docs/objectives.md §0: −log σ(x) is
 // softplus(−x)).
 #ifndef PREFOPT_TRAINER_OBJECTIVES_LOGISTIC_H_
 #define PREFOPT_TRAINER_OBJECTIVES_LOGISTIC_H_

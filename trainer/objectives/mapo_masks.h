@@ -1,4 +1,4 @@
-// MaPO's activation-derived token masks for SparsePO (objectives.md §2,
+// MaPO's activation-derived token masks for SparsePO (docs/objectives.md §2,
 // "MaPO"): fixed masks computed from the frozen reference model's activations
 // on the response tokens, with no parameters and no gradient.
 //

@@ -1,7 +1,7 @@
 // Sums of per-example metric values over a global batch, turned into means
 // when the step is logged. Each metric has its own denominator (pairs, tokens,
 // tokens × vocabulary), so a sum travels with its count; summing both across
-// micro-batches and ranks gives global-batch means (objectives.md §0).
+// micro-batches and ranks gives global-batch means (docs/objectives.md §0).
 #ifndef PREFOPT_TRAINER_OBJECTIVES_METRIC_SUMS_H_
 #define PREFOPT_TRAINER_OBJECTIVES_METRIC_SUMS_H_
 

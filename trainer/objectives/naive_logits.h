@@ -1,6 +1,7 @@
-// Test helper: the per-token quantities of objectives.md §0 and §2 computed
-// from a full row of logits in double, the way no kernel does (everything
-// materialized), and the logit gradient rebuilt from per-token coefficients.
+// Test helper: the per-token quantities of docs/objectives.md §0 and §2
+// computed from a full row of logits in double, the way no kernel does
+// (everything materialized), and the logit gradient rebuilt from per-token
+// coefficients.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_NAIVE_LOGITS_H_
 #define PREFOPT_TRAINER_OBJECTIVES_NAIVE_LOGITS_H_
 

@@ -1,5 +1,5 @@
 // The plug-in interface of the objectives whose logit gradient has the
-// coefficient form G_t·(softmax − onehot) (objectives.md §0): DPO and its
+// coefficient form G_t·(softmax − onehot) (docs/objectives.md §0): DPO and its
 // variants, SFT, PRIOR and implicit-reward SFT. An objective says which data
 // and reference values it needs, how its loss is normalized over a global
 // batch, and turns one micro-batch's policy log-probs into per-token
@@ -43,8 +43,8 @@ class Objective {
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
 
-  // The global-batch denominator of the loss (objectives.md §0): the number
-  // of pairs, of sequences, or of response tokens in `batch`.
+  // The global-batch denominator of the loss (docs/objectives.md §0): the
+  // number of pairs, of sequences, or of response tokens in `batch`.
   virtual double Denominator(const std::vector<data::Example>& examples,
                              const std::vector<int>& batch) const = 0;
 

@@ -1,5 +1,5 @@
 // The chunked output layer over the response rows of a packed batch
-// (objectives.md §7): pass 1 reduces each response row's logits to its
+// (docs/objectives.md §7): pass 1 reduces each response row's logits to its
 // log-prob and summaries; after the objective has turned those into per-row
 // coefficients G_t, pass 2 recomputes the logits and backpropagates
 // G_t·(softmax − onehot) into the hidden states and the output embedding.

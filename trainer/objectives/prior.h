@@ -1,7 +1,7 @@
-// PRIOR token reweighting (objectives.md §4; Chen et al. 2025, "Prioritizing
-// Image-Related Tokens"): supervised fine-tuning in which each completion
-// token's NLL is weighted by how hard the token is for a reference that does
-// not see the context, so tokens grounded in the context weigh more.
+// PRIOR token reweighting (docs/objectives.md §4; Chen et al. 2025,
+// "Prioritizing Image-Related Tokens"): supervised fine-tuning in which each
+// completion token's NLL is weighted by how hard the token is for a reference
+// that does not see the context, so tokens grounded in the context weigh more.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_PRIOR_H_
 #define PREFOPT_TRAINER_OBJECTIVES_PRIOR_H_
 

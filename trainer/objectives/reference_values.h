@@ -1,5 +1,5 @@
-// Reference-model log-probs of every response of a dataset (objectives.md §6):
-// the summed L̃ of each response, and, for objectives that need them, the
+// Reference-model log-probs of every response of a dataset (docs/objectives.md
+// §6): the summed L̃ of each response, and, for objectives that need them, the
 // per-token ℓ̃_t. Response j of example i is entry first_response[i] + j.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_REFERENCE_VALUES_H_
 #define PREFOPT_TRAINER_OBJECTIVES_REFERENCE_VALUES_H_

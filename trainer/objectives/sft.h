@@ -1,6 +1,6 @@
-// Plain supervised fine-tuning (objectives.md §5): the negative log-likelihood
-// of the response tokens, averaged over the response tokens of the global
-// batch.
+// Plain supervised fine-tuning (docs/objectives.md §5): the negative
+// log-likelihood of the response tokens, averaged over the response tokens of
+// the global batch.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_SFT_H_
 #define PREFOPT_TRAINER_OBJECTIVES_SFT_H_
 

@@ -1,4 +1,4 @@
-// SparsePO (objectives.md §2; Christopoulou et al. 2024, official code
+// SparsePO (docs/objectives.md §2; Christopoulou et al. 2024, official code
 // huawei-noah/HEBO/SparsePO): token-level preference optimization in which a
 // reward mask m^u and a KL mask m^d weight each response token's log-ratio
 // r_t = ℓ_t − ℓ̃_t and KL term K_t = −KL(p_t‖π_t). With both masks ≡ 1 it is
@@ -79,7 +79,7 @@ class SparsePoObjective {
   // coefficients are
   //   chosen:   A_t = −g m^u_t / P,  B_t = +g m^d_t / P
   //   rejected: A_t = +g m^u_t / P,  B_t = −g m^d_t / P
-  // (objectives.md §2's chosen gradient g[m^u(1[v=y] − π) − m^d(p − π)]
+  // (docs/objectives.md §2's chosen gradient g[m^u(1[v=y] − π) − m^d(p − π)]
   // rewritten in the A/B form), and the mask gradients
   //   ∂/∂m^u_{w,t} = (g r^w_t + c_u s)/P,   ∂/∂m^u_{l,t} = (−g r^l_t + c_u
   //   s)/P, ∂/∂m^d_{w,t} = (−g K^w_t + c_d s)/P,  ∂/∂m^d_{l,t} = (g K^l_t + c_d

@@ -1,5 +1,5 @@
-// SparsePO's learned token mask (objectives.md §2, "Learned"): a small network
-// over the frozen reference model's hidden states,
+// SparsePO's learned token mask (docs/objectives.md §2, "Learned"): a small
+// network over the frozen reference model's hidden states,
 //   m_t = ReLU( Σ_l c_l · ReLU(w_lᵀ LN(h_{l,t}) + b_l) ),
 // with one affine LayerNorm shared by the L layers, per-layer w_l ∈ R^H and
 // scalar b_l, and a bias-free mixer c ∈ R^L. The ReLUs make exact zeros, which
@@ -15,8 +15,8 @@
 //   <name>.w.<l>     [H]   l = 0..L−1           weight decay
 //   <name>.b         [L]   b_0..b_{L−1}, init 0 no weight decay
 //   <name>.c         [L]   the mixer            weight decay
-// (is_norm_or_bias marks the undecayed ones; objectives.md fixes the decay of
-// w and c at 0.01.) They go into checkpoints but not into the Hugging Face
+// (is_norm_or_bias marks the undecayed ones; docs/objectives.md fixes the decay
+// of w and c at 0.01.) They go into checkpoints but not into the Hugging Face
 // export.
 //
 // Threads: rows (forward) and layers (backward) are split over OpenMP threads;
@@ -36,7 +36,7 @@ namespace prefopt::objectives {
 
 class SparsePoMaskNet {
  public:
-  // The weight decay objectives.md §2 gives w and c.
+  // The weight decay docs/objectives.md §2 gives w and c.
   static constexpr double kWeightDecay = 0.01;
 
   // `name` prefixes the tensor names: "sparsepo_mask" for a common mask, and

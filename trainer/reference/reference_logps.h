@@ -1,8 +1,8 @@
-// The precomputed reference (objectives.md §6): one no-grad pass of the frozen
-// reference model over the dataset gives every response's summed log-prob L̃
-// (and, when asked, its per-token ℓ̃_t). The values are cached in a file keyed
-// by a fingerprint of the reference weights, the token ids and the options, so
-// later runs reuse them and training holds no second model.
+// The precomputed reference (docs/objectives.md §6): one no-grad pass of the
+// frozen reference model over the dataset gives every response's summed
+// log-prob L̃ (and, when asked, its per-token ℓ̃_t). The values are cached in a
+// file keyed by a fingerprint of the reference weights, the token ids and the
+// options, so later runs reuse them and training holds no second model.
 #ifndef PREFOPT_TRAINER_REFERENCE_REFERENCE_LOGPS_H_
 #define PREFOPT_TRAINER_REFERENCE_REFERENCE_LOGPS_H_
 
