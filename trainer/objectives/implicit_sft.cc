@@ -21,7 +21,7 @@ PhiValue EvaluatePhi(Divergence divergence, double r, double domain_margin) {
       r_min = -std::log(2.0) + domain_margin;
       break;
     case Divergence::kKl:
-      r_min = -1.0 - kKlMaxExponent;
+      r_min = -kKlMaxExponent;
       break;
     case Divergence::kTotalVariation:
     case Divergence::kPearsonChi2:
@@ -48,7 +48,9 @@ PhiValue EvaluatePhi(Divergence divergence, double r, double domain_margin) {
       break;
     }
     case Divergence::kKl: {
-      const double e = std::exp(-(r + 1.0));
+      // The convex conjugate's exp(−(r+1)) scaled by e: the minimizer is the
+      // same, and the weight at π = π_ref is β, as for the other divergences.
+      const double e = std::exp(-r);
       v.phi = -e;
       v.dphi = e;
       break;

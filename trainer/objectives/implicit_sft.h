@@ -19,7 +19,7 @@ enum class Divergence {
   kTotalVariation,    // −φ(r) = −r                (plain SFT up to scale)
   kPearsonChi2,       // −φ(r) = −r + r²/4
   kNeymanChi2,        // −φ(r) = 2 − 2√(1+r),        r > −1
-  kKl,                // −φ(r) = exp(−(r+1)); φ′(0) = 1/e, not 1
+  kKl,                // −φ(r) = exp(−r)
   kSquaredHellinger,  // −φ(r) = −r/(1+r),           r > −1
   kJensenShannon,     // −φ(r) = −log(2 − exp(−r)),  r > −ln 2
 };
@@ -42,8 +42,8 @@ struct ImplicitSftOptions {
   double domain_margin = 1e-2;
 };
 
-// KL's exponent −(r + 1) is clamped to at most this (r ≥ −21), which bounds
-// its loss and weight by e^20 ≈ 4.9e8.
+// KL's exponent −r is clamped to at most this (r ≥ −20), which bounds its
+// loss and weight by e^20 ≈ 4.9e8.
 inline constexpr double kKlMaxExponent = 20.0;
 
 // φ and φ′ of a divergence at r after clamping r into its domain (see

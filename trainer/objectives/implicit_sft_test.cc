@@ -59,7 +59,7 @@ TEST(ImplicitSft, PhiValuesAtOneMatchTheTable) {
               1e-15);
   EXPECT_NEAR(-EvaluatePhi(Divergence::kNeymanChi2, 1, 0.01).phi,
               2 - 2 * std::sqrt(2.0), 1e-15);
-  EXPECT_NEAR(-EvaluatePhi(Divergence::kKl, 1, 0.01).phi, std::exp(-2.0),
+  EXPECT_NEAR(-EvaluatePhi(Divergence::kKl, 1, 0.01).phi, std::exp(-1.0),
               1e-15);
   EXPECT_NEAR(-EvaluatePhi(Divergence::kSquaredHellinger, 1, 0.01).phi, -0.5,
               1e-15);
@@ -135,13 +135,11 @@ TEST(ImplicitSft, TotalVariationGranularitiesAgree) {
 
 TEST(ImplicitSft, AtTheReferenceEveryDivergencePushesLikeSft) {
   // π = π_ref: ℓ_t = ℓ̃_t, r = 0, and G_t = β φ′(0) / global_sequences for
-  // every token. φ′(0) = 1 for all of the contract's φ but KL's, whose
-  // −φ(r) = exp(−(r+1)) gives φ′(0) = e^{−1}: its push is SFT's direction
-  // scaled by 1/e.
+  // every token, with φ′(0) = 1 for every divergence (KL's loss is exp(−r),
+  // not the conjugate's exp(−(r+1)), whose weight there would be β/e).
   const double beta = 0.1;
   for (Divergence d : kAll) {
-    const double dphi0 = d == Divergence::kKl ? std::exp(-1.0) : 1.0;
-    EXPECT_NEAR(EvaluatePhi(d, 0.0, 0.01).dphi, dphi0, 1e-15);
+    EXPECT_NEAR(EvaluatePhi(d, 0.0, 0.01).dphi, 1.0, 1e-15);
     for (Granularity g : {Granularity::kSequence, Granularity::kToken}) {
       const ImplicitSftObjective isft = Make(d, g, beta);
       MetricSums sums, sft_sums;
@@ -152,7 +150,7 @@ TEST(ImplicitSft, AtTheReferenceEveryDivergencePushesLikeSft) {
         SftSequence(scores, 8, &sft_sums, &sft_coef);
       }
       for (size_t t = 0; t < coef.size(); ++t) {
-        EXPECT_FLOAT_EQ(coef[t] * 2, beta * dphi0 * sft_coef[t] * 8)
+        EXPECT_FLOAT_EQ(coef[t] * 2, beta * sft_coef[t] * 8)
             << static_cast<int>(d) << " token " << t;
       }
       EXPECT_EQ(sums.Means()["isft/reward"], 0.0);
