@@ -1,6 +1,6 @@
 // Host side of CudaBackend: device setup, memory, uploads of the interface's
 // host arrays, cuBLASLt GEMMs, and the op-by-op orchestration of the kernels
-// in cuda_backend.cu.
+// of cuda_kernels.h.
 #include "kernels/cuda/cuda_backend.h"
 
 #include <cublasLt.h>

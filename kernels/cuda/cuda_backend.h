@@ -31,7 +31,7 @@
 //
 // Attention saves only the row logsumexp: AttentionProbsSize is N * NH
 // floats (not the T x T probabilities of the CPU backends), and the backward
-// recomputes the probabilities tile by tile (see cuda_backend.cu). Head sizes
+// recomputes the probabilities tile by tile (see attention.cu). Head sizes
 // up to 256. CachedAttentionForward (decoding) runs in fp32 in both modes.
 //
 // Determinism: every op gives bitwise-identical results run to run on the

@@ -2,6 +2,23 @@
 // enqueues its work on `stream` and returns the launch status
 // (cudaGetLastError), which the caller checks. Every pointer is device memory.
 // Internal to //kernels/cuda; CudaBackend (cuda_backend.h) is the public face.
+// The kernels live in one .cu file per family (embedding.cu, normalization.cu,
+// elementwise.cu, rope.cu, attention.cu, cached_attention.cu, output_layer.cu,
+// optimizer.cu), with what several families share in device_common.cuh.
+//
+// Precision: the kernels read and write fp32 tensors (the bf16 operand copies
+// for GEMMs and the output layer's bf16 dz aside) and accumulate in fp32
+// (SumSquares in double). The build compiles with --use_fast_math, so exp,
+// log and division default to the hardware approximations; where an op is
+// held to the fp32 reference at 1e-5 the code says which operation it wants:
+// exp through exp2f (ex2.approx, about 2 ulp), correctly rounded sqrt and
+// division (__fsqrt_rn, __fdiv_rn, __frcp_rn, __frsqrt_rn), and, where the CPU
+// reference's exact sequence of roundings is cheap to mirror (Axpy, AdamW),
+// __fmul_rn/__fadd_rn, which the compiler never fuses into an FMA.
+//
+// Determinism: no kernel uses floating-point atomics; each output element is
+// written by one thread whose summation order is fixed by the launch shape,
+// and every launch shape is a function of the problem size alone.
 #ifndef PREFOPT_KERNELS_CUDA_CUDA_KERNELS_H_
 #define PREFOPT_KERNELS_CUDA_CUDA_KERNELS_H_
 
@@ -87,7 +104,7 @@ cudaError_t RopeRotate(cudaStream_t stream, float* qkv, const int32_t* pos,
                        const float* cos, const float* sin, int N, int NH,
                        int NKV, int hs, float sign);
 
-// ---- attention (flash-attention-2 style; see cuda_backend.cu) ----
+// ---- attention (flash-attention-2 style; see attention.cu) ----
 // One block's share of a packed sequence: rows
 // [tile_start, tile_start + AttentionTileRows(hs)) of the sequence at rows
 // [seq_start, seq_start + seq_len) of the batch (queries for the forward and
