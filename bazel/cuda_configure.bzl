@@ -29,6 +29,14 @@ cc_library(
     ],
 )
 
+# The toolkit's headers alone (no libraries): for the CUDA simulation
+# (//kernels/cuda/sim), which defines the runtime and cuBLASLt calls itself.
+cc_library(
+    name = "headers",
+    hdrs = glob(["include/**/*.h", "include/**/*.hpp", "include/**/*.cuh", "include/**/*.inl"]),
+    includes = ["include"],
+)
+
 cc_library(
     name = "nccl",
     linkopts = ["-L{root}/lib64", "-Wl,-rpath,{root}/lib64", "-lnccl"],

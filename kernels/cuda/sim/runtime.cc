@@ -1,0 +1,667 @@
+#include "kernels/cuda/sim/runtime.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/sim/device.h"
+#include "kernels/cuda/sim/grid_runner.h"
+
+// Opaque handle types of the CUDA runtime, defined by the simulation.
+struct CUevent_st;
+
+struct CUstream_st {
+  struct Item {
+    std::function<void()> work;
+    CUevent_st* records = nullptr;  // an event recorded at this point
+  };
+  std::deque<Item> pending;
+};
+
+struct CUevent_st {
+  CUstream_st* stream = nullptr;  // where it was last recorded
+  uint64_t recorded = 0;          // times recorded
+  uint64_t completed = 0;         // times the stream reached the record
+};
+
+namespace prefopt::cudasim {
+namespace {
+
+// Limits of the device the simulation presents (an sm_90 GPU's).
+constexpr int kMaxThreadsPerBlock = 1024;
+constexpr int kDefaultSharedBytes = 48 << 10;
+constexpr int kOptInSharedBytes = 227 << 10;
+constexpr size_t kDeviceAlignment = 256;
+
+[[noreturn]] void Die(const std::string& message) {
+  std::fprintf(stderr, "cudasim: %s\n", message.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+size_t EnvSize(const char* name, size_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(env, &end, 10);
+  if (end == env || *end != '\0' || v == 0) {
+    Die(std::string(name) + "=" + env + " is not a positive integer");
+  }
+  return static_cast<size_t>(v);
+}
+
+// All state of the simulated devices; one lock, since calls are cheap next
+// to the work they queue and queued work runs outside it.
+class Runtime {
+ public:
+  static Runtime& Get() {
+    static Runtime* runtime = new Runtime();  // lives until exit
+    return *runtime;
+  }
+
+  std::mutex mu;
+  int devices = static_cast<int>(EnvSize("PREFOPT_CUDASIM_DEVICES", 1));
+  size_t memory_bytes = EnvSize(
+      "PREFOPT_CUDASIM_MEMORY_BYTES",
+      static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+  size_t used_bytes = 0;
+  std::map<uintptr_t, size_t> device_allocations;  // start -> bytes
+  std::map<uintptr_t, size_t> pinned_allocations;
+  std::map<const void*, int> shared_opt_in;  // kernel -> max dynamic bytes
+  CUstream_st legacy_stream;
+  std::vector<CUstream_st*> streams{&legacy_stream};
+
+  // The allocation in `allocations` containing [p, p + bytes), or end().
+  static std::map<uintptr_t, size_t>::const_iterator Find(
+      const std::map<uintptr_t, size_t>& allocations, const void* p,
+      size_t bytes) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocations.upper_bound(a);
+    if (it == allocations.begin()) return allocations.end();
+    --it;
+    if (a + bytes > it->first + it->second) return allocations.end();
+    return it;
+  }
+};
+
+thread_local cudaError_t last_error = cudaSuccess;
+
+cudaError_t Fail(cudaError_t err) {
+  last_error = err;
+  return err;
+}
+
+CUstream_st* StreamOf(cudaStream_t s) {
+  return s == nullptr ? &Runtime::Get().legacy_stream : s;
+}
+
+// Runs a stream's queued work in order until `until` returns true (or the
+// queue is empty). Work runs without the runtime lock.
+template <typename Until>
+void Drain(CUstream_st* stream, Until until) {
+  for (;;) {
+    CUstream_st::Item item;
+    {
+      std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+      if (until() || stream->pending.empty()) return;
+      item = std::move(stream->pending.front());
+      stream->pending.pop_front();
+    }
+    if (item.work) item.work();
+    if (item.records != nullptr) {
+      std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+      ++item.records->completed;
+    }
+  }
+}
+
+void DrainStream(CUstream_st* stream) {
+  Drain(stream, [] { return false; });
+}
+
+void DrainAll() {
+  std::vector<CUstream_st*> streams;
+  {
+    std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+    streams = Runtime::Get().streams;
+  }
+  for (CUstream_st* s : streams) DrainStream(s);
+}
+
+void WaitForEvent(CUevent_st* event) {
+  uint64_t target;
+  CUstream_st* stream;
+  {
+    std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+    target = event->recorded;
+    stream = event->stream;
+  }
+  if (stream == nullptr) return;
+  Drain(stream, [event, target] { return event->completed >= target; });
+}
+
+bool IsPinned(const void* p, size_t bytes) {
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  return Runtime::Find(rt.pinned_allocations, p, bytes) !=
+         rt.pinned_allocations.end();
+}
+
+enum class Side { kHost, kDevice };
+
+// The side of a copy's pointer that `kind` declares, checked against the
+// allocations (cudaMemcpyDefault: inferred).
+cudaError_t CheckSide(const void* p, size_t bytes, Side declared,
+                      const char* call, const char* role) {
+  if (declared == Side::kDevice && !IsDeviceRange(p, bytes)) {
+    std::fprintf(stderr,
+                 "cudasim: %s: %s range %p + %zu bytes is not inside a device "
+                 "allocation\n",
+                 call, role, p, bytes);
+    return Fail(cudaErrorInvalidValue);
+  }
+  if (declared == Side::kHost && IsDeviceRange(p, 1)) {
+    std::fprintf(stderr,
+                 "cudasim: %s: %s %p is device memory, kind says host\n", call,
+                 role, p);
+    return Fail(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
+                 cudaStream_t stream, bool async, const char* call) {
+  if (count == 0) return cudaSuccess;
+  if (kind == cudaMemcpyDefault) {
+    const bool d_dev = IsDeviceRange(dst, count);
+    const bool s_dev = IsDeviceRange(src, count);
+    kind = d_dev ? (s_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                 : (s_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  }
+  const bool dst_dev =
+      kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_dev =
+      kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (cudaError_t e =
+          CheckSide(dst, count, dst_dev ? Side::kDevice : Side::kHost, call,
+                    "destination");
+      e != cudaSuccess) {
+    return e;
+  }
+  if (cudaError_t e = CheckSide(
+          src, count, src_dev ? Side::kDevice : Side::kHost, call, "source");
+      e != cudaSuccess) {
+    return e;
+  }
+  CUstream_st* s = StreamOf(stream);
+  if (!async) {
+    DrainAll();
+    std::memcpy(dst, src, count);
+    return cudaSuccess;
+  }
+  if (!src_dev && !IsPinned(src, count)) {
+    // Pageable source: staged now, so the caller may reuse its buffer.
+    auto staged = std::make_shared<std::vector<unsigned char>>(
+        static_cast<const unsigned char*>(src),
+        static_cast<const unsigned char*>(src) + count);
+    Enqueue(
+        s, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    Enqueue(s, [dst, src, count] { std::memcpy(dst, src, count); });
+  }
+  if (!dst_dev && !IsPinned(dst, count)) {
+    // Pageable destination: the copy has completed when the call returns.
+    DrainStream(s);
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+void Enqueue(cudaStream_t stream, std::function<void()> work) {
+  std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+  StreamOf(stream)->pending.push_back({std::move(work), nullptr});
+}
+
+bool IsDeviceRange(const void* p, size_t bytes) {
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  return Runtime::Find(rt.device_allocations, p, bytes) !=
+         rt.device_allocations.end();
+}
+
+void EnqueueKernel(cudaStream_t stream, const void* kernel, GridLaunch launch) {
+  const dim3 g = launch.grid, b = launch.block;
+  const uint64_t threads = static_cast<uint64_t>(b.x) * b.y * b.z;
+  std::string problem;
+  if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0) {
+    problem = "an empty grid or block";
+  } else if (g.y > 65535 || g.z > 65535 || g.x > 0x7fffffffu) {
+    problem = "grid dimensions beyond CUDA's limits (2^31-1, 65535, 65535)";
+  } else if (threads > kMaxThreadsPerBlock || b.z > 64) {
+    problem = "a block of " + std::to_string(threads) +
+              " threads (limit 1024; z limit 64)";
+  }
+  if (!problem.empty()) {
+    std::fprintf(stderr, "cudasim: launch of %s: %s\n", launch.kernel_name,
+                 problem.c_str());
+    Fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  int limit = kDefaultSharedBytes;
+  {
+    Runtime& rt = Runtime::Get();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    if (auto it = rt.shared_opt_in.find(kernel); it != rt.shared_opt_in.end()) {
+      limit = std::max(limit, it->second);
+    }
+  }
+  if (launch.dynamic_shared_bytes > static_cast<size_t>(limit)) {
+    std::fprintf(stderr,
+                 "cudasim: launch of %s: %zu bytes of dynamic shared memory, "
+                 "more than the %d the kernel may use (above 48 KiB needs "
+                 "cudaFuncSetAttribute(MaxDynamicSharedMemorySize))\n",
+                 launch.kernel_name, launch.dynamic_shared_bytes, limit);
+    Fail(cudaErrorInvalidValue);
+    return;
+  }
+  auto shared = std::make_shared<GridLaunch>(std::move(launch));
+  Enqueue(stream, [shared] { RunGrid(*shared); });
+}
+
+}  // namespace prefopt::cudasim
+
+using prefopt::cudasim::DrainAll;
+using prefopt::cudasim::DrainStream;
+using prefopt::cudasim::Fail;
+using prefopt::cudasim::Runtime;
+using prefopt::cudasim::StreamOf;
+
+extern "C" {
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = prefopt::cudasim::last_error;
+  prefopt::cudasim::last_error = cudaSuccess;
+  return err;
+}
+
+cudaError_t cudaPeekAtLastError() { return prefopt::cudasim::last_error; }
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    default:
+      return "cudaErrorUnknown";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    default:
+      return "unknown error";
+  }
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = Runtime::Get().devices;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= Runtime::Get().devices) {
+    return Fail(cudaErrorInvalidDevice);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device < 0 || device >= Runtime::Get().devices) {
+    return Fail(cudaErrorInvalidDevice);
+  }
+  std::memset(prop, 0, sizeof(*prop));
+  std::snprintf(prop->name, sizeof(prop->name), "%s",
+                prefopt::cudasim::kDeviceName);
+  prop->major = 9;
+  prop->minor = 0;
+  prop->totalGlobalMem = Runtime::Get().memory_bytes;
+  prop->sharedMemPerBlock = prefopt::cudasim::kDefaultSharedBytes;
+  prop->sharedMemPerBlockOptin = prefopt::cudasim::kOptInSharedBytes;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = prefopt::cudasim::kMaxThreadsPerBlock;
+  prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
+  prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 0x7fffffff;
+  prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+  prop->multiProcessorCount = prefopt::cudasim::WorkerCount();
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr,
+                                   int device) {
+  if (device < 0 || device >= Runtime::Get().devices) {
+    return Fail(cudaErrorInvalidDevice);
+  }
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = prefopt::cudasim::kOptInSharedBytes;
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *value = prefopt::cudasim::kDefaultSharedBytes;
+      return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = prefopt::cudasim::WorkerCount();
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = 9;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = 0;
+      return cudaSuccess;
+    default:
+      std::fprintf(stderr,
+                   "cudasim: cudaDeviceGetAttribute(%d) is not simulated\n",
+                   static_cast<int>(attr));
+      return Fail(cudaErrorInvalidValue);
+  }
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  DrainAll();
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  *total_bytes = rt.memory_bytes;
+  *free_bytes = rt.memory_bytes - rt.used_bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  Runtime& rt = Runtime::Get();
+  {
+    std::lock_guard<std::mutex> lock(rt.mu);
+    if (size > rt.memory_bytes - rt.used_bytes) {
+      *ptr = nullptr;
+      return Fail(cudaErrorMemoryAllocation);
+    }
+  }
+  // Exactly `size` bytes (not rounded up), so AddressSanitizer reports an
+  // access one element past the end of a device buffer.
+  void* p = nullptr;
+  if (posix_memalign(&p, prefopt::cudasim::kDeviceAlignment,
+                     std::max<size_t>(size, 1)) != 0) {
+    *ptr = nullptr;
+    return Fail(cudaErrorMemoryAllocation);
+  }
+  std::lock_guard<std::mutex> lock(rt.mu);
+  rt.device_allocations[reinterpret_cast<uintptr_t>(p)] = size;
+  rt.used_bytes += size;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  // cudaFree waits for the device, as work in flight may use the memory.
+  DrainAll();
+  Runtime& rt = Runtime::Get();
+  {
+    std::lock_guard<std::mutex> lock(rt.mu);
+    auto it = rt.device_allocations.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == rt.device_allocations.end()) {
+      std::fprintf(stderr,
+                   "cudasim: cudaFree(%p): not the start of a device "
+                   "allocation\n",
+                   ptr);
+      return Fail(cudaErrorInvalidValue);
+    }
+    rt.used_bytes -= it->second;
+    rt.device_allocations.erase(it);
+  }
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, std::max<size_t>(size, 1)) != 0) {
+    *ptr = nullptr;
+    return Fail(cudaErrorMemoryAllocation);
+  }
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  rt.pinned_allocations[reinterpret_cast<uintptr_t>(p)] = size;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) {
+  return cudaMallocHost(ptr, size);
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  DrainAll();
+  Runtime& rt = Runtime::Get();
+  {
+    std::lock_guard<std::mutex> lock(rt.mu);
+    if (rt.pinned_allocations.erase(reinterpret_cast<uintptr_t>(ptr)) == 0) {
+      std::fprintf(stderr,
+                   "cudasim: cudaFreeHost(%p): not a cudaMallocHost "
+                   "allocation\n",
+                   ptr);
+      return Fail(cudaErrorInvalidValue);
+    }
+  }
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes,
+                                     const void* ptr) {
+  std::memset(attributes, 0, sizeof(*attributes));
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  if (Runtime::Find(rt.device_allocations, ptr, 1) !=
+      rt.device_allocations.end()) {
+    attributes->type = cudaMemoryTypeDevice;
+    attributes->devicePointer = const_cast<void*>(ptr);
+  } else if (Runtime::Find(rt.pinned_allocations, ptr, 1) !=
+             rt.pinned_allocations.end()) {
+    attributes->type = cudaMemoryTypeHost;
+    attributes->hostPointer = const_cast<void*>(ptr);
+    attributes->devicePointer = const_cast<void*>(ptr);
+  } else {
+    attributes->type = cudaMemoryTypeUnregistered;
+    attributes->device = -2;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count,
+                       cudaMemcpyKind kind) {
+  return prefopt::cudasim::Copy(dst, src, count, kind, nullptr, false,
+                                "cudaMemcpy");
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count,
+                            cudaMemcpyKind kind, cudaStream_t stream) {
+  return prefopt::cudasim::Copy(dst, src, count, kind, stream, true,
+                                "cudaMemcpyAsync");
+}
+
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count,
+                            cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (!prefopt::cudasim::IsDeviceRange(ptr, count)) {
+    std::fprintf(stderr,
+                 "cudasim: cudaMemsetAsync: %p + %zu bytes is not inside a "
+                 "device allocation\n",
+                 ptr, count);
+    return Fail(cudaErrorInvalidValue);
+  }
+  prefopt::cudasim::Enqueue(
+      stream, [ptr, value, count] { std::memset(ptr, value, count); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  const cudaError_t err = cudaMemsetAsync(ptr, value, count, nullptr);
+  DrainAll();
+  return err;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream,
+                                      unsigned int /*flags*/) {
+  auto* s = new CUstream_st();
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  rt.streams.push_back(s);
+  *stream = s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (stream == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  // Queued work still completes, as on the GPU.
+  DrainStream(stream);
+  Runtime& rt = Runtime::Get();
+  {
+    std::lock_guard<std::mutex> lock(rt.mu);
+    auto it = std::find(rt.streams.begin(), rt.streams.end(), stream);
+    if (it == rt.streams.end()) return Fail(cudaErrorInvalidResourceHandle);
+    rt.streams.erase(it);
+  }
+  delete stream;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  DrainStream(StreamOf(stream));
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event,
+                                     unsigned int /*flags*/) {
+  *event = new CUevent_st();
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  return cudaEventCreateWithFlags(event, cudaEventDefault);
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  // A recorded event the stream has not reached yet is still referenced by
+  // the queue: let it complete first.
+  prefopt::cudasim::WaitForEvent(event);
+  delete event;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  CUstream_st* s = StreamOf(stream);
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  event->stream = s;
+  ++event->recorded;
+  s->pending.push_back({nullptr, event});
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  prefopt::cudasim::WaitForEvent(event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+  return event->completed >= event->recorded ? cudaSuccess : cudaErrorNotReady;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event,
+                                unsigned int /*flags*/) {
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+    target = event->recorded;
+  }
+  // Later work on `stream` starts after the event's stream has reached it.
+  prefopt::cudasim::Enqueue(stream, [event, target] {
+    CUstream_st* source;
+    {
+      std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+      source = event->stream;
+    }
+    prefopt::cudasim::Drain(
+        source, [event, target] { return event->completed >= target; });
+  });
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr,
+                                 int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    return cudaSuccess;  // preferences only (carveout, cluster hints)
+  }
+  if (value < 0 || value > prefopt::cudasim::kOptInSharedBytes) {
+    std::fprintf(stderr,
+                 "cudasim: cudaFuncSetAttribute(MaxDynamicSharedMemorySize, "
+                 "%d): the device allows at most %d\n",
+                 value, prefopt::cudasim::kOptInSharedBytes);
+    return Fail(cudaErrorInvalidValue);
+  }
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  rt.shared_opt_in[func] = value;
+  return cudaSuccess;
+}
+
+}  // extern "C"

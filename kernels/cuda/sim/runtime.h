@@ -1,0 +1,39 @@
+// The host side of the CUDA simulation: the CUDA runtime API calls the
+// project makes (device memory, page-locked host memory, copies, streams,
+// events, device properties, kernel attributes, errors), defined here in
+// place of libcudart, over host memory and the CPU execution layer.
+//
+// Work queued on a stream (kernels, async copies and memsets, cuBLASLt GEMMs)
+// runs when the host synchronizes with it, not when it is queued: a host read
+// of a result before cudaStreamSynchronize/cudaEventSynchronize sees stale
+// data here as it may on a GPU, so a missing synchronization fails a test.
+// Copies follow CUDA's pageable/page-locked rules: an async copy from pageable
+// host memory is staged when it is queued, one into pageable host memory
+// completes before the call returns; page-locked memory (cudaMallocHost) is
+// read and written when the stream runs.
+//
+// Settings (environment): PREFOPT_CUDASIM_DEVICES (default 1),
+// PREFOPT_CUDASIM_MEMORY_BYTES (device memory, default: the machine's RAM),
+// PREFOPT_CUDASIM_WORKERS (grid_runner.h).
+#ifndef PREFOPT_KERNELS_CUDA_SIM_RUNTIME_H_
+#define PREFOPT_KERNELS_CUDA_SIM_RUNTIME_H_
+
+#include <cuda_runtime.h>
+
+#include <functional>
+
+namespace prefopt::cudasim {
+
+// The simulated device's name (cudaDeviceProp::name).
+inline constexpr char kDeviceName[] = "CUDA CPU simulation (prefopt cudasim)";
+
+// Queues `work` on `stream` (0: the legacy default stream). For library
+// calls such as cuBLASLt that execute on a stream.
+void Enqueue(cudaStream_t stream, std::function<void()> work);
+
+// Whether [p, p + bytes) lies inside one live device allocation.
+bool IsDeviceRange(const void* p, size_t bytes);
+
+}  // namespace prefopt::cudasim
+
+#endif  // PREFOPT_KERNELS_CUDA_SIM_RUNTIME_H_
