@@ -337,6 +337,7 @@ struct CudaBackend::State {
   void Gemm(const GemmCall& g);
 
   Precision precision = Precision::kFp32;
+  std::string device_name;
   int max_smem_per_block = 0;
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
@@ -456,6 +457,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   }
   auto state = std::make_unique<State>();
   state->precision = precision;
+  state->device_name = prop.name;
   if (absl::Status s = StatusOf(cudaSetDevice(device), "cudaSetDevice");
       !s.ok()) {
     return s;
@@ -503,6 +505,8 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::Name() const {
   return s_->precision == Precision::kBf16 ? "cuda_bf16" : "cuda_fp32";
 }
+
+std::string CudaBackend::DeviceName() const { return s_->device_name; }
 
 float* CudaBackend::Alloc(size_t n) {
   return static_cast<float*>(DeviceAlloc(n * sizeof(float)));

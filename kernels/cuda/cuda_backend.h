@@ -73,6 +73,9 @@ class CudaBackend : public Backend {
 
   // "cuda_fp32" or "cuda_bf16".
   std::string Name() const override;
+  // The device's name as the CUDA runtime reports it (the CPU simulation
+  // reports "CUDA CPU simulation (prefopt cudasim)").
+  std::string DeviceName() const;
 
   float* Alloc(size_t n) override;
   void Free(float* p) override;
