@@ -38,7 +38,8 @@ __global__ void __launch_bounds__(kSumThreads)
 __global__ void __launch_bounds__(1024)
     SumSquaresFinalKernel(double* result, const double* partials, int count) {
   __shared__ double shared[32];
-  const double v = threadIdx.x < count ? partials[threadIdx.x] : 0.0;
+  const double v =
+      static_cast<int>(threadIdx.x) < count ? partials[threadIdx.x] : 0.0;
   const double total = BlockSum(v, shared);
   if (threadIdx.x == 0) *result = total;
 }
