@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU session's one script (an H200, at most 8 minutes): build, run every
-# test tagged "gpu", benchmark the CUDA backend's ops, time a PyTorch DPO step
+# test tagged "gpu", run the CUDA backend test under NVIDIA's compute-sanitizer
+# (memcheck, racecheck, synccheck), benchmark the CUDA backend's ops, time a
+# PyTorch DPO step
 # for comparison, and the end-to-end prefopt DPO step once the trainer can
 # select the CUDA backend. Everything it finds goes to $OUT/gpu_summary.txt
 # (gpu_summary.txt in the repository root when $OUT is unset) and to stdout.
@@ -178,6 +180,44 @@ for t in "${tests[@]}"; do
     say "PASSED  $t ($secs s): $passed passed, $skipped skipped${reason:+ ($reason)}"
   fi
 done
+
+# ---- compute-sanitizer over the backend test ----
+say ""
+say "== compute-sanitizer (memcheck, racecheck, synccheck) over cuda_backend_test =="
+sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+backend_test=""
+for t in "${tests[@]}"; do
+  [[ "${t##*[/:]}" == cuda_backend_test ]] && backend_test="$t"
+done
+if [[ -n "$backend_test" && "$mode" != prebuilt ]]; then
+  backend_test="$bin_dir/kernels/cuda/cuda_backend_test"
+fi
+if [[ ! -x "$sanitizer" ]]; then
+  say "SKIPPED: no compute-sanitizer (not in PATH or /usr/local/cuda/bin)"
+elif [[ -z "$backend_test" || ! -x "$backend_test" ]]; then
+  say "SKIPPED: cuda_backend_test binary not found"
+elif ! nvidia-smi >/dev/null 2>&1; then
+  say "SKIPPED: no GPU (nvidia-smi fails)"
+else
+  # memcheck over every op; racecheck and synccheck (slower) over the kernels
+  # that use shared memory and barriers.
+  for tool in memcheck racecheck synccheck; do
+    filter='*'
+    [[ "$tool" != memcheck ]] && filter='*Attention*:*LayerNorm*:*RmsNorm*:*OutputLayer*:*SumSquares*'
+    t_start=$SECONDS
+    timeout "$(budget 120)" "$sanitizer" --tool "$tool" --error-exitcode 3 \
+      "$backend_test" --gtest_filter="$filter" >"$LOGDIR/sanitizer_$tool.log" 2>&1
+    rc=$?
+    errors=$(grep -m1 -oE 'ERROR SUMMARY: [0-9]+ errors?' "$LOGDIR/sanitizer_$tool.log")
+    if ((rc == 0)); then
+      say "PASSED  compute-sanitizer --tool $tool ($((SECONDS - t_start)) s): ${errors:-no summary}"
+    else
+      failed=1
+      say "FAILED  compute-sanitizer --tool $tool (exit $rc, $((SECONDS - t_start)) s): ${errors:-no summary}"
+      grep -E '=========' "$LOGDIR/sanitizer_$tool.log" | head -30 | tee -a "$SUMMARY"
+    fi
+  done
+fi
 
 # ---- benchmarks ----
 say ""

@@ -25,7 +25,11 @@
 
 // Static shared memory is per block: every fiber of a block runs on the same
 // worker thread, one block at a time, so a thread-local static is exactly
-// one block's copy.
+// one block's copy. Its element type should be trivially constructible (as
+// nvcc requires of __shared__ variables without initializers): otherwise the
+// compiler adds a thread-local initialization guard that all fibers of the
+// block share, which ThreadSanitizer reports. bf16 tiles belong in dynamic
+// shared memory.
 #undef __shared__
 #define __shared__ static thread_local
 #undef __launch_bounds__

@@ -242,7 +242,7 @@ TEST(CudaSimulation, BlockReductionWithWarpZeroOnly) {
 // Dynamic shared memory starts poisoned (NaN), and is per block.
 __global__ void DynamicSharedKernel(float* out) {
   float* s = DynamicShared<float>();
-  out[blockIdx.x * 2] = s[threadIdx.x];
+  if (threadIdx.x == 0) out[blockIdx.x * 2] = s[blockDim.x - 1];
   __syncthreads();
   s[threadIdx.x] = static_cast<float>(blockIdx.x);
   __syncthreads();
@@ -293,7 +293,11 @@ TEST(CudaSimulation, LaunchLimits) {
 __global__ void WmmaKernel(float* c, const __nv_bfloat16* a,
                            const __nv_bfloat16* b, int ldc) {
   using namespace nvcuda;
-  __shared__ __align__(32) __nv_bfloat16 as[16 * 24], bs[16 * 24];
+  // Dynamic shared memory: a static __shared__ array of __nv_bfloat16 (whose
+  // host default constructor is not trivial) gets a thread-local
+  // initialization guard that every fiber of the block touches.
+  __nv_bfloat16* as = DynamicShared<__nv_bfloat16>();
+  __nv_bfloat16* bs = as + 16 * 24;
   for (int i = threadIdx.x; i < 256; i += 32) {
     as[i / 16 * 24 + i % 16] = a[i];
     bs[i / 16 * 24 + i % 16] = b[i];
@@ -321,7 +325,7 @@ TEST(CudaSimulation, Wmma) {
   float* dc = DeviceArray<float>(20 * 16);
   cudaMemcpy(da, a.data(), 512, cudaMemcpyHostToDevice);
   cudaMemcpy(db, b.data(), 512, cudaMemcpyHostToDevice);
-  LAUNCH(WmmaKernel, 1, 32, 0, nullptr)(dc, da, db, 20);
+  LAUNCH(WmmaKernel, 1, 32, 2 * 16 * 24 * 2, nullptr)(dc, da, db, 20);
   const std::vector<float> c = ToHost(dc, 20 * 16);
   for (int r = 0; r < 16; ++r) {
     for (int col = 0; col < 16; ++col) {
