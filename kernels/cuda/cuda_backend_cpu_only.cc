@@ -11,4 +11,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
       "this binary was built)");
 }
 
+// Unreachable (Create never succeeds); defined for callers that link it.
+std::string CudaBackend::DeviceName() const { return ""; }
+
 }  // namespace prefopt::kernels
