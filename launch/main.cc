@@ -35,6 +35,7 @@
 #include "comm/launch_env.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/omp_wait_policy.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "trainer/checkpoint/checkpoint_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/hf_config.h"
@@ -609,6 +610,9 @@ int Generate(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
+  // --config=cudasim build).
+  prefopt::kernels::RegisterCudaBackend();
   if (argc < 2 || std::string_view(argv[1]) == "--help" ||
       std::string_view(argv[1]) == "help") {
     std::cout << prefopt::kUsage;

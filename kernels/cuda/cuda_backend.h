@@ -77,6 +77,9 @@ class CudaBackend : public Backend {
   // reports "CUDA CPU simulation (prefopt cudasim)").
   std::string DeviceName() const;
 
+  void Synchronize() override;
+  bool HostAddressable() const override { return false; }
+
   float* Alloc(size_t n) override;
   void Free(float* p) override;
   void Zero(float* p, size_t n) override;
@@ -156,6 +159,11 @@ class CudaBackend : public Backend {
 
   std::unique_ptr<State> s_;
 };
+
+// Makes CudaBackend the GPU backend that kernels/select's SelectBackend
+// creates (device: GPU / AUTO). In a build without the toolkit it registers a
+// factory that says so.
+void RegisterCudaBackend();
 
 }  // namespace prefopt::kernels
 

@@ -99,6 +99,10 @@ TrainConfig TrainingConfig(const TrainConfig& config) {
   training.clear_log_every_steps();
   training.clear_eval_every_steps();
   training.clear_export_hf_path();
+  // The weights and moments have one layout on every backend: a run may
+  // resume on another device.
+  training.clear_device();
+  training.clear_precision();
   DataConfig& data = *training.mutable_data();
   data.clear_train_files();
   data.clear_eval_files();

@@ -62,9 +62,11 @@ MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
 // in place: the decoder's memory is host memory here (see the header).
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
-  MaskInputs(bool learned, const std::vector<MapoGroup>& groups, int layers,
-             int hidden, int max_rows)
-      : learned_(learned),
+  MaskInputs(kernels::Backend* backend, bool learned,
+             const std::vector<MapoGroup>& groups, int layers, int hidden,
+             int max_rows)
+      : backend_(backend),
+        learned_(learned),
         layers_(layers),
         hidden_(hidden),
         max_rows_(max_rows) {
@@ -104,8 +106,9 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
       float* out =
           states_.data() + static_cast<size_t>(slot) * max_rows_ * hidden_;
       for (const objectives::ResponseSegment& s : *segments_) {
+        const float* rows = SegmentRows(v, s);
         for (int t = 0; t < s.count; ++t, out += hidden_) {
-          const float* row = v.data + static_cast<size_t>(s.row + t) * v.stride;
+          const float* row = rows + static_cast<size_t>(t) * v.stride;
           std::copy(row, row + hidden_, out);
         }
       }
@@ -116,13 +119,27 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     float* out = scores_.data() + map_groups_.size() * max_rows_;
     map_groups_.push_back(group);
     for (const objectives::ResponseSegment& s : *segments_) {
+      const float* rows = SegmentRows(v, s);
       for (int t = 0; t < s.count; ++t) {
-        const float* row = v.data + static_cast<size_t>(s.row + t) * v.stride;
+        const float* row = rows + static_cast<size_t>(t) * v.stride;
         double sum = 0;
         for (int h = 0; h < v.width; ++h) sum += row[h];
         *out++ = static_cast<float>(sum / v.width);
       }
     }
+  }
+
+  // A host copy of the segment's rows of an activation (backend memory,
+  // which on the GPU the host cannot read), `v.stride` floats apart.
+  const float* SegmentRows(const model::ActivationView& v,
+                           const objectives::ResponseSegment& s) {
+    if (s.count == 0) return nullptr;
+    const size_t n = static_cast<size_t>(s.count - 1) * v.stride +
+                     static_cast<size_t>(v.width);
+    segment_rows_.resize(n);
+    backend_->CopyToHost(segment_rows_.data(),
+                         v.data + static_cast<size_t>(s.row) * v.stride, n);
+    return segment_rows_.data();
   }
 
   // LEARNED: per layer, the hidden states of the response rows.
@@ -136,9 +153,11 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
   }
 
  private:
+  kernels::Backend* backend_;
   bool learned_;
   int layers_, hidden_, max_rows_;
   const std::vector<objectives::ResponseSegment>* segments_ = nullptr;
+  std::vector<float> segment_rows_;
   std::vector<float> states_;
   std::vector<const float*> state_ptrs_;
   bool selected_[4] = {false, false, false, false};  // by MapoGroup
@@ -185,8 +204,9 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
   const io::ModelSpec& ref_spec = step->reference_->spec();
   const int max_rows = policy->capacity().max_rows;
   step->inputs_ = std::make_unique<MaskInputs>(
-      step->learned_, step->mapo_groups_, static_cast<int>(ref_spec.n_layer),
-      static_cast<int>(ref_spec.hidden), max_rows);
+      step->reference_->backend(), step->learned_, step->mapo_groups_,
+      static_cast<int>(ref_spec.n_layer), static_cast<int>(ref_spec.hidden),
+      max_rows);
   if (step->learned_) {
     // A stream of its own, so that the mask networks do not shift the
     // policy's initialization or the data order.
@@ -205,7 +225,7 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
           static_cast<float>(ref_spec.norm_eps));
       net->Init(&rng, sp.mask_init_std());
       step->optimizers_.push_back(std::make_unique<optim::AdamWOptimizer>(
-          policy->backend(), net->layout(), mask_optimizer));
+          step->mask_backend(), net->layout(), mask_optimizer));
       step->nets_.push_back(std::move(net));
     }
   }
@@ -236,7 +256,9 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
   ref_chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
 }
 
-SparsePoStep::~SparsePoStep() = default;
+SparsePoStep::~SparsePoStep() {
+  if (dwout_upload_ != nullptr) policy_->backend()->Free(dwout_upload_);
+}
 
 void SparsePoStep::ForwardBackward(const data::Batch& batch,
                                    double global_pairs,
@@ -266,9 +288,28 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
               labels_.begin() + rows);
     rows += s.count;
   }
+  // The fused two-model output layer runs on the host (kernels/cpu). On a
+  // backend whose memory the host cannot address, the output embeddings come
+  // down and their gradient goes up once per micro-batch.
+  const float* wout = policy_->output_embedding();
+  const float* ref_wout = reference_->output_embedding();
+  float* dwout = policy_->output_embedding_grad();
+  const size_t wout_n = static_cast<size_t>(policy_->vocab_size()) * C;
+  const bool host = b.HostAddressable();
+  if (!host) {
+    const size_t ref_wout_n =
+        static_cast<size_t>(reference_->vocab_size()) * RC;
+    wout_h_.resize(wout_n);
+    ref_wout_h_.resize(ref_wout_n);
+    b.CopyToHost(wout_h_.data(), wout, wout_n);
+    reference_->backend()->CopyToHost(ref_wout_h_.data(), ref_wout, ref_wout_n);
+    dwout_h_.assign(wout_n, 0.0f);
+    wout = wout_h_.data();
+    ref_wout = ref_wout_h_.data();
+    dwout = dwout_h_.data();
+  }
   const kernels::cpu::SparsePoOutputLayers layers{
-      rows_h_.data(),       policy_->output_embedding(),    C,
-      rows_ref_h_.data(),   reference_->output_embedding(), RC,
+      rows_h_.data(),       wout, C, rows_ref_h_.data(), ref_wout, RC,
       policy_->vocab_size()};
   kernels::cpu::SparsePoOutputForward(
       layers, labels_.data(), rows, chunk_buf_.data(), ref_chunk_buf_.data(),
@@ -304,8 +345,12 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   kernels::cpu::SparsePoOutputBackward(
       layers, labels_.data(), rows, lse_.data(), ref_lse_.data(),
       grads_.coef_a.data(), grads_.coef_b.data(), chunk_buf_.data(),
-      ref_chunk_buf_.data(), chunk_, rows_dh_.data(),
-      policy_->output_embedding_grad());
+      ref_chunk_buf_.data(), chunk_, rows_dh_.data(), dwout);
+  if (!host) {
+    if (dwout_upload_ == nullptr) dwout_upload_ = b.Alloc(wout_n);
+    b.CopyToDevice(dwout_upload_, dwout_h_.data(), wout_n);
+    b.Axpy(policy_->output_embedding_grad(), 1.0f, dwout_upload_, wout_n);
+  }
   b.Zero(policy_->dhidden(), static_cast<size_t>(batch.packed.rows()) * C);
   rows = 0;
   for (const objectives::ResponseSegment& s : segments) {

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/io/safetensors.h"
@@ -68,6 +69,10 @@ class SparsePoStep {
   // The mask networks' gradient buffers (none with MaPO masks), for the
   // all-reduce across ranks and the global clipping norm.
   std::vector<optim::GradientSpan> Gradients();
+  // The backend those gradients (and the mask networks' parameters and
+  // moments) live on: the host's, whatever the policy's backend is, since
+  // the mask networks run on the host.
+  kernels::Backend* mask_backend() { return &host_backend_; }
   // Discards the mask networks' gradients (a skipped, non-finite step).
   void ZeroGradients();
   // For resuming: the updates the mask optimizers have already applied.
@@ -134,7 +139,13 @@ class SparsePoStep {
   std::vector<float> lse_, ref_lse_, logp_, ref_logp_, kl_, logit_sum_,
       ref_logit_sum_;
   std::vector<float> mask_reward_, mask_kl_;
+  kernels::CpuBackend host_backend_;
   std::vector<float> chunk_buf_, ref_chunk_buf_;
+  // On a backend the host cannot address: host copies of both models'
+  // output embeddings and of the policy's gradient for them, and a backend
+  // buffer that carries that gradient up (see ForwardBackward).
+  std::vector<float> wout_h_, ref_wout_h_, dwout_h_;
+  float* dwout_upload_ = nullptr;
   objectives::SparsePoGradients grads_;
 };
 

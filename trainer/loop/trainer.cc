@@ -13,7 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "comm/failure.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "comm/launch_env.h"
+#include "kernels/select/backend_select.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/data/dataset_loader.h"
@@ -116,6 +117,42 @@ Trainer::Trainer(const TrainConfig& config, std::ostream& log,
       rank_(comm ? comm->rank() : 0),
       world_(comm ? comm->world_size() : 1) {}
 
+absl::Status Trainer::SelectDevice() {
+  // One GPU per rank: the node-local rank's (mpirun and srun both say which).
+  int gpu_index = 0;
+  if (config_.device() != TrainConfig::CPU) {
+    absl::StatusOr<comm::LaunchEnv> env = comm::DetectLaunchEnv();
+    if (!env.ok()) return env.status();
+    gpu_index = env->local_rank;
+  }
+  const kernels::DeviceKind device =
+      config_.device() == TrainConfig::GPU   ? kernels::DeviceKind::kGpu
+      : config_.device() == TrainConfig::CPU ? kernels::DeviceKind::kCpu
+                                             : kernels::DeviceKind::kAuto;
+  const kernels::PrecisionKind precision =
+      config_.precision() == TrainConfig::FP32 ? kernels::PrecisionKind::kFp32
+      : config_.precision() == TrainConfig::BF16
+          ? kernels::PrecisionKind::kBf16
+          : kernels::PrecisionKind::kDefault;
+  absl::StatusOr<kernels::SelectedBackend> selected =
+      kernels::SelectBackend(device, precision, gpu_index);
+  if (!selected.ok()) {
+    return absl::Status(
+        selected.status().code(),
+        absl::StrCat("rank ", rank_, ": ", selected.status().message()));
+  }
+  if (selected->gpu && world_ > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "device: GPU with ", world_,
+        " ranks: GPU ranks all-reduce their gradients over NCCL, which the "
+        "training loop does not do yet; train on one GPU (one rank), or with "
+        "device: CPU"));
+  }
+  backend_ = std::move(selected->backend);
+  out() << selected->description << "\n";
+  return absl::OkStatus();
+}
+
 std::ostream& Trainer::out() {
   static std::ostream* const null_stream = new std::ostream(nullptr);
   return rank_ == 0 ? log_ : *null_stream;
@@ -164,7 +201,8 @@ absl::Status Trainer::Init() {
         " exists and is not empty; name a new folder or remove it"));
   }
 
-  backend_ = std::make_unique<kernels::CpuBackend>();
+  s = SelectDevice();
+  if (!s.ok()) return s;
   const ModelConfig& mc = config_.model();
   std::optional<io::WeightStore> store;
   if (!mc.hf_path().empty()) {
@@ -551,7 +589,7 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   if (!squares.ok()) return squares.status();
   double total_squares = *squares;
   for (const optim::GradientSpan& g : ExtraGradients()) {
-    total_squares += backend_->SumSquares(g.grads, g.n);
+    total_squares += sparsepo_->mask_backend()->SumSquares(g.grads, g.n);
   }
   const double grad_norm = std::sqrt(total_squares);
   const double lr = optim::ScheduledLearningRate(
@@ -567,8 +605,10 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   }
   if (finite) {
     optimizer_->ClipWithNorm(policy_->grads(), grad_norm);
-    optim::ScaleForClip(backend_.get(), ExtraGradients(), grad_norm,
-                        config_.optimizer().max_grad_norm());
+    if (sparsepo_ != nullptr) {
+      optim::ScaleForClip(sparsepo_->mask_backend(), ExtraGradients(),
+                          grad_norm, config_.optimizer().max_grad_norm());
+    }
     optimizer_->Step(policy_->params(), policy_->grads(),
                      static_cast<float>(lr));
     if (sparsepo_ != nullptr) sparsepo_->Update(static_cast<float>(lr));

@@ -106,6 +106,8 @@ class Trainer {
   Trainer(const TrainConfig& config, std::ostream& log,
           comm::Communicator* comm, bool log_is_terminal);
   absl::Status Init();
+  // Creates backend_ for config device/precision and logs which it is.
+  absl::Status SelectDevice();
   // Forward and backward over `local` (this rank's share of a global batch
   // whose loss denominator is `denominator`); adds metrics to `sums` and
   // returns the rows processed.

@@ -1,0 +1,181 @@
+// The training loop on the GPU backend, here the CUDA CPU simulation
+// (kernels/cuda/sim): every objective trains a tiny model for 3 steps with
+// `device: GPU precision: FP32`, and its metrics and final weights match the
+// same run with `device: CPU`. Prints "CUDA backend (CPU simulation)".
+#include <cmath>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/select/backend_select.h"
+#include "tests/fixture_util.h"
+#include "trainer/config/config_loader.h"
+#include "trainer/loop/trainer.h"
+
+namespace prefopt {
+namespace {
+
+constexpr int kSteps = 3;
+constexpr double kLr = 3e-3;
+// fp32 on both sides; the kernels sum in other orders than the CPU backend
+// (tiled attention, blocked reductions), so metrics agree to rounding.
+constexpr double kMetricTol = 1e-5;
+// MaPO's masks min-max rescale per-token activation means over a response:
+// where a map's means are nearly equal, that rescaling turns rounding-level
+// differences into percent-level ones (same on any two correct backends).
+constexpr double kMapoMetricTol = 1e-2;
+// AdamW moves a weight by about lr per step whatever its gradient's size, so
+// a gradient entry that is all rounding noise can move differently; the bound
+// is 5% of the distance AdamW can move a weight in these steps.
+constexpr double kWeightTol = 0.05 * kLr * 3;
+
+struct Case {
+  const char* name;
+  const char* objective;  // the text inside objective { ... }
+  const char* data;       // file under tests/fixtures
+  const char* model =     // the text inside model { ... }
+      "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+      "n_layer: 2 n_head: 4";
+  const char* set = nullptr;  // a --set override, if any
+  double metric_tol = kMetricTol;
+  // MaPO's percent-level mask differences (above) reach the sign of small
+  // gradient entries, which AdamW turns into lr-sized moves: its weights
+  // are not compared, its metrics are.
+  bool compare_weights = true;
+};
+
+constexpr char kLlama[] =
+    "architecture: LLAMA vocab_size: 101 n_positions: 32 n_embd: 32 "
+    "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64";
+
+struct TrainResult {
+  std::vector<std::map<std::string, double>> metrics;
+  std::vector<float> weights;
+  std::string log;
+};
+
+TrainResult Train(const Case& c, const char* device) {
+  const std::string name = absl::StrCat(c.name, "_", device);
+  const std::string text = absl::StrCat(
+      "model { ", c.model, " }\n", "data { train_files: '",
+      testing::WorkspacePath("tests/fixtures/"), c.data, "' max_length: 32 }\n",
+      "objective { ", c.objective, " }\n", "optimizer { lr: ", kLr, " }\n",
+      "batch { micro_batch_size: 4 global_batch_size: 8 }\n",
+      "max_steps: ", kSteps, "\nseed: 3\nrun_dir: '",
+      std::getenv("TEST_TMPDIR"), "/", name, "'\n", "device: ", device,
+      "\nprecision: FP32\n");
+  std::vector<std::string> overrides;
+  if (c.set != nullptr) overrides.push_back(c.set);
+  auto config = config::LoadTrainConfig(
+      testing::WriteTempFile(name + ".textproto", text), overrides);
+  EXPECT_TRUE(config.ok()) << config.status();
+  TrainResult run;
+  if (!config.ok()) return run;
+  std::ostringstream log;
+  auto trainer = loop::Trainer::Create(*config, log);
+  run.log = log.str();
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  if (!trainer.ok()) return run;
+  for (int s = 0; s < kSteps; ++s) {
+    auto m = (*trainer)->Step();
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) return run;
+    run.metrics.push_back(*m);
+  }
+  const model::Decoder& policy = (*trainer)->policy();
+  run.weights.resize(policy.layout().total());
+  policy.backend()->CopyToHost(run.weights.data(), policy.params(),
+                               run.weights.size());
+  return run;
+}
+
+class GpuTrains : public ::testing::TestWithParam<Case> {
+ protected:
+  static void SetUpTestSuite() { kernels::RegisterCudaBackend(); }
+  void SetUp() override {
+    // A build without the CUDA toolkit has no simulation either.
+    auto gpu = kernels::SelectBackend(kernels::DeviceKind::kGpu,
+                                      kernels::PrecisionKind::kFp32, 0);
+    if (!gpu.ok()) {
+      static bool said = false;
+      if (!said) {
+        said = true;
+        std::cout << "SKIPPED: no simulated GPU (" << gpu.status().message()
+                  << ")\n";
+      }
+      GTEST_SKIP() << gpu.status().message();
+    }
+  }
+};
+
+TEST_P(GpuTrains, MatchesTheCpu) {
+  const Case& c = GetParam();
+  const TrainResult cpu = Train(c, "CPU");
+  const TrainResult gpu = Train(c, "GPU");
+  static bool said = false;
+  if (!said) {
+    said = true;
+    std::cout << "CUDA backend (CPU simulation): "
+              << gpu.log.substr(0, gpu.log.find('\n')) << "\n";
+  }
+  EXPECT_NE(gpu.log.find("device GPU 0 (cuda_fp32)"), std::string::npos)
+      << gpu.log;
+  ASSERT_EQ(cpu.metrics.size(), static_cast<size_t>(kSteps));
+  ASSERT_EQ(gpu.metrics.size(), cpu.metrics.size());
+  for (int s = 0; s < kSteps; ++s) {
+    for (const auto& [key, want] : cpu.metrics[s]) {
+      // Throughput and timing differ by nature.
+      if (key.find("tok/s") != std::string::npos ||
+          key.find("time") != std::string::npos ||
+          key.find("per_second") != std::string::npos) {
+        continue;
+      }
+      auto it = gpu.metrics[s].find(key);
+      ASSERT_NE(it, gpu.metrics[s].end()) << key;
+      EXPECT_NEAR(it->second, want, c.metric_tol * (1.0 + std::fabs(want)))
+          << "step " << s << " " << key;
+    }
+  }
+  ASSERT_EQ(gpu.weights.size(), cpu.weights.size());
+  if (!c.compare_weights) return;
+  double max_err = 0.0;
+  for (size_t i = 0; i < cpu.weights.size(); ++i) {
+    max_err =
+        std::max(max_err, std::fabs(double{gpu.weights[i]} - cpu.weights[i]));
+  }
+  EXPECT_LE(max_err, kWeightTol) << "final weights";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Objectives, GpuTrains,
+    ::testing::Values(
+        Case{"dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"ipo", "dpo { beta: 0.1 loss_type: IPO }", "gpt2/pairs.jsonl"},
+        Case{"sft", "sft {}", "demos.jsonl"},
+        Case{"prior", "prior { alpha: 1 }", "demos.jsonl"},
+        Case{"isft_kl", "implicit_sft { divergence: KL beta: 0.5 }",
+             "demos.jsonl"},
+        Case{"llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama},
+        Case{"llama_sft", "sft {}", "demos.jsonl", kLlama},
+        Case{"sparsepo_learned", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl"},
+        Case{"sparsepo_mapo",
+             "sparsepo { mask: MAPO mapo_groups: [MLP, ATTN, RESID, LOGITS] }",
+             "gpt2/pairs.jsonl",
+             "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4",
+             nullptr, kMapoMetricTol, false},
+        Case{"dpo_live_reference", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+             "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4",
+             "model.live_reference=true"}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(info.param.name);
+    });
+
+}  // namespace
+}  // namespace prefopt
