@@ -1,6 +1,7 @@
 // Single pre-tokenizers, normalizers and decoders against what the Hugging
 // Face `tokenizers` library gives (tests/tokenizer/fixtures/
-// component_cases.jsonl), and the rewriting of Oniguruma patterns for PCRE2.
+// component_cases.jsonl and metaspace_cases.jsonl), and the rewriting of
+// Oniguruma patterns for PCRE2.
 #include <fstream>
 #include <string>
 #include <vector>
@@ -28,9 +29,11 @@ std::vector<std::string> PreTokenize(const PreTokenizer& pre_tokenizer,
   return out;
 }
 
-TEST(ComponentsTest, MatchTokenizersCases) {
-  std::ifstream file("tests/tokenizer/fixtures/component_cases.jsonl");
-  ASSERT_TRUE(file.good());
+class ComponentsTest : public testing::TestWithParam<const char*> {};
+
+TEST_P(ComponentsTest, MatchTokenizersCases) {
+  std::ifstream file(std::string("tests/tokenizer/fixtures/") + GetParam());
+  ASSERT_TRUE(file.good()) << GetParam();
   std::string line;
   int cases = 0;
   while (std::getline(file, line)) {
@@ -64,8 +67,12 @@ TEST(ComponentsTest, MatchTokenizersCases) {
       EXPECT_EQ(text, c["output"].get<std::string>());
     }
   }
-  EXPECT_GT(cases, 150);
+  EXPECT_GT(cases, 50);
 }
+
+INSTANTIATE_TEST_SUITE_P(Cases, ComponentsTest,
+                         testing::Values("component_cases.jsonl",
+                                         "metaspace_cases.jsonl"));
 
 std::vector<std::string> Matches(const Regex& regex, const std::string& text) {
   std::vector<ByteRange> ranges;
@@ -88,7 +95,7 @@ TEST(RegexTest, WhiteSpaceIsTheUnicodeProperty) {
 TEST(RegexTest, LettersIncludeNewerUnicode) {
   // U+1C89 (Unicode 16) is a letter; U+10D40 (Unicode 16) is a digit.
   absl::StatusOr<Regex> regex =
-      Regex::Compile("\\p{L}+|\\pN+|[^\\p{L}\\p{N}]+");
+      Regex::Compile("\\p{L}+|\\p{N}+|[^\\p{L}\\p{N}]+");
   ASSERT_TRUE(regex.ok()) << regex.status();
   EXPECT_EQ(Matches(*regex,
                     "a\xE1\xB2\x89"
@@ -106,6 +113,62 @@ TEST(RegexTest, ClassesWithBracketsAndPosixNames) {
   ASSERT_TRUE(regex.ok()) << regex.status();
   EXPECT_EQ(Matches(*regex, "] 1x]a"),
             (std::vector<std::string>{"] 1", "x", "]"}));
+}
+
+TEST(RegexTest, PropertiesOutsideTheTablesAreErrors) {
+  for (const char* pattern :
+       {"\\p{Braille}", "[[:graph:]]", "\\p{Cn}", "\\p{L", "[[:^alpha:]]"}) {
+    absl::StatusOr<Regex> regex = Regex::Compile(pattern);
+    ASSERT_FALSE(regex.ok()) << pattern;
+    EXPECT_NE(regex.status().message().find(pattern), absl::string_view::npos)
+        << regex.status();
+  }
+  absl::StatusOr<Regex> regex = Regex::Compile("\\p{Braille}");
+  EXPECT_NE(regex.status().message().find("supported: l, lu"),
+            absl::string_view::npos)
+      << regex.status();
+}
+
+TEST(RegexTest, ClassesPcre2CannotWriteAreErrors) {
+  // PCRE2 puts U+1171E in Mn, Unicode 16 in Mc; a bracket class cannot
+  // subtract it. Outside brackets it can.
+  absl::StatusOr<Regex> mn_in_class = Regex::Compile("[a\\p{Mn}]");
+  ASSERT_FALSE(mn_in_class.ok());
+  EXPECT_NE(mn_in_class.status().message().find("\\p{Mn} inside a bracket"),
+            absl::string_view::npos)
+      << mn_in_class.status();
+  absl::StatusOr<Regex> mn = Regex::Compile("\\p{Mn}");
+  ASSERT_TRUE(mn.ok()) << mn.status();
+  EXPECT_FALSE(mn->FullMatch("\xF0\x91\x9C\x9E"));  // U+1171E
+  EXPECT_TRUE(mn->FullMatch("\xCC\x81"));           // U+0301
+  // The complement of a property whose tables differ, inside brackets.
+  absl::StatusOr<Regex> not_letter = Regex::Compile("[\\P{L}\\d]");
+  ASSERT_FALSE(not_letter.ok());
+  EXPECT_NE(not_letter.status().message().find("complement \\P{L}"),
+            absl::string_view::npos)
+      << not_letter.status();
+}
+
+TEST(MetaspaceTest, SettingsTokenizersRefusesAreErrors) {
+  const struct {
+    const char* json;
+    const char* error;
+  } cases[] = {
+      {R"({"type": "Metaspace", "replacement": "_", "add_prefix_space": false})",
+       "pre_tokenizer.add_prefix_space: false needs prepend_scheme"},
+      {R"({"type": "Metaspace", "replacement": "_", "prepend_scheme": "all"})",
+       "pre_tokenizer.prepend_scheme: unknown prepend_scheme \"all\""},
+      {R"({"type": "Metaspace", "replacement": "ab"})",
+       "pre_tokenizer.replacement: expected one character"},
+  };
+  for (const auto& c : cases) {
+    absl::StatusOr<std::unique_ptr<PreTokenizer>> pre_tokenizer =
+        ParsePreTokenizer(Json::parse(c.json), "pre_tokenizer");
+    ASSERT_FALSE(pre_tokenizer.ok()) << c.json;
+    EXPECT_NE(pre_tokenizer.status().message().find(c.error),
+              absl::string_view::npos)
+        << pre_tokenizer.status();
+  }
 }
 
 TEST(RegexTest, EmptyMatchesAdvance) {

@@ -5,13 +5,14 @@
 #include "absl/strings/str_cat.h"
 #include "trainer/tokenizer/byte_level.h"
 #include "trainer/tokenizer/pattern.h"
+#include "trainer/tokenizer/pre_tokenizers.h"
 #include "trainer/tokenizer/utf8.h"
 
 namespace prefopt::tokenizer {
 namespace {
 
 constexpr char kSupported[] =
-    "ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence";
+    "ByteLevel, ByteFallback, Fuse, Strip, Replace, Metaspace, Sequence";
 constexpr char kReplacementChar[] = "\xEF\xBF\xBD";
 
 // Maps every character back to its byte (a token with any other character
@@ -157,6 +158,37 @@ class ReplaceDecoder : public Decoder {
   std::string content_;
 };
 
+// Turns every `replacement` back into a space, except in the first token
+// when the pre-tokenizer prepends one (there tokenizers drops them all).
+class MetaspaceDecoder : public Decoder {
+ public:
+  MetaspaceDecoder(std::string replacement, PrependScheme scheme)
+      : replacement_(std::move(replacement)), scheme_(scheme) {}
+
+  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+    for (size_t i = 0; i < tokens->size(); ++i) {
+      std::string& token = (*tokens)[i];
+      const bool drop = i == 0 && scheme_ != PrependScheme::kNever;
+      std::string out;
+      out.reserve(token.size());
+      size_t from = 0;
+      for (size_t at = token.find(replacement_); at != std::string::npos;
+           at = token.find(replacement_, from)) {
+        out.append(token, from, at - from);
+        if (!drop) out.push_back(' ');
+        from = at + replacement_.size();
+      }
+      out.append(token, from, std::string::npos);
+      token = std::move(out);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string replacement_;
+  PrependScheme scheme_;
+};
+
 class SequenceDecoder : public Decoder {
  public:
   explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps)
@@ -220,6 +252,13 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const Json& json,
   if (*type == "Fuse") return std::make_unique<FuseDecoder>();
   if (*type == "Strip") return ParseStrip(json, path);
   if (*type == "Replace") return ParseReplace(json, path);
+  if (*type == "Metaspace") {
+    absl::StatusOr<MetaspaceSettings> settings =
+        ParseMetaspaceSettings(json, path);
+    if (!settings.ok()) return settings.status();
+    return std::make_unique<MetaspaceDecoder>(std::move(settings->replacement),
+                                              settings->prepend_scheme);
+  }
   if (*type == "Sequence") {
     absl::StatusOr<const Json*> list = RequiredField(json, "decoders", path);
     if (!list.ok()) return list.status();

@@ -1,6 +1,6 @@
-// Decoders of tokenizer.json: ByteLevel, ByteFallback, Fuse, Strip, Replace
-// and Sequence. A decoder turns the token strings of an id sequence into
-// text.
+// Decoders of tokenizer.json: ByteLevel, ByteFallback, Fuse, Strip, Replace,
+// Metaspace and Sequence. A decoder turns the token strings of an id sequence
+// into text.
 #ifndef PREFOPT_TRAINER_TOKENIZER_DECODERS_H_
 #define PREFOPT_TRAINER_TOKENIZER_DECODERS_H_
 

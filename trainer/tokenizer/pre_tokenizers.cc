@@ -7,11 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "trainer/tokenizer/byte_level.h"
 #include "trainer/tokenizer/pattern.h"
+#include "trainer/tokenizer/utf8.h"
 
 namespace prefopt::tokenizer {
 namespace {
 
-constexpr char kSupported[] = "ByteLevel, Split, Digits, Sequence";
+constexpr char kSupported[] = "ByteLevel, Split, Digits, Metaspace, Sequence";
 
 // GPT-2's word regex, which ByteLevel uses when use_regex is true.
 constexpr char kGpt2Regex[] =
@@ -174,6 +175,63 @@ class ByteLevelPreTokenizer : public PreTokenizer {
   std::optional<Regex> regex_;
 };
 
+// SentencePiece's word boundaries: every space becomes `replacement`, which
+// is also put before a piece that does not start with it (every piece, or
+// only the one at the start of the input, or none), and with `split` the
+// piece is cut before every `replacement`.
+class MetaspacePreTokenizer : public PreTokenizer {
+ public:
+  MetaspacePreTokenizer(std::string replacement, PrependScheme scheme,
+                        bool split)
+      : replacement_(std::move(replacement)), scheme_(scheme), split_(split) {}
+
+  absl::Status PreTokenize(Pieces* pieces) const override {
+    Pieces out;
+    out.at_input_start = pieces->at_input_start;
+    out.text.reserve(pieces->text.size() + pieces->text.size() / 4 +
+                     replacement_.size() * pieces->ranges.size());
+    for (const ByteRange& range : pieces->ranges) {
+      const std::string_view piece = pieces->Get(range);
+      const size_t begin = out.text.size();
+      const bool prepend = scheme_ == PrependScheme::kAlways ||
+                           (scheme_ == PrependScheme::kFirst &&
+                            pieces->at_input_start && range.first == 0);
+      const bool starts_with_replacement =
+          piece.substr(0, replacement_.size()) == replacement_ ||
+          (piece.front() == ' ');
+      if (prepend && !starts_with_replacement) out.text.append(replacement_);
+      for (const char c : piece) {
+        if (c == ' ') {
+          out.text.append(replacement_);
+        } else {
+          out.text.push_back(c);
+        }
+      }
+      const size_t end = out.text.size();
+      if (!split_) {
+        out.ranges.emplace_back(begin, end);
+        continue;
+      }
+      // Cut before every replacement (tokenizers' MergedWithNext split).
+      size_t word_begin = begin;
+      size_t at = out.text.find(replacement_, begin);
+      while (at != std::string::npos && at < end) {
+        if (at > word_begin) out.ranges.emplace_back(word_begin, at);
+        word_begin = at;
+        at = out.text.find(replacement_, at + replacement_.size());
+      }
+      if (end > word_begin) out.ranges.emplace_back(word_begin, end);
+    }
+    *pieces = std::move(out);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string replacement_;
+  PrependScheme scheme_;
+  bool split_;
+};
+
 class SequencePreTokenizer : public PreTokenizer {
  public:
   explicit SequencePreTokenizer(
@@ -250,8 +308,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseDigits(
   absl::StatusOr<bool> individual =
       GetBool(json, "individual_digits", path, false);
   if (!individual.ok()) return individual.status();
-  // Rust's char::is_numeric: general categories Nd, Nl and No.
-  absl::StatusOr<Regex> numeric = Regex::Compile("\\p{N}");
+  absl::StatusOr<Regex> numeric = Regex::RustNumeric();
   if (!numeric.ok()) return numeric.status();
   return std::make_unique<SplitPreTokenizer>(
       Pattern(*std::move(numeric)),
@@ -261,6 +318,46 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseDigits(
 
 }  // namespace
 
+absl::StatusOr<MetaspaceSettings> ParseMetaspaceSettings(
+    const Json& json, std::string_view path) {
+  MetaspaceSettings settings;
+  absl::StatusOr<std::string> replacement =
+      GetString(json, "replacement", path);
+  if (!replacement.ok()) return replacement.status();
+  if (replacement->empty() ||
+      ValidUtf8Prefix(*replacement) != replacement->size() ||
+      Utf8CharLength((*replacement)[0]) != replacement->size()) {
+    return JsonError(FieldPath(path, "replacement"), "expected one character");
+  }
+  settings.replacement = *std::move(replacement);
+  absl::StatusOr<std::optional<std::string>> scheme =
+      GetOptionalString(json, "prepend_scheme", path);
+  if (!scheme.ok()) return scheme.status();
+  if (!scheme->has_value() || **scheme == "always") {
+    settings.prepend_scheme = PrependScheme::kAlways;
+  } else if (**scheme == "never") {
+    settings.prepend_scheme = PrependScheme::kNever;
+  } else if (**scheme == "first") {
+    settings.prepend_scheme = PrependScheme::kFirst;
+  } else {
+    return JsonError(FieldPath(path, "prepend_scheme"),
+                     absl::StrCat("unknown prepend_scheme \"", **scheme,
+                                  "\" (expected always, never or first)"));
+  }
+  absl::StatusOr<bool> add_prefix_space =
+      GetBool(json, "add_prefix_space", path, true);
+  if (!add_prefix_space.ok()) return add_prefix_space.status();
+  if (!*add_prefix_space && settings.prepend_scheme != PrependScheme::kNever) {
+    return JsonError(FieldPath(path, "add_prefix_space"),
+                     "false needs prepend_scheme \"never\" (tokenizers "
+                     "refuses the file otherwise)");
+  }
+  absl::StatusOr<bool> split = GetBool(json, "split", path, true);
+  if (!split.ok()) return split.status();
+  settings.split = *split;
+  return settings;
+}
+
 absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(
     const Json& json, std::string_view path) {
   if (json.is_null()) return nullptr;
@@ -269,6 +366,14 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(
   if (*type == "ByteLevel") return ParseByteLevel(json, path);
   if (*type == "Split") return ParseSplit(json, path);
   if (*type == "Digits") return ParseDigits(json, path);
+  if (*type == "Metaspace") {
+    absl::StatusOr<MetaspaceSettings> settings =
+        ParseMetaspaceSettings(json, path);
+    if (!settings.ok()) return settings.status();
+    return std::make_unique<MetaspacePreTokenizer>(
+        std::move(settings->replacement), settings->prepend_scheme,
+        settings->split);
+  }
   if (*type == "Sequence") {
     absl::StatusOr<const Json*> list =
         RequiredField(json, "pretokenizers", path);

@@ -2,37 +2,109 @@
 
 #include <pcre2.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "trainer/tokenizer/json_util.h"
 #include "trainer/tokenizer/utf8.h"
 
 namespace prefopt::tokenizer {
 namespace {
 
-// Letters and numbers that tokenizers' Oniguruma (Unicode 16) knows and
-// Debian 12's PCRE2 10.42 (Unicode 14) does not: the code points its
-// \p{L} and \p{N} lack, found by classifying every code point with both.
-constexpr char kNewerLetters[] =
-    "\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}"
-    "\\x{105C0}-\\x{105F3}\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}"
-    "\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}\\x{11380}-\\x{11389}"
-    "\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}"
-    "\\x{113D3}\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}"
-    "\\x{11F12}-\\x{11F33}\\x{1342F}\\x{13441}-\\x{13446}"
-    "\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}\\x{16D40}-\\x{16D6C}"
-    "\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"
-    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}"
-    "\\x{1E5F0}\\x{2B739}\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}";
-constexpr char kNewerNumbers[] =
-    "\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}"
-    "\\x{11F50}-\\x{11F59}\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}"
-    "\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}"
-    "\\x{1E5F1}-\\x{1E5FA}";
+// A Unicode property as Oniguruma (Unicode 16 in tokenizers 0.23) defines it,
+// written for PCRE2 10.42 (Debian 12; Unicode 14): the class items closest to
+// it in PCRE2, plus the code points Oniguruma adds to them (mostly characters
+// assigned in Unicode 15 and 16, which PCRE2 sees as unassigned) and minus
+// those it leaves out (characters whose category changed).
+struct UnicodeProperty {
+  const char* key;  // case-folded \p{} name, "[:name:]" or "\\w"
+  const char* items;
+  const char* added;
+  const char* removed;
+};
 
-// Rewrites an Oniguruma pattern so that PCRE2 matches the same text:
-// `\s`/`\S` become the White_Space property (PCRE2's `\s` also matches
-// U+180E), and `\p{L}`/`\p{N}` gain the code points of kNewerLetters and
-// kNewerNumbers.
-std::string TranslateToPcre2(std::string_view pattern) {
+constexpr UnicodeProperty kProperties[] = {
+#include "trainer/tokenizer/unicode_properties.inc"
+};
+
+const UnicodeProperty* FindProperty(std::string_view key) {
+  for (const UnicodeProperty& property : kProperties) {
+    if (key == property.key) return &property;
+  }
+  return nullptr;
+}
+
+// The \p{} names of kProperties, for error messages.
+std::string SupportedPropertyNames() {
+  std::string names;
+  for (const UnicodeProperty& property : kProperties) {
+    const std::string_view key = property.key;
+    if (key[0] == '[' || key[0] == '\\' ||
+        key.find(' ') != std::string_view::npos) {
+      continue;
+    }
+    absl::StrAppend(&names, names.empty() ? "" : ", ", AbslView(key));
+  }
+  return names;
+}
+
+// Oniguruma compares property names ignoring case, spaces, '-' and '_'.
+std::string FoldPropertyName(std::string_view name) {
+  std::string folded;
+  for (const char c : name) {
+    if (c == ' ' || c == '-' || c == '_') continue;
+    folded.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
+  }
+  return folded;
+}
+
+// Appends `property`, or its complement when `negated`, to `out`: as class
+// items inside a bracket class, as a group of its own outside one.
+absl::Status AppendProperty(const UnicodeProperty& property, bool negated,
+                            bool in_class, std::string_view spelling,
+                            std::string* out) {
+  const std::string_view removed = property.removed;
+  const std::string positive = absl::StrCat(property.items, property.added);
+  if (!in_class) {
+    if (removed.empty()) {
+      absl::StrAppend(out, negated ? "[^" : "[", positive, "]");
+    } else if (negated) {
+      absl::StrAppend(out, "(?:[", AbslView(removed), "]|[^", positive, "])");
+    } else {
+      absl::StrAppend(out, "(?:(?![", AbslView(removed), "])[", positive, "])");
+    }
+    return absl::OkStatus();
+  }
+  if (!negated) {
+    if (!removed.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          AbslView(spelling),
+          " inside a bracket class is not supported: PCRE2's Unicode tables "
+          "put characters in it that tokenizers' do not, and a bracket class "
+          "cannot leave them out (write it outside the brackets)"));
+    }
+    out->append(positive);
+    return absl::OkStatus();
+  }
+  // A complement inside a class is only expressible as PCRE2's own \P{},
+  // which is exact when PCRE2 and tokenizers agree on a single property.
+  const std::string_view items = property.items;
+  if (property.added[0] != '\0' || !removed.empty() ||
+      items.substr(0, 3) != "\\p{" ||
+      items.find('\\', 1) != std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the complement ", AbslView(spelling),
+        " inside a bracket class is not supported: PCRE2's Unicode tables "
+        "differ from tokenizers' for it (write it outside the brackets)"));
+  }
+  absl::StrAppend(out, "\\P", AbslView(items.substr(2)));
+  return absl::OkStatus();
+}
+
+// Rewrites an Oniguruma pattern so that PCRE2 matches the same text: every
+// Unicode property (\p{}, \P{}, \w, \d, \s, \h and POSIX brackets such as
+// [:alpha:]) becomes its kProperties form; a property that kProperties lacks
+// is an error, since PCRE2 would match it against other tables.
+absl::StatusOr<std::string> TranslateToPcre2(std::string_view pattern) {
   std::string out;
   out.reserve(pattern.size() + 64);
   bool in_class = false;
@@ -40,32 +112,83 @@ std::string TranslateToPcre2(std::string_view pattern) {
     const char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       const char next = pattern[i + 1];
-      const std::string_view rest = pattern.substr(i + 1);
-      const char* extra = nullptr;
-      size_t consumed = 1;
-      if (rest.substr(0, 4) == "p{L}" || rest.substr(0, 2) == "pL") {
-        extra = kNewerLetters;
-        consumed = rest[1] == '{' ? 4 : 2;
-      } else if (rest.substr(0, 4) == "p{N}" || rest.substr(0, 2) == "pN") {
-        extra = kNewerNumbers;
-        consumed = rest[1] == '{' ? 4 : 2;
+      if ((next == 'p' || next == 'P') &&
+          (i + 2 >= pattern.size() || pattern[i + 2] != '{')) {
+        // Oniguruma's Ruby syntax, which tokenizers uses, reads \pL as the
+        // letters "pL".
+        out.push_back(next);
+        ++i;
+        continue;
       }
-      if (extra != nullptr) {
-        const char* property = extra == kNewerLetters ? "\\p{L}" : "\\p{N}";
-        out.append(in_class ? "" : "[");
-        out.append(property);
-        out.append(extra);
-        out.append(in_class ? "" : "]");
-      } else if (next == 's') {
-        out.append("\\p{White_Space}");
-      } else if (next == 'S') {
-        out.append("\\P{White_Space}");
+      if (next == 'p' || next == 'P') {
+        const size_t close = pattern.find('}', i + 2);
+        if (close == std::string_view::npos) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("unterminated property at offset ", i));
+        }
+        std::string_view name = pattern.substr(i + 3, close - i - 3);
+        const size_t end = close + 1;
+        bool negated = next == 'P';
+        if (!name.empty() && name[0] == '^') {
+          negated = !negated;
+          name.remove_prefix(1);
+        }
+        const std::string_view spelling = pattern.substr(i, end - i);
+        const UnicodeProperty* property = FindProperty(FoldPropertyName(name));
+        if (property == nullptr) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("unsupported Unicode property ", AbslView(spelling),
+                           " (supported: ", SupportedPropertyNames(), ")"));
+        }
+        absl::Status status =
+            AppendProperty(*property, negated, in_class, spelling, &out);
+        if (!status.ok()) return status;
+        i = end - 1;
+        continue;
+      }
+      const char lower = absl::ascii_tolower(static_cast<unsigned char>(next));
+      if (lower == 'w' || lower == 'd' || lower == 's' || lower == 'h') {
+        // Inside brackets Oniguruma reads them as the POSIX brackets (\w
+        // then leaves out six Latin-1 digits and fractions it has outside).
+        const char* key = nullptr;
+        if (lower == 'w') key = in_class ? "[:word:]" : "\\w";
+        if (lower == 'd') key = in_class ? "[:digit:]" : "\\d";
+        if (lower == 's') key = in_class ? "[:space:]" : "\\s";
+        if (lower == 'h') key = in_class ? "[:xdigit:]" : "\\h";
+        absl::Status status =
+            AppendProperty(*FindProperty(key), next != lower, in_class,
+                           pattern.substr(i, 2), &out);
+        if (!status.ok()) return status;
       } else {
         out.push_back(c);
         out.push_back(next);
       }
-      i += consumed;
+      ++i;
       continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() &&
+        pattern[i + 1] == ':') {
+      // A POSIX bracket such as [:alpha:] or [:^alpha:] inside a class.
+      const size_t close = pattern.find(":]", i + 2);
+      if (close != std::string_view::npos) {
+        std::string_view name = pattern.substr(i + 2, close - i - 2);
+        const bool negated = !name.empty() && name[0] == '^';
+        if (negated) name.remove_prefix(1);
+        const std::string_view spelling = pattern.substr(i, close + 2 - i);
+        const UnicodeProperty* property =
+            FindProperty(absl::StrCat("[:", AbslView(name), ":]"));
+        if (property == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "unsupported POSIX bracket ", AbslView(spelling),
+              " (supported: alpha, digit, alnum, upper, lower, space, punct, "
+              "xdigit, word, cntrl, blank)"));
+        }
+        absl::Status status =
+            AppendProperty(*property, negated, in_class, spelling, &out);
+        if (!status.ok()) return status;
+        i = close + 1;
+        continue;
+      }
     }
     out.push_back(c);
     if (!in_class && c == '[') {
@@ -75,14 +198,6 @@ std::string TranslateToPcre2(std::string_view pattern) {
         out.push_back(pattern[++i]);
       if (i + 1 < pattern.size() && pattern[i + 1] == ']')
         out.push_back(pattern[++i]);
-    } else if (in_class && c == '[' && i + 1 < pattern.size() &&
-               pattern[i + 1] == ':') {
-      // A POSIX class such as [:alpha:] inside a class.
-      const size_t close = pattern.find(":]", i + 2);
-      if (close != std::string_view::npos) {
-        out.append(pattern.substr(i + 1, close + 1 - i));
-        i = close + 1;
-      }
     } else if (in_class && c == ']') {
       in_class = false;
     }
@@ -115,7 +230,22 @@ void Regex::CodeDeleter::operator()(pcre2_real_code_8* code) const {
 }
 
 absl::StatusOr<Regex> Regex::Compile(std::string_view pattern) {
-  const std::string translated = TranslateToPcre2(pattern);
+  absl::StatusOr<std::string> translation = TranslateToPcre2(pattern);
+  if (!translation.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "regex \"", AbslView(pattern), "\": ", translation.status().message()));
+  }
+  return CompilePcre2(pattern, *translation);
+}
+
+absl::StatusOr<Regex> Regex::RustNumeric() {
+  const UnicodeProperty* numeric = FindProperty("rust numeric");
+  return CompilePcre2("char::is_numeric",
+                      absl::StrCat("[", numeric->items, numeric->added, "]"));
+}
+
+absl::StatusOr<Regex> Regex::CompilePcre2(std::string_view pattern,
+                                          const std::string& translated) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   pcre2_code* code =
@@ -124,9 +254,9 @@ absl::StatusOr<Regex> Regex::Compile(std::string_view pattern) {
                     &error_code, &error_offset, nullptr);
   if (code == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "regex \"", absl::string_view(pattern.data(), pattern.size()),
-        "\" does not compile (as PCRE2 \"", translated, "\", at offset ",
-        error_offset, "): ", Pcre2ErrorMessage(error_code)));
+        "regex \"", AbslView(pattern), "\" does not compile (as PCRE2 \"",
+        translated, "\", at offset ", error_offset,
+        "): ", Pcre2ErrorMessage(error_code)));
   }
   // Without JIT support the interpreter gives the same matches, slower.
   const bool jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;

@@ -35,8 +35,9 @@ struct Components {
   std::optional<int32_t> eos_id;
 
   // Normalizes, pre-tokenizes and tokenizes text that holds no raw-matched
-  // added token.
-  absl::Status EncodeText(std::string_view text,
+  // added token; `at_input_start` says whether it begins the text given to
+  // Encode.
+  absl::Status EncodeText(std::string_view text, bool at_input_start,
                           std::vector<int32_t>* ids) const;
 };
 
@@ -132,7 +133,7 @@ absl::StatusOr<Components> Build(const Json& root) {
   return parts;
 }
 
-absl::Status Components::EncodeText(std::string_view text,
+absl::Status Components::EncodeText(std::string_view text, bool at_input_start,
                                     std::vector<int32_t>* ids) const {
   std::string normalized(text);
   if (normalizer != nullptr) {
@@ -150,6 +151,7 @@ absl::Status Components::EncodeText(std::string_view text,
     }
     pieces.text.assign(normalized, segment.begin, segment.end - segment.begin);
     pieces.ranges.assign(1, {0, pieces.text.size()});
+    pieces.at_input_start = at_input_start && segment.begin == 0;
     if (pre_tokenizer != nullptr) {
       absl::Status status = pre_tokenizer->PreTokenize(&pieces);
       if (!status.ok()) return status;
@@ -229,7 +231,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(
       continue;
     }
     absl::Status status = impl_->EncodeText(
-        text.substr(segment.begin, segment.end - segment.begin), &ids);
+        text.substr(segment.begin, segment.end - segment.begin),
+        segment.begin == 0, &ids);
     if (!status.ok()) return status;
   }
   if (add_special_tokens) {

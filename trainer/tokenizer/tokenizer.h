@@ -1,17 +1,20 @@
 // A reader for Hugging Face `tokenizer.json` files whose Encode and Decode
-// give the same ids and text as the `tokenizers` library (0.22): byte-level
-// BPE as in GPT-2, Llama 3, Qwen2 (with its NFC normalizer) and SmolLM files,
-// and SentencePiece-style BPE with Prepend/Replace normalizers and byte
-// fallback as in Llama 2 files.
+// give the same ids and text as the `tokenizers` library (0.22 and 0.23):
+// byte-level BPE as in GPT-2, Llama 3, Qwen2 (with its NFC normalizer),
+// DeepSeek and SmolLM files, and SentencePiece-style BPE with byte fallback
+// and either Prepend/Replace normalizers (Llama 2 files) or a Metaspace
+// pre-tokenizer (newer Llama-2-family and Mistral files). Split regexes see
+// the Unicode 16 properties that tokenizers' Oniguruma has.
 //
 // Supported components (anything else is rejected when the file is read, with
 // an error naming the component type and its JSON path):
 //   model           BPE (merges as "a b" or ["a", "b"]; byte_fallback;
 //                   unk_token with fuse_unk; ignore_merges)
 //   normalizer      Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD
-//   pre_tokenizer   ByteLevel, Split, Digits, Sequence
+//   pre_tokenizer   ByteLevel, Split, Digits, Metaspace, Sequence
 //   post_processor  TemplateProcessing (single sequence), ByteLevel, Sequence
-//   decoder         ByteLevel, ByteFallback, Fuse, Strip, Replace, Sequence
+//   decoder         ByteLevel, ByteFallback, Fuse, Strip, Replace, Metaspace,
+//                   Sequence
 //   added_tokens    with single_word, lstrip, rstrip, normalized, special
 // The file's "truncation" and "padding" settings are ignored.
 #ifndef PREFOPT_TRAINER_TOKENIZER_TOKENIZER_H_

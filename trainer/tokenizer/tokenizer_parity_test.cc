@@ -1,10 +1,12 @@
 // Encode and Decode against what the Hugging Face `tokenizers` library gives
-// for every line of tests/tokenizer/corpus.jsonl, for each fixture tokenizer
-// (see tests/tokenizer/README.md).
+// for every line of tests/tokenizer/corpus.jsonl (and, for the fixtures of
+// generate_unicode_metaspace_fixtures.py, corpus_extra.jsonl after it), for
+// each fixture tokenizer (see tests/tokenizer/README.md).
 #include <cstdint>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_join.h"
@@ -30,16 +32,27 @@ std::string Show(const std::vector<int32_t>& ids) {
   return "[" + absl::StrJoin(ids, ",") + "]";
 }
 
-class ParityTest : public testing::TestWithParam<const char*> {};
+struct Fixture {
+  const char* name;
+  bool extra_corpus;  // whether corpus_extra.jsonl follows corpus.jsonl
+};
+
+class ParityTest : public testing::TestWithParam<Fixture> {};
 
 TEST_P(ParityTest, MatchesTokenizersOnCorpus) {
-  const std::string name = GetParam();
+  const std::string name = GetParam().name;
   const std::string dir = std::string(kFixtureDir) + "fixtures/" + name + "/";
   absl::StatusOr<Tokenizer> tokenizer =
       Tokenizer::FromFile(dir + "tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-  const std::vector<nlohmann::json> corpus =
+  std::vector<nlohmann::json> corpus =
       ReadJsonl(std::string(kFixtureDir) + "corpus.jsonl");
+  if (GetParam().extra_corpus) {
+    for (nlohmann::json& line :
+         ReadJsonl(std::string(kFixtureDir) + "corpus_extra.jsonl")) {
+      corpus.push_back(std::move(line));
+    }
+  }
   const std::vector<nlohmann::json> expected =
       ReadJsonl(dir + "expected.jsonl");
   ASSERT_EQ(corpus.size(), expected.size());
@@ -85,12 +98,22 @@ TEST_P(ParityTest, MatchesTokenizersOnCorpus) {
   EXPECT_EQ(matched, static_cast<int>(corpus.size()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ParityTest,
-                         testing::Values("gpt2_style", "llama3_style",
-                                         "qwen2_style", "llama2_style"),
-                         [](const testing::TestParamInfo<const char*>& info) {
-                           return std::string(info.param);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, ParityTest,
+    testing::Values(Fixture{"gpt2_style", false},
+                    Fixture{"llama3_style", false},
+                    Fixture{"qwen2_style", false},
+                    Fixture{"llama2_style", false},
+                    Fixture{"deepseek_style", true},
+                    Fixture{"metaspace_always_split", true},
+                    Fixture{"metaspace_always_nosplit", true},
+                    Fixture{"metaspace_never_split", true},
+                    Fixture{"metaspace_never_nosplit", true},
+                    Fixture{"metaspace_first_split", true},
+                    Fixture{"metaspace_first_nosplit", true}),
+    [](const testing::TestParamInfo<Fixture>& info) {
+      return std::string(info.param.name);
+    });
 
 }  // namespace
 }  // namespace prefopt::tokenizer
