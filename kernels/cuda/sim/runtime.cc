@@ -1,5 +1,7 @@
 #include "kernels/cuda/sim/runtime.h"
 
+#include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -75,6 +77,14 @@ class Runtime {
       static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
   size_t used_bytes = 0;
   std::map<uintptr_t, size_t> device_allocations;  // start -> bytes
+  // Where each device allocation's pages are (see DeviceAccess).
+  struct Mapping {
+    void* base;
+    size_t data_bytes;   // the pages holding the allocation
+    size_t total_bytes;  // plus one guard page
+  };
+  std::map<uintptr_t, Mapping> device_mappings;  // start -> its pages
+  int device_access_depth = 0;
   std::map<uintptr_t, size_t> pinned_allocations;
   std::map<const void*, int> shared_opt_in;  // kernel -> max dynamic bytes
   CUstream_st legacy_stream;
@@ -104,6 +114,91 @@ CUstream_st* StreamOf(cudaStream_t s) {
   return s == nullptr ? &Runtime::Get().legacy_stream : s;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer watches exact-size heap blocks instead (runtime.h).
+constexpr bool kProtectDeviceMemory = false;
+#else
+constexpr bool kProtectDeviceMemory = true;
+#endif
+
+void SetDeviceProtection(Runtime& rt, int prot) {
+  for (const auto& [start, m] : rt.device_mappings) {
+    mprotect(m.base, m.data_bytes, prot);
+  }
+}
+
+// Device memory is readable and writable only while the device works on it
+// (queued work and synchronous copies run inside a DeviceAccess); the rest of
+// the time the host's loads and stores fault, as they would on a GPU,
+// instead of silently reading device memory that is host memory here.
+class DeviceAccess {
+ public:
+  DeviceAccess() {
+    if (!kProtectDeviceMemory) return;
+    Runtime& rt = Runtime::Get();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    if (rt.device_access_depth++ == 0) {
+      SetDeviceProtection(rt, PROT_READ | PROT_WRITE);
+    }
+  }
+  ~DeviceAccess() {
+    if (!kProtectDeviceMemory) return;
+    Runtime& rt = Runtime::Get();
+    std::lock_guard<std::mutex> lock(rt.mu);
+    if (--rt.device_access_depth == 0) SetDeviceProtection(rt, PROT_NONE);
+  }
+  DeviceAccess(const DeviceAccess&) = delete;
+  DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
+
+struct sigaction previous_segv_action;
+
+// A fault on protected device memory is host code reading or writing device
+// memory: say so and abort. Any other fault goes to the previous handler.
+void OnSegv(int signal, siginfo_t* info, void* context) {
+  Runtime& rt = Runtime::Get();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+  if (rt.mu.try_lock()) {
+    for (const auto& [start, m] : rt.device_mappings) {
+      const uintptr_t base = reinterpret_cast<uintptr_t>(m.base);
+      if (a < base || a >= base + m.total_bytes) continue;
+      const size_t bytes = rt.device_allocations[start];
+      char message[320];
+      const int n = std::snprintf(
+          message, sizeof(message),
+          "cudasim: %s at %p, %s the cudaMalloc allocation of %zu bytes at "
+          "%p: host code must not touch device memory (use cudaMemcpy); on "
+          "a GPU this access crashes or reads garbage\n",
+          a >= base + m.data_bytes ? "access past the end of device memory"
+                                   : "host access to device memory",
+          info->si_addr, a >= start ? "in or after" : "before", bytes,
+          reinterpret_cast<void*>(start));
+      if (n > 0) {
+        (void)!write(STDERR_FILENO, message,
+                     std::min<size_t>(n, sizeof(message) - 1));
+      }
+      std::abort();
+    }
+    rt.mu.unlock();
+  }
+  sigaction(SIGSEGV, &previous_segv_action, nullptr);
+  (void)signal;
+  (void)context;
+}
+
+void InstallSegvHandler() {
+  static const bool installed = [] {
+    struct sigaction action;
+    std::memset(&action, 0, sizeof(action));
+    action.sa_sigaction = OnSegv;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &previous_segv_action);
+    return true;
+  }();
+  (void)installed;
+}
+
 // Runs a stream's queued work in order until `until` returns true (or the
 // queue is empty). Work runs without the runtime lock.
 template <typename Until>
@@ -116,7 +211,10 @@ void Drain(CUstream_st* stream, Until until) {
       item = std::move(stream->pending.front());
       stream->pending.pop_front();
     }
-    if (item.work) item.work();
+    if (item.work) {
+      DeviceAccess access;
+      item.work();
+    }
     if (item.records != nullptr) {
       std::lock_guard<std::mutex> lock(Runtime::Get().mu);
       ++item.records->completed;
@@ -205,6 +303,7 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
   CUstream_st* s = StreamOf(stream);
   if (!async) {
     DrainAll();
+    DeviceAccess access;
     std::memcpy(dst, src, count);
     return cudaSuccess;
   }
@@ -423,16 +522,43 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
       return Fail(cudaErrorMemoryAllocation);
     }
   }
-  // Exactly `size` bytes (not rounded up), so AddressSanitizer reports an
-  // access one element past the end of a device buffer.
   void* p = nullptr;
-  if (posix_memalign(&p, prefopt::cudasim::kDeviceAlignment,
-                     std::max<size_t>(size, 1)) != 0) {
-    *ptr = nullptr;
-    return Fail(cudaErrorMemoryAllocation);
+  Runtime::Mapping mapping{nullptr, 0, 0};
+  if (!prefopt::cudasim::kProtectDeviceMemory) {
+    // Exactly `size` bytes (not rounded up), so AddressSanitizer reports an
+    // access one element past the end of a device buffer.
+    if (posix_memalign(&p, prefopt::cudasim::kDeviceAlignment,
+                       std::max<size_t>(size, 1)) != 0) {
+      *ptr = nullptr;
+      return Fail(cudaErrorMemoryAllocation);
+    }
+  } else {
+    // Pages of its own, protected outside device work, ending as close to
+    // the allocation's end as the 256-byte alignment allows, then a guard
+    // page: a kernel reading past the end faults too.
+    prefopt::cudasim::InstallSegvHandler();
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t used =
+        (std::max<size_t>(size, 1) + prefopt::cudasim::kDeviceAlignment - 1) /
+        prefopt::cudasim::kDeviceAlignment * prefopt::cudasim::kDeviceAlignment;
+    mapping.data_bytes = (used + page - 1) / page * page;
+    mapping.total_bytes = mapping.data_bytes + page;
+    mapping.base = mmap(nullptr, mapping.total_bytes, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mapping.base == MAP_FAILED) {
+      *ptr = nullptr;
+      return Fail(cudaErrorMemoryAllocation);
+    }
+    p = static_cast<char*>(mapping.base) + mapping.data_bytes - used;
   }
   std::lock_guard<std::mutex> lock(rt.mu);
   rt.device_allocations[reinterpret_cast<uintptr_t>(p)] = size;
+  if (mapping.base != nullptr) {
+    rt.device_mappings[reinterpret_cast<uintptr_t>(p)] = mapping;
+    if (rt.device_access_depth > 0) {
+      mprotect(mapping.base, mapping.data_bytes, PROT_READ | PROT_WRITE);
+    }
+  }
   rt.used_bytes += size;
   *ptr = p;
   return cudaSuccess;
@@ -455,6 +581,12 @@ cudaError_t cudaFree(void* ptr) {
     }
     rt.used_bytes -= it->second;
     rt.device_allocations.erase(it);
+    auto m = rt.device_mappings.find(reinterpret_cast<uintptr_t>(ptr));
+    if (m != rt.device_mappings.end()) {
+      munmap(m->second.base, m->second.total_bytes);
+      rt.device_mappings.erase(m);
+      return cudaSuccess;
+    }
   }
   std::free(ptr);
   return cudaSuccess;

@@ -7,6 +7,12 @@
 // runs when the host synchronizes with it, not when it is queued: a host read
 // of a result before cudaStreamSynchronize/cudaEventSynchronize sees stale
 // data here as it may on a GPU, so a missing synchronization fails a test.
+// Device memory is kept inaccessible (mprotect) except while queued work or a
+// synchronous copy runs, so host code that dereferences a device pointer
+// faults with a message naming the allocation, as it would crash on a GPU;
+// each allocation ends next to a guard page, so a kernel reading well past
+// the end faults too. (Under AddressSanitizer device memory is exact-size
+// heap blocks instead, which ASan watches byte by byte.)
 // Copies follow CUDA's pageable/page-locked rules: an async copy from pageable
 // host memory is staged when it is queued, one into pageable host memory
 // completes before the call returns; page-locked memory (cudaMallocHost) is

@@ -524,6 +524,36 @@ __global__ void LaneOutsideMaskKernel(int* out) {
   out[threadIdx.x] = __shfl_sync(0x0000ffffu, 1, 0);
 }
 
+__global__ void ReadPastEndKernel(float* out, const float* in, int n) {
+  out[0] = in[n + 1024];
+}
+
+// Device memory is not host memory on a GPU: a host load faults here too,
+// and so does a kernel reading well past an allocation's end (the guard
+// page). AddressSanitizer builds watch heap blocks instead.
+TEST(CudaSimulationDeathTest, HostCannotTouchDeviceMemory) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "device memory is heap memory under AddressSanitizer";
+#endif
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        float* d = DeviceArray<float>(100);
+        cudaMemset(d, 0, 400);
+        volatile float x = d[3];
+        (void)x;
+      },
+      "host access to device memory at 0x[0-9a-f]+, in or after the "
+      "cudaMalloc allocation of 400 bytes");
+  EXPECT_DEATH(
+      {
+        float* d = DeviceArray<float>(100);
+        LAUNCH(ReadPastEndKernel, 1, 1, 0, nullptr)(d, d, 100);
+        cudaDeviceSynchronize();
+      },
+      "access past the end of device memory");
+}
+
 TEST(CudaSimulationDeathTest, ReportsMisuse) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
