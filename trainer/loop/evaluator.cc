@@ -9,12 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
 #include "trainer/data/dataset_loader.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/json_file.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/loop/device_select.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/reference/reference_logps.h"
@@ -234,7 +234,11 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
         "config or with --set=data.eval_files=FILE.jsonl");
   }
   const bool rank0 = comm == nullptr || comm->rank() == 0;
-  kernels::CpuBackend backend;
+  absl::StatusOr<kernels::SelectedBackend> selected =
+      SelectDevice(config, comm == nullptr ? 0 : comm->rank());
+  if (!selected.ok()) return selected.status();
+  if (rank0) log << selected->description << "\n";
+  kernels::Backend& backend = *selected->backend;
   const std::string policy_dir =
       model_dir.empty() ? config.model().hf_path() : model_dir;
   auto spec = SpecOf(policy_dir, config);

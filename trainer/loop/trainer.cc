@@ -13,8 +13,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "comm/failure.h"
-#include "comm/launch_env.h"
-#include "kernels/select/backend_select.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/data/dataset_loader.h"
@@ -22,6 +20,7 @@
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/checkpointing.h"
+#include "trainer/loop/device_select.h"
 #include "trainer/metrics/run_report.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
@@ -118,29 +117,9 @@ Trainer::Trainer(const TrainConfig& config, std::ostream& log,
       world_(comm ? comm->world_size() : 1) {}
 
 absl::Status Trainer::SelectDevice() {
-  // One GPU per rank: the node-local rank's (mpirun and srun both say which).
-  int gpu_index = 0;
-  if (config_.device() != TrainConfig::CPU) {
-    absl::StatusOr<comm::LaunchEnv> env = comm::DetectLaunchEnv();
-    if (!env.ok()) return env.status();
-    gpu_index = env->local_rank;
-  }
-  const kernels::DeviceKind device =
-      config_.device() == TrainConfig::GPU   ? kernels::DeviceKind::kGpu
-      : config_.device() == TrainConfig::CPU ? kernels::DeviceKind::kCpu
-                                             : kernels::DeviceKind::kAuto;
-  const kernels::PrecisionKind precision =
-      config_.precision() == TrainConfig::FP32 ? kernels::PrecisionKind::kFp32
-      : config_.precision() == TrainConfig::BF16
-          ? kernels::PrecisionKind::kBf16
-          : kernels::PrecisionKind::kDefault;
   absl::StatusOr<kernels::SelectedBackend> selected =
-      kernels::SelectBackend(device, precision, gpu_index);
-  if (!selected.ok()) {
-    return absl::Status(
-        selected.status().code(),
-        absl::StrCat("rank ", rank_, ": ", selected.status().message()));
-  }
+      loop::SelectDevice(config_, rank_);
+  if (!selected.ok()) return selected.status();
   if (selected->gpu && world_ > 1) {
     return absl::UnimplementedError(absl::StrCat(
         "device: GPU with ", world_,
