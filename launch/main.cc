@@ -36,12 +36,14 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/omp_wait_policy.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/select/backend_select.h"
 #include "trainer/checkpoint/checkpoint_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/json_file.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/checkpointing.h"
+#include "trainer/loop/device_select.h"
 #include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/metrics/progress.h"
@@ -64,6 +66,7 @@ constexpr char kUsage[] =
     "--data=FILE.jsonl)\n"
     "                   [--max_new_tokens=N] [--temperature=T] [--top_p=P] "
     "[--seed=S]\n"
+    "                   [--device=AUTO|CPU|GPU] [--precision=FP32|BF16]\n"
     "\n"
     "  --config          a TrainConfig in protobuf text format (see "
     "proto/config.proto)\n"
@@ -98,6 +101,10 @@ constexpr char kUsage[] =
     "  --max_new_tokens  default 64, lowered to fit the model's positions\n"
     "  --temperature     0 (default): greedy; > 0: sampling\n"
     "  --top_p           nucleus sampling, in (0, 1]; default 1\n"
+    "  --device          generate: AUTO (default), CPU or GPU; --precision: "
+    "FP32 or BF16 (train and\n"
+    "                    eval: the config fields device and precision, "
+    "e.g. --set=device=GPU)\n"
     "  --seed            of the sampling; default 0\n";
 
 // Flags of the form --name=value after the command word; each at most once,
@@ -432,6 +439,30 @@ absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
 }
 
 // --max_new_tokens, --temperature, --top_p and --seed.
+// generate's backend: --device=AUTO|CPU|GPU and --precision=FP32|BF16, as
+// the config fields device and precision are for train and eval.
+absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
+  TrainConfig config;
+  if (flags.Has("device")) {
+    TrainConfig::Device device;
+    if (!TrainConfig::Device_Parse(flags.Get("device"), &device)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--device=", flags.Get("device"), ": expected AUTO, CPU or GPU"));
+    }
+    config.set_device(device);
+  }
+  if (flags.Has("precision")) {
+    TrainConfig::Precision precision;
+    if (!TrainConfig::Precision_Parse(flags.Get("precision"), &precision) ||
+        precision == TrainConfig::PRECISION_DEFAULT) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--precision=", flags.Get("precision"), ": expected FP32 or BF16"));
+    }
+    config.set_precision(precision);
+  }
+  return loop::SelectDevice(config, 0);
+}
+
 absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
   model::GenerationOptions options;
   std::string bad;  // the first flag that is not a number
@@ -488,10 +519,10 @@ int Generate(int argc, char** argv) {
   const auto fail = [](const absl::Status& status, int code) {
     return Fail(nullptr, status, code, "generate");
   };
-  auto flags =
-      ParseFlags(argc, argv,
-                 {"model", "checkpoint", "prompt", "prompt_ids", "data",
-                  "max_new_tokens", "temperature", "top_p", "seed"});
+  auto flags = ParseFlags(
+      argc, argv,
+      {"model", "checkpoint", "prompt", "prompt_ids", "data", "max_new_tokens",
+       "temperature", "top_p", "seed", "device", "precision"});
   if (flags.ok()) {
     const int prompts =
         flags->Has("prompt") + flags->Has("prompt_ids") + flags->Has("data");
@@ -550,7 +581,10 @@ int Generate(int argc, char** argv) {
   if (!stop_ids.ok()) return fail(stop_ids.status(), 1);
   options->stop_ids = *std::move(stop_ids);
 
-  kernels::CpuBackend backend;
+  auto selected = GenerateBackend(*flags);
+  if (!selected.ok()) return fail(selected.status(), 2);
+  std::cerr << selected->description << "\n";
+  kernels::Backend& backend = *selected->backend;
   model::Capacity cap;
   // Prompts run in chunks of up to 64 tokens, which bounds the attention
   // buffers a long prompt would otherwise need.

@@ -15,8 +15,11 @@
 #include "kernels/select/backend_select.h"
 #include "tests/fixture_util.h"
 #include "trainer/config/config_loader.h"
+#include "trainer/io/hf_config.h"
+#include "trainer/io/weight_store.h"
 #include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/model/generation.h"
 
 namespace prefopt {
 namespace {
@@ -238,6 +241,42 @@ TEST_F(SimulatedGpu, CheckpointsMoveBetweenDevices) {
         max_err, std::fabs(double{moved_weights[i]} - straight_weights[i]));
   }
   EXPECT_LE(max_err, 2 * kWeightTol) << "final weights (6 steps)";
+}
+
+// Greedy generation with the key/value cache (prefopt generate) on the
+// simulated GPU gives the CPU's tokens, for a prompt longer than one chunk.
+TEST_F(SimulatedGpu, GenerationMatchesTheCpu) {
+  const std::string dir = testing::WorkspacePath("tests/fixtures/gpt2/policy");
+  auto spec = io::ReadHfConfig(dir);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 11; ++i) prompt.push_back((7 * i + 3) % 101);
+  model::GenerationOptions options;
+  options.max_new_tokens = 12;
+  std::vector<int32_t> tokens[2];
+  for (int d = 0; d < 2; ++d) {
+    auto selected = kernels::SelectBackend(
+        d == 0 ? kernels::DeviceKind::kCpu : kernels::DeviceKind::kGpu,
+        kernels::PrecisionKind::kFp32, 0);
+    ASSERT_TRUE(selected.ok()) << selected.status();
+    model::Capacity cap;
+    cap.max_rows = 4;  // the prompt runs in chunks of 4 rows
+    cap.max_seq_len = 32;
+    cap.max_seqs = 1;
+    auto decoder =
+        model::Decoder::Create(*spec, selected->backend.get(), cap, false);
+    ASSERT_TRUE(decoder.ok()) << decoder.status();
+    auto store = io::WeightStore::Open(dir);
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*decoder)->LoadHf(*store).ok());
+    auto generator = model::Generator::Create(decoder->get());
+    ASSERT_TRUE(generator.ok()) << generator.status();
+    auto out = (*generator)->Generate(prompt, options);
+    ASSERT_TRUE(out.ok()) << out.status();
+    tokens[d] = *out;
+  }
+  EXPECT_EQ(tokens[1], tokens[0]);
+  EXPECT_EQ(tokens[0].size(), 12u);
 }
 
 // `prefopt eval` on the GPT-2 fixture model (a Hugging Face folder) with its
