@@ -2,6 +2,8 @@
 // (kernels/cuda/sim): every objective trains a tiny model for 3 steps with
 // `device: GPU precision: FP32`, and its metrics and final weights match the
 // same run with `device: CPU`. Prints "CUDA backend (CPU simulation)".
+// //tests:gpu_training_test is the same test on a real GPU (tag gpu; it
+// skips, saying why, where there is none).
 #include <cmath>
 #include <iostream>
 #include <map>
@@ -112,8 +114,7 @@ class SimulatedGpu : public ::testing::Test {
       static bool said = false;
       if (!said) {
         said = true;
-        std::cout << "SKIPPED: no simulated GPU (" << gpu.status().message()
-                  << ")\n";
+        std::cout << "SKIPPED: no GPU (" << gpu.status().message() << ")\n";
       }
       GTEST_SKIP() << gpu.status().message();
     }
@@ -130,7 +131,11 @@ TEST_P(GpuTrains, MatchesTheCpu) {
   static bool said = false;
   if (!said) {
     said = true;
+#if defined(PREFOPT_CUDA_SIMULATION)
     std::cout << "CUDA backend (CPU simulation): "
+#else
+    std::cout << "CUDA backend (GPU): "
+#endif
               << gpu.log.substr(0, gpu.log.find('\n')) << "\n";
   }
   EXPECT_NE(gpu.log.find("device GPU 0 (cuda_fp32)"), std::string::npos)
