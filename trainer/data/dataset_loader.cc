@@ -16,6 +16,25 @@
 namespace prefopt::data {
 namespace {
 
+// DataLoss naming the first example of a token cache whose ids are not all
+// in [0, vocab_size).
+absl::Status CheckCachedIds(const Dataset& dataset, int vocab_size,
+                            const std::string& cache) {
+  for (const Example& ex : dataset.examples) {
+    for (const std::vector<int32_t>* ids :
+         {&ex.context, &ex.prompt, &ex.chosen, &ex.rejected}) {
+      for (int32_t id : *ids) {
+        if (id < 0 || id >= vocab_size) {
+          return absl::DataLossError(absl::StrCat(
+              "invalid token cache ", cache, ": ", ex.source, " has id ", id,
+              ", outside the vocabulary [0, ", vocab_size, ")"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 namespace fs = std::filesystem;
 
 // Lines (or bytes) read before a block is tokenized: enough to keep every
@@ -177,6 +196,13 @@ absl::StatusOr<Dataset> LoadTextFile(const std::string& file,
   const std::string cache = TokenCachePath(file, options.cache_dir);
 
   absl::StatusOr<Dataset> cached = ReadTokenCache(cache, *key, kind, file);
+  if (cached.ok()) {
+    // The checksum proves the file is whole, not that it is ours: a cache
+    // written by anything else must not feed out-of-vocabulary ids to the
+    // embedding.
+    absl::Status ids = CheckCachedIds(*cached, options.vocab_size, cache);
+    if (!ids.ok()) cached = ids;
+  }
   if (cached.ok()) {
     if (log != nullptr) {
       *log << "data: " << file << ": " << cached->examples.size()

@@ -6,6 +6,7 @@
 #include "trainer/data/dataset_loader.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -18,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "trainer/data/token_cache.h"
 #include "trainer/tokenizer/tokenizer.h"
+#include "trainer/util/crc32c.h"
 
 namespace prefopt::data {
 namespace {
@@ -294,6 +296,28 @@ TEST(LoadDatasetTest, SecondLoadUsesTheCacheAndStaleOrDamagedOnesAreRebuilt) {
   EXPECT_THAT(log, HasSubstr("damaged token cache"));
   ASSERT_TRUE(Load(file, ExampleKind::kPreference, options, &log).ok());
   EXPECT_THAT(log, HasSubstr("from the token cache"));
+
+  // A forged cache, whole by its checksum but holding an id outside the
+  // vocabulary: refused with the reason, then tokenized again.
+  {
+    std::ifstream in(cache, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    in.close();
+    // The first id follows the 56-byte header and the first example's
+    // 32-byte record (token_cache.h).
+    const int32_t forged = 1 << 30;
+    std::memcpy(&bytes[88], &forged, sizeof(forged));
+    const uint32_t crc = util::Crc32c(bytes.data(), bytes.size() - 4);
+    std::memcpy(&bytes[bytes.size() - 4], &crc, sizeof(crc));
+    std::ofstream(cache, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  absl::StatusOr<Dataset> unforged =
+      Load(file, ExampleKind::kPreference, options, &log);
+  ASSERT_TRUE(unforged.ok()) << unforged.status();
+  EXPECT_THAT(log, HasSubstr("invalid token cache " + cache + ": " + file +
+                             ":1 has id 1073741824, outside the vocabulary"));
+  EXPECT_THAT(log, HasSubstr("tokenizing again"));
+  EXPECT_EQ(unforged->examples[0].prompt, first->examples[0].prompt);
 
   // Other truncation settings: stale.
   DataOptions shorter = options;
