@@ -1,6 +1,7 @@
 #include "trainer/reference/reference_logps.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -39,7 +40,7 @@ bool GetVector(const std::string& in, size_t* pos, std::vector<T>* v) {
   *pos += 8;
   if (n > (in.size() - *pos) / sizeof(T)) return false;
   v->resize(n);
-  std::memcpy(v->data(), in.data() + *pos, n * sizeof(T));
+  if (n > 0) std::memcpy(v->data(), in.data() + *pos, n * sizeof(T));
   *pos += n * sizeof(T);
   return true;
 }
@@ -92,6 +93,54 @@ absl::StatusOr<objectives::ReferenceValues> Deserialize(
   return v;
 }
 
+// The entries of `examples` with every log-prob 0: where each example's
+// responses and (with token_logps) their tokens go.
+objectives::ReferenceValues EmptyValues(
+    const std::vector<data::Example>& examples, bool token_logps) {
+  objectives::ReferenceValues v;
+  for (const data::Example& ex : examples) {
+    v.first_response.push_back(static_cast<int64_t>(v.sequence_logp.size()));
+    for (int r = 0; r < ex.num_responses(); ++r) {
+      v.sequence_logp.push_back(0.0);
+      if (token_logps) {
+        v.token_offset.push_back(static_cast<int64_t>(v.token_logp.size()));
+        v.token_logp.resize(v.token_logp.size() + ex.response(r).size());
+      }
+    }
+  }
+  return v;
+}
+
+// A cache whose checksum matches can still be someone else's file: its
+// layout must be the one the examples give, and its log-probs finite, before
+// anything indexes it.
+absl::Status CheckLoadedValues(const objectives::ReferenceValues& loaded,
+                               const std::vector<data::Example>& examples,
+                               bool token_logps) {
+  const objectives::ReferenceValues want = EmptyValues(examples, token_logps);
+  if (loaded.first_response != want.first_response ||
+      loaded.sequence_logp.size() != want.sequence_logp.size() ||
+      loaded.token_offset != want.token_offset ||
+      loaded.token_logp.size() != want.token_logp.size()) {
+    return absl::DataLossError(
+        "its entries do not match the examples' responses and tokens");
+  }
+  for (size_t i = 0; i < loaded.sequence_logp.size(); ++i) {
+    if (!std::isfinite(loaded.sequence_logp[i])) {
+      return absl::DataLossError(absl::StrCat("response ", i,
+                                              " has a non-finite log-prob (",
+                                              loaded.sequence_logp[i], ")"));
+    }
+  }
+  for (size_t i = 0; i < loaded.token_logp.size(); ++i) {
+    if (!std::isfinite(loaded.token_logp[i])) {
+      return absl::DataLossError(
+          absl::StrCat("token entry ", i, " has a non-finite log-prob"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 uint64_t ReferenceFingerprint(const model::Decoder& reference,
@@ -137,6 +186,11 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
     ss << in.rdbuf();
     auto values = Deserialize(ss.str(), key, examples.size());
     if (values.ok()) {
+      absl::Status checked =
+          CheckLoadedValues(*values, examples, options.token_logps);
+      if (!checked.ok()) values = checked;
+    }
+    if (values.ok()) {
       result.values = *std::move(values);
       result.loaded_from_cache = true;
     } else {
@@ -151,19 +205,9 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
     if (missing > 0) result.loaded_from_cache = false;
   }
   if (result.loaded_from_cache) return result;
-  result.values = objectives::ReferenceValues();
 
+  result.values = EmptyValues(examples, options.token_logps);
   objectives::ReferenceValues& v = result.values;
-  for (const data::Example& ex : examples) {
-    v.first_response.push_back(static_cast<int64_t>(v.sequence_logp.size()));
-    for (int r = 0; r < ex.num_responses(); ++r) {
-      v.sequence_logp.push_back(0.0);
-      if (options.token_logps) {
-        v.token_offset.push_back(static_cast<int64_t>(v.token_logp.size()));
-        v.token_logp.resize(v.token_logp.size() + ex.response(r).size());
-      }
-    }
-  }
 
   objectives::ChunkedOutputLayer output(
       reference.backend(), reference.capacity().max_rows,

@@ -3,10 +3,14 @@
 #include "trainer/reference/reference_logps.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "trainer/util/fingerprint.h"
 
 namespace prefopt::reference {
 namespace {
@@ -81,6 +85,29 @@ TEST(ReferenceLogps, CachesTokenValuesAndRebuildsCorruptFiles) {
   EXPECT_NE(third->rebuilt_because.find("corrupted"), std::string::npos)
       << third->rebuilt_because;
   EXPECT_EQ(third->values.sequence_logp, v.sequence_logp);
+
+  // A forged cache, its checksum recomputed: the second example's first
+  // response points past the entries. Refused with the reason, rebuilt.
+  {
+    std::ifstream in(first->cache_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    in.close();
+    // magic[8], key, then first_response: its length (8 bytes) and entries.
+    const int64_t forged = 100;
+    std::memcpy(&bytes[16 + 8 + 8], &forged, sizeof(forged));
+    util::Fingerprinter fp;
+    fp.Update(bytes.data(), bytes.size() - 8);
+    const uint64_t check = fp.Value();
+    std::memcpy(&bytes[bytes.size() - 8], &check, sizeof(check));
+    std::ofstream(first->cache_path, std::ios::binary | std::ios::trunc)
+        << bytes;
+  }
+  auto forged = ComputeReferenceValues(**model, Examples(), options, dir, {});
+  ASSERT_TRUE(forged.ok());
+  EXPECT_FALSE(forged->loaded_from_cache);
+  EXPECT_EQ(forged->rebuilt_because,
+            "its entries do not match the examples' responses and tokens");
+  EXPECT_EQ(forged->values.sequence_logp, v.sequence_logp);
 
   // Other weights: another key, so another file.
   (*model)->InitRandom(4, 0.5f);
