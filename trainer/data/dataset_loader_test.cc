@@ -447,6 +447,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"malformed_json", ExampleKind::kPreference, DataConfig::NONE,
                 "{\"prompt\": \"a\", \"chosen\": \"b\"\n",
                 ":1: malformed JSON at byte"},
+        BadCase{"number_overflow", ExampleKind::kPreference, DataConfig::NONE,
+                "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": "
+                "\"c\", \"x\": 1e400}\n",
+                ":1: invalid JSON"},
+        BadCase{"deep_chat_message", ExampleKind::kPreference,
+                DataConfig::CHATML,
+                "{\"prompt\": [{\"role\": \"user\", \"content\": " +
+                    std::string(5000, '[') + std::string(5000, ']') +
+                    "}], \"chosen\": [], \"rejected\": []}\n",
+                ":1:column 294: JSON nested deeper than 256 levels"},
         BadCase{"missing_field", ExampleKind::kPreference, DataConfig::NONE,
                 "{\"prompt\": \"a\", \"chosen\": \"b\"}\n",
                 ":1: missing field \"rejected\""},

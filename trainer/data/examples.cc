@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "trainer/io/json_file.h"
 
 namespace prefopt::data {
 namespace {
@@ -157,12 +158,19 @@ absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
       ++line_no;
       const std::string where = absl::StrCat(file, ":", line_no);
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (absl::Status s = io::CheckJsonDepth(line, where, /*jsonl_line=*/true);
+          !s.ok())
+        return s;
       nlohmann::json obj;
       try {
         obj = nlohmann::json::parse(line);
       } catch (const nlohmann::json::parse_error& e) {
         return absl::InvalidArgumentError(absl::StrCat(
             where, ": malformed JSON at byte ", e.byte, ": ", e.what()));
+      } catch (const nlohmann::json::exception& e) {
+        // out_of_range: a number such as 1e400 that no double holds.
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": invalid JSON: ", e.what()));
       }
       if (!obj.is_object()) {
         return absl::InvalidArgumentError(absl::StrCat(

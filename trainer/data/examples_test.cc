@@ -73,7 +73,7 @@ TEST(PreferenceData, TruncatesPromptThenResponsesAndDropsWhatCannotFit) {
 
 struct BadCase {
   const char* name;
-  const char* line;
+  std::string line;
   const char* expected;  // substring of the error
 };
 
@@ -119,7 +119,16 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"empty_response",
                 "{\"prompt_ids\": [1], \"chosen_ids\": [], "
                 "\"rejected_ids\": [3]}",
-                "\"chosen_ids\" is empty"}),
+                "\"chosen_ids\" is empty"},
+        // nlohmann's out_of_range, not a parse_error: was uncaught.
+        BadCase{"number_overflow",
+                "{\"prompt_ids\": [1e400], \"chosen_ids\": [2], "
+                "\"rejected_ids\": [3]}",
+                "invalid JSON"},
+        BadCase{"deep_nesting",
+                "{\"prompt_ids\": " + std::string(100000, '[') + "1" +
+                    std::string(100000, ']') + "}",
+                ":2:column 271: JSON nested deeper than 256 levels"}),
     [](const ::testing::TestParamInfo<BadCase>& info) {
       return std::string(info.param.name);
     });

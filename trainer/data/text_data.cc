@@ -264,6 +264,10 @@ std::string LineFormatName(LineFormat format) {
 
 absl::StatusOr<Json> ParseJsonLine(const std::string& line,
                                    const std::string& where) {
+  if (absl::Status s = io::CheckJsonDepth(line, where, /*jsonl_line=*/true);
+      !s.ok()) {
+    return s;
+  }
   Json obj;
   try {
     obj = Json::parse(line);
@@ -279,6 +283,10 @@ absl::StatusOr<Json> ParseJsonLine(const std::string& line,
     }
     return absl::InvalidArgumentError(absl::StrCat(
         where, ": malformed JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const Json::exception& e) {
+    // out_of_range: a number such as 1e400 that no double holds.
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": invalid JSON: ", e.what()));
   }
   if (!obj.is_object()) {
     return absl::InvalidArgumentError(

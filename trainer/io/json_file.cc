@@ -136,7 +136,42 @@ absl::StatusOr<bool> AsBool(const json& value, std::string_view field,
 
 }  // namespace
 
+absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
+                            bool jsonl_line) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) {
+        const auto [line, column] = LineAndColumn(text, i);
+        return absl::InvalidArgumentError(absl::StrCat(
+            AbslView(where), ":",
+            jsonl_line ? absl::StrCat("column ", column)
+                       : absl::StrCat(line, ":", column),
+            ": JSON nested deeper than ", kMaxJsonDepth, " levels"));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view file) {
+  if (absl::Status s = CheckJsonDepth(text, file); !s.ok()) return s;
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {

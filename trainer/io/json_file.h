@@ -16,9 +16,22 @@ namespace prefopt::io {
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 
 // Parses `text` as JSON; `file` names the source in error messages, which give
-// the line:column of a parse error.
+// the line:column of a parse error. Nesting deeper than kMaxJsonDepth is an
+// error too (code that walks a parsed value recurses), and so is a number out
+// of range (1e400).
 absl::StatusOr<nlohmann::json> ParseJson(std::string_view text,
                                          std::string_view file);
+
+// How deeply arrays and objects may nest in any JSON prefopt reads; real
+// configs, tokenizers and chat data need a handful of levels.
+inline constexpr int kMaxJsonDepth = 256;
+
+// InvalidArgument naming `where` and the line:column where `text` nests
+// arrays/objects deeper than kMaxJsonDepth; OK otherwise (also for invalid
+// JSON, which the parser reports). For one line of a JSONL file, `where` is
+// "file:line" and the message gives only the column.
+absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
+                            bool jsonl_line = false);
 
 // Writes `value` as JSON indented by 2 spaces with a final newline, replacing
 // `path` atomically (see AtomicFileWriter).

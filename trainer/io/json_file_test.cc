@@ -31,6 +31,21 @@ TEST(ReadJsonFileTest, ErrorAtEndOfInput) {
   EXPECT_TRUE(ErrorContains(ReadJsonFile(path).status(), {path + ":1:1:"}));
 }
 
+TEST(ReadJsonFileTest, DeepNestingAndHugeNumbersAreErrors) {
+  const std::string deep =
+      "{\"a\":\n" + std::string(300, '[') + std::string(300, ']') + "}";
+  absl::StatusOr<json> nested = ParseJson(deep, "deep.json");
+  EXPECT_TRUE(ErrorContains(
+      nested.status(), {"deep.json:2:256: JSON nested deeper than 256 levels"}))
+      << nested.status();
+  // Brackets inside strings do not count.
+  EXPECT_TRUE(
+      ParseJson("[\"" + std::string(1000, '[') + "\\\"\"]", "s.json").ok());
+  absl::StatusOr<json> huge = ParseJson("{\"x\": 1e400}", "huge.json");
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ErrorContains(huge.status(), {"huge.json"})) << huge.status();
+}
+
 TEST(ReadJsonFileTest, MissingFileIsNotFound) {
   const std::string path = TestdataPath("no_such.json");
   absl::StatusOr<json> value = ReadJsonFile(path);
