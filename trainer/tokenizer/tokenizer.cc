@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "trainer/io/json_file.h"
 #include "trainer/tokenizer/added_vocabulary.h"
 #include "trainer/tokenizer/bpe.h"
 #include "trainer/tokenizer/decoders.h"
@@ -177,6 +178,9 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view json_text,
                                               std::string_view source) {
+  if (absl::Status s = io::CheckJsonDepth(json_text, source); !s.ok()) {
+    return s;
+  }
   Json root;
   try {
     root = Json::parse(json_text);

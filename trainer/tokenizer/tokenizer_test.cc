@@ -194,6 +194,15 @@ TEST(LoadTest, MalformedJson) {
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("not valid JSON"));
 }
 
+TEST(LoadTest, DeeplyNestedJsonIsRefused) {
+  const std::string deep = "{\"added_tokens\": " + std::string(100000, '[') +
+                           std::string(100000, ']') + "}";
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::FromJson(deep, "deep.json");
+  ASSERT_FALSE(tokenizer.ok());
+  EXPECT_THAT(tokenizer.status().message(),
+              HasSubstr("deep.json:1:273: JSON nested deeper than 256 levels"));
+}
+
 TEST(LoadTest, UnsupportedComponentsAreNamedWithTheirPath) {
   Json json = TinyTokenizer();
   json["normalizer"] = {{"type", "BertNormalizer"}};
