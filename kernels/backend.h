@@ -53,11 +53,6 @@ class Backend {
   virtual void Zero(float* p, size_t n) = 0;
   virtual void CopyToDevice(float* dst, const float* host_src, size_t n) = 0;
   virtual void CopyToHost(float* host_dst, const float* src, size_t n) = 0;
-  // Returns when every op issued so far has finished (the GPU backend queues
-  // them on a stream; the CPU backend's are done when they return). Needed
-  // before anything but the backend reads or writes backend memory, such as
-  // a communicator's all-reduce of the gradients.
-  virtual void Synchronize() {}
   // Whether host code may read and write backend memory directly (the CPU
   // backend's is host memory; a GPU's is not).
   virtual bool HostAddressable() const { return true; }

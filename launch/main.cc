@@ -438,7 +438,6 @@ absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
   return prompts;
 }
 
-// --max_new_tokens, --temperature, --top_p and --seed.
 // generate's backend: --device=AUTO|CPU|GPU and --precision=FP32|BF16, as
 // the config fields device and precision are for train and eval.
 absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
@@ -463,6 +462,7 @@ absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
   return loop::SelectDevice(config, 0);
 }
 
+// --max_new_tokens, --temperature, --top_p and --seed.
 absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
   model::GenerationOptions options;
   std::string bad;  // the first flag that is not a number

@@ -508,10 +508,6 @@ std::string CudaBackend::Name() const {
 
 std::string CudaBackend::DeviceName() const { return s_->device_name; }
 
-void CudaBackend::Synchronize() {
-  PREFOPT_CHECK_CUDA(cudaStreamSynchronize(s_->stream));
-}
-
 float* CudaBackend::Alloc(size_t n) {
   return static_cast<float*>(DeviceAlloc(n * sizeof(float)));
 }

@@ -77,7 +77,6 @@ class CudaBackend : public Backend {
   // reports "CUDA CPU simulation (prefopt cudasim)").
   std::string DeviceName() const;
 
-  void Synchronize() override;
   bool HostAddressable() const override { return false; }
 
   float* Alloc(size_t n) override;

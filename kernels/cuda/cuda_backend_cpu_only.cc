@@ -14,6 +14,4 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
 // Unreachable (Create never succeeds); defined for callers that link it.
 std::string CudaBackend::DeviceName() const { return ""; }
 
-void CudaBackend::Synchronize() {}
-
 }  // namespace prefopt::kernels

@@ -59,7 +59,8 @@ MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
 // each layer (the last after the final norm); MAPO keeps one score per row
 // and map, the row's mean over the map's width, which is all MapoMask reads
 // of a map (its min-max rescaling follows per sequence). The views are read
-// in place: the decoder's memory is host memory here (see the header).
+// in place when the host can address the decoder's memory, else through a
+// host copy of each segment's rows.
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
   MaskInputs(kernels::Backend* backend, bool learned,
@@ -129,16 +130,18 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     }
   }
 
-  // A host copy of the segment's rows of an activation (backend memory,
-  // which on the GPU the host cannot read), `v.stride` floats apart.
+  // The segment's rows of an activation, `v.stride` floats apart: in place
+  // on the CPU backend, else a host copy (a GPU's memory is not readable
+  // here).
   const float* SegmentRows(const model::ActivationView& v,
                            const objectives::ResponseSegment& s) {
+    const float* first = v.data + static_cast<size_t>(s.row) * v.stride;
+    if (backend_->HostAddressable()) return first;
     if (s.count == 0) return nullptr;
     const size_t n = static_cast<size_t>(s.count - 1) * v.stride +
                      static_cast<size_t>(v.width);
     segment_rows_.resize(n);
-    backend_->CopyToHost(segment_rows_.data(),
-                         v.data + static_cast<size_t>(s.row) * v.stride, n);
+    backend_->CopyToHost(segment_rows_.data(), first, n);
     return segment_rows_.data();
   }
 

@@ -20,8 +20,10 @@
 // mask gradients across ranks, clips them together with the policy's, and
 // calls Update after the policy's AdamW step.
 //
-// The fused kernel is CPU code: the policy's backend must keep its memory on
-// the host (the CPU backend).
+// The fused kernel and the mask networks are CPU code. On a backend whose
+// memory the host cannot address (the GPU), the step copies what they read
+// (activation rows, the output embeddings) to the host and sends the
+// output-embedding gradient back; on the CPU backend they work in place.
 #ifndef PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 #define PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 

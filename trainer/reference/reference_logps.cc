@@ -7,6 +7,7 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -93,21 +94,39 @@ absl::StatusOr<objectives::ReferenceValues> Deserialize(
   return v;
 }
 
-// The entries of `examples` with every log-prob 0: where each example's
-// responses and (with token_logps) their tokens go.
-objectives::ReferenceValues EmptyValues(
-    const std::vector<data::Example>& examples, bool token_logps) {
-  objectives::ReferenceValues v;
+// Where each example's responses and (with token_logps) their tokens go in
+// ReferenceValues, and how many of each there are.
+struct Layout {
+  std::vector<int64_t> first_response;
+  std::vector<int64_t> token_offset;
+  size_t responses = 0;
+  size_t tokens = 0;
+};
+
+Layout LayoutOf(const std::vector<data::Example>& examples, bool token_logps) {
+  Layout l;
   for (const data::Example& ex : examples) {
-    v.first_response.push_back(static_cast<int64_t>(v.sequence_logp.size()));
+    l.first_response.push_back(static_cast<int64_t>(l.responses));
     for (int r = 0; r < ex.num_responses(); ++r) {
-      v.sequence_logp.push_back(0.0);
+      ++l.responses;
       if (token_logps) {
-        v.token_offset.push_back(static_cast<int64_t>(v.token_logp.size()));
-        v.token_logp.resize(v.token_logp.size() + ex.response(r).size());
+        l.token_offset.push_back(static_cast<int64_t>(l.tokens));
+        l.tokens += ex.response(r).size();
       }
     }
   }
+  return l;
+}
+
+// The entries of `examples` with every log-prob 0.
+objectives::ReferenceValues EmptyValues(
+    const std::vector<data::Example>& examples, bool token_logps) {
+  Layout l = LayoutOf(examples, token_logps);
+  objectives::ReferenceValues v;
+  v.first_response = std::move(l.first_response);
+  v.token_offset = std::move(l.token_offset);
+  v.sequence_logp.assign(l.responses, 0.0);
+  v.token_logp.assign(l.tokens, 0.0f);
   return v;
 }
 
@@ -117,11 +136,11 @@ objectives::ReferenceValues EmptyValues(
 absl::Status CheckLoadedValues(const objectives::ReferenceValues& loaded,
                                const std::vector<data::Example>& examples,
                                bool token_logps) {
-  const objectives::ReferenceValues want = EmptyValues(examples, token_logps);
+  const Layout want = LayoutOf(examples, token_logps);
   if (loaded.first_response != want.first_response ||
-      loaded.sequence_logp.size() != want.sequence_logp.size() ||
+      loaded.sequence_logp.size() != want.responses ||
       loaded.token_offset != want.token_offset ||
-      loaded.token_logp.size() != want.token_logp.size()) {
+      loaded.token_logp.size() != want.tokens) {
     return absl::DataLossError(
         "its entries do not match the examples' responses and tokens");
   }

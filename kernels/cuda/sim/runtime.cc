@@ -393,8 +393,6 @@ cudaError_t cudaGetLastError() {
   return err;
 }
 
-cudaError_t cudaPeekAtLastError() { return prefopt::cudasim::last_error; }
-
 const char* cudaGetErrorName(cudaError_t error) {
   switch (error) {
     case cudaSuccess:
@@ -605,10 +603,6 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
   return cudaSuccess;
 }
 
-cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) {
-  return cudaMallocHost(ptr, size);
-}
-
 cudaError_t cudaFreeHost(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
   DrainAll();
@@ -689,10 +683,6 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream,
   rt.streams.push_back(s);
   *stream = s;
   return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
