@@ -219,8 +219,7 @@ inline float __frsqrt_rn(float a) {
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(a)));
 }
 
-using std::max;
-using std::min;
+// CUDA's integer min/max device functions (the kernels use the int forms).
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 

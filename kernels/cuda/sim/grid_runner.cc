@@ -82,12 +82,6 @@ constexpr size_t kStackBytes = size_t{1} << 20;
 constexpr size_t kStackBytes = size_t{128} << 10;
 #endif
 
-[[noreturn]] void Die(const std::string& message) {
-  std::fprintf(stderr, "cudasim: %s\n", message.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
-
 std::string Where(const SourceLocation& w) {
   return std::string(w.file) + ":" + std::to_string(w.line);
 }
@@ -133,7 +127,7 @@ struct Fiber {
     mapping_bytes = kStackBytes + page;
     void* m = mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) Die("cannot map a fiber stack");
+    if (m == MAP_FAILED) Fatal("cannot map a fiber stack");
     mapping = static_cast<unsigned char*>(m);
     // The lowest page stays inaccessible: a stack overflow faults instead of
     // corrupting the neighbouring stack.
@@ -479,12 +473,12 @@ void BlockScheduler::ReportStuck() {
     }
     t = end;
   }
-  Die(report);
+  Fatal(report);
 }
 
 void BlockScheduler::Fail(const Fiber& f, const std::string& message) {
-  Die(std::string("kernel ") + launch_->kernel_name + ", block " +
-      Dim(block_idx_) + ", thread " + Dim(f.ctx.thread_idx) + ": " + message);
+  Fatal(std::string("kernel ") + launch_->kernel_name + ", block " +
+        Dim(block_idx_) + ", thread " + Dim(f.ctx.thread_idx) + ": " + message);
 }
 
 void BlockScheduler::WaitAtBlockBarrier(SourceLocation where) {
@@ -492,7 +486,8 @@ void BlockScheduler::WaitAtBlockBarrier(SourceLocation where) {
   f.state = FiberState::kAtBlockBarrier;
   f.where = where;
   f.what = "__syncthreads";
-  const int generation = static_cast<int>(block_generation_ & 1);
+  [[maybe_unused]] const int generation =
+      static_cast<int>(block_generation_ & 1);
 #if defined(PREFOPT_CUDASIM_TSAN)
   __tsan_release(&block_sync_[generation]);
 #endif
@@ -500,7 +495,6 @@ void BlockScheduler::WaitAtBlockBarrier(SourceLocation where) {
 #if defined(PREFOPT_CUDASIM_TSAN)
   __tsan_acquire(&block_sync_[generation]);
 #endif
-  (void)generation;
 }
 
 void BlockScheduler::WaitAtWarpBarrier(unsigned mask, const char* what,
@@ -517,7 +511,8 @@ void BlockScheduler::WaitAtWarpBarrier(unsigned mask, const char* what,
   f.where = where;
   f.what = what;
   const int warp = f.ctx.linear / kWarpSize;
-  const int generation = static_cast<int>(warp_generation_[warp] & 1);
+  [[maybe_unused]] const int generation =
+      static_cast<int>(warp_generation_[warp] & 1);
 #if defined(PREFOPT_CUDASIM_TSAN)
   __tsan_release(&warp_sync_[2 * warp + generation]);
 #endif
@@ -525,7 +520,6 @@ void BlockScheduler::WaitAtWarpBarrier(unsigned mask, const char* what,
 #if defined(PREFOPT_CUDASIM_TSAN)
   __tsan_acquire(&warp_sync_[2 * warp + generation]);
 #endif
-  (void)generation;
 }
 
 uint64_t BlockScheduler::Shuffle(unsigned mask, uint64_t value,
@@ -707,16 +701,27 @@ class WorkerPool {
 }  // namespace
 
 int WorkerCount() {
-  static const int count = [] {
-    if (const char* env = std::getenv("PREFOPT_CUDASIM_WORKERS")) {
-      const int n = std::atoi(env);
-      if (n >= 1) return n;
-      Die(std::string("PREFOPT_CUDASIM_WORKERS=") + env +
-          " is not a positive integer");
-    }
-    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  }();
+  static const int count = static_cast<int>(
+      PositiveEnv("PREFOPT_CUDASIM_WORKERS",
+                  std::max(1u, std::thread::hardware_concurrency())));
   return count;
+}
+
+void Fatal(const std::string& message) {
+  std::fprintf(stderr, "cudasim: %s\n", message.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+size_t PositiveEnv(const char* name, size_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(env, &end, 10);
+  if (end == env || *end != '\0' || v == 0) {
+    Fatal(std::string(name) + "=" + env + " is not a positive integer");
+  }
+  return static_cast<size_t>(v);
 }
 
 void RunGrid(const GridLaunch& launch) {

@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace prefopt::cudasim {
 
@@ -64,6 +65,14 @@ struct GridLaunch {
 
 // Runs every block of the launch and returns when all have finished.
 void RunGrid(const GridLaunch& launch);
+
+// Prints "cudasim: <message>" and aborts: the simulation's answer to misuse
+// that a GPU answers with a hang, a crash or undefined results.
+[[noreturn]] void Fatal(const std::string& message);
+
+// The positive integer in the environment variable `name`, `fallback` when it
+// is unset; Fatal when it is set to anything else.
+size_t PositiveEnv(const char* name, size_t fallback);
 
 // Worker threads blocks are spread over (PREFOPT_CUDASIM_WORKERS, else the
 // number of cores).

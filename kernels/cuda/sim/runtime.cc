@@ -44,23 +44,6 @@ constexpr int kDefaultSharedBytes = 48 << 10;
 constexpr int kOptInSharedBytes = 227 << 10;
 constexpr size_t kDeviceAlignment = 256;
 
-[[noreturn]] void Die(const std::string& message) {
-  std::fprintf(stderr, "cudasim: %s\n", message.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
-
-size_t EnvSize(const char* name, size_t fallback) {
-  const char* env = std::getenv(name);
-  if (env == nullptr) return fallback;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(env, &end, 10);
-  if (end == env || *end != '\0' || v == 0) {
-    Die(std::string(name) + "=" + env + " is not a positive integer");
-  }
-  return static_cast<size_t>(v);
-}
-
 // All state of the simulated devices; one lock, since calls are cheap next
 // to the work they queue and queued work runs outside it.
 class Runtime {
@@ -71,8 +54,8 @@ class Runtime {
   }
 
   std::mutex mu;
-  int devices = static_cast<int>(EnvSize("PREFOPT_CUDASIM_DEVICES", 1));
-  size_t memory_bytes = EnvSize(
+  int devices = static_cast<int>(PositiveEnv("PREFOPT_CUDASIM_DEVICES", 1));
+  size_t memory_bytes = PositiveEnv(
       "PREFOPT_CUDASIM_MEMORY_BYTES",
       static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
   size_t used_bytes = 0;

@@ -16,8 +16,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/sim/grid_runner.h"
@@ -48,10 +47,8 @@ inline int Lane() { return ::prefopt::cudasim::CurrentThread().linear % 32; }
 
 [[noreturn]] inline void Misuse(const char* what, const char* why,
                                 ::prefopt::cudasim::SourceLocation where) {
-  std::fprintf(stderr, "cudasim: %s at %s:%d: %s\n", what, where.file,
-               where.line, why);
-  std::fflush(stderr);
-  std::abort();
+  ::prefopt::cudasim::Fatal(std::string(what) + " at " + where.file + ":" +
+                            std::to_string(where.line) + ": " + why);
 }
 
 // The GPU's rules: a 256-bit aligned pointer and a leading dimension that is
