@@ -1,7 +1,8 @@
 // Llama, Mistral-style and Qwen2 decoders against transformers and TRL 0.28
 // (tests/fixtures/{llama/llama3_untied,llama/tied,mistral,qwen2}/, written by
-// tests/fixtures/generate_llama_qwen2.py): logits, per-token log-probs, the
-// causal-LM loss and every parameter gradient of three sequences; TRL's DPO
+// tests/fixtures/generate_llama_qwen2.py), and the same models saved by
+// transformers 5 (tests/fixtures/transformers5/): logits, per-token log-probs,
+// the causal-LM loss and every parameter gradient of three sequences; TRL's DPO
 // (sigmoid) loss, metrics and policy gradients on six pairs through the same
 // Trainer that `prefopt train` runs; and bitwise run-to-run determinism of
 // three training steps. Gradients are compared per Hugging Face tensor
@@ -101,8 +102,9 @@ TEST_P(LlamaQwen2Parity, ConfigIsReadAsGenerated) {
   EXPECT_EQ(spec->n_kv_head, 2);
 }
 
-TEST_P(LlamaQwen2Parity, MatchesTransformersForwardLossAndGradients) {
-  const Variant& v = GetParam();
+// Logits, per-token log-probs, the causal-LM loss and every gradient of the
+// model in `dir` (under tests/fixtures/) against its forward.* fixture.
+void ExpectForwardMatches(const Variant& v) {
   kernels::CpuBackend backend;
   auto fwd = io::SafetensorsFile::Open(FixturePath(v, "forward.safetensors"));
   ASSERT_TRUE(fwd.ok()) << fwd.status();
@@ -167,6 +169,10 @@ TEST_P(LlamaQwen2Parity, MatchesTransformersForwardLossAndGradients) {
                   d.output_embedding(), batch.tokens.data(), segments, coef);
   d.Backward(batch);
   ExpectGradientsMatch(d, *fwd, v.hf_tensors);
+}
+
+TEST_P(LlamaQwen2Parity, MatchesTransformersForwardLossAndGradients) {
+  ExpectForwardMatches(GetParam());
 }
 
 // A DPO run on the variant's six pairs (micro-batches of two), live
@@ -273,6 +279,64 @@ INSTANTIATE_TEST_SUITE_P(
         Variant{"qwen2", Arch::kQwen2, Rope::kNone, true, 8, 26}),
     [](const ::testing::TestParamInfo<Variant>& info) {
       return FlatName(info.param.dir);
+    });
+
+// The same models saved by transformers 5 (tests/fixtures/transformers5/,
+// written by tests/fixtures/generate_transformers5.py), whose config.json has
+// "rope_parameters" where transformers 4 wrote rope_theta and rope_scaling.
+struct Transformers5Case {
+  Variant v5;
+  const char* v4_dir;
+};
+
+void PrintTo(const Transformers5Case& c, std::ostream* os) { *os << c.v5.dir; }
+
+class Transformers5Folders
+    : public ::testing::TestWithParam<Transformers5Case> {};
+
+TEST_P(Transformers5Folders, ReadAsTheTransformers4Folder) {
+  const Transformers5Case& c = GetParam();
+  auto v5 = io::ReadHfConfig(FixturePath(c.v5, "policy"));
+  ASSERT_TRUE(v5.ok()) << v5.status();
+  auto v4 = io::ReadHfConfig(
+      WorkspacePath(absl::StrCat("tests/fixtures/", c.v4_dir, "/policy")));
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v5->rope_scaling.type, c.v5.rope);
+  EXPECT_EQ(v5->rope_theta, v4->rope_theta);
+  EXPECT_EQ(v5->rope_scaling.type, v4->rope_scaling.type);
+  EXPECT_EQ(v5->rope_scaling.factor, v4->rope_scaling.factor);
+  EXPECT_EQ(v5->rope_scaling.low_freq_factor, v4->rope_scaling.low_freq_factor);
+  EXPECT_EQ(v5->rope_scaling.high_freq_factor,
+            v4->rope_scaling.high_freq_factor);
+  EXPECT_EQ(v5->rope_scaling.original_max_position_embeddings,
+            v4->rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(v5->tie_word_embeddings, v4->tie_word_embeddings);
+  EXPECT_EQ(v5->head_dim, v4->head_dim);
+  EXPECT_EQ(v5->attention_bias, v4->attention_bias);
+  EXPECT_EQ(v5->mlp_bias, v4->mlp_bias);
+}
+
+TEST_P(Transformers5Folders, MatchesTransformers5ForwardLossAndGradients) {
+  ExpectForwardMatches(GetParam().v5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, Transformers5Folders,
+    ::testing::Values(Transformers5Case{{"transformers5/llama3_untied",
+                                         Arch::kLlama, Rope::kLlama3, false, 8,
+                                         21},
+                                        "llama/llama3_untied"},
+                      Transformers5Case{{"transformers5/tied", Arch::kLlama,
+                                         Rope::kLinear, true, 8, 34},
+                                        "llama/tied"},
+                      Transformers5Case{{"transformers5/mistral", Arch::kLlama,
+                                         Rope::kNone, false, 12, 21},
+                                        "mistral"},
+                      Transformers5Case{{"transformers5/qwen2", Arch::kQwen2,
+                                         Rope::kNone, true, 8, 26},
+                                        "qwen2"}),
+    [](const ::testing::TestParamInfo<Transformers5Case>& info) {
+      return FlatName(info.param.v5.dir);
     });
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "trainer/io/hf_config.h"
 
+#include <algorithm>
 #include <string_view>
 #include <utility>
 
@@ -221,27 +222,78 @@ void ReadGpt2(FieldReader& r, ModelSpec& spec) {
   spec.mlp_bias = true;
 }
 
-void ReadRopeScaling(FieldReader& r, RopeScaling& scaling) {
-  const json& config = r.config();
-  if (!HasNonNull(config, "rope_scaling")) return;
-  const json& rope = config["rope_scaling"];
-  const std::string nested = absl::StrCat(r.file(), " (rope_scaling)");
-  if (!rope.is_object()) {
-    r.Fail("rope_scaling", absl::StrCat("must be null or an object, found ",
-                                        DescribeJson(rope)));
-    return;
+// The one RoPE parameter object of `value` (the value of `field`): the object
+// itself, or transformers 5's per-layer-type form ({"full_attention": {...},
+// ...}) when every layer type has the same parameters. Null on error.
+const json* SingleRopeObject(FieldReader& r, std::string_view field,
+                             const json& value) {
+  if (!value.is_object()) {
+    r.Fail(field, absl::StrCat("must be null or an object, found ",
+                               DescribeJson(value)));
+    return nullptr;
   }
-  FieldReader fields(rope, nested);
+  const bool nested = !value.empty() && std::all_of(value.begin(), value.end(),
+                                                    [](const json& entry) {
+                                                      return entry.is_object();
+                                                    });
+  if (!nested) return &value;
+  const json& first = value.begin().value();
+  for (const auto& [layer_type, params] : value.items()) {
+    if (params != first) {
+      r.Fail(field, absl::StrCat("gives layer type ", json(layer_type).dump(),
+                                 " other RoPE parameters than ",
+                                 json(value.begin().key()).dump(),
+                                 "; prefopt uses one RoPE for every layer"));
+      return nullptr;
+    }
+  }
+  return &first;
+}
+
+// Reads RoPE as transformers 5 resolves it, so that folders written by
+// transformers 4 and 5 load alike: the parameters come from "rope_scaling"
+// (the v4 name) when it is set, else from "rope_parameters" (v5); rope_theta
+// and partial_rotary_factor from inside that object, else from the top level.
+// A llama3 scaling without original_max_position_embeddings takes
+// max_position_embeddings, as transformers 5 does.
+void ReadRope(FieldReader& r, ModelSpec& spec) {
+  const json& config = r.config();
+  std::string_view field;
+  if (HasNonNull(config, "rope_scaling")) {
+    field = "rope_scaling";
+  } else if (HasNonNull(config, "rope_parameters")) {
+    field = "rope_parameters";
+  }
+  const json empty = json::object();
+  const json* rope = &empty;
+  if (!field.empty()) {
+    rope = SingleRopeObject(r, field, config[std::string(field)]);
+    if (rope == nullptr) return;
+  }
+  FieldReader fields(*rope, absl::StrCat(r.file(), " (", AbslView(field), ")"));
+  spec.rope_theta = rope->contains("rope_theta")
+                        ? fields.Float("rope_theta", 0)
+                        : r.Float("rope_theta", 10000.0);
+  const double partial_rotary_factor =
+      rope->contains("partial_rotary_factor")
+          ? fields.Float("partial_rotary_factor", 1.0)
+          : r.Float("partial_rotary_factor", 1.0);
   std::string type = fields.String("rope_type", "");
-  if (type.empty()) type = fields.String("type", "");
+  if (type.empty()) type = fields.String("type", "default");
   if (!fields.status().ok()) {
     r.Adopt(fields.status());
     return;
   }
-  if (type.empty()) {
-    r.Fail("rope_scaling", "has neither \"rope_type\" nor \"type\"");
+  if (!r.status().ok()) return;
+  // transformers applies it when present; silently ignoring it would rotate
+  // the wrong dimensions.
+  if (partial_rotary_factor != 1.0) {
+    r.Fail("partial_rotary_factor",
+           "is not 1; prefopt rotates every head dimension (partial rotary "
+           "embeddings are not supported)");
     return;
   }
+  RopeScaling& scaling = spec.rope_scaling;
   if (type == "default") return;
   if (type == "linear") {
     scaling.type = RopeScaling::Type::kLinear;
@@ -252,26 +304,25 @@ void ReadRopeScaling(FieldReader& r, RopeScaling& scaling) {
     scaling.low_freq_factor = fields.Float("low_freq_factor", 0);
     scaling.high_freq_factor = fields.Float("high_freq_factor", 0);
     scaling.original_max_position_embeddings =
-        fields.Int("original_max_position_embeddings", 0);
+        fields.Int("original_max_position_embeddings", spec.max_positions);
     if (fields.status().ok() &&
         !(scaling.low_freq_factor > 0 &&
           scaling.low_freq_factor < scaling.high_freq_factor &&
           scaling.original_max_position_embeddings > 0)) {
-      r.Fail("rope_scaling",
+      r.Fail(field,
              "of type llama3 needs 0 < low_freq_factor < high_freq_factor and "
              "a positive original_max_position_embeddings");
     }
   } else {
-    r.Fail("rope_scaling",
-           absl::StrCat("has type ", json(type).dump(),
-                        ", which prefopt does not support (supported: "
-                        "\"linear\", \"llama3\")"));
+    r.Fail(field, absl::StrCat("has type ", json(type).dump(),
+                               ", which prefopt does not support (supported: "
+                               "\"default\", \"linear\", \"llama3\")"));
     return;
   }
   if (!fields.status().ok()) {
     r.Adopt(fields.status());
   } else if (!(scaling.factor >= 1.0)) {
-    r.Fail("rope_scaling",
+    r.Fail(field,
            absl::StrCat("needs a \"factor\" >= 1, found ", scaling.factor));
   }
 }
@@ -338,21 +389,7 @@ void ReadLlamaFamily(FieldReader& r, std::string_view model_type,
   spec.norm_eps = r.Float("rms_norm_eps", 1e-6);
   spec.activation = r.String("hidden_act", "silu");
   spec.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
-  spec.rope_theta = r.Float("rope_theta", 10000.0);
-  ReadRopeScaling(r, spec.rope_scaling);
-  // transformers applies these when present; silently ignoring them would
-  // rotate (or not rotate) the wrong dimensions.
-  if (r.Float("partial_rotary_factor", 1.0) != 1.0) {
-    r.Fail("partial_rotary_factor",
-           "is not 1; prefopt rotates every head dimension (partial rotary "
-           "embeddings are not supported)");
-  }
-  if (HasNonNull(r.config(), "rope_parameters")) {
-    r.Fail("rope_parameters",
-           "is the transformers v5 form of rope_theta/rope_scaling, which "
-           "prefopt does not read yet; write rope_theta and rope_scaling "
-           "instead");
-  }
+  ReadRope(r, spec);
   if (model_type == "qwen2") {
     ReadTokenIds(r, std::nullopt, spec);
     spec.attention_bias = true;
@@ -604,6 +641,9 @@ absl::Status WriteHfConfig(const ModelSpec& spec,
     config["head_dim"] = spec.head_dim;
     config["rms_norm_eps"] = spec.norm_eps;
     config["hidden_act"] = spec.activation;
+    // Both forms, alike: transformers 4 reads rope_theta and rope_scaling and
+    // ignores rope_parameters; transformers 5 reads rope_scaling when it is
+    // set, else rope_parameters.
     config["rope_theta"] = spec.rope_theta;
     const RopeScaling& rope = spec.rope_scaling;
     switch (rope.type) {
@@ -623,6 +663,11 @@ absl::Status WriteHfConfig(const ModelSpec& spec,
                                    rope.original_max_position_embeddings}};
         break;
     }
+    json rope_parameters = config["rope_scaling"].is_null()
+                               ? json{{"rope_type", "default"}}
+                               : config["rope_scaling"];
+    rope_parameters["rope_theta"] = spec.rope_theta;
+    config["rope_parameters"] = std::move(rope_parameters);
     const std::string_view model_type = (*info)->model_type;
     if (model_type == "llama") {
       config["attention_bias"] = spec.attention_bias;

@@ -160,7 +160,6 @@ TEST(ReadHfConfigTest, RejectsBadConfigs) {
       {"llama_llama3_incomplete",
        {"(rope_scaling)", "'low_freq_factor'", "a number"}},
       {"llama_partial_rotary", {"'partial_rotary_factor'", "not supported"}},
-      {"llama_rope_parameters", {"'rope_parameters'", "transformers v5"}},
       {"mistral_sliding", {"'sliding_window'", "16", "not supported"}},
       {"qwen2_sliding", {"'use_sliding_window'", "16", "not supported"}},
       {"not_json", {":3:15: invalid JSON"}},
@@ -173,6 +172,77 @@ TEST(ReadHfConfigTest, RejectsBadConfigs) {
     EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/config.json"})) << c.dir;
     for (const std::string_view part : c.message_parts) {
       EXPECT_TRUE(ErrorContains(spec.status(), {part})) << c.dir;
+    }
+  }
+}
+
+// transformers 5 folders (testdata/configs_v5, written by
+// make_transformers5_configs.py): RoPE as transformers 5 itself resolves it
+// (expected_rope.json), and the v4 fixtures saved by transformers 5 read as
+// the v4 files do.
+TEST(ReadHfConfigTest, ReadsTransformers5RopeParameters) {
+  for (const char* name :
+       {"gpt2", "llama", "mistral", "qwen2", "llama_both_forms",
+        "llama_theta_outside", "llama3_default_original",
+        "llama_linear_type_key", "qwen2_per_layer_type"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = std::string("configs_v5/") + name;
+    const ModelSpec spec = Read(dir);
+    absl::StatusOr<nlohmann::json> expected =
+        ReadJsonFile(TestdataPath(dir + "/expected_rope.json"));
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    const nlohmann::json& rope = (*expected)["rope_parameters"];
+    if (spec.arch == ModelSpec::Arch::kGpt2) {
+      EXPECT_TRUE(rope.empty());
+      continue;
+    }
+    EXPECT_EQ(spec.rope_theta, rope["rope_theta"].get<double>());
+    const std::string type = rope["rope_type"];
+    if (type == "default") {
+      EXPECT_EQ(spec.rope_scaling.type, RopeScaling::Type::kNone);
+      continue;
+    }
+    EXPECT_EQ(spec.rope_scaling.factor, rope["factor"].get<double>());
+    if (type == "linear") {
+      EXPECT_EQ(spec.rope_scaling.type, RopeScaling::Type::kLinear);
+      continue;
+    }
+    ASSERT_EQ(type, "llama3");
+    EXPECT_EQ(spec.rope_scaling.type, RopeScaling::Type::kLlama3);
+    EXPECT_EQ(spec.rope_scaling.low_freq_factor,
+              rope["low_freq_factor"].get<double>());
+    EXPECT_EQ(spec.rope_scaling.high_freq_factor,
+              rope["high_freq_factor"].get<double>());
+    EXPECT_EQ(spec.rope_scaling.original_max_position_embeddings,
+              rope["original_max_position_embeddings"].get<int64_t>());
+  }
+  for (const char* name : {"llama", "mistral", "qwen2"}) {
+    SCOPED_TRACE(name);
+    ExpectSameSpec(Read(std::string("configs_v5/") + name),
+                   Read(std::string("configs/") + name));
+  }
+  ExpectSameSpec(Read("configs_v5/gpt2"), Read("gpt2"));
+}
+
+TEST(ReadHfConfigTest, RejectsRopeParametersPrefoptCannotCompute) {
+  const std::vector<BadConfig> cases = {
+      {"yarn", {"'rope_parameters'", "\"yarn\"", "linear", "llama3"}},
+      {"partial_rotary", {"'partial_rotary_factor'", "not supported"}},
+      {"per_layer_type_differs",
+       {"'rope_parameters'", "\"sliding_attention\"", "\"full_attention\"",
+        "one RoPE for every layer"}},
+      {"not_an_object", {"'rope_parameters'", "must be null or an object"}},
+  };
+  for (const BadConfig& c : cases) {
+    const std::string dir =
+        TestdataPath(std::string("bad_configs_v5/") + c.dir);
+    absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.dir;
+    EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/config.json"})) << c.dir;
+    for (const std::string_view part : c.message_parts) {
+      EXPECT_TRUE(ErrorContains(spec.status(), {part}))
+          << c.dir << ": " << spec.status();
     }
   }
 }
@@ -211,6 +281,32 @@ TEST(WriteHfConfigTest, WritesTransformersFields) {
   EXPECT_EQ(config["tie_word_embeddings"], true);
   EXPECT_EQ(config["torch_dtype"], "float32");
   EXPECT_EQ(config["dtype"], "float32");
+  EXPECT_FALSE(config.contains("rope_parameters"));
+}
+
+// Both RoPE forms, so that transformers 4 (rope_theta, rope_scaling) and 5
+// (rope_scaling when set, else rope_parameters) read the same values back.
+TEST(WriteHfConfigTest, WritesRopeForTransformers4And5) {
+  const std::string out = NewTempDir("rope_forms");
+  ASSERT_TRUE(WriteHfConfig(Read("configs/llama"), out).ok());
+  nlohmann::json config = *ReadJsonFile(out + "/config.json");
+  EXPECT_EQ(config["rope_theta"], 500000.0);
+  EXPECT_EQ(config["rope_scaling"]["rope_type"], "llama3");
+  nlohmann::json both = config["rope_scaling"];
+  both["rope_theta"] = 500000.0;
+  EXPECT_EQ(config["rope_parameters"], both);
+  ASSERT_TRUE(WriteHfConfig(Read("configs/qwen2"), out).ok());
+  config = *ReadJsonFile(out + "/config.json");
+  EXPECT_TRUE(config["rope_scaling"].is_null());
+  EXPECT_EQ(config["rope_parameters"],
+            nlohmann::json({{"rope_type", "default"}, {"rope_theta", 1e6}}));
+  ModelSpec v5_only = Read("configs/qwen2");
+  config.erase("rope_scaling");
+  config.erase("rope_theta");
+  ASSERT_TRUE(WriteJsonFile(out + "/config.json", config).ok());
+  absl::StatusOr<ModelSpec> again = ReadHfConfig(out);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ExpectSameSpec(*again, v5_only);
 }
 
 TEST(WriteHfConfigTest, RejectsInexpressibleSpecs) {

@@ -28,6 +28,8 @@ Outputs (all under trainer/io/testdata/):
   configs/{llama,mistral,qwen2}/config.json
                                  tiny configs saved by the transformers classes.
   bad_configs/<case>/config.json configs ReadHfConfig must reject.
+The transformers 5 forms of these configs are written by
+make_transformers5_configs.py.
 """
 
 import json
@@ -203,8 +205,6 @@ def write_configs():
             "rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 32, "low_freq_factor": "one"}),
         "llama_partial_rotary": dict(llama, partial_rotary_factor=0.5),
-        "llama_rope_parameters": dict(llama, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0}),
         "mistral_sliding": dict(mistral, sliding_window=16),
         "qwen2_sliding": dict(qwen2, use_sliding_window=True, sliding_window=16,
                               max_window_layers=0, layer_types=None),
