@@ -37,7 +37,9 @@ Run from the repository root:
         $BIN/trainer/checkpoint/export_tool [$BIN/launch/prefopt]
 
 Checked with Python 3.11.7, torch 2.6.0+cu124 (CPU), transformers 4.57.1,
-tokenizers 0.22.2, safetensors 0.8.0.
+tokenizers 0.22.2, safetensors 0.8.0; and again, all 49 cases ok, with
+torch 2.15.0, transformers 5.24.0, tokenizers 0.23.3, safetensors 0.8.0
+(/opt/ref-venv/bin/python, the venv of tests/fixtures/generate_transformers5.py).
 """
 
 import os

@@ -35,9 +35,6 @@ char32_t DecodeAt(std::string_view text, size_t begin, size_t end) {
   return c;
 }
 
-// transformers marks the final message with this text to find where it ends.
-constexpr std::string_view kContinueTag = "CONTINUE_FINAL_MESSAGE_TAG ";
-
 }  // namespace
 
 std::string_view PythonStrip(std::string_view text, bool left, bool right) {
@@ -62,17 +59,6 @@ std::string_view PythonStrip(std::string_view text, bool left, bool right) {
     text = text.substr(0, end);
   }
   return text;
-}
-
-size_t CommonPrefixLength(std::string_view a, std::string_view b) {
-  const size_t limit = std::min(a.size(), b.size());
-  size_t n = 0;
-  while (n < limit && a[n] == b[n]) ++n;
-  // Where they differ inside a character, that whole character differs.
-  if (n < a.size() && n < b.size()) {
-    while (n > 0 && IsContinuationByte(a[n])) --n;
-  }
-  return n;
 }
 
 bool IsKnownChatRole(std::string_view role) {
@@ -104,8 +90,8 @@ std::vector<std::string> ChatTemplate::SpecialTokens() const {
   return {bos_token_, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
 }
 
-std::string ChatTemplate::RenderJinja(absl::Span<const ChatMessage> messages,
-                                      bool add_generation_prompt) const {
+std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
+                                 bool add_generation_prompt) const {
   std::string out;
   if (kind_ == DataConfig::CHATML) {
     for (const ChatMessage& m : messages) {
@@ -125,64 +111,6 @@ std::string ChatTemplate::RenderJinja(absl::Span<const ChatMessage> messages,
   }
   if (add_generation_prompt) {
     out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-  }
-  return out;
-}
-
-std::string ChatTemplate::Render(absl::Span<const ChatMessage> messages,
-                                 bool add_generation_prompt,
-                                 bool continue_final_message) const {
-  if (!continue_final_message || messages.empty()) {
-    return RenderJinja(messages, add_generation_prompt);
-  }
-  // As transformers: render with a tag after the final message's content and
-  // cut there. When the template kept the tag's trailing space the cut is
-  // exact; when it trimmed it (LLAMA3), transformers also strips the
-  // whitespace before the cut.
-  std::vector<ChatMessage> tagged(messages.begin(), messages.end());
-  tagged.back().content += kContinueTag;
-  std::string rendered = RenderJinja(tagged, add_generation_prompt);
-  const std::string_view tag_text = PythonStrip(kContinueTag, true, true);
-  const size_t tag = rendered.rfind(tag_text);
-  // Both templates write every message's content, so the tag is there.
-  if (tag == std::string::npos) return rendered;
-  if (std::string_view(rendered).substr(tag, kContinueTag.size()) ==
-      kContinueTag) {
-    rendered.resize(tag);
-    return rendered;
-  }
-  return std::string(PythonStrip(std::string_view(rendered).substr(0, tag),
-                                 /*left=*/false, /*right=*/true));
-}
-
-absl::StatusOr<RenderedExample> ChatTemplate::RenderExample(
-    absl::Span<const ChatMessage> prompt,
-    absl::Span<const std::vector<ChatMessage>> responses) const {
-  if (prompt.empty()) {
-    return absl::InvalidArgumentError("the prompt has no messages");
-  }
-  const std::string& last_role = prompt.back().role;
-  bool add_generation_prompt = false;
-  bool continue_final_message = false;
-  if (last_role == "user" || last_role == "tool") {
-    add_generation_prompt = true;
-  } else if (last_role == "assistant") {
-    continue_final_message = true;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ends with a message of role \"", last_role,
-        "\"; the last prompt message must be from \"user\" or \"tool\" (the "
-        "response answers it) or \"assistant\" (the response continues it)"));
-  }
-  RenderedExample out;
-  out.prompt = Render(prompt, add_generation_prompt, continue_final_message);
-  std::vector<ChatMessage> conversation;
-  for (const std::vector<ChatMessage>& response : responses) {
-    conversation.assign(prompt.begin(), prompt.end());
-    conversation.insert(conversation.end(), response.begin(), response.end());
-    const std::string full = Render(conversation, false, false);
-    out.prompt.resize(CommonPrefixLength(out.prompt, full));
-    out.responses.push_back(full.substr(out.prompt.size()));
   }
   return out;
 }

@@ -1,9 +1,8 @@
 // Chat templates written in C++: conversational examples (lists of
 // {"role", "content"} messages) become text exactly as transformers'
-// apply_chat_template renders the corresponding Jinja template, and a
-// prompt/response split exactly as TRL's data_utils.apply_chat_template
-// makes it. The Jinja of a model's tokenizer_config.json is never evaluated;
-// the config names one of these templates (DataConfig.chat_template):
+// apply_chat_template renders the corresponding Jinja template. The Jinja of a
+// model's tokenizer_config.json is never evaluated; the config names one of
+// these templates (DataConfig.chat_template):
 //
 // CHATML (plain ChatML, no default system message):
 //   {% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' +
@@ -46,12 +45,6 @@ inline constexpr char kKnownChatRoles[] =
 // The name of a template as written in configs ("CHATML").
 std::string ChatTemplateName(DataConfig::ChatTemplate kind);
 
-// A prompt and its responses as text, split the way TRL splits them.
-struct RenderedExample {
-  std::string prompt;
-  std::vector<std::string> responses;
-};
-
 class ChatTemplate {
  public:
   // `bos_token` is the text LLAMA3 writes first (transformers passes the
@@ -66,41 +59,17 @@ class ChatTemplate {
   std::vector<std::string> SpecialTokens() const;
 
   // transformers' apply_chat_template(messages, tokenize=False,
-  // add_generation_prompt, continue_final_message). With
-  // continue_final_message the text ends inside the last message, as
-  // transformers cuts it (see chat_template.cc). At most one of the two flags
-  // may be set.
+  // add_generation_prompt).
   std::string Render(absl::Span<const ChatMessage> messages,
-                     bool add_generation_prompt,
-                     bool continue_final_message) const;
-
-  // TRL 0.28's data_utils.apply_chat_template for an explicit prompt and its
-  // responses (chosen and rejected, or the completion): the prompt is
-  // rendered with a generation prompt when its last message is from the user
-  // or a tool, or continuing the final message when it is from the
-  // assistant; each response is the text that prompt + response renders to
-  // after the longest common prefix with the prompt text, the prompt
-  // shrinking to that prefix response by response. A prompt whose last
-  // message has another role is InvalidArgument (TRL raises).
-  absl::StatusOr<RenderedExample> RenderExample(
-      absl::Span<const ChatMessage> prompt,
-      absl::Span<const std::vector<ChatMessage>> responses) const;
+                     bool add_generation_prompt) const;
 
  private:
   ChatTemplate(DataConfig::ChatTemplate kind, std::string bos_token)
       : kind_(kind), bos_token_(std::move(bos_token)) {}
 
-  // The Jinja template's output, without transformers' post-processing.
-  std::string RenderJinja(absl::Span<const ChatMessage> messages,
-                          bool add_generation_prompt) const;
-
   DataConfig::ChatTemplate kind_;
   std::string bos_token_;
 };
-
-// The length in bytes of the longest common prefix of two UTF-8 strings that
-// ends on a character boundary (Python compares strings by code point).
-size_t CommonPrefixLength(std::string_view a, std::string_view b);
 
 // Python's str.strip() (Jinja's `trim` filter): removes the leading and/or
 // trailing characters that Python's str.isspace() accepts.

@@ -1,6 +1,6 @@
-// The C++ chat templates against transformers' Jinja rendering and TRL's
-// prompt/response split (recorded in tests/fixtures/text_model/expected.json
-// by generate_text_model.py), and their edge cases.
+// The C++ chat templates against transformers' Jinja rendering (recorded in
+// tests/fixtures/text_model/expected.json by generate_text_model.py), and
+// their edge cases.
 #include "trainer/data/chat_template.h"
 
 #include <fstream>
@@ -48,14 +48,17 @@ TEST(ChatTemplateTest, MatchesTrlOnTheFixture) {
     ASSERT_EQ(want.size(), rows.size());
     for (size_t i = 0; i < rows.size(); ++i) {
       SCOPED_TRACE(std::string(name) + " row " + std::to_string(i));
-      absl::StatusOr<RenderedExample> got = chat->RenderExample(
-          Messages(rows[i]["prompt"]),
-          {Messages(rows[i]["chosen"]), Messages(rows[i]["rejected"])});
-      ASSERT_TRUE(got.ok()) << got.status();
       const nlohmann::json& texts = want[i]["texts"];
-      EXPECT_EQ(got->prompt, texts["prompt"].get<std::string>());
-      EXPECT_EQ(got->responses[0], texts["chosen"].get<std::string>());
-      EXPECT_EQ(got->responses[1], texts["rejected"].get<std::string>());
+      const std::vector<ChatMessage> prompt = Messages(rows[i]["prompt"]);
+      EXPECT_EQ(chat->Render(prompt, true), texts["prompt"].get<std::string>());
+      for (const char* response : {"chosen", "rejected"}) {
+        std::vector<ChatMessage> conversation = prompt;
+        for (const ChatMessage& m : Messages(rows[i][response])) {
+          conversation.push_back(m);
+        }
+        EXPECT_EQ(chat->Render(conversation, false),
+                  texts[std::string("prompt_") + response].get<std::string>());
+      }
     }
   }
 }
@@ -64,15 +67,12 @@ TEST(ChatTemplateTest, ChatmlRendersEachMessageAndTheGenerationPrompt) {
   const ChatTemplate chat = Make(DataConfig::CHATML);
   const std::vector<ChatMessage> messages = {{"system", "Be kind."},
                                              {"user", " hi "}};
-  EXPECT_EQ(chat.Render(messages, false, false),
+  EXPECT_EQ(chat.Render(messages, false),
             "<|im_start|>system\nBe kind.<|im_end|>\n"
             "<|im_start|>user\n hi <|im_end|>\n");
-  EXPECT_EQ(chat.Render(messages, true, false),
+  EXPECT_EQ(chat.Render(messages, true),
             "<|im_start|>system\nBe kind.<|im_end|>\n"
             "<|im_start|>user\n hi <|im_end|>\n<|im_start|>assistant\n");
-  // The final message is continued: cut right after its content.
-  EXPECT_EQ(chat.Render({{"user", "a"}, {"assistant", "b "}}, false, true),
-            "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb ");
 }
 
 TEST(ChatTemplateTest, Llama3TrimsContentAndStartsWithBos) {
@@ -81,36 +81,14 @@ TEST(ChatTemplateTest, Llama3TrimsContentAndStartsWithBos) {
   // (zero width space) is not.
   EXPECT_EQ(chat.Render({{"user", "\xE3\x80\x80 x \xC2\x85"},
                          {"assistant", "\xE2\x80\x8By"}},
-                        true, false),
+                        true),
             "<|bos|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n"
             "\xE2\x80\x8By<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
-  // transformers strips the white space before the cut when the template
-  // trimmed the tag's trailing space.
-  EXPECT_EQ(chat.Render({{"assistant", "  go on,  "}}, false, true),
-            "<|bos|><|start_header_id|>assistant<|end_header_id|>\n\ngo on,");
-  EXPECT_EQ(chat.Render({{"assistant", "   "}}, false, true),
-            "<|bos|><|start_header_id|>assistant<|end_header_id|>");
 }
 
-TEST(ChatTemplateTest, CommonPrefixEndsOnACodePointBoundary) {
-  // "é" is C3 A9 and "è" C3 A8: Python's common prefix of "xé" and "xè" is
-  // "x", not "x\xC3".
-  EXPECT_EQ(CommonPrefixLength("x\xC3\xA9", "x\xC3\xA8"), 1u);
-  EXPECT_EQ(CommonPrefixLength("x\xC3\xA9y", "x\xC3\xA9z"), 3u);
-  EXPECT_EQ(CommonPrefixLength("ab", "abc"), 2u);
-  EXPECT_EQ(CommonPrefixLength("\xF0\x9F\x98\x80", "\xF0\x9F\x98\x81"), 0u);
-}
-
-TEST(ChatTemplateTest, PromptMustEndWithUserToolOrAssistant) {
-  const ChatTemplate chat = Make(DataConfig::CHATML);
-  absl::StatusOr<RenderedExample> got =
-      chat.RenderExample({{"system", "s"}}, {{{"assistant", "x"}}});
-  ASSERT_FALSE(got.ok());
-  EXPECT_NE(got.status().message().find("role \"system\""),
-            absl::string_view::npos)
-      << got.status();
+TEST(ChatTemplateTest, NeedsAKnownTemplateAndLlama3ABos) {
   EXPECT_FALSE(ChatTemplate::Create(DataConfig::NONE, "").ok());
   EXPECT_FALSE(ChatTemplate::Create(DataConfig::LLAMA3, "").ok());
 }

@@ -195,9 +195,9 @@ TEST(LoadDatasetTest, PriorCompletionIsTheSameForPolicyAndReference) {
     EXPECT_TRUE(
         std::equal(ex.chosen.rbegin(), ex.chosen.rend(), reference.rbegin()));
   }
-  // Tokenizing the parts separately is what keeps the completion the same
-  // for both: here tokenizing the joint text would make " brown" one token
-  // across the prompt/completion boundary.
+  // A token across the prompt/completion boundary (" brown" from "bro" +
+  // "wn") goes to the completion, as TRL's SFT split puts it; the policy's
+  // sequence is the context, then exactly TRL's prompt + completion.
   const std::string dir = TempDir("prior_boundary");
   const std::string file =
       Write(dir, "p.jsonl",
@@ -205,13 +205,16 @@ TEST(LoadDatasetTest, PriorCompletionIsTheSameForPolicyAndReference) {
             "\"completion\": \"wn fox\"}\n");
   ds = Load(file, ExampleKind::kDemonstration, Options(DataConfig::NONE, dir));
   ASSERT_TRUE(ds.ok()) << ds.status();
-  std::vector<int32_t> separate = *tok->Encode("the quick bro", false);
-  const std::vector<int32_t> completion = *tok->Encode("wn fox", false);
-  separate.insert(separate.end(), completion.begin(), completion.end());
-  ASSERT_NE(*tok->Encode("the quick brown fox", false), separate);
-  std::vector<int32_t> with_eos = completion;
-  with_eos.push_back(*tok->TokenToId("<|endoftext|>"));
-  EXPECT_EQ(ds->examples[0].chosen, with_eos);
+  const Example& ex = ds->examples[0];
+  std::vector<int32_t> context = {*tok->bos_id()};
+  const std::vector<int32_t> ctx = *tok->Encode("ctx", false);
+  context.insert(context.end(), ctx.begin(), ctx.end());
+  EXPECT_EQ(ex.context, context);
+  std::vector<int32_t> joint = {*tok->bos_id()};
+  joint.insert(joint.end(), ex.prompt.begin(), ex.prompt.end());
+  joint.insert(joint.end(), ex.chosen.begin(), ex.chosen.end());
+  EXPECT_EQ(joint, *tok->Encode("the quick brown fox<|endoftext|>", true));
+  EXPECT_NE(ex.prompt, *tok->Encode("the quick bro", false));
 }
 
 TEST(LoadDatasetTest, ConversationalPriorMovesTheBosToTheContext) {
@@ -255,7 +258,7 @@ TEST(LoadDatasetTest, TruncationDropsAndCounts) {
   options.truncation.max_prompt_length = 0;
   ds = Load(Fixture("pref.jsonl"), ExampleKind::kPreference, options);
   ASSERT_FALSE(ds.ok());
-  EXPECT_THAT(ds.status().message(), HasSubstr("6 dropped"));
+  EXPECT_THAT(ds.status().message(), HasSubstr("8 dropped"));
 }
 
 TEST(LoadDatasetTest, SecondLoadUsesTheCacheAndStaleOrDamagedOnesAreRebuilt) {
@@ -269,7 +272,7 @@ TEST(LoadDatasetTest, SecondLoadUsesTheCacheAndStaleOrDamagedOnesAreRebuilt) {
   absl::StatusOr<Dataset> first =
       Load(file, ExampleKind::kPreference, options, &log);
   ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_THAT(log, HasSubstr("tokenized 6 examples"));
+  EXPECT_THAT(log, HasSubstr("tokenized 8 examples"));
   EXPECT_THAT(log, HasSubstr("token cache written to"));
   const std::string cache = TokenCachePath(file, cache_dir);
   ASSERT_TRUE(fs::exists(cache)) << cache;
@@ -277,7 +280,7 @@ TEST(LoadDatasetTest, SecondLoadUsesTheCacheAndStaleOrDamagedOnesAreRebuilt) {
   absl::StatusOr<Dataset> second =
       Load(file, ExampleKind::kPreference, options, &log);
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_THAT(log, HasSubstr("6 examples from the token cache"));
+  EXPECT_THAT(log, HasSubstr("8 examples from the token cache"));
   EXPECT_THAT(log, ::testing::Not(HasSubstr("tokenized")));
   ASSERT_EQ(second->examples.size(), first->examples.size());
   for (size_t i = 0; i < first->examples.size(); ++i) {
@@ -333,7 +336,7 @@ TEST(LoadDatasetTest, SecondLoadUsesTheCacheAndStaleOrDamagedOnesAreRebuilt) {
       Load(file, ExampleKind::kPreference, options, &log);
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_THAT(log, HasSubstr("stale token cache"));
-  EXPECT_EQ(third->examples.size(), 7u);
+  EXPECT_EQ(third->examples.size(), 9u);
 
   // A cache that cannot be written is not an error.
   const std::string blocked = Write(dir, "not_a_folder", "x");
@@ -365,8 +368,8 @@ TEST(LoadDatasetTest, PreTokenizedFilesNeedNoTokenizerButTextDoes) {
   ds = LoadDataset({ids, Fixture("pref.jsonl"), ids}, ExampleKind::kPreference,
                    Options(DataConfig::NONE, dir), nullptr);
   ASSERT_TRUE(ds.ok()) << ds.status();
-  EXPECT_EQ(ds->examples.size(), 8u);
-  EXPECT_EQ(ds->examples[7].source, ids + ":1");
+  EXPECT_EQ(ds->examples.size(), 10u);
+  EXPECT_EQ(ds->examples[9].source, ids + ":1");
 
   ds = Load(Fixture("pref.jsonl"), ExampleKind::kPreference, options);
   ASSERT_FALSE(ds.ok());
@@ -563,13 +566,6 @@ INSTANTIATE_TEST_SUITE_P(
                 "\"c\"}]}\n",
                 ":1: field \"prompt[1].role\" is the unknown role "
                 "\"narrator\""},
-        BadCase{"prompt_ending_with_system", ExampleKind::kDemonstration,
-                DataConfig::CHATML,
-                "{\"prompt\": [{\"role\": \"system\", \"content\": \"a\"}], "
-                "\"completion\": [{\"role\": \"assistant\", \"content\": "
-                "\"b\"}]}\n",
-                ":1: field \"prompt\" ends with a message of role "
-                "\"system\""},
         BadCase{"empty_message_list", ExampleKind::kPreference,
                 DataConfig::CHATML,
                 "{\"prompt\": [{\"role\": \"user\", \"content\": \"a\"}], "

@@ -1,10 +1,12 @@
 #include "trainer/data/text_data.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/io/json_file.h"
 
@@ -427,6 +429,50 @@ absl::Status TextEncoder::Encode(const Json& line, LineFormat format,
   return EncodeText(line, kind, where, example);
 }
 
+absl::Status TextEncoder::SplitResponses(
+    const std::vector<int32_t>& prompt_alone,
+    const std::vector<std::vector<int32_t>>& joint,
+    absl::Span<const char* const> fields, const std::string& where,
+    Example* example) const {
+  size_t prompt_len = prompt_alone.size();
+  for (const std::vector<int32_t>& ids : joint) {
+    const size_t limit = std::min(prompt_len, ids.size());
+    size_t n = 0;
+    while (n < limit && ids[n] == prompt_alone[n]) ++n;
+    prompt_len = n;
+  }
+  example->prompt.assign(prompt_alone.begin(),
+                         prompt_alone.begin() + prompt_len);
+  for (size_t i = 0; i < joint.size(); ++i) {
+    std::vector<int32_t>& ids = i == 1 ? example->rejected : example->chosen;
+    ids.assign(joint[i].begin() + prompt_len, joint[i].end());
+    if (ids.empty()) {
+      return FieldError(where, fields[i], "gives no tokens after the prompt's");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TextEncoder::MoveBosToContext(const Json& line,
+                                           const std::string& where,
+                                           Example* example) const {
+  absl::StatusOr<const std::string*> context =
+      TextField(line, "context", where, /*optional=*/true);
+  if (!context.ok()) return context.status();
+  if (*context == nullptr) return absl::OkStatus();
+  absl::Status s =
+      Tokenize(**context, false, where, "context", &example->context);
+  if (!s.ok()) return s;
+  // The context starts the policy's sequence, so a BOS at the start of the
+  // prompt (the tokenizer's or the template's) moves in front of it.
+  if (bos_id_.has_value() && !example->prompt.empty() &&
+      example->prompt.front() == *bos_id_) {
+    example->context.insert(example->context.begin(), *bos_id_);
+    example->prompt.erase(example->prompt.begin());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status TextEncoder::EncodeText(const Json& line, ExampleKind kind,
                                      const std::string& where,
                                      Example* example) const {
@@ -439,50 +485,34 @@ absl::Status TextEncoder::EncodeText(const Json& line, ExampleKind kind,
   }
   absl::StatusOr<const std::string*> prompt = TextField(line, "prompt", where);
   if (!prompt.ok()) return prompt.status();
-  if (kind == ExampleKind::kPreference) {
+  const bool pairs = kind == ExampleKind::kPreference;
+  if (pairs) {
     absl::Status s =
         ParsePreferenceFraction(line, where, &example->preference_fraction);
     if (!s.ok()) return s;
-    s = Tokenize(**prompt, false, where, "prompt", &example->prompt);
-    if (!s.ok()) return s;
-    for (const char* field : {"chosen", "rejected"}) {
-      absl::StatusOr<const std::string*> text = TextField(line, field, where);
-      if (!text.ok()) return text.status();
-      std::vector<int32_t>& ids =
-          field[0] == 'c' ? example->chosen : example->rejected;
-      s = Tokenize(**text, false, where, field, &ids);
-      if (!s.ok()) return s;
-      ids.push_back(*eos_id_);
-    }
-    return absl::OkStatus();
   }
-  absl::StatusOr<const std::string*> context =
-      TextField(line, "context", where, /*optional=*/true);
-  if (!context.ok()) return context.status();
-  absl::StatusOr<const std::string*> completion =
-      TextField(line, "completion", where);
-  if (!completion.ok()) return completion.status();
-  // The special tokens go on whichever part starts the policy's sequence.
-  const bool has_context = *context != nullptr;
-  if (has_context) {
-    absl::Status s =
-        Tokenize(**context, true, where, "context", &example->context);
-    if (!s.ok()) return s;
-  }
-  absl::Status s =
-      Tokenize(**prompt, !has_context, where, "prompt", &example->prompt);
+  const std::vector<const char*> fields =
+      pairs ? std::vector<const char*>{"chosen", "rejected"}
+            : std::vector<const char*>{"completion"};
+  std::vector<int32_t> prompt_alone;
+  absl::Status s = Tokenize(**prompt, true, where, "prompt", &prompt_alone);
   if (!s.ok()) return s;
-  s = Tokenize(**completion, false, where, "completion", &example->chosen);
-  if (!s.ok()) return s;
-  // SFTTrainer's add_eos: the EOS text is appended unless already there.
+  // TRL appends the EOS text to each response unless it already ends with
+  // it, then tokenizes prompt + response in one piece.
   const std::string eos_text = tokenizer_.IdToToken(*eos_id_).value_or("");
-  const std::string& text = **completion;
-  const bool ends_with_eos =
-      !eos_text.empty() && text.size() >= eos_text.size() &&
-      text.compare(text.size() - eos_text.size(), eos_text.size(), eos_text) ==
-          0;
-  if (!ends_with_eos) example->chosen.push_back(*eos_id_);
-  return absl::OkStatus();
+  std::vector<std::vector<int32_t>> joint(fields.size());
+  for (size_t i = 0; i < fields.size(); ++i) {
+    absl::StatusOr<const std::string*> response =
+        TextField(line, fields[i], where);
+    if (!response.ok()) return response.status();
+    std::string text = absl::StrCat(**prompt, **response);
+    if (!absl::EndsWith(text, eos_text)) text += eos_text;
+    s = Tokenize(text, true, where, fields[i], &joint[i]);
+    if (!s.ok()) return s;
+  }
+  s = SplitResponses(prompt_alone, joint, fields, where, example);
+  if (!s.ok() || pairs) return s;
+  return MoveBosToContext(line, where, example);
 }
 
 absl::Status TextEncoder::EncodeConversation(const Json& line, ExampleKind kind,
@@ -496,52 +526,36 @@ absl::Status TextEncoder::EncodeConversation(const Json& line, ExampleKind kind,
       MessagesField(line, "prompt", where);
   if (!prompt.ok()) return prompt.status();
   const bool pairs = kind == ExampleKind::kPreference;
-  std::vector<const char*> fields;
   if (pairs) {
-    fields = {"chosen", "rejected"};
     absl::Status s =
         ParsePreferenceFraction(line, where, &example->preference_fraction);
     if (!s.ok()) return s;
-  } else {
-    fields = {"completion"};
   }
-  std::vector<std::vector<ChatMessage>> responses;
-  for (const char* field : fields) {
-    absl::StatusOr<std::vector<ChatMessage>> messages =
-        MessagesField(line, field, where);
-    if (!messages.ok()) return messages.status();
-    responses.push_back(*std::move(messages));
-  }
-  absl::StatusOr<RenderedExample> rendered =
-      chat_template_->RenderExample(*prompt, responses);
-  if (!rendered.ok()) {
-    return FieldError(where, "prompt",
-                      std::string(rendered.status().message()));
-  }
+  const std::vector<const char*> fields =
+      pairs ? std::vector<const char*>{"chosen", "rejected"}
+            : std::vector<const char*>{"completion"};
+  // As TRL: the prompt rendered with a generation prompt and the whole
+  // conversation without, each tokenized without special tokens (the
+  // rendered text holds them).
+  std::vector<int32_t> prompt_alone;
   absl::Status s =
-      Tokenize(rendered->prompt, false, where, "prompt", &example->prompt);
+      Tokenize(chat_template_->Render(*prompt, /*add_generation_prompt=*/true),
+               false, where, "prompt", &prompt_alone);
   if (!s.ok()) return s;
-  s = Tokenize(rendered->responses[0], false, where, fields[0],
-               &example->chosen);
-  if (!s.ok()) return s;
-  if (pairs) {
-    return Tokenize(rendered->responses[1], false, where, fields[1],
-                    &example->rejected);
+  std::vector<std::vector<int32_t>> joint(fields.size());
+  for (size_t i = 0; i < fields.size(); ++i) {
+    absl::StatusOr<std::vector<ChatMessage>> response =
+        MessagesField(line, fields[i], where);
+    if (!response.ok()) return response.status();
+    std::vector<ChatMessage> conversation = *prompt;
+    conversation.insert(conversation.end(), response->begin(), response->end());
+    s = Tokenize(chat_template_->Render(conversation, false), false, where,
+                 fields[i], &joint[i]);
+    if (!s.ok()) return s;
   }
-  absl::StatusOr<const std::string*> context =
-      TextField(line, "context", where, /*optional=*/true);
-  if (!context.ok()) return context.status();
-  if (*context == nullptr) return absl::OkStatus();
-  s = Tokenize(**context, false, where, "context", &example->context);
-  if (!s.ok()) return s;
-  // The context now starts the policy's sequence, so a BOS the template
-  // wrote at the start of the prompt moves in front of it.
-  if (bos_id_.has_value() && example->prompt.size() > 1 &&
-      example->prompt.front() == *bos_id_) {
-    example->context.insert(example->context.begin(), *bos_id_);
-    example->prompt.erase(example->prompt.begin());
-  }
-  return absl::OkStatus();
+  s = SplitResponses(prompt_alone, joint, fields, where, example);
+  if (!s.ok() || pairs) return s;
+  return MoveBosToContext(line, where, example);
 }
 
 }  // namespace prefopt::data

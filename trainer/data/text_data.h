@@ -1,40 +1,38 @@
 // Text and conversational data lines (TRL's dataset shapes) turned into token
 // ids, and the detection of a line's shape.
 //
-// What is matched, exactly (TRL 0.28.0, transformers 4.57):
+// What is matched, exactly (TRL 1.16, transformers 5.24): DPOTrainer's and
+// SFTTrainer's _prepare_dataset for a decoder-only model.
 //
-// Preference pairs {"prompt", "chosen", "rejected"}, as DPOTrainer prepares a
-// decoder-only model's data (_prepare_dataset calls tokenize_row with
-// add_special_tokens=False): each part is tokenized on its own without
-// special tokens, so the prompt gets no BOS even where the tokenizer's
-// template adds one; for text data EOS is appended to chosen and rejected;
-// for conversational data nothing is appended (the template ends the turn).
-//
-// Demonstrations {"prompt", "completion"}, as SFTTrainer's prompt-completion
-// case: the prompt is tokenized with the tokenizer's special tokens
-// (`tokenizer(prompt)`: BOS where the template adds one); for text data the
-// EOS token is appended to the completion unless its text already ends with
-// it. SFTTrainer tokenizes prompt + completion in one piece and takes the
-// tokens after the prompt's; here the completion is tokenized on its own, so
-// that it tokenizes identically for the policy and PRIOR's reference. The
-// two agree unless a token would straddle the prompt/completion boundary
-// (e.g. a prompt ending in a space), where TRL itself warns of a mismatch.
-//
-// PRIOR demonstrations {"context", "prompt", "completion"}: the policy sees
-// context ++ prompt ++ completion, the reference prompt ++ completion, from
-// the same ids. The special tokens SFT would put on the prompt go on the
-// context instead, which starts the policy's sequence (the reference
-// sequence then has no BOS). Conversational PRIOR takes a text context; a
-// BOS the template writes at the start of the prompt moves to the front of
-// the context.
+// Preference pairs {"prompt", "chosen", "rejected"} and demonstrations
+// {"prompt", "completion"} are split the same way. For text data, the EOS
+// text is appended to each response unless it already ends with it; then the
+// prompt is tokenized alone and prompt + response in one piece, both with the
+// tokenizer's special tokens (a BOS where its template adds one, as Llama 3's
+// does). The prompt is the longest token prefix the prompt alone shares with
+// every prompt + response; each response is the rest of its joint
+// tokenization. So a token that straddles the boundary (a prompt ending in a
+// space, "...?" + " The" -> "ĠThe") belongs to the response, as in TRL (which
+// warns that the prompt's end is then trained in a different form than it is
+// prompted in).
 //
 // Conversational data (prompt and responses are lists of {"role",
-// "content"} messages) is rendered by a ChatTemplate the way TRL's
-// data_utils.apply_chat_template does (see chat_template.h) for both
-// kinds, then tokenized without special tokens (the rendered text contains
-// them). SFTTrainer renders the prompt with add_generation_prompt=True
-// whatever its last role; the two agree whenever the prompt ends with a user
-// or tool message.
+// "content"} messages) is rendered by a ChatTemplate as transformers'
+// apply_chat_template does: the prompt with add_generation_prompt=True
+// whatever its last role, prompt + response as one conversation without it;
+// both are tokenized without special tokens (the rendered text holds them)
+// and split as above. Nothing is appended (the template ends the turn).
+//
+// PRIOR demonstrations {"context", "prompt", "completion"}: prompt and
+// completion are split as above; the policy sees context ++ prompt ++
+// completion, the reference prompt ++ completion, from the same ids. The
+// context is tokenized without special tokens, and a BOS that starts the
+// prompt moves to the front of the context, which starts the policy's
+// sequence (the reference sequence then has no BOS).
+//
+// TRL 0.28 (before 1.0) tokenized each part of a pair on its own without
+// special tokens and always appended EOS; docs/architecture.md lists the
+// differences.
 //
 // EOS and BOS are the tokens named by "eos_token"/"bos_token" in the
 // tokenizer_config.json next to tokenizer.json, as transformers reads them (a
@@ -51,6 +49,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "nlohmann/json.hpp"
 #include "proto/config.pb.h"
 #include "trainer/data/chat_template.h"
@@ -132,6 +131,21 @@ class TextEncoder {
   absl::Status EncodeConversation(const nlohmann::json& line, ExampleKind kind,
                                   const std::string& where,
                                   Example* example) const;
+  // TRL 1.x's prompt/response split (data_utils.common_prefix_length):
+  // `prompt_alone` is the prompt tokenized on its own, `joint[i]` the prompt
+  // and response `fields[i]` tokenized together. The prompt becomes the
+  // longest token prefix they all share; each response the rest of its joint
+  // tokenization (chosen, then rejected). A response left with no tokens is
+  // an error naming its field.
+  absl::Status SplitResponses(const std::vector<int32_t>& prompt_alone,
+                              const std::vector<std::vector<int32_t>>& joint,
+                              absl::Span<const char* const> fields,
+                              const std::string& where, Example* example) const;
+  // PRIOR: tokenizes the optional "context" (without special tokens) and
+  // moves a BOS that starts the prompt to the front of it.
+  absl::Status MoveBosToContext(const nlohmann::json& line,
+                                const std::string& where,
+                                Example* example) const;
   // Tokenizes the text of `field`, checking the ids against the model's
   // vocabulary.
   absl::Status Tokenize(std::string_view text, bool add_special_tokens,
