@@ -23,7 +23,8 @@ namespace fs = std::filesystem;
 constexpr char kMagic[8] = {'P', 'F', 'T', 'O', 'K', 'C', '0', '1'};
 // Bumped whenever the layout or the tokenization conventions change, so that
 // caches of older builds are stale rather than misread.
-constexpr uint64_t kFormatVersion = 1;
+// 2: TRL 1.x tokenization (BOS on the prompt, joint prompt + response split).
+constexpr uint64_t kFormatVersion = 2;
 
 struct Header {
   char magic[8];
