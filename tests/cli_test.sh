@@ -104,6 +104,23 @@ CONF
     echo "FAIL text data $data: $(cat "$tmp/text.log")"; failures=$((failures + 1))
   fi
 done
+# Only a model, data and an objective: TRL's defaults (lr 1e-6, 8 pairs per
+# step, 3 epochs, linear decay, clipping at 1, seed 42, shuffling) train it.
+cat >"$tmp/minimal.textproto" <<CONF
+model { hf_path: "$textm" }
+data { train_files: "$textm/pref.jsonl" }
+objective { dpo {} }
+run_dir: "$tmp/run_minimal"
+CONF
+if "$prefopt" train --config="$tmp/minimal.textproto" >"$tmp/minimal.log" 2>&1 &&
+   [[ $(wc -l <"$tmp/run_minimal/metrics.jsonl") -eq 3 ]] &&
+   grep -q "lr: 1e-06" "$tmp/run_minimal/config.textproto" &&
+   grep -q "global_batch_size: 8" "$tmp/run_minimal/config.textproto" &&
+   grep -q "seed: 42" "$tmp/run_minimal/config.textproto"; then
+  echo "ok   a config of model, data and objective trains with TRL's defaults"
+else
+  echo "FAIL minimal config: $(cat "$tmp/minimal.log")"; failures=$((failures + 1))
+fi
 cat >"$tmp/notemplate.textproto" <<CONF
 model { hf_path: "$textm" }
 data { train_files: "$textm/pref_chat.jsonl" max_length: 64 }

@@ -45,7 +45,13 @@ constexpr float kDefaultDpoBeta = 0.1f;
 constexpr float kDefaultAdamBeta1 = 0.9f;
 constexpr float kDefaultAdamBeta2 = 0.999f;
 constexpr float kDefaultAdamEps = 1e-8f;
-constexpr int kDefaultNumEpochs = 1;
+// TRL's defaults (DPOConfig / SFTConfig and the TrainingArguments they keep).
+constexpr int kDefaultNumEpochs = 3;
+constexpr float kDefaultPreferenceLr = 1e-6f;     // DPOConfig.learning_rate
+constexpr float kDefaultDemonstrationLr = 2e-5f;  // SFTConfig.learning_rate
+constexpr float kDefaultMaxGradNorm = 1.0f;
+constexpr int kDefaultMicroBatchSize = 8;  // per_device_train_batch_size
+constexpr uint64_t kDefaultSeed = 42;
 constexpr int kDefaultLogEverySteps = 1;
 constexpr int kDefaultOutputChunkTokens = 64;
 constexpr float kDefaultInitStd = 0.02f;
@@ -805,9 +811,11 @@ void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
     problems->push_back(
         absl::StrCat("batch.micro_batch_size: must be >= 1, got ", micro));
   }
-  if (global < 1) {
-    problems->push_back(
-        absl::StrCat("batch.global_batch_size: must be >= 1, got ", global));
+  if (global < 0) {
+    problems->push_back(absl::StrCat(
+        "batch.global_batch_size: must be >= 1 (or 0: micro_batch_size × "
+        "world size), got ",
+        global));
   }
   if (micro >= 1 && global >= 1 && global % micro != 0) {
     problems->push_back(
@@ -945,6 +953,21 @@ void FillDefaults(TrainConfig* config) {
     if (!sp.has_mask_weight_decay()) sp.set_mask_weight_decay(0.01f);
   }
   OptimizerConfig& optimizer = *config->mutable_optimizer();
+  if (!optimizer.has_lr()) {
+    const bool preference = objective.has_dpo() || objective.has_sparsepo();
+    optimizer.set_lr(preference ? kDefaultPreferenceLr
+                                : kDefaultDemonstrationLr);
+  }
+  if (!optimizer.has_max_grad_norm()) {
+    optimizer.set_max_grad_norm(kDefaultMaxGradNorm);
+  }
+  ScheduleConfig& schedule = *config->mutable_schedule();
+  if (!schedule.has_kind()) schedule.set_kind(ScheduleConfig::LINEAR);
+  BatchConfig& batch = *config->mutable_batch();
+  if (batch.micro_batch_size() == 0) {
+    batch.set_micro_batch_size(kDefaultMicroBatchSize);
+  }
+  if (!config->has_seed()) config->set_seed(kDefaultSeed);
   if (optimizer.beta1() == 0) optimizer.set_beta1(kDefaultAdamBeta1);
   if (optimizer.beta2() == 0) optimizer.set_beta2(kDefaultAdamBeta2);
   if (optimizer.eps() == 0) optimizer.set_eps(kDefaultAdamEps);
@@ -964,6 +987,7 @@ void FillDefaults(TrainConfig* config) {
   }
   DataConfig& data = *config->mutable_data();
   if (data.max_length() == 0) data.set_max_length(kDefaultMaxLength);
+  if (!data.has_shuffle()) data.set_shuffle(true);
 }
 
 absl::Status ValidateTrainConfig(const TrainConfig& config) {
@@ -982,6 +1006,13 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
   }
   if (problems.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+void FillBatchForWorld(int world_size, TrainConfig* config) {
+  BatchConfig& batch = *config->mutable_batch();
+  if (batch.global_batch_size() == 0) {
+    batch.set_global_batch_size(batch.micro_batch_size() * world_size);
+  }
 }
 
 absl::Status CheckBatchForWorld(const TrainConfig& config, int world_size) {

@@ -40,12 +40,20 @@ absl::StatusOr<prefopt::TrainConfig> LoadTrainConfig(
 absl::Status ApplyOverride(const std::string& override_text,
                            prefopt::TrainConfig* config);
 
-// Replaces unset (zero) fields by their documented defaults (config.proto):
-// objective.dpo.beta 0.1; optimizer.beta1 0.9, beta2 0.999, eps 1e-8;
-// num_epochs 1 when max_steps is 0; log_every_steps 1; output_chunk_tokens 64;
-// model.init_std 0.02 for a from-scratch model; data.max_length 1024;
-// save_on_signal true.
+// Replaces unset (zero or absent) fields by their documented defaults
+// (config.proto), TRL's where TRL has the setting: objective.dpo.beta 0.1;
+// optimizer.lr 1e-6 for preference and 2e-5 for demonstration objectives,
+// beta1 0.9, beta2 0.999, eps 1e-8, max_grad_norm 1; schedule.kind LINEAR;
+// batch.micro_batch_size 8; num_epochs 3 when max_steps is 0; seed 42;
+// data.max_length 1024, data.shuffle true; log_every_steps 1;
+// output_chunk_tokens 64; model.init_std 0.02 for a from-scratch model;
+// save_on_signal true. batch.global_batch_size depends on the world size
+// (FillBatchForWorld).
 void FillDefaults(prefopt::TrainConfig* config);
+
+// An unset batch.global_batch_size becomes micro_batch_size × world_size (one
+// micro-batch per rank and step, as TRL's per-device batch).
+void FillBatchForWorld(int world_size, prefopt::TrainConfig* config);
 
 // Checks every field of a config whose defaults are filled. Reports all
 // problems at once, one per line, each starting with the field path, e.g.

@@ -135,8 +135,17 @@ TEST(LoadTrainConfigTest, FillsDefaults) {
   EXPECT_FLOAT_EQ(config->optimizer().beta2(), 0.999f);
   EXPECT_FLOAT_EQ(config->optimizer().eps(), 1e-8f);
   EXPECT_EQ(config->optimizer().weight_decay(), 0.0f);
+  // TRL 1.x's DPOConfig defaults.
+  EXPECT_FLOAT_EQ(config->optimizer().lr(), 1e-6f);
+  EXPECT_FLOAT_EQ(config->optimizer().max_grad_norm(), 1.0f);
+  EXPECT_EQ(config->schedule().kind(), ScheduleConfig::LINEAR);
+  EXPECT_EQ(config->schedule().warmup_steps(), 0);
+  EXPECT_EQ(config->batch().micro_batch_size(), 8);
+  EXPECT_EQ(config->batch().global_batch_size(), 0);  // 8 × world size
+  EXPECT_EQ(config->seed(), 42u);
+  EXPECT_TRUE(config->data().shuffle());
   EXPECT_EQ(config->max_steps(), 0);
-  EXPECT_EQ(config->num_epochs(), 1);
+  EXPECT_EQ(config->num_epochs(), 3);
   EXPECT_EQ(config->log_every_steps(), 1);
   EXPECT_EQ(config->output_chunk_tokens(), 64);
   EXPECT_EQ(config->data().max_length(), 1024);
@@ -147,6 +156,32 @@ TEST(LoadTrainConfigTest, FillsDefaults) {
   EXPECT_EQ(config->resume(), "");
   // init_std belongs to from-scratch models only.
   EXPECT_EQ(config->model().init_std(), 0.0f);
+}
+
+TEST(LoadTrainConfigTest, DefaultsFollowTheObjectiveAndTheWorldSize) {
+  // SFTConfig's learning rate for demonstration objectives.
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+      WriteTempFile("sft.textproto",
+                    "model { hf_path: '/m' } data { train_files: 't.jsonl' } "
+                    "objective { sft {} }"),
+      {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FLOAT_EQ(config->optimizer().lr(), 2e-5f);
+  // Explicit zeros are kept: no clipping, no shuffling, seed 0, CONSTANT.
+  config = LoadTrainConfig(TestDataDir() + "/minimal_hf.textproto",
+                           {"optimizer.max_grad_norm=0", "data.shuffle=false",
+                            "seed=0", "schedule.kind=CONSTANT"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->optimizer().max_grad_norm(), 0.0f);
+  EXPECT_FALSE(config->data().shuffle());
+  EXPECT_EQ(config->seed(), 0u);
+  EXPECT_EQ(config->schedule().kind(), ScheduleConfig::CONSTANT);
+  TrainConfig world = *config;
+  FillBatchForWorld(4, &world);
+  EXPECT_EQ(world.batch().global_batch_size(), 32);
+  world.mutable_batch()->set_global_batch_size(64);
+  FillBatchForWorld(4, &world);
+  EXPECT_EQ(world.batch().global_batch_size(), 64);
 }
 
 TEST(LoadTrainConfigTest, NumEpochsStaysZeroWhenMaxStepsIsSet) {
@@ -375,10 +410,11 @@ INSTANTIATE_TEST_SUITE_P(
                     "optimizer.weight_decay: must be >= 0, got -0.1"},
         InvalidCase{{"optimizer.max_grad_norm=-1"},
                     "optimizer.max_grad_norm: must be >= 0"},
-        InvalidCase{{"batch.micro_batch_size=0"},
-                    "batch.micro_batch_size: must be >= 1, got 0"},
+        InvalidCase{{"batch.micro_batch_size=-1"},
+                    "batch.micro_batch_size: must be >= 1, got -1"},
         InvalidCase{{"batch.global_batch_size=-8"},
-                    "batch.global_batch_size: must be >= 1, got -8"},
+                    "batch.global_batch_size: must be >= 1 (or 0: "
+                    "micro_batch_size × world size), got -8"},
         InvalidCase{{"batch.global_batch_size=7"},
                     "batch.global_batch_size: must be a multiple of "
                     "batch.micro_batch_size (2), got 7"},
@@ -527,14 +563,15 @@ TEST(ValidationTest, NonFiniteNumbersAreRejected) {
 TEST(ValidationTest, ReportsEveryProblem) {
   const std::string path = WriteTempFile("many.textproto", kValidScratch);
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(
-      path, {"optimizer.lr=0", "batch.micro_batch_size=0", "max_steps=-1"});
+      path, {"optimizer.lr=0", "batch.micro_batch_size=-1", "max_steps=-1"});
   ASSERT_FALSE(config.ok());
   const std::vector<std::string> lines =
       absl::StrSplit(config.status().message(), '\n');
   EXPECT_THAT(
-      lines, ElementsAre(path + ": optimizer.lr: must be > 0, got 0",
-                         path + ": batch.micro_batch_size: must be >= 1, got 0",
-                         StartsWith(path + ": max_steps: must be >= 0")));
+      lines,
+      ElementsAre(path + ": optimizer.lr: must be > 0, got 0",
+                  path + ": batch.micro_batch_size: must be >= 1, got -1",
+                  StartsWith(path + ": max_steps: must be >= 0")));
 }
 
 TEST(ApplyOverrideTest, SetsEveryScalarType) {

@@ -156,6 +156,7 @@ absl::Status Trainer::Init() {
     return absl::InternalError(absl::StrCat(
         run_dir, ": cannot create the run directory: ", ec.message()));
   }
+  config::FillBatchForWorld(world_, &config_);
   absl::Status s = config::CheckBatchForWorld(config_, world_);
   if (!s.ok()) return s;
   const std::string resolved = config::ResolvedConfigText(config_);
