@@ -632,6 +632,20 @@ absl::StatusOr<std::unique_ptr<KvCache>> Decoder::NewKvCache(
   }
   const size_t qkv =
       static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
+  // Create's memory check leaves the cache out: it grows with the number of
+  // layers times the sequence length, which only generation needs.
+  if (backend_->HostAddressable()) {
+    const uint64_t needed = (Count(spec_.n_layer) * Count(max_len) *
+                             Count(qkv) * Count(sizeof(float)))
+                                .value();
+    const std::optional<uint64_t> available = AvailableHostMemory();
+    if (available.has_value() && needed > *available) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("a key/value cache of ", max_len, " tokens for ",
+                       spec_.n_layer, " layers needs ", needed, " bytes, but ",
+                       *available, " bytes of memory are available"));
+    }
+  }
   std::vector<float*> layers;
   for (int l = 0; l < spec_.n_layer; ++l) {
     layers.push_back(backend_->Alloc(qkv * max_len));

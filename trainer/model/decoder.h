@@ -175,7 +175,9 @@ class Decoder {
   // (backend memory, valid until the next Forward).
   const float* Forward(const PackedBatch& batch);
   // A key/value cache for one sequence of up to `max_len` tokens; max_len may
-  // not exceed capacity().max_seq_len (the rotary tables' length).
+  // not exceed capacity().max_seq_len (the rotary tables' length). On a
+  // host-memory backend, a cache beyond the available memory is refused
+  // (ResourceExhausted) before it is allocated.
   absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int max_len) const;
   // Incremental decoding: runs the model over `tokens`, the next tokens of
   // the sequence whose earlier tokens are in `cache` (made by this decoder's

@@ -126,6 +126,25 @@ TEST(DecoderMemoryTest, ReportsBytesNeededAndAvailable) {
                        {"needs more than 2^64 bytes"}));
 }
 
+TEST(DecoderMemoryTest, RefusesAKeyValueCacheBeyondMemory) {
+  // Small parameters and activations, but 20000 layers of 2^20 positions of
+  // 16 floats: 1.3 TB of cache.
+  io::ModelSpec deep = TinyLlama();
+  deep.n_layer = 20000;
+  deep.max_positions = 1 << 20;
+  Capacity cap;
+  cap.max_rows = 1;
+  cap.max_seq_len = deep.max_positions;
+  kernels::CpuBackend backend;
+  auto d = Decoder::Create(deep, &backend, cap, false);
+  ASSERT_TRUE(d.ok()) << d.status();
+  auto cache = (*d)->NewKvCache(cap.max_seq_len);
+  EXPECT_EQ(cache.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(ErrorHas(cache.status(),
+                       {"a key/value cache of 1048576 tokens for 20000 layers "
+                        "needs 1342177280000 bytes"}));
+}
+
 TEST(DecoderLoadTest, LoadsMatchingWeights) {
   EXPECT_TRUE(Load(TinyLlama(), WriteWeights("matching", TinyLlama())).ok());
 }
