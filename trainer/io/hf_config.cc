@@ -480,9 +480,14 @@ void CheckSizeLimits(FieldReader& r, const ModelSpec& spec) {
                                      {f.kv_heads, spec.n_kv_head},
                                      {f.head_dim, spec.head_dim},
                                      {f.intermediate, spec.intermediate}}) {
-    if (value > kMaxSize) {
-      r.Fail(field, absl::StrCat("is ", value, ", above the limit ", kMaxSize));
+    if (value <= kMaxSize) continue;
+    if (field == f.intermediate && spec.arch == Arch::kGpt2 &&
+        !HasNonNull(r.config(), "n_inner")) {
+      r.Fail(f.hidden, absl::StrCat("is ", spec.hidden,
+                                    "; n_inner (null) is 4 times it, ", value,
+                                    ", above the limit ", kMaxSize));
     }
+    r.Fail(field, absl::StrCat("is ", value, ", above the limit ", kMaxSize));
   }
   if (!r.status().ok()) return;
   // Each factor is at most 2^31, so these products fit in int64.
