@@ -14,6 +14,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/model/rope.h"
 #include "trainer/util/rng.h"
@@ -426,10 +427,11 @@ std::string UnusedTensorReason(const io::ModelSpec& spec,
   const std::string_view prefix = gpt2 ? "transformer.h." : "model.layers.";
   int64_t layer = -1;
   if (name.substr(0, prefix.size()) == prefix) {
-    layer = 0;
-    for (size_t i = prefix.size(); i < name.size() && name[i] != '.'; ++i) {
-      if (name[i] < '0' || name[i] > '9' || layer > spec.n_layer) break;
-      layer = layer * 10 + (name[i] - '0');
+    const std::string_view rest = name.substr(prefix.size());
+    const std::string_view digits = rest.substr(0, rest.find('.'));
+    if (!absl::SimpleAtoi(absl::string_view(digits.data(), digits.size()),
+                          &layer)) {
+      layer = -1;
     }
   }
   if (layer >= spec.n_layer) {
