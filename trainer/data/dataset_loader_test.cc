@@ -386,7 +386,30 @@ TEST(LoadDatasetTest, TokenizerMustFitTheModelAndTheTemplate) {
   ASSERT_FALSE(ds.ok());
   EXPECT_THAT(
       ds.status().message(),
-      HasSubstr("has 391 token ids but the model's vocabulary has 300"));
+      HasSubstr("tokenizer.json: vocabulary token \"Ġquick\" has id 383, "
+                "outside the model's vocabulary [0, 300)"));
+
+  // The post-processor's ids count too: with the BOS it inserts moved beyond
+  // the vocabulary every example would index past the embedding.
+  {
+    std::ifstream in(Fixture("tokenizer.json"));
+    nlohmann::json tok = nlohmann::json::parse(in);
+    for (nlohmann::json& processor : tok["post_processor"]["processors"]) {
+      if (processor["type"] == "TemplateProcessing") {
+        processor["special_tokens"]["<|begin_of_text|>"]["ids"] = {391};
+      }
+    }
+    const std::string dir = TempDir("post_processor_id");
+    Write(dir, "tokenizer.json", tok.dump());
+    options = Options(DataConfig::NONE, dir);
+    options.tokenizer_path = dir;
+    ds = Load(Fixture("pref.jsonl"), ExampleKind::kPreference, options);
+    ASSERT_FALSE(ds.ok());
+    EXPECT_THAT(ds.status().message(),
+                HasSubstr("post_processor special token "
+                          "\"<|begin_of_text|>\" has id 391, outside the "
+                          "model's vocabulary [0, 391)"));
+  }
 
   // A tokenizer without ChatML's special tokens cannot take CHATML.
   std::ifstream in(Fixture("tokenizer.json"));

@@ -346,11 +346,9 @@ absl::StatusOr<TextEncoder> TextEncoder::Create(
   absl::StatusOr<tokenizer::Tokenizer> tok =
       tokenizer::Tokenizer::FromFile(json_path);
   if (!tok.ok()) return tok.status();
-  if (tok->vocab_size() > vocab_size) {
+  if (absl::Status s = tok->CheckIdsBelow(vocab_size); !s.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(json_path, ": the tokenizer has ", tok->vocab_size(),
-                     " token ids but the model's vocabulary has ", vocab_size,
-                     "; it is not this model's tokenizer"));
+        absl::StrCat(json_path, ": ", s.message()));
   }
 
   const std::string config_file =

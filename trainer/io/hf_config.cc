@@ -1,6 +1,8 @@
 #include "trainer/io/hf_config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string_view>
 #include <utility>
 
@@ -424,10 +426,6 @@ void ReadLlamaFamily(FieldReader& r, std::string_view model_type,
                                       "; prefopt supports only \"silu\" for ",
                                       AbslView(model_type)));
   }
-  if (r.status().ok() && !(spec.rope_theta > 0)) {
-    r.Fail("rope_theta",
-           absl::StrCat("must be positive, found ", spec.rope_theta));
-  }
   CheckSlidingWindow(r, model_type, spec);
 }
 
@@ -478,6 +476,167 @@ absl::StatusOr<const ArchInfo*> ResolveArchitecture(const json& config,
         " is not supported; supported: ", absl::StrJoin(types, ", ")));
   }
   return info;
+}
+
+// The config.json names of the size fields, in the order ModelSpec lists them.
+struct SizeFields {
+  std::string_view vocab, positions, hidden, layers, heads, kv_heads, head_dim,
+      intermediate, norm_eps;
+};
+
+SizeFields SizeFieldNames(Arch arch) {
+  if (arch == Arch::kGpt2) {
+    return {"vocab_size", "n_positions", "n_embd",
+            "n_layer",    "n_head",      "n_head",
+            "n_embd",     "n_inner",     "layer_norm_epsilon"};
+  }
+  return {"vocab_size",        "max_position_embeddings", "hidden_size",
+          "num_hidden_layers", "num_attention_heads",     "num_key_value_heads",
+          "head_dim",          "intermediate_size",       "rms_norm_eps"};
+}
+
+// The model indexes rows, widths and layers with int; larger sizes (which no
+// real model has) would overflow there, and a size beyond memory would
+// throw std::bad_alloc where it is allocated.
+constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
+
+// Bounds the sizes, and the products of them the model uses as widths, so
+// that nothing downstream overflows; the memory they need is checked against
+// the machine when the model is built.
+void CheckSizeLimits(FieldReader& r, const ModelSpec& spec) {
+  const SizeFields f = SizeFieldNames(spec.arch);
+  for (const auto& [field, value] : {std::pair{f.vocab, spec.vocab_size},
+                                     {f.positions, spec.max_positions},
+                                     {f.hidden, spec.hidden},
+                                     {f.layers, spec.n_layer},
+                                     {f.heads, spec.n_head},
+                                     {f.kv_heads, spec.n_kv_head},
+                                     {f.head_dim, spec.head_dim},
+                                     {f.intermediate, spec.intermediate}}) {
+    if (value <= kMaxSize) continue;
+    if (field == f.intermediate && spec.arch == Arch::kGpt2 &&
+        !HasNonNull(r.config(), "n_inner")) {
+      r.Fail(f.hidden, absl::StrCat("is ", spec.hidden,
+                                    "; n_inner (null) is 4 times it, ", value,
+                                    ", above the limit ", kMaxSize));
+    }
+    r.Fail(field, absl::StrCat("is ", value, ", above the limit ", kMaxSize));
+  }
+  if (!r.status().ok()) return;
+  // Each factor is at most 2^31, so these products fit in int64.
+  const int64_t qkv_width = (spec.n_head + 2 * spec.n_kv_head) * spec.head_dim;
+  if (qkv_width > kMaxSize) {
+    r.Fail(f.heads,
+           absl::StrCat("is ", spec.n_head, "; with ", AbslView(f.kv_heads),
+                        " ", spec.n_kv_head, " and head_dim ", spec.head_dim,
+                        " the query/key/value projection has ", qkv_width,
+                        " rows, above the limit ", kMaxSize));
+  } else if (2 * spec.intermediate > kMaxSize) {
+    r.Fail(f.intermediate,
+           absl::StrCat("is ", spec.intermediate,
+                        "; the fused gate/up projection (twice it) is above "
+                        "the limit ",
+                        kMaxSize));
+  }
+}
+
+// Fails unless the token id `field`, when the file sets it, is in
+// [0, vocab_size).
+void CheckTokenId(FieldReader& r, std::string_view field,
+                  std::optional<int64_t> id, const ModelSpec& spec) {
+  if (!r.status().ok() || !id.has_value() || !HasNonNull(r.config(), field)) {
+    return;
+  }
+  if (*id < 0 || *id >= spec.vocab_size) {
+    r.Fail(field,
+           absl::StrCat("holds token id ", *id, ", outside the vocabulary [0, ",
+                        spec.vocab_size, ") of vocab_size"));
+  }
+}
+
+// A default id (GPT2Config's 50256, LlamaConfig's 1) that is no token of a
+// smaller model names nothing; keeping it would make the config.json written
+// for this model one that fails CheckTokenId.
+void DropDefaultIdsOutsideVocabulary(const json& config, ModelSpec& spec) {
+  for (auto [field, id] : {std::pair{"bos_token_id", &spec.bos_token_id},
+                           {"eos_token_id", &spec.eos_token_id}}) {
+    if (!config.contains(field) && id->has_value() && **id >= spec.vocab_size) {
+      id->reset();
+    }
+  }
+}
+
+// Values transformers takes as given but that make every output NaN or
+// meaningless.
+void CheckNumerics(FieldReader& r, const ModelSpec& spec) {
+  if (!r.status().ok()) return;
+  if (!(std::isfinite(spec.norm_eps) && spec.norm_eps > 0)) {
+    r.Fail(
+        SizeFieldNames(spec.arch).norm_eps,
+        absl::StrCat("must be a finite number above 0, found ", spec.norm_eps));
+  }
+  // theta^(-2i/d) are the rotary frequencies: theta <= 1 makes none of them
+  // slower than one radian per position, and rope tables are computed in
+  // fp32, where a larger theta is infinite.
+  if (spec.arch != Arch::kGpt2 &&
+      !(spec.rope_theta > 1 &&
+        spec.rope_theta <= std::numeric_limits<float>::max())) {
+    r.Fail("rope_theta",
+           absl::StrCat("must be a finite number above 1 (in fp32 range), "
+                        "found ",
+                        spec.rope_theta));
+  }
+  CheckTokenId(r, "bos_token_id", spec.bos_token_id, spec);
+  CheckTokenId(r, "eos_token_id", spec.eos_token_id, spec);
+  for (const int64_t id : spec.extra_eos_token_ids) {
+    CheckTokenId(r, "eos_token_id", id, spec);
+  }
+}
+
+// generation_config.json's bos/eos ids (what `prefopt generate` stops at)
+// must be ids of the model: integers (eos also a list of them) or null, in
+// [0, vocab_size).
+absl::Status CheckGenerationConfig(const std::string& model_dir,
+                                   const ModelSpec& spec) {
+  const std::string path =
+      model_dir.empty() || model_dir.back() == '/'
+          ? absl::StrCat(model_dir, "generation_config.json")
+          : absl::StrCat(model_dir, "/generation_config.json");
+  absl::StatusOr<json> config = ReadJsonFile(path);
+  if (absl::IsNotFound(config.status())) return absl::OkStatus();
+  if (!config.ok()) return config.status();
+  if (!config->is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": expected a JSON object, found ", DescribeJson(*config)));
+  }
+  for (const std::string_view field : {"bos_token_id", "eos_token_id"}) {
+    if (!HasNonNull(*config, field)) continue;
+    const json& value = (*config)[std::string(field)];
+    const bool list_allowed = field == "eos_token_id";
+    std::vector<const json*> ids;
+    if (value.is_array() && list_allowed) {
+      for (const json& id : value) ids.push_back(&id);
+    } else {
+      ids.push_back(&value);
+    }
+    for (const json* id : ids) {
+      // An unsigned value above int64's range reads as negative here.
+      if (!id->is_number_integer() || id->get<int64_t>() < 0 ||
+          id->get<int64_t>() >= spec.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": field '", AbslView(field), "' must be a token id in [0, ",
+            spec.vocab_size, ") (config.json's vocab_size)",
+            list_allowed ? " or a non-empty list of them" : "", ", found ",
+            DescribeJson(*id)));
+      }
+    }
+    if (ids.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": field '", AbslView(field),
+          "' must be a token id or a non-empty list of them, found []"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SpecError(std::string_view problem) {
@@ -593,7 +752,13 @@ absl::StatusOr<ModelSpec> ReadHfConfig(const std::string& model_dir) {
     ReadLlamaFamily(reader, (*info)->model_type, spec);
   }
   ReadTorchDType(reader, spec);
+  if (reader.status().ok()) CheckSizeLimits(reader, spec);
+  CheckNumerics(reader, spec);
+  DropDefaultIdsOutsideVocabulary(*config, spec);
   if (!reader.status().ok()) return reader.status();
+  if (absl::Status s = CheckGenerationConfig(model_dir, spec); !s.ok()) {
+    return s;
+  }
   return spec;
 }
 

@@ -86,7 +86,11 @@ struct ModelSpec {
 // field of the wrong type, inconsistent sizes, and features prefopt does not
 // implement (other activations, GPT-2's inverse-layer-index attention scaling
 // or reordered upcast attention, sliding-window attention, rope scaling other
-// than linear and llama3).
+// than linear and llama3), sizes above 2^31 - 1 (alone or as the widths the
+// model computes from them), a non-positive or non-finite norm epsilon, a
+// rope_theta not above 1, and bos/eos ids outside [0, vocab_size), here or in
+// `model_dir`/generation_config.json when present (a default id outside the
+// vocabulary is dropped instead).
 absl::StatusOr<ModelSpec> ReadHfConfig(const std::string& model_dir);
 
 // Writes `model_dir`/config.json describing `spec` so that transformers'

@@ -1,8 +1,10 @@
 #include "trainer/io/hf_config.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "trainer/io/json_file.h"
 #include "trainer/io/test_util.h"
@@ -245,6 +247,142 @@ TEST(ReadHfConfigTest, RejectsRopeParametersPrefoptCannotCompute) {
           << c.dir << ": " << spec.status();
     }
   }
+}
+
+// A copy of testdata `base`'s config.json with `patch` merged in (RFC 7396:
+// null removes a field), and `generation_config` as generation_config.json
+// unless it is empty.
+std::string PatchedConfig(const std::string& name, const std::string& base,
+                          const nlohmann::json& patch,
+                          const std::string& generation_config = "") {
+  const std::string dir = NewTempDir(name);
+  nlohmann::json config = *ReadJsonFile(TestdataPath(base + "/config.json"));
+  config.merge_patch(patch);
+  EXPECT_TRUE(WriteJsonFile(dir + "/config.json", config).ok());
+  if (!generation_config.empty()) {
+    testing::WriteBytes(dir + "/generation_config.json", generation_config);
+  }
+  return dir;
+}
+
+struct BadValue {
+  const char* name;
+  const char* base;
+  const char* patch;
+  std::vector<std::string_view> message_parts;
+};
+
+TEST(ReadHfConfigTest, RejectsAbsurdValues) {
+  const std::vector<BadValue> cases = {
+      {"huge_vocab",
+       "gpt2",
+       R"({"vocab_size": 100000000000000})",
+       {"'vocab_size' is 100000000000000, above the limit 2147483647"}},
+      {"huge_layers",
+       "configs/llama",
+       R"({"num_hidden_layers": 4294967296})",
+       {"'num_hidden_layers' is 4294967296"}},
+      {"huge_default_n_inner",
+       "gpt2",
+       R"({"n_embd": 1073741824})",
+       {"'n_embd' is 1073741824; n_inner (null) is 4 times it, 4294967296"}},
+      {"huge_positions",
+       "gpt2",
+       R"({"n_positions": 9000000000000})",
+       {"'n_positions'", "above the limit"}},
+      {"huge_heads",
+       "configs/llama",
+       R"({"num_attention_heads": 2000000000, "num_key_value_heads": 2000000000})",
+       {"'num_attention_heads' is 2000000000", "query/key/value"}},
+      {"huge_intermediate",
+       "configs/llama",
+       R"({"intermediate_size": 2000000000})",
+       {"'intermediate_size' is 2000000000", "gate/up"}},
+      {"zero_eps",
+       "configs/llama",
+       R"({"rms_norm_eps": 0})",
+       {"'rms_norm_eps' must be a finite number above 0, found 0"}},
+      {"negative_eps",
+       "gpt2",
+       R"({"layer_norm_epsilon": -1e-5})",
+       {"'layer_norm_epsilon'", "found -1e-05"}},
+      {"theta_one",
+       "configs/mistral",
+       R"({"rope_theta": 1})",
+       {"'rope_theta' must be a finite number above 1", "found 1"}},
+      {"theta_beyond_fp32",
+       "configs/qwen2",
+       R"({"rope_theta": 1e300})",
+       {"'rope_theta'", "1e+300"}},
+      {"eos_beyond_vocab",
+       "gpt2",
+       R"({"eos_token_id": 16})",
+       {"'eos_token_id' holds token id 16", "[0, 16)"}},
+      {"negative_bos",
+       "configs/llama",
+       R"({"bos_token_id": -1})",
+       {"'bos_token_id' holds token id -1"}},
+      {"extra_eos_beyond_vocab",
+       "configs/llama",
+       R"({"eos_token_id": [2, 3, 32]})",
+       {"'eos_token_id'", "id 32"}},
+  };
+  for (const BadValue& c : cases) {
+    const std::string dir =
+        PatchedConfig(c.name, c.base, nlohmann::json::parse(c.patch));
+    absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.name;
+    EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/config.json"}))
+        << c.name << ": " << spec.status();
+    for (const std::string_view part : c.message_parts) {
+      EXPECT_TRUE(ErrorContains(spec.status(), {part}))
+          << c.name << ": " << spec.status();
+    }
+  }
+}
+
+TEST(ReadHfConfigTest, RejectsBadGenerationConfigIds) {
+  const std::vector<std::pair<std::string, std::vector<std::string_view>>>
+      cases = {
+          {R"({"eos_token_id": 16})", {"'eos_token_id'", "[0, 16)", "16"}},
+          {R"({"eos_token_id": "</s>"})",
+           {"'eos_token_id' must be a token id", "\"</s>\""}},
+          {R"({"eos_token_id": [1, -3]})", {"'eos_token_id'", "-3"}},
+          {R"({"eos_token_id": []})", {"'eos_token_id'", "non-empty list"}},
+          {R"({"bos_token_id": 99})", {"'bos_token_id'", "99"}},
+          {R"([1])", {"expected a JSON object"}},
+      };
+  int i = 0;
+  for (const auto& [generation_config, parts] : cases) {
+    const std::string dir =
+        PatchedConfig(absl::StrCat("generation_", i++), "gpt2",
+                      nlohmann::json::object(), generation_config);
+    absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << generation_config;
+    EXPECT_TRUE(ErrorContains(spec.status(), {dir + "/generation_config.json"}))
+        << generation_config << ": " << spec.status();
+    for (const std::string_view part : parts) {
+      EXPECT_TRUE(ErrorContains(spec.status(), {part}))
+          << generation_config << ": " << spec.status();
+    }
+  }
+  const std::string good = PatchedConfig(
+      "generation_good", "gpt2", nlohmann::json::object(),
+      R"({"bos_token_id": 0, "eos_token_id": [1, 15], "pad_token_id": null})");
+  EXPECT_TRUE(ReadHfConfig(good).ok()) << ReadHfConfig(good).status();
+}
+
+TEST(ReadHfConfigTest, DropsDefaultIdsOutsideTheVocabulary) {
+  // GPT2Config's default ids are 50256; this model has 16 tokens.
+  const std::string dir =
+      PatchedConfig("default_ids", "gpt2",
+                    {{"bos_token_id", nullptr}, {"eos_token_id", nullptr}});
+  absl::StatusOr<ModelSpec> spec = ReadHfConfig(dir);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_FALSE(spec->bos_token_id.has_value());
+  EXPECT_FALSE(spec->eos_token_id.has_value());
 }
 
 TEST(ReadHfConfigTest, MissingConfigNamesPath) {

@@ -142,6 +142,17 @@ absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
   bool in_string = false, escaped = false;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
+    if (c == '\0') {
+      // nlohmann's parser takes a NUL byte for the end of the input and
+      // ignores what follows; JSON has no place for one.
+      const auto [line, column] = LineAndColumn(text, i);
+      return absl::InvalidArgumentError(absl::StrCat(
+          AbslView(where), ":",
+          jsonl_line ? absl::StrCat("column ", column)
+                     : absl::StrCat(line, ":", column),
+          ": NUL byte in JSON text (only spaces, tabs and newlines may pad "
+          "it)"));
+    }
     if (in_string) {
       if (escaped) {
         escaped = false;

@@ -27,8 +27,10 @@ absl::StatusOr<nlohmann::json> ParseJson(std::string_view text,
 inline constexpr int kMaxJsonDepth = 256;
 
 // InvalidArgument naming `where` and the line:column where `text` nests
-// arrays/objects deeper than kMaxJsonDepth; OK otherwise (also for invalid
-// JSON, which the parser reports). For one line of a JSONL file, `where` is
+// arrays/objects deeper than kMaxJsonDepth or holds a NUL byte (which the
+// parser would take for the end of the input, accepting a safetensors header
+// padded with NULs); OK otherwise (also for invalid JSON, which the parser
+// reports). For one line of a JSONL file, `where` is
 // "file:line" and the message gives only the column.
 absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
                             bool jsonl_line = false);

@@ -46,6 +46,14 @@ TEST(ReadJsonFileTest, DeepNestingAndHugeNumbersAreErrors) {
   EXPECT_TRUE(ErrorContains(huge.status(), {"huge.json"})) << huge.status();
 }
 
+TEST(ReadJsonFileTest, NulBytesAreErrors) {
+  // The parser alone would stop at the NUL and accept the object before it.
+  const std::string path = NewTempDir("nul") + "/config.json";
+  WriteBytes(path, std::string("{\"n_layer\": 2}\n") + '\0' + "garbage");
+  EXPECT_TRUE(
+      ErrorContains(ReadJsonFile(path).status(), {path + ":2:1: NUL byte"}));
+}
+
 TEST(ReadJsonFileTest, MissingFileIsNotFound) {
   const std::string path = TestdataPath("no_such.json");
   absl::StatusOr<json> value = ReadJsonFile(path);

@@ -282,6 +282,10 @@ TEST(SafetensorsFileTest, RejectsBadFiles) {
       {"bad_shape",
        RawFile(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", 0),
        "non-negative integers", "'w'"},
+      // The format pads with spaces; the reference reader refuses NULs.
+      {"nul_padding",
+       RawFile("{\"a\":{" + f32_entry + "[0,8]}}" + std::string(5, '\0'), 8),
+       "(header):1:55: NUL byte", ""},
   };
   for (const BadFile& c : cases) {
     const std::string path = dir + "/" + c.name + ".safetensors";

@@ -1,11 +1,20 @@
 #include "trainer/model/decoder.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/model/rope.h"
 #include "trainer/util/rng.h"
@@ -58,6 +67,118 @@ struct Decoder::LayerActs {
   float* res3;  // residual stream after the MLP block = the block's output
 };
 
+namespace {
+
+// A count that saturates at UINT64_MAX instead of wrapping: a saturated total
+// is above any machine's memory, which is all the memory check needs.
+class Count {
+ public:
+  explicit Count(int64_t n) : n_(n > 0 ? static_cast<uint64_t>(n) : 0) {}
+  Count operator+(Count other) const {
+    uint64_t sum;
+    return FromRaw(__builtin_add_overflow(n_, other.n_, &sum) ? kMax : sum);
+  }
+  Count operator*(Count other) const {
+    uint64_t product;
+    return FromRaw(__builtin_mul_overflow(n_, other.n_, &product) ? kMax
+                                                                  : product);
+  }
+  uint64_t value() const { return n_; }
+
+ private:
+  static constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  static Count FromRaw(uint64_t n) {
+    Count c(0);
+    c.n_ = n;
+    return c;
+  }
+  uint64_t n_;
+};
+
+// The floats BuildLayout lays out for `spec`, each tensor rounded up to the
+// layout's 16-float alignment (one 16 per tensor bounds the rounding).
+Count ParameterCount(const io::ModelSpec& spec) {
+  const Count C(spec.hidden), V(spec.vocab_size), FF(spec.intermediate),
+      L(spec.n_layer), pad(16);
+  const Count q_rows = Count(spec.n_head) * Count(spec.head_dim);
+  const Count qkv_rows =
+      q_rows + Count(2) * Count(spec.n_kv_head) * Count(spec.head_dim);
+  Count layer = qkv_rows * C + q_rows * C + Count(12) * pad;
+  Count total = V * C + Count(4) * pad;
+  if (spec.arch == io::ModelSpec::Arch::kGpt2) {
+    layer = layer + Count(2) * FF * C + qkv_rows + FF + Count(6) * C;
+    total = total + Count(spec.max_positions) * C + Count(2) * C;
+  } else {
+    layer = layer + Count(3) * FF * C + Count(2) * C;
+    if (spec.attention_bias) layer = layer + qkv_rows;
+    if (spec.attention_out_bias) layer = layer + C;
+    if (spec.mlp_bias) layer = layer + Count(2) * FF + C;
+    total = total + C;
+  }
+  total = total + L * layer;
+  if (!spec.tie_word_embeddings) total = total + V * C;
+  return total;
+}
+
+// The floats AllocateActivations allocates (rope tables bounded by
+// max_seq_len * head_dim each).
+Count ActivationCount(const io::ModelSpec& spec, const Capacity& capacity,
+                      bool trainable) {
+  const bool llama = spec.arch != io::ModelSpec::Arch::kGpt2;
+  const Count N(capacity.max_rows), S(capacity.max_seq_len), C(spec.hidden),
+      FF(spec.intermediate), hd(spec.head_dim);
+  const Count ATT = Count(spec.n_head) * hd;
+  const Count QKV = ATT + Count(2) * Count(spec.n_kv_head) * hd;
+  const Count FC = llama ? Count(2) * FF : FF;
+  const Count layer = Count(4) * N * C + Count(4) * N + N * QKV + N * ATT +
+                      Count(spec.n_head) * S * N + N * FC + N * FF;
+  Count total = Count(trainable ? spec.n_layer : 1) * layer + Count(3) * N * C +
+                Count(2) * N + Count(2) * S * hd;
+  if (trainable) {
+    total = total + Count(3) * N * C + N * ATT + N * QKV + N * FF + N * FC;
+  }
+  return total;
+}
+
+// Bytes of memory the kernel says can be allocated without swapping
+// (MemAvailable), else the free physical pages, else nullopt.
+std::optional<uint64_t> AvailableHostMemory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  const long pages = sysconf(_SC_AVPHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return std::nullopt;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+}
+
+}  // namespace
+
+absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
+                                    const Capacity& capacity, bool trainable,
+                                    std::optional<uint64_t> available) {
+  const Count params = ParameterCount(spec) + Count(capacity.param_multiple);
+  const Count floats = params * Count(trainable ? 2 : 1) +
+                       ActivationCount(spec, capacity, trainable);
+  const uint64_t needed = (floats * Count(sizeof(float))).value();
+  if (!available.has_value() || needed <= *available) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the model (vocab_size ", spec.vocab_size, ", hidden size ", spec.hidden,
+      ", ", spec.n_layer, " layers, intermediate size ", spec.intermediate,
+      ", ", spec.n_head, " heads of ", spec.head_dim, ") needs ",
+      needed == std::numeric_limits<uint64_t>::max()
+          ? std::string("more than 2^64")
+          : absl::StrCat(needed),
+      " bytes for its parameters", trainable ? ", gradients" : "",
+      " and activations (", capacity.max_rows, " tokens of up to ",
+      capacity.max_seq_len, "), but ", *available,
+      " bytes of memory are available; check the sizes in config.json"));
+}
+
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
     const io::ModelSpec& spec, Backend* backend, const Capacity& capacity,
     bool trainable) {
@@ -76,6 +197,16 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("head_dim is ", spec.head_dim,
                      "; rotary embeddings need an even head_dim"));
+  }
+  // Before anything is allocated: sizes from a file must not end in
+  // std::bad_alloc or the OOM killer. A GPU backend reports a failed
+  // allocation itself, with the free device memory.
+  if (backend->HostAddressable()) {
+    if (absl::Status s = CheckModelFitsInMemory(spec, capacity, trainable,
+                                                AvailableHostMemory());
+        !s.ok()) {
+      return s;
+    }
   }
   std::unique_ptr<Decoder> d(new Decoder(spec, backend, capacity, trainable));
   d->BuildLayout();
@@ -275,6 +406,53 @@ void Decoder::AllocateActivations() {
   }
 }
 
+namespace {
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Buffers transformers recomputes instead of loading: older GPT-2 saves hold
+// the causal mask, older Llama saves the rotary frequencies.
+bool IsRecomputedBuffer(std::string_view name) {
+  return EndsWith(name, ".attn.bias") || EndsWith(name, ".attn.masked_bias") ||
+         EndsWith(name, ".rotary_emb.inv_freq");
+}
+
+// Which config.json setting leaves the weights' tensor `name` unused.
+std::string UnusedTensorReason(const io::ModelSpec& spec,
+                               std::string_view name) {
+  const bool gpt2 = spec.arch == io::ModelSpec::Arch::kGpt2;
+  const std::string_view prefix = gpt2 ? "transformer.h." : "model.layers.";
+  int64_t layer = -1;
+  if (name.substr(0, prefix.size()) == prefix) {
+    const std::string_view rest = name.substr(prefix.size());
+    const std::string_view digits = rest.substr(0, rest.find('.'));
+    if (!absl::SimpleAtoi(absl::string_view(digits.data(), digits.size()),
+                          &layer)) {
+      layer = -1;
+    }
+  }
+  if (layer >= spec.n_layer) {
+    return absl::StrCat("config.json's ",
+                        gpt2 ? "n_layer" : "num_hidden_layers", " is ",
+                        spec.n_layer, ", but the weights have layer ", layer);
+  }
+  if (!gpt2 && EndsWith(name, ".bias")) {
+    const bool attention = name.find(".self_attn.") != std::string_view::npos;
+    if (spec.hf_model_type == "llama") {
+      return absl::StrCat("config.json's ",
+                          attention ? "attention_bias" : "mlp_bias",
+                          " is false");
+    }
+    return absl::StrCat(spec.hf_architecture, " has no such bias");
+  }
+  return absl::StrCat(spec.hf_architecture, " has no such tensor");
+}
+
+}  // namespace
+
 absl::Status Decoder::LoadHf(const io::WeightStore& store) {
   if (!spec_.tie_word_embeddings && !store.Has("lm_head.weight")) {
     return absl::NotFoundError(
@@ -282,12 +460,61 @@ absl::Status Decoder::LoadHf(const io::WeightStore& store) {
                      ": lm_head.weight is missing but config.json says "
                      "tie_word_embeddings is false"));
   }
+  const std::vector<HfTensorRef> refs = layout_.HfTensors();
+  // transformers warns about weights its model does not use and drops them;
+  // they mean config.json describes another model than the weights, and
+  // training it would train something else.
+  std::set<std::string_view> expected;
+  for (const HfTensorRef& ref : refs) expected.insert(ref.name);
+  const std::string_view embedding = layout_.tensors().front().name;
+  std::vector<std::string> unused;
+  for (const std::string& name : store.Names()) {
+    const bool tied_head =
+        spec_.tie_word_embeddings && name == "lm_head.weight";
+    if (expected.count(name) == 0 && !tied_head && !IsRecomputedBuffer(name)) {
+      unused.push_back(name);
+    }
+  }
+  if (!unused.empty()) {
+    const std::string& first = unused.front();
+    return absl::InvalidArgumentError(absl::StrCat(
+        store.model_dir(), ": the weights hold ", unused.size(),
+        " tensor(s) the model does not use, first '", first, "' (in ",
+        store.FileOf(first)->path(), "): ", UnusedTensorReason(spec_, first),
+        "; fix config.json or the weights"));
+  }
+
   std::vector<float> hf, staged;
-  for (const HfTensorRef& ref : layout_.HfTensors()) {
+  for (const HfTensorRef& ref : refs) {
     hf.resize(ref.numel);
     staged.resize(ref.numel);
     absl::Status s = store.ReadFloat(ref.name, ref.shape, hf.data());
     if (!s.ok()) return s;
+    // One pass per tensor: NaN or infinite weights make every loss NaN,
+    // steps later and far from their cause.
+    const auto bad = std::find_if_not(hf.begin(), hf.end(),
+                                      [](float v) { return std::isfinite(v); });
+    if (bad != hf.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          store.FileOf(ref.name)->path(), ": tensor '", ref.name, "' holds ",
+          std::isnan(*bad) ? "NaN" : "an infinity", " at flat index ",
+          bad - hf.begin(), " (of ", ref.numel, ")"));
+    }
+    if (ref.name == embedding && spec_.tie_word_embeddings &&
+        store.Has("lm_head.weight")) {
+      // transformers ties the output layer to the embedding and ignores a
+      // saved lm_head.weight; one that differs was meant to be used.
+      s = store.ReadFloat("lm_head.weight", ref.shape, staged.data());
+      if (!s.ok()) return s;
+      if (staged != hf) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            store.FileOf("lm_head.weight")->path(),
+            ": tensor 'lm_head.weight' differs from '", ref.name,
+            "', but config.json's tie_word_embeddings is true (the output "
+            "layer is the embedding); set it to false or remove "
+            "lm_head.weight"));
+      }
+    }
     HfToLayout(ref, hf.data(), staged.data());
     backend_->CopyToDevice(params_ + ref.offset, staged.data(), ref.numel);
   }
@@ -407,6 +634,20 @@ absl::StatusOr<std::unique_ptr<KvCache>> Decoder::NewKvCache(
   }
   const size_t qkv =
       static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
+  // Create's memory check leaves the cache out: it grows with the number of
+  // layers times the sequence length, which only generation needs.
+  if (backend_->HostAddressable()) {
+    const uint64_t needed = (Count(spec_.n_layer) * Count(max_len) *
+                             Count(qkv) * Count(sizeof(float)))
+                                .value();
+    const std::optional<uint64_t> available = AvailableHostMemory();
+    if (available.has_value() && needed > *available) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("a key/value cache of ", max_len, " tokens for ",
+                       spec_.n_layer, " layers needs ", needed, " bytes, but ",
+                       *available, " bytes of memory are available"));
+    }
+  }
   std::vector<float*> layers;
   for (int l = 0; l < spec_.n_layer; ++l) {
     layers.push_back(backend_->Alloc(qkv * max_len));

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -107,6 +108,14 @@ struct ParamRange {
 
 class Decoder;
 
+// OK when a Decoder of `spec` with `capacity` (and, when `trainable`, its
+// gradients and backward buffers) fits in `available` bytes (nullopt:
+// unknown, OK); else ResourceExhausted with the bytes needed and available.
+// Saturating arithmetic: no size read from a file can overflow it.
+absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
+                                    const Capacity& capacity, bool trainable,
+                                    std::optional<uint64_t> available);
+
 // The keys and values of the tokens one sequence has seen so far, for
 // incremental decoding (Decoder::ForwardIncremental): per layer, up to
 // max_len rows of q|k|v in backend memory. Made by Decoder::NewKvCache and
@@ -138,7 +147,9 @@ class Decoder {
  public:
   // Lays out the parameters of `spec` and allocates them (and, when trainable,
   // their gradients and the backward buffers) on `backend`. Parameters start
-  // zeroed: call LoadHf or InitRandom.
+  // zeroed: call LoadHf or InitRandom. On a host-memory backend, a model that
+  // does not fit in the available memory (CheckModelFitsInMemory) is refused
+  // before anything is allocated.
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(
       const io::ModelSpec& spec, kernels::Backend* backend,
       const Capacity& capacity, bool trainable);
@@ -147,8 +158,12 @@ class Decoder {
   Decoder& operator=(const Decoder&) = delete;
 
   // Loads every parameter from a Hugging Face weight store (the parts of a
-  // fused tensor from their own Hugging Face tensors); a missing tensor or a
-  // shape mismatch is an error naming the tensor and the file.
+  // fused tensor from their own Hugging Face tensors). Errors name the tensor
+  // and the file: a missing tensor, a shape mismatch, a NaN or infinite
+  // value (with its index), a tensor the model does not use (with the
+  // config.json setting that disagrees; buffers transformers recomputes are
+  // skipped), and a lm_head.weight that differs from the embedding it is
+  // tied to.
   absl::Status LoadHf(const io::WeightStore& store);
   // From-scratch initialization as transformers does for the architecture:
   // weights and embeddings N(0, init_std^2) (GPT-2's residual projections
@@ -160,7 +175,9 @@ class Decoder {
   // (backend memory, valid until the next Forward).
   const float* Forward(const PackedBatch& batch);
   // A key/value cache for one sequence of up to `max_len` tokens; max_len may
-  // not exceed capacity().max_seq_len (the rotary tables' length).
+  // not exceed capacity().max_seq_len (the rotary tables' length). On a
+  // host-memory backend, a cache beyond the available memory is refused
+  // (ResourceExhausted) before it is allocated.
   absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int max_len) const;
   // Incremental decoding: runs the model over `tokens`, the next tokens of
   // the sequence whose earlier tokens are in `cache` (made by this decoder's

@@ -83,10 +83,13 @@ absl::StatusOr<AddedVocabulary> AddedVocabulary::FromJson(
       *target = *value;
     }
     if (token.content.empty()) continue;
-    if (std::any_of(
-            vocabulary.tokens_.begin(), vocabulary.tokens_.end(),
-            [&](const AddedToken& t) { return SameOptions(t, token); })) {
-      continue;
+    // A token listed again with the same options changes nothing. Content
+    // keeps the id it first got, so the one token to compare is the one at
+    // that id (comparing with every token would take time quadratic in the
+    // length of the list).
+    if (const std::optional<int32_t> id = vocabulary.IdOf(token.content)) {
+      const AddedToken* existing = vocabulary.TokenWithId(*id);
+      if (existing != nullptr && SameOptions(*existing, token)) continue;
     }
 
     // The listed id, for consistent files: an added token's id, else the

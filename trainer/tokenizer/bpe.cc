@@ -45,7 +45,7 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseMergeEntry(
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(
-    const Json& json, std::string_view path) {
+    const Json& json, std::string_view path, size_t id_limit) {
   std::unique_ptr<BpeModel> model(new BpeModel());
 
   if (const auto it = json.find("dropout");
@@ -92,6 +92,13 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(
     absl::StatusOr<int32_t> id =
         AsTokenId(id_json, FieldPath(vocab_path, token));
     if (!id.ok()) return id.status();
+    if (static_cast<size_t>(*id) >= id_limit) {
+      return JsonError(
+          FieldPath(vocab_path, token),
+          absl::StrCat("token id ", *id, " is not below ", id_limit,
+                       ", the file's size in bytes, which bounds the ids of "
+                       "any vocabulary it can hold (ids count up from 0)"));
+    }
     model->vocab_.emplace(token, *id);
     max_id = std::max(max_id, *id);
   }

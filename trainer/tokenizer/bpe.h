@@ -25,10 +25,12 @@ class BpeModel {
  public:
   // Reads the "model" object at `path`. Rejects dropout > 0 (not
   // deterministic), a non-empty continuing_subword_prefix or
-  // end_of_word_suffix, merges naming tokens missing from the vocabulary, and
-  // an unk_token missing from the vocabulary.
+  // end_of_word_suffix, merges naming tokens missing from the vocabulary, an
+  // unk_token missing from the vocabulary, and ids not below `id_limit` (the
+  // model keeps a table indexed by id; callers pass the file's size, which
+  // bounds the ids of any vocabulary the file can hold).
   static absl::StatusOr<std::unique_ptr<BpeModel>> FromJson(
-      const Json& json, std::string_view path);
+      const Json& json, std::string_view path, size_t id_limit);
 
   // Appends the ids of the word `word` (valid UTF-8). Characters that are
   // not in the vocabulary become byte-fallback tokens, the unknown token, or

@@ -73,6 +73,7 @@ absl::StatusOr<SpecialTokenTemplate> ParseTemplateProcessing(
           AsTokenId((**ids)[j], IndexPath(FieldPath(special_path, "ids"), j));
       if (!id.ok()) return id.status();
       target.push_back(*id);
+      result.named_ids.emplace_back(*name, *id);
     }
   }
   if (sequences != 1) {
@@ -109,6 +110,8 @@ absl::StatusOr<SpecialTokenTemplate> ParsePostProcessor(const Json& json,
       result.prefix = std::move(step->prefix);
       result.suffix.insert(result.suffix.end(), step->suffix.begin(),
                            step->suffix.end());
+      result.named_ids.insert(result.named_ids.end(), step->named_ids.begin(),
+                              step->named_ids.end());
     }
     return result;
   }

@@ -5,7 +5,9 @@
 #define PREFOPT_TRAINER_TOKENIZER_POST_PROCESSORS_H_
 
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -18,6 +20,9 @@ namespace prefopt::tokenizer {
 struct SpecialTokenTemplate {
   std::vector<int32_t> prefix;
   std::vector<int32_t> suffix;
+  // Every id of `prefix` and `suffix` with the name of the special token
+  // that holds it, for errors about ids the model does not have.
+  std::vector<std::pair<std::string, int32_t>> named_ids;
 };
 
 // Reads the post-processor at `path` (JSON null: no special tokens).

@@ -68,9 +68,9 @@ std::optional<int32_t> FirstSpecial(const AddedVocabulary& added,
   return std::nullopt;
 }
 
-// Reads the components from the parsed JSON. Errors carry JSON paths; the
-// caller adds the source name.
-absl::StatusOr<Components> Build(const Json& root) {
+// Reads the components from the parsed JSON of `text_size` bytes. Errors
+// carry JSON paths; the caller adds the source name.
+absl::StatusOr<Components> Build(const Json& root, size_t text_size) {
   if (!root.is_object()) {
     return JsonError(
         "(root)", absl::StrCat("expected an object, found ", root.type_name()));
@@ -92,7 +92,7 @@ absl::StatusOr<Components> Build(const Json& root) {
     return UnsupportedType("model", "model", *model_type, "BPE");
   }
   absl::StatusOr<std::unique_ptr<BpeModel>> model =
-      BpeModel::FromJson(**model_json, "model");
+      BpeModel::FromJson(**model_json, "model", text_size);
   if (!model.ok()) return model.status();
   parts.model = *std::move(model);
 
@@ -188,7 +188,7 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view json_text,
     return absl::InvalidArgumentError(
         absl::StrCat(AbslView(source), ": not valid JSON: ", e.what()));
   }
-  absl::StatusOr<Components> parts = Build(root);
+  absl::StatusOr<Components> parts = Build(root, json_text.size());
   if (!parts.ok()) return WithSource(parts.status(), source);
   return Tokenizer(std::make_unique<const Impl>(*std::move(parts)));
 }
@@ -282,6 +282,28 @@ absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids,
 
 int Tokenizer::vocab_size() const {
   return std::max(impl_->model->max_id(), impl_->added.max_id()) + 1;
+}
+
+absl::Status Tokenizer::CheckIdsBelow(int64_t vocab_size) const {
+  const auto outside = [vocab_size](std::string_view what,
+                                    std::string_view token, int32_t id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(AbslView(what), " \"", AbslView(token), "\" has id ", id,
+                     ", outside the model's vocabulary [0, ", vocab_size,
+                     "); it is not this model's tokenizer"));
+  };
+  if (const int32_t id = impl_->model->max_id(); id >= vocab_size) {
+    return outside("vocabulary token", *impl_->model->IdToToken(id), id);
+  }
+  if (const int32_t id = impl_->added.max_id(); id >= vocab_size) {
+    return outside("added token", impl_->added.TokenWithId(id)->content, id);
+  }
+  for (const auto& [name, id] : impl_->special_tokens.named_ids) {
+    if (id >= vocab_size) {
+      return outside("post_processor special token", name, id);
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {

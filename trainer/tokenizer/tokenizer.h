@@ -62,6 +62,12 @@ class Tokenizer {
   // The largest id of the model vocabulary and the added tokens, plus one.
   int vocab_size() const;
 
+  // OK when every id this tokenizer can produce (its vocabulary, its added
+  // tokens and its post-processor's special tokens) is below `vocab_size`, a
+  // model's number of embedding rows; else InvalidArgument naming the first
+  // token outside and its id.
+  absl::Status CheckIdsBelow(int64_t vocab_size) const;
+
   // Added tokens take precedence over the model vocabulary, both ways.
   std::optional<int32_t> TokenToId(std::string_view token) const;
   std::optional<std::string> IdToToken(int32_t id) const;

@@ -203,6 +203,52 @@ TEST(LoadTest, DeeplyNestedJsonIsRefused) {
               HasSubstr("deep.json:1:273: JSON nested deeper than 256 levels"));
 }
 
+TEST(LoadTest, IdsBeyondTheFileSizeAreRefusedBeforeAllocating) {
+  // The id-indexed table would need 2^31 entries (tens of GB).
+  Json json = TinyTokenizer();
+  json["model"]["vocab"]["bc"] = 2147483647;
+  EXPECT_THAT(LoadError(json),
+              HasSubstr("bad.json: model.vocab.bc: token id 2147483647 is not "
+                        "below"));
+}
+
+TEST(LoadTest, ManyAddedTokensLoadInLinearTime) {
+  // Deduplicating by comparing each token with all earlier ones took minutes
+  // here (and any time at all grows with the square of the list).
+  Json json = TinyTokenizer();
+  constexpr int kTokens = 300000;
+  for (int i = 0; i < kTokens; ++i) {
+    json["added_tokens"].push_back({{"id", 9 + i},
+                                    {"content", "<t" + std::to_string(i) + ">"},
+                                    {"special", true}});
+  }
+  const Tokenizer tokenizer = Make(json);
+  EXPECT_EQ(tokenizer.vocab_size(), 9 + kTokens);
+}
+
+TEST(TokenizerTest, CheckIdsBelowNamesTheFirstTokenOutside) {
+  Json json = TinyTokenizer();
+  EXPECT_TRUE(Make(json).CheckIdsBelow(9).ok());
+  EXPECT_THAT(std::string(Make(json).CheckIdsBelow(8).message()),
+              HasSubstr("vocabulary token \"bc\" has id 8, outside the "
+                        "model's vocabulary [0, 8)"));
+  json["added_tokens"] =
+      Json::parse(R"([{"id": 9, "content": "<eos>", "special": true}])");
+  EXPECT_THAT(std::string(Make(json).CheckIdsBelow(9).message()),
+              HasSubstr("added token \"<eos>\" has id 9"));
+  // Ids a post-processor inserts need not name a token of the file at all.
+  json = TinyTokenizer();
+  json["post_processor"] = Json::parse(R"({
+    "type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+               {"Sequence": {"id": "A", "type_id": 0}}],
+    "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [42],
+                                           "tokens": ["<s>"]}}})");
+  EXPECT_EQ(Make(json).vocab_size(), 9);
+  EXPECT_THAT(std::string(Make(json).CheckIdsBelow(9).message()),
+              HasSubstr("post_processor special token \"<s>\" has id 42"));
+}
+
 TEST(LoadTest, UnsupportedComponentsAreNamedWithTheirPath) {
   Json json = TinyTokenizer();
   json["normalizer"] = {{"type", "BertNormalizer"}};
