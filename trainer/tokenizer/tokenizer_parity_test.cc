@@ -110,7 +110,11 @@ INSTANTIATE_TEST_SUITE_P(
                     Fixture{"metaspace_never_split", true},
                     Fixture{"metaspace_never_nosplit", true},
                     Fixture{"metaspace_first_split", true},
-                    Fixture{"metaspace_first_nosplit", true}),
+                    Fixture{"metaspace_first_nosplit", true},
+                    // Production tokenizer.json files, unchanged (from the
+                    // anthropic and litellm wheels; see
+                    // generate_real_tokenizer_fixtures.py).
+                    Fixture{"claude", true}, Fixture{"deepseek", true}),
     [](const testing::TestParamInfo<Fixture>& info) {
       return std::string(info.param.name);
     });
