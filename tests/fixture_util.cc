@@ -44,4 +44,9 @@ std::string WriteTempFile(const std::string& name, const std::string& text) {
   return path;
 }
 
+bool IsTrlOnlyDpoMetric(const std::string& name) {
+  return name == "entropy" || name == "mean_token_accuracy" ||
+         name == "num_tokens";
+}
+
 }  // namespace prefopt::testing

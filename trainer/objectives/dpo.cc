@@ -27,16 +27,14 @@ DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
                                    const SequenceScores& rejected,
                                    const PairReference& ref,
                                    MetricSums* sums) const {
-  // IPO works on length-averaged log-probs (TRL does the same, and reports its
-  // metrics from the averaged values too).
+  // The log-ratios and rewards use summed log-probs for every loss type; IPO's
+  // loss alone works on the length-averaged difference Δ̄ (as TRL 1.x does).
   const bool averaged = loss_type_ == DpoConfig::IPO;
   const double kw = chosen.tokens, kl = rejected.tokens;
   const double nw = averaged ? kw : 1.0, nl = averaged ? kl : 1.0;
-  const double lw = chosen.logp / nw, ll = rejected.logp / nl;
-  const double ref_w = ref.chosen / nw, ref_l = ref.rejected / nl;
-  const double chosen_ratio = lw - ref_w;
-  const double rejected_ratio = ll - ref_l;
-  const double delta = chosen_ratio - rejected_ratio;
+  const double chosen_ratio = chosen.logp - ref.chosen;
+  const double rejected_ratio = rejected.logp - ref.rejected;
+  const double delta = chosen_ratio / nw - rejected_ratio / nl;
   const double u = beta_ * delta;
 
   double loss = 0, dloss_ddelta = 0;
@@ -71,8 +69,8 @@ DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
   sums->Add("rewards/rejected", reward_l);
   sums->Add("rewards/margins", reward_w - reward_l);
   sums->Add("rewards/accuracies", reward_w > reward_l ? 1.0 : 0.0);
-  sums->Add("logps/chosen", lw);
-  sums->Add("logps/rejected", ll);
+  sums->Add("logps/chosen", chosen.logp);
+  sums->Add("logps/rejected", rejected.logp);
   sums->Add("logits/chosen", chosen.logit_sum, kw * vocab_);
   sums->Add("logits/rejected", rejected.logit_sum, kl * vocab_);
   sums->Add("ranking/accuracy", chosen.logp >= rejected.logp ? 1.0 : 0.0);

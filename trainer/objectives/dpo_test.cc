@@ -85,6 +85,31 @@ TEST(Dpo, ClosedFormsAndMetrics) {
   EXPECT_EQ(flat.dloss_dlogp_chosen, 0.0);
 }
 
+// IPO's loss uses the length-averaged Δ̄, but its rewards and logps are the
+// summed ones, as for every loss type (docs/objectives.md §1).
+TEST(Dpo, IpoMetricsUseSummedLogProbs) {
+  DpoConfig config;
+  config.set_beta(0.5f);
+  config.set_loss_type(DpoConfig::IPO);
+  auto ipo = DpoObjective::Create(config, 4);
+  ASSERT_TRUE(ipo.ok());
+  // Log-ratios 1 over 2 chosen tokens and −1 over 4 rejected tokens:
+  // Δ̄ = 0.5 + 0.25 = 0.75, 1/(2β) = 1, loss = 0.25² = 0.0625.
+  MetricSums sums;
+  const DpoPairGradient g =
+      (*ipo)->Pair({-3.0, 2, 0, 0}, {-6.0, 4, 0, 0}, {-4.0, -5.0}, &sums);
+  EXPECT_NEAR(g.loss, 0.0625, 1e-12);
+  // ∂loss/∂Δ̄ = 2·(0.75 − 1) = −0.5, divided by k.
+  EXPECT_NEAR(g.dloss_dlogp_chosen, -0.25, 1e-12);
+  EXPECT_NEAR(g.dloss_dlogp_rejected, 0.125, 1e-12);
+  auto m = sums.Means();
+  EXPECT_NEAR(m["rewards/chosen"], 0.5, 1e-12);
+  EXPECT_NEAR(m["rewards/rejected"], -0.5, 1e-12);
+  EXPECT_NEAR(m["rewards/margins"], 1.0, 1e-12);
+  EXPECT_NEAR(m["logps/chosen"], -3.0, 1e-12);
+  EXPECT_NEAR(m["logps/rejected"], -6.0, 1e-12);
+}
+
 TEST(Dpo, IdealizedRankingFollowsTheReferenceAndThePreferenceStrength) {
   // L̃(y_w) − L̃(y_l) = −3: the reference prefers y_l by 3 nats.
   const PairReference ref{-10.0, -7.0};
