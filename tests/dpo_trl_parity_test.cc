@@ -102,8 +102,9 @@ TEST_P(DpoTrlParity, LossMetricsAndGradientsMatchTrl) {
     ExpectClose(m[name], value.get<double>(), name);
     ++compared;
   }
-  // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*.
-  EXPECT_EQ(compared, 8);
+  // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
+  // mean_token_accuracy.
+  EXPECT_EQ(compared, 9);
 
   if (!c.has_grads) return;
   auto grads = io::SafetensorsFile::Open(WorkspacePath(

@@ -45,8 +45,7 @@ std::string WriteTempFile(const std::string& name, const std::string& text) {
 }
 
 bool IsTrlOnlyDpoMetric(const std::string& name) {
-  return name == "entropy" || name == "mean_token_accuracy" ||
-         name == "num_tokens";
+  return name == "entropy" || name == "num_tokens";
 }
 
 }  // namespace prefopt::testing

@@ -27,9 +27,9 @@ double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
 std::string WriteTempFile(const std::string& name, const std::string& text);
 
 // Whether `name` is one of the metrics TRL 1.x's DPOTrainer logs that
-// prefopt's DPO objective does not produce (entropy, mean_token_accuracy,
-// num_tokens; tests/fixtures/README.md), so the DPO fixtures' other metrics
-// are the ones both log.
+// prefopt's DPO objective does not produce (entropy, num_tokens;
+// tests/fixtures/README.md), so the DPO fixtures' other metrics are the ones
+// both log.
 bool IsTrlOnlyDpoMetric(const std::string& name);
 
 }  // namespace prefopt::testing

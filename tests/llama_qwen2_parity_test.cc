@@ -230,8 +230,9 @@ TEST_P(LlamaQwen2Parity, DpoLossMetricsAndGradientsMatchTrl) {
     close(m[metric], value.get<double>(), metric);
     ++compared;
   }
-  // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*.
-  EXPECT_EQ(compared, 8);
+  // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
+  // mean_token_accuracy.
+  EXPECT_EQ(compared, 9);
   auto grads = io::SafetensorsFile::Open(
       FixturePath(v, "dpo_sigmoid_grads.safetensors"));
   ASSERT_TRUE(grads.ok()) << grads.status();

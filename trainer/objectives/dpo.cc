@@ -73,6 +73,8 @@ DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
   sums->Add("logps/rejected", rejected.logp);
   sums->Add("logits/chosen", chosen.logit_sum, kw * vocab_);
   sums->Add("logits/rejected", rejected.logit_sum, kl * vocab_);
+  // TRL 1.x: argmax == label over the chosen responses' tokens, pooled.
+  sums->Add("mean_token_accuracy", chosen.correct, kw);
   sums->Add("ranking/accuracy", chosen.logp >= rejected.logp ? 1.0 : 0.0);
   sums->Add("ranking/accuracy_len_norm",
             chosen.logp / kw >= rejected.logp / kl ? 1.0 : 0.0);
