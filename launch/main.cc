@@ -12,14 +12,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -215,8 +219,8 @@ int Train(int argc, char** argv) {
   if (comm->rank() == 0 && comm->world_size() > 1) {
     std::cout << "data-parallel: " << comm::DescribeLaunchEnv(run.env) << "\n";
   }
-  // Before the long preparation (data, reference pass): a signal then stops
-  // the run after its first step, with a checkpoint.
+  // Before the long preparation (data, reference pass), which a signal ends
+  // at once, with a message; Run defers the signals to a checkpoint.
   if (config->save_on_signal()) loop::InstallStopSignalHandlers();
   auto trainer =
       loop::Trainer::Create(*config, std::cout, comm, run.live_progress);
@@ -639,25 +643,76 @@ int Generate(int argc, char** argv) {
   return 0;
 }
 
+// The exit code of an internal error (sysexits.h's EX_SOFTWARE): not one of
+// the codes a user's mistake gives, and below 128, so that it is not taken
+// for a death by signal.
+constexpr int kInternalErrorCode = 70;
+
+// The message of the exception being handled, for the last-resort handlers.
+std::string CurrentExceptionText() {
+  try {
+    throw;
+  } catch (const std::bad_alloc& e) {
+    return absl::StrCat("out of memory (", e.what(), ")");
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception of unknown type";
+  }
+}
+
+[[noreturn]] void ReportInternalError(const std::string& what) {
+  std::cerr << "prefopt: internal error: " << what
+            << "; please report it with the command line\n"
+            << std::flush;
+  _exit(kInternalErrorCode);
+}
+
+// An exception that escapes a thread (OpenMP, communicator) or a noexcept
+// function ends in std::terminate, which would abort with SIGABRT and a core
+// dump; this says what it was and exits instead.
+[[noreturn]] void OnTerminate() {
+  ReportInternalError(std::current_exception() != nullptr
+                          ? CurrentExceptionText()
+                          : "std::terminate called without an exception");
+}
+
+int Main(int argc, char** argv) {
+  kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
+  // --config=cudasim build).
+  kernels::RegisterCudaBackend();
+  if (argc < 2 || std::string_view(argv[1]) == "--help" ||
+      std::string_view(argv[1]) == "help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  // Test hook for tests/special_input_test.sh: no input is known to make an
+  // exception escape, so the test throws one to see it reported.
+  if (const char* kind = std::getenv("PREFOPT_TEST_THROW"); kind != nullptr) {
+    if (std::string_view(kind) == "bad_alloc") throw std::bad_alloc();
+    throw std::runtime_error(kind);
+  }
+  const std::string_view command = argv[1];
+  if (command == "train") return Train(argc, argv);
+  if (command == "export") return Export(argc, argv);
+  if (command == "eval") return Eval(argc, argv);
+  if (command == "generate") return Generate(argc, argv);
+  std::cerr << "prefopt: unknown command \"" << command << "\"\n\n" << kUsage;
+  return 2;
+}
+
 }  // namespace
 }  // namespace prefopt
 
+// Errors are values (absl::Status) throughout; an exception reaching here
+// (std::bad_alloc when memory runs out, or a bug) is reported as an internal
+// error with a non-zero exit instead of an abort.
 int main(int argc, char** argv) {
-  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
-  // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
-  // --config=cudasim build).
-  prefopt::kernels::RegisterCudaBackend();
-  if (argc < 2 || std::string_view(argv[1]) == "--help" ||
-      std::string_view(argv[1]) == "help") {
-    std::cout << prefopt::kUsage;
-    return argc < 2 ? 2 : 0;
+  std::set_terminate(prefopt::OnTerminate);
+  try {
+    return prefopt::Main(argc, argv);
+  } catch (...) {
+    prefopt::ReportInternalError(prefopt::CurrentExceptionText());
   }
-  const std::string_view command = argv[1];
-  if (command == "train") return prefopt::Train(argc, argv);
-  if (command == "export") return prefopt::Export(argc, argv);
-  if (command == "eval") return prefopt::Eval(argc, argv);
-  if (command == "generate") return prefopt::Generate(argc, argv);
-  std::cerr << "prefopt: unknown command \"" << command << "\"\n\n"
-            << prefopt::kUsage;
-  return 2;
 }
