@@ -54,6 +54,7 @@
 #include "trainer/model/decoder.h"
 #include "trainer/model/generation.h"
 #include "trainer/tokenizer/tokenizer.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt {
 namespace {
@@ -393,6 +394,7 @@ struct DataPrompt {
 absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
     const std::string& path, const tokenizer::Tokenizer* tok,
     const std::string& model_dir) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::vector<DataPrompt> prompts;
@@ -553,6 +555,9 @@ int Generate(int argc, char** argv) {
   std::optional<tokenizer::Tokenizer> tok;
   const std::string tok_path = model_dir + "/tokenizer.json";
   if (std::filesystem::exists(tok_path)) {
+    if (absl::Status s = util::CheckInputFile(tok_path); !s.ok()) {
+      return fail(s, 1);
+    }
     auto t = tokenizer::Tokenizer::FromFile(tok_path);
     if (!t.ok()) return fail(t.status(), 1);
     tok.emplace(*std::move(t));

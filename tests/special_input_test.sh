@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The last-resort handler of the prefopt command: an exception that escapes
-# ends the process with a message and a non-zero exit status, never an abort.
+# Inputs that are no regular files, signals while a run is prepared, and the
+# last-resort handler of the prefopt command: each ends promptly with a
+# message naming the culprit and an exit status the cause explains (never a
+# hang, an abort or a read until memory runs out).
 set -uo pipefail
 
 prefopt="$1"
+fixtures="$PWD/tests/fixtures/gpt2"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 failures=0
 
-# expect_fail NAME EXPECTED_EXIT EXPECTED_SUBSTRING -- ARGS...
+# expect_fail NAME EXPECTED_EXIT EXPECTED_SUBSTRING -- ARGS...: a run that
+# would block forever is cut off after 20 s (killed 5 s later, should it
+# ignore SIGTERM) and fails the check.
 expect_fail() {
   local name=$1 code=$2 needle=$3
   shift 4
   local out rc
-  out=$("$prefopt" "$@" 2>&1)
+  out=$(timeout -k 5 20 "$prefopt" "$@" 2>&1)
   rc=$?
   if [[ $rc -ne $code ]]; then
     echo "FAIL $name: exit $rc, expected $code; output: $out"
@@ -25,12 +30,96 @@ expect_fail() {
   fi
 }
 
+write_config() {  # write_config FILE MODEL_LINE DATA_FILE
+  cat >"$1" <<CONF
+model { $2 }
+data { train_files: "$3" max_length: 32 }
+objective { dpo { beta: 0.1 } }
+optimizer { lr: 1e-3 }
+batch { micro_batch_size: 2 global_batch_size: 4 }
+max_steps: 3
+run_dir: "$tmp/run_$(basename "$1" .textproto)"
+CONF
+}
+
+scratch='architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 16 n_layer: 1 n_head: 2'
+mkfifo "$tmp/pipe"
+
 # The last-resort handler: no input is known to reach it, so the test hook
 # throws.
 PREFOPT_TEST_THROW=bad_alloc expect_fail "std::bad_alloc escaping main" 70 \
   "prefopt: internal error: out of memory (std::bad_alloc)" -- train
 PREFOPT_TEST_THROW="broken invariant" expect_fail "an exception escaping main" 70 \
   "prefopt: internal error: broken invariant" -- train
+
+# Special files as inputs.
+write_config "$tmp/good.textproto" "$scratch" "$fixtures/pairs.jsonl"
+expect_fail "/dev/zero as training data" 1 \
+  "/dev/zero is a character device, not a regular file" -- \
+  train --config="$tmp/good.textproto" --set=data.train_files=/dev/zero
+expect_fail "a FIFO as training data" 1 "$tmp/pipe is a FIFO (named pipe)" -- \
+  train --config="$tmp/good.textproto" --set=data.train_files="$tmp/pipe"
+expect_fail "a FIFO as the config file" 2 \
+  "config file $tmp/pipe is a FIFO (named pipe)" -- train --config="$tmp/pipe"
+expect_fail "a directory as training data" 1 "$tmp is a directory" -- \
+  train --config="$tmp/good.textproto" --set=data.train_files="$tmp"
+
+mkdir -p "$tmp/fifo_shard"
+cp "$fixtures/policy_sharded/"* "$tmp/fifo_shard/"
+rm "$tmp/fifo_shard/model-00002-of-00004.safetensors"
+mkfifo "$tmp/fifo_shard/model-00002-of-00004.safetensors"
+write_config "$tmp/fifo_model.textproto" "hf_path: \"$tmp/fifo_shard\"" "$fixtures/pairs.jsonl"
+expect_fail "a FIFO as a shard of the model's weights" 1 \
+  "$tmp/fifo_shard/model-00002-of-00004.safetensors is a FIFO (named pipe)" -- \
+  train --config="$tmp/fifo_model.textproto"
+
+mkdir -p "$tmp/fifo_config"
+mkfifo "$tmp/fifo_config/config.json"
+expect_fail "a FIFO as the model's config.json" 1 \
+  "$tmp/fifo_config/config.json is a FIFO (named pipe)" -- \
+  generate --model="$tmp/fifo_config" --prompt_ids=1,2
+
+mkdir -p "$tmp/fifo_tokenizer"
+cp "$fixtures/policy/"* "$tmp/fifo_tokenizer/"
+mkfifo "$tmp/fifo_tokenizer/tokenizer.json"
+expect_fail "a FIFO as tokenizer.json" 1 \
+  "$tmp/fifo_tokenizer/tokenizer.json is a FIFO (named pipe)" -- \
+  generate --model="$tmp/fifo_tokenizer" --prompt=hello
+expect_fail "a FIFO as generate --data" 2 "$tmp/pipe is a FIFO (named pipe)" -- \
+  generate --model="$fixtures/policy" --data="$tmp/pipe"
+
+# A stop signal while the run is prepared (here: the reference pass over
+# 100000 pairs) ends it at once, by the signal, saying so; there is no
+# checkpoint to write yet.
+python3 - "$tmp/many.jsonl" <<'PY'
+import random, sys
+r = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(100000):
+        ids = [r.randrange(101) for _ in range(7)]
+        f.write('{"prompt_ids": %s, "chosen_ids": %s, "rejected_ids": %s}\n'
+                % (ids[:3], ids[3:5], ids[5:]))
+PY
+write_config "$tmp/many.textproto" "$scratch" "$tmp/many.jsonl"
+"$prefopt" train --config="$tmp/many.textproto" >"$tmp/many.log" 2>&1 &
+pid=$!
+# The handlers are in place before the device line.
+for _ in $(seq 400); do
+  grep -q '^device' "$tmp/many.log" && break
+  sleep 0.05
+done
+kill -TERM "$pid"
+start=$SECONDS
+wait "$pid"
+rc=$?
+if [[ $rc -eq 143 && $((SECONDS - start)) -lt 10 ]] &&
+   grep -qF "prefopt: stopped by SIGTERM while preparing the run (nothing to save yet)" "$tmp/many.log" &&
+   [[ ! -e "$tmp/run_many/checkpoints" ]]; then
+  echo "ok   SIGTERM while preparing the run ends it with a message"
+else
+  echo "FAIL SIGTERM while preparing the run: exit $rc after $((SECONDS - start)) s: $(cat "$tmp/many.log")"
+  failures=$((failures + 1))
+fi
 
 if [[ $failures -ne 0 ]]; then
   echo "$failures check(s) failed"

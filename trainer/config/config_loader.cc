@@ -29,6 +29,7 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/text_format.h"
 #include "proto/config.pb.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::config {
 namespace {
@@ -177,10 +178,9 @@ absl::Status ParseText(const std::string& text, const std::string& error_prefix,
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::error_code error;
-  if (fs::is_directory(path, error)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config file \"", path, "\" is a directory, not a .textproto file"));
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file ", s.message()));
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {

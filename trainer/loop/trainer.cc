@@ -614,6 +614,8 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
 }
 
 absl::Status Trainer::Run() {
+  // From the first step on there is a state to save.
+  if (config_.save_on_signal()) DeferStopSignals();
   absl::Status s = RunSteps();
   // A run stopped by a signal continues later from its checkpoint: the final
   // evaluation and export belong to the run's real end.
