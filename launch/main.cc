@@ -54,6 +54,7 @@
 #include "trainer/model/decoder.h"
 #include "trainer/model/generation.h"
 #include "trainer/tokenizer/tokenizer.h"
+#include "trainer/util/clip_text.h"
 #include "trainer/util/input_file.h"
 
 namespace prefopt {
@@ -136,15 +137,15 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv,
                                  : "";
     if (name.empty() || names.count(name) == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("unknown argument \"", arg, "\" (flags: --",
-                       absl::StrJoin(names, "=, --"), "=)"));
+          absl::StrCat("unknown argument \"", util::ClipText(arg),
+                       "\" (flags: --", absl::StrJoin(names, "=, --"), "=)"));
     }
     const std::string value = arg.substr(eq + 1);
     if (name == "set") {
       flags.sets.push_back(value);
     } else if (!flags.values.emplace(name, value).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " is given twice"));
+          absl::StrCat("--", util::ClipText(name), " is given twice"));
     }
   }
   return flags;
@@ -349,7 +350,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag,
     int32_t id = 0;
     if (!absl::SimpleAtoi(part, &id)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": \"", std::string(part),
+          absl::StrCat("--", flag, ": \"", util::ClipText(part),
                        "\" is not a token id (expected e.g. 1,2,3)"));
     }
     ids.push_back(id);
@@ -451,8 +452,9 @@ absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
   if (flags.Has("device")) {
     TrainConfig::Device device;
     if (!TrainConfig::Device_Parse(flags.Get("device"), &device)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--device=", flags.Get("device"), ": expected AUTO, CPU or GPU"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--device=", util::ClipText(flags.Get("device")),
+                       ": expected AUTO, CPU or GPU"));
     }
     config.set_device(device);
   }
@@ -460,8 +462,9 @@ absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
     TrainConfig::Precision precision;
     if (!TrainConfig::Precision_Parse(flags.Get("precision"), &precision) ||
         precision == TrainConfig::PRECISION_DEFAULT) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--precision=", flags.Get("precision"), ": expected FP32 or BF16"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--precision=", util::ClipText(flags.Get("precision")),
+                       ": expected FP32 or BF16"));
     }
     config.set_precision(precision);
   }
@@ -490,8 +493,8 @@ absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
     check("seed", absl::SimpleAtoi(flags.Get("seed"), &options.seed));
   }
   if (!bad.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", bad, ": not a number: \"", flags.Get(bad), "\""));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", bad, ": not a number: \"", util::ClipText(flags.Get(bad)), "\""));
   }
   return options;
 }

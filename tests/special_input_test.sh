@@ -88,6 +88,17 @@ expect_fail "a FIFO as tokenizer.json" 1 \
 expect_fail "a FIFO as generate --data" 2 "$tmp/pipe is a FIFO (named pipe)" -- \
   generate --model="$fixtures/policy" --data="$tmp/pipe"
 
+# A huge argument is not echoed whole.
+long=$(printf 'x%.0s' $(seq 100000))
+out=$("$prefopt" train --"$long"=1 2>&1)
+rc=$?
+if [[ $rc -eq 2 && ${#out} -lt 3000 && "$out" == *"x… (100004 bytes)\" (flags: "* ]]; then
+  echo "ok   a huge unknown flag is shortened in the message"
+else
+  echo "FAIL huge unknown flag: exit $rc, ${#out} characters: ${out:0:300}"
+  failures=$((failures + 1))
+fi
+
 # A stop signal while the run is prepared (here: the reference pass over
 # 100000 pairs) ends it at once, by the signal, saying so; there is no
 # checkpoint to write yet.
