@@ -496,6 +496,10 @@ absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--", bad, ": not a number: \"", util::ClipText(flags.Get(bad)), "\""));
   }
+  if (options.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_new_tokens: must be >= 1, got ", options.max_new_tokens));
+  }
   return options;
 }
 
@@ -581,7 +585,8 @@ int Generate(int argc, char** argv) {
             positions, " positions")),
         2);
   }
-  if (longest + options->max_new_tokens > positions) {
+  // Compared so that a --max_new_tokens near the int limit cannot overflow.
+  if (options->max_new_tokens > positions - longest) {
     if (flags->Has("max_new_tokens")) {
       std::cerr << "notice: max_new_tokens lowered from "
                 << options->max_new_tokens << " to " << positions - longest

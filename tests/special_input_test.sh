@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Inputs that are no regular files, signals while a run is prepared, and the
-# last-resort handler of the prefopt command: each ends promptly with a
-# message naming the culprit and an exit status the cause explains (never a
-# hang, an abort or a read until memory runs out).
+# Inputs that are no regular files, numbers at the int limit, signals while a
+# run is prepared, and the last-resort handler of the prefopt command: each
+# ends promptly with a message naming the culprit and an exit status the
+# cause explains (never a hang, an abort, an overflow or a read until memory
+# runs out).
 set -uo pipefail
 
 prefopt="$1"
@@ -87,6 +88,32 @@ expect_fail "a FIFO as tokenizer.json" 1 \
   generate --model="$tmp/fifo_tokenizer" --prompt=hello
 expect_fail "a FIFO as generate --data" 2 "$tmp/pipe is a FIFO (named pipe)" -- \
   generate --model="$fixtures/policy" --data="$tmp/pipe"
+
+# Numbers at the int limit are refused up front, or computed without
+# overflowing.
+expect_fail "a micro-batch of more tokens than an int counts" 2 \
+  "batch.micro_batch_size: micro_batch_size * data.max_length must be at most 1073741824 tokens" -- \
+  train --config="$tmp/good.textproto" --set=batch.micro_batch_size=2000000000 \
+  --set=batch.global_batch_size=2000000000
+expect_fail "more steps than an int counts" 1 \
+  "num_epochs: 2000000000 epochs of 2 steps are more than 2147483647 steps" -- \
+  train --config="$tmp/good.textproto" --set=max_steps=0 --set=num_epochs=2000000000
+if out=$(timeout -k 5 60 "$prefopt" train --config="$tmp/good.textproto" \
+  --set=batch.micro_batch_size=1 --set=batch.global_batch_size=2147483647 2>&1) &&
+  [[ "$out" == *"done: 3 steps"* ]]; then
+  echo "ok   a global batch of 2147483647 takes the whole data each step"
+else
+  echo "FAIL global batch of 2147483647: $out"; failures=$((failures + 1))
+fi
+expect_fail "generate --max_new_tokens=-5" 2 "--max_new_tokens: must be >= 1, got -5" -- \
+  generate --model="$fixtures/policy" --prompt_ids=1,2 --max_new_tokens=-5
+if out=$(timeout -k 5 60 "$prefopt" generate --model="$fixtures/policy" --prompt_ids=1,2 \
+  --max_new_tokens=2147483647 2>&1) &&
+  [[ "$out" == *"max_new_tokens lowered from 2147483647 to 62"* ]]; then
+  echo "ok   generate --max_new_tokens=2147483647 is lowered to fit"
+else
+  echo "FAIL generate --max_new_tokens=2147483647: $out"; failures=$((failures + 1))
+fi
 
 # A huge argument is not echoed whole.
 long=$(printf 'x%.0s' $(seq 100000))

@@ -53,6 +53,9 @@ constexpr int kDefaultLogEverySteps = 1;
 constexpr int kDefaultOutputChunkTokens = 64;
 constexpr float kDefaultInitStd = 0.02f;
 constexpr int kDefaultMaxLength = 1024;  // TRL's DPOConfig.max_length
+// The most tokens one micro-batch may hold: a micro-batch of pairs holds
+// twice as many, and the decoder counts them in an int.
+constexpr int64_t kMaxMicroBatchTokens = int64_t{1} << 30;
 // TrainConfig.resume's keyword; any other value is a path.
 constexpr char kResumeLatest[] = "latest";
 
@@ -905,7 +908,8 @@ void CheckSchedule(const ScheduleConfig& schedule,
   }
 }
 
-void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
+void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
+  const BatchConfig& batch = config.batch();
   const int micro = batch.micro_batch_size();
   const int global = batch.global_batch_size();
   if (micro < 1) {
@@ -915,6 +919,16 @@ void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
   if (global < 1) {
     problems->push_back(
         absl::StrCat("batch.global_batch_size: must be >= 1, got ", global));
+  }
+  const int64_t max_length = config.data().max_length();
+  if (micro >= 1 && max_length >= 1 &&
+      micro * max_length > kMaxMicroBatchTokens) {
+    problems->push_back(absl::StrCat(
+        "batch.micro_batch_size: micro_batch_size * data.max_length must be "
+        "at most ",
+        kMaxMicroBatchTokens,
+        " tokens (a micro-batch of pairs holds twice as many), got ", micro,
+        " * ", max_length, " = ", micro * max_length));
   }
   if (micro >= 1 && global >= 1 && global % micro != 0) {
     problems->push_back(
@@ -1092,7 +1106,7 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
     CheckObjective(config.objective(), &problems);
     CheckOptimizer(config.optimizer(), &problems);
     CheckSchedule(config.schedule(), &problems);
-    CheckBatch(config.batch(), &problems);
+    CheckBatch(config, &problems);
     CheckRun(config, &problems);
   }
   if (problems.empty()) return absl::OkStatus();

@@ -478,6 +478,12 @@ INSTANTIATE_TEST_SUITE_P(
                     "optimizer.max_grad_norm: must be >= 0"},
         InvalidCase{{"batch.micro_batch_size=0"},
                     "batch.micro_batch_size: must be >= 1, got 0"},
+        InvalidCase{{"batch.micro_batch_size=2000000000",
+                     "batch.global_batch_size=2000000000"},
+                    "batch.micro_batch_size: micro_batch_size * "
+                    "data.max_length must be at most 1073741824 tokens (a "
+                    "micro-batch of pairs holds twice as many), got "
+                    "2000000000 * 32 = 64000000000"},
         InvalidCase{{"batch.global_batch_size=-8"},
                     "batch.global_batch_size: must be >= 1, got -8"},
         InvalidCase{{"batch.global_batch_size=7"},
