@@ -12,14 +12,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +54,8 @@
 #include "trainer/model/decoder.h"
 #include "trainer/model/generation.h"
 #include "trainer/tokenizer/tokenizer.h"
+#include "trainer/util/clip_text.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt {
 namespace {
@@ -131,15 +137,15 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv,
                                  : "";
     if (name.empty() || names.count(name) == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("unknown argument \"", arg, "\" (flags: --",
-                       absl::StrJoin(names, "=, --"), "=)"));
+          absl::StrCat("unknown argument \"", util::ClipText(arg),
+                       "\" (flags: --", absl::StrJoin(names, "=, --"), "=)"));
     }
     const std::string value = arg.substr(eq + 1);
     if (name == "set") {
       flags.sets.push_back(value);
     } else if (!flags.values.emplace(name, value).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " is given twice"));
+          absl::StrCat("--", util::ClipText(name), " is given twice"));
     }
   }
   return flags;
@@ -215,8 +221,8 @@ int Train(int argc, char** argv) {
   if (comm->rank() == 0 && comm->world_size() > 1) {
     std::cout << "data-parallel: " << comm::DescribeLaunchEnv(run.env) << "\n";
   }
-  // Before the long preparation (data, reference pass): a signal then stops
-  // the run after its first step, with a checkpoint.
+  // Before the long preparation (data, reference pass), which a signal ends
+  // at once, with a message; Run defers the signals to a checkpoint.
   if (config->save_on_signal()) loop::InstallStopSignalHandlers();
   auto trainer =
       loop::Trainer::Create(*config, std::cout, comm, run.live_progress);
@@ -344,7 +350,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag,
     int32_t id = 0;
     if (!absl::SimpleAtoi(part, &id)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": \"", std::string(part),
+          absl::StrCat("--", flag, ": \"", util::ClipText(part),
                        "\" is not a token id (expected e.g. 1,2,3)"));
     }
     ids.push_back(id);
@@ -389,6 +395,7 @@ struct DataPrompt {
 absl::StatusOr<std::vector<DataPrompt>> ReadPrompts(
     const std::string& path, const tokenizer::Tokenizer* tok,
     const std::string& model_dir) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::vector<DataPrompt> prompts;
@@ -445,8 +452,9 @@ absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
   if (flags.Has("device")) {
     TrainConfig::Device device;
     if (!TrainConfig::Device_Parse(flags.Get("device"), &device)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--device=", flags.Get("device"), ": expected AUTO, CPU or GPU"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--device=", util::ClipText(flags.Get("device")),
+                       ": expected AUTO, CPU or GPU"));
     }
     config.set_device(device);
   }
@@ -454,8 +462,9 @@ absl::StatusOr<kernels::SelectedBackend> GenerateBackend(const Flags& flags) {
     TrainConfig::Precision precision;
     if (!TrainConfig::Precision_Parse(flags.Get("precision"), &precision) ||
         precision == TrainConfig::PRECISION_DEFAULT) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--precision=", flags.Get("precision"), ": expected FP32 or BF16"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--precision=", util::ClipText(flags.Get("precision")),
+                       ": expected FP32 or BF16"));
     }
     config.set_precision(precision);
   }
@@ -484,8 +493,12 @@ absl::StatusOr<model::GenerationOptions> SamplingFlags(const Flags& flags) {
     check("seed", absl::SimpleAtoi(flags.Get("seed"), &options.seed));
   }
   if (!bad.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", bad, ": not a number: \"", flags.Get(bad), "\""));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", bad, ": not a number: \"", util::ClipText(flags.Get(bad)), "\""));
+  }
+  if (options.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_new_tokens: must be >= 1, got ", options.max_new_tokens));
   }
   return options;
 }
@@ -549,6 +562,9 @@ int Generate(int argc, char** argv) {
   std::optional<tokenizer::Tokenizer> tok;
   const std::string tok_path = model_dir + "/tokenizer.json";
   if (std::filesystem::exists(tok_path)) {
+    if (absl::Status s = util::CheckInputFile(tok_path); !s.ok()) {
+      return fail(s, 1);
+    }
     auto t = tokenizer::Tokenizer::FromFile(tok_path);
     if (!t.ok()) return fail(t.status(), 1);
     tok.emplace(*std::move(t));
@@ -569,7 +585,8 @@ int Generate(int argc, char** argv) {
             positions, " positions")),
         2);
   }
-  if (longest + options->max_new_tokens > positions) {
+  // Compared so that a --max_new_tokens near the int limit cannot overflow.
+  if (options->max_new_tokens > positions - longest) {
     if (flags->Has("max_new_tokens")) {
       std::cerr << "notice: max_new_tokens lowered from "
                 << options->max_new_tokens << " to " << positions - longest
@@ -639,25 +656,76 @@ int Generate(int argc, char** argv) {
   return 0;
 }
 
+// The exit code of an internal error (sysexits.h's EX_SOFTWARE): not one of
+// the codes a user's mistake gives, and below 128, so that it is not taken
+// for a death by signal.
+constexpr int kInternalErrorCode = 70;
+
+// The message of the exception being handled, for the last-resort handlers.
+std::string CurrentExceptionText() {
+  try {
+    throw;
+  } catch (const std::bad_alloc& e) {
+    return absl::StrCat("out of memory (", e.what(), ")");
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception of unknown type";
+  }
+}
+
+[[noreturn]] void ReportInternalError(const std::string& what) {
+  std::cerr << "prefopt: internal error: " << what
+            << "; please report it with the command line\n"
+            << std::flush;
+  _exit(kInternalErrorCode);
+}
+
+// An exception that escapes a thread (OpenMP, communicator) or a noexcept
+// function ends in std::terminate, which would abort with SIGABRT and a core
+// dump; this says what it was and exits instead.
+[[noreturn]] void OnTerminate() {
+  ReportInternalError(std::current_exception() != nullptr
+                          ? CurrentExceptionText()
+                          : "std::terminate called without an exception");
+}
+
+int Main(int argc, char** argv) {
+  kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
+  // --config=cudasim build).
+  kernels::RegisterCudaBackend();
+  if (argc < 2 || std::string_view(argv[1]) == "--help" ||
+      std::string_view(argv[1]) == "help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  // Test hook for tests/special_input_test.sh: no input is known to make an
+  // exception escape, so the test throws one to see it reported.
+  if (const char* kind = std::getenv("PREFOPT_TEST_THROW"); kind != nullptr) {
+    if (std::string_view(kind) == "bad_alloc") throw std::bad_alloc();
+    throw std::runtime_error(kind);
+  }
+  const std::string_view command = argv[1];
+  if (command == "train") return Train(argc, argv);
+  if (command == "export") return Export(argc, argv);
+  if (command == "eval") return Eval(argc, argv);
+  if (command == "generate") return Generate(argc, argv);
+  std::cerr << "prefopt: unknown command \"" << command << "\"\n\n" << kUsage;
+  return 2;
+}
+
 }  // namespace
 }  // namespace prefopt
 
+// Errors are values (absl::Status) throughout; an exception reaching here
+// (std::bad_alloc when memory runs out, or a bug) is reported as an internal
+// error with a non-zero exit instead of an abort.
 int main(int argc, char** argv) {
-  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
-  // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
-  // --config=cudasim build).
-  prefopt::kernels::RegisterCudaBackend();
-  if (argc < 2 || std::string_view(argv[1]) == "--help" ||
-      std::string_view(argv[1]) == "help") {
-    std::cout << prefopt::kUsage;
-    return argc < 2 ? 2 : 0;
+  std::set_terminate(prefopt::OnTerminate);
+  try {
+    return prefopt::Main(argc, argv);
+  } catch (...) {
+    prefopt::ReportInternalError(prefopt::CurrentExceptionText());
   }
-  const std::string_view command = argv[1];
-  if (command == "train") return prefopt::Train(argc, argv);
-  if (command == "export") return prefopt::Export(argc, argv);
-  if (command == "eval") return prefopt::Eval(argc, argv);
-  if (command == "generate") return prefopt::Generate(argc, argv);
-  std::cerr << "prefopt: unknown command \"" << command << "\"\n\n"
-            << prefopt::kUsage;
-  return 2;
 }

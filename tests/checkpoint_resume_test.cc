@@ -7,20 +7,27 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
+#include "proto/checkpoint.pb.h"
 #include "tests/fixture_util.h"
 #include "trainer/checkpoint/checkpoint_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/util/crc32c.h"
 
 namespace prefopt {
 namespace {
@@ -175,6 +182,89 @@ TEST(CheckpointResume, CheckpointOfOtherTrainingIsRefusedNamingTheField) {
                            "log_every_steps=3", "run_dir=" + dir + "_fork"});
   ASSERT_NE(moved, nullptr);
   EXPECT_EQ(moved->steps_done(), 2);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// Rewrites the manifest of the checkpoint folder `dir` after `edit` and signs
+// it again as checkpoint::Finalize does (COMPLETE holds its CRC-32C).
+void ForgeManifest(const std::string& dir,
+                   const std::function<void(CheckpointManifest*)>& edit) {
+  CheckpointManifest manifest;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
+      ReadAll(dir + "/manifest.textproto"), &manifest));
+  edit(&manifest);
+  std::string text;
+  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(manifest, &text));
+  WriteAll(dir + "/manifest.textproto", text);
+  WriteAll(dir + "/COMPLETE",
+           absl::StrFormat("manifest_crc32c: 0x%08x\n",
+                           util::Crc32c(text.data(), text.size())));
+}
+
+TEST(CheckpointResume, ReSignedManifestOutOfRangeIsRefusedNamingTheField) {
+  const std::string config = RunConfig("forged");
+  std::string dir;
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
+    ASSERT_NE(first, nullptr);
+    RunSteps(*first, 2);
+    absl::StatusOr<std::string> saved = first->SaveCheckpoint();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    dir = *saved;
+  }
+  const std::string manifest = ReadAll(dir + "/manifest.textproto");
+  const std::string complete = ReadAll(dir + "/COMPLETE");
+  // 6 pairs in global batches of 2: step 2 leaves the data at epoch 0,
+  // batch 2 of 3.
+  const std::vector<
+      std::pair<std::function<void(CheckpointManifest*)>, std::string>>
+      forgeries = {
+          // Once NaN at step 4, blamed on the learning rate.
+          {[](CheckpointManifest* m) { m->set_optimizer_step(-5); },
+           absl::StrCat("checkpoint ", dir,
+                        ": manifest.textproto: field 'optimizer_step' must "
+                        "be in [0, step = 2] (AdamW updates once per step at "
+                        "most), got -5")},
+          {[](CheckpointManifest* m) { m->mutable_data()->set_next_batch(3); },
+           absl::StrCat("checkpoint ", dir,
+                        ": manifest.textproto: field 'data.next_batch' must "
+                        "be in [0, data.batches_per_epoch = 3), got 3")},
+          {[](CheckpointManifest* m) { m->mutable_data()->set_next_batch(0); },
+           absl::StrCat("resume from ", dir,
+                        ": manifest.textproto: fields 'data.epoch' and "
+                        "'data.next_batch' put the data at epoch 0, batch 0, "
+                        "but step 2 leaves it at epoch 0, batch 2")},
+          {[](CheckpointManifest* m) { m->set_metrics_lines(5); },
+           absl::StrCat("resume from ", dir,
+                        ": manifest.textproto: field 'metrics_lines' must be "
+                        "at most 2 * step = 4 (a training and an evaluation "
+                        "line per step), got 5")},
+          {[](CheckpointManifest* m) { m->set_world_size(-1); },
+           absl::StrCat("checkpoint ", dir,
+                        ": manifest.textproto: field 'world_size' must be >= "
+                        "1, got -1")},
+      };
+  for (const auto& [edit, expected] : forgeries) {
+    SCOPED_TRACE(expected);
+    WriteAll(dir + "/manifest.textproto", manifest);
+    WriteAll(dir + "/COMPLETE", complete);
+    ForgeManifest(dir, edit);
+    auto resumed =
+        config::LoadTrainConfig(config, {absl::StrCat("resume=", dir)});
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    std::ostringstream log;
+    auto refused = loop::Trainer::Create(*resumed, log);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_THAT(std::string(refused.status().message()), HasSubstr(expected));
+  }
 }
 
 TEST(CheckpointResume, ExportHoldsTheTrainedWeightsBitForBit) {

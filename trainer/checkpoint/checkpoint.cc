@@ -316,6 +316,46 @@ absl::Status CheckManifest(const CheckpointManifest& m,
                               "' is not supported (this build reads '",
                               kFormatVersion, "')"));
   }
+  // The run metadata is used as it is (a negative optimizer_step made
+  // AdamW's bias correction NaN), and a manifest edited by hand may carry a
+  // recomputed CRC-32C: every number is checked against its range.
+  const auto field_error = [&](absl::string_view field, int64_t value,
+                               absl::string_view range) {
+    return error(absl::StrCat(kManifest, ": field '", field, "' must be ",
+                              range, ", got ", value));
+  };
+  if (m.step() < 0) return field_error("step", m.step(), ">= 0");
+  if (m.optimizer_step() < 0 || m.optimizer_step() > m.step()) {
+    return field_error("optimizer_step", m.optimizer_step(),
+                       absl::StrCat("in [0, step = ", m.step(),
+                                    "] (AdamW updates once per step at most)"));
+  }
+  if (m.metrics_lines() < 0) {
+    return field_error("metrics_lines", m.metrics_lines(), ">= 0");
+  }
+  if (m.world_size() < 1) {
+    return field_error("world_size", m.world_size(), ">= 1");
+  }
+  if (m.zero_stage() != 0 && m.zero_stage() != 1) {
+    return field_error("zero_stage", m.zero_stage(), "0 or 1");
+  }
+  const DataPosition& data = m.data();
+  const std::pair<const char*, int64_t> counts[] = {
+      {"data.epoch", data.epoch()},
+      {"data.batches_per_epoch", data.batches_per_epoch()},
+      {"data.num_examples", data.num_examples()},
+      {"data.global_batch_size", data.global_batch_size()},
+      {"data.examples_seen", data.examples_seen()}};
+  for (const auto& [field, value] : counts) {
+    if (value < 0) return field_error(field, value, ">= 0");
+  }
+  if (data.next_batch() < 0 ||
+      (data.next_batch() > 0 &&
+       data.next_batch() >= data.batches_per_epoch())) {
+    return field_error("data.next_batch", data.next_batch(),
+                       absl::StrCat("in [0, data.batches_per_epoch = ",
+                                    data.batches_per_epoch(), ")"));
+  }
   std::set<std::string> files;
   for (const FileEntry& f : m.files()) {
     if (f.name().empty() || f.name().find('/') != std::string::npos ||
@@ -323,6 +363,11 @@ absl::Status CheckManifest(const CheckpointManifest& m,
         !files.insert(f.name()).second) {
       return error(absl::StrCat("file name '", f.name(),
                                 "' is invalid or listed twice"));
+    }
+    if (f.rank() < 0 || f.rank() >= m.world_size()) {
+      return error(absl::StrCat(
+          kManifest, ": file ", f.name(), ": field 'rank' must be in [0, ",
+          "world_size = ", m.world_size(), "), got ", f.rank()));
     }
   }
   std::set<std::pair<std::string, std::string>> tensors;
@@ -340,13 +385,31 @@ absl::Status CheckManifest(const CheckpointManifest& m,
       return error(absl::StrCat(where, "dtype ", t.dtype(), ", expected F32"));
     }
     const std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    uint64_t bytes = 4;
+    bool too_large = false;
     for (int64_t d : shape) {
       if (d < 0) return error(absl::StrCat(where, "negative dimension"));
+      too_large |=
+          __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
     }
-    if (t.size_bytes() != static_cast<uint64_t>(NumElements(shape)) * 4) {
+    if (too_large || t.size_bytes() != bytes) {
       return error(absl::StrCat(where, "size_bytes ", t.size_bytes(),
                                 " does not match shape ",
                                 io::ShapeString(shape)));
+    }
+    if (t.shard_rank() < 0 || t.shard_rank() >= m.world_size()) {
+      return error(absl::StrCat(
+          kManifest, ": ", where, "field 'shard_rank' must be in [0, ",
+          "world_size = ", m.world_size(), "), got ", t.shard_rank()));
+    }
+    if (t.role() == kRoleModel &&
+        (t.flat_begin() > t.flat_end() || t.flat_end() > m.flat_param_count() ||
+         t.flat_end() - t.flat_begin() != bytes / 4)) {
+      return error(
+          absl::StrCat(kManifest, ": ", where, "field 'flat_end': the range [",
+                       t.flat_begin(), ", ", t.flat_end(),
+                       ") does not hold its ", bytes / 4, " floats within the ",
+                       m.flat_param_count(), "-float parameter buffer"));
     }
     if (IsOptimizerRole(t.role())) {
       const FlatRange r{t.flat_begin(), t.flat_end()};

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <set>
@@ -18,9 +19,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/util/crc32c.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::checkpoint {
@@ -631,6 +635,101 @@ TEST(CheckpointTest, InvalidContentsAreRejected) {
       << saved.status();
   // A failed save leaves nothing behind.
   EXPECT_TRUE(Entries(run + "/checkpoints").empty());
+}
+
+// Rewrites the manifest of the checkpoint folder `dir` after `edit` and signs
+// it again as Finalize does (COMPLETE holds the manifest's CRC-32C): a
+// checkpoint edited by hand, whose checksum no longer gives it away.
+void ForgeManifest(const std::string& dir,
+                   const std::function<void(CheckpointManifest*)>& edit) {
+  CheckpointManifest manifest;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
+      ReadAll(dir + "/manifest.textproto"), &manifest));
+  edit(&manifest);
+  std::string text;
+  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(manifest, &text));
+  WriteAll(dir + "/manifest.textproto", text);
+  WriteAll(dir + "/COMPLETE",
+           absl::StrFormat("manifest_crc32c: 0x%08x\n",
+                           util::Crc32c(text.data(), text.size())));
+}
+
+struct ForgedField {
+  std::string name;
+  std::function<void(CheckpointManifest*)> edit;
+  std::string expected;  // follows "checkpoint <dir>: " in the error
+};
+
+TEST(CheckpointTest, ReSignedManifestWithFieldsOutOfRangeIsRefused) {
+  const std::string run = NewRunDir("forged");
+  TinyModel model(12);
+  const std::string dir = Save(run, model, 6);
+  // Signed again unchanged, the manifest still verifies: the forgeries below
+  // are refused for their values alone.
+  ForgeManifest(dir, [](CheckpointManifest*) {});
+  ASSERT_TRUE(LoadCheckpoint(dir, model.layout()).ok());
+  const std::string manifest = ReadAll(dir + "/manifest.textproto");
+  const std::string complete = ReadAll(dir + "/COMPLETE");
+
+  const std::vector<ForgedField> forgeries = {
+      {"negative optimizer_step",
+       [](CheckpointManifest* m) { m->set_optimizer_step(-5); },
+       "manifest.textproto: field 'optimizer_step' must be in [0, step = 6] "
+       "(AdamW updates once per step at most), got -5"},
+      {"optimizer_step past step",
+       [](CheckpointManifest* m) { m->set_optimizer_step(7); },
+       "manifest.textproto: field 'optimizer_step' must be in [0, step = 6]"},
+      {"negative next_batch",
+       [](CheckpointManifest* m) { m->mutable_data()->set_next_batch(-1); },
+       "manifest.textproto: field 'data.next_batch' must be in [0, "
+       "data.batches_per_epoch = 4), got -1"},
+      {"next_batch past the epoch",
+       [](CheckpointManifest* m) { m->mutable_data()->set_next_batch(4); },
+       "manifest.textproto: field 'data.next_batch' must be in [0, "
+       "data.batches_per_epoch = 4), "
+       "got 4"},
+      {"negative metrics_lines",
+       [](CheckpointManifest* m) { m->set_metrics_lines(-3); },
+       "manifest.textproto: field 'metrics_lines' must be >= 0, got -3"},
+      {"no ranks", [](CheckpointManifest* m) { m->set_world_size(0); },
+       "manifest.textproto: field 'world_size' must be >= 1, got 0"},
+      {"negative world_size",
+       [](CheckpointManifest* m) { m->set_world_size(-2); },
+       "manifest.textproto: field 'world_size' must be >= 1, got -2"},
+      {"negative epoch",
+       [](CheckpointManifest* m) { m->mutable_data()->set_epoch(-1); },
+       "manifest.textproto: field 'data.epoch' must be >= 0, got -1"},
+      {"model tensor past the parameter buffer",
+       [](CheckpointManifest* m) {
+         for (TensorEntry& t : *m->mutable_tensors()) {
+           if (t.role() == "model") {
+             t.set_flat_end(m->flat_param_count() + 1);
+             break;
+           }
+         }
+       },
+       "manifest.textproto: tensor transformer.wte.weight in "
+       "model.safetensors: field 'flat_end': the range [0, "},
+      {"file of a rank past world_size",
+       [](CheckpointManifest* m) { m->mutable_files(0)->set_rank(1); },
+       "manifest.textproto: file config.json: field 'rank' must be in [0, "
+       "world_size = 1), got 1"},
+  };
+  for (const ForgedField& forged : forgeries) {
+    SCOPED_TRACE(forged.name);
+    WriteAll(dir + "/manifest.textproto", manifest);
+    WriteAll(dir + "/COMPLETE", complete);
+    ForgeManifest(dir, forged.edit);
+    absl::StatusOr<LoadedCheckpoint> loaded =
+        LoadCheckpoint(dir, model.layout());
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(
+        std::string(loaded.status().message())
+            .find(absl::StrCat("checkpoint ", dir, ": ", forged.expected)),
+        std::string::npos)
+        << loaded.status();
+  }
 }
 
 }  // namespace

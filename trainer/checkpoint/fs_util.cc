@@ -12,6 +12,7 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::checkpoint::internal {
 namespace {
@@ -36,6 +37,7 @@ absl::Status CodeError(const std::string& what, const std::string& path,
 }  // namespace
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open", path, errno);
   std::string contents;

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,8 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/text_format.h"
 #include "proto/config.pb.h"
+#include "trainer/util/clip_text.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::config {
 namespace {
@@ -56,6 +59,9 @@ constexpr int kDefaultLogEverySteps = 1;
 constexpr int kDefaultOutputChunkTokens = 64;
 constexpr float kDefaultInitStd = 0.02f;
 constexpr int kDefaultMaxLength = 1024;  // TRL's DPOConfig.max_length
+// The most tokens one micro-batch may hold: a micro-batch of pairs holds
+// twice as many, and the decoder counts them in an int.
+constexpr int64_t kMaxMicroBatchTokens = int64_t{1} << 30;
 // TrainConfig.resume's keyword; any other value is a path.
 constexpr char kResumeLatest[] = "latest";
 
@@ -157,9 +163,11 @@ class ParseErrors : public google::protobuf::io::ErrorCollector {
                 const std::string& message) override {
     const Position position =
         OffendingTokenPosition(text_, Position{line, column}, message);
-    errors_.push_back(absl::StrCat(prefix_, position.line + 1, ":",
-                                   position.column + 1, ": ",
-                                   WithFieldList(message)));
+    // Protobuf's message quotes the offending token, which may be
+    // megabytes long; the message around it is short.
+    errors_.push_back(absl::StrCat(
+        prefix_, position.line + 1, ":", position.column + 1, ": ",
+        WithFieldList(util::ClipText(message, 2 * util::kMaxEchoBytes))));
   }
 
   // All errors, one per line.
@@ -171,22 +179,122 @@ class ParseErrors : public google::protobuf::io::ErrorCollector {
   std::vector<std::string> errors_;
 };
 
-// Parses text format into `message`, replacing its contents. `error_prefix`
-// starts each error message, which then continues with "line:column: ".
+// A value the text format parser accepts but no config may hold, found by
+// CheckValues.
+struct BadValue {
+  std::string field;  // its path, e.g. "data.train_files[1]"
+  std::string what;   // what is wrong with it
+  google::protobuf::TextFormat::ParseLocation location;  // line -1: unknown
+};
+
+// Adds to `bad` every value of `message` (nested and repeated fields
+// included) that the parser lets through: an enum number that names no value
+// of its enum (proto3 text format takes any number, e.g. loss_type: 7), and a
+// string holding a NUL byte (a path or name would silently end there).
+// `prefix` starts the field paths; `tree`, where the message was parsed
+// (null otherwise), gives each value's position.
+void CheckValues(const Message& message, const std::string& prefix,
+                 const google::protobuf::TextFormat::ParseInfoTree* tree,
+                 std::vector<BadValue>* bad) {
+  const Reflection& reflection = *message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  reflection.ListFields(message, &fields);
+  for (const FieldDescriptor* field : fields) {
+    const int count =
+        field->is_repeated() ? reflection.FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      const int index = field->is_repeated() ? i : -1;
+      const std::string path =
+          field->is_repeated()
+              ? absl::StrCat(prefix, field->name(), "[", i, "]")
+              : absl::StrCat(prefix, field->name());
+      std::string what;
+      switch (field->cpp_type()) {
+        case FieldDescriptor::CPPTYPE_MESSAGE:
+          CheckValues(
+              field->is_repeated()
+                  ? reflection.GetRepeatedMessage(message, field, i)
+                  : reflection.GetMessage(message, field),
+              path + ".",
+              tree != nullptr ? tree->GetTreeForNested(field, index) : nullptr,
+              bad);
+          break;
+        case FieldDescriptor::CPPTYPE_ENUM: {
+          const int number =
+              field->is_repeated()
+                  ? reflection.GetRepeatedEnumValue(message, field, i)
+                  : reflection.GetEnumValue(message, field);
+          if (field->enum_type()->FindValueByNumber(number) == nullptr) {
+            what = absl::StrCat("is ", number, ", which is no value of ",
+                                field->enum_type()->full_name(), " (one of: ",
+                                EnumValueNames(*field->enum_type()), ")");
+          }
+          break;
+        }
+        case FieldDescriptor::CPPTYPE_STRING: {
+          std::string scratch;
+          const std::string& value =
+              field->is_repeated()
+                  ? reflection.GetRepeatedStringReference(message, field, i,
+                                                          &scratch)
+                  : reflection.GetStringReference(message, field, &scratch);
+          const size_t nul = value.find('\0');
+          if (nul != std::string::npos) {
+            what = absl::StrCat("holds a NUL byte (\\000) at byte ", nul,
+                                ", which would cut the text short there: \"",
+                                util::ClipText(absl::CEscape(value)), "\"");
+          }
+          break;
+        }
+        default:
+          break;
+      }
+      if (what.empty()) continue;
+      google::protobuf::TextFormat::ParseLocation location;
+      if (tree != nullptr) {
+        location = tree->GetLocation(field, index);
+        // The parser records no position for the elements of a list
+        // ("field: [a, b]") but the first.
+        if (location.line < 0) location = tree->GetLocation(field, 0);
+      }
+      bad->push_back({path, what, location});
+    }
+  }
+}
+
+// Parses text format into `message`, replacing its contents, and refuses the
+// values CheckValues finds. `error_prefix` starts each error message, which
+// then continues with "line:column: "; `field_prefix` starts the field paths
+// they name.
 absl::Status ParseText(const std::string& text, const std::string& error_prefix,
-                       Message* message) {
+                       const std::string& field_prefix, Message* message) {
   ParseErrors errors(text, error_prefix);
   google::protobuf::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
-  if (parser.ParseFromString(text, message)) return absl::OkStatus();
-  return absl::InvalidArgumentError(errors.Text());
+  google::protobuf::TextFormat::ParseInfoTree tree;
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(text, message)) {
+    return absl::InvalidArgumentError(errors.Text());
+  }
+  std::vector<BadValue> bad;
+  CheckValues(*message, field_prefix, &tree, &bad);
+  if (bad.empty()) return absl::OkStatus();
+  std::vector<std::string> lines;
+  for (const BadValue& b : bad) {
+    const std::string position =
+        b.location.line < 0 ? ""
+                            : absl::StrCat(b.location.line + 1, ":",
+                                           b.location.column + 1, ": ");
+    lines.push_back(
+        absl::StrCat(error_prefix, position, "field '", b.field, "' ", b.what));
+  }
+  return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::error_code error;
-  if (fs::is_directory(path, error)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config file \"", path, "\" is a directory, not a .textproto file"));
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file ", s.message()));
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -254,14 +362,14 @@ absl::StatusOr<T> ParseInteger(absl::string_view text,
   }
   if (!digits.empty() &&
       std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field_path, " expects ", field.type_name(), " in [",
-                     std::numeric_limits<T>::min(), ", ",
-                     std::numeric_limits<T>::max(), "], got ", text));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field_path, " expects ", field.type_name(), " in [",
+        std::numeric_limits<T>::min(), ", ", std::numeric_limits<T>::max(),
+        "], got ", util::ClipText(text)));
   }
   return absl::InvalidArgumentError(
       absl::StrCat(field_path, " expects ", field.type_name(),
-                   " (an integer), got \"", text, "\""));
+                   " (an integer), got \"", util::ClipText(text), "\""));
 }
 
 // Parses `text` as one value of the scalar `field` and stores it in `message`
@@ -271,8 +379,8 @@ absl::Status StoreScalar(absl::string_view text, const std::string& field_path,
   const Reflection& reflection = *message->GetReflection();
   const bool add = field.is_repeated();
   const auto expected = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field_path, " expects ", what, ", got \"", text, "\""));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field_path, " expects ", what, ", got \"", util::ClipText(text), "\""));
   };
   switch (field.cpp_type()) {
     case FieldDescriptor::CPPTYPE_INT32: {
@@ -389,6 +497,7 @@ absl::Status StoreValue(absl::string_view text, const std::string& field_path,
     inner[inner.find('{')] = ' ';
     inner[inner.rfind('}')] = ' ';
     return ParseText(inner, absl::StrCat(field_path, " value at "),
+                     field_path + ".",
                      reflection.MutableMessage(message, &field));
   }
   if (!field.is_repeated()) {
@@ -416,24 +525,25 @@ absl::Status ApplyAssignment(absl::string_view path_text,
   for (size_t i = 0; i < names.size(); ++i) {
     const Descriptor& descriptor = *message->GetDescriptor();
     if (names[i].empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("empty field name in \"", path_text, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "empty field name in \"", util::ClipText(path_text), "\""));
     }
     const FieldDescriptor* field =
         descriptor.FindFieldByName(std::string(names[i]));
     if (field == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "no field \"", names[i], "\" in ", descriptor.full_name(),
-          " (fields: ", FieldNames(descriptor), ")"));
+          "no field \"", util::ClipText(names[i]), "\" in ",
+          descriptor.full_name(), " (fields: ", FieldNames(descriptor), ")"));
     }
     absl::StrAppend(&field_path, i == 0 ? "" : ".", field->name());
     if (i + 1 == names.size()) {
       return StoreValue(value, field_path, *field, message);
     }
     if (field->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field_path, " is a ", TypeName(*field),
-          ", not a message; it has no field \"", names[i + 1], "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field_path, " is a ", TypeName(*field),
+                       ", not a message; it has no field \"",
+                       util::ClipText(names[i + 1]), "\""));
     }
     if (field->is_repeated()) {
       return absl::InvalidArgumentError(
@@ -804,7 +914,8 @@ void CheckSchedule(const ScheduleConfig& schedule,
   }
 }
 
-void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
+void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
+  const BatchConfig& batch = config.batch();
   const int micro = batch.micro_batch_size();
   const int global = batch.global_batch_size();
   if (micro < 1) {
@@ -816,6 +927,16 @@ void CheckBatch(const BatchConfig& batch, std::vector<std::string>* problems) {
         "batch.global_batch_size: must be >= 1 (or 0: micro_batch_size × "
         "world size), got ",
         global));
+  }
+  const int64_t max_length = config.data().max_length();
+  if (micro >= 1 && max_length >= 1 &&
+      micro * max_length > kMaxMicroBatchTokens) {
+    problems->push_back(absl::StrCat(
+        "batch.micro_batch_size: micro_batch_size * data.max_length must be "
+        "at most ",
+        kMaxMicroBatchTokens,
+        " tokens (a micro-batch of pairs holds twice as many), got ", micro,
+        " * ", max_length, " = ", micro * max_length));
   }
   if (micro >= 1 && global >= 1 && global % micro != 0) {
     problems->push_back(
@@ -879,7 +1000,7 @@ absl::StatusOr<TrainConfig> LoadTrainConfig(
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) return text.status();
   TrainConfig config;
-  absl::Status parsed = ParseText(*text, path + ":", &config);
+  absl::Status parsed = ParseText(*text, path + ":", "", &config);
   if (!parsed.ok()) return parsed;
 
   std::error_code error;
@@ -927,8 +1048,9 @@ absl::Status ApplyOverride(const std::string& override_text,
     if (applied.ok()) *config = std::move(updated);
   }
   if (applied.ok()) return applied;
-  return absl::Status(applied.code(), absl::StrCat("--set=", override_text,
-                                                   ": ", applied.message()));
+  return absl::Status(applied.code(),
+                      absl::StrCat("--set=", util::ClipText(override_text),
+                                   ": ", applied.message()));
 }
 
 void FillDefaults(TrainConfig* config) {
@@ -992,6 +1114,13 @@ void FillDefaults(TrainConfig* config) {
 
 absl::Status ValidateTrainConfig(const TrainConfig& config) {
   std::vector<std::string> problems;
+  // A config built in code, or read by LoadTrainConfig (whose parse reports
+  // these with their positions).
+  std::vector<BadValue> bad;
+  CheckValues(config, "", nullptr, &bad);
+  for (const BadValue& b : bad) {
+    problems.push_back(absl::StrCat(b.field, ": ", b.what));
+  }
   CheckFinite(config, "", &problems);
   // Range checks on a NaN or infinity would only repeat the problem.
   if (problems.empty()) {
@@ -1001,18 +1130,26 @@ absl::Status ValidateTrainConfig(const TrainConfig& config) {
     CheckObjective(config.objective(), &problems);
     CheckOptimizer(config.optimizer(), &problems);
     CheckSchedule(config.schedule(), &problems);
-    CheckBatch(config.batch(), &problems);
+    CheckBatch(config, &problems);
     CheckRun(config, &problems);
   }
   if (problems.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
 }
 
-void FillBatchForWorld(int world_size, TrainConfig* config) {
+absl::Status FillBatchForWorld(int world_size, TrainConfig* config) {
   BatchConfig& batch = *config->mutable_batch();
-  if (batch.global_batch_size() == 0) {
-    batch.set_global_batch_size(batch.micro_batch_size() * world_size);
+  if (batch.global_batch_size() != 0) return absl::OkStatus();
+  const int64_t global = int64_t{batch.micro_batch_size()} * world_size;
+  if (global > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.global_batch_size: unset, so micro_batch_size * world size = ",
+        batch.micro_batch_size(), " * ", world_size, " = ", global,
+        ", more than ", std::numeric_limits<int32_t>::max(),
+        "; set it or lower batch.micro_batch_size"));
   }
+  batch.set_global_batch_size(static_cast<int32_t>(global));
+  return absl::OkStatus();
 }
 
 absl::Status CheckBatchForWorld(const TrainConfig& config, int world_size) {

@@ -52,8 +52,9 @@ absl::Status ApplyOverride(const std::string& override_text,
 void FillDefaults(prefopt::TrainConfig* config);
 
 // An unset batch.global_batch_size becomes micro_batch_size × world_size (one
-// micro-batch per rank and step, as TRL's per-device batch).
-void FillBatchForWorld(int world_size, prefopt::TrainConfig* config);
+// micro-batch per rank and step, as TRL's per-device batch). Fails, naming
+// the field, when that product does not fit the field.
+absl::Status FillBatchForWorld(int world_size, prefopt::TrainConfig* config);
 
 // Checks every field of a config whose defaults are filled. Reports all
 // problems at once, one per line, each starting with the field path, e.g.

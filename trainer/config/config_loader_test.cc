@@ -177,11 +177,16 @@ TEST(LoadTrainConfigTest, DefaultsFollowTheObjectiveAndTheWorldSize) {
   EXPECT_EQ(config->seed(), 0u);
   EXPECT_EQ(config->schedule().kind(), ScheduleConfig::CONSTANT);
   TrainConfig world = *config;
-  FillBatchForWorld(4, &world);
+  ASSERT_TRUE(FillBatchForWorld(4, &world).ok());
   EXPECT_EQ(world.batch().global_batch_size(), 32);
   world.mutable_batch()->set_global_batch_size(64);
-  FillBatchForWorld(4, &world);
+  ASSERT_TRUE(FillBatchForWorld(4, &world).ok());
   EXPECT_EQ(world.batch().global_batch_size(), 64);
+  world.mutable_batch()->set_global_batch_size(0);
+  world.mutable_batch()->set_micro_batch_size(1 << 30);
+  EXPECT_THAT(std::string(FillBatchForWorld(4, &world).message()),
+              HasSubstr("batch.global_batch_size: unset, so micro_batch_size "
+                        "* world size = 1073741824 * 4 = 4294967296"));
 }
 
 TEST(LoadTrainConfigTest, NumEpochsStaysZeroWhenMaxStepsIsSet) {
@@ -369,6 +374,107 @@ TEST(LoadTrainConfigTest, UnknownEnumValueHasPosition) {
   EXPECT_THAT(Message(config.status()), HasSubstr("cosine"));
 }
 
+TEST(LoadTrainConfigTest, UnknownEnumNumbersNameTheFieldAndTheValues) {
+  // Proto3 text format takes any number for an enum; a config must not.
+  const std::string path = WriteTempFile("enum_number.textproto",
+                                         "objective {\n"
+                                         "  dpo { loss_type: 7 }\n"
+                                         "}\n"
+                                         "schedule { kind: 12 }\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Message(config.status()),
+            absl::StrCat(path,
+                         ":2:9: field 'objective.dpo.loss_type' is 7, which "
+                         "is no value of prefopt.DpoConfig.LossType (one of: "
+                         "SIGMOID, IPO, HINGE, ROBUST)\n",
+                         path,
+                         ":4:12: field 'schedule.kind' is 12, which is no "
+                         "value of prefopt.ScheduleConfig.Kind (one of: "
+                         "CONSTANT, LINEAR, COSINE)"));
+}
+
+TEST(LoadTrainConfigTest, UnknownEnumNumberInARepeatedFieldIsRefused) {
+  const std::string path = WriteTempFile(
+      "enum_repeated.textproto",
+      "objective { sparsepo { mask: MAPO mapo_groups: [MLP, 9] } }\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(Message(config.status()),
+              StartsWith(absl::StrCat(
+                  path,
+                  ":1:35: field 'objective.sparsepo.mapo_groups[1]' is 9, "
+                  "which is no value of prefopt.SparsePoConfig.MapoGroup")));
+}
+
+TEST(LoadTrainConfigTest, UnknownEnumNumberInAnOverrideIsRefused) {
+  const std::string path = WriteTempFile("enum_ok.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(path, {"objective.dpo={loss_type: 7}"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            "--set=objective.dpo={loss_type: 7}: objective.dpo value at 1:2: "
+            "field 'objective.dpo.loss_type' is 7, which is no value of "
+            "prefopt.DpoConfig.LossType (one of: SIGMOID, IPO, HINGE, "
+            "ROBUST)");
+}
+
+TEST(LoadTrainConfigTest, NulByteInAStringIsRefused) {
+  const std::string path = WriteTempFile(
+      "nul.textproto",
+      "data { train_files: [\"a.jsonl\", \"b.jsonl\\000.txt\"] }\n");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            absl::StrCat(path,
+                         ":1:8: field 'data.train_files[1]' holds a NUL "
+                         "byte (\\000) at byte 7, which would cut the text "
+                         "short there: \"b.jsonl\\000.txt\""));
+}
+
+TEST(ValidationTest, UnknownEnumNumberOfAConfigBuiltInCode) {
+  TrainConfig config;
+  config.mutable_objective()->mutable_dpo()->set_loss_type(
+      static_cast<DpoConfig::LossType>(7));
+  EXPECT_THAT(Message(ValidateTrainConfig(config)),
+              HasSubstr("objective.dpo.loss_type: is 7, which is no value of "
+                        "prefopt.DpoConfig.LossType"));
+}
+
+TEST(LoadTrainConfigTest, HugeUnknownFieldNameIsNotEchoedWhole) {
+  const std::string name(5 << 20, 'x');
+  const std::string path = WriteTempFile(
+      "huge_name.textproto", absl::StrCat("optimizer { ", name, ": 1 }\n"));
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_FALSE(config.ok());
+  EXPECT_LT(Message(config.status()).size(), 1000u);
+  EXPECT_THAT(Message(config.status()),
+              StartsWith(absl::StrCat(path,
+                                      ":1:13: Message type "
+                                      "\"prefopt.OptimizerConfig\" has "
+                                      "no field named \"xxx")));
+  EXPECT_THAT(Message(config.status()), HasSubstr("bytes)"));
+}
+
+TEST(ApplyOverrideTest, HugeOverrideIsNotEchoedWhole) {
+  const std::string name(5 << 20, 'x');
+  TrainConfig config;
+  for (const std::string& override_text :
+       {absl::StrCat("optimizer.", name, "=1"),
+        absl::StrCat("optimizer.lr=", name),
+        absl::StrCat("max_steps=", std::string(5 << 20, '9')),
+        absl::StrCat("optimizer={", name, ": 1}")}) {
+    const absl::Status status = ApplyOverride(override_text, &config);
+    ASSERT_FALSE(status.ok());
+    EXPECT_LT(Message(status).size(), 1500u) << Message(status).substr(0, 300);
+    EXPECT_THAT(Message(status),
+                StartsWith(absl::StrCat("--set=", override_text.substr(0, 200),
+                                        "\u2026 (", override_text.size(),
+                                        " bytes): ")));
+  }
+}
+
 TEST(LoadTrainConfigTest, OverrideErrorIsReturned) {
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(
       TestDataDir() + "/minimal_hf.textproto", {"optimizer.lr=fast"});
@@ -412,6 +518,12 @@ INSTANTIATE_TEST_SUITE_P(
                     "optimizer.max_grad_norm: must be >= 0"},
         InvalidCase{{"batch.micro_batch_size=-1"},
                     "batch.micro_batch_size: must be >= 1, got -1"},
+        InvalidCase{{"batch.micro_batch_size=2000000000",
+                     "batch.global_batch_size=2000000000"},
+                    "batch.micro_batch_size: micro_batch_size * "
+                    "data.max_length must be at most 1073741824 tokens (a "
+                    "micro-batch of pairs holds twice as many), got "
+                    "2000000000 * 32 = 64000000000"},
         InvalidCase{{"batch.global_batch_size=-8"},
                     "batch.global_batch_size: must be >= 1 (or 0: "
                     "micro_batch_size × world size), got -8"},

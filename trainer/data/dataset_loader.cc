@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "trainer/data/text_data.h"
 #include "trainer/data/token_cache.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::data {
 namespace {
@@ -50,8 +51,14 @@ std::string Where(const std::string& file, int64_t line) {
   return absl::StrCat(file, ":", line);
 }
 
-absl::Status CannotOpen(const std::string& file) {
-  return absl::NotFoundError(absl::StrCat(file, ": cannot open data file"));
+// Opens the data file `file` into `in`.
+absl::Status OpenDataFile(const std::string& file, std::ifstream* in) {
+  if (absl::Status s = util::CheckInputFile(file); !s.ok()) return s;
+  in->open(file, std::ios::binary);
+  if (!*in) {
+    return absl::NotFoundError(absl::StrCat(file, ": cannot open data file"));
+  }
+  return absl::OkStatus();
 }
 
 // The format of a file: that of its first non-blank line, and that line's
@@ -62,8 +69,8 @@ struct FileFormat {
 };
 
 absl::StatusOr<std::optional<FileFormat>> PeekFormat(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return CannotOpen(file);
+  std::ifstream in;
+  if (absl::Status s = OpenDataFile(file, &in); !s.ok()) return s;
   std::string line;
   int64_t line_no = 0;
   while (std::getline(in, line)) {
@@ -123,8 +130,8 @@ absl::StatusOr<Dataset> ReadFile(const std::string& file,
                                  const FileFormat& format, ExampleKind kind,
                                  const DataOptions& options,
                                  const TextEncoder* encoder) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return CannotOpen(file);
+  std::ifstream in;
+  if (absl::Status s = OpenDataFile(file, &in); !s.ok()) return s;
   Dataset ds;
   ds.kind = kind;
   std::vector<std::string> lines(kBlockLines);

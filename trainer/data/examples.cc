@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/io/json_file.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::data {
 namespace {
@@ -148,6 +149,7 @@ absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
   Dataset ds;
   ds.kind = kind;
   for (const std::string& file : files) {
+    if (absl::Status s = util::CheckInputFile(file); !s.ok()) return s;
     std::ifstream in(file);
     if (!in) {
       return absl::NotFoundError(absl::StrCat(file, ": cannot open data file"));

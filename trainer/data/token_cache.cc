@@ -14,6 +14,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/util/crc32c.h"
 #include "trainer/util/fingerprint.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::data {
 namespace {
@@ -215,6 +216,7 @@ absl::Status WriteTokenCache(const std::string& path, uint64_t key,
 absl::StatusOr<Dataset> ReadTokenCache(const std::string& path, uint64_t key,
                                        ExampleKind kind,
                                        const std::string& data_file) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     const int error = errno;

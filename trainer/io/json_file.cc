@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/string_view_compat.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::io {
 namespace {
@@ -18,6 +19,7 @@ namespace {
 using nlohmann::json;
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;

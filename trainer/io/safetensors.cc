@@ -20,6 +20,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/json_file.h"
 #include "trainer/io/string_view_compat.h"
+#include "trainer/util/input_file.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian, and so must the host be"
@@ -312,6 +313,7 @@ uint16_t FloatToFp16(float value) {
 }
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  if (absl::Status s = util::CheckInputFile(path); !s.ok()) return s;
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;

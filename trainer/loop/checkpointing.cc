@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -21,17 +22,48 @@
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "trainer/util/fingerprint.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::loop {
 namespace {
 
-// Written by the signal handler, read by the loop: a lock-free atomic is
+// Written by the signal handler, read by the loop: lock-free atomics are
 // async-signal-safe.
 std::atomic<int> received_stop_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free);
+// Set by DeferStopSignals: the handler records SIGTERM and SIGUSR1 instead of
+// ending the process.
+std::atomic<bool> stop_signals_deferred{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+// SIGINT's action before InstallStopSignalHandlers, which DeferStopSignals
+// puts back.
+struct sigaction sigint_before_install = {};
 
-extern "C" void RecordStopSignal(int signal) {
-  received_stop_signal.store(signal, std::memory_order_relaxed);
+extern "C" void OnStopSignal(int signal) {
+  // SIGINT may still reach this handler just after DeferStopSignals.
+  if (signal != SIGINT &&
+      stop_signals_deferred.load(std::memory_order_relaxed)) {
+    received_stop_signal.store(signal, std::memory_order_relaxed);
+    return;
+  }
+  // Only async-signal-safe calls: write(2), then the signal's default action
+  // (it is blocked while this handler runs, and ends the process as it
+  // returns), so that the parent sees the process ended by the signal.
+  const char* message =
+      signal == SIGTERM   ? "prefopt: stopped by SIGTERM while preparing the "
+                            "run (nothing to save yet)\n"
+      : signal == SIGUSR1 ? "prefopt: stopped by SIGUSR1 while preparing the "
+                            "run (nothing to save yet)\n"
+                          : "prefopt: stopped by SIGINT while preparing the "
+                            "run (nothing to save yet)\n";
+  for (size_t left = strlen(message); left > 0;) {
+    const ssize_t n = write(STDERR_FILENO, message, left);
+    if (n <= 0) break;
+    message += n;
+    left -= static_cast<size_t>(n);
+  }
+  ::signal(signal, SIG_DFL);
+  raise(signal);
 }
 
 // Keeps the first text-format error instead of letting protobuf log it.
@@ -65,13 +97,23 @@ bool ParseQuietly(const std::string& text, google::protobuf::Message* message,
 
 void InstallStopSignalHandlers() {
   struct sigaction action = {};
-  action.sa_handler = RecordStopSignal;
+  action.sa_handler = OnStopSignal;
   sigemptyset(&action.sa_mask);
   // Restart interrupted system calls: file writes and MPI's waits carry on
   // as if nothing happened, and the loop looks at the flag between steps.
   action.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGUSR1, &action, nullptr);
+  // A shell starts background jobs with SIGINT ignored; they keep it so.
+  sigaction(SIGINT, nullptr, &sigint_before_install);
+  if (sigint_before_install.sa_handler != SIG_IGN) {
+    sigaction(SIGINT, &action, nullptr);
+  }
+}
+
+void DeferStopSignals() {
+  stop_signals_deferred.store(true, std::memory_order_relaxed);
+  sigaction(SIGINT, &sigint_before_install, nullptr);
 }
 
 int ReceivedStopSignal() {
@@ -84,6 +126,8 @@ std::string SignalName(int signal) {
       return "SIGTERM";
     case SIGUSR1:
       return "SIGUSR1";
+    case SIGINT:
+      return "SIGINT";
     default:
       return absl::StrCat("signal ", signal);
   }
@@ -155,7 +199,10 @@ absl::Status CheckSameTraining(const std::string& saved_config_text,
 absl::Status CheckContinuesTraining(const std::string& checkpoint_dir,
                                     const TrainConfig& config,
                                     uint64_t data_fingerprint) {
-  std::ifstream in(checkpoint_dir + "/manifest.textproto");
+  const std::string path = checkpoint_dir + "/manifest.textproto";
+  // LoadCheckpoint refuses a manifest that is no regular file, too.
+  if (!util::CheckInputFile(path).ok()) return absl::OkStatus();
+  std::ifstream in(path);
   const std::string text((std::istreambuf_iterator<char>(in)),
                          std::istreambuf_iterator<char>());
   CheckpointManifest manifest;

@@ -18,18 +18,26 @@
 
 namespace prefopt::loop {
 
-// Makes SIGTERM and SIGUSR1 ask for a checkpoint and a clean stop instead of
-// ending the process: the handlers only record the signal, and the loop
-// checks it between steps (ReceivedStopSignal), so a step and a save are
-// never cut short by it. Call after MPI is initialized, so that these
-// handlers are the ones in place.
+// Installs the handlers of SIGTERM, SIGUSR1 and SIGINT (save_on_signal).
+// Until DeferStopSignals each of them ends the process at once, saying so on
+// stderr, with the signal's own exit status: while the run is prepared
+// (data read and tokenized, reference log-probs computed) there is no state
+// to save, and a read that blocks must not keep the process alive. Call
+// after MPI is initialized, so that these handlers are the ones in place.
 void InstallStopSignalHandlers();
 
-// The stop signal received since InstallStopSignalHandlers (the latest, if
-// several), or 0.
+// Called as the training loop starts: from then on SIGTERM and SIGUSR1 ask
+// for a checkpoint and a clean stop instead of ending the process. The
+// handler only records the signal, and the loop checks it between steps
+// (ReceivedStopSignal), so a step and a save are never cut short by it.
+// SIGINT gets back its action from before InstallStopSignalHandlers.
+void DeferStopSignals();
+
+// The stop signal recorded since DeferStopSignals (the latest, if several),
+// or 0.
 int ReceivedStopSignal();
 
-// "SIGTERM", "SIGUSR1", or "signal <n>".
+// "SIGTERM", "SIGUSR1", "SIGINT", or "signal <n>".
 std::string SignalName(int signal);
 
 // `config` without the fields a resumed run may change without changing the

@@ -33,16 +33,32 @@ TrainConfig BaseConfig() {
   return c;
 }
 
-TEST(StopSignalTest, HandlersRecordTheSignalInsteadOfEndingTheProcess) {
+TEST(StopSignalDeathTest, BeforeTheLoopASignalEndsTheProcessWithAMessage) {
+  // A fresh process, whatever the other tests deferred.
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  for (const int signal : {SIGTERM, SIGUSR1, SIGINT}) {
+    EXPECT_EXIT(
+        {
+          InstallStopSignalHandlers();
+          raise(signal);
+          std::exit(0);
+        },
+        ::testing::KilledBySignal(signal),
+        absl::StrCat("stopped by ", SignalName(signal),
+                     " while preparing the run \\(nothing to save yet\\)"));
+  }
+}
+
+TEST(StopSignalTest, DeferredHandlersRecordTheSignalInsteadOfEndingTheProcess) {
   EXPECT_EQ(ReceivedStopSignal(), 0);
   InstallStopSignalHandlers();
+  DeferStopSignals();
   ASSERT_EQ(raise(SIGUSR1), 0);
   EXPECT_EQ(ReceivedStopSignal(), SIGUSR1);
   ASSERT_EQ(raise(SIGTERM), 0);
   EXPECT_EQ(ReceivedStopSignal(), SIGTERM);
   EXPECT_EQ(SignalName(SIGUSR1), "SIGUSR1");
   EXPECT_EQ(SignalName(SIGTERM), "SIGTERM");
-  EXPECT_EQ(SignalName(SIGINT), absl::StrCat("signal ", SIGINT));
 }
 
 TEST(SameTrainingTest, RunAndCheckpointSettingsMayChange) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <ostream>
 
@@ -156,8 +157,9 @@ absl::Status Trainer::Init() {
     return absl::InternalError(absl::StrCat(
         run_dir, ": cannot create the run directory: ", ec.message()));
   }
-  config::FillBatchForWorld(world_, &config_);
-  absl::Status s = config::CheckBatchForWorld(config_, world_);
+  absl::Status s = config::FillBatchForWorld(world_, &config_);
+  if (!s.ok()) return s;
+  s = config::CheckBatchForWorld(config_, world_);
   if (!s.ok()) return s;
   const std::string resolved = config::ResolvedConfigText(config_);
   if (world_ > 1) {
@@ -270,7 +272,9 @@ absl::Status Trainer::Init() {
 
   global_batch_ = config_.batch().global_batch_size();
   const int n = static_cast<int>(dataset_.examples.size());
-  steps_per_epoch_ = (n + global_batch_ - 1) / global_batch_;
+  // Rounded up without n + global_batch_ - 1, which overflows for a
+  // global batch near the int limit.
+  steps_per_epoch_ = n / global_batch_ + (n % global_batch_ != 0 ? 1 : 0);
   // A last, partial global batch must give every rank at least one example.
   if (n % global_batch_ != 0 && n % global_batch_ < world_) {
     --steps_per_epoch_;
@@ -282,9 +286,15 @@ absl::Status Trainer::Init() {
     return absl::InvalidArgumentError(absl::StrCat(
         "the data has ", n, " examples, fewer than the ", world_, " ranks"));
   }
-  total_steps_ = config_.max_steps() > 0
-                     ? config_.max_steps()
-                     : config_.num_epochs() * steps_per_epoch_;
+  if (config_.max_steps() > 0) {
+    total_steps_ = config_.max_steps();
+  } else if (__builtin_mul_overflow(config_.num_epochs(), steps_per_epoch_,
+                                    &total_steps_)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_epochs: ", config_.num_epochs(), " epochs of ", steps_per_epoch_,
+        " steps are more than ", std::numeric_limits<int>::max(),
+        " steps; lower num_epochs or set max_steps"));
+  }
   // Before the reference pass, which reports its progress through it.
   if (rank_ == 0) {
     progress_ = std::make_unique<metrics::ProgressReporter>(
@@ -301,8 +311,16 @@ absl::Status Trainer::Init() {
     cap.max_seq_len = std::max(cap.max_seq_len,
                                data::MaxSequenceLength(eval_data_->examples));
   }
-  cap.max_seqs = (kind == data::ExampleKind::kPreference ? 2 : 1) * mb;
-  cap.max_rows = cap.max_seqs * cap.max_seq_len;
+  // ValidateTrainConfig bounds micro_batch_size * data.max_length; a config
+  // built in code may not be validated.
+  if (__builtin_mul_overflow(kind == data::ExampleKind::kPreference ? 2 : 1, mb,
+                             &cap.max_seqs) ||
+      __builtin_mul_overflow(cap.max_seqs, cap.max_seq_len, &cap.max_rows)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.micro_batch_size: ", mb, " sequences of up to ", cap.max_seq_len,
+        " tokens are more than ", std::numeric_limits<int>::max(),
+        " tokens in one micro-batch"));
+  }
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
   cap.param_multiple = 16 * world_;
   auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
@@ -615,6 +633,8 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
 }
 
 absl::Status Trainer::Run() {
+  // From the first step on there is a state to save.
+  if (config_.save_on_signal()) DeferStopSignals();
   absl::Status s = RunSteps();
   // A run stopped by a signal continues later from its checkpoint: the final
   // evaluation and export belong to the run's real end.

@@ -59,10 +59,10 @@ class Trainer {
   // saving checkpoints (every save_every_steps and after the last step),
   // evaluating on data.eval_files every eval_every_steps and after the last
   // step, exports the policy to export_hf_path if set, then writes
-  // report.html (also after a failed step, for diagnosis). On a stop signal
-  // (InstallStopSignalHandlers, with save_on_signal) it saves a checkpoint
-  // after the current step and returns OK early (no final evaluation or
-  // export); see stopped_by_signal().
+  // report.html (also after a failed step, for diagnosis). With
+  // save_on_signal, a stop signal from its start on (DeferStopSignals) makes
+  // it save a checkpoint after the current step and return OK early (no
+  // final evaluation or export); see stopped_by_signal().
   absl::Status Run();
 
   // Saves a checkpoint of the state after steps_done() steps into

@@ -130,6 +130,29 @@ absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
   if (absl::Status s = CheckSameDataOrder(m.data(), now); !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": ", s.message()));
   }
+  // LoadCheckpoint checked each field's range; these are the loop's own
+  // rules, which a manifest edited by hand (and re-signed) may break.
+  if (m.data().epoch() != now.epoch() ||
+      m.data().next_batch() != now.next_batch()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what,
+        ": manifest.textproto: fields 'data.epoch' and 'data.next_batch' "
+        "put the data at epoch ",
+        m.data().epoch(), ", batch ", m.data().next_batch(), ", but step ",
+        m.step(), " leaves it at epoch ", now.epoch(), ", batch ",
+        now.next_batch()));
+  }
+  // A step logs one training line and at most one evaluation line.
+  if (m.metrics_lines() > 2 * m.step()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what,
+        ": manifest.textproto: field 'metrics_lines' must be at most 2 * "
+        "step = ",
+        2 * m.step(),
+        " (a training and an evaluation line per "
+        "step), got ",
+        m.metrics_lines()));
+  }
   if (m.tokenizer_fingerprint() != tokenizer_fingerprint_) {
     out() << "warning: the tokenizer files differ from those of " << dir
           << "; checkpoints from now on copy the new ones\n";

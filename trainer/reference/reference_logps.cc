@@ -15,6 +15,7 @@
 #include "trainer/io/atomic_file.h"
 #include "trainer/objectives/output_layer.h"
 #include "trainer/util/fingerprint.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::reference {
 namespace {
@@ -200,7 +201,11 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
                                    util::FingerprintHex(key), ".bin");
   const int rank = options.comm ? options.comm->rank() : 0;
   const int world = options.comm ? options.comm->world_size() : 1;
-  if (std::ifstream in{result.cache_path, std::ios::binary}) {
+  // Anything but a regular file there is replaced by the new cache.
+  if (absl::Status special = util::CheckInputFile(result.cache_path);
+      !special.ok()) {
+    result.rebuilt_because = std::string(special.message());
+  } else if (std::ifstream in{result.cache_path, std::ios::binary}) {
     std::stringstream ss;
     ss << in.rdbuf();
     auto values = Deserialize(ss.str(), key, examples.size());

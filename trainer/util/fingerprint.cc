@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::util {
 namespace {
@@ -54,6 +55,7 @@ uint64_t Fingerprinter::Value() const {
 }
 
 absl::StatusOr<uint64_t> FingerprintFile(const std::string& path) {
+  if (absl::Status s = CheckInputFile(path); !s.ok()) return s;
   FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) {
     return absl::NotFoundError(
