@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -152,13 +153,12 @@ TEST(MapoFixture, MasksMatchTheOfficialCode) {
   }
 }
 
-class MapoLoss : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(MapoLoss, MatchesTheOfficialCode) {
-  const Json& c = Fixture()["losses"][GetParam()];
+// A MaPO run over the fixture pairs with the fixture's policy and reference;
+// `sparsepo` adds to the objective's fields.
+absl::StatusOr<std::unique_ptr<loop::Trainer>> MakeTrainer(
+    const std::string& name, const std::string& sparsepo) {
   std::string pairs;
   for (const Json& p : Fixture()["pairs"]) pairs += p.dump() + "\n";
-  const std::string name = "mapo_" + GetParam();
   const std::string text = absl::StrCat(
       "model { hf_path: '",
       testing::WorkspacePath("tests/fixtures/gpt2/policy"),
@@ -166,18 +166,28 @@ TEST_P(MapoLoss, MatchesTheOfficialCode) {
       testing::WorkspacePath("tests/fixtures/gpt2/reference"), "' }\n",
       "data { train_files: '", testing::WriteTempFile(name + ".jsonl", pairs),
       "' max_length: 64 }\n", "objective { sparsepo { mask: MAPO beta: ",
-      Fixture()["beta"].get<double>(),
-      " mask_on_reward: ", c["mask_on_reward"].get<bool>() ? "true" : "false",
-      " mask_on_kl: ", c["mask_on_kl"].get<bool>() ? "true" : "false", " } }\n",
+      Fixture()["beta"].get<double>(), " ", sparsepo, " } }\n",
       "optimizer { lr: 1e-3 }\n",
       "batch { micro_batch_size: 4 global_batch_size: 4 }\n",
       "max_steps: 1\nseed: 3\nrun_dir: '", std::getenv("TEST_TMPDIR"), "/",
       name, "'\n");
   auto config = config::LoadTrainConfig(
       testing::WriteTempFile(name + ".textproto", text), {});
-  ASSERT_TRUE(config.ok()) << config.status();
+  if (!config.ok()) return config.status();
   std::ostringstream log;
-  auto trainer = loop::Trainer::Create(*config, log);
+  return loop::Trainer::Create(*config, log);
+}
+
+class MapoLoss : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MapoLoss, MatchesTheOfficialCode) {
+  const Json& c = Fixture()["losses"][GetParam()];
+  auto trainer = MakeTrainer(
+      "mapo_" + GetParam(),
+      absl::StrCat(
+          "mask_on_reward: ",
+          c["mask_on_reward"].get<bool>() ? "true" : "false",
+          " mask_on_kl: ", c["mask_on_kl"].get<bool>() ? "true" : "false"));
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::map<std::string, double> m = (*trainer)->ForwardBackward({0, 1, 2, 3});
   for (const auto& [metric, value] : c["metrics"].items()) {
@@ -186,6 +196,16 @@ TEST_P(MapoLoss, MatchesTheOfficialCode) {
     EXPECT_NEAR(m[metric], want, 2e-5 * std::max(1.0, std::fabs(want)))
         << metric;
   }
+}
+
+// The official GPT-2 block captures no MLP activation, so the group is
+// refused rather than silently empty.
+TEST(MapoFixture, Gpt2HasNoMlpGroup) {
+  auto trainer = MakeTrainer("mapo_mlp", "mapo_groups: [MLP, ATTN]");
+  ASSERT_FALSE(trainer.ok());
+  EXPECT_NE(trainer.status().message().find("MLP has no activations on GPT-2"),
+            std::string::npos)
+      << trainer.status();
 }
 
 INSTANTIATE_TEST_SUITE_P(Flags, MapoLoss,
