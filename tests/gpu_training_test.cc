@@ -334,7 +334,7 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"llama_sft", "sft {}", "demos.jsonl", kLlama},
         Case{"sparsepo_learned", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl"},
         Case{"sparsepo_mapo",
-             "sparsepo { mask: MAPO mapo_groups: [MLP, ATTN, RESID, LOGITS] }",
+             "sparsepo { mask: MAPO mapo_groups: [ATTN, RESID, LOGITS] }",
              "gpt2/pairs.jsonl",
              "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
              "n_layer: 2 n_head: 4",

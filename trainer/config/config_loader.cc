@@ -849,6 +849,12 @@ void CheckObjective(const ObjectiveConfig& objective,
             "objective.sparsepo.mask: MAPO masks are fixed and common, so "
             "independent_masks, l1_reward and l1_kl must be unset with it");
       }
+      if (sp.has_mask_on_reward() && sp.has_mask_on_kl() &&
+          !sp.mask_on_reward() && !sp.mask_on_kl()) {
+        problems->push_back(
+            "objective.sparsepo: mask_on_reward and mask_on_kl are both "
+            "false, so nothing would be masked");
+      }
       if (sp.mask() != SparsePoConfig::MAPO && sp.mapo_groups_size() > 0) {
         problems->push_back(
             "objective.sparsepo.mapo_groups: only used with mask: MAPO");
@@ -1073,6 +1079,8 @@ void FillDefaults(TrainConfig* config) {
     if (sp.beta() == 0) sp.set_beta(0.8f);
     if (sp.mask_init_std() == 0) sp.set_mask_init_std(0.02f);
     if (!sp.has_mask_weight_decay()) sp.set_mask_weight_decay(0.01f);
+    if (!sp.has_mask_on_reward()) sp.set_mask_on_reward(true);
+    if (!sp.has_mask_on_kl()) sp.set_mask_on_kl(true);
   }
   OptimizerConfig& optimizer = *config->mutable_optimizer();
   if (!optimizer.has_lr()) {

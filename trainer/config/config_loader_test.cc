@@ -608,6 +608,10 @@ INSTANTIATE_TEST_SUITE_P(
                      "MAPO_GROUP_UNSPECIFIED"},
                     "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED "
                     "is not a group"},
+        InvalidCase{{"objective.sparsepo.mask_on_reward=false",
+                     "objective.sparsepo.mask_on_kl=false"},
+                    "objective.sparsepo: mask_on_reward and mask_on_kl are "
+                    "both false"},
         InvalidCase{{"objective.sft={}", "model.live_reference=true"},
                     "model.live_reference: objective sft uses no reference "
                     "model"},

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -17,26 +18,6 @@ namespace {
 
 using model::Activation;
 using objectives::MapoGroup;
-
-// The MaPO group an activation belongs to (docs/objectives.md §2); the logits
-// group is not an activation of the decoder.
-MapoGroup GroupOf(Activation kind) {
-  switch (kind) {
-    case Activation::kMlpActivation:
-      return MapoGroup::kMlp;
-    case Activation::kQuery:
-    case Activation::kKey:
-    case Activation::kValue:
-    case Activation::kAttentionOutput:
-      return MapoGroup::kAttn;
-    case Activation::kEmbedding:
-    case Activation::kResidAfterAttention:
-    case Activation::kResidAfterMlp:
-    case Activation::kFinalNorm:
-      break;
-  }
-  return MapoGroup::kResid;
-}
 
 MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
   switch (g) {
@@ -54,6 +35,37 @@ MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
 
 }  // namespace
 
+std::optional<MapoGroup> MapoGroupOf(Activation kind,
+                                     io::ModelSpec::Arch arch) {
+  const bool gpt2 = arch == io::ModelSpec::Arch::kGpt2;
+  switch (kind) {
+    case Activation::kQuery:
+    case Activation::kKey:
+    case Activation::kValue:
+    case Activation::kQueryRotary:
+    case Activation::kKeyRotary:
+    case Activation::kAttentionValues:
+      return MapoGroup::kAttn;
+    case Activation::kEmbedding:
+    case Activation::kAttentionNorm:
+    case Activation::kResidAfterAttention:
+    case Activation::kMlpNorm:
+    case Activation::kMlpOutput:
+    case Activation::kResidAfterMlp:
+    case Activation::kFinalNorm:
+      return MapoGroup::kResid;
+    // The official GPT-2 block calls its MLP without hooks, and its
+    // attention-output hook sits on the residual sum instead.
+    case Activation::kAttentionOutput:
+      if (gpt2) return std::nullopt;
+      return MapoGroup::kResid;
+    case Activation::kMlpActivation:
+      if (gpt2) return std::nullopt;
+      return MapoGroup::kMlp;
+  }
+  return std::nullopt;
+}
+
 // Copies what the masks need from the reference's Forward, restricted to the
 // response rows (segment after segment): LEARNED keeps the hidden state after
 // each layer (the last after the final norm); MAPO keeps one score per row
@@ -64,10 +76,11 @@ MapoGroup FromConfig(SparsePoConfig::MapoGroup g) {
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
   MaskInputs(kernels::Backend* backend, bool learned,
-             const std::vector<MapoGroup>& groups, int layers, int hidden,
-             int max_rows)
+             const std::vector<MapoGroup>& groups, io::ModelSpec::Arch arch,
+             int layers, int hidden, int max_rows)
       : backend_(backend),
         learned_(learned),
+        arch_(arch),
         layers_(layers),
         hidden_(hidden),
         max_rows_(max_rows) {
@@ -80,9 +93,9 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
       return;
     }
     for (MapoGroup g : groups) selected_[static_cast<int>(g)] = true;
-    // Per layer: the MLP activation, q, k, v, the attention output and two
-    // residual streams; plus the embedding and final-norm outputs.
-    const int max_maps = 7 * layers + 2;
+    // Per layer at most (Llama/Qwen2) one MLP, six attention and six
+    // residual maps; plus the embedding and final-norm outputs.
+    const int max_maps = 13 * layers + 2;
     scores_.resize(static_cast<size_t>(max_maps) * max_rows);
     map_groups_.reserve(max_maps);
   }
@@ -115,10 +128,10 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
       }
       return;
     }
-    const MapoGroup group = GroupOf(v.kind);
-    if (!selected_[static_cast<int>(group)]) return;
+    const std::optional<MapoGroup> group = MapoGroupOf(v.kind, arch_);
+    if (!group || !selected_[static_cast<int>(*group)]) return;
     float* out = scores_.data() + map_groups_.size() * max_rows_;
-    map_groups_.push_back(group);
+    map_groups_.push_back(*group);
     for (const objectives::ResponseSegment& s : *segments_) {
       const float* rows = SegmentRows(v, s);
       for (int t = 0; t < s.count; ++t) {
@@ -158,6 +171,7 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
  private:
   kernels::Backend* backend_;
   bool learned_;
+  io::ModelSpec::Arch arch_;
   int layers_, hidden_, max_rows_;
   const std::vector<objectives::ResponseSegment>* segments_ = nullptr;
   std::vector<float> segment_rows_;
@@ -178,6 +192,8 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
   options.l1_reward = sp.l1_reward();
   options.l1_kl = sp.l1_kl();
   options.common_mask = mapo || !sp.independent_masks();
+  options.mask_on_reward = !sp.has_mask_on_reward() || sp.mask_on_reward();
+  options.mask_on_kl = !sp.has_mask_on_kl() || sp.mask_on_kl();
   auto objective =
       objectives::SparsePoObjective::Create(options, policy->vocab_size());
   if (!objective.ok()) return objective.status();
@@ -190,26 +206,37 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
   std::unique_ptr<SparsePoStep> step(new SparsePoStep(
       config, policy, std::move(reference), *std::move(objective)));
   if (mapo) {
+    const bool gpt2 =
+        step->reference_->spec().arch == io::ModelSpec::Arch::kGpt2;
     for (int g : sp.mapo_groups()) {
       if (g == SparsePoConfig::MAPO_GROUP_UNSPECIFIED) {
         return absl::InvalidArgumentError(
             "objective.sparsepo.mapo_groups: MAPO_GROUP_UNSPECIFIED is not a "
             "group (choose MLP, ATTN, RESID or LOGITS)");
       }
+      if (g == SparsePoConfig::MLP && gpt2) {
+        return absl::InvalidArgumentError(
+            "objective.sparsepo.mapo_groups: MLP has no activations on GPT-2 "
+            "(the official code captures none there); choose ATTN, RESID or "
+            "LOGITS");
+      }
       step->mapo_groups_.push_back(
           FromConfig(static_cast<SparsePoConfig::MapoGroup>(g)));
     }
     if (step->mapo_groups_.empty()) {
-      step->mapo_groups_ = {MapoGroup::kMlp, MapoGroup::kAttn,
-                            MapoGroup::kResid, MapoGroup::kLogits};
+      if (!gpt2) step->mapo_groups_.push_back(MapoGroup::kMlp);
+      for (MapoGroup g :
+           {MapoGroup::kAttn, MapoGroup::kResid, MapoGroup::kLogits}) {
+        step->mapo_groups_.push_back(g);
+      }
     }
   }
   const io::ModelSpec& ref_spec = step->reference_->spec();
   const int max_rows = policy->capacity().max_rows;
   step->inputs_ = std::make_unique<MaskInputs>(
       step->reference_->backend(), step->learned_, step->mapo_groups_,
-      static_cast<int>(ref_spec.n_layer), static_cast<int>(ref_spec.hidden),
-      max_rows);
+      ref_spec.arch, static_cast<int>(ref_spec.n_layer),
+      static_cast<int>(ref_spec.hidden), max_rows);
   if (step->learned_) {
     // A stream of its own, so that the mask networks do not shift the
     // policy's initialization or the data order.
@@ -217,11 +244,17 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
     OptimizerConfig mask_optimizer = config.optimizer();
     mask_optimizer.set_weight_decay(sp.mask_weight_decay());
     mask_optimizer.set_decay_norms_and_biases(false);
-    const std::vector<std::string> names =
-        options.common_mask ? std::vector<std::string>{"sparsepo_mask"}
-                            : std::vector<std::string>{"sparsepo_mask_reward",
-                                                       "sparsepo_mask_kl"};
-    for (const std::string& name : names) {
+    // (name, whether it is the independent KL mask) per network: the common
+    // mask, or one independent mask per masked term.
+    std::vector<std::pair<std::string, bool>> nets;
+    if (options.common_mask) {
+      nets.push_back({"sparsepo_mask", false});
+    } else {
+      if (options.mask_on_reward)
+        nets.push_back({"sparsepo_mask_reward", false});
+      if (options.mask_on_kl) nets.push_back({"sparsepo_mask_kl", true});
+    }
+    for (const auto& [name, kl] : nets) {
       auto net = std::make_unique<objectives::SparsePoMaskNet>(
           name, static_cast<int>(ref_spec.n_layer),
           static_cast<int>(ref_spec.hidden),
@@ -230,6 +263,7 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
       step->optimizers_.push_back(std::make_unique<optim::AdamWOptimizer>(
           step->mask_backend(), net->layout(), mask_optimizer));
       step->nets_.push_back(std::move(net));
+      step->net_is_kl_.push_back(kl);
     }
   }
   return step;
@@ -329,7 +363,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
     r.ref_logp = absl::MakeConstSpan(ref_logp_.data() + offset, k);
     r.kl = absl::MakeConstSpan(kl_.data() + offset, k);
     r.mask_reward = absl::MakeConstSpan(mask_reward_.data() + offset, k);
-    if (nets_.size() == 2) {
+    if (!objective_.options().common_mask) {
       r.mask_kl = absl::MakeConstSpan(mask_kl_.data() + offset, k);
     }
     for (int t = 0; t < k; ++t) r.logit_sum += logit_sum_[offset + t];
@@ -363,19 +397,18 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
     rows += s.count;
   }
   policy_->Backward(batch.packed);
-  if (learned_) {
-    nets_[0]->Backward(inputs_->states(), rows, grads_.dmask_reward.data());
-    if (nets_.size() == 2) {
-      nets_[1]->Backward(inputs_->states(), rows, grads_.dmask_kl.data());
-    }
+  for (size_t i = 0; i < nets_.size(); ++i) {
+    nets_[i]->Backward(
+        inputs_->states(), rows,
+        net_is_kl_[i] ? grads_.dmask_kl.data() : grads_.dmask_reward.data());
   }
 }
 
 void SparsePoStep::ComputeMasks(const data::Batch& batch, int rows) {
   if (learned_) {
-    nets_[0]->Forward(inputs_->states(), rows, mask_reward_.data());
-    if (nets_.size() == 2) {
-      nets_[1]->Forward(inputs_->states(), rows, mask_kl_.data());
+    for (size_t i = 0; i < nets_.size(); ++i) {
+      nets_[i]->Forward(inputs_->states(), rows,
+                        net_is_kl_[i] ? mask_kl_.data() : mask_reward_.data());
     }
     return;
   }

@@ -28,6 +28,7 @@
 #define PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,12 @@
 #include "trainer/optim/optimizer.h"
 
 namespace prefopt::loop {
+
+// The MaPO group of a decoder activation (docs/objectives.md §2): for GPT-2
+// the official code's hooks, for Llama/Qwen2 the analogous points of its
+// rotary models; nullopt for an activation no group holds.
+std::optional<objectives::MapoGroup> MapoGroupOf(model::Activation kind,
+                                                 io::ModelSpec::Arch arch);
 
 class SparsePoStep {
  public:
@@ -96,8 +103,8 @@ class SparsePoStep {
       absl::Span<const io::TensorToWrite> tensors);
 
   const model::Decoder& reference() const { return *reference_; }
-  // LEARNED: the common (or reward) mask network, then the KL one with
-  // independent masks. Empty with MaPO masks.
+  // LEARNED: the common mask network, or with independent masks the reward
+  // and the KL ones (those whose term is masked). Empty with MaPO masks.
   const std::vector<std::unique_ptr<objectives::SparsePoMaskNet>>& mask_nets()
       const {
     return nets_;
@@ -128,9 +135,12 @@ class SparsePoStep {
   int chunk_;
   bool learned_;
   std::vector<objectives::MapoGroup> mapo_groups_;
-  // LEARNED: the common (or reward) mask network, and the KL mask network
-  // with independent masks; each with its own AdamW.
+  // LEARNED: the common mask network, or with independent masks one network
+  // per masked term (reward, then KL); each with its own AdamW.
   std::vector<std::unique_ptr<objectives::SparsePoMaskNet>> nets_;
+  // Per network: whether it is the independent KL mask (writes mask_kl_),
+  // rather than the common or reward mask (mask_reward_).
+  std::vector<bool> net_is_kl_;
   std::vector<std::unique_ptr<optim::AdamWOptimizer>> optimizers_;
   std::unique_ptr<MaskInputs> inputs_;
 

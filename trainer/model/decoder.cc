@@ -586,22 +586,27 @@ const float* Decoder::Forward(const PackedBatch& batch) {
     LayerActs& a = acts_[trainable_ ? l : 0];
     // Attention block.
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
+    Observe(Activation::kAttentionNorm, l, a.ln1, N, C, C);
     b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
-    if (llama_family_) {
-      b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
-                    NKV, hs);
-    }
     Observe(Activation::kQuery, l, a.qkv, N, ATT, QKV);
     Observe(Activation::kKey, l, a.qkv + ATT, N, NKV * hs, QKV);
     Observe(Activation::kValue, l, a.qkv + ATT + NKV * hs, N, NKV * hs, QKV);
+    if (llama_family_) {
+      b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
+                    NKV, hs);
+      Observe(Activation::kQueryRotary, l, a.qkv, N, ATT, QKV);
+      Observe(Activation::kKeyRotary, l, a.qkv + ATT, N, NKV * hs, QKV);
+    }
     b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV,
                        hs);
+    Observe(Activation::kAttentionValues, l, a.att, N, ATT, ATT);
     b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
     Observe(Activation::kAttentionOutput, l, branch_out_, N, C, C);
     b.Add(a.res2, residual, branch_out_, n * C);
     Observe(Activation::kResidAfterAttention, l, a.res2, N, C, C);
     // MLP block.
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+    Observe(Activation::kMlpNorm, l, a.ln2, N, C, C);
     b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
     if (llama_family_) {
       b.SwiGluForward(a.act, a.fc, N, FF);
@@ -610,6 +615,7 @@ const float* Decoder::Forward(const PackedBatch& batch) {
     }
     Observe(Activation::kMlpActivation, l, a.act, N, FF, FF);
     b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+    Observe(Activation::kMlpOutput, l, branch_out_, N, C, C);
     b.Add(a.res3, a.res2, branch_out_, n * C);
     Observe(Activation::kResidAfterMlp, l, a.res3, N, C, C);
     residual = a.res3;

@@ -51,17 +51,28 @@ struct PackedBatch {
 
 // A tensor produced inside Forward, as an ActivationObserver sees it.
 enum class Activation {
-  kEmbedding,  // the embedding output (the residual stream into layer 0)
-  // The attention projections, after rotary embedding where the model has it
-  // (Llama/Qwen2): NH query heads, NKV key heads, NKV value heads.
+  kEmbedding,      // the embedding output (the residual stream into layer 0)
+  kAttentionNorm,  // the attention block's input norm (ln_1, input_layernorm)
+  // The attention projections as they leave the q/k/v projection, before
+  // rotary embedding: NH query heads, NKV key heads, NKV value heads.
   kQuery,
   kKey,
   kValue,
+  // Llama/Qwen2 only: the query and key heads after rotary embedding.
+  kQueryRotary,
+  kKeyRotary,
+  // The attention-weighted values, heads concatenated [N, NH * head_dim]:
+  // the input of the output projection (c_proj, o_proj).
+  kAttentionValues,
   // The attention block's output (after the output projection, before the
   // residual add): what Hugging Face's attention module returns.
   kAttentionOutput,
   kResidAfterAttention,  // the residual stream after the attention block
+  kMlpNorm,              // the MLP block's input norm (ln_2,
+                         // post_attention_layernorm)
   kMlpActivation,        // GELU(c_fc) or SwiGLU(gate, up), [N, intermediate]
+  kMlpOutput,  // the MLP block's output (after its output projection, before
+               // the residual add)
   kResidAfterMlp,  // the residual stream after the MLP block (layer output)
   kFinalNorm,      // the final normalization's output (Forward's result)
 };
@@ -79,10 +90,12 @@ struct ActivationView {
 };
 
 // Receives, in order, every tensor of a Forward pass listed in Activation:
-// the embedding output, then per layer q, k, v, the attention output, the
-// residual after attention, the MLP activation and the residual after the
-// MLP, and last the final-norm output. Observers copy what they need (e.g.
-// SparsePO's mask inputs or MaPO's activation maps, docs/objectives.md §2).
+// the embedding output, then per layer the attention norm, q, k, v, (Llama/
+// Qwen2) the rotated q and k, the attention-weighted values, the attention
+// output, the residual after attention, the MLP norm, the MLP activation, the
+// MLP output and the residual after the MLP, and last the final-norm output.
+// Observers copy what they need (e.g. SparsePO's mask inputs or MaPO's
+// activation maps, docs/objectives.md §2).
 class ActivationObserver {
  public:
   virtual ~ActivationObserver() = default;

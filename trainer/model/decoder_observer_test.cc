@@ -99,26 +99,37 @@ TEST_P(DecoderObserver, ViewsAreTheForwardPassTensors) {
   EXPECT_EQ(ForwardWith(**frozen, batch, &frozen_rec), plain);
 
   // Order, layers and shapes.
-  const Activation per_layer[] = {Activation::kQuery,
-                                  Activation::kKey,
-                                  Activation::kValue,
-                                  Activation::kAttentionOutput,
-                                  Activation::kResidAfterAttention,
-                                  Activation::kMlpActivation,
-                                  Activation::kResidAfterMlp};
-  ASSERT_EQ(rec.seen.size(), 2u + 7u * spec.n_layer);
+  std::vector<Activation> per_layer = {Activation::kAttentionNorm,
+                                       Activation::kQuery, Activation::kKey,
+                                       Activation::kValue};
+  if (llama) {
+    per_layer.push_back(Activation::kQueryRotary);
+    per_layer.push_back(Activation::kKeyRotary);
+  }
+  for (Activation a :
+       {Activation::kAttentionValues, Activation::kAttentionOutput,
+        Activation::kResidAfterAttention, Activation::kMlpNorm,
+        Activation::kMlpActivation, Activation::kMlpOutput,
+        Activation::kResidAfterMlp}) {
+    per_layer.push_back(a);
+  }
+  const int K = static_cast<int>(per_layer.size());
+  const int rot = llama ? 2 : 0;  // the rotated q and k
+  ASSERT_EQ(rec.seen.size(), 2u + K * spec.n_layer);
   EXPECT_EQ(rec.seen.front().kind, Activation::kEmbedding);
   EXPECT_EQ(rec.seen.back().kind, Activation::kFinalNorm);
   for (int l = 0; l < spec.n_layer; ++l) {
-    for (int i = 0; i < 7; ++i) {
-      const Recorded& r = rec.seen[1 + 7 * l + i];
+    for (int i = 0; i < K; ++i) {
+      const Recorded& r = rec.seen[1 + K * l + i];
       EXPECT_EQ(r.kind, per_layer[i]);
       EXPECT_EQ(r.layer, l);
     }
-    EXPECT_EQ(rec.seen[1 + 7 * l].width, NH * hs);
-    EXPECT_EQ(rec.seen[1 + 7 * l + 1].width, NKV * hs);
-    EXPECT_EQ(rec.seen[1 + 7 * l + 2].stride, QKV);
-    EXPECT_EQ(rec.seen[1 + 7 * l + 5].width, FF);
+    const Recorded* v = &rec.seen[1 + K * l];
+    EXPECT_EQ(v[1].width, NH * hs);
+    EXPECT_EQ(v[2].width, NKV * hs);
+    EXPECT_EQ(v[3].stride, QKV);
+    EXPECT_EQ(v[4 + rot].width, NH * hs);
+    EXPECT_EQ(v[8 + rot].width, FF);
   }
   EXPECT_EQ(rec.seen.back().values, plain);
   // The frozen decoder reports each tensor before reusing its buffer.
@@ -151,31 +162,45 @@ TEST_P(DecoderObserver, ViewsAreTheForwardPassTensors) {
   for (int l = 0; l < spec.n_layer; ++l) {
     const std::string p = llama ? absl::StrCat("model.layers.", l, ".")
                                 : absl::StrCat("transformer.h.", l, ".");
-    const Recorded* v = &rec.seen[1 + 7 * l];
+    const Recorded* v = &rec.seen[1 + K * l];
     normalize(residual, p + (llama ? "input_layernorm.weight" : "ln_1.weight"),
               p + "ln_1.bias");
+    EXPECT_EQ(norm, v[0].values) << "attention norm, layer " << l;
     backend.MatmulForward(
         qkv.data(), norm.data(),
         param(p + (llama ? "self_attn.qkv_proj.weight" : "attn.c_attn.weight")),
         param(p + "attn.c_attn.bias"), N, C, QKV);
+    auto joined = [&](const Recorded* q) {
+      std::vector<float> out;
+      for (int t = 0; t < N; ++t) {
+        for (int part = 0; part < 3; ++part) {
+          const std::vector<float>& x = q[part].values;
+          const int w = q[part].width;
+          out.insert(out.end(), x.begin() + t * w, x.begin() + (t + 1) * w);
+        }
+      }
+      return out;
+    };
+    EXPECT_EQ(joined(v + 1), qkv) << "q|k|v of layer " << l;
     if (llama) {
       backend.RopeForward(qkv.data(), batch.positions.data(), cos.data(),
                           sin.data(), N, NH, NKV, hs);
+      // The rotated q and k, then the (unrotated) v.
+      const Recorded rotated[3] = {v[4], v[5], v[3]};
+      EXPECT_EQ(joined(rotated), qkv) << "rotated q|k of layer " << l;
     }
-    std::vector<float> joined;
-    for (int t = 0; t < N; ++t) {
-      for (int part = 0; part < 3; ++part) {
-        const std::vector<float>& x = v[part].values;
-        const int w = v[part].width;
-        joined.insert(joined.end(), x.begin() + t * w, x.begin() + (t + 1) * w);
-      }
-    }
-    EXPECT_EQ(joined, qkv) << "q|k|v of layer " << l;
-    backend.Add(sum.data(), residual.data(), v[3].values.data(), N * C);
-    EXPECT_EQ(sum, v[4].values) << "residual after attention, layer " << l;
-    normalize(v[4].values,
+    backend.MatmulForward(
+        branch.data(), v[4 + rot].values.data(),
+        param(p + (llama ? "self_attn.o_proj.weight" : "attn.c_proj.weight")),
+        param(p + "attn.c_proj.bias"), N, NH * hs, C);
+    EXPECT_EQ(branch, v[5 + rot].values) << "attention output, layer " << l;
+    backend.Add(sum.data(), residual.data(), v[5 + rot].values.data(), N * C);
+    EXPECT_EQ(sum, v[6 + rot].values)
+        << "residual after attention, layer " << l;
+    normalize(v[6 + rot].values,
               p + (llama ? "post_attention_layernorm.weight" : "ln_2.weight"),
               p + "ln_2.bias");
+    EXPECT_EQ(norm, v[7 + rot].values) << "MLP norm, layer " << l;
     const int fc_width = llama ? 2 * FF : FF;
     backend.MatmulForward(
         fc.data(), norm.data(),
@@ -186,14 +211,15 @@ TEST_P(DecoderObserver, ViewsAreTheForwardPassTensors) {
     } else {
       backend.GeluForward(act.data(), fc.data(), N * FF);
     }
-    EXPECT_EQ(act, v[5].values) << "MLP activation, layer " << l;
+    EXPECT_EQ(act, v[8 + rot].values) << "MLP activation, layer " << l;
     backend.MatmulForward(
         branch.data(), act.data(),
         param(p + (llama ? "mlp.down_proj.weight" : "mlp.c_proj.weight")),
         param(p + "mlp.c_proj.bias"), N, FF, C);
-    backend.Add(sum.data(), v[4].values.data(), branch.data(), N * C);
-    EXPECT_EQ(sum, v[6].values) << "residual after MLP, layer " << l;
-    residual = v[6].values;
+    EXPECT_EQ(branch, v[9 + rot].values) << "MLP output, layer " << l;
+    backend.Add(sum.data(), v[6 + rot].values.data(), branch.data(), N * C);
+    EXPECT_EQ(sum, v[10 + rot].values) << "residual after MLP, layer " << l;
+    residual = v[10 + rot].values;
   }
 }
 

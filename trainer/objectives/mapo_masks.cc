@@ -1,6 +1,8 @@
 #include "trainer/objectives/mapo_masks.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +22,52 @@ const char* MapoGroupName(MapoGroup group) {
   }
   return "unknown";
 }
+
+double RoundToHalf(float x) {
+  if (x == 0 || !std::isfinite(x)) return x;
+  int exponent;
+  std::frexp(x, &exponent);  // 2^(exponent-1) <= |x| < 2^exponent
+  // Half precision keeps 10 fraction bits; below 2^-14 its values are
+  // subnormal, spaced 2^-24 apart.
+  const double quantum = std::ldexp(1.0, std::max(exponent - 1, -14) - 10);
+  const double rounded = std::nearbyint(x / quantum) * quantum;
+  constexpr double kMaxHalf = 65504;
+  if (std::fabs(rounded) > kMaxHalf) {
+    return std::copysign(std::numeric_limits<double>::infinity(), x);
+  }
+  return rounded;
+}
+
+namespace {
+
+// One map's scores rescaled as the official "zn_rescale" does; false when the
+// map carries no ranking.
+bool Rescale(absl::Span<double> scores) {
+  const int rows = static_cast<int>(scores.size());
+  if (rows < 2) return false;
+  double mean = 0;
+  for (int t = 0; t < rows; ++t) mean += scores[t];
+  mean /= rows;
+  double squares = 0;
+  for (int t = 0; t < rows; ++t) {
+    squares += (scores[t] - mean) * (scores[t] - mean);
+  }
+  const double std_dev =
+      RoundToHalf(static_cast<float>(std::sqrt(squares / (rows - 1))));
+  if (!(std_dev > 0) || !std::isfinite(std_dev)) return false;
+  for (int t = 0; t < rows; ++t) scores[t] = (scores[t] - mean) / std_dev;
+  const auto [lo, hi] = std::minmax_element(scores.begin(), scores.end());
+  const double min = RoundToHalf(static_cast<float>(*lo));
+  // The official code subtracts the two half-precision values in half
+  // precision.
+  const double range = RoundToHalf(
+      static_cast<float>(RoundToHalf(static_cast<float>(*hi)) - min));
+  if (!(range > 0)) return false;
+  for (int t = 0; t < rows; ++t) scores[t] = (scores[t] - min) / range;
+  return true;
+}
+
+}  // namespace
 
 absl::Status MapoMask(absl::Span<const MapoActivation> maps,
                       absl::Span<const MapoGroup> groups, int rows,
@@ -46,12 +94,8 @@ absl::Status MapoMask(absl::Span<const MapoActivation> maps,
         for (int h = 0; h < map.width; ++h) s += row[h];
         scores[t] = s / map.width;
       }
-      const auto [lo, hi] = std::minmax_element(scores.begin(), scores.end());
-      const double min = rows > 0 ? *lo : 0.0;
-      const double range = rows > 0 ? *hi - min : 0.0;
-      for (int t = 0; t < rows; ++t) {
-        group_sum[t] += range > 0 ? (scores[t] - min) / range : 1.0;
-      }
+      const bool ranked = Rescale(absl::MakeSpan(scores));
+      for (int t = 0; t < rows; ++t) group_sum[t] += ranked ? scores[t] : 1.0;
       ++count;
     }
     if (count == 0) {

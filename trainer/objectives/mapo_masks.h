@@ -3,9 +3,13 @@
 // on the response tokens, with no parameters and no gradient.
 //
 // Each captured activation map A (rows × H) becomes a per-token score
-// a_t = mean_h A_{t,h}, min–max rescaled over the sequence's response tokens
-// to [0, 1]. The maps of one group are averaged, and the mask is the mean of
-// the selected groups' averages (one common mask for the reward and KL terms).
+// a_t = mean_h A_{t,h}, rescaled over the sequence's response tokens as the
+// official code's "zn_rescale" mapping does: z-normalized with the tokens'
+// mean and (unbiased) standard deviation, then min–max rescaled to [0, 1],
+// where the standard deviation, minimum, maximum and their difference are
+// rounded to half precision as the official code rounds them (so a score can
+// land up to about 1e-3 outside [0, 1]). The maps of one group are averaged,
+// and the mask is the mean of the selected groups' averages (one common mask).
 #ifndef PREFOPT_TRAINER_OBJECTIVES_MAPO_MASKS_H_
 #define PREFOPT_TRAINER_OBJECTIVES_MAPO_MASKS_H_
 
@@ -14,12 +18,12 @@
 
 namespace prefopt::objectives {
 
+// Which activations each group holds depends on the architecture
+// (docs/objectives.md §2 lists them); SparsePoStep assigns the maps.
 enum class MapoGroup {
-  kMlp,     // the MLP activation output of every layer
-  kAttn,    // q, k, v (after rotary where the model has it) and the attention
-            // output of every layer, each its own map
-  kResid,   // the residual stream after each attention and MLP block, the
-            // embedding output and the final-norm output
+  kMlp,     // the MLP activation of every layer (not captured for GPT-2)
+  kAttn,    // the attention block's q, k, v and weighted values of every layer
+  kResid,   // the residual stream, the norms' outputs and the blocks' outputs
   kLogits,  // the reference logits (a_t = their mean over the vocabulary)
 };
 
@@ -36,12 +40,16 @@ struct MapoActivation {
   int stride;
 };
 
+// x rounded to the nearest IEEE half-precision value (ties to even; beyond
+// the largest half, ±infinity), as torch's float32 → float16 conversion.
+double RoundToHalf(float x);
+
 // Writes the mask of a sequence's `rows` response tokens to mask[rows] from the
-// maps of the selected `groups`. A map whose scores are all equal (a single
-// token, or a constant activation) carries no ranking and counts as all ones,
-// so it neither drops nor reweights tokens. Fails when `groups` is empty, a
-// selected group has no map, or a map is malformed (width < 1, stride <
-// width); maps of unselected groups are ignored.
+// maps of the selected `groups`. A map that carries no ranking (a single
+// token, or a spread that rounds to zero) counts as all ones, so it neither
+// drops nor reweights tokens; the official code gives NaN there. Fails when
+// `groups` is empty, a selected group has no map, or a map is malformed (width
+// < 1, stride < width); maps of unselected groups are ignored.
 absl::Status MapoMask(absl::Span<const MapoActivation> maps,
                       absl::Span<const MapoGroup> groups, int rows,
                       float* mask);

@@ -28,6 +28,12 @@ struct SparsePoOptions {
   // One mask m = m^u = m^d (the L1 weight becomes (c_u + c_d)/2), or two
   // independent masks.
   bool common_mask = true;
+  // Which terms are masked (the official code's mask_on_reward / mask_on_kl):
+  // an unmasked term has m ≡ 1, no L1 term and no mask gradient. A common
+  // mask that masks only one term takes that term's L1 weight. At least one
+  // must be set.
+  bool mask_on_reward = true;
+  bool mask_on_kl = true;
 };
 
 // One response (chosen or rejected) of a pair: per-token inputs over its k
@@ -36,9 +42,11 @@ struct SparsePoResponse {
   absl::Span<const float> logp;      // ℓ_t (policy)
   absl::Span<const float> ref_logp;  // ℓ̃_t (reference)
   absl::Span<const float> kl;        // K_t = Σ_v p (log π − log p) ≤ 0
-  // m^u_t; with a common mask, the mask m_t.
+  // m^u_t; with a common mask, the mask m_t. Ignored (may be empty) with
+  // independent masks and mask_on_reward unset.
   absl::Span<const float> mask_reward;
-  // m^d_t with independent masks; ignored (may be empty) with a common mask.
+  // m^d_t with independent masks and mask_on_kl set; ignored (may be empty)
+  // otherwise.
   absl::Span<const float> mask_kl;
   // Σ over the response tokens and the vocabulary of the policy logits, for
   // the logits/* metrics.
@@ -50,9 +58,11 @@ struct SparsePoResponse {
 struct SparsePoGradients {
   std::vector<float> coef_a;  // A_t
   std::vector<float> coef_b;  // B_t
-  // ∂loss/∂m^u_t, or ∂loss/∂m_t (= ∂/∂m^u + ∂/∂m^d) with a common mask.
+  // ∂loss/∂m^u_t, or ∂loss/∂m_t (= ∂/∂m^u + ∂/∂m^d) with a common mask;
+  // left untouched with independent masks and mask_on_reward unset.
   std::vector<float> dmask_reward;
-  // ∂loss/∂m^d_t with independent masks; left untouched with a common mask.
+  // ∂loss/∂m^d_t with independent masks and mask_on_kl set; left untouched
+  // otherwise.
   std::vector<float> dmask_kl;
 
   void Clear() {
@@ -65,8 +75,8 @@ struct SparsePoGradients {
 
 class SparsePoObjective {
  public:
-  // Validates the options (β > 0, c_u, c_d ≥ 0, all finite). vocab_size is
-  // the denominator of the logits/* metrics.
+  // Validates the options (β > 0, c_u, c_d ≥ 0, all finite, at least one
+  // term masked). vocab_size is the denominator of the logits/* metrics.
   static absl::StatusOr<SparsePoObjective> Create(
       const SparsePoOptions& options, int vocab_size);
 
@@ -87,7 +97,9 @@ class SparsePoObjective {
   // s = sign(m_t) (the L1 term's derivative; 0 at m_t = 0, as torch's |·|,
   // which for the ReLU masks is where no gradient passes anyway). A common
   // mask gets the sum of the two rows, with (c_u + c_d)/2 for both weights.
-  // Aborts when a response's inputs differ in length.
+  // A term that is not masked (mask_on_reward / mask_on_kl unset) has m ≡ 1,
+  // no L1 term and no mask-gradient row. Aborts when a response's inputs
+  // differ in length.
   //
   // Metrics added to `sums` (means over pairs unless stated):
   //   loss
@@ -96,14 +108,18 @@ class SparsePoObjective {
   //   rewards/margins, rewards/accuracies (strict >), as DPO
   //   logps/chosen, logps/rejected       Σ_t ℓ_t, unweighted
   //   logits/chosen, logits/rejected     mean over tokens × vocabulary
-  //   kl/chosen, kl/rejected             −D (masked KL)
-  //   kl/unmasked_chosen, kl/unmasked_rejected   −Σ_t K_t
+  //   kl/chosen, kl/rejected             −D (masked KL; the official
+  //                   WgtSeqKL/*)
+  //   kl/unmasked_chosen, kl/unmasked_rejected   −Σ_t K_t over the response
+  //                   tokens (the official SeqKL/* also sums the prompt and
+  //                   padding positions)
   //   mask/sparsity   % of response tokens (chosen and rejected pooled) whose
-  //                   reward mask is exactly 0
-  //   mask/mean       mean reward-mask value over those tokens
-  //   mask/l1         ‖m^u_w‖₁ + ‖m^u_l‖₁
-  //   mask/kl_sparsity, mask/kl_mean, mask/kl_l1   the same for m^d, with
-  //                   independent masks only
+  //                   mask is exactly 0
+  //   mask/mean       mean mask value over those tokens
+  //   mask/l1         ‖m_w‖₁ + ‖m_l‖₁
+  // where the mask is the common mask, or m^u with independent masks (then
+  // only with mask_on_reward); mask/kl_sparsity, mask/kl_mean, mask/kl_l1
+  // are the same for m^d, with independent masks and mask_on_kl only.
   double Pair(const SparsePoResponse& chosen, const SparsePoResponse& rejected,
               double global_pairs, MetricSums* sums,
               SparsePoGradients* grads) const;

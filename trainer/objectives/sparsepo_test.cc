@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "trainer/objectives/naive_logits.h"
 
@@ -219,6 +220,75 @@ TEST(SparsePo, CommonMaskIsBothMasks) {
     EXPECT_NEAR(g1.dmask_reward[i],
                 g2.dmask_reward[i] + g2.dmask_kl[i] - l1_term / 4, 1e-7);
   }
+}
+
+// mask_on_reward / mask_on_kl: a term that is not masked is the independent
+// pair's term with m ≡ 1 and no L1 weight; the other term keeps its mask and
+// its weight, whether the mask is common or independent.
+TEST(SparsePo, UnmaskedTermsReadOnes) {
+  std::mt19937 rng(19);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  Tokens tw = TokensOf(RandomResponse(4, &rng));
+  Tokens tl = TokensOf(RandomResponse(3, &rng));
+  for (Tokens* t : {&tw, &tl}) {
+    for (float& m : t->mask_u) m = u(rng);
+    for (float& m : t->mask_d) m = u(rng);
+  }
+  const double cu = 0.04, cd = 0.09;
+  for (bool common : {true, false}) {
+    for (bool on_reward : {true, false}) {
+      SparsePoOptions o;
+      o.beta = 0.7;
+      o.l1_reward = cu;
+      o.l1_kl = cd;
+      o.common_mask = common;
+      o.mask_on_reward = on_reward;
+      o.mask_on_kl = !on_reward;
+      auto sp = SparsePoObjective::Create(o, kVocab);
+      ASSERT_TRUE(sp.ok()) << sp.status();
+      // The masked term's mask: with a common mask it is mask_reward.
+      Tokens w = tw, l = tl;
+      if (common && !on_reward) {
+        w.mask_u = tw.mask_d;
+        l.mask_u = tl.mask_d;
+      }
+      // The same with independent masks, the unmasked one all ones and
+      // unweighted.
+      Tokens ew = tw, el = tl;
+      for (Tokens* t : {&ew, &el}) {
+        std::vector<float>& ones = on_reward ? t->mask_d : t->mask_u;
+        ones.assign(ones.size(), 1.0f);
+      }
+      const SparsePoObjective both =
+          Make(0.7, on_reward ? cu : 0.0, on_reward ? 0.0 : cd, false);
+      MetricSums s1, s2;
+      SparsePoGradients g1, g2;
+      const double got = sp->Pair(View(w), View(l), 2, &s1, &g1);
+      const double want = both.Pair(View(ew), View(el), 2, &s2, &g2);
+      const std::string what = absl::StrCat(common ? "common" : "independent",
+                                            on_reward ? " reward" : " kl");
+      EXPECT_NEAR(got, want, 1e-12) << what;
+      EXPECT_EQ(g1.coef_a, g2.coef_a) << what;
+      EXPECT_EQ(g1.coef_b, g2.coef_b) << what;
+      const std::vector<float>& dmask =
+          common || on_reward ? g1.dmask_reward : g1.dmask_kl;
+      EXPECT_EQ(dmask, on_reward ? g2.dmask_reward : g2.dmask_kl) << what;
+      EXPECT_TRUE((common || on_reward ? g1.dmask_kl : g1.dmask_reward).empty())
+          << what;
+      auto m1 = s1.Means(), m2 = s2.Means();
+      for (const char* metric :
+           {"rewards/chosen", "rewards/rejected", "kl/chosen", "kl/rejected"}) {
+        EXPECT_NEAR(m1[metric], m2[metric], 1e-12) << what << " " << metric;
+      }
+      const bool kl_metrics = !common && !on_reward;
+      EXPECT_EQ(m1.count("mask/kl_l1"), kl_metrics ? 1u : 0u) << what;
+      EXPECT_EQ(m1.count("mask/l1"), kl_metrics ? 0u : 1u) << what;
+    }
+  }
+  SparsePoOptions none;
+  none.mask_on_reward = false;
+  none.mask_on_kl = false;
+  EXPECT_FALSE(SparsePoObjective::Create(none, kVocab).ok());
 }
 
 TEST(SparsePo, CoefficientsScaleWithTheGlobalPairCount) {
