@@ -567,6 +567,11 @@ int Generate(int argc, char** argv) {
     }
     auto t = tokenizer::Tokenizer::FromFile(tok_path);
     if (!t.ok()) return fail(t.status(), 1);
+    // Prompt ids past the vocabulary would index past the embeddings.
+    if (absl::Status s = t->CheckIdsBelow(spec->vocab_size); !s.ok()) {
+      return fail(
+          absl::Status(s.code(), absl::StrCat(tok_path, ": ", s.message())), 1);
+    }
     tok.emplace(*std::move(t));
   }
   auto prompts = CollectPrompts(*flags, tok ? &*tok : nullptr, model_dir);

@@ -218,6 +218,18 @@ if [[ -n "$text" && "$text" == "$ids" ]]; then
 else
   echo "FAIL generate from text: \"$text\" vs ids: \"$ids\""; failures=$((failures + 1))
 fi
+# A tokenizer with more tokens than the model has embeddings is refused.
+mkdir -p "$tmp/big_tok"
+cp "$fixtures/policy/"* "$tmp/big_tok/"
+python3 - "$tmp/with_tok/tokenizer.json" "$tmp/big_tok/tokenizer.json" <<'PY'
+import json, sys
+tok = json.load(open(sys.argv[1]))
+tok["model"]["vocab"][chr(0x300)] = 101
+json.dump(tok, open(sys.argv[2], "w"))
+PY
+expect_fail "generate with a tokenizer larger than the model" 1 \
+  "has id 101, outside the model's vocabulary [0, 101)" -- \
+  generate --model="$tmp/big_tok" --prompt_ids=1
 printf '{"prompt_ids": [5, 6, 7], "chosen_ids": [1]}\n{"prompt": "\u0105"}\n' >"$tmp/prompts.jsonl"
 out=$("$prefopt" generate --model="$tmp/with_tok" --data="$tmp/prompts.jsonl" \
   --max_new_tokens=3 2>"$tmp/generate.err")

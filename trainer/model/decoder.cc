@@ -162,7 +162,9 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
                                     const Capacity& capacity, bool trainable,
                                     std::optional<uint64_t> available) {
   const Count params = ParameterCount(spec) + Count(capacity.param_multiple);
-  const Count floats = params * Count(trainable ? 2 : 1) +
+  // Trainable: gradients and AdamW's two moments as well (a ZeRO-1 rank holds
+  // only a shard of the moments; counting them whole errs on the safe side).
+  const Count floats = params * Count(trainable ? 4 : 1) +
                        ActivationCount(spec, capacity, trainable);
   const uint64_t needed = (floats * Count(sizeof(float))).value();
   if (!available.has_value() || needed <= *available) return absl::OkStatus();
@@ -173,9 +175,10 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
       needed == std::numeric_limits<uint64_t>::max()
           ? std::string("more than 2^64")
           : absl::StrCat(needed),
-      " bytes for its parameters", trainable ? ", gradients" : "",
-      " and activations (", capacity.max_rows, " tokens of up to ",
-      capacity.max_seq_len, "), but ", *available,
+      " bytes for its parameters",
+      trainable ? ", gradients, AdamW moments" : "", " and activations (",
+      capacity.max_rows, " tokens of up to ", capacity.max_seq_len, "), but ",
+      *available,
       " bytes of memory are available; check the sizes in config.json"));
 }
 

@@ -122,8 +122,9 @@ struct ParamRange {
 class Decoder;
 
 // OK when a Decoder of `spec` with `capacity` (and, when `trainable`, its
-// gradients and backward buffers) fits in `available` bytes (nullopt:
-// unknown, OK); else ResourceExhausted with the bytes needed and available.
+// gradients, AdamW moments and backward buffers) fits in `available` bytes
+// (nullopt: unknown, OK); else ResourceExhausted with the bytes needed and
+// available.
 // Saturating arithmetic: no size read from a file can overflow it.
 absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
                                     const Capacity& capacity, bool trainable,

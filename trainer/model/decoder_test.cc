@@ -114,7 +114,8 @@ TEST(DecoderMemoryTest, ReportsBytesNeededAndAvailable) {
           .ok());
   EXPECT_TRUE(
       ErrorHas(CheckModelFitsInMemory(spec, SmallCapacity(), true, 1000),
-               {"bytes for its parameters, gradients and activations",
+               {"bytes for its parameters, gradients, AdamW moments and "
+                "activations",
                 "but 1000 bytes of memory are available"}));
   // Sizes whose products overflow 64 bits saturate instead of wrapping to a
   // small number that would pass.
