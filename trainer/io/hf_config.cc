@@ -759,6 +759,7 @@ absl::StatusOr<ModelSpec> ReadHfConfig(const std::string& model_dir) {
   if (absl::Status s = CheckGenerationConfig(model_dir, spec); !s.ok()) {
     return s;
   }
+  spec.config_path = path;
   return spec;
 }
 

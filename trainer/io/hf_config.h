@@ -73,6 +73,9 @@ struct ModelSpec {
   // The config's "dtype" (or legacy "torch_dtype"): "float32", "bfloat16",
   // "float16"; empty when unspecified.
   std::string torch_dtype;
+  // The config.json this spec was read from (ReadHfConfig); empty for a
+  // spec built in code. Errors about the model's sizes name it.
+  std::string config_path;
 };
 
 // Reads and validates `model_dir`/config.json. Supports GPT2LMHeadModel,

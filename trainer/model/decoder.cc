@@ -178,8 +178,9 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
       " bytes for its parameters",
       trainable ? ", gradients, AdamW moments" : "", " and activations (",
       capacity.max_rows, " tokens of up to ", capacity.max_seq_len, "), but ",
-      *available,
-      " bytes of memory are available; check the sizes in config.json"));
+      *available, " bytes of memory are available; check the sizes in ",
+      spec.config_path.empty() ? std::string("the model config")
+                               : spec.config_path));
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
