@@ -17,17 +17,15 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
-#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "proto/checkpoint.pb.h"
 #include "tests/fixture_util.h"
 #include "trainer/checkpoint/checkpoint_export.h"
+#include "trainer/checkpoint/forge_manifest.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/trainer.h"
-#include "trainer/util/crc32c.h"
 
 namespace prefopt {
 namespace {
@@ -193,22 +191,6 @@ void WriteAll(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-// Rewrites the manifest of the checkpoint folder `dir` after `edit` and signs
-// it again as checkpoint::Finalize does (COMPLETE holds its CRC-32C).
-void ForgeManifest(const std::string& dir,
-                   const std::function<void(CheckpointManifest*)>& edit) {
-  CheckpointManifest manifest;
-  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
-      ReadAll(dir + "/manifest.textproto"), &manifest));
-  edit(&manifest);
-  std::string text;
-  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(manifest, &text));
-  WriteAll(dir + "/manifest.textproto", text);
-  WriteAll(dir + "/COMPLETE",
-           absl::StrFormat("manifest_crc32c: 0x%08x\n",
-                           util::Crc32c(text.data(), text.size())));
-}
-
 TEST(CheckpointResume, ReSignedManifestOutOfRangeIsRefusedNamingTheField) {
   const std::string config = RunConfig("forged");
   std::string dir;
@@ -256,7 +238,7 @@ TEST(CheckpointResume, ReSignedManifestOutOfRangeIsRefusedNamingTheField) {
     SCOPED_TRACE(expected);
     WriteAll(dir + "/manifest.textproto", manifest);
     WriteAll(dir + "/COMPLETE", complete);
-    ForgeManifest(dir, edit);
+    ASSERT_TRUE(checkpoint::ForgeManifest(dir, edit).ok());
     auto resumed =
         config::LoadTrainConfig(config, {absl::StrCat("resume=", dir)});
     ASSERT_TRUE(resumed.ok()) << resumed.status();

@@ -19,12 +19,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
+#include "trainer/checkpoint/forge_manifest.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/io/weight_store.h"
-#include "trainer/util/crc32c.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::checkpoint {
@@ -637,23 +635,6 @@ TEST(CheckpointTest, InvalidContentsAreRejected) {
   EXPECT_TRUE(Entries(run + "/checkpoints").empty());
 }
 
-// Rewrites the manifest of the checkpoint folder `dir` after `edit` and signs
-// it again as Finalize does (COMPLETE holds the manifest's CRC-32C): a
-// checkpoint edited by hand, whose checksum no longer gives it away.
-void ForgeManifest(const std::string& dir,
-                   const std::function<void(CheckpointManifest*)>& edit) {
-  CheckpointManifest manifest;
-  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
-      ReadAll(dir + "/manifest.textproto"), &manifest));
-  edit(&manifest);
-  std::string text;
-  ASSERT_TRUE(google::protobuf::TextFormat::PrintToString(manifest, &text));
-  WriteAll(dir + "/manifest.textproto", text);
-  WriteAll(dir + "/COMPLETE",
-           absl::StrFormat("manifest_crc32c: 0x%08x\n",
-                           util::Crc32c(text.data(), text.size())));
-}
-
 struct ForgedField {
   std::string name;
   std::function<void(CheckpointManifest*)> edit;
@@ -666,7 +647,7 @@ TEST(CheckpointTest, ReSignedManifestWithFieldsOutOfRangeIsRefused) {
   const std::string dir = Save(run, model, 6);
   // Signed again unchanged, the manifest still verifies: the forgeries below
   // are refused for their values alone.
-  ForgeManifest(dir, [](CheckpointManifest*) {});
+  ASSERT_TRUE(checkpoint::ForgeManifest(dir, [](CheckpointManifest*) {}).ok());
   ASSERT_TRUE(LoadCheckpoint(dir, model.layout()).ok());
   const std::string manifest = ReadAll(dir + "/manifest.textproto");
   const std::string complete = ReadAll(dir + "/COMPLETE");
@@ -719,7 +700,7 @@ TEST(CheckpointTest, ReSignedManifestWithFieldsOutOfRangeIsRefused) {
     SCOPED_TRACE(forged.name);
     WriteAll(dir + "/manifest.textproto", manifest);
     WriteAll(dir + "/COMPLETE", complete);
-    ForgeManifest(dir, forged.edit);
+    ASSERT_TRUE(checkpoint::ForgeManifest(dir, forged.edit).ok());
     absl::StatusOr<LoadedCheckpoint> loaded =
         LoadCheckpoint(dir, model.layout());
     ASSERT_FALSE(loaded.ok());
