@@ -118,9 +118,9 @@ def main():
     trl_logs, trl_config = run_trl(a.out)
     ours = run_prefopt(os.path.abspath(a.prefopt), a.out)
 
-    names = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr"}
+    names = {"learning_rate": "lr"}
     for key in trl_logs[0]:
-        if "/" in key and key in ours[0]:
+        if key in ours[0] and key not in ("epoch", "step"):
             names[key] = key
     only_trl = sorted(k for k in trl_logs[0] if k not in names and
                       k not in ("learning_rate", "epoch", "step"))
