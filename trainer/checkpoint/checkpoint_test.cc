@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "trainer/checkpoint/forge_manifest.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/io/test_util.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/util/rng.h"
 
@@ -470,6 +471,31 @@ TEST(CheckpointTest, ProcessKilledMidSaveLeavesEarlierCheckpointsIntact) {
     EXPECT_EQ(name.rfind("step_", 0), 0u) << name;
     EXPECT_TRUE(fs::exists(root + "/" + name + "/COMPLETE")) << name;
   }
+}
+
+TEST(CheckpointTest, FullDiskLeavesTheEarlierCheckpointIntact) {
+  const std::string run = NewRunDir("full_disk");
+  const std::string root = run + "/checkpoints";
+  // 16 KiB of extra floats: more than the file size limit below.
+  TinyModel model(8, 4096);
+  ASSERT_FALSE(Save(run, model, 1).empty());
+  for (int64_t step : {2, 1}) {
+    io::testing::ScopedFileSizeLimit limit(4096);
+    const absl::StatusOr<SaveResult> saved =
+        SaveCheckpoint(run, model.Contents(step), {0});
+    ASSERT_FALSE(saved.ok()) << "step " << step;
+    EXPECT_TRUE(io::testing::ErrorContains(
+        saved.status(), {"cannot write", root, "File too large"}))
+        << saved.status();
+  }
+  EXPECT_EQ(Entries(root), std::set<std::string>{"step_1"});
+  absl::StatusOr<std::string> latest = FindLatestCheckpoint(run, nullptr);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(*latest, root + "/step_1");
+  absl::StatusOr<LoadedCheckpoint> loaded =
+      LoadCheckpoint(*latest, model.layout());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(SameBits(loaded->params, model.params()));
 }
 
 TEST(CheckpointTest, KeepLastNPrunes) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "trainer/io/append_file.h"
 
 namespace prefopt::io {
 namespace {
@@ -36,9 +37,21 @@ AtomicFileWriter::AtomicFileWriter(std::string path, std::string temp_path,
 absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Create(
     const std::string& path) {
   std::string temp_path = absl::StrCat(path, ".tmp.", getpid());
+  // The temporary name is predictable, so anyone who can write into the
+  // directory could plant a symbolic link there: opening it with O_TRUNC
+  // would truncate the link's target. A leftover entry (a crashed writer's
+  // file, or such a link) is removed rather than followed, and the file is
+  // created exclusively; a link planted again in between fails the open.
+  unlink(temp_path.c_str());
   const int fd =
-      open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", temp_path, errno);
+      open(temp_path.c_str(),
+           O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound
+                                      : absl::StatusCode::kInternal,
+                        OpenForWritingError(temp_path, err));
+  }
   return AtomicFileWriter(path, std::move(temp_path), fd);
 }
 
@@ -78,7 +91,8 @@ absl::Status AtomicFileWriter::Append(std::string_view bytes) {
       if (errno == EINTR) continue;
       const int err = errno;
       Abandon();
-      return ErrnoError("cannot write", temp_path_, err);
+      return ErrnoError(absl::StrCat("cannot write ", path_, " (through"),
+                        absl::StrCat(temp_path_, ")"), err);
     }
     bytes.remove_prefix(static_cast<size_t>(n));
   }
@@ -93,7 +107,8 @@ absl::Status AtomicFileWriter::Commit() {
   if (fsync(fd_) != 0) {
     const int err = errno;
     Abandon();
-    return ErrnoError("cannot flush", temp_path_, err);
+    return ErrnoError(absl::StrCat("cannot flush ", path_, " (through"),
+                      absl::StrCat(temp_path_, ")"), err);
   }
   const int fd = std::exchange(fd_, -1);
   if (close(fd) != 0) {

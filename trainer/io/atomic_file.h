@@ -18,7 +18,8 @@ namespace prefopt::io {
 // directory fails after the rename, the new file is removed from `path` so
 // that an error never leaves a file there whose durability is unknown. The
 // temporary name is per process, so a process must not write the same path
-// from two writers at once.
+// from two writers at once. No symbolic link is followed: one at the
+// temporary name is removed, one at `path` is replaced by the new file.
 class AtomicFileWriter {
  public:
   static absl::StatusOr<AtomicFileWriter> Create(const std::string& path);

@@ -1,6 +1,7 @@
 #include "trainer/io/test_util.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -80,6 +81,19 @@ int CountEntriesContaining(const std::string& dir, std::string_view part) {
     }
   }
   return ::testing::AssertionSuccess();
+}
+
+ScopedFileSizeLimit::ScopedFileSizeLimit(rlim_t max_bytes) {
+  EXPECT_EQ(getrlimit(RLIMIT_FSIZE, &saved_), 0);
+  saved_handler_ = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = saved_;
+  limit.rlim_cur = max_bytes;
+  EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+}
+
+ScopedFileSizeLimit::~ScopedFileSizeLimit() {
+  EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &saved_), 0);
+  signal(SIGXFSZ, saved_handler_);
 }
 
 }  // namespace prefopt::io::testing

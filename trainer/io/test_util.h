@@ -1,6 +1,8 @@
 #ifndef PREFOPT_TRAINER_IO_TEST_UTIL_H_
 #define PREFOPT_TRAINER_IO_TEST_UTIL_H_
 
+#include <sys/resource.h>
+
 #include <initializer_list>
 #include <string>
 #include <string_view>
@@ -37,6 +39,21 @@ int CountEntriesContaining(const std::string& dir, std::string_view part);
 // `parts`.
 ::testing::AssertionResult ErrorContains(
     const absl::Status& status, std::initializer_list<std::string_view> parts);
+
+// Makes writes past `max_bytes` in any file fail with EFBIG while it lives,
+// as a full disk fails them with ENOSPC (SIGXFSZ, which would otherwise end
+// the process, is ignored meanwhile). Needs no mount and works as root.
+class ScopedFileSizeLimit {
+ public:
+  explicit ScopedFileSizeLimit(rlim_t max_bytes);
+  ScopedFileSizeLimit(const ScopedFileSizeLimit&) = delete;
+  ScopedFileSizeLimit& operator=(const ScopedFileSizeLimit&) = delete;
+  ~ScopedFileSizeLimit();
+
+ private:
+  struct rlimit saved_;
+  void (*saved_handler_)(int);
+};
 
 }  // namespace prefopt::io::testing
 

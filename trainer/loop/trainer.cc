@@ -19,6 +19,7 @@
 #include "trainer/data/dataset_loader.h"
 #include "trainer/io/atomic_file.h"
 #include "trainer/io/hf_config.h"
+#include "trainer/io/run_dir.h"
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/checkpointing.h"
 #include "trainer/loop/device_select.h"
@@ -157,7 +158,9 @@ absl::Status Trainer::Init() {
     return absl::InternalError(absl::StrCat(
         run_dir, ": cannot create the run directory: ", ec.message()));
   }
-  absl::Status s = config::FillBatchForWorld(world_, &config_);
+  absl::Status s = io::CheckRunDirectory(run_dir);
+  if (!s.ok()) return s;
+  s = config::FillBatchForWorld(world_, &config_);
   if (!s.ok()) return s;
   s = config::CheckBatchForWorld(config_, world_);
   if (!s.ok()) return s;

@@ -4,11 +4,12 @@
 #define PREFOPT_TRAINER_METRICS_METRICS_LOG_H_
 
 #include <cstdint>
-#include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
+#include "trainer/io/append_file.h"
 
 namespace prefopt::metrics {
 
@@ -19,25 +20,25 @@ class MetricsLog {
   // lines of the steps its checkpoint covers and drops those of later steps,
   // which it runs again. A missing file, or one with fewer complete lines, is
   // kept as it is (a partial last line, left by a crash, is dropped);
-  // lines() then says how many there are.
+  // lines() then says how many there are. A symbolic link at `path` is
+  // refused (io::AppendFile).
   static absl::StatusOr<MetricsLog> Open(const std::string& path,
                                          int64_t keep_lines = 0);
-  MetricsLog(MetricsLog&& other) noexcept;
+  MetricsLog(MetricsLog&& other) noexcept = default;
   MetricsLog& operator=(MetricsLog&&) = delete;
   MetricsLog(const MetricsLog&) = delete;
-  ~MetricsLog();
 
-  // Writes {"step": step, <values in name order>} as one line.
+  // Writes {"step": step, <values in name order>} as one line; a line that
+  // cannot be written whole (a full disk) is not written at all.
   absl::Status Write(int64_t step, const std::map<std::string, double>& values);
 
   // Lines in the file: those kept by Open and those written since.
   int64_t lines() const { return lines_; }
 
  private:
-  MetricsLog(std::string path, FILE* f, int64_t lines)
-      : path_(std::move(path)), f_(f), lines_(lines) {}
-  std::string path_;
-  FILE* f_;
+  MetricsLog(io::AppendFile file, int64_t lines)
+      : file_(std::move(file)), lines_(lines) {}
+  io::AppendFile file_;
   int64_t lines_;
 };
 

@@ -1,11 +1,14 @@
 #include "trainer/metrics/metrics_log.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "trainer/io/test_util.h"
 
 namespace prefopt::metrics {
 namespace {
@@ -76,6 +79,39 @@ TEST(MetricsLogTest, UnwritableFolderIsNamed) {
   ASSERT_FALSE(log.ok());
   EXPECT_NE(log.status().message().find("/nonexistent-dir/metrics.jsonl"),
             std::string::npos);
+}
+
+TEST(MetricsLogTest, FullDiskLeavesOnlyCompleteLines) {
+  const std::string path = TempPath("full.jsonl");
+  auto log = MetricsLog::Open(path);
+  ASSERT_TRUE(log.ok()) << log.status();
+  ASSERT_TRUE(log->Write(1, {{"loss", 0.5}}).ok());
+  std::map<std::string, double> many;
+  for (int i = 0; i < 20; ++i) many["metric_" + std::to_string(i)] = i;
+  {
+    io::testing::ScopedFileSizeLimit limit(64);
+    const absl::Status s = log->Write(2, many);
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.message().find(path), std::string::npos) << s;
+    EXPECT_NE(s.message().find("File too large"), std::string::npos) << s;
+  }
+  EXPECT_EQ(log->lines(), 1);
+  EXPECT_EQ(Contents(path), "{\"step\": 1, \"loss\": 0.5}\n");
+}
+
+TEST(MetricsLogTest, PlantedLinkIsRefusedAndItsTargetKept) {
+  const std::string victim = TempPath("victim.txt");
+  WriteFile(victim, "victim\n");
+  const std::string path = TempPath("link.jsonl");
+  ASSERT_EQ(symlink(victim.c_str(), path.c_str()), 0);
+  for (int64_t keep_lines : {0, 1}) {
+    auto log = MetricsLog::Open(path, keep_lines);
+    ASSERT_FALSE(log.ok());
+    EXPECT_NE(log.status().message().find(path), std::string::npos);
+    EXPECT_NE(log.status().message().find("symbolic link"), std::string::npos)
+        << log.status();
+  }
+  EXPECT_EQ(Contents(victim), "victim\n");
 }
 
 }  // namespace

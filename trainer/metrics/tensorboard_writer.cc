@@ -2,14 +2,13 @@
 
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "proto/tensorboard/event.pb.h"
+#include "trainer/io/append_file.h"
 #include "trainer/util/crc32c.h"
 
 namespace prefopt::metrics {
@@ -68,36 +67,30 @@ absl::StatusOr<TensorBoardWriter> TensorBoardWriter::Open(
   const std::string stem =
       absl::StrCat(log_dir, "/events.out.tfevents.", static_cast<int64_t>(now),
                    ".", HostName(), ".", static_cast<int64_t>(getpid()));
-  // "x": a second writer of the same process in the same second (a run
-  // resumed in-process) must not truncate the first one's file; it takes the
-  // next free counter instead.
+  // Exclusive creation: a second writer of the same process in the same
+  // second (a run resumed in-process) must not truncate the first one's
+  // file, and a symbolic link planted under the name is not followed; the
+  // writer takes the next free counter instead.
   std::string path = absl::StrCat(stem, ".prefopt");
-  FILE* f = std::fopen(path.c_str(), "wbx");
-  for (int n = 1; f == nullptr && errno == EEXIST && n < 100; ++n) {
+  absl::StatusOr<io::AppendFile> file =
+      io::AppendFile::Open(path, io::AppendFile::Mode::kCreateNew);
+  for (int n = 1; absl::IsAlreadyExists(file.status()) && n < 100; ++n) {
     path = absl::StrCat(stem, ".", n, ".prefopt");
-    f = std::fopen(path.c_str(), "wbx");
+    file = io::AppendFile::Open(path, io::AppendFile::Mode::kCreateNew);
   }
-  if (f == nullptr) {
-    return absl::InternalError(absl::StrCat(
-        path,
-        ": cannot create the TensorBoard event file: ", std::strerror(errno)));
+  if (!file.ok()) {
+    return absl::Status(
+        file.status().code(),
+        absl::StrCat("cannot create the TensorBoard event file: ",
+                     file.status().message()));
   }
-  TensorBoardWriter writer(path, f);
+  TensorBoardWriter writer(*std::move(file));
   tensorboard::Event event;
   event.set_wall_time(now);
   event.set_file_version("brain.Event:2");
   absl::Status s = writer.WriteRecord(event.SerializeAsString());
   if (!s.ok()) return s;
   return writer;
-}
-
-TensorBoardWriter::TensorBoardWriter(TensorBoardWriter&& other) noexcept
-    : path_(std::move(other.path_)), f_(other.f_) {
-  other.f_ = nullptr;
-}
-
-TensorBoardWriter::~TensorBoardWriter() {
-  if (f_ != nullptr) std::fclose(f_);
 }
 
 absl::Status TensorBoardWriter::Write(
@@ -123,13 +116,7 @@ absl::Status TensorBoardWriter::WriteSessionStart(int64_t step) {
 }
 
 absl::Status TensorBoardWriter::WriteRecord(const std::string& data) {
-  const std::string record = TfRecord(data);
-  if (std::fwrite(record.data(), 1, record.size(), f_) != record.size() ||
-      std::fflush(f_) != 0) {
-    return absl::InternalError(
-        absl::StrCat(path_, ": write failed: ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
+  return file_.Append(TfRecord(data));
 }
 
 }  // namespace prefopt::metrics

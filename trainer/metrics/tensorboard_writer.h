@@ -5,13 +5,14 @@
 #define PREFOPT_TRAINER_METRICS_TENSORBOARD_WRITER_H_
 
 #include <cstdint>
-#include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "trainer/io/append_file.h"
 
 namespace prefopt::metrics {
 
@@ -21,14 +22,14 @@ class TensorBoardWriter {
   // events.out.tfevents.<unix time>.<hostname>.<pid>.prefopt, whose first
   // record declares the file version "brain.Event:2". Never overwrites a file.
   static absl::StatusOr<TensorBoardWriter> Open(const std::string& log_dir);
-  TensorBoardWriter(TensorBoardWriter&& other) noexcept;
+  TensorBoardWriter(TensorBoardWriter&& other) noexcept = default;
   TensorBoardWriter& operator=(TensorBoardWriter&&) = delete;
   TensorBoardWriter(const TensorBoardWriter&) = delete;
-  ~TensorBoardWriter();
 
   // Appends one Event for `step` with a scalar per entry of `scalars`, tagged
-  // TensorBoardTag(name), and flushes it to the file. Values are stored as
-  // float, as TensorBoard's simple_value is.
+  // TensorBoardTag(name), and hands it to the file system; an event that
+  // cannot be written whole (a full disk) is not written at all. Values are
+  // stored as float, as TensorBoard's simple_value is.
   absl::Status Write(int64_t step,
                      const std::map<std::string, double>& scalars);
 
@@ -39,15 +40,13 @@ class TensorBoardWriter {
   absl::Status WriteSessionStart(int64_t step);
 
   // The event file's path.
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_.path(); }
 
  private:
-  TensorBoardWriter(std::string path, FILE* f)
-      : path_(std::move(path)), f_(f) {}
+  explicit TensorBoardWriter(io::AppendFile file) : file_(std::move(file)) {}
   absl::Status WriteRecord(const std::string& data);
 
-  std::string path_;
-  FILE* f_;
+  io::AppendFile file_;
 };
 
 // The TensorBoard tag of a metric: names that already say their split

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "proto/tensorboard/event.pb.h"
+#include "trainer/io/test_util.h"
 #include "trainer/util/crc32c.h"
 
 namespace prefopt::metrics {
@@ -204,6 +205,24 @@ TEST(TensorBoardWriterTest, OpenNamesTheDirectoryThatCannotBeCreated) {
   ASSERT_FALSE(writer.ok());
   EXPECT_TRUE(absl::StrContains(writer.status().message(), dir + "/file/logs"))
       << writer.status();
+}
+
+TEST(TensorBoardWriterTest, FullDiskLeavesOnlyCompleteRecords) {
+  const std::string dir = NewTempDir("full");
+  auto writer = TensorBoardWriter::Open(dir);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(writer->Write(1, {{"loss", 0.5}}).ok());
+  const std::string before = ReadAll(writer->path());
+  std::map<std::string, double> many;
+  for (int i = 0; i < 20; ++i) many["metric_" + std::to_string(i)] = i;
+  {
+    io::testing::ScopedFileSizeLimit limit(before.size() + 16);
+    const absl::Status s = writer->Write(2, many);
+    ASSERT_FALSE(s.ok());
+    EXPECT_TRUE(absl::StrContains(s.message(), writer->path())) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "File too large")) << s;
+  }
+  EXPECT_EQ(ReadAll(writer->path()), before);
 }
 
 }  // namespace
