@@ -108,7 +108,8 @@ TEST(MapoFixture, MasksMatchTheOfficialCode) {
   for (const auto& [case_name, c] : Fixture()["cases"].items()) {
     // The official selection may name mlp, which GPT-2 does not capture.
     std::vector<MapoGroup> groups;
-    for (const std::string g : c["groups"]) {
+    for (const nlohmann::json& name : c["groups"]) {
+      const std::string g = name.get<std::string>();
       if (g == "attn") groups.push_back(MapoGroup::kAttn);
       if (g == "resid") groups.push_back(MapoGroup::kResid);
       if (g == "logits") groups.push_back(MapoGroup::kLogits);
