@@ -57,10 +57,14 @@ def crc32c(data):
 
 
 class Case:
-    def __init__(self, name, input_class, expect, want="error"):
+    def __init__(self, name, input_class, expect, want="error",
+                 file_size_limit=None):
         self.name, self.input_class, self.expect = name, input_class, expect
         # "error", or "ok" for an input that is fine once read correctly.
         self.want = want
+        # Bytes a file the run writes may reach (a full disk, as RLIMIT_FSIZE
+        # with SIGXFSZ ignored makes writes fail with EFBIG).
+        self.file_size_limit = file_size_limit
 
 
 def read_json(path):
@@ -252,6 +256,21 @@ def cases(tmp):
         ["generate", f"--model={GPT2}", "--prompt_ids=1",
          "--max_new_tokens=2147483647"], want="ok")
 
+    # The run directory.
+    run = os.path.join(tmp, "run_planted_link")
+    os.makedirs(run)
+    victim = os.path.join(tmp, "victim.txt")
+    write(victim, "not prefopt's\n")
+    os.symlink(victim, os.path.join(run, "metrics.jsonl"))
+    add("run_dir/metrics.jsonl is a planted symlink", "run dir",
+        ["metrics.jsonl", "link"],
+        ["train", "--config=" + train_config(tmp, "planted_link", ""),
+         f"--run_dir={run}"])
+    out.append((Case("disk full while writing a checkpoint", "run dir",
+                     ["cannot write"], file_size_limit=16 << 10),
+                ["train", "--config=" + train_config(
+                    tmp, "disk_full", "save_every_steps: 1\n")], None))
+
     # Checkpoint manifest, forged and re-signed.
     run = os.path.join(tmp, "run_ckpt")
     config = train_config(tmp, "ckpt", "save_every_steps: 1\n", max_steps=2)
@@ -288,15 +307,22 @@ def forge_checkpoint(binary, config, run):
         f.write(complete[:start] + "%08x" % crc32c(forged) + complete[end:])
 
 
-def limit_memory():
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    os.setsid()
+def limits(file_size_limit):
+    def apply():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE,
+                               (file_size_limit, file_size_limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        os.setsid()
+    return apply
 
 
 def run_case(binary, case, argv):
     proc = subprocess.Popen([binary, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, preexec_fn=limit_memory)
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=limits(case.file_size_limit))
     output = []
 
     def read():
