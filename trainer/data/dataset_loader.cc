@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "trainer/data/text_data.h"
 #include "trainer/data/token_cache.h"
 #include "trainer/util/input_file.h"
@@ -293,7 +294,8 @@ absl::StatusOr<Dataset> LoadDataset(const std::vector<std::string>& files,
   }
   if (all.examples.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "no usable examples in the data files (", all.dropped_too_long,
+        "no usable examples in ", absl::StrJoin(files, ", "), " (",
+        all.dropped_too_long,
         " dropped because the prompt leaves no room within max_length)"));
   }
   return all;

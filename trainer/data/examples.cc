@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "trainer/io/json_file.h"
 #include "trainer/util/input_file.h"
 
@@ -190,7 +191,8 @@ absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
   }
   if (ds.examples.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "no usable examples in the data files (", ds.dropped_too_long,
+        "no usable examples in ", absl::StrJoin(files, ", "), " (",
+        ds.dropped_too_long,
         " dropped because the prompt leaves no room within max_length)"));
   }
   return ds;

@@ -187,7 +187,8 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& path,
 void ConvertToFloat(DType dtype, const uint8_t* src, int64_t n, float* out) {
   switch (dtype) {
     case DType::kF32:
-      std::memcpy(out, src, static_cast<size_t>(n) * sizeof(float));
+      // An empty tensor's buffer may be null, which memcpy may not take.
+      if (n > 0) std::memcpy(out, src, static_cast<size_t>(n) * sizeof(float));
       return;
     case DType::kF16:
       for (int64_t i = 0; i < n; ++i) {
@@ -526,7 +527,7 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(
   std::vector<int64_t> values(static_cast<size_t>(n));
   switch (t.dtype) {
     case DType::kI64:
-      std::memcpy(values.data(), src, static_cast<size_t>(n) * 8);
+      if (n > 0) std::memcpy(values.data(), src, static_cast<size_t>(n) * 8);
       break;
     case DType::kI32:
       for (int64_t i = 0; i < n; ++i) values[i] = Load<int32_t>(src + 4 * i);

@@ -163,6 +163,19 @@ absl::Status CheckLoadedValues(const objectives::ReferenceValues& loaded,
 
 }  // namespace
 
+absl::StatusOr<objectives::ReferenceValues> ParseReferenceCache(
+    const std::string& bytes, uint64_t key,
+    const std::vector<data::Example>& examples, bool token_logps) {
+  absl::StatusOr<objectives::ReferenceValues> values =
+      Deserialize(bytes, key, examples.size());
+  if (!values.ok()) return values;
+  if (absl::Status checked = CheckLoadedValues(*values, examples, token_logps);
+      !checked.ok()) {
+    return checked;
+  }
+  return values;
+}
+
 uint64_t ReferenceFingerprint(const model::Decoder& reference,
                               const std::vector<data::Example>& examples,
                               const ReferenceOptions& options) {
@@ -208,12 +221,8 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
   } else if (std::ifstream in{result.cache_path, std::ios::binary}) {
     std::stringstream ss;
     ss << in.rdbuf();
-    auto values = Deserialize(ss.str(), key, examples.size());
-    if (values.ok()) {
-      absl::Status checked =
-          CheckLoadedValues(*values, examples, options.token_logps);
-      if (!checked.ok()) values = checked;
-    }
+    auto values =
+        ParseReferenceCache(ss.str(), key, examples, options.token_logps);
     if (values.ok()) {
       result.values = *std::move(values);
       result.loaded_from_cache = true;

@@ -49,6 +49,14 @@ absl::StatusOr<ReferenceCacheResult> ComputeReferenceValues(
     const ReferenceOptions& options, const std::string& cache_dir,
     const ProgressFn& progress);
 
+// The values a cache file's `bytes` hold for `examples`, checked as
+// ComputeReferenceValues checks a cache before using it: FailedPrecondition
+// when it was made for another `key`, DataLoss when it is truncated, damaged,
+// laid out for other examples or holds a non-finite log-prob.
+absl::StatusOr<objectives::ReferenceValues> ParseReferenceCache(
+    const std::string& bytes, uint64_t key,
+    const std::vector<data::Example>& examples, bool token_logps);
+
 // The cache key: fingerprint of the model's architecture and weights, every
 // example's token ids and the options that change the values.
 uint64_t ReferenceFingerprint(const model::Decoder& reference,
