@@ -1,5 +1,7 @@
 #include "trainer/objectives/output_layer.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace prefopt::objectives {
@@ -33,6 +35,15 @@ std::vector<SequenceScores> ChunkedOutputLayer::Forward(
     const float* hidden, const float* wout, const int32_t* tokens,
     const std::vector<ResponseSegment>& segments) {
   int total = 0;
+  for (const ResponseSegment& s : segments) total += s.count;
+  if (total > max_rows_) {
+    // A caller bug: the trainer sizes the layer for its largest micro-batch.
+    std::fprintf(
+        stderr, "ChunkedOutputLayer::Forward: %d response rows, sized for %d\n",
+        total, max_rows_);
+    std::abort();
+  }
+  total = 0;
   for (const ResponseSegment& s : segments) {
     backend_->OutputForward(lse_ + total, logp_ + total, logit_sum_ + total,
                             reinterpret_cast<int32_t*>(correct_ + total),

@@ -145,17 +145,23 @@ absl::Status CheckLoadedValues(const objectives::ReferenceValues& loaded,
     return absl::DataLossError(
         "its entries do not match the examples' responses and tokens");
   }
+  // A log-probability is never above 0; the margin leaves room for another
+  // backend's rounding of a probability of 1.
+  constexpr double kMaxLogp = 1e-4;
   for (size_t i = 0; i < loaded.sequence_logp.size(); ++i) {
-    if (!std::isfinite(loaded.sequence_logp[i])) {
-      return absl::DataLossError(absl::StrCat("response ", i,
-                                              " has a non-finite log-prob (",
-                                              loaded.sequence_logp[i], ")"));
+    const double v = loaded.sequence_logp[i];
+    if (!std::isfinite(v) || v > kMaxLogp) {
+      return absl::DataLossError(
+          absl::StrCat("response ", i, " has log-prob ", v,
+                       ", which is not a finite number <= 0"));
     }
   }
   for (size_t i = 0; i < loaded.token_logp.size(); ++i) {
-    if (!std::isfinite(loaded.token_logp[i])) {
+    const double v = loaded.token_logp[i];
+    if (!std::isfinite(v) || v > kMaxLogp) {
       return absl::DataLossError(
-          absl::StrCat("token entry ", i, " has a non-finite log-prob"));
+          absl::StrCat("token entry ", i, " has log-prob ", v,
+                       ", which is not a finite number <= 0"));
     }
   }
   return absl::OkStatus();

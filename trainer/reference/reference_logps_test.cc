@@ -109,6 +109,30 @@ TEST(ReferenceLogps, CachesTokenValuesAndRebuildsCorruptFiles) {
             "its entries do not match the examples' responses and tokens");
   EXPECT_EQ(forged->values.sequence_logp, v.sequence_logp);
 
+  // A forged positive log-prob (no probability exceeds 1), signed again.
+  {
+    std::ifstream in(forged->cache_path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    in.close();
+    const double real = v.sequence_logp[1], fake = 5.0;
+    const size_t at = bytes.find(
+        std::string(reinterpret_cast<const char*>(&real), sizeof(real)));
+    ASSERT_NE(at, std::string::npos);
+    std::memcpy(&bytes[at], &fake, sizeof(fake));
+    util::Fingerprinter fp;
+    fp.Update(bytes.data(), bytes.size() - 8);
+    const uint64_t check = fp.Value();
+    std::memcpy(&bytes[bytes.size() - 8], &check, sizeof(check));
+    std::ofstream(forged->cache_path, std::ios::binary | std::ios::trunc)
+        << bytes;
+  }
+  auto positive = ComputeReferenceValues(**model, Examples(), options, dir, {});
+  ASSERT_TRUE(positive.ok());
+  EXPECT_FALSE(positive->loaded_from_cache);
+  EXPECT_EQ(positive->rebuilt_because,
+            "response 1 has log-prob 5, which is not a finite number <= 0");
+  EXPECT_EQ(positive->values.sequence_logp, v.sequence_logp);
+
   // Other weights: another key, so another file.
   (*model)->InitRandom(4, 0.5f);
   auto other = ComputeReferenceValues(**model, Examples(), options, dir, {});
