@@ -25,11 +25,7 @@ tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 export OMP_NUM_THREADS=1
 failures=0
 
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-ok() { echo "ok   $*"; }
+source "$(dirname "$0")/cli_lib.sh"
 
 # write_config FILE N_EMBD MAX_STEPS: a from-scratch GPT-2 on the 6 fixture
 # pairs in global batches of 2 (3 steps per epoch, reshuffled each epoch),

@@ -17,10 +17,7 @@ tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 export OMP_NUM_THREADS=1
 failures=0
 
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
+source "$(dirname "$0")/cli_lib.sh"
 
 # write_config FILE N_EMBD MAX_STEPS: global batches of 4 pairs (2 per rank on
 # 2 ranks) in micro-batches of 1.

@@ -1,6 +1,13 @@
 # Shared by the shell tests of the prefopt command (sourced after they set
 # `prefopt`, `tmp` and `failures`).
 
+# fail MESSAGE / ok MESSAGE: one result line; fail counts it.
+fail() {
+  echo "FAIL: $*"
+  failures=$((failures + 1))
+}
+ok() { echo "ok   $*"; }
+
 # expect_fail NAME EXPECTED_EXIT EXPECTED_SUBSTRING -- ARGS...: runs prefopt
 # with ARGS; passes when it exits with EXPECTED_EXIT and its output holds
 # EXPECTED_SUBSTRING. A run that would block forever is cut off after 20 s

@@ -19,11 +19,7 @@ tmp="${TEST_TMPDIR:-$(mktemp -d)}"
 export OMP_NUM_THREADS=1
 failures=0
 
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-ok() { echo "ok   $*"; }
+source "$(dirname "$0")/cli_lib.sh"
 
 cat >"$tmp/small.textproto" <<CONF
 model { architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 n_layer: 2 n_head: 4 }
