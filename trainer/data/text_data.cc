@@ -396,7 +396,10 @@ absl::StatusOr<TextEncoder> TextEncoder::Create(
     }
     chat = *std::move(made);
   }
-  return TextEncoder(*std::move(tok), vocab_size, *eos, *bos, std::move(chat));
+  std::string eos_text;
+  if (eos->has_value()) eos_text = tok->IdToToken(**eos).value_or("");
+  return TextEncoder(*std::move(tok), vocab_size, *eos, std::move(eos_text),
+                     *bos, std::move(chat));
 }
 
 absl::Status TextEncoder::Tokenize(std::string_view text,
@@ -419,12 +422,37 @@ absl::Status TextEncoder::Tokenize(std::string_view text,
 absl::Status TextEncoder::Encode(const Json& line, LineFormat format,
                                  ExampleKind kind, const std::string& where,
                                  Example* example) const {
-  absl::Status status = CheckKindFields(line, kind, where);
-  if (!status.ok()) return status;
-  if (format == LineFormat::kConversational) {
-    return EncodeConversation(line, kind, where, example);
+  absl::Status s = CheckKindFields(line, kind, where);
+  if (!s.ok()) return s;
+  const bool conversational = format == LineFormat::kConversational;
+  if (conversational && !chat_template_.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, ": ", NoChatTemplateMessage()));
   }
-  return EncodeText(line, kind, where, example);
+  if (!conversational && !eos_id_.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        where,
+        ": text data needs an EOS token to end each response (as TRL "
+        "appends one), but the tokenizer names none; set \"eos_token\" in "
+        "the tokenizer_config.json next to tokenizer.json"));
+  }
+  const bool pairs = kind == ExampleKind::kPreference;
+  if (pairs) {
+    s = ParsePreferenceFraction(line, where, &example->preference_fraction);
+    if (!s.ok()) return s;
+  }
+  const std::vector<const char*> fields =
+      pairs ? std::vector<const char*>{"chosen", "rejected"}
+            : std::vector<const char*>{"completion"};
+  std::vector<int32_t> prompt_alone;
+  std::vector<std::vector<int32_t>> joint(fields.size());
+  s = conversational
+          ? TokenizeConversation(line, fields, where, &prompt_alone, &joint)
+          : TokenizeText(line, fields, where, &prompt_alone, &joint);
+  if (!s.ok()) return s;
+  s = SplitResponses(prompt_alone, joint, fields, where, example);
+  if (!s.ok() || pairs) return s;
+  return MoveBosToContext(line, where, example);
 }
 
 absl::Status TextEncoder::SplitResponses(
@@ -471,76 +499,42 @@ absl::Status TextEncoder::MoveBosToContext(const Json& line,
   return absl::OkStatus();
 }
 
-absl::Status TextEncoder::EncodeText(const Json& line, ExampleKind kind,
-                                     const std::string& where,
-                                     Example* example) const {
-  if (!eos_id_.has_value()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        where,
-        ": text data needs an EOS token to end each response (as TRL "
-        "appends one), but the tokenizer names none; set \"eos_token\" in "
-        "the tokenizer_config.json next to tokenizer.json"));
-  }
+absl::Status TextEncoder::TokenizeText(
+    const Json& line, absl::Span<const char* const> fields,
+    const std::string& where, std::vector<int32_t>* prompt_alone,
+    std::vector<std::vector<int32_t>>* joint) const {
   absl::StatusOr<const std::string*> prompt = TextField(line, "prompt", where);
   if (!prompt.ok()) return prompt.status();
-  const bool pairs = kind == ExampleKind::kPreference;
-  if (pairs) {
-    absl::Status s =
-        ParsePreferenceFraction(line, where, &example->preference_fraction);
-    if (!s.ok()) return s;
-  }
-  const std::vector<const char*> fields =
-      pairs ? std::vector<const char*>{"chosen", "rejected"}
-            : std::vector<const char*>{"completion"};
-  std::vector<int32_t> prompt_alone;
-  absl::Status s = Tokenize(**prompt, true, where, "prompt", &prompt_alone);
+  absl::Status s = Tokenize(**prompt, true, where, "prompt", prompt_alone);
   if (!s.ok()) return s;
   // TRL appends the EOS text to each response unless it already ends with
   // it, then tokenizes prompt + response in one piece.
-  const std::string eos_text = tokenizer_.IdToToken(*eos_id_).value_or("");
-  std::vector<std::vector<int32_t>> joint(fields.size());
   for (size_t i = 0; i < fields.size(); ++i) {
     absl::StatusOr<const std::string*> response =
         TextField(line, fields[i], where);
     if (!response.ok()) return response.status();
     std::string text = absl::StrCat(**prompt, **response);
-    if (!absl::EndsWith(text, eos_text)) text += eos_text;
-    s = Tokenize(text, true, where, fields[i], &joint[i]);
+    if (!absl::EndsWith(text, eos_text_)) text += eos_text_;
+    s = Tokenize(text, true, where, fields[i], &(*joint)[i]);
     if (!s.ok()) return s;
   }
-  s = SplitResponses(prompt_alone, joint, fields, where, example);
-  if (!s.ok() || pairs) return s;
-  return MoveBosToContext(line, where, example);
+  return absl::OkStatus();
 }
 
-absl::Status TextEncoder::EncodeConversation(const Json& line, ExampleKind kind,
-                                             const std::string& where,
-                                             Example* example) const {
-  if (!chat_template_.has_value()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(where, ": ", NoChatTemplateMessage()));
-  }
+absl::Status TextEncoder::TokenizeConversation(
+    const Json& line, absl::Span<const char* const> fields,
+    const std::string& where, std::vector<int32_t>* prompt_alone,
+    std::vector<std::vector<int32_t>>* joint) const {
   absl::StatusOr<std::vector<ChatMessage>> prompt =
       MessagesField(line, "prompt", where);
   if (!prompt.ok()) return prompt.status();
-  const bool pairs = kind == ExampleKind::kPreference;
-  if (pairs) {
-    absl::Status s =
-        ParsePreferenceFraction(line, where, &example->preference_fraction);
-    if (!s.ok()) return s;
-  }
-  const std::vector<const char*> fields =
-      pairs ? std::vector<const char*>{"chosen", "rejected"}
-            : std::vector<const char*>{"completion"};
   // As TRL: the prompt rendered with a generation prompt and the whole
   // conversation without, each tokenized without special tokens (the
   // rendered text holds them).
-  std::vector<int32_t> prompt_alone;
   absl::Status s =
       Tokenize(chat_template_->Render(*prompt, /*add_generation_prompt=*/true),
-               false, where, "prompt", &prompt_alone);
+               false, where, "prompt", prompt_alone);
   if (!s.ok()) return s;
-  std::vector<std::vector<int32_t>> joint(fields.size());
   for (size_t i = 0; i < fields.size(); ++i) {
     absl::StatusOr<std::vector<ChatMessage>> response =
         MessagesField(line, fields[i], where);
@@ -548,12 +542,10 @@ absl::Status TextEncoder::EncodeConversation(const Json& line, ExampleKind kind,
     std::vector<ChatMessage> conversation = *prompt;
     conversation.insert(conversation.end(), response->begin(), response->end());
     s = Tokenize(chat_template_->Render(conversation, false), false, where,
-                 fields[i], &joint[i]);
+                 fields[i], &(*joint)[i]);
     if (!s.ok()) return s;
   }
-  s = SplitResponses(prompt_alone, joint, fields, where, example);
-  if (!s.ok() || pairs) return s;
-  return MoveBosToContext(line, where, example);
+  return absl::OkStatus();
 }
 
 }  // namespace prefopt::data

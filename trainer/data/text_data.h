@@ -118,19 +118,29 @@ class TextEncoder {
 
  private:
   TextEncoder(tokenizer::Tokenizer tokenizer, int vocab_size,
-              std::optional<int32_t> eos_id, std::optional<int32_t> bos_id,
+              std::optional<int32_t> eos_id, std::string eos_text,
+              std::optional<int32_t> bos_id,
               std::optional<ChatTemplate> chat_template)
       : tokenizer_(std::move(tokenizer)),
         vocab_size_(vocab_size),
         eos_id_(eos_id),
+        eos_text_(std::move(eos_text)),
         bos_id_(bos_id),
         chat_template_(std::move(chat_template)) {}
 
-  absl::Status EncodeText(const nlohmann::json& line, ExampleKind kind,
-                          const std::string& where, Example* example) const;
-  absl::Status EncodeConversation(const nlohmann::json& line, ExampleKind kind,
-                                  const std::string& where,
-                                  Example* example) const;
+  // The prompt tokenized alone and prompt + response `fields[i]` tokenized
+  // together (`joint`, one per field), from text (special tokens added, the
+  // EOS text appended to each response unless present) or from messages
+  // rendered by the chat template.
+  absl::Status TokenizeText(const nlohmann::json& line,
+                            absl::Span<const char* const> fields,
+                            const std::string& where,
+                            std::vector<int32_t>* prompt_alone,
+                            std::vector<std::vector<int32_t>>* joint) const;
+  absl::Status TokenizeConversation(
+      const nlohmann::json& line, absl::Span<const char* const> fields,
+      const std::string& where, std::vector<int32_t>* prompt_alone,
+      std::vector<std::vector<int32_t>>* joint) const;
   // TRL 1.x's prompt/response split (data_utils.common_prefix_length):
   // `prompt_alone` is the prompt tokenized on its own, `joint[i]` the prompt
   // and response `fields[i]` tokenized together. The prompt becomes the
@@ -155,6 +165,7 @@ class TextEncoder {
   tokenizer::Tokenizer tokenizer_;
   int vocab_size_;
   std::optional<int32_t> eos_id_;
+  std::string eos_text_;  // the EOS token's text; empty without one
   std::optional<int32_t> bos_id_;
   std::optional<ChatTemplate> chat_template_;
 };
