@@ -18,6 +18,13 @@ namespace {
 using nlohmann::json;
 using Arch = ModelSpec::Arch;
 
+// `name` inside the folder `model_dir` (empty: the working directory).
+std::string FileIn(const std::string& model_dir, const char* name) {
+  return model_dir.empty() || model_dir.back() == '/'
+             ? absl::StrCat(model_dir, name)
+             : absl::StrCat(model_dir, "/", name);
+}
+
 struct ArchInfo {
   std::string_view architecture;
   std::string_view model_type;
@@ -598,10 +605,7 @@ void CheckNumerics(FieldReader& r, const ModelSpec& spec) {
 // [0, vocab_size).
 absl::Status CheckGenerationConfig(const std::string& model_dir,
                                    const ModelSpec& spec) {
-  const std::string path =
-      model_dir.empty() || model_dir.back() == '/'
-          ? absl::StrCat(model_dir, "generation_config.json")
-          : absl::StrCat(model_dir, "/generation_config.json");
+  const std::string path = FileIn(model_dir, "generation_config.json");
   absl::StatusOr<json> config = ReadJsonFile(path);
   if (absl::IsNotFound(config.status())) return absl::OkStatus();
   if (!config.ok()) return config.status();
@@ -729,9 +733,7 @@ json TokenIdJson(const std::optional<int64_t>& id) {
 }  // namespace
 
 absl::StatusOr<ModelSpec> ReadHfConfig(const std::string& model_dir) {
-  const std::string path = model_dir.empty() || model_dir.back() == '/'
-                               ? absl::StrCat(model_dir, "config.json")
-                               : absl::StrCat(model_dir, "/config.json");
+  const std::string path = FileIn(model_dir, "config.json");
   absl::StatusOr<json> config = ReadJsonFile(path);
   if (!config.ok()) return config.status();
   if (!config->is_object()) {
@@ -846,9 +848,7 @@ absl::Status WriteHfConfig(const ModelSpec& spec,
       config["max_window_layers"] = spec.n_layer;
     }
   }
-  const std::string path = model_dir.empty() || model_dir.back() == '/'
-                               ? absl::StrCat(model_dir, "config.json")
-                               : absl::StrCat(model_dir, "/config.json");
+  const std::string path = FileIn(model_dir, "config.json");
   return WriteJsonFile(path, config);
 }
 

@@ -14,6 +14,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "trainer/model/rope.h"
@@ -412,16 +413,13 @@ void Decoder::AllocateActivations() {
 
 namespace {
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.substr(s.size() - suffix.size()) == suffix;
-}
-
 // Buffers transformers recomputes instead of loading: older GPT-2 saves hold
 // the causal mask, older Llama saves the rotary frequencies.
 bool IsRecomputedBuffer(std::string_view name) {
-  return EndsWith(name, ".attn.bias") || EndsWith(name, ".attn.masked_bias") ||
-         EndsWith(name, ".rotary_emb.inv_freq");
+  const absl::string_view n(name.data(), name.size());
+  return absl::EndsWith(n, ".attn.bias") ||
+         absl::EndsWith(n, ".attn.masked_bias") ||
+         absl::EndsWith(n, ".rotary_emb.inv_freq");
 }
 
 // Which config.json setting leaves the weights' tensor `name` unused.
@@ -443,7 +441,8 @@ std::string UnusedTensorReason(const io::ModelSpec& spec,
                         gpt2 ? "n_layer" : "num_hidden_layers", " is ",
                         spec.n_layer, ", but the weights have layer ", layer);
   }
-  if (!gpt2 && EndsWith(name, ".bias")) {
+  if (!gpt2 &&
+      absl::EndsWith(absl::string_view(name.data(), name.size()), ".bias")) {
     const bool attention = name.find(".self_attn.") != std::string_view::npos;
     if (spec.hf_model_type == "llama") {
       return absl::StrCat("config.json's ",
