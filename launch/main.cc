@@ -562,9 +562,6 @@ int Generate(int argc, char** argv) {
   std::optional<tokenizer::Tokenizer> tok;
   const std::string tok_path = model_dir + "/tokenizer.json";
   if (std::filesystem::exists(tok_path)) {
-    if (absl::Status s = util::CheckInputFile(tok_path); !s.ok()) {
-      return fail(s, 1);
-    }
     auto t = tokenizer::Tokenizer::FromFile(tok_path);
     if (!t.ok()) return fail(t.status(), 1);
     // Prompt ids past the vocabulary would index past the embeddings.

@@ -19,6 +19,7 @@
 #include "trainer/tokenizer/post_processors.h"
 #include "trainer/tokenizer/pre_tokenizers.h"
 #include "trainer/tokenizer/utf8.h"
+#include "trainer/util/input_file.h"
 
 namespace prefopt::tokenizer {
 
@@ -195,6 +196,9 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(std::string_view json_text,
 
 absl::StatusOr<Tokenizer> Tokenizer::FromFile(
     const std::string& tokenizer_json_path) {
+  if (absl::Status s = util::CheckInputFile(tokenizer_json_path); !s.ok()) {
+    return s;
+  }
   std::ifstream file(tokenizer_json_path, std::ios::binary);
   if (!file) {
     const int error = errno;
