@@ -140,6 +140,15 @@ absl::StatusOr<bool> AsBool(const json& value, std::string_view field,
 
 absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
                             bool jsonl_line) {
+  // "where:line:column: problem" (a JSONL line: "where:column C: ...").
+  const auto error_at = [&](size_t i, std::string_view problem) {
+    const auto [line, column] = LineAndColumn(text, i);
+    return absl::InvalidArgumentError(
+        absl::StrCat(AbslView(where), ":",
+                     jsonl_line ? absl::StrCat("column ", column)
+                                : absl::StrCat(line, ":", column),
+                     ": ", AbslView(problem)));
+  };
   int depth = 0;
   bool in_string = false, escaped = false;
   for (size_t i = 0; i < text.size(); ++i) {
@@ -147,13 +156,9 @@ absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
     if (c == '\0') {
       // nlohmann's parser takes a NUL byte for the end of the input and
       // ignores what follows; JSON has no place for one.
-      const auto [line, column] = LineAndColumn(text, i);
-      return absl::InvalidArgumentError(absl::StrCat(
-          AbslView(where), ":",
-          jsonl_line ? absl::StrCat("column ", column)
-                     : absl::StrCat(line, ":", column),
-          ": NUL byte in JSON text (only spaces, tabs and newlines may pad "
-          "it)"));
+      return error_at(i,
+                      "NUL byte in JSON text (only spaces, tabs and newlines "
+                      "may pad it)");
     }
     if (in_string) {
       if (escaped) {
@@ -169,12 +174,8 @@ absl::Status CheckJsonDepth(std::string_view text, std::string_view where,
       in_string = true;
     } else if (c == '[' || c == '{') {
       if (++depth > kMaxJsonDepth) {
-        const auto [line, column] = LineAndColumn(text, i);
-        return absl::InvalidArgumentError(absl::StrCat(
-            AbslView(where), ":",
-            jsonl_line ? absl::StrCat("column ", column)
-                       : absl::StrCat(line, ":", column),
-            ": JSON nested deeper than ", kMaxJsonDepth, " levels"));
+        return error_at(i, absl::StrCat("JSON nested deeper than ",
+                                        kMaxJsonDepth, " levels"));
       }
     } else if (c == ']' || c == '}') {
       --depth;
