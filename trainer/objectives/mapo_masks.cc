@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "trainer/io/safetensors.h"
 
 namespace prefopt::objectives {
 
@@ -23,20 +23,7 @@ const char* MapoGroupName(MapoGroup group) {
   return "unknown";
 }
 
-double RoundToHalf(float x) {
-  if (x == 0 || !std::isfinite(x)) return x;
-  int exponent;
-  std::frexp(x, &exponent);  // 2^(exponent-1) <= |x| < 2^exponent
-  // Half precision keeps 10 fraction bits; below 2^-14 its values are
-  // subnormal, spaced 2^-24 apart.
-  const double quantum = std::ldexp(1.0, std::max(exponent - 1, -14) - 10);
-  const double rounded = std::nearbyint(x / quantum) * quantum;
-  constexpr double kMaxHalf = 65504;
-  if (std::fabs(rounded) > kMaxHalf) {
-    return std::copysign(std::numeric_limits<double>::infinity(), x);
-  }
-  return rounded;
-}
+double RoundToHalf(float x) { return io::Fp16ToFloat(io::FloatToFp16(x)); }
 
 namespace {
 
