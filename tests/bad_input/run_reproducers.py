@@ -237,8 +237,8 @@ def cases(tmp):
         ["train", "--config=" + train_config(tmp, "fifo", "", data=fifo)])
 
     # Configs and flags.
-    add("loss_type: 7", "config", ["loss_type", "7"],
-        ["train", "--config=" + train_config(tmp, "enum", "", dpo="loss_type: 7")])
+    add("loss_type: 99", "config", ["loss_type", "99"],
+        ["train", "--config=" + train_config(tmp, "enum", "", dpo="loss_type: 99")])
     add("micro_batch_size 2000000000", "config", ["micro_batch_size"],
         ["train", "--config=" + train_config(tmp, "micro", ""),
          "--set=batch.micro_batch_size=2000000000",

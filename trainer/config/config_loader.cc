@@ -783,7 +783,10 @@ void CheckObjective(const ObjectiveConfig& objective,
             absl::StrCat("objective.dpo.beta: must be > 0, got ", dpo.beta()));
       }
       const float epsilon = dpo.label_smoothing();
-      if (dpo.loss_type() == DpoConfig::ROBUST && epsilon >= 0.5f) {
+      const bool robust =
+          std::find(dpo.loss_type().begin(), dpo.loss_type().end(),
+                    DpoConfig::ROBUST) != dpo.loss_type().end();
+      if (robust && epsilon >= 0.5f) {
         problems->push_back(absl::StrCat(
             "objective.dpo.label_smoothing: must be < 0.5 for loss_type "
             "ROBUST, got ",
@@ -795,6 +798,24 @@ void CheckObjective(const ObjectiveConfig& objective,
       }
       return;
     }
+    case ObjectiveConfig::kKto:
+      if (!(objective.kto().beta() > 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.kto.beta: must be > 0, got ", objective.kto().beta()));
+      }
+      return;
+    case ObjectiveConfig::kCpo:
+      if (!(objective.cpo().beta() > 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.beta: must be > 0, got ", objective.cpo().beta()));
+      }
+      return;
+    case ObjectiveConfig::kOrpo:
+      if (!(objective.orpo().beta() > 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.orpo.beta: must be > 0, got ", objective.orpo().beta()));
+      }
+      return;
     case ObjectiveConfig::kSft:
       return;
     case ObjectiveConfig::kPrior: {
@@ -1061,8 +1082,32 @@ absl::Status ApplyOverride(const std::string& override_text,
 
 void FillDefaults(TrainConfig* config) {
   ObjectiveConfig& objective = *config->mutable_objective();
-  if (objective.has_dpo() && objective.dpo().beta() == 0) {
-    objective.mutable_dpo()->set_beta(kDefaultDpoBeta);
+  if (objective.has_dpo()) {
+    // TRL's DPOConfig defaults.
+    DpoConfig& dpo = *objective.mutable_dpo();
+    if (dpo.beta() == 0) dpo.set_beta(kDefaultDpoBeta);
+    if (dpo.loss_type_size() == 0) dpo.add_loss_type(DpoConfig::SIGMOID);
+    if (!dpo.has_f_alpha_divergence_coef()) {
+      dpo.set_f_alpha_divergence_coef(0.5f);
+    }
+    if (!dpo.has_discopop_tau()) dpo.set_discopop_tau(0.05f);
+    if (!dpo.has_ref_model_mixup_alpha()) dpo.set_ref_model_mixup_alpha(0.6f);
+    if (!dpo.has_ref_model_sync_steps()) dpo.set_ref_model_sync_steps(512);
+  }
+  if (objective.has_kto()) {
+    KtoConfig& kto = *objective.mutable_kto();
+    if (kto.beta() == 0) kto.set_beta(0.1f);
+    if (!kto.has_desirable_weight()) kto.set_desirable_weight(1.0f);
+    if (!kto.has_undesirable_weight()) kto.set_undesirable_weight(1.0f);
+  }
+  if (objective.has_cpo()) {
+    CpoConfig& cpo = *objective.mutable_cpo();
+    if (cpo.beta() == 0) cpo.set_beta(0.1f);
+    if (!cpo.has_cpo_alpha()) cpo.set_cpo_alpha(1.0f);
+    if (!cpo.has_simpo_gamma()) cpo.set_simpo_gamma(0.5f);
+  }
+  if (objective.has_orpo() && objective.orpo().beta() == 0) {
+    objective.mutable_orpo()->set_beta(0.1f);
   }
   if (objective.has_prior()) {
     PriorConfig& prior = *objective.mutable_prior();
@@ -1084,7 +1129,9 @@ void FillDefaults(TrainConfig* config) {
   }
   OptimizerConfig& optimizer = *config->mutable_optimizer();
   if (!optimizer.has_lr()) {
-    const bool preference = objective.has_dpo() || objective.has_sparsepo();
+    const bool preference = objective.has_dpo() || objective.has_sparsepo() ||
+                            objective.has_kto() || objective.has_cpo() ||
+                            objective.has_orpo();
     optimizer.set_lr(preference ? kDefaultPreferenceLr
                                 : kDefaultDemonstrationLr);
   }

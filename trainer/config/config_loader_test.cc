@@ -86,7 +86,7 @@ TEST(LoadTrainConfigTest, FullConfigLoadsAndRoundTrips) {
   EXPECT_EQ(config->data().truncation_mode(), KEEP_START);
   EXPECT_TRUE(config->data().shuffle());
   EXPECT_FLOAT_EQ(config->objective().dpo().beta(), 0.25f);
-  EXPECT_EQ(config->objective().dpo().loss_type(), DpoConfig::ROBUST);
+  EXPECT_EQ(config->objective().dpo().loss_type(0), DpoConfig::ROBUST);
   EXPECT_FLOAT_EQ(config->objective().dpo().label_smoothing(), 0.1f);
   EXPECT_FLOAT_EQ(config->optimizer().lr(), 5e-7f);
   EXPECT_FLOAT_EQ(config->optimizer().beta1(), 0.8f);
@@ -130,7 +130,7 @@ TEST(LoadTrainConfigTest, FillsDefaults) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->model().hf_path(), dir + "/models/tiny");
   EXPECT_FLOAT_EQ(config->objective().dpo().beta(), 0.1f);
-  EXPECT_EQ(config->objective().dpo().loss_type(), DpoConfig::SIGMOID);
+  EXPECT_EQ(config->objective().dpo().loss_type(0), DpoConfig::SIGMOID);
   EXPECT_FLOAT_EQ(config->optimizer().beta1(), 0.9f);
   EXPECT_FLOAT_EQ(config->optimizer().beta2(), 0.999f);
   EXPECT_FLOAT_EQ(config->optimizer().eps(), 1e-8f);
@@ -360,8 +360,9 @@ TEST(LoadTrainConfigTest, UnknownFieldHasPositionAndListsFields) {
               StartsWith(path + ":3:5: "));  // at "betta"
   EXPECT_THAT(Message(config.status()),
               HasSubstr("\"prefopt.DpoConfig\" has no field named \"betta\""));
-  EXPECT_THAT(Message(config.status()),
-              HasSubstr("Its fields: beta, loss_type, label_smoothing."));
+  EXPECT_THAT(
+      Message(config.status()),
+      HasSubstr("Its fields: beta, loss_type, label_smoothing, loss_weights,"));
 }
 
 TEST(LoadTrainConfigTest, UnknownEnumValueHasPosition) {
@@ -378,7 +379,7 @@ TEST(LoadTrainConfigTest, UnknownEnumNumbersNameTheFieldAndTheValues) {
   // Proto3 text format takes any number for an enum; a config must not.
   const std::string path = WriteTempFile("enum_number.textproto",
                                          "objective {\n"
-                                         "  dpo { loss_type: 7 }\n"
+                                         "  dpo { loss_type: 99 }\n"
                                          "}\n"
                                          "schedule { kind: 12 }\n");
   absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
@@ -386,9 +387,11 @@ TEST(LoadTrainConfigTest, UnknownEnumNumbersNameTheFieldAndTheValues) {
   EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Message(config.status()),
             absl::StrCat(path,
-                         ":2:9: field 'objective.dpo.loss_type' is 7, which "
-                         "is no value of prefopt.DpoConfig.LossType (one of: "
-                         "SIGMOID, IPO, HINGE, ROBUST)\n",
+                         ":2:9: field 'objective.dpo.loss_type[0]' is 99, "
+                         "which is no value of prefopt.DpoConfig.LossType "
+                         "(one of: SIGMOID, IPO, HINGE, ROBUST, EXO_PAIR, "
+                         "NCA_PAIR, BCO_PAIR, SPPO_HARD, AOT, AOT_UNPAIRED, "
+                         "APO_ZERO, APO_DOWN, DISCOPOP, SFT, SIGMOID_NORM)\n",
                          path,
                          ":4:12: field 'schedule.kind' is 12, which is no "
                          "value of prefopt.ScheduleConfig.Kind (one of: "
@@ -411,13 +414,14 @@ TEST(LoadTrainConfigTest, UnknownEnumNumberInARepeatedFieldIsRefused) {
 TEST(LoadTrainConfigTest, UnknownEnumNumberInAnOverrideIsRefused) {
   const std::string path = WriteTempFile("enum_ok.textproto", kValidScratch);
   absl::StatusOr<TrainConfig> config =
-      LoadTrainConfig(path, {"objective.dpo={loss_type: 7}"});
+      LoadTrainConfig(path, {"objective.dpo={loss_type: 99}"});
   ASSERT_FALSE(config.ok());
   EXPECT_EQ(Message(config.status()),
-            "--set=objective.dpo={loss_type: 7}: objective.dpo value at 1:2: "
-            "field 'objective.dpo.loss_type' is 7, which is no value of "
-            "prefopt.DpoConfig.LossType (one of: SIGMOID, IPO, HINGE, "
-            "ROBUST)");
+            "--set=objective.dpo={loss_type: 99}: objective.dpo value at 1:2: "
+            "field 'objective.dpo.loss_type[0]' is 99, which is no value of "
+            "prefopt.DpoConfig.LossType (one of: SIGMOID, IPO, HINGE, ROBUST, "
+            "EXO_PAIR, NCA_PAIR, BCO_PAIR, SPPO_HARD, AOT, AOT_UNPAIRED, "
+            "APO_ZERO, APO_DOWN, DISCOPOP, SFT, SIGMOID_NORM)");
 }
 
 TEST(LoadTrainConfigTest, NulByteInAStringIsRefused) {
@@ -435,11 +439,12 @@ TEST(LoadTrainConfigTest, NulByteInAStringIsRefused) {
 
 TEST(ValidationTest, UnknownEnumNumberOfAConfigBuiltInCode) {
   TrainConfig config;
-  config.mutable_objective()->mutable_dpo()->set_loss_type(
-      static_cast<DpoConfig::LossType>(7));
-  EXPECT_THAT(Message(ValidateTrainConfig(config)),
-              HasSubstr("objective.dpo.loss_type: is 7, which is no value of "
-                        "prefopt.DpoConfig.LossType"));
+  config.mutable_objective()->mutable_dpo()->add_loss_type(
+      static_cast<DpoConfig::LossType>(99));
+  EXPECT_THAT(
+      Message(ValidateTrainConfig(config)),
+      HasSubstr("objective.dpo.loss_type[0]: is 99, which is no value of "
+                "prefopt.DpoConfig.LossType"));
 }
 
 TEST(LoadTrainConfigTest, HugeUnknownFieldNameIsNotEchoedWhole) {
@@ -638,7 +643,7 @@ TEST(ValidationTest, ObjectiveMustBeSet) {
   EXPECT_THAT(Message(config.status()),
               HasSubstr(path + ": objective: must set one of the oneof "
                                "objective.kind (dpo, sft, prior, "
-                               "implicit_sft, sparsepo)"));
+                               "implicit_sft, sparsepo, kto, cpo, orpo)"));
 }
 
 TEST(ValidationTest, ModelMustBeDescribed) {
@@ -731,7 +736,7 @@ TEST(ApplyOverrideTest, SelectsOneofMember) {
   EXPECT_EQ(config.objective().kind_case(), ObjectiveConfig::kDpo);
   EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.2f);
   ASSERT_TRUE(ApplyOverride("objective.dpo.loss_type=IPO", &config).ok());
-  EXPECT_EQ(config.objective().dpo().loss_type(), DpoConfig::IPO);
+  EXPECT_EQ(config.objective().dpo().loss_type(0), DpoConfig::IPO);
   EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.2f);
 }
 
@@ -742,7 +747,7 @@ TEST(ApplyOverrideTest, MessageValueInBracesReplacesTheMessage) {
       ApplyOverride("objective.dpo={beta: 0.3 loss_type: HINGE}", &config)
           .ok());
   EXPECT_FLOAT_EQ(config.objective().dpo().beta(), 0.3f);
-  EXPECT_EQ(config.objective().dpo().loss_type(), DpoConfig::HINGE);
+  EXPECT_EQ(config.objective().dpo().loss_type(0), DpoConfig::HINGE);
   EXPECT_EQ(config.objective().dpo().label_smoothing(), 0.0f);
 
   TrainConfig empty;
@@ -774,7 +779,10 @@ TEST(ApplyOverrideTest, UnknownFieldListsTheMessagesFields) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Message(status),
             "--set=objective.dpo.betta=0.2: no field \"betta\" in "
-            "prefopt.DpoConfig (fields: beta, loss_type, label_smoothing)");
+            "prefopt.DpoConfig (fields: beta, loss_type, label_smoothing, "
+            "loss_weights, f_divergence_type, f_alpha_divergence_coef, "
+            "use_weighting, ld_alpha, discopop_tau, sync_ref_model, "
+            "ref_model_mixup_alpha, ref_model_sync_steps)");
 }
 
 struct BadOverride {
@@ -833,7 +841,10 @@ INSTANTIATE_TEST_SUITE_P(
                     "\"x\""},
         BadOverride{"objective.dpo=0.2",
                     "objective.dpo is a message prefopt.DpoConfig; set one of "
-                    "its fields (beta, loss_type, label_smoothing) as "
+                    "its fields (beta, loss_type, label_smoothing, "
+                    "loss_weights, f_divergence_type, f_alpha_divergence_coef, "
+                    "use_weighting, ld_alpha, discopop_tau, sync_ref_model, "
+                    "ref_model_mixup_alpha, ref_model_sync_steps) as "
                     "objective.dpo.FIELD=VALUE, or give the whole message in "
                     "braces, e.g. objective.dpo={}"},
         BadOverride{"objective.dpo={betta: 1}",

@@ -102,10 +102,15 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       return absl::InvalidArgumentError(
           "objective.sparsepo: not a coefficient-form objective; the loop runs "
           "it with SparsePoStep");
+    case ObjectiveConfig::kKto:
+    case ObjectiveConfig::kCpo:
+    case ObjectiveConfig::kOrpo:
+      return absl::UnimplementedError(
+          "objective: kto, cpo and orpo are being built (issue 14)");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
-          "implicit_sft, sparsepo)");
+          "implicit_sft, sparsepo, kto, cpo, orpo)");
   }
 }
 

@@ -19,8 +19,17 @@ absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "objective.dpo.label_smoothing: must be in [0, 0.5), got ", eps));
   }
-  return std::unique_ptr<DpoObjective>(
-      new DpoObjective(config.beta(), config.loss_type(), eps, vocab_size));
+  if (config.loss_type_size() > 1 ||
+      (config.loss_type_size() == 1 &&
+       config.loss_type(0) > DpoConfig::ROBUST)) {
+    return absl::UnimplementedError(
+        "objective.dpo.loss_type: only one of SIGMOID, IPO, HINGE, ROBUST so "
+        "far (issue 14)");
+  }
+  return std::unique_ptr<DpoObjective>(new DpoObjective(
+      config.beta(),
+      config.loss_type_size() == 0 ? DpoConfig::SIGMOID : config.loss_type(0),
+      eps, vocab_size));
 }
 
 DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,

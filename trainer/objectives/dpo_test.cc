@@ -21,7 +21,7 @@ class DpoGradient : public ::testing::TestWithParam<TypeCase> {};
 TEST_P(DpoGradient, MatchesFiniteDifferences) {
   DpoConfig config;
   config.set_beta(0.3f);
-  config.set_loss_type(GetParam().type);
+  config.add_loss_type(GetParam().type);
   config.set_label_smoothing(GetParam().eps);
   auto dpo = DpoObjective::Create(config, 10);
   ASSERT_TRUE(dpo.ok()) << dpo.status();
@@ -76,7 +76,7 @@ TEST(Dpo, ClosedFormsAndMetrics) {
   EXPECT_EQ(m["ranking/accuracy_len_norm"], 1.0);
 
   // Hinge is flat beyond the margin: u ≥ 1 gives zero loss and gradient.
-  config.set_loss_type(DpoConfig::HINGE);
+  config.add_loss_type(DpoConfig::HINGE);
   auto hinge = DpoObjective::Create(config, 4);
   ASSERT_TRUE(hinge.ok());
   const DpoPairGradient flat =
@@ -90,7 +90,7 @@ TEST(Dpo, ClosedFormsAndMetrics) {
 TEST(Dpo, IpoMetricsUseSummedLogProbs) {
   DpoConfig config;
   config.set_beta(0.5f);
-  config.set_loss_type(DpoConfig::IPO);
+  config.add_loss_type(DpoConfig::IPO);
   auto ipo = DpoObjective::Create(config, 4);
   ASSERT_TRUE(ipo.ok());
   // Log-ratios 1 over 2 chosen tokens and −1 over 4 rejected tokens:
@@ -161,7 +161,7 @@ TEST(Dpo, RejectsBadConfig) {
   config.set_beta(0.0f);
   EXPECT_FALSE(DpoObjective::Create(config, 4).ok());
   config.set_beta(0.1f);
-  config.set_loss_type(DpoConfig::ROBUST);
+  config.add_loss_type(DpoConfig::ROBUST);
   config.set_label_smoothing(0.5f);
   auto s = DpoObjective::Create(config, 4);
   ASSERT_FALSE(s.ok());
