@@ -31,6 +31,9 @@ struct MicroBatchView {
   const std::vector<SequenceScores>* scores;  // per sequence
   const std::vector<float>* row_logp;         // per response token
   const ReferenceValues* reference;           // null for kNone
+  // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
+  // weights); null unless the objective's needs_row_log_sum_sq_probs().
+  const std::vector<float>* row_log_sum_sq_probs = nullptr;
 };
 
 class Objective {
@@ -42,6 +45,8 @@ class Objective {
   // Whether the reference model scores the example with its context (PRIOR's
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
+  // Whether Coefficients reads MicroBatchView::row_log_sum_sq_probs.
+  virtual bool needs_row_log_sum_sq_probs() const { return false; }
 
   // The global-batch denominator of the loss (docs/objectives.md §0): the
   // number of pairs, of sequences, or of response tokens in `batch`.
