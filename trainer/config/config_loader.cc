@@ -971,6 +971,26 @@ void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
                      "batch.micro_batch_size (",
                      micro, "), got ", global));
   }
+  // KTO's KL completions are the other completions of the same global batch
+  // of the data in file order (docs/objectives.md §8), as TRL's KTOTrainer
+  // requires sequential sampling and more than one example per batch.
+  if (config.objective().has_kto() &&
+      config.objective().kto().loss_type() == KtoConfig::KTO) {
+    if (config.data().shuffle()) {
+      problems->push_back(
+          "data.shuffle: must be false for objective.kto with loss_type KTO "
+          "(its default): each example's KL completion is the completion of "
+          "its neighbour in the same global batch of the data in file order, "
+          "as TRL's KTOTrainer requires sequential sampling");
+    }
+    if (global == 1) {
+      problems->push_back(
+          "batch.global_batch_size: must be >= 2 for objective.kto with "
+          "loss_type KTO, got 1 (with one example per batch its KL "
+          "completion is its own completion, and the KL estimate equals the "
+          "reward)");
+    }
+  }
 }
 
 void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
@@ -1164,7 +1184,9 @@ void FillDefaults(TrainConfig* config) {
   }
   DataConfig& data = *config->mutable_data();
   if (data.max_length() == 0) data.set_max_length(kDefaultMaxLength);
-  if (!data.has_shuffle()) data.set_shuffle(true);
+  // TRL's KTOConfig samples in order ("sequential"): KTO's KL completions are
+  // paired within consecutive global batches (docs/objectives.md §8).
+  if (!data.has_shuffle()) data.set_shuffle(!objective.has_kto());
 }
 
 absl::Status ValidateTrainConfig(const TrainConfig& config) {
@@ -1218,6 +1240,13 @@ absl::Status CheckBatchForWorld(const TrainConfig& config, int world_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "batch.micro_batch_size (", micro, ") and batch.global_batch_size (",
         global, ") must both be >= 1"));
+  }
+  if (global == 1 && config.objective().has_kto() &&
+      config.objective().kto().loss_type() == KtoConfig::KTO) {
+    return absl::InvalidArgumentError(
+        "batch.global_batch_size: 1 (micro_batch_size * world size), but "
+        "objective.kto with loss_type KTO needs >= 2 examples per global "
+        "batch to estimate its KL term from other examples' completions");
   }
   const int64_t per_pass = micro * world_size;
   if (global % per_pass == 0) return absl::OkStatus();

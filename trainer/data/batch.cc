@@ -5,7 +5,7 @@
 namespace prefopt::data {
 
 void BuildBatch(const std::vector<Example>& examples, const int* indices, int n,
-                bool include_context, Batch* out) {
+                bool include_context, Batch* out, int only_response) {
   out->packed.Clear();
   out->segments.clear();
   std::vector<int32_t>& prefix = out->prefix_scratch;
@@ -17,6 +17,7 @@ void BuildBatch(const std::vector<Example>& examples, const int* indices, int n,
     }
     prefix.insert(prefix.end(), ex.prompt.begin(), ex.prompt.end());
     for (int r = 0; r < ex.num_responses(); ++r) {
+      if (only_response >= 0 && r != only_response) continue;
       const std::vector<int32_t>& response = ex.response(r);
       const int start = out->packed.rows();
       out->packed.AddSequence(prefix, response);

@@ -24,8 +24,10 @@ struct Batch {
 
 // Rebuilds `out` (reusing its memory) from examples[indices[0..n)]. With
 // include_context false the examples' context is left out (PRIOR's reference).
+// With only_response >= 0 each example gives only that response (KTO scores
+// its completions and its KL completions in separate passes).
 void BuildBatch(const std::vector<Example>& examples, const int* indices, int n,
-                bool include_context, Batch* out);
+                bool include_context, Batch* out, int only_response = -1);
 
 // Tokens of the longest sequence over all examples (with context).
 int MaxSequenceLength(const std::vector<Example>& examples);

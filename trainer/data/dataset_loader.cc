@@ -298,6 +298,9 @@ absl::StatusOr<Dataset> LoadDataset(const std::vector<std::string>& files,
         all.dropped_too_long,
         " dropped because the prompt leaves no room within max_length)"));
   }
+  if (kind == ExampleKind::kUnpaired) {
+    AttachKlCompletions(options.kl_chunk, options.truncation, &all.examples);
+  }
   return all;
 }
 

@@ -40,10 +40,14 @@ struct DataOptions {
   // Where token caches go (created if missing). Empty: next to each data
   // file (TokenCachePath).
   std::string cache_dir;
+  // Unpaired data: the run length within which KL completions are paired
+  // (AttachKlCompletions; KTO's global batch); 0: no KL completions.
+  int kl_chunk = 0;
 };
 
-// Reads every file in order into one Dataset of `kind`. Errors name the file,
-// the 1-based line and the field. Notices (cache used, written, stale or
+// Reads every file in order into one Dataset of `kind` (unpaired examples
+// finished by AttachKlCompletions over all files together). Errors name the
+// file, the 1-based line and the field. Notices (cache used, written, stale or
 // damaged and rebuilt) go to `log` when it is not null. An unusable cache is
 // never an error: the file is tokenized again and the cache rewritten; a
 // cache that cannot be written is reported and skipped.

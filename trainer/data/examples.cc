@@ -1,5 +1,6 @@
 #include "trainer/data/examples.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <utility>
@@ -72,36 +73,102 @@ absl::Status ParsePreferenceFraction(const nlohmann::json& obj,
   return absl::OkStatus();
 }
 
+namespace {
+
+// The shape a field marks a line as, for messages.
+const char* ShapeOfField(const std::string& field) {
+  if (field == "chosen" || field == "rejected") return "preference pairs";
+  if (field == "label") return "unpaired examples (KTO)";
+  if (field == "context") return "demonstrations with a context (PRIOR)";
+  return "demonstrations";
+}
+
+std::string KindDescription(ExampleKind kind, bool ids) {
+  const char* suffix = ids ? "_ids" : "";
+  switch (kind) {
+    case ExampleKind::kPreference:
+      return absl::StrCat("preference pairs {\"prompt", suffix, "\", \"chosen",
+                          suffix, "\", \"rejected", suffix, "\"}");
+    case ExampleKind::kDemonstration:
+      return absl::StrCat("demonstrations {\"prompt", suffix,
+                          "\", \"completion", suffix, "\"}");
+    case ExampleKind::kUnpaired:
+      return absl::StrCat("unpaired examples {\"prompt", suffix,
+                          "\", \"completion", suffix, "\", \"label\"}");
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::Status CheckShapeFields(const nlohmann::json& obj, ExampleKind kind,
+                              bool ids, const std::string& where) {
+  std::vector<std::string> others;
+  switch (kind) {
+    case ExampleKind::kPreference:
+      others = {"label", "completion", "context"};
+      break;
+    case ExampleKind::kDemonstration:
+      others = {"label", "chosen", "rejected"};
+      break;
+    case ExampleKind::kUnpaired:
+      others = {"chosen", "rejected", "context"};
+      break;
+  }
+  for (const std::string& other : others) {
+    const std::string field =
+        ids && other != "label" ? absl::StrCat(other, "_ids") : other;
+    if (obj.contains(field)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": field \"", field, "\" belongs to ", ShapeOfField(other),
+          ", but the objective trains on ", KindDescription(kind, ids)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseLabel(const nlohmann::json& obj, const std::string& where,
+                        bool* label) {
+  auto it = obj.find("label");
+  if (it == obj.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where,
+        ": missing field \"label\" (unpaired examples, KTO's data, are "
+        "{\"prompt\", \"completion\", \"label\"} with label true for a "
+        "desirable completion and false for an undesirable one)"));
+  }
+  if (!it->is_boolean()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": field \"label\" must be true or false, got ", it->dump()));
+  }
+  *label = it->get<bool>();
+  return absl::OkStatus();
+}
+
 absl::Status ParseTokenIdsExample(const nlohmann::json& obj, ExampleKind kind,
                                   int vocab_size, const std::string& where,
                                   Example* ex) {
-  const bool pairs = kind == ExampleKind::kPreference;
-  // A field of the other shape means the file does not fit the objective.
-  static constexpr const char* kDemoOnly[] = {"completion_ids", "context_ids"};
-  static constexpr const char* kPairOnly[] = {"chosen_ids", "rejected_ids"};
-  for (const char* other : pairs ? kDemoOnly : kPairOnly) {
-    if (obj.contains(other)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": field \"", other, "\" belongs to ",
-                       pairs ? "demonstrations" : "preference pairs",
-                       ", but the objective trains on ",
-                       pairs ? "preference pairs" : "demonstrations"));
-    }
+  absl::Status s = CheckShapeFields(obj, kind, /*ids=*/true, where);
+  if (!s.ok()) return s;
+  s = ReadIds(obj, "prompt_ids", vocab_size, where, &ex->prompt);
+  if (!s.ok()) return s;
+  switch (kind) {
+    case ExampleKind::kPreference:
+      s = ReadIds(obj, "chosen_ids", vocab_size, where, &ex->chosen);
+      if (!s.ok()) return s;
+      s = ReadIds(obj, "rejected_ids", vocab_size, where, &ex->rejected);
+      if (!s.ok()) return s;
+      return ParsePreferenceFraction(obj, where, &ex->preference_fraction);
+    case ExampleKind::kDemonstration:
+      s = ReadIds(obj, "completion_ids", vocab_size, where, &ex->chosen);
+      if (!s.ok()) return s;
+      return ReadIds(obj, "context_ids", vocab_size, where, &ex->context,
+                     /*optional=*/true);
+    case ExampleKind::kUnpaired:
+      s = ReadIds(obj, "completion_ids", vocab_size, where, &ex->chosen);
+      if (!s.ok()) return s;
+      return ParseLabel(obj, where, &ex->label);
   }
-  absl::Status s = ReadIds(obj, "prompt_ids", vocab_size, where, &ex->prompt);
-  if (!s.ok()) return s;
-  if (pairs) {
-    s = ReadIds(obj, "chosen_ids", vocab_size, where, &ex->chosen);
-    if (!s.ok()) return s;
-    s = ReadIds(obj, "rejected_ids", vocab_size, where, &ex->rejected);
-    if (!s.ok()) return s;
-    return ParsePreferenceFraction(obj, where, &ex->preference_fraction);
-  }
-  s = ReadIds(obj, "completion_ids", vocab_size, where, &ex->chosen);
-  if (!s.ok()) return s;
-  s = ReadIds(obj, "context_ids", vocab_size, where, &ex->context,
-              /*optional=*/true);
-  if (!s.ok()) return s;
   return absl::OkStatus();
 }
 
@@ -110,13 +177,39 @@ void AddExample(Example example, const TruncationOptions& truncation,
   if (!example.rejected.empty() && example.chosen == example.rejected) {
     ++dataset->identical_responses;
   }
+  // An unpaired completion is cut later (AttachKlCompletions); it still
+  // counts as truncated here when it will be.
+  const bool unpaired = dataset->kind == ExampleKind::kUnpaired;
+  std::vector<int32_t> whole_completion;
+  if (unpaired) whole_completion = example.chosen;
   bool was_truncated = false;
   if (!TruncateExample(truncation, &example, &was_truncated)) {
     ++dataset->dropped_too_long;
     return;
   }
   if (was_truncated) ++dataset->truncated;
+  if (unpaired) example.chosen = std::move(whole_completion);
   dataset->examples.push_back(std::move(example));
+}
+
+void AttachKlCompletions(int kl_chunk, const TruncationOptions& truncation,
+                         std::vector<Example>* examples) {
+  std::vector<Example>& ex = *examples;
+  const size_t n = ex.size();
+  if (kl_chunk > 0) {
+    for (size_t begin = 0; begin < n; begin += kl_chunk) {
+      const size_t end = std::min(n, begin + static_cast<size_t>(kl_chunk));
+      ex[begin].rejected = ex[end - 1].chosen;
+      for (size_t i = begin + 1; i < end; ++i)
+        ex[i].rejected = ex[i - 1].chosen;
+    }
+  }
+  for (Example& e : ex) {
+    const size_t room = static_cast<size_t>(truncation.max_length) -
+                        e.context.size() - e.prompt.size();
+    if (e.chosen.size() > room) e.chosen.resize(room);
+    if (e.rejected.size() > room) e.rejected.resize(room);
+  }
 }
 
 bool TruncateExample(const TruncationOptions& t, Example* example,
@@ -188,6 +281,9 @@ absl::StatusOr<Dataset> ReadExamplesJsonl(const std::vector<std::string>& files,
     if (in.bad()) {
       return absl::DataLossError(absl::StrCat(file, ": read error"));
     }
+  }
+  if (kind == ExampleKind::kUnpaired) {
+    AttachKlCompletions(/*kl_chunk=*/0, truncation, &ds.examples);
   }
   if (ds.examples.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -95,25 +95,6 @@ constexpr const char* kIdsFields[] = {"prompt_ids", "chosen_ids",
 constexpr const char* kTextFields[] = {"prompt", "chosen", "rejected",
                                        "completion", "context"};
 
-// Fields that only the other example kind has.
-absl::Status CheckKindFields(const Json& line, ExampleKind kind,
-                             const std::string& where) {
-  const bool pairs = kind == ExampleKind::kPreference;
-  static constexpr const char* kDemoOnly[] = {"completion", "context"};
-  static constexpr const char* kPairOnly[] = {"chosen", "rejected"};
-  for (const char* other : pairs ? kDemoOnly : kPairOnly) {
-    if (line.contains(other)) {
-      return FieldError(
-          where, other,
-          absl::StrCat("belongs to ",
-                       pairs ? "demonstrations" : "preference pairs",
-                       ", but the objective trains on ",
-                       pairs ? "preference pairs" : "demonstrations"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // The string field `field` of a text line; nullptr when `optional` and absent
 // or null.
 absl::StatusOr<const std::string*> TextField(const Json& line,
@@ -319,8 +300,8 @@ absl::StatusOr<LineFormat> DetectLineFormat(const Json& line,
     return absl::InvalidArgumentError(absl::StrCat(
         where,
         ": missing field \"prompt\" (expected TRL's {\"prompt\", \"chosen\", "
-        "\"rejected\"} or {\"prompt\", \"completion\"}, or their *_ids "
-        "forms)"));
+        "\"rejected\"}, {\"prompt\", \"completion\"} or {\"prompt\", "
+        "\"completion\", \"label\"}, or their *_ids forms)"));
   }
   if (prompt->is_string()) return LineFormat::kText;
   if (prompt->is_array()) return LineFormat::kConversational;
@@ -422,7 +403,7 @@ absl::Status TextEncoder::Tokenize(std::string_view text,
 absl::Status TextEncoder::Encode(const Json& line, LineFormat format,
                                  ExampleKind kind, const std::string& where,
                                  Example* example) const {
-  absl::Status s = CheckKindFields(line, kind, where);
+  absl::Status s = CheckShapeFields(line, kind, /*ids=*/false, where);
   if (!s.ok()) return s;
   const bool conversational = format == LineFormat::kConversational;
   if (conversational && !chat_template_.has_value()) {
@@ -441,6 +422,10 @@ absl::Status TextEncoder::Encode(const Json& line, LineFormat format,
     s = ParsePreferenceFraction(line, where, &example->preference_fraction);
     if (!s.ok()) return s;
   }
+  if (kind == ExampleKind::kUnpaired) {
+    s = ParseLabel(line, where, &example->label);
+    if (!s.ok()) return s;
+  }
   const std::vector<const char*> fields =
       pairs ? std::vector<const char*>{"chosen", "rejected"}
             : std::vector<const char*>{"completion"};
@@ -451,7 +436,7 @@ absl::Status TextEncoder::Encode(const Json& line, LineFormat format,
           : TokenizeText(line, fields, where, &prompt_alone, &joint);
   if (!s.ok()) return s;
   s = SplitResponses(prompt_alone, joint, fields, where, example);
-  if (!s.ok() || pairs) return s;
+  if (!s.ok() || kind != ExampleKind::kDemonstration) return s;
   return MoveBosToContext(line, where, example);
 }
 

@@ -4,8 +4,10 @@
 // What is matched, exactly (TRL 1.16, transformers 5.24): DPOTrainer's and
 // SFTTrainer's _prepare_dataset for a decoder-only model.
 //
-// Preference pairs {"prompt", "chosen", "rejected"} and demonstrations
-// {"prompt", "completion"} are split the same way. For text data, the EOS
+// Preference pairs {"prompt", "chosen", "rejected"}, demonstrations
+// {"prompt", "completion"} and unpaired examples {"prompt", "completion",
+// "label"} (KTOTrainer's _prepare_dataset, which tokenizes as DPO does) are
+// split the same way. For text data, the EOS
 // text is appended to each response unless it already ends with it; then the
 // prompt is tokenized alone and prompt + response in one piece, both with the
 // tokenizer's special tokens (a BOS where its template adds one, as Llama 3's

@@ -42,7 +42,7 @@ static_assert(sizeof(Header) == 56, "the header has no padding");
 struct RecordHeader {
   uint64_t line;
   float preference_fraction;
-  uint32_t reserved;
+  uint32_t label;     // unpaired examples' label, 0 or 1
   uint32_t sizes[4];  // context, prompt, chosen, rejected
 };
 static_assert(sizeof(RecordHeader) == 32, "the record header has no padding");
@@ -199,6 +199,7 @@ absl::Status WriteTokenCache(const std::string& path, uint64_t key,
     RecordHeader record = {};
     record.line = SourceLine(ex.source);
     record.preference_fraction = ex.preference_fraction;
+    record.label = ex.label ? 1 : 0;
     for (int i = 0; i < 4; ++i) {
       record.sizes[i] = static_cast<uint32_t>(parts[i]->size());
     }
@@ -266,6 +267,7 @@ absl::StatusOr<Dataset> ReadTokenCache(const std::string& path, uint64_t key,
       return Damaged(path, "truncated");
     }
     ex.preference_fraction = record.preference_fraction;
+    ex.label = record.label != 0;
     ex.source = absl::StrCat(data_file, ":", record.line);
   }
   const uint32_t computed = reader.crc();

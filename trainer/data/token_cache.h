@@ -13,8 +13,8 @@
 //   char[8] "PFTOKC01"; u64 key; u32 example kind; u32 0;
 //   u64 examples, dropped_too_long, truncated, identical_responses;
 //   per example: u64 line number in the data file; f32 preference_fraction;
-//     u32 0; u32 sizes of context, prompt, chosen, rejected; then their i32
-//     ids;
+//     u32 label (unpaired examples, else 0); u32 sizes of context, prompt,
+//     chosen, rejected; then their i32 ids;
 //   u32 CRC-32C of every byte before it.
 #ifndef PREFOPT_TRAINER_DATA_TOKEN_CACHE_H_
 #define PREFOPT_TRAINER_DATA_TOKEN_CACHE_H_
@@ -51,7 +51,8 @@ std::string TokenCachePath(const std::string& data_file,
                            const std::string& cache_dir);
 
 // Writes `dataset`, the examples of one data file whose sources are
-// "<file>:<line>", to `path` atomically. The folder must exist.
+// "<file>:<line>" (unpaired ones with their whole completions, as AddExample
+// leaves them), to `path` atomically. The folder must exist.
 absl::Status WriteTokenCache(const std::string& path, uint64_t key,
                              const Dataset& dataset);
 

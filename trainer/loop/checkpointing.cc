@@ -233,6 +233,9 @@ uint64_t DataFingerprint(const data::Dataset& dataset) {
       fp.Update(ids->data(), ids->size() * sizeof(int32_t));
     }
     fp.UpdateValue(ex.preference_fraction);
+    // Only unpaired examples have labels; hashing only the set ones keeps the
+    // fingerprints of other data, and so their checkpoints, as before.
+    if (ex.label) fp.UpdateValue(ex.label);
   }
   return fp.Value();
 }

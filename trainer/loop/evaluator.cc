@@ -69,7 +69,7 @@ absl::StatusOr<io::ModelSpec> SpecOf(const std::string& dir,
 
 absl::StatusOr<data::Dataset> ReadEvalData(
     const TrainConfig& config, const objectives::Objective& objective,
-    int vocab_size) {
+    int vocab_size, int world_size) {
   // The held-out files take the training data's path: text or token ids,
   // the same tokenizer, template, truncation and cache.
   const DataConfig& dc = config.data();
@@ -83,6 +83,7 @@ absl::StatusOr<data::Dataset> ReadEvalData(
   options.chat_template = dc.chat_template();
   options.cache_dir = dc.cache_dir().empty() ? config.run_dir() + "/data_cache"
                                              : dc.cache_dir();
+  options.kl_chunk = KlChunk(config, &objective, world_size);
   return data::LoadDataset({dc.eval_files().begin(), dc.eval_files().end()},
                            objective.example_kind(), options, nullptr);
 }
@@ -127,25 +128,60 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   // are not used.
   const double denominator = objective_->Denominator(data_.examples, all);
   const bool pairs = data_.kind == data::ExampleKind::kPreference;
-  objectives::MetricSums sums, common;
+  const bool demonstrations = data_.kind == data::ExampleKind::kDemonstration;
+  // The objective's pre-pass (KTO's KL estimate) covers the whole set.
+  objectives::MetricSums prepass;
+  const bool has_prepass = objective_->has_prepass();
   std::vector<int> micro;
-  for (size_t begin = 0; begin < local_.size(); begin += micro_batch_) {
+  for (size_t begin = 0; has_prepass && begin < local_.size();
+       begin += micro_batch_) {
     const size_t n = std::min<size_t>(micro_batch_, local_.size() - begin);
     micro.assign(local_.begin() + begin, local_.begin() + begin + n);
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
-                     /*include_context=*/true, &batch_);
+                     /*include_context=*/true, &batch_, /*only_response=*/1);
     const float* hidden = policy.Forward(batch_.packed);
     const std::vector<objectives::SequenceScores> scores =
         output.Forward(hidden, policy.output_embedding(),
                        batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
-                                          &references_};
+    objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
+                                    &references_};
+    view.dataset = &data_.examples;
+    objective_->AddPrepass(view, &prepass);
+  }
+  if (has_prepass && comm_ != nullptr && comm_->world_size() > 1) {
+    std::vector<double> flat = prepass.Flattened();
+    const absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
+    if (!s.ok()) return s;
+    prepass.SetFlattened(flat);
+  }
+  objectives::MetricSums sums, common;
+  for (size_t begin = 0; begin < local_.size(); begin += micro_batch_) {
+    const size_t n = std::min<size_t>(micro_batch_, local_.size() - begin);
+    micro.assign(local_.begin() + begin, local_.begin() + begin + n);
+    data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
+                     /*include_context=*/true, &batch_, has_prepass ? 0 : -1);
+    const float* hidden = policy.Forward(batch_.packed);
+    const std::vector<objectives::SequenceScores> scores =
+        output.Forward(hidden, policy.output_embedding(),
+                       batch_.packed.tokens.data(), batch_.segments);
+    objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
+                                    &references_};
+    view.dataset = &data_.examples;
+    view.prepass = has_prepass ? &prepass : nullptr;
     objective_->Coefficients(view, denominator, &coef_, &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);
     for (size_t i = 0; i < n; ++i) {
       const objectives::SequenceScores& s = scores[pairs ? 2 * i : i];
-      common.Add("greedy/exact_match", s.correct == s.tokens ? 1.0 : 0.0);
-      if (!pairs) {
+      // The reference response: the chosen one, the completion, or a
+      // desirable (label true) unpaired completion. Undesirable ones add a
+      // count of 0, so that every rank has the metric.
+      const double counted = data_.kind != data::ExampleKind::kUnpaired ||
+                                     data_.examples[micro[i]].label
+                                 ? 1.0
+                                 : 0.0;
+      common.Add("greedy/exact_match",
+                 counted * (s.correct == s.tokens ? 1.0 : 0.0), counted);
+      if (demonstrations) {
         common.Add("sft/loss", -s.logp, s.tokens);
         common.Add("mean_token_accuracy", s.correct, s.tokens);
       }
@@ -163,8 +199,11 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     common.SetFlattened(std::vector<double>(flat.begin() + own, flat.end()));
   }
   std::map<std::string, double> metrics = sums.Means();
+  objective_->FinishMetrics(sums, &metrics);
   // The objective's own value of a common metric wins (they agree).
-  for (const auto& [name, value] : common.Means()) metrics.emplace(name, value);
+  for (const auto& [name, value] : common.Means()) {
+    if (common.Count(name) > 0) metrics.emplace(name, value);
+  }
   return metrics;
 }
 
@@ -246,7 +285,8 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
   const int vocab = static_cast<int>(spec->vocab_size);
   auto objective = CreateObjective(config.objective(), vocab);
   if (!objective.ok()) return objective.status();
-  auto data = ReadEvalData(config, **objective, vocab);
+  auto data = ReadEvalData(config, **objective, vocab,
+                           comm == nullptr ? 1 : comm->world_size());
   if (!data.ok()) return data.status();
   if (rank0) {
     log << "eval data: " << data->examples.size() << " examples";
@@ -261,8 +301,13 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
   const int mb = config.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(data->examples);
+  // Pairs give two sequences per example, and so does KTO's reference pass
+  // (completion and KL completion).
   cap.max_seqs =
-      ((*objective)->example_kind() == data::ExampleKind::kPreference ? 2 : 1) *
+      ((*objective)->example_kind() == data::ExampleKind::kPreference ||
+               (*objective)->has_prepass()
+           ? 2
+           : 1) *
       mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   auto policy = LoadFrozen(policy_dir, *spec, &backend, cap, config);

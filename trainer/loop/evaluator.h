@@ -38,11 +38,12 @@
 
 namespace prefopt::loop {
 
-// Reads data.eval_files in the shape `objective` trains on, truncated as the
-// training data is.
+// Reads data.eval_files in the shape `objective` trains on, truncated (and,
+// for KTO, its KL completions paired, KlChunk) as the training data of
+// `world_size` ranks is.
 absl::StatusOr<data::Dataset> ReadEvalData(
     const TrainConfig& config, const objectives::Objective& objective,
-    int vocab_size);
+    int vocab_size, int world_size);
 
 class Evaluator {
  public:

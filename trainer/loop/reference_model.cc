@@ -1,5 +1,6 @@
 #include "trainer/loop/reference_model.h"
 
+#include <limits>
 #include <optional>
 
 #include "absl/status/status.h"
@@ -53,9 +54,9 @@ LiveReference::LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
 
 const objectives::ReferenceValues& LiveReference::Score(
     const std::vector<data::Example>& examples, const std::vector<int>& micro,
-    bool include_context) {
+    bool include_context, int only_response) {
   data::BuildBatch(examples, micro.data(), static_cast<int>(micro.size()),
-                   include_context, &batch_);
+                   include_context, &batch_, only_response);
   const float* hidden = model_->Forward(batch_.packed);
   const std::vector<objectives::SequenceScores> scores =
       output_.Forward(hidden, model_->output_embedding(),
@@ -63,12 +64,19 @@ const objectives::ReferenceValues& LiveReference::Score(
   values_.sequence_logp.clear();
   values_.token_offset.clear();
   int64_t response = 0, token = 0;
+  size_t scored = 0;
   for (int ex : micro) {
     values_.first_response[ex] = response;
     for (int r = 0; r < examples[ex].num_responses(); ++r, ++response) {
-      values_.sequence_logp.push_back(scores[response].logp);
       values_.token_offset.push_back(token);
-      token += scores[response].tokens;
+      if (only_response >= 0 && r != only_response) {
+        values_.sequence_logp.push_back(
+            std::numeric_limits<double>::quiet_NaN());
+        continue;
+      }
+      values_.sequence_logp.push_back(scores[scored].logp);
+      token += scores[scored].tokens;
+      ++scored;
     }
   }
   values_.token_logp = output_.row_logp();

@@ -43,12 +43,14 @@ class LiveReference {
                 size_t num_examples);
 
   // Scores the examples `micro` (dataset indices, at most the capacity's
-  // worth) with the frozen model, with or without their context. The result
-  // is laid out as the precomputed values (per-response L̃ and per-token ℓ̃)
-  // but holds only these examples; valid until the next call.
+  // worth) with the frozen model, with or without their context; with
+  // only_response >= 0 only that response of each (the others read NaN and no
+  // tokens). The result is laid out as the precomputed values (per-response
+  // L̃ and per-token ℓ̃) but holds only these examples; valid until the next
+  // call.
   const objectives::ReferenceValues& Score(
       const std::vector<data::Example>& examples, const std::vector<int>& micro,
-      bool include_context);
+      bool include_context, int only_response = -1);
 
  private:
   std::unique_ptr<model::Decoder> model_;

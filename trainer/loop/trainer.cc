@@ -26,6 +26,7 @@
 #include "trainer/metrics/run_report.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
+#include "trainer/objectives/kto.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
@@ -102,16 +103,28 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       return absl::InvalidArgumentError(
           "objective.sparsepo: not a coefficient-form objective; the loop runs "
           "it with SparsePoStep");
-    case ObjectiveConfig::kKto:
+    case ObjectiveConfig::kKto: {
+      auto kto = objectives::KtoObjective::Create(config.kto(), vocab_size);
+      if (!kto.ok()) return kto.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(kto));
+    }
     case ObjectiveConfig::kCpo:
     case ObjectiveConfig::kOrpo:
       return absl::UnimplementedError(
-          "objective: kto, cpo and orpo are being built (issue 14)");
+          "objective: cpo and orpo are being built (issue 14)");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
           "implicit_sft, sparsepo, kto, cpo, orpo)");
   }
+}
+
+int KlChunk(const TrainConfig& config, const objectives::Objective* objective,
+            int world_size) {
+  if (objective == nullptr || !objective->has_prepass()) return 0;
+  const BatchConfig& batch = config.batch();
+  return batch.global_batch_size() > 0 ? batch.global_batch_size()
+                                       : batch.micro_batch_size() * world_size;
 }
 
 Trainer::Trainer(const TrainConfig& config, std::ostream& log,
@@ -227,6 +240,7 @@ absl::Status Trainer::Init() {
   data_options.chat_template = dc.chat_template();
   data_options.cache_dir =
       dc.cache_dir().empty() ? run_dir + "/data_cache" : dc.cache_dir();
+  data_options.kl_chunk = KlChunk(config_, objective_.get(), world_);
   const std::vector<std::string> train_files(dc.train_files().begin(),
                                              dc.train_files().end());
   // Rank 0 tokenizes text data and writes its token cache first; the other
@@ -264,8 +278,8 @@ absl::Status Trainer::Init() {
         "model.live_reference (leave data.eval_files empty)");
   }
   if (!dc.eval_files().empty()) {
-    auto eval =
-        ReadEvalData(config_, *objective_, static_cast<int>(spec_.vocab_size));
+    auto eval = ReadEvalData(config_, *objective_,
+                             static_cast<int>(spec_.vocab_size), world_);
     if (!eval.ok()) return eval.status();
     out() << "eval data: " << eval->examples.size() << " examples\n";
     eval_data_ = *std::move(eval);
@@ -321,8 +335,14 @@ absl::Status Trainer::Init() {
   }
   // ValidateTrainConfig bounds micro_batch_size * data.max_length; a config
   // built in code may not be validated.
-  if (__builtin_mul_overflow(kind == data::ExampleKind::kPreference ? 2 : 1, mb,
-                             &cap.max_seqs) ||
+  // Pairs give two sequences per example, and so does KTO's reference pass
+  // (completion and KL completion).
+  const int sequences_per_example =
+      kind == data::ExampleKind::kPreference ||
+              (objective_ != nullptr && objective_->has_prepass())
+          ? 2
+          : 1;
+  if (__builtin_mul_overflow(sequences_per_example, mb, &cap.max_seqs) ||
       __builtin_mul_overflow(cap.max_seqs, cap.max_seq_len, &cap.max_rows)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "batch.micro_batch_size: ", mb, " sequences of up to ", cap.max_seq_len,
@@ -478,12 +498,45 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
-  objectives::MetricSums sums;
-  const int64_t tokens =
-      LocalForwardBackward(indices, Denominator(indices), &sums);
+  objectives::MetricSums prepass, sums;
+  int64_t tokens = LocalPrepass(indices, &prepass);
+  tokens +=
+      LocalForwardBackward(indices, Denominator(indices), &prepass, &sums);
   std::map<std::string, double> m = sums.Means();
+  if (objective_ != nullptr) objective_->FinishMetrics(sums, &m);
   m["tokens"] = static_cast<double>(tokens);
   return m;
+}
+
+int64_t Trainer::LocalPrepass(const std::vector<int>& local,
+                              objectives::MetricSums* prepass) {
+  if (objective_ == nullptr || !objective_->has_prepass()) return 0;
+  // Response 1 of every example, scored without a gradient (objective.h).
+  const int mb = config_.batch().micro_batch_size();
+  int64_t tokens = 0;
+  std::vector<int> micro;
+  for (size_t begin = 0; begin < local.size(); begin += mb) {
+    const size_t n = std::min<size_t>(mb, local.size() - begin);
+    micro.assign(local.begin() + begin, local.begin() + begin + n);
+    data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
+                     /*include_context=*/true, &batch_, /*only_response=*/1);
+    tokens += batch_.packed.rows();
+    const objectives::ReferenceValues* reference = &references_;
+    if (live_reference_ != nullptr) {
+      reference = &live_reference_->Score(dataset_.examples, micro,
+                                          objective_->reference_sees_context(),
+                                          /*only_response=*/1);
+    }
+    const float* hidden = policy_->Forward(batch_.packed);
+    const std::vector<objectives::SequenceScores> scores =
+        output_->Forward(hidden, policy_->output_embedding(),
+                         batch_.packed.tokens.data(), batch_.segments);
+    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                    reference};
+    view.dataset = &dataset_.examples;
+    objective_->AddPrepass(view, prepass);
+  }
+  return tokens;
 }
 
 double Trainer::Denominator(const std::vector<int>& batch) const {
@@ -519,6 +572,7 @@ std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
 
 int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                       double denominator,
+                                      const objectives::MetricSums* prepass,
                                       objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
   // denominator, so the update does not depend on how the batch is split into
@@ -528,12 +582,15 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
   int64_t tokens = 0;
   std::vector<int> micro;
   std::vector<objectives::SequenceScores> scores;
+  // After a pre-pass, the training pass builds response 0 only (objective.h).
+  const int only_response =
+      objective_ != nullptr && objective_->has_prepass() ? 0 : -1;
 
   for (size_t begin = 0; begin < indices.size(); begin += mb) {
     const size_t n = std::min<size_t>(mb, indices.size() - begin);
     micro.assign(indices.begin() + begin, indices.begin() + begin + n);
     data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
-                     /*include_context=*/true, &batch_);
+                     /*include_context=*/true, &batch_, only_response);
     tokens += batch_.packed.rows();
     if (sparsepo_ != nullptr) {
       sparsepo_->ForwardBackward(batch_, denominator, sums);
@@ -542,13 +599,16 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     const objectives::ReferenceValues* reference = &references_;
     if (live_reference_ != nullptr) {
       reference = &live_reference_->Score(dataset_.examples, micro,
-                                          objective_->reference_sees_context());
+                                          objective_->reference_sees_context(),
+                                          only_response);
     }
     const float* hidden = policy_->Forward(batch_.packed);
     scores = output_->Forward(hidden, policy_->output_embedding(),
                               batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                          reference};
+    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                    reference};
+    view.dataset = &dataset_.examples;
+    view.prepass = prepass;
     objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
@@ -566,9 +626,18 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
 absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<int> global = GlobalBatch(step_);
-  objectives::MetricSums sums;
+  const std::vector<int> local = LocalShard(global);
+  objectives::MetricSums prepass, sums;
+  const int64_t prepass_tokens = LocalPrepass(local, &prepass);
+  if (world_ > 1 && objective_ != nullptr && objective_->has_prepass()) {
+    std::vector<double> flat = prepass.Flattened();
+    absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
+    if (!s.ok()) return s;
+    prepass.SetFlattened(flat);
+  }
   double tokens = static_cast<double>(
-      LocalForwardBackward(LocalShard(global), Denominator(global), &sums));
+      prepass_tokens +
+      LocalForwardBackward(local, Denominator(global), &prepass, &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;
@@ -588,6 +657,7 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     sums.SetFlattened(flat);
   }
   std::map<std::string, double> m = sums.Means();
+  if (objective_ != nullptr) objective_->FinishMetrics(sums, &m);
   // The global norm covers the policy (sharded under ZeRO-1, so its squares
   // are summed across ranks) and the mask networks (whole on every rank).
   auto squares =

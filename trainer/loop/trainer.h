@@ -108,11 +108,17 @@ class Trainer {
   absl::Status Init();
   // Creates backend_ for config device/precision and logs which it is.
   absl::Status SelectDevice();
+  // The objective's pre-pass (Objective::has_prepass) over `local`, this
+  // rank's share of a global batch, into `prepass` (to be summed over the
+  // ranks). Returns the rows processed (0 without a pre-pass).
+  int64_t LocalPrepass(const std::vector<int>& local,
+                       objectives::MetricSums* prepass);
   // Forward and backward over `local` (this rank's share of a global batch
-  // whose loss denominator is `denominator`); adds metrics to `sums` and
-  // returns the rows processed.
+  // whose loss denominator is `denominator`, and whose pre-pass sums are
+  // `prepass`); adds metrics to `sums` and returns the rows processed.
   int64_t LocalForwardBackward(const std::vector<int>& local,
                                double denominator,
+                               const objectives::MetricSums* prepass,
                                objectives::MetricSums* sums);
   // The loss denominator of a global batch (docs/objectives.md §0).
   double Denominator(const std::vector<int>& batch) const;
@@ -203,6 +209,14 @@ io::ModelSpec SpecFromConfig(const ModelConfig& model);
 // The objective selected by the config.
 absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
     const ObjectiveConfig& config, int vocab_size);
+
+// The run length within which unpaired data pairs its KL completions
+// (data::AttachKlCompletions) for `objective` (may be null): the global batch
+// (batch.global_batch_size, else micro_batch_size × `world_size`) when the
+// objective has a pre-pass, so that each global batch's KL completions are
+// its own completions (docs/objectives.md §8); else 0, none.
+int KlChunk(const TrainConfig& config, const objectives::Objective* objective,
+            int world_size);
 
 }  // namespace prefopt::loop
 

@@ -39,6 +39,11 @@ class MetricSums {
       e.count = values[i++];
     }
   }
+  // How many values (their total count) `name` has; 0 when none was added.
+  double Count(const std::string& name) const {
+    auto it = entries_.find(name);
+    return it == entries_.end() ? 0.0 : it->second.count;
+  }
   // A fingerprint-friendly list of the names, to check that ranks agree.
   std::string JoinedNames() const {
     std::string out;

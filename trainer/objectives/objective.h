@@ -8,6 +8,8 @@
 #ifndef PREFOPT_TRAINER_OBJECTIVES_OBJECTIVE_H_
 #define PREFOPT_TRAINER_OBJECTIVES_OBJECTIVE_H_
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "trainer/data/examples.h"
@@ -34,6 +36,12 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
+  // The dataset `examples` indexes (its labels, for KTO); may be null for
+  // objectives that read nothing from it.
+  const std::vector<data::Example>* dataset = nullptr;
+  // The pre-pass sums of the whole global batch, summed over the ranks
+  // (Objective::AddPrepass); null unless the objective has_prepass().
+  const MetricSums* prepass = nullptr;
 };
 
 class Objective {
@@ -59,6 +67,27 @@ class Objective {
   virtual void Coefficients(const MicroBatchView& batch, double denominator,
                             std::vector<float>* coef,
                             MetricSums* sums) const = 0;
+
+  // Whether the loss needs a constant of the whole global batch before any of
+  // its gradients, estimated from sequences the policy scores without a
+  // gradient (KTO's KL estimate z₀ from mismatched completions,
+  // docs/objectives.md §8). The loop then scores response 1 of every example
+  // of the global batch first (policy and reference), hands each micro-batch
+  // to AddPrepass, sums the results over the ranks and passes them to
+  // Coefficients as MicroBatchView::prepass; the training pass itself builds
+  // response 0 of each example only.
+  virtual bool has_prepass() const { return false; }
+  // Adds one pre-pass micro-batch to `sums`: `batch.scores` hold response 1
+  // of each example, `batch.reference` its reference values.
+  virtual void AddPrepass(const MicroBatchView& /*batch*/,
+                          MetricSums* /*sums*/) const {}
+  // Adjusts the reported metrics of a global batch once its sums are summed
+  // over the ranks: `metrics` holds sums.Means(). An objective may drop a
+  // metric no example contributed to or add one derived from others (KTO's
+  // rewards/margins). Nothing by default.
+  virtual void FinishMetrics(const MetricSums& /*sums*/,
+                             std::map<std::string, double>* /*metrics*/) const {
+  }
 
   // Adds the metrics that only an evaluation reports for one micro-batch
   // (Coefficients has added the training ones); `examples` is the dataset

@@ -1,0 +1,121 @@
+#include "trainer/objectives/kto.h"
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "trainer/objectives/logistic.h"
+
+namespace prefopt::objectives {
+
+absl::StatusOr<std::unique_ptr<KtoObjective>> KtoObjective::Create(
+    const KtoConfig& config, int vocab_size) {
+  if (!(config.beta() > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective.kto.beta: must be > 0, got ", config.beta()));
+  }
+  if (!(config.desirable_weight() >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective.kto.desirable_weight: must be >= 0, got ",
+                     config.desirable_weight()));
+  }
+  if (!(config.undesirable_weight() >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective.kto.undesirable_weight: must be >= 0, got ",
+                     config.undesirable_weight()));
+  }
+  return std::unique_ptr<KtoObjective>(new KtoObjective(config, vocab_size));
+}
+
+double KtoObjective::KlEstimate(const MetricSums* prepass) const {
+  if (loss_type_ != KtoConfig::KTO || prepass == nullptr) return 0.0;
+  const double count = prepass->Count("kl");
+  if (count == 0) return 0.0;
+  // TRL: the batch mean of the KL log-ratios, clamped at 0 and detached.
+  return std::max(0.0, prepass->Means().at("kl"));
+}
+
+KtoExampleGradient KtoObjective::Example(bool desirable, double logratio,
+                                         double kl) const {
+  // kto: desirable 1 − σ(β(r − z₀)), undesirable 1 − σ(β(z₀ − r));
+  // apo_zero_unpaired: desirable 1 − σ(βr), undesirable σ(βr). Each is
+  // s·σ(±x) of some x = β(r − z₀) whose derivative in r is β·σ(x)·σ(−x).
+  const double x =
+      beta_ * (loss_type_ == KtoConfig::KTO ? logratio - kl : logratio);
+  const double slope = beta_ * Sigmoid(x) * Sigmoid(-x);
+  const double weight = desirable ? desirable_weight_ : undesirable_weight_;
+  KtoExampleGradient g;
+  if (desirable) {
+    g.loss = weight * Sigmoid(-x);
+    g.dloss_dlogp = -weight * slope;
+  } else {
+    // kto's 1 − σ(β(z₀ − r)) is σ(x), as apo_zero_unpaired's σ(βr) is.
+    g.loss = weight * Sigmoid(x);
+    g.dloss_dlogp = weight * slope;
+  }
+  return g;
+}
+
+void KtoObjective::AddPrepass(const MicroBatchView& batch,
+                              MetricSums* sums) const {
+  const std::vector<SequenceScores>& scores = *batch.scores;
+  for (size_t i = 0; i < batch.examples->size(); ++i) {
+    const int ex = (*batch.examples)[i];
+    sums->Add("kl", scores[i].logp - batch.reference->SequenceLogp(ex, 1));
+  }
+}
+
+double KtoObjective::Denominator(const std::vector<data::Example>&,
+                                 const std::vector<int>& batch) const {
+  return static_cast<double>(batch.size());
+}
+
+void KtoObjective::Coefficients(const MicroBatchView& batch, double denominator,
+                                std::vector<float>* coef,
+                                MetricSums* sums) const {
+  // Only the examples' completions are in the batch (the KL completions were
+  // scored in the pre-pass).
+  const std::vector<SequenceScores>& scores = *batch.scores;
+  const double kl = KlEstimate(batch.prepass);
+  coef->clear();
+  for (size_t i = 0; i < batch.examples->size(); ++i) {
+    const int ex = (*batch.examples)[i];
+    const SequenceScores& s = scores[i];
+    const bool desirable = (*batch.dataset)[ex].label;
+    const double logratio = s.logp - batch.reference->SequenceLogp(ex, 0);
+    const KtoExampleGradient g = Example(desirable, logratio, kl);
+    sums->Add("loss", g.loss);
+    sums->Add("kl", kl);
+    // Both sides always get an entry (count 0 for the absent one), so that
+    // every rank has the same metric names; FinishMetrics drops empty ones.
+    const std::string side = desirable ? "chosen" : "rejected";
+    const std::string other = desirable ? "rejected" : "chosen";
+    sums->Add("rewards/" + side, beta_ * logratio);
+    sums->Add("logps/" + side, s.logp);
+    sums->Add("logits/" + side, s.logit_sum,
+              static_cast<double>(s.tokens) * vocab_);
+    for (const char* metric : {"rewards/", "logps/", "logits/"}) {
+      sums->Add(metric + other, 0.0, 0.0);
+    }
+    // G_t = −∂loss/∂ℓ_t (the kernel writes G_t·(softmax − onehot)).
+    coef->insert(coef->end(), s.tokens,
+                 static_cast<float>(-g.dloss_dlogp / denominator));
+  }
+}
+
+void KtoObjective::FinishMetrics(const MetricSums& sums,
+                                 std::map<std::string, double>* metrics) const {
+  for (const char* side : {"chosen", "rejected"}) {
+    if (sums.Count(absl::StrCat("rewards/", side)) > 0) continue;
+    for (const char* metric : {"rewards/", "logps/", "logits/"}) {
+      metrics->erase(absl::StrCat(metric, side));
+    }
+  }
+  if (metrics->count("rewards/chosen") > 0 &&
+      metrics->count("rewards/rejected") > 0) {
+    (*metrics)["rewards/margins"] =
+        metrics->at("rewards/chosen") - metrics->at("rewards/rejected");
+  }
+}
+
+}  // namespace prefopt::objectives

@@ -1,0 +1,78 @@
+// KTO on unpaired data (docs/objectives.md §8): TRL 1.16's KTOTrainer losses
+// "kto" (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
+// Optimization") and "apo_zero_unpaired" (D'Oosterlinck et al. 2024, APO),
+// with desirable/undesirable weights and TRL's metrics.
+#ifndef PREFOPT_TRAINER_OBJECTIVES_KTO_H_
+#define PREFOPT_TRAINER_OBJECTIVES_KTO_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+#include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/objective.h"
+
+namespace prefopt::objectives {
+
+// The weighted loss of one example and its derivative with respect to the
+// completion's summed log-prob L (the same for every completion token's ℓ_t).
+struct KtoExampleGradient {
+  double loss = 0;
+  double dloss_dlogp = 0;
+};
+
+class KtoObjective : public Objective {
+ public:
+  // Validates the config (β > 0, weights ≥ 0).
+  static absl::StatusOr<std::unique_ptr<KtoObjective>> Create(
+      const KtoConfig& config, int vocab_size);
+
+  data::ExampleKind example_kind() const override {
+    return data::ExampleKind::kUnpaired;
+  }
+  ReferenceNeeds reference_needs() const override {
+    return ReferenceNeeds::kSequenceLogps;
+  }
+  // Loss type KTO estimates z₀ from the KL completions (response 1).
+  bool has_prepass() const override { return loss_type_ == KtoConfig::KTO; }
+  // Adds L(y') − L̃(y') of each example's KL completion y' as "kl".
+  void AddPrepass(const MicroBatchView& batch, MetricSums* sums) const override;
+  // The mean is over the examples.
+  double Denominator(const std::vector<data::Example>& examples,
+                     const std::vector<int>& batch) const override;
+  void Coefficients(const MicroBatchView& batch, double denominator,
+                    std::vector<float>* coef, MetricSums* sums) const override;
+  // Drops the chosen (rejected) metrics of a batch without desirable
+  // (undesirable) examples and adds rewards/margins when it has both, as TRL.
+  void FinishMetrics(const MetricSums& sums,
+                     std::map<std::string, double>* metrics) const override;
+
+  // z₀ from the pre-pass sums: max(0, mean KL log-ratio); 0 for
+  // APO_ZERO_UNPAIRED or without sums.
+  double KlEstimate(const MetricSums* prepass) const;
+  // Loss and derivative of one example whose completion has the log-ratio
+  // L − L̃ = `logratio`, given z₀ = `kl` (a constant: no gradient flows
+  // through it).
+  KtoExampleGradient Example(bool desirable, double logratio, double kl) const;
+
+ private:
+  KtoObjective(const KtoConfig& config, int vocab_size)
+      : loss_type_(config.loss_type()),
+        beta_(config.beta()),
+        desirable_weight_(config.desirable_weight()),
+        undesirable_weight_(config.undesirable_weight()),
+        vocab_(vocab_size) {}
+
+  KtoConfig::LossType loss_type_;
+  double beta_;
+  double desirable_weight_;
+  double undesirable_weight_;
+  int vocab_;
+};
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_KTO_H_
