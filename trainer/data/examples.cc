@@ -200,8 +200,9 @@ void AttachKlCompletions(int kl_chunk, const TruncationOptions& truncation,
     for (size_t begin = 0; begin < n; begin += kl_chunk) {
       const size_t end = std::min(n, begin + static_cast<size_t>(kl_chunk));
       ex[begin].rejected = ex[end - 1].chosen;
-      for (size_t i = begin + 1; i < end; ++i)
+      for (size_t i = begin + 1; i < end; ++i) {
         ex[i].rejected = ex[i - 1].chosen;
+      }
     }
   }
   for (Example& e : ex) {
