@@ -646,6 +646,40 @@ TEST(ValidationTest, ObjectiveMustBeSet) {
                                "implicit_sft, sparsepo, kto, cpo, orpo)"));
 }
 
+TEST(ValidationTest, KtoSamplesInOrderWithBatchesOfAtLeastTwo) {
+  const std::string ok = WriteTempFile("kto.textproto", R"pb(
+    model { hf_path: "m" }
+    data { train_files: "t.jsonl" }
+    objective { kto {} }
+  )pb");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(ok, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  // TRL's KTOConfig: sequential sampling, its loss defaults.
+  EXPECT_FALSE(config->data().shuffle());
+  EXPECT_EQ(config->objective().kto().loss_type(), KtoConfig::KTO);
+  EXPECT_FLOAT_EQ(config->objective().kto().beta(), 0.1f);
+  EXPECT_FLOAT_EQ(config->objective().kto().desirable_weight(), 1.0f);
+  EXPECT_FLOAT_EQ(config->objective().kto().undesirable_weight(), 1.0f);
+  EXPECT_FLOAT_EQ(config->optimizer().lr(), 1e-6f);
+
+  absl::StatusOr<TrainConfig> shuffled =
+      LoadTrainConfig(ok, {"data.shuffle=true", "batch.global_batch_size=1",
+                           "batch.micro_batch_size=1"});
+  ASSERT_FALSE(shuffled.ok());
+  EXPECT_THAT(Message(shuffled.status()),
+              HasSubstr("data.shuffle: must be false for objective.kto with "
+                        "loss_type KTO"));
+  EXPECT_THAT(Message(shuffled.status()),
+              HasSubstr("batch.global_batch_size: must be >= 2 for "
+                        "objective.kto with loss_type KTO, got 1"));
+  // APO-zero estimates no KL term: any order and batch size.
+  EXPECT_TRUE(
+      LoadTrainConfig(
+          ok, {"objective.kto.loss_type=APO_ZERO_UNPAIRED", "data.shuffle=true",
+               "batch.global_batch_size=1", "batch.micro_batch_size=1"})
+          .ok());
+}
+
 TEST(ValidationTest, ModelMustBeDescribed) {
   const std::string path = WriteTempFile("no_model.textproto", R"pb(
     data { train_files: "t.jsonl" }

@@ -113,6 +113,51 @@ TEST(LoadDatasetTest, TextPairsMatchTrlDpo) {
   EXPECT_EQ(ds->identical_responses, 1);  // row 5: a warning, not an error
 }
 
+TEST(LoadDatasetTest, TextUnpairedTokenizeAsDemonstrationsWithKlCompletions) {
+  // KTOTrainer's _prepare_dataset tokenizes {"prompt", "completion"} as
+  // SFTTrainer does (docs/architecture.md "Following TRL 1.x"): the same
+  // lines with a label give the same ids.
+  const std::string dir = TempDir("cache_unpaired");
+  std::ifstream in(Fixture("sft.jsonl"));
+  std::string line, text;
+  for (int i = 0; std::getline(in, line); ++i) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("context")) continue;
+    j["label"] = i % 2 == 0;
+    text += j.dump() + "\n";
+  }
+  const std::string file = Write(dir, "unpaired.jsonl", text);
+  DataOptions options = Options(DataConfig::NONE, dir);
+  options.kl_chunk = 2;
+  absl::StatusOr<Dataset> demos =
+      Load(file, ExampleKind::kDemonstration, options);
+  // A line with a label is not a demonstration.
+  ASSERT_FALSE(demos.ok());
+  for (int pass = 0; pass < 2; ++pass) {  // tokenized, then from the cache
+    SCOPED_TRACE(pass);
+    std::string log;
+    absl::StatusOr<Dataset> ds =
+        Load(file, ExampleKind::kUnpaired, options, &log);
+    ASSERT_TRUE(ds.ok()) << ds.status();
+    EXPECT_THAT(log,
+                HasSubstr(pass == 0 ? "tokenized" : "from the token cache"));
+    const nlohmann::json& want = Expected()["sft"];
+    size_t w = 0;
+    for (size_t i = 0; i < ds->examples.size(); ++i, ++w) {
+      while (want[w].contains("context_ids")) ++w;
+      const Example& ex = ds->examples[i];
+      EXPECT_EQ(ex.prompt, Ids(want[w], "prompt_ids")) << i;
+      EXPECT_EQ(ex.chosen, Ids(want[w], "completion_ids")) << i;
+      // Runs of 2: each takes the other's completion.
+      const size_t other =
+          i % 2 == 0 ? std::min(i + 1, ds->examples.size() - 1) : i - 1;
+      EXPECT_EQ(ex.rejected, ds->examples[other].chosen) << i;
+    }
+    ASSERT_GE(ds->examples.size(), 2u);
+    EXPECT_NE(ds->examples[0].label, ds->examples[1].label);
+  }
+}
+
 TEST(LoadDatasetTest, TextDemonstrationsMatchTrlSft) {
   absl::StatusOr<Dataset> ds =
       Load(Fixture("sft.jsonl"), ExampleKind::kDemonstration,
@@ -520,6 +565,39 @@ INSTANTIATE_TEST_SUITE_P(
                 "{\"context\": \"\", \"prompt\": \"a\", \"completion\": "
                 "\"b\"}\n",
                 ":1: field \"context\" is empty"},
+        BadCase{"label_not_a_boolean", ExampleKind::kUnpaired, DataConfig::NONE,
+                "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": "
+                "\"yes\"}\n",
+                ":1: field \"label\" must be true or false, got \"yes\""},
+        BadCase{"label_not_a_boolean_ids", ExampleKind::kUnpaired,
+                DataConfig::NONE,
+                "{\"prompt_ids\": [1], \"completion_ids\": [2], \"label\": "
+                "1}\n",
+                ":1: field \"label\" must be true or false, got 1"},
+        BadCase{"unpaired_data_for_pairs", ExampleKind::kPreference,
+                DataConfig::NONE,
+                "{\"prompt\": \"a\", \"completion\": \" b\", \"label\": "
+                "true}\n",
+                ":1: field \"label\" belongs to unpaired examples (KTO), but "
+                "the objective trains on preference pairs {\"prompt\", "
+                "\"chosen\", \"rejected\"}"},
+        BadCase{"unpaired_ids_for_demonstrations", ExampleKind::kDemonstration,
+                DataConfig::NONE,
+                "{\"prompt_ids\": [1], \"completion_ids\": [2], \"label\": "
+                "false}\n",
+                ":1: field \"label\" belongs to unpaired examples (KTO), but "
+                "the objective trains on demonstrations {\"prompt_ids\", "
+                "\"completion_ids\"}"},
+        BadCase{"pairs_for_kto", ExampleKind::kUnpaired, DataConfig::NONE,
+                kPair,
+                ":1: field \"chosen\" belongs to preference pairs, but the "
+                "objective trains on unpaired examples {\"prompt\", "
+                "\"completion\", \"label\"}"},
+        BadCase{"demonstrations_for_kto", ExampleKind::kUnpaired,
+                DataConfig::NONE,
+                "{\"prompt\": \"a\", \"completion\": \" b\"}\n",
+                ":1: missing field \"label\" (unpaired examples, KTO's data, "
+                "are {\"prompt\", \"completion\", \"label\"}"},
         BadCase{"field_of_the_other_kind", ExampleKind::kPreference,
                 DataConfig::NONE,
                 "{\"prompt\": \"a\", \"completion\": \"b\"}\n",

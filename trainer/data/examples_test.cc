@@ -176,6 +176,55 @@ TEST(PreferenceData, PreferenceFractionIsReadAndChecked) {
             std::string::npos);
 }
 
+TEST(UnpairedData, KlCompletionsAreRotatedWithinRunsAndCutAfterTheirPrompt) {
+  Dataset ds;
+  ds.kind = ExampleKind::kUnpaired;
+  const TruncationOptions trunc = Trunc(4);
+  auto add = [&](std::vector<int32_t> prompt, std::vector<int32_t> completion,
+                 bool label) {
+    Example ex;
+    ex.prompt = std::move(prompt);
+    ex.chosen = std::move(completion);
+    ex.label = label;
+    AddExample(std::move(ex), trunc, &ds);
+  };
+  add({1, 1, 1}, {2, 3, 4, 5}, true);  // its completion is cut to {2}
+  add({1}, {6}, false);
+  add({1}, {7, 8}, true);  // a run of one: its own completion
+  EXPECT_EQ(ds.truncated, 1);
+  AttachKlCompletions(/*kl_chunk=*/2, trunc, &ds.examples);
+  EXPECT_EQ(ds.examples[0].chosen, (std::vector<int32_t>{2}));
+  EXPECT_EQ(ds.examples[0].rejected, (std::vector<int32_t>{6}));
+  // TRL cuts the whole neighbouring completion after this example's prompt,
+  // not the one cut after the neighbour's.
+  EXPECT_EQ(ds.examples[1].rejected, (std::vector<int32_t>{2, 3, 4}));
+  EXPECT_EQ(ds.examples[2].rejected, (std::vector<int32_t>{7, 8}));
+  EXPECT_TRUE(ds.examples[0].label);
+  EXPECT_FALSE(ds.examples[1].label);
+}
+
+TEST(UnpairedData, ReadsLabelsAndRefusesOtherShapes) {
+  const std::string path =
+      Write("unpaired.jsonl",
+            "{\"prompt_ids\": [1], \"completion_ids\": [2, 3], \"label\": "
+            "true}\n"
+            "{\"prompt_ids\": [4], \"completion_ids\": [5], \"label\": "
+            "false}\n");
+  auto ds = ReadExamplesJsonl({path}, ExampleKind::kUnpaired, 10, Trunc(5));
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  ASSERT_EQ(ds->examples.size(), 2u);
+  EXPECT_TRUE(ds->examples[0].label);
+  EXPECT_FALSE(ds->examples[1].label);
+  EXPECT_EQ(ds->examples[0].num_responses(), 1);
+  auto pairs =
+      ReadExamplesJsonl({path}, ExampleKind::kPreference, 10, Trunc(5));
+  ASSERT_FALSE(pairs.ok());
+  EXPECT_NE(pairs.status().message().find(
+                path + ":1: field \"label\" belongs to unpaired examples"),
+            std::string::npos)
+      << pairs.status();
+}
+
 TEST(PreferenceData, MissingFileIsNamed) {
   auto ds = ReadExamplesJsonl({"/nonexistent/pairs.jsonl"},
                               ExampleKind::kPreference, 10, Trunc(10));
