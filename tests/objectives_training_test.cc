@@ -1,7 +1,7 @@
 // Every objective trains through the same loop: a short from-scratch run on a
 // tiny GPT-2 lowers its loss (SparsePO with each kind of mask too), PRIOR with
 // α = 0 retraces SFT step for step, and a live reference model gives what the
-// precomputed reference cache gives.
+// precomputed reference cache gives (KTO's KL completions included).
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -105,7 +105,16 @@ INSTANTIATE_TEST_SUITE_P(
              "sparsepo { mask_on_reward: false mask_init_std: 0.1 }",
              "gpt2/pairs.jsonl"},
         Case{"dpo_live_reference", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
-             "model.live_reference=true"}),
+             "model.live_reference=true"},
+        // Unpaired examples: the six chosen responses of pairs.jsonl labelled
+        // true, the six rejected ones false.
+        Case{"kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"},
+        Case{"kto_weighted",
+             "kto { beta: 0.5 desirable_weight: 1.33 undesirable_weight: 0.7 "
+             "}",
+             "gpt2/unpaired.jsonl"},
+        Case{"apo_zero_unpaired", "kto { loss_type: APO_ZERO_UNPAIRED }",
+             "gpt2/unpaired.jsonl"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });
@@ -129,6 +138,10 @@ TEST(LiveReference, MatchesThePrecomputedCache) {
       // Per-token reference log-probs, scored without the context.
       {{"prior_cached", "prior { alpha: 1 }", "demos.jsonl"},
        {"prior_live", "prior { alpha: 1 }", "demos.jsonl",
+        "model.live_reference=true"}},
+      // The KL completions' reference log-probs too, in KTO's pre-pass.
+      {{"kto_cached", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"},
+       {"kto_live", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",
         "model.live_reference=true"}},
   };
   for (const auto& [cached_case, live_case] : cases) {
