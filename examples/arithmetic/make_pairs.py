@@ -11,6 +11,9 @@ Held-out means unseen: of the 90 x 90 sums, 400 are set aside; eval.jsonl asks
 training file asks any of the 400.
 
 Demonstrations (demos_*.jsonl) hold the prompt and the correct answer (SFT).
+Unpaired examples (unpaired_*.jsonl, KTO) hold one answer per sum, the correct
+one labelled true or a wrong one (as a pair's rejected answer) labelled false,
+half each: thumbs-up/thumbs-down feedback without pairs.
 The PRIOR demonstrations (prior_*.jsonl) also carry a context, a "hint" that
 states the answer's last digit (tokens that the hint makes predictable get more
 weight than those it does not).
@@ -63,6 +66,16 @@ def demo(rng, a, b):
     }
 
 
+def unpaired(rng, a, b):
+    example = pair(rng, a, b)
+    desirable = rng.random() < 0.5
+    return {
+        "prompt_ids": example["prompt_ids"],
+        "completion_ids": example["chosen_ids" if desirable else "rejected_ids"],
+        "label": desirable,
+    }
+
+
 def hinted_demo(rng, a, b):
     example = demo(rng, a, b)
     answer_last_digit = example["completion_ids"][-2]
@@ -84,7 +97,11 @@ def main():
             ("demos_eval.jsonl", demo, eval_demos),
             ("prior_train.jsonl", hinted_demo,
              [rng.choice(train) for _ in range(2000)]),
-            ("prior_eval.jsonl", hinted_demo, eval_demos)):
+            ("prior_eval.jsonl", hinted_demo, eval_demos),
+            # Last, so that the files above keep their contents.
+            ("unpaired_train.jsonl", unpaired,
+             [rng.choice(train) for _ in range(4000)]),
+            ("unpaired_eval.jsonl", unpaired, eval_pairs)):
         with open(os.path.join(here, name), "w") as f:
             for a, b in problems:
                 f.write(json.dumps(make(rng, a, b), separators=(",", ":")) +
