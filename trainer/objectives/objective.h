@@ -1,7 +1,7 @@
 // The plug-in interface of the objectives whose logit gradient has the
 // coefficient form G_t·(softmax − onehot) (docs/objectives.md §0): DPO and its
-// variants, SFT, PRIOR and implicit-reward SFT. An objective says which data
-// and reference values it needs, how its loss is normalized over a global
+// variants, KTO, SFT, PRIOR and implicit-reward SFT. An objective says which
+// data and reference values it needs, how its loss is normalized over a global
 // batch, and turns one micro-batch's policy log-probs into per-token
 // coefficients and metrics. The chunked output layer and the loop do not change
 // when one is added.
