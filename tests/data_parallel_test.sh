@@ -3,9 +3,10 @@
 # rank per step must retrace one rank with the doubled batch (4 examples per
 # step, in 2 micro-batches), step for step, within fp32 summation-order noise;
 # and 2 ranks with ZeRO-1 (sharded AdamW state) must retrace 2 unsharded ranks.
-# Run for DPO and for SparsePO with two learned mask networks, whose gradients
+# Run for DPO, for SparsePO with two learned mask networks, whose gradients
 # are summed across ranks with the policy's (unsummed, each rank's masks would
-# drift apart and the losses with them).
+# drift apart and the losses with them), and for KTO, whose KL estimate sums
+# the ranks' pre-passes (docs/objectives.md §8).
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -24,9 +25,16 @@ assert len(one) == len(two) == 6, (len(one), len(two))
 keys = ["loss", "grad_norm", "rewards/margins", "logps/chosen"]
 if name == "sparsepo":
     keys += ["mask/mean", "mask/kl_mean"]
+if name == "kto":
+    keys += ["kl", "logps/rejected"]
 worst = 0.0
 for a, b in zip(one, two):
     for key in keys:
+        # KTO reports no chosen (rejected) metrics for a batch without
+        # desirable (undesirable) examples; both runs must agree on that.
+        assert (key in a) == (key in b), f"{name} step {a['step']}: {key}"
+        if key not in a:
+            continue
         x, y = a[key], b[key]
         err = abs(x - y) / max(abs(x), 1e-6)
         worst = max(worst, err)
@@ -35,12 +43,14 @@ print(f"ok: {name}, 6 steps, {label} (worst relative difference {worst:.2e})")
 PY
 }
 
-# run_case NAME OBJECTIVE: 1 rank, 2 ranks and 2 ranks with ZeRO-1.
+# run_case NAME OBJECTIVE [DATA SHUFFLE POLICY REFERENCE]: 1 rank, 2 ranks
+# and 2 ranks with ZeRO-1.
 run_case() {
-  local name="$1" objective="$2"
+  local name="$1" objective="$2" data="${3:-pairs.jsonl}" shuffle="${4:-true}"
+  local policy="${5:-policy}" reference="${6:-reference}"
   cat >"$tmp/$name.textproto" <<CONF
-model { hf_path: "$fixtures/policy" reference_hf_path: "$fixtures/reference" }
-data { train_files: "$fixtures/pairs.jsonl" max_length: 64 shuffle: true }
+model { hf_path: "$fixtures/$policy" reference_hf_path: "$fixtures/$reference" }
+data { train_files: "$fixtures/$data" max_length: 64 shuffle: $shuffle }
 objective { $objective }
 optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }
 batch { micro_batch_size: 2 global_batch_size: 4 }
@@ -69,6 +79,9 @@ CONF
 run_case dpo "dpo { beta: 0.1 }"
 run_case sparsepo \
   "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"
+# The models swapped, so that the KL estimate is above 0 (not clamped).
+run_case kto "kto { beta: 0.5 desirable_weight: 1.33 }" unpaired.jsonl false \
+  reference policy
 
 # Ranks started with different configs refuse to train, naming what differs;
 # a global batch that does not split evenly over the ranks is refused too.

@@ -17,6 +17,7 @@
 #include "tests/fixture_util.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
 
 namespace prefopt {
@@ -177,6 +178,34 @@ INSTANTIATE_TEST_SUITE_P(LossTypesAndWeights, KtoTrlParity,
                          [](const ::testing::TestParamInfo<Case>& info) {
                            return CaseName(info.param);
                          });
+
+// Held-out evaluation estimates z₀ over the whole set, its KL completions
+// paired within runs of the global batch: with the twelve examples as one
+// batch that is TRL's compute_loss on it.
+TEST(KtoEvaluation, HeldOutMetricsMatchTrlOnOneBatch) {
+  for (const char* name : {"kto", "apo_zero_unpaired"}) {
+    const nlohmann::json e = ReadJson(absl::StrCat("kto_", name, ".json"));
+    const std::string run_dir =
+        absl::StrCat(std::getenv("TEST_TMPDIR"), "/eval_", name);
+    const std::string path = testing::WriteTempFile(
+        absl::StrCat("eval_", name, ".textproto"),
+        ConfigText(e, /*live=*/false,
+                   "batch { micro_batch_size: 4 global_batch_size: 12 }", "",
+                   run_dir));
+    auto config = config::LoadTrainConfig(
+        path,
+        {absl::StrCat("data.eval_files=",
+                      WorkspacePath("tests/fixtures/gpt2/unpaired.jsonl"))});
+    ASSERT_TRUE(config.ok()) << config.status();
+    std::ostringstream log;
+    auto result = loop::EvaluateModel(*config, "", log, nullptr);
+    ASSERT_TRUE(result.ok()) << result.status();
+    const std::string at = absl::StrCat(" (", name, ")");
+    ExpectClose(result->metrics["loss"], e["loss"].get<double>(), "loss" + at);
+    EXPECT_EQ(ExpectMetrics(result->metrics, e["metrics"], at), 8) << name;
+    EXPECT_EQ(result->examples, 12);
+  }
+}
 
 TEST(KtoTraining, ThreeStepsMatchTrlTrain) {
   const nlohmann::json e = ReadJson("kto_train_3_steps.json");
