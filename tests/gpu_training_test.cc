@@ -342,6 +342,12 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"dpo_live_reference", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
              "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
              "n_layer: 2 n_head: 4",
+             "model.live_reference=true"},
+        // KTO's pre-pass scores the KL completions on the device too.
+        Case{"kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"},
+        Case{"kto_live_reference", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",
+             "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4",
              "model.live_reference=true"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);

@@ -204,6 +204,37 @@ TEST(LoadDatasetTest, ConversationsMatchTrlWithBothTemplates) {
   }
 }
 
+TEST(LoadDatasetTest, ConversationalUnpairedTokenizeAsSftConversations) {
+  // sft_chat.jsonl's conversations with a label: KTO's _prepare_dataset
+  // renders and splits them as SFT's does (expected.json's sft_chat).
+  std::ifstream in(Fixture("sft_chat.jsonl"));
+  std::string line, text;
+  for (int i = 0; std::getline(in, line); ++i) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    j["label"] = i % 2 == 1;
+    text += j.dump() + "\n";
+  }
+  for (const auto& [name, chat] : {std::pair{"CHATML", DataConfig::CHATML},
+                                   std::pair{"LLAMA3", DataConfig::LLAMA3}}) {
+    SCOPED_TRACE(name);
+    const std::string dir = TempDir(std::string("cache_unpaired_chat_") + name);
+    const std::string file = Write(dir, "unpaired_chat.jsonl", text);
+    absl::StatusOr<Dataset> ds =
+        Load(file, ExampleKind::kUnpaired, Options(chat, dir));
+    ASSERT_TRUE(ds.ok()) << ds.status();
+    const nlohmann::json& want = Expected()["sft_chat"][name];
+    ASSERT_EQ(ds->examples.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(ds->examples[i].prompt, Ids(want[i], "prompt_ids"));
+      EXPECT_EQ(ds->examples[i].chosen, Ids(want[i], "completion_ids"));
+      EXPECT_EQ(ds->examples[i].label, i % 2 == 1);
+      // kl_chunk 0: no KL completions (APO-zero).
+      EXPECT_TRUE(ds->examples[i].rejected.empty());
+    }
+  }
+}
+
 // The policy's sequence, [context ++] prompt ++ completion, and PRIOR's
 // reference sequence, prompt ++ completion, as BuildBatch lays them out.
 std::vector<int32_t> Sequence(const Example& ex, bool with_context) {

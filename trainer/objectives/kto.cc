@@ -38,8 +38,9 @@ double KtoObjective::KlEstimate(const MetricSums* prepass) const {
 KtoExampleGradient KtoObjective::Example(bool desirable, double logratio,
                                          double kl) const {
   // kto: desirable 1 − σ(β(r − z₀)), undesirable 1 − σ(β(z₀ − r));
-  // apo_zero_unpaired: desirable 1 − σ(βr), undesirable σ(βr). Each is
-  // s·σ(±x) of some x = β(r − z₀) whose derivative in r is β·σ(x)·σ(−x).
+  // apo_zero_unpaired: desirable 1 − σ(βr), undesirable σ(βr). With
+  // x = β(r − z₀) (z₀ = 0 for apo) these are σ(−x) and σ(x), whose
+  // derivatives in r are ∓β·σ(x)·σ(−x).
   const double x =
       beta_ * (loss_type_ == KtoConfig::KTO ? logratio - kl : logratio);
   const double slope = beta_ * Sigmoid(x) * Sigmoid(-x);
