@@ -759,6 +759,73 @@ void CheckChatTemplate(const TrainConfig& config,
   }
 }
 
+// The combinations of DPO-family options that TRL 1.16's DPOTrainer refuses
+// or cannot compute (docs/objectives.md §1).
+void CheckDpoFamily(const DpoConfig& dpo, std::vector<std::string>* problems) {
+  const auto name = [](DpoConfig::LossType type) {
+    return DpoConfig::LossType_Name(type);
+  };
+  if (dpo.loss_weights_size() > 0 &&
+      dpo.loss_weights_size() != dpo.loss_type_size()) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.loss_weights: has ", dpo.loss_weights_size(),
+        " entries but objective.dpo.loss_type has ", dpo.loss_type_size(),
+        " (one weight per loss type, or none for 1.0 each)"));
+  }
+  for (int k = 0; k < dpo.loss_type_size(); ++k) {
+    const DpoConfig::LossType type = dpo.loss_type(k);
+    for (int j = 0; j < k; ++j) {
+      if (dpo.loss_type(j) == type) {
+        problems->push_back(
+            absl::StrCat("objective.dpo.loss_type[", k, "]: ", name(type),
+                         " is already objective.dpo.loss_type[", j,
+                         "] (list each loss once; loss_weights scale it)"));
+      }
+    }
+    switch (type) {
+      case DpoConfig::SIGMOID:
+      case DpoConfig::SIGMOID_NORM:
+      case DpoConfig::HINGE:
+      case DpoConfig::IPO:
+      case DpoConfig::EXO_PAIR:
+      case DpoConfig::ROBUST:
+      case DpoConfig::DISCOPOP:
+      case DpoConfig::SFT:
+        break;
+      default:
+        if (dpo.f_divergence_type() != DpoConfig::REVERSE_KL) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.f_divergence_type: ",
+              DpoConfig::FDivergenceType_Name(dpo.f_divergence_type()),
+              " does not apply to loss_type ", name(type),
+              " (only to SIGMOID, SIGMOID_NORM, HINGE, IPO, EXO_PAIR, ROBUST, "
+              "DISCOPOP and SFT, as TRL); use REVERSE_KL with it"));
+        }
+    }
+    if (type == DpoConfig::EXO_PAIR && !(dpo.label_smoothing() > 0)) {
+      problems->push_back(absl::StrCat(
+          "objective.dpo.label_smoothing: must be > 0 for loss_type EXO_PAIR "
+          "(its loss has log(label_smoothing); the paper uses 1e-3), got ",
+          dpo.label_smoothing()));
+    }
+    if (dpo.use_weighting() &&
+        (type == DpoConfig::AOT || type == DpoConfig::AOT_UNPAIRED)) {
+      problems->push_back(absl::StrCat(
+          "objective.dpo.use_weighting: not with loss_type ", name(type),
+          " (it sorts the pairs, which would misalign WPO's per-pair weights; "
+          "TRL refuses it too)"));
+    }
+  }
+  if (dpo.has_ld_alpha() && !(dpo.ld_alpha() >= 0 && dpo.ld_alpha() <= 1)) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.ld_alpha: must be in [0, 1], got ", dpo.ld_alpha()));
+  }
+  if (dpo.has_discopop_tau() && !(dpo.discopop_tau() > 0)) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.discopop_tau: must be > 0, got ", dpo.discopop_tau()));
+  }
+}
+
 void CheckObjective(const ObjectiveConfig& objective,
                     std::vector<std::string>* problems) {
   switch (objective.kind_case()) {
@@ -796,6 +863,7 @@ void CheckObjective(const ObjectiveConfig& objective,
             "objective.dpo.label_smoothing: must be in [0, 0.5), got ", epsilon,
             " (the probability that a preference label is flipped)"));
       }
+      CheckDpoFamily(dpo, problems);
       return;
     }
     case ObjectiveConfig::kKto:

@@ -548,6 +548,36 @@ INSTANTIATE_TEST_SUITE_P(
                     "objective.dpo.label_smoothing: must be < 0.5 for "
                     "loss_type ROBUST, got 0.5 (the robust loss divides by 1 - "
                     "2 * label_smoothing)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,BCO_PAIR,SFT",
+                     "objective.dpo.loss_weights=0.8,0.2"},
+                    "objective.dpo.loss_weights: has 2 entries but "
+                    "objective.dpo.loss_type has 3 (one weight per loss type, "
+                    "or none for 1.0 each)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,NCA_PAIR",
+                     "objective.dpo.f_divergence_type=JS_DIVERGENCE"},
+                    "objective.dpo.f_divergence_type: JS_DIVERGENCE does not "
+                    "apply to loss_type NCA_PAIR (only to SIGMOID, "
+                    "SIGMOID_NORM, HINGE, IPO, EXO_PAIR, ROBUST, DISCOPOP and "
+                    "SFT, as TRL); use REVERSE_KL with it"},
+        InvalidCase{{"objective.dpo.loss_type=EXO_PAIR"},
+                    "objective.dpo.label_smoothing: must be > 0 for loss_type "
+                    "EXO_PAIR (its loss has log(label_smoothing); the paper "
+                    "uses 1e-3), got 0"},
+        InvalidCase{{"objective.dpo.ld_alpha=1.5"},
+                    "objective.dpo.ld_alpha: must be in [0, 1], got 1.5"},
+        InvalidCase{{"objective.dpo.ld_alpha=-0.1"},
+                    "objective.dpo.ld_alpha: must be in [0, 1], got -0.1"},
+        InvalidCase{{"objective.dpo.discopop_tau=0"},
+                    "objective.dpo.discopop_tau: must be > 0, got 0"},
+        InvalidCase{{"objective.dpo.loss_type=AOT_UNPAIRED",
+                     "objective.dpo.use_weighting=true"},
+                    "objective.dpo.use_weighting: not with loss_type "
+                    "AOT_UNPAIRED (it sorts the pairs, which would misalign "
+                    "WPO's per-pair weights; TRL refuses it too)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT,SIGMOID"},
+                    "objective.dpo.loss_type[2]: SIGMOID is already "
+                    "objective.dpo.loss_type[0] (list each loss once; "
+                    "loss_weights scale it)"},
         InvalidCase{{"schedule.warmup_steps=-1"},
                     "schedule.warmup_steps: must be >= 0, got -1"},
         InvalidCase{{"schedule.warmup_ratio=1"},
