@@ -63,6 +63,8 @@ struct GradientCase {
   bool weighting = false;
 };
 
+void PrintTo(const GradientCase& c, std::ostream* os) { *os << c.name; }
+
 DpoConfig ConfigFor(const GradientCase& c) {
   DpoConfig config;
   config.set_beta(0.3f);
