@@ -62,7 +62,7 @@ struct DpoObjective::PairState {
   double score_rejected = 0;
   double dscore_chosen = 1;
   double dscore_rejected = 1;
-  // The logs-probs AOT compares: L and L̃ of both responses.
+  // L and L̃ of both responses (LD-weighted with ld_alpha), which AOT sorts.
   double logp_chosen = 0;
   double logp_rejected = 0;
   double ref_chosen = 0;

@@ -84,9 +84,9 @@ class DpoObjective : public Objective {
 
   // f-DPO's score f'(exp(r)) of a log-ratio r and its derivative.
   double Score(double log_ratio, double* dscore) const;
-  // Adds one loss type's per-pair losses (before WPO's weights) to `loss` and
-  // their derivatives w.r.t. each pair's policy log-probs to the pairs'
-  // dchosen/drejected, all multiplied by `weight`.
+  // Adds one loss type's per-pair losses times its weight (before WPO's
+  // weights) to each pair's loss, and their derivatives w.r.t. the pair's
+  // policy log-probs L to its dchosen/drejected. Not for SFT (Loss adds it).
   void AddTerm(const Term& term, std::vector<PairState>* pairs) const;
   // Σ over a response's tokens of a_t·ℓ_t, a_t the LD-DPO weight.
   double Weighted(const float* logp, int tokens, int shared) const;
