@@ -327,6 +327,42 @@ TEST(Dpo, LdDpoWeightsTheTail) {
   EXPECT_NEAR(grad[1], 0.5 * grad[0], 1e-12);
 }
 
+// ALPHA_DIVERGENCE as TRL: reverse KL at α ≈ 1, and the exponent (α−1)·r
+// clamped at 80 with no gradient beyond.
+TEST(Dpo, AlphaDivergenceFallbackAndClamp) {
+  const std::vector<int> examples = {0};
+  ReferenceValues ref;
+  ref.first_response = {0};
+  ref.sequence_logp = {-2.0, -60.0};
+  const std::vector<float> row = {-5.0f, -5.0f};
+  std::vector<SequenceScores> scores = {{-5.0, 1, 0, 0}, {-5.0, 1, 0, 0}};
+  auto loss_of = [&](DpoConfig::FDivergenceType type, float alpha,
+                     std::vector<double>* grad) {
+    DpoConfig config;
+    config.set_beta(0.5f);
+    config.set_f_divergence_type(type);
+    config.set_f_alpha_divergence_coef(alpha);
+    auto dpo = DpoObjective::Create(config, 4);
+    EXPECT_TRUE(dpo.ok());
+    MetricSums sums;
+    return (*dpo)->Loss({&examples, &scores, &row, &ref}, grad, &sums);
+  };
+  std::vector<double> g_reverse, g_one;
+  EXPECT_EQ(loss_of(DpoConfig::ALPHA_DIVERGENCE, 1.0f + 1e-7f, &g_one),
+            loss_of(DpoConfig::REVERSE_KL, 0.5f, &g_reverse));
+  EXPECT_EQ(g_one, g_reverse);
+  // r_l = 55, α = 3: (α−1)·r_l = 110 > 80, so s_l = (e^80 − 1)/2 and the
+  // rejected token gets no gradient; r_w = −3 is not clamped.
+  std::vector<double> grad;
+  const double loss = loss_of(DpoConfig::ALPHA_DIVERGENCE, 3.0f, &grad);
+  const double s_w = (std::exp(-6.0) - 1) / 2, s_l = (std::exp(80.0) - 1) / 2;
+  const double u = 0.5 * (s_w - s_l);
+  EXPECT_NEAR(loss, -u + std::log1p(std::exp(u)), 1e-9 * -u);
+  // ∂loss/∂r_w = −β·σ(−u)·e^{(α−1)·r_w}, σ(−u) = 1 here.
+  EXPECT_NEAR(grad[0], -0.5 * std::exp(-6.0), 1e-15);
+  EXPECT_EQ(grad[1], 0.0);
+}
+
 TEST(Dpo, IdealizedRankingFollowsTheReferenceAndThePreferenceStrength) {
   // L̃(y_w) − L̃(y_l) = −3: the reference prefers y_l by 3 nats.
   const PairReference ref{-10.0, -7.0};
