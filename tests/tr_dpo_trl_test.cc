@@ -150,5 +150,41 @@ TEST(TrDpoTrl, WithoutSyncTheReferenceStaysAndStepThreeDiffers) {
   EXPECT_GT(worst, 1e-3);
 }
 
+// The sync mixes parameter by parameter: a reference of other sizes is
+// refused before training, and so is a config built in code (not validated)
+// that syncs a reference whose log-probs are precomputed.
+TEST(TrDpoConfig, RefusesReferencesItCannotMix) {
+  const std::string dir = WorkspacePath("tests/fixtures/gpt2");
+  const std::string run_dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/run_mismatch");
+  const std::string path = testing::WriteTempFile(
+      "mismatch.textproto",
+      absl::StrCat(
+          "model { architecture: GPT2 vocab_size: 101 n_positions: "
+          "64 n_embd: 16 n_layer: 2 n_head: 4 reference_hf_path: '",
+          dir, "/reference' live_reference: true }\n", "data { train_files: '",
+          dir, "/pairs.jsonl' max_length: 64 }\n", "objective { dpo { ", kTrDpo,
+          " } }\n", "batch { micro_batch_size: 2 global_batch_size: 6 }\n",
+          "max_steps: 1\nrun_dir: '", run_dir, "'\n"));
+  auto config = config::LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  std::ostringstream log;
+  auto refused = loop::Trainer::Create(*config, log);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(std::string(refused.status().message()),
+            "objective.dpo.sync_ref_model: model.reference_hf_path must have "
+            "the policy's architecture and sizes to be mixed with it: "
+            "parameter tensor 0 is transformer.wte.weight [101, 32] in the "
+            "reference but transformer.wte.weight [101, 16] in the policy");
+
+  config->mutable_model()->set_live_reference(false);
+  config->mutable_model()->set_n_embd(32);
+  auto precomputed = loop::Trainer::Create(*config, log);
+  ASSERT_FALSE(precomputed.ok());
+  EXPECT_EQ(std::string(precomputed.status().message()),
+            "objective.dpo.sync_ref_model: needs model.live_reference: true "
+            "(the precomputed reference log-probs would go stale)");
+}
+
 }  // namespace
 }  // namespace prefopt
