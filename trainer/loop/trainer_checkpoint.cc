@@ -74,9 +74,9 @@ absl::Status Trainer::RestoreSyncedReference(
     return absl::InvalidArgumentError(absl::StrCat(
         "objective.dpo.sync_ref_model: true with ref_model_sync_steps: ",
         dpo.ref_model_sync_steps(), " has moved the reference by step ", step,
-        ", but the checkpoint holds no reference (saved without "
-        "sync_ref_model?): resume it with objective.dpo.sync_ref_model: "
-        "false, or train into a new run_dir"));
+        ", but the checkpoint holds no reference (no reference.* tensors in "
+        "extra.safetensors): the run that saved it did not sync its reference "
+        "(a prefopt that ignored sync_ref_model); train into a new run_dir"));
   }
   model::Decoder& ref = live_reference_->model();
   std::map<std::string, const checkpoint::LoadedTensor*> given;
