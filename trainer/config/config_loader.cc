@@ -598,6 +598,14 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
     problem("live_reference",
             "objective sft uses no reference model; remove live_reference");
   }
+  if (config.objective().dpo().sync_ref_model() && !model.live_reference()) {
+    problems->push_back(
+        "objective.dpo.sync_ref_model: needs model.live_reference: true; "
+        "TR-DPO moves the reference during training, so the reference "
+        "log-probs precomputed before training would go stale (TRL likewise "
+        "refuses sync_ref_model with precompute_ref_log_probs). Add "
+        "model { live_reference: true }, or remove sync_ref_model");
+  }
   const std::pair<const char*, int32_t> sizes[] = {
       {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
       {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},
@@ -864,6 +872,25 @@ void CheckObjective(const ObjectiveConfig& objective,
             " (the probability that a preference label is flipped)"));
       }
       CheckDpoFamily(dpo, problems);
+      {
+        // TR-DPO's reference sync (docs/objectives.md §1). The two settings
+        // are checked also without sync_ref_model, which ignores them (as
+        // TRL), so that turning it on later cannot meet a bad value;
+        // CheckModel checks that it has a live reference. Unset (a config
+        // built in code, before FillDefaults) is not a value to check.
+        const float alpha = dpo.ref_model_mixup_alpha();
+        if (dpo.has_ref_model_mixup_alpha() && !(alpha >= 0 && alpha <= 1)) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got ",
+              alpha, " (the policy's share of the reference after each sync)"));
+        }
+        if (dpo.has_ref_model_sync_steps() && dpo.ref_model_sync_steps() < 1) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.ref_model_sync_steps: must be >= 1, got ",
+              dpo.ref_model_sync_steps(),
+              " (the reference is synced every that many optimizer steps)"));
+        }
+      }
       return;
     }
     case ObjectiveConfig::kKto:

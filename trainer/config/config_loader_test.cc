@@ -919,5 +919,74 @@ TEST(BatchForWorldTest, RejectsBadSizes) {
               HasSubstr("batch.micro_batch_size (0)"));
 }
 
+// TR-DPO (objective.dpo.sync_ref_model): the reference sync needs the live
+// reference, and its two settings are range-checked with or without it.
+TEST(TrDpoValidationTest, SyncNeedsTheLiveReference) {
+  const std::string path = WriteTempFile("tr_dpo.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(path, {"objective.dpo.sync_ref_model=true"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            path +
+                ": objective.dpo.sync_ref_model: needs model.live_reference: "
+                "true; TR-DPO moves the reference during training, so the "
+                "reference log-probs precomputed before training would go "
+                "stale (TRL likewise refuses sync_ref_model with "
+                "precompute_ref_log_probs). Add model { live_reference: true "
+                "}, or remove sync_ref_model");
+
+  absl::StatusOr<TrainConfig> live = LoadTrainConfig(
+      path, {"objective.dpo.sync_ref_model=true", "model.live_reference=true"});
+  ASSERT_TRUE(live.ok()) << live.status();
+  // TRL's defaults.
+  EXPECT_FLOAT_EQ(live->objective().dpo().ref_model_mixup_alpha(), 0.6f);
+  EXPECT_EQ(live->objective().dpo().ref_model_sync_steps(), 512);
+}
+
+TEST(TrDpoValidationTest, SettingsOutOfRangeAreRefusedWithOrWithoutSync) {
+  const std::string path =
+      WriteTempFile("tr_dpo_range.textproto", kValidScratch);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"objective.dpo.ref_model_mixup_alpha=1.5",
+       ": objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got 1.5 "
+       "(the policy's share of the reference after each sync)"},
+      {"objective.dpo.ref_model_mixup_alpha=-0.1",
+       ": objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got -0.1"},
+      {"objective.dpo.ref_model_sync_steps=0",
+       ": objective.dpo.ref_model_sync_steps: must be >= 1, got 0 (the "
+       "reference is synced every that many optimizer steps)"},
+      {"objective.dpo.ref_model_sync_steps=-3",
+       ": objective.dpo.ref_model_sync_steps: must be >= 1, got -3"},
+  };
+  for (const auto& [set, expected] : cases) {
+    for (bool sync : {false, true}) {
+      SCOPED_TRACE(absl::StrCat(set, sync ? " with sync" : " without sync"));
+      std::vector<std::string> overrides = {set};
+      if (sync) {
+        overrides.push_back("objective.dpo.sync_ref_model=true");
+        overrides.push_back("model.live_reference=true");
+      }
+      absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, overrides);
+      ASSERT_FALSE(config.ok());
+      EXPECT_THAT(Message(config.status()), HasSubstr(path + expected));
+    }
+  }
+  // The bounds themselves are allowed: alpha 0 keeps the reference, 1 copies
+  // the policy into it (TR-DPO's hard update).
+  for (const char* alpha : {"0", "1"}) {
+    absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+        path,
+        {absl::StrCat("objective.dpo.ref_model_mixup_alpha=", alpha),
+         "objective.dpo.ref_model_sync_steps=1",
+         "objective.dpo.sync_ref_model=true", "model.live_reference=true"});
+    EXPECT_TRUE(config.ok()) << config.status();
+  }
+  // Without sync_ref_model they are ignored, as in TRL.
+  absl::StatusOr<TrainConfig> ignored =
+      LoadTrainConfig(path, {"objective.dpo.ref_model_mixup_alpha=0.9",
+                             "objective.dpo.ref_model_sync_steps=4"});
+  EXPECT_TRUE(ignored.ok()) << ignored.status();
+}
+
 }  // namespace
 }  // namespace prefopt::config
