@@ -5,8 +5,11 @@
 # and 2 ranks with ZeRO-1 (sharded AdamW state) must retrace 2 unsharded ranks.
 # Run for DPO, for SparsePO with two learned mask networks, whose gradients
 # are summed across ranks with the policy's (unsummed, each rank's masks would
-# drift apart and the losses with them), and for KTO, whose KL estimate sums
-# the ranks' pre-passes (docs/objectives.md §8).
+# drift apart and the losses with them), for TR-DPO, whose every rank
+# mixes its own copy of the reference with the gathered policy (a rank that
+# mixed with its ZeRO-1 shard only, or skipped the sync, would score against
+# another reference), and for KTO, whose KL estimate sums the ranks'
+# pre-passes (docs/objectives.md §8).
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -43,13 +46,14 @@ print(f"ok: {name}, 6 steps, {label} (worst relative difference {worst:.2e})")
 PY
 }
 
-# run_case NAME OBJECTIVE [DATA SHUFFLE POLICY REFERENCE]: 1 rank, 2 ranks
-# and 2 ranks with ZeRO-1.
+# run_case NAME OBJECTIVE [MODEL_FIELDS DATA SHUFFLE POLICY REFERENCE]: 1 rank,
+# 2 ranks and 2 ranks with ZeRO-1.
 run_case() {
-  local name="$1" objective="$2" data="${3:-pairs.jsonl}" shuffle="${4:-true}"
-  local policy="${5:-policy}" reference="${6:-reference}"
+  local name="$1" objective="$2" model_fields="${3:-}"
+  local data="${4:-pairs.jsonl}" shuffle="${5:-true}"
+  local policy="${6:-policy}" reference="${7:-reference}"
   cat >"$tmp/$name.textproto" <<CONF
-model { hf_path: "$fixtures/$policy" reference_hf_path: "$fixtures/$reference" }
+model { hf_path: "$fixtures/$policy" reference_hf_path: "$fixtures/$reference" $model_fields }
 data { train_files: "$fixtures/$data" max_length: 64 shuffle: $shuffle }
 objective { $objective }
 optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }
@@ -79,8 +83,10 @@ CONF
 run_case dpo "dpo { beta: 0.1 }"
 run_case sparsepo \
   "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"
+run_case tr_dpo "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 2 }" \
+  "live_reference: true"
 # The models swapped, so that the KL estimate is above 0 (not clamped).
-run_case kto "kto { beta: 0.5 desirable_weight: 1.33 }" unpaired.jsonl false \
+run_case kto "kto { beta: 0.5 desirable_weight: 1.33 }" "" unpaired.jsonl false \
   reference policy
 
 # Ranks started with different configs refuse to train, naming what differs;

@@ -343,6 +343,14 @@ INSTANTIATE_TEST_SUITE_P(
              "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
              "n_layer: 2 n_head: 4",
              "model.live_reference=true"},
+        // TR-DPO: the reference is mixed with the policy on the device after
+        // steps 1 and 2, so steps 2 and 3 score against a moved reference.
+        Case{"tr_dpo",
+             "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 1 }",
+             "gpt2/pairs.jsonl",
+             "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4",
+             "model.live_reference=true"},
         // KTO's pre-pass scores the KL completions on the device too.
         Case{"kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"},
         Case{"kto_live_reference", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",

@@ -1,5 +1,6 @@
 // Every objective trains through the same loop: a short from-scratch run on a
-// tiny GPT-2 lowers its loss (SparsePO with each kind of mask too), PRIOR with
+// tiny GPT-2 lowers its loss (every DPO-family loss type, MPO, f-DPO and
+// LD-DPO, and SparsePO with each kind of mask too), PRIOR with
 // α = 0 retraces SFT step for step, and a live reference model gives what the
 // precomputed reference cache gives (KTO's KL completions included).
 #include <cmath>
@@ -68,6 +69,39 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Case{"dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"ipo", "dpo { beta: 0.1 loss_type: IPO }", "gpt2/pairs.jsonl"},
+        Case{"hinge", "dpo { beta: 0.1 loss_type: HINGE }", "gpt2/pairs.jsonl"},
+        Case{"robust",
+             "dpo { beta: 0.1 loss_type: ROBUST label_smoothing: 0.1 }",
+             "gpt2/pairs.jsonl"},
+        Case{"exo_pair",
+             "dpo { beta: 0.1 loss_type: EXO_PAIR label_smoothing: 0.001 }",
+             "gpt2/pairs.jsonl"},
+        Case{"nca_pair", "dpo { beta: 0.1 loss_type: NCA_PAIR }",
+             "gpt2/pairs.jsonl"},
+        Case{"bco_pair", "dpo { beta: 0.1 loss_type: BCO_PAIR }",
+             "gpt2/pairs.jsonl"},
+        Case{"sppo_hard", "dpo { beta: 0.1 loss_type: SPPO_HARD }",
+             "gpt2/pairs.jsonl"},
+        Case{"aot", "dpo { beta: 0.1 loss_type: AOT }", "gpt2/pairs.jsonl"},
+        Case{"aot_unpaired", "dpo { beta: 0.1 loss_type: AOT_UNPAIRED }",
+             "gpt2/pairs.jsonl"},
+        Case{"apo_zero", "dpo { beta: 0.1 loss_type: APO_ZERO }",
+             "gpt2/pairs.jsonl"},
+        Case{"apo_down", "dpo { beta: 0.1 loss_type: APO_DOWN }",
+             "gpt2/pairs.jsonl"},
+        Case{"discopop", "dpo { beta: 0.1 loss_type: DISCOPOP }",
+             "gpt2/pairs.jsonl"},
+        Case{"dpo_sft", "dpo { beta: 0.1 loss_type: SFT }", "gpt2/pairs.jsonl"},
+        Case{"sigmoid_norm", "dpo { beta: 0.1 loss_type: SIGMOID_NORM }",
+             "gpt2/pairs.jsonl"},
+        Case{"mpo",
+             "dpo { beta: 0.1 loss_type: [SIGMOID, BCO_PAIR, SFT] "
+             "loss_weights: [0.8, 0.2, 1.0] }",
+             "gpt2/pairs.jsonl"},
+        Case{"f_dpo_alpha",
+             "dpo { beta: 0.1 f_divergence_type: ALPHA_DIVERGENCE }",
+             "gpt2/pairs.jsonl"},
+        Case{"ld_dpo", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl"},
         Case{"sft", "sft {}", "demos.jsonl"},
         Case{"prior", "prior { alpha: 1 }", "demos.jsonl"},
         Case{"isft_tv", "implicit_sft { divergence: TOTAL_VARIATION }",
@@ -134,6 +168,10 @@ TEST(LiveReference, MatchesThePrecomputedCache) {
   const Case cases[][2] = {
       {{"dpo_cached", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
        {"dpo_live", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+        "model.live_reference=true"}},
+      // LD-DPO reads the reference's per-token log-probs.
+      {{"ld_dpo_cached", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl"},
+       {"ld_dpo_live", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl",
         "model.live_reference=true"}},
       // Per-token reference log-probs, scored without the context.
       {{"prior_cached", "prior { alpha: 1 }", "demos.jsonl"},

@@ -385,6 +385,16 @@ absl::Status Trainer::Init() {
     }
   }
 
+  // TR-DPO moves the live reference towards the policy (Step).
+  if (const DpoConfig& dpo = config_.objective().dpo(); dpo.sync_ref_model()) {
+    s = CheckReferenceSync(dpo, live_reference_.get(), *policy_);
+    if (!s.ok()) return s;
+    sync_reference_ = true;
+    out() << "reference: synced to the policy every "
+          << dpo.ref_model_sync_steps() << " steps with alpha "
+          << dpo.ref_model_mixup_alpha() << " (TR-DPO)\n";
+  }
+
   if (!sparsepo) {
     output_ = std::make_unique<objectives::ChunkedOutputLayer>(
         backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
@@ -699,6 +709,13 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   m["skipped_nonfinite"] = finite ? 0.0 : 1.0;
   backend_->Zero(policy_->grads(), policy_->padded_param_count());
   ++step_;
+  // TR-DPO: after the optimizer step, as TRL's SyncRefModelCallback at
+  // on_step_end (docs/objectives.md §1). Every rank holds the whole updated
+  // policy (GatherParams) and mixes its own copy of the reference alike.
+  const DpoConfig& dpo = config_.objective().dpo();
+  if (sync_reference_ && step_ % dpo.ref_model_sync_steps() == 0) {
+    live_reference_->MixIn(*policy_, dpo.ref_model_mixup_alpha());
+  }
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
