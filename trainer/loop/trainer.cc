@@ -267,6 +267,16 @@ absl::Status Trainer::Init() {
           << " dropped (prompt leaves no room within max_length)";
   }
   out() << "\n";
+  if (config_.objective().has_kto()) {
+    const int64_t desirable =
+        std::count_if(dataset_.examples.begin(), dataset_.examples.end(),
+                      [](const data::Example& ex) { return ex.label; });
+    const KtoConfig& kto = config_.objective().kto();
+    const std::string advice = objectives::KtoWeightWarning(
+        kto.desirable_weight(), kto.undesirable_weight(), desirable,
+        static_cast<int64_t>(dataset_.examples.size()) - desirable);
+    if (!advice.empty()) out() << "warning: " << advice << "\n";
+  }
   if (dataset_.identical_responses > 0) {
     out() << "warning: " << dataset_.identical_responses
           << " pairs have identical chosen and rejected responses\n";

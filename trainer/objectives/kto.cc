@@ -1,12 +1,37 @@
 #include "trainer/objectives/kto.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "trainer/objectives/logistic.h"
 
 namespace prefopt::objectives {
+
+std::string KtoWeightWarning(double desirable_weight, double undesirable_weight,
+                             int64_t desirable, int64_t undesirable) {
+  // TRL counts at least one of each.
+  const double nd = static_cast<double>(std::max<int64_t>(desirable, 1));
+  const double nu = static_cast<double>(std::max<int64_t>(undesirable, 1));
+  if (nd == nu) return "";
+  auto round2 = [](double x) { return std::round(x * 100.0) / 100.0; };
+  const double d_low = round2(nu * undesirable_weight / nd);
+  const double d_high = round2(nu * undesirable_weight / nd * 1.33);
+  const double u_low = round2(nd * desirable_weight / nu / 1.33);
+  const double u_high = round2(nd * desirable_weight / nu);
+  if ((d_low <= desirable_weight && desirable_weight <= d_high) ||
+      (u_low <= undesirable_weight && undesirable_weight <= u_high)) {
+    return "";
+  }
+  return absl::StrFormat(
+      "objective.kto: the data has %d desirable and %d undesirable "
+      "examples, and neither weight is in the range TRL recommends for "
+      "them: set EITHER desirable_weight in [%g, %g] OR undesirable_weight "
+      "in [%g, %g], not both (docs/objectives.md §8)",
+      desirable, undesirable, d_low, d_high, u_low, u_high);
+}
 
 absl::StatusOr<std::unique_ptr<KtoObjective>> KtoObjective::Create(
     const KtoConfig& config, int vocab_size) {

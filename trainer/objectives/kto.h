@@ -5,6 +5,7 @@
 #ifndef PREFOPT_TRAINER_OBJECTIVES_KTO_H_
 #define PREFOPT_TRAINER_OBJECTIVES_KTO_H_
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,6 +24,15 @@ struct KtoExampleGradient {
   double loss = 0;
   double dloss_dlogp = 0;
 };
+
+// TRL's advice on the weights when the data has `desirable` and
+// `undesirable` examples in unequal numbers (Ethayarajh et al. 2024, Eq. (8):
+// λ_D·n_D / (λ_U·n_U) in [1, 4/3]): the warning KTOTrainer logs when neither
+// desirable_weight is in [n_U·λ_U/n_D, 1.33·n_U·λ_U/n_D] nor
+// undesirable_weight in [n_D·λ_D/(1.33·n_U), n_D·λ_D/n_U] (bounds rounded to
+// two decimals, as TRL's), naming both ranges; "" otherwise.
+std::string KtoWeightWarning(double desirable_weight, double undesirable_weight,
+                             int64_t desirable, int64_t undesirable);
 
 class KtoObjective : public Objective {
  public:

@@ -186,6 +186,21 @@ TEST(Kto, MetricsAreTrlsPerLabelMeans) {
   EXPECT_EQ(m2.count("rewards/chosen"), 1u);
 }
 
+TEST(Kto, WeightWarningFollowsTrlsRanges) {
+  // Balanced data: no advice, whatever the weights.
+  EXPECT_EQ(KtoWeightWarning(1, 1, 50, 50), "");
+  EXPECT_EQ(KtoWeightWarning(3, 1, 50, 50), "");
+  // 100 desirable, 50 undesirable, weights 1: desirable_weight should be in
+  // [0.5, 0.67] or undesirable_weight in [1.5, 2].
+  const std::string warning = KtoWeightWarning(1, 1, 100, 50);
+  EXPECT_NE(warning.find("desirable_weight in [0.5, 0.67]"), std::string::npos)
+      << warning;
+  EXPECT_NE(warning.find("undesirable_weight in [1.5, 2]"), std::string::npos)
+      << warning;
+  EXPECT_EQ(KtoWeightWarning(0.6, 1, 100, 50), "");
+  EXPECT_EQ(KtoWeightWarning(1, 1.8, 100, 50), "");
+}
+
 TEST(Kto, CreateRejectsBadValues) {
   KtoConfig config;
   config.set_beta(0);
