@@ -893,12 +893,24 @@ void CheckObjective(const ObjectiveConfig& objective,
       }
       return;
     }
-    case ObjectiveConfig::kKto:
-      if (!(objective.kto().beta() > 0)) {
-        problems->push_back(absl::StrCat(
-            "objective.kto.beta: must be > 0, got ", objective.kto().beta()));
+    case ObjectiveConfig::kKto: {
+      const KtoConfig& kto = objective.kto();
+      if (!(kto.beta() > 0)) {
+        problems->push_back(
+            absl::StrCat("objective.kto.beta: must be > 0, got ", kto.beta()));
+      }
+      if (!(kto.desirable_weight() >= 0)) {
+        problems->push_back(
+            absl::StrCat("objective.kto.desirable_weight: must be >= 0, got ",
+                         kto.desirable_weight()));
+      }
+      if (!(kto.undesirable_weight() >= 0)) {
+        problems->push_back(
+            absl::StrCat("objective.kto.undesirable_weight: must be >= 0, got ",
+                         kto.undesirable_weight()));
       }
       return;
+    }
     case ObjectiveConfig::kCpo:
       if (!(objective.cpo().beta() > 0)) {
         problems->push_back(absl::StrCat(

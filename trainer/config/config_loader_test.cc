@@ -702,6 +702,16 @@ TEST(ValidationTest, KtoSamplesInOrderWithBatchesOfAtLeastTwo) {
   EXPECT_THAT(Message(shuffled.status()),
               HasSubstr("batch.global_batch_size: must be >= 2 for "
                         "objective.kto with loss_type KTO, got 1"));
+  absl::StatusOr<TrainConfig> negative =
+      LoadTrainConfig(ok, {"objective.kto.desirable_weight=-1",
+                           "objective.kto.undesirable_weight=-0.5"});
+  ASSERT_FALSE(negative.ok());
+  EXPECT_THAT(
+      Message(negative.status()),
+      HasSubstr("objective.kto.desirable_weight: must be >= 0, got -1"));
+  EXPECT_THAT(
+      Message(negative.status()),
+      HasSubstr("objective.kto.undesirable_weight: must be >= 0, got -0.5"));
   // APO-zero estimates no KL term: any order and batch size.
   EXPECT_TRUE(
       LoadTrainConfig(
