@@ -34,6 +34,8 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
+  // The global batch's Objective::TokenDenominator (0 when unused).
+  double token_denominator = 0;
 };
 
 class Objective {
@@ -52,6 +54,17 @@ class Objective {
   // number of pairs, of sequences, or of response tokens in `batch`.
   virtual double Denominator(const std::vector<data::Example>& examples,
                              const std::vector<int>& batch) const = 0;
+
+  // A second global-batch count, for a loss term that is a mean over tokens
+  // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
+  // (docs/objectives.md §8) is a mean over the chosen responses' tokens. The
+  // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
+  // (unused) by default.
+  virtual double TokenDenominator(
+      const std::vector<data::Example>& /*examples*/,
+      const std::vector<int>& /*batch*/) const {
+    return 0;
+  }
 
   // Writes G_t for every response token of the micro-batch (row_logp's
   // order), already divided by `denominator`, and adds the micro-batch's
