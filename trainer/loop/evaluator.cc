@@ -126,6 +126,8 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   // Coefficients wants the loss's denominator; the coefficients themselves
   // are not used.
   const double denominator = objective_->Denominator(data_.examples, all);
+  const double token_denominator =
+      objective_->TokenDenominator(data_.examples, all);
   const bool pairs = data_.kind == data::ExampleKind::kPreference;
   objectives::MetricSums sums, common;
   std::vector<int> micro;
@@ -138,8 +140,9 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     const std::vector<objectives::SequenceScores> scores =
         output.Forward(hidden, policy.output_embedding(),
                        batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
-                                          &references_};
+    objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
+                                    &references_};
+    view.token_denominator = token_denominator;
     objective_->Coefficients(view, denominator, &coef_, &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);
     for (size_t i = 0; i < n; ++i) {
