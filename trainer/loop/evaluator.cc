@@ -17,6 +17,7 @@
 #include "trainer/loop/device_select.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 
 namespace prefopt::loop {
@@ -137,9 +138,12 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     const float* hidden = policy.Forward(batch_.packed);
-    const std::vector<objectives::SequenceScores> scores =
-        output.Forward(hidden, policy.output_embedding(),
-                       batch_.packed.tokens.data(), batch_.segments);
+    const std::vector<objectives::SequenceScores> scores = output.Forward(
+        hidden, policy.output_embedding(), batch_.packed.tokens.data(),
+        objective_->scores_prompts()
+            ? objectives::WithPromptSegments(batch_.segments, data_.examples,
+                                             micro)
+            : batch_.segments);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
     view.token_denominator = token_denominator;

@@ -47,6 +47,13 @@ class Objective {
   // Whether the reference model scores the example with its context (PRIOR's
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
+  // Whether the objective also scores the rows that predict each example's
+  // prompt tokens 2..P of its first sequence: ORPO's NLL, as TRL's, covers the
+  // chosen sequence's prompt too (docs/objectives.md §8). The loop then passes
+  // the output layer PromptSegments(...) after the response segments, so
+  // `scores` and `row_logp` hold one more entry per example after the
+  // responses', and Coefficients writes their G_t in that order too.
+  virtual bool scores_prompts() const { return false; }
   // Whether Coefficients reads MicroBatchView::row_log_sum_sq_probs.
   virtual bool needs_row_log_sum_sq_probs() const { return false; }
 

@@ -1,5 +1,6 @@
 #include "trainer/objectives/orpo.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -55,30 +56,45 @@ double OrpoObjective::Denominator(const std::vector<data::Example>&,
 double OrpoObjective::TokenDenominator(
     const std::vector<data::Example>& examples,
     const std::vector<int>& batch) const {
-  return ChosenResponseTokens(examples, batch);
+  double prompt_tokens = 0;
+  for (int i : batch) {
+    const data::Example& e = examples[i];
+    prompt_tokens += std::max<double>(
+        0, static_cast<double>(e.context.size() + e.prompt.size()) - 1);
+  }
+  return ChosenResponseTokens(examples, batch) + prompt_tokens;
 }
 
 void OrpoObjective::Coefficients(const MicroBatchView& batch,
                                  double denominator, std::vector<float>* coef,
                                  MetricSums* sums) const {
+  // scores: the pairs' chosen and rejected responses, then each pair's prompt
+  // rows (scores_prompts()); coef follows the same order.
   const std::vector<SequenceScores>& scores = *batch.scores;
+  const size_t n = batch.examples->size();
   const double tokens = batch.token_denominator;
   coef->clear();
-  for (size_t i = 0; i < batch.examples->size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     const SequenceScores& chosen = scores[2 * i];
     const SequenceScores& rejected = scores[2 * i + 1];
+    const SequenceScores& prompt = scores[2 * n + i];
     const ReferenceFreePairGradient g = Pair(chosen, rejected, sums);
-    // loss = Σ chosen NLL / chosen tokens + mean over pairs of the odds-ratio
-    // term; the NLL share of each pair is scaled to the pair count so that
-    // the "loss" metric's mean over pairs is the whole loss.
-    const double nll = -chosen.logp;
+    // loss = NLL over the chosen sequences' tokens (a mean over the global
+    // batch's) + mean over pairs of the odds-ratio term; each pair's NLL
+    // share is scaled to the pair count so that the "loss" metric's mean over
+    // pairs is the whole loss.
+    const double nll = -(chosen.logp + prompt.logp);
     sums->Add("loss", g.loss + nll * denominator / tokens);
-    sums->Add("nll_loss", nll, chosen.tokens);
+    sums->Add("nll_loss", nll, chosen.tokens + prompt.tokens);
     coef->insert(coef->end(), chosen.tokens,
                  static_cast<float>(
                      -(g.dloss_dlogp_chosen / denominator - 1.0 / tokens)));
     coef->insert(coef->end(), rejected.tokens,
                  static_cast<float>(-g.dloss_dlogp_rejected / denominator));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    coef->insert(coef->end(), scores[2 * n + i].tokens,
+                 static_cast<float>(1.0 / tokens));
   }
 }
 

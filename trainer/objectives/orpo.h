@@ -1,6 +1,7 @@
-// ORPO (docs/objectives.md §8), as TRL's experimental ORPOTrainer: the chosen
-// responses' NLL plus β times the odds-ratio loss −log σ(log-odds(y_w) −
-// log-odds(y_l)) of the length-averaged log-probs. No reference model.
+// ORPO (docs/objectives.md §8), as TRL's experimental ORPOTrainer: the NLL of
+// the chosen sequences (prompt and response, as TRL) plus β times the
+// odds-ratio loss −log σ(log-odds(y_w) − log-odds(y_l)) of the responses'
+// length-averaged log-probs. No reference model.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_ORPO_H_
 #define PREFOPT_TRAINER_OBJECTIVES_ORPO_H_
 
@@ -32,10 +33,13 @@ class OrpoObjective : public Objective {
   ReferenceNeeds reference_needs() const override {
     return ReferenceNeeds::kNone;
   }
+  // The NLL covers the chosen sequence's prompt tokens too, as TRL's.
+  bool scores_prompts() const override { return true; }
   // The odds-ratio term is a mean over pairs ...
   double Denominator(const std::vector<data::Example>& examples,
                      const std::vector<int>& batch) const override;
-  // ... the NLL term one over the chosen responses' tokens.
+  // ... the NLL term one over the chosen sequences' tokens, prompt (from its
+  // second token) and response.
   double TokenDenominator(const std::vector<data::Example>& examples,
                           const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,

@@ -12,9 +12,12 @@
 namespace prefopt::objectives {
 namespace {
 
+// Three pairs' (chosen, rejected) responses, then the three prompts' rows
+// (OrpoObjective::scores_prompts()).
 std::vector<SequenceScores> Scores() {
   return {{-6.0, 3, 1.5, 1}, {-9.0, 5, -2.0, 2}, {-14.0, 7, 0.5, 0},
-          {-4.0, 2, 3.0, 1}, {-0.3, 4, 1.0, 0},  {-11.0, 6, -1.0, 3}};
+          {-4.0, 2, 3.0, 1}, {-0.3, 4, 1.0, 0},  {-11.0, 6, -1.0, 3},
+          {-8.0, 4, 0.0, 0}, {0.0, 0, 0.0, 0},   {-2.5, 1, 0.0, 0}};
 }
 
 struct Result {
@@ -28,8 +31,9 @@ Result Evaluate(const OrpoObjective& orpo,
   const std::vector<int> examples = {0, 1, 2};
   std::vector<float> row_logp;
   MicroBatchView view{&examples, &scores, &row_logp, nullptr};
-  view.token_denominator =
-      scores[0].tokens + scores[2].tokens + scores[4].tokens;
+  view.token_denominator = scores[0].tokens + scores[2].tokens +
+                           scores[4].tokens + scores[6].tokens +
+                           scores[7].tokens + scores[8].tokens;
   Result r;
   MetricSums sums;
   orpo.Coefficients(view, 3.0, &r.coef, &sums);
@@ -80,7 +84,8 @@ TEST(Orpo, ClosedFormAndMetrics) {
     odds += lo / 3;
     ratio += std::log(1 / (1 + std::exp(-lo))) / 3;
   }
-  const double nll = (6.0 + 14.0 + 0.3) / 14;
+  // Over the chosen responses' and the prompts' tokens.
+  const double nll = (6.0 + 14.0 + 0.3 + 8.0 + 2.5) / 19;
   EXPECT_NEAR(r.metrics.at("log_odds_chosen"), odds, 1e-9);
   EXPECT_NEAR(r.metrics.at("log_odds_ratio"), ratio, 1e-9);
   EXPECT_NEAR(r.metrics.at("nll_loss"), nll, 1e-12);

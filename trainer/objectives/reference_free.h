@@ -4,6 +4,7 @@
 #ifndef PREFOPT_TRAINER_OBJECTIVES_REFERENCE_FREE_H_
 #define PREFOPT_TRAINER_OBJECTIVES_REFERENCE_FREE_H_
 
+#include <algorithm>
 #include <vector>
 
 #include "trainer/data/examples.h"
@@ -27,6 +28,27 @@ inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
   double tokens = 0;
   for (int i : batch) tokens += static_cast<double>(examples[i].chosen.size());
   return tokens;
+}
+
+// `segments` (a micro-batch's response segments, data::BuildBatch's) followed
+// by one segment per example of `micro` over the rows of its first sequence
+// that predict its prompt tokens 2..P (P = context + prompt tokens; none
+// when P = 1), for an objective whose scores_prompts() is true.
+inline std::vector<ResponseSegment> WithPromptSegments(
+    const std::vector<ResponseSegment>& segments,
+    const std::vector<data::Example>& examples, const std::vector<int>& micro) {
+  std::vector<ResponseSegment> out = segments;
+  size_t first = 0;  // the example's first sequence
+  for (int ex : micro) {
+    const data::Example& e = examples[ex];
+    const int prompt_rows =
+        std::max(0, static_cast<int>(e.context.size() + e.prompt.size()) - 1);
+    // The first response row predicts the first response token; the rows
+    // before it predict the prompt's.
+    out.push_back({segments[first].row - prompt_rows, prompt_rows});
+    first += e.num_responses();
+  }
+  return out;
 }
 
 // The metrics CPO and ORPO share (TRL's names), for one pair whose responses
