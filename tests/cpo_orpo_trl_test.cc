@@ -18,6 +18,7 @@
 #include "tests/fixture_util.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
 
 namespace prefopt {
@@ -40,23 +41,29 @@ struct Case {
   bool trained;  // the fixture has a three-step trajectory
 };
 
-std::unique_ptr<loop::Trainer> MakeTrainer(const Case& c) {
+TrainConfig MakeConfig(const Case& c, const std::string& run_name) {
   const std::string dir = WorkspacePath("tests/fixtures/gpt2");
   const std::string run_dir =
-      absl::StrCat(std::getenv("TEST_TMPDIR"), "/run_", c.name);
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/", run_name, "_", c.name);
   const std::string text = absl::StrCat(
       "model { hf_path: '", dir, "/policy' }\n", "data { train_files: '", dir,
+      "/cpo_orpo_pairs.jsonl' eval_files: '", dir,
       "/cpo_orpo_pairs.jsonl' max_length: 64 }\n", "objective { ", c.objective,
       " }\n", "optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }\n",
       "schedule { kind: LINEAR warmup_steps: 0 }\n",
       "batch { micro_batch_size: 2 global_batch_size: 6 }\n",
       "max_steps: 3\nseed: 1\nrun_dir: '", run_dir, "'\n");
-  const std::string path =
-      testing::WriteTempFile(absl::StrCat(c.name, ".textproto"), text);
+  const std::string path = testing::WriteTempFile(
+      absl::StrCat(run_name, "_", c.name, ".textproto"), text);
   auto config = config::LoadTrainConfig(path, {});
   EXPECT_TRUE(config.ok()) << config.status();
+  return config.ok() ? *config : TrainConfig();
+}
+
+std::unique_ptr<loop::Trainer> MakeTrainer(const Case& c) {
+  const TrainConfig config = MakeConfig(c, "run");
   std::ostringstream log;
-  auto trainer = loop::Trainer::Create(*config, log);
+  auto trainer = loop::Trainer::Create(config, log);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
   // Reference-free: no reference pass, no cache.
   EXPECT_EQ(log.str().find("reference"), std::string::npos) << log.str();
@@ -126,6 +133,22 @@ TEST_P(CpoOrpoTrl, TokensLossMetricsAndGradientsMatchTrl) {
     ASSERT_TRUE(ref.ok()) << ref.status();
     EXPECT_LT(RelativeL2(TensorInHfLayout(t, policy.grads()), *ref), 1e-5)
         << "gradient of " << t.name;
+  }
+}
+
+// `prefopt eval` of the starting model on the same six pairs (one global
+// batch) gives what TRL's compute_loss logged for them.
+TEST_P(CpoOrpoTrl, EvaluationMatchesTrl) {
+  const Case& c = GetParam();
+  const nlohmann::json fixture = ReadJson(absl::StrCat(c.name, ".json"));
+  std::ostringstream log;
+  auto eval = loop::EvaluateModel(MakeConfig(c, "eval"), "", log, nullptr);
+  ASSERT_TRUE(eval.ok()) << eval.status();
+  EXPECT_EQ(eval->examples, 6);
+  ExpectClose(eval->metrics["loss"], fixture["loss"].get<double>(), "loss");
+  for (const auto& [name, value] : fixture["metrics"].items()) {
+    ASSERT_TRUE(eval->metrics.count(name)) << "missing metric " << name;
+    ExpectClose(eval->metrics[name], Expected(fixture, name), name);
   }
 }
 

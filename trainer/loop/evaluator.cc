@@ -138,12 +138,14 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     const float* hidden = policy.Forward(batch_.packed);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    data_.examples, micro);
+    }
     const std::vector<objectives::SequenceScores> scores = output.Forward(
         hidden, policy.output_embedding(), batch_.packed.tokens.data(),
-        objective_->scores_prompts()
-            ? objectives::WithPromptSegments(batch_.segments, data_.examples,
-                                             micro)
-            : batch_.segments);
+        objective_->scores_prompts() ? with_prompts : batch_.segments);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
     view.token_denominator = token_denominator;

@@ -562,13 +562,15 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           objective_->reference_sees_context());
     }
     const float* hidden = policy_->Forward(batch_.packed);
-    const std::vector<objectives::ResponseSegment> segments =
-        objective_->scores_prompts()
-            ? objectives::WithPromptSegments(batch_.segments, dataset_.examples,
-                                             micro)
-            : batch_.segments;
+    std::vector<objectives::ResponseSegment> with_prompts;
+    const std::vector<objectives::ResponseSegment>* segments = &batch_.segments;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    dataset_.examples, micro);
+      segments = &with_prompts;
+    }
     scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), segments);
+                              batch_.packed.tokens.data(), *segments);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
     view.token_denominator = token_denominator;
@@ -577,7 +579,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
                       hidden, policy_->output_embedding(),
-                      batch_.packed.tokens.data(), segments, coef_);
+                      batch_.packed.tokens.data(), *segments, coef_);
     // The last micro-batch's backward finishes each block's gradients: their
     // exchange can start while the blocks below are still computed.
     if (begin + n == indices.size()) sync_->BeginLastBackward();
