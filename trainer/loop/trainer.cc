@@ -24,8 +24,11 @@
 #include "trainer/loop/checkpointing.h"
 #include "trainer/loop/device_select.h"
 #include "trainer/metrics/run_report.h"
+#include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
+#include "trainer/objectives/orpo.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
@@ -102,11 +105,19 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       return absl::InvalidArgumentError(
           "objective.sparsepo: not a coefficient-form objective; the loop runs "
           "it with SparsePoStep");
+    case ObjectiveConfig::kCpo: {
+      auto cpo = objectives::CpoObjective::Create(config.cpo(), vocab_size);
+      if (!cpo.ok()) return cpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(cpo));
+    }
+    case ObjectiveConfig::kOrpo: {
+      auto orpo = objectives::OrpoObjective::Create(config.orpo(), vocab_size);
+      if (!orpo.ok()) return orpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(orpo));
+    }
     case ObjectiveConfig::kKto:
-    case ObjectiveConfig::kCpo:
-    case ObjectiveConfig::kOrpo:
       return absl::UnimplementedError(
-          "objective: kto, cpo and orpo are being built (issue 14)");
+          "objective: kto is being built (issue 14)");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
@@ -489,11 +500,16 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums sums;
-  const int64_t tokens =
-      LocalForwardBackward(indices, Denominator(indices), &sums);
+  const int64_t tokens = LocalForwardBackward(indices, Denominator(indices),
+                                              TokenDenominator(indices), &sums);
   std::map<std::string, double> m = sums.Means();
   m["tokens"] = static_cast<double>(tokens);
   return m;
+}
+
+double Trainer::TokenDenominator(const std::vector<int>& batch) const {
+  if (objective_ == nullptr) return 0;
+  return objective_->TokenDenominator(dataset_.examples, batch);
 }
 
 double Trainer::Denominator(const std::vector<int>& batch) const {
@@ -529,6 +545,7 @@ std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
 
 int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                       double denominator,
+                                      double token_denominator,
                                       objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
   // denominator, so the update does not depend on how the batch is split into
@@ -555,16 +572,24 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           objective_->reference_sees_context());
     }
     const float* hidden = policy_->Forward(batch_.packed);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    const std::vector<objectives::ResponseSegment>* segments = &batch_.segments;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    dataset_.examples, micro);
+      segments = &with_prompts;
+    }
     scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                          reference};
+                              batch_.packed.tokens.data(), *segments);
+    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                    reference};
+    view.token_denominator = token_denominator;
     objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
                       hidden, policy_->output_embedding(),
-                      batch_.packed.tokens.data(), batch_.segments, coef_);
+                      batch_.packed.tokens.data(), *segments, coef_);
     // The last micro-batch's backward finishes each block's gradients: their
     // exchange can start while the blocks below are still computed.
     if (begin + n == indices.size()) sync_->BeginLastBackward();
@@ -578,7 +603,8 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const std::vector<int> global = GlobalBatch(step_);
   objectives::MetricSums sums;
   double tokens = static_cast<double>(
-      LocalForwardBackward(LocalShard(global), Denominator(global), &sums));
+      LocalForwardBackward(LocalShard(global), Denominator(global),
+                           TokenDenominator(global), &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;

@@ -115,11 +115,13 @@ class Trainer {
   // Creates backend_ for config device/precision and logs which it is.
   absl::Status SelectDevice();
   // Forward and backward over `local` (this rank's share of a global batch
-  // whose loss denominator is `denominator`); adds metrics to `sums` and
-  // returns the rows processed.
+  // whose loss denominators are `denominator` and `token_denominator`); adds
+  // metrics to `sums` and returns the rows processed.
   int64_t LocalForwardBackward(const std::vector<int>& local,
-                               double denominator,
+                               double denominator, double token_denominator,
                                objectives::MetricSums* sums);
+  // The objective's TokenDenominator of a global batch (0 for SparsePO).
+  double TokenDenominator(const std::vector<int>& batch) const;
   // The loss denominator of a global batch (docs/objectives.md §0).
   double Denominator(const std::vector<int>& batch) const;
   // The gradients trained beside the policy's: SparsePO's mask networks'.

@@ -34,6 +34,8 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
+  // The global batch's Objective::TokenDenominator (0 when unused).
+  double token_denominator = 0;
 };
 
 class Objective {
@@ -45,6 +47,13 @@ class Objective {
   // Whether the reference model scores the example with its context (PRIOR's
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
+  // Whether the objective also scores the rows that predict each example's
+  // prompt tokens 2..P of its first sequence: ORPO's NLL, as TRL's, covers the
+  // chosen sequence's prompt too (docs/objectives.md §8). The loop then passes
+  // the output layer PromptSegments(...) after the response segments, so
+  // `scores` and `row_logp` hold one more entry per example after the
+  // responses', and Coefficients writes their G_t in that order too.
+  virtual bool scores_prompts() const { return false; }
   // Whether Coefficients reads MicroBatchView::row_log_sum_sq_probs.
   virtual bool needs_row_log_sum_sq_probs() const { return false; }
 
@@ -52,6 +61,17 @@ class Objective {
   // number of pairs, of sequences, or of response tokens in `batch`.
   virtual double Denominator(const std::vector<data::Example>& examples,
                              const std::vector<int>& batch) const = 0;
+
+  // A second global-batch count, for a loss term that is a mean over tokens
+  // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
+  // (docs/objectives.md §8) is a mean over the chosen responses' tokens. The
+  // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
+  // (unused) by default.
+  virtual double TokenDenominator(
+      const std::vector<data::Example>& /*examples*/,
+      const std::vector<int>& /*batch*/) const {
+    return 0;
+  }
 
   // Writes G_t for every response token of the micro-batch (row_logp's
   // order), already divided by `denominator`, and adds the micro-batch's
