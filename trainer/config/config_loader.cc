@@ -833,6 +833,12 @@ void CheckDpoFamily(const DpoConfig& dpo, std::vector<std::string>* problems) {
           "(its loss has log(label_smoothing); the paper uses 1e-3), got ",
           dpo.label_smoothing()));
     }
+    if (dpo.use_weighting() && type == DpoConfig::SFT) {
+      problems->push_back(
+          "objective.dpo.use_weighting: not with loss_type SFT (its term is a "
+          "token mean over the whole batch, which has no per-pair weight; TRL "
+          "1.16 fails on this combination)");
+    }
     if (dpo.use_weighting() &&
         (type == DpoConfig::AOT || type == DpoConfig::AOT_UNPAIRED)) {
       problems->push_back(absl::StrCat(

@@ -574,6 +574,9 @@ INSTANTIATE_TEST_SUITE_P(
                     "objective.dpo.use_weighting: not with loss_type "
                     "AOT_UNPAIRED (it sorts the pairs, which would misalign "
                     "WPO's per-pair weights; TRL refuses it too)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT",
+                     "objective.dpo.use_weighting=true"},
+                    "objective.dpo.use_weighting: not with loss_type SFT"},
         InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT,SIGMOID"},
                     "objective.dpo.loss_type[2]: SIGMOID is already "
                     "objective.dpo.loss_type[0] (list each loss once; "

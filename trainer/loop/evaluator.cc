@@ -148,6 +148,7 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
         objective_->scores_prompts() ? with_prompts : batch_.segments);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
+    view.denominator = denominator;
     view.token_denominator = token_denominator;
     objective_->Coefficients(view, denominator, &coef_, &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);

@@ -583,6 +583,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                               batch_.packed.tokens.data(), *segments);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
+    view.denominator = denominator;
     view.token_denominator = token_denominator;
     objective_->Coefficients(view, denominator, &coef_, sums);
     backend_->Zero(policy_->dhidden(),

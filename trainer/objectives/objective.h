@@ -34,9 +34,20 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
-  // The global batch's Objective::TokenDenominator (0 when unused).
+  // The global batch's Objective::Denominator and TokenDenominator (0 when
+  // the caller scores one micro-batch on its own).
+  double denominator = 0;
   double token_denominator = 0;
 };
+
+// The number of chosen-response tokens of `batch`: the denominator of a
+// chosen-response NLL term (Objective::TokenDenominator).
+inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
+                                   const std::vector<int>& batch) {
+  double tokens = 0;
+  for (int i : batch) tokens += static_cast<double>(examples[i].chosen.size());
+  return tokens;
+}
 
 class Objective {
  public:
@@ -64,7 +75,8 @@ class Objective {
 
   // A second global-batch count, for a loss term that is a mean over tokens
   // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
-  // (docs/objectives.md §8) is a mean over the chosen responses' tokens. The
+  // (docs/objectives.md §8) and DPO's SFT term (§1) are means over the
+  // chosen responses' tokens. The
   // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
   // (unused) by default.
   virtual double TokenDenominator(

@@ -21,15 +21,6 @@ struct ReferenceFreePairGradient {
   double dloss_dlogp_rejected = 0;
 };
 
-// The number of chosen-response tokens of `batch`: the denominator of the NLL
-// term (Objective::TokenDenominator).
-inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
-                                   const std::vector<int>& batch) {
-  double tokens = 0;
-  for (int i : batch) tokens += static_cast<double>(examples[i].chosen.size());
-  return tokens;
-}
-
 // `segments` (a micro-batch's response segments, data::BuildBatch's) followed
 // by one segment per example of `micro` over the rows of its first sequence
 // that predict its prompt tokens 2..P (P = context + prompt tokens; none
