@@ -9,7 +9,7 @@
 # mixes its own copy of the reference with the gathered policy (a rank that
 # mixed with its ZeRO-1 shard only, or skipped the sync, would score against
 # another reference), and for KTO, whose KL estimate sums the ranks'
-# pre-passes (docs/objectives.md §8).
+# pre-passes (docs/objectives.md §9).
 set -uo pipefail
 
 prefopt="$PWD/$1"

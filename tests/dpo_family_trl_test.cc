@@ -87,13 +87,14 @@ std::string DpoText(const nlohmann::json& args) {
   return text;
 }
 
-// AOT sorts, and SFT averages, within TRL's per-device batch of six pairs:
-// one micro-batch of six here. The others run as three micro-batches of two
-// (gradient accumulation), which gives the same numbers.
+// AOT sorts within TRL's per-device batch of six pairs: one micro-batch of
+// six here. The others (SFT's token mean too, which prefopt pools over the
+// global batch) run as three micro-batches of two (gradient accumulation),
+// which gives the same numbers.
 int MicroBatchFor(const nlohmann::json& args) {
   for (const auto& t : args["loss_type"]) {
     const std::string type = t.get<std::string>();
-    if (type == "aot" || type == "aot_unpaired" || type == "sft") return kPairs;
+    if (type == "aot" || type == "aot_unpaired") return kPairs;
   }
   return 2;
 }

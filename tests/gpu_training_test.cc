@@ -361,5 +361,19 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(info.param.name);
     });
 
+// The reference-free objectives (docs/objectives.md §8); ORPO also scores
+// the chosen prompts' rows.
+INSTANTIATE_TEST_SUITE_P(
+    ReferenceFree, GpuTrains,
+    ::testing::Values(
+        Case{"cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+             "gpt2/pairs.jsonl"},
+        Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"llama_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(info.param.name);
+    });
+
 }  // namespace
 }  // namespace prefopt

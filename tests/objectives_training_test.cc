@@ -2,8 +2,11 @@
 // tiny GPT-2 lowers its loss (every DPO-family loss type, MPO, f-DPO and
 // LD-DPO, and SparsePO with each kind of mask too), PRIOR with
 // α = 0 retraces SFT step for step, and a live reference model gives what the
-// precomputed reference cache gives (KTO's KL completions included).
+// precomputed reference cache gives (KTO's KL completions included); the
+// reference-free objectives (CPO, SimPO, AlphaPO, ORPO) train without
+// building a reference cache.
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -192,6 +195,40 @@ TEST(LiveReference, MatchesThePrecomputedCache) {
           << live_case.name << " step " << s;
     }
   }
+}
+
+// The reference-free objectives (docs/objectives.md §8).
+std::vector<Case> ReferenceFreeCases() {
+  return {
+      Case{"cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"cpo_hinge", "cpo { loss_type: HINGE beta: 0.1 }",
+           "gpt2/pairs.jsonl"},
+      Case{"cpo_ipo", "cpo { loss_type: IPO beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+           "gpt2/pairs.jsonl"},
+      Case{"alphapo", "cpo { loss_type: ALPHAPO beta: 2 alpha: 0.25 }",
+           "gpt2/pairs.jsonl"},
+      Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"llama_scratch_simpo",
+           "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }", "gpt2/pairs.jsonl",
+           nullptr,
+           "architecture: LLAMA vocab_size: 101 n_positions: 32 n_embd: 32 "
+           "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64"},
+  };
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(ReferenceFree, ObjectiveTrains,
+                         ::testing::ValuesIn(ReferenceFreeCases()), CaseName);
+
+TEST(ReferenceFree, BuildsNoReferenceCache) {
+  const Case c{"orpo_no_cache", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"};
+  ASSERT_EQ(Losses(c, 1).size(), 1u);
+  EXPECT_FALSE(std::filesystem::exists(absl::StrCat(
+      std::getenv("TEST_TMPDIR"), "/orpo_no_cache/reference_cache")));
 }
 
 }  // namespace

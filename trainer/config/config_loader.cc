@@ -606,6 +606,23 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
         "refuses sync_ref_model with precompute_ref_log_probs). Add "
         "model { live_reference: true }, or remove sync_ref_model");
   }
+  // CPO and ORPO are reference-free (docs/objectives.md §8): a reference
+  // model set for them would be ignored, which a user would not expect.
+  if (config.objective().has_cpo() || config.objective().has_orpo()) {
+    const char* name = config.objective().has_cpo() ? "cpo" : "orpo";
+    if (model.live_reference()) {
+      problem("live_reference",
+              absl::StrCat("objective ", name,
+                           " uses no reference model; remove live_reference"));
+    }
+    if (!model.reference_hf_path().empty()) {
+      problem("reference_hf_path",
+              absl::StrCat("objective ", name,
+                           " uses no reference model; remove "
+                           "reference_hf_path (got ",
+                           model.reference_hf_path(), ")"));
+    }
+  }
   const std::pair<const char*, int32_t> sizes[] = {
       {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
       {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},
@@ -816,6 +833,12 @@ void CheckDpoFamily(const DpoConfig& dpo, std::vector<std::string>* problems) {
           "(its loss has log(label_smoothing); the paper uses 1e-3), got ",
           dpo.label_smoothing()));
     }
+    if (dpo.use_weighting() && type == DpoConfig::SFT) {
+      problems->push_back(
+          "objective.dpo.use_weighting: not with loss_type SFT (its term is a "
+          "token mean over the whole batch, which has no per-pair weight; TRL "
+          "1.16 fails on this combination)");
+    }
     if (dpo.use_weighting() &&
         (type == DpoConfig::AOT || type == DpoConfig::AOT_UNPAIRED)) {
       problems->push_back(absl::StrCat(
@@ -911,12 +934,49 @@ void CheckObjective(const ObjectiveConfig& objective,
       }
       return;
     }
-    case ObjectiveConfig::kCpo:
-      if (!(objective.cpo().beta() > 0)) {
+    case ObjectiveConfig::kCpo: {
+      const CpoConfig& cpo = objective.cpo();
+      if (!(cpo.beta() > 0)) {
+        problems->push_back(
+            absl::StrCat("objective.cpo.beta: must be > 0, got ", cpo.beta()));
+      }
+      if (!(cpo.label_smoothing() >= 0 && cpo.label_smoothing() < 0.5f)) {
         problems->push_back(absl::StrCat(
-            "objective.cpo.beta: must be > 0, got ", objective.cpo().beta()));
+            "objective.cpo.label_smoothing: must be in [0, 0.5), got ",
+            cpo.label_smoothing(),
+            " (the probability that a preference label is flipped)"));
+      }
+      if (cpo.label_smoothing() != 0 && (cpo.loss_type() == CpoConfig::HINGE ||
+                                         cpo.loss_type() == CpoConfig::IPO)) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.label_smoothing: used only by loss_type SIGMOID, "
+            "SIMPO and ALPHAPO (TRL ignores it for ",
+            CpoConfig::LossType_Name(cpo.loss_type()), "), got ",
+            cpo.label_smoothing()));
+      }
+      if (!(cpo.cpo_alpha() >= 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.cpo_alpha: must be >= 0 (the weight of the chosen "
+            "responses' NLL), got ",
+            cpo.cpo_alpha()));
+      }
+      if (cpo.loss_type() == CpoConfig::ALPHAPO && cpo.cpo_alpha() != 0) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.cpo_alpha: loss_type ALPHAPO is SIMPO with "
+            "cpo_alpha 0 (as TRL's CPOConfig sets it), got ",
+            cpo.cpo_alpha(),
+            "; for an NLL term use loss_type SIMPO with alpha"));
+      }
+      if (cpo.has_simpo_gamma() && cpo.loss_type() != CpoConfig::SIMPO &&
+          cpo.loss_type() != CpoConfig::ALPHAPO && cpo.simpo_gamma() != 0.5f) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.simpo_gamma: used only by loss_type SIMPO and "
+            "ALPHAPO, got ",
+            cpo.simpo_gamma(), " with ",
+            CpoConfig::LossType_Name(cpo.loss_type())));
       }
       return;
+    }
     case ObjectiveConfig::kOrpo:
       if (!(objective.orpo().beta() > 0)) {
         problems->push_back(absl::StrCat(
@@ -1079,7 +1139,7 @@ void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
                      micro, "), got ", global));
   }
   // KTO's KL completions are the other completions of the same global batch
-  // of the data in file order (docs/objectives.md §8), as TRL's KTOTrainer
+  // of the data in file order (docs/objectives.md §9), as TRL's KTOTrainer
   // requires sequential sampling and more than one example per batch.
   if (config.objective().has_kto() &&
       config.objective().kto().loss_type() == KtoConfig::KTO) {
@@ -1230,7 +1290,10 @@ void FillDefaults(TrainConfig* config) {
   if (objective.has_cpo()) {
     CpoConfig& cpo = *objective.mutable_cpo();
     if (cpo.beta() == 0) cpo.set_beta(0.1f);
-    if (!cpo.has_cpo_alpha()) cpo.set_cpo_alpha(1.0f);
+    // TRL's CPOConfig turns "alphapo" into "simpo" with cpo_alpha 0.
+    if (!cpo.has_cpo_alpha()) {
+      cpo.set_cpo_alpha(cpo.loss_type() == CpoConfig::ALPHAPO ? 0.0f : 1.0f);
+    }
     if (!cpo.has_simpo_gamma()) cpo.set_simpo_gamma(0.5f);
   }
   if (objective.has_orpo() && objective.orpo().beta() == 0) {
@@ -1292,7 +1355,7 @@ void FillDefaults(TrainConfig* config) {
   DataConfig& data = *config->mutable_data();
   if (data.max_length() == 0) data.set_max_length(kDefaultMaxLength);
   // TRL's KTOConfig samples in order ("sequential"): KTO's KL completions are
-  // paired within consecutive global batches (docs/objectives.md §8).
+  // paired within consecutive global batches (docs/objectives.md §9).
   if (!data.has_shuffle()) data.set_shuffle(!objective.has_kto());
 }
 

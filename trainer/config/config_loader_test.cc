@@ -574,6 +574,9 @@ INSTANTIATE_TEST_SUITE_P(
                     "objective.dpo.use_weighting: not with loss_type "
                     "AOT_UNPAIRED (it sorts the pairs, which would misalign "
                     "WPO's per-pair weights; TRL refuses it too)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT",
+                     "objective.dpo.use_weighting=true"},
+                    "objective.dpo.use_weighting: not with loss_type SFT"},
         InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT,SIGMOID"},
                     "objective.dpo.loss_type[2]: SIGMOID is already "
                     "objective.dpo.loss_type[0] (list each loss once; "
@@ -1030,6 +1033,60 @@ TEST(TrDpoValidationTest, SettingsOutOfRangeAreRefusedWithOrWithoutSync) {
       LoadTrainConfig(path, {"objective.dpo.ref_model_mixup_alpha=0.9",
                              "objective.dpo.ref_model_sync_steps=4"});
   EXPECT_TRUE(ignored.ok()) << ignored.status();
+}
+
+// CPO and ORPO (docs/objectives.md §8): their own fields' ranges, and no
+// reference model.
+INSTANTIATE_TEST_SUITE_P(
+    ReferenceFreeObjectives, ValidationTest,
+    ::testing::Values(
+        InvalidCase{{"objective.cpo.label_smoothing=0.5"},
+                    "objective.cpo.label_smoothing: must be in [0, 0.5), got "
+                    "0.5"},
+        InvalidCase{{"objective.cpo.label_smoothing=-0.1"},
+                    "objective.cpo.label_smoothing: must be in [0, 0.5), got "
+                    "-0.1"},
+        InvalidCase{{"objective.cpo.loss_type=HINGE",
+                     "objective.cpo.label_smoothing=0.1"},
+                    "objective.cpo.label_smoothing: used only by loss_type "
+                    "SIGMOID, SIMPO and ALPHAPO (TRL ignores it for HINGE)"},
+        InvalidCase{{"objective.cpo.cpo_alpha=-1"},
+                    "objective.cpo.cpo_alpha: must be >= 0 (the weight of the "
+                    "chosen responses' NLL), got -1"},
+        InvalidCase{
+            {"objective.cpo.loss_type=ALPHAPO", "objective.cpo.cpo_alpha=1"},
+            "objective.cpo.cpo_alpha: loss_type ALPHAPO is SIMPO with "
+            "cpo_alpha 0"},
+        InvalidCase{{"objective.cpo.simpo_gamma=1"},
+                    "objective.cpo.simpo_gamma: used only by loss_type SIMPO "
+                    "and ALPHAPO, got 1 with SIGMOID"},
+        InvalidCase{{"objective.cpo.beta=-1"},
+                    "objective.cpo.beta: must be > 0, got -1"},
+        InvalidCase{{"objective.orpo.beta=-0.5"},
+                    "objective.orpo.beta: must be > 0, got -0.5"},
+        InvalidCase{{"objective.cpo={}", "model.live_reference=true"},
+                    "model.live_reference: objective cpo uses no reference "
+                    "model; remove live_reference"},
+        InvalidCase{{"objective.orpo={}", "model.reference_hf_path=/m/ref"},
+                    "model.reference_hf_path: objective orpo uses no "
+                    "reference model; remove reference_hf_path (got /m/ref)"}));
+
+TEST(DefaultsTest, CpoAndOrpoGetTrlsDefaults) {
+  const std::string path =
+      WriteTempFile("cpo_defaults.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> cpo = LoadTrainConfig(path, {"objective.cpo={}"});
+  ASSERT_TRUE(cpo.ok()) << cpo.status();
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().beta(), 0.1f);
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().cpo_alpha(), 1.0f);
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().simpo_gamma(), 0.5f);
+  absl::StatusOr<TrainConfig> alphapo =
+      LoadTrainConfig(path, {"objective.cpo={loss_type:ALPHAPO alpha:0.25}"});
+  ASSERT_TRUE(alphapo.ok()) << alphapo.status();
+  EXPECT_EQ(alphapo->objective().cpo().cpo_alpha(), 0.0f);
+  absl::StatusOr<TrainConfig> orpo =
+      LoadTrainConfig(path, {"objective.orpo={}"});
+  ASSERT_TRUE(orpo.ok()) << orpo.status();
+  EXPECT_FLOAT_EQ(orpo->objective().orpo().beta(), 0.1f);
 }
 
 }  // namespace

@@ -112,7 +112,7 @@ void AddExample(Example example, const TruncationOptions& truncation,
 bool TruncateExample(const TruncationOptions& truncation, Example* example,
                      bool* was_truncated);
 
-// Finishes unpaired examples (docs/objectives.md §8). With kl_chunk > 0 each
+// Finishes unpaired examples (docs/objectives.md §9). With kl_chunk > 0 each
 // example gets its KL completion (`rejected`) as TRL 1.16's KTOTrainer builds
 // it: within each run of kl_chunk consecutive examples (the last run may be
 // shorter), the completion of the example before it, the first taking the

@@ -17,6 +17,7 @@
 #include "trainer/loop/device_select.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 
 namespace prefopt::loop {
@@ -127,6 +128,8 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   // Coefficients wants the loss's denominator; the coefficients themselves
   // are not used.
   const double denominator = objective_->Denominator(data_.examples, all);
+  const double token_denominator =
+      objective_->TokenDenominator(data_.examples, all);
   const bool pairs = data_.kind == data::ExampleKind::kPreference;
   const bool demonstrations = data_.kind == data::ExampleKind::kDemonstration;
   // The objective's pre-pass (KTO's KL estimate) covers the whole set.
@@ -161,11 +164,18 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_, has_prepass ? 0 : -1);
     const float* hidden = policy.Forward(batch_.packed);
-    const std::vector<objectives::SequenceScores> scores =
-        output.Forward(hidden, policy.output_embedding(),
-                       batch_.packed.tokens.data(), batch_.segments);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    data_.examples, micro);
+    }
+    const std::vector<objectives::SequenceScores> scores = output.Forward(
+        hidden, policy.output_embedding(), batch_.packed.tokens.data(),
+        objective_->scores_prompts() ? with_prompts : batch_.segments);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
+    view.denominator = denominator;
+    view.token_denominator = token_denominator;
     view.dataset = &data_.examples;
     view.prepass = has_prepass ? &prepass : nullptr;
     objective_->Coefficients(view, denominator, &coef_, &sums);

@@ -24,9 +24,12 @@
 #include "trainer/loop/checkpointing.h"
 #include "trainer/loop/device_select.h"
 #include "trainer/metrics/run_report.h"
+#include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/objectives/kto.h"
+#include "trainer/objectives/orpo.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
@@ -103,15 +106,21 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       return absl::InvalidArgumentError(
           "objective.sparsepo: not a coefficient-form objective; the loop runs "
           "it with SparsePoStep");
+    case ObjectiveConfig::kCpo: {
+      auto cpo = objectives::CpoObjective::Create(config.cpo(), vocab_size);
+      if (!cpo.ok()) return cpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(cpo));
+    }
+    case ObjectiveConfig::kOrpo: {
+      auto orpo = objectives::OrpoObjective::Create(config.orpo(), vocab_size);
+      if (!orpo.ok()) return orpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(orpo));
+    }
     case ObjectiveConfig::kKto: {
       auto kto = objectives::KtoObjective::Create(config.kto(), vocab_size);
       if (!kto.ok()) return kto.status();
       return std::unique_ptr<objectives::Objective>(*std::move(kto));
     }
-    case ObjectiveConfig::kCpo:
-    case ObjectiveConfig::kOrpo:
-      return absl::UnimplementedError(
-          "objective: cpo and orpo are being built (issue 14)");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
@@ -520,8 +529,8 @@ std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums prepass, sums;
   int64_t tokens = LocalPrepass(indices, &prepass);
-  tokens +=
-      LocalForwardBackward(indices, Denominator(indices), &prepass, &sums);
+  tokens += LocalForwardBackward(indices, Denominator(indices),
+                                 TokenDenominator(indices), &prepass, &sums);
   std::map<std::string, double> m = sums.Means();
   if (objective_ != nullptr) objective_->FinishMetrics(sums, &m);
   m["tokens"] = static_cast<double>(tokens);
@@ -559,6 +568,11 @@ int64_t Trainer::LocalPrepass(const std::vector<int>& local,
   return tokens;
 }
 
+double Trainer::TokenDenominator(const std::vector<int>& batch) const {
+  if (objective_ == nullptr) return 0;
+  return objective_->TokenDenominator(dataset_.examples, batch);
+}
+
 double Trainer::Denominator(const std::vector<int>& batch) const {
   // SparsePO's loss is a mean over pairs.
   if (sparsepo_ != nullptr) return static_cast<double>(batch.size());
@@ -592,6 +606,7 @@ std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
 
 int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                       double denominator,
+                                      double token_denominator,
                                       const objectives::MetricSums* prepass,
                                       objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
@@ -623,10 +638,19 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           only_response);
     }
     const float* hidden = policy_->Forward(batch_.packed);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    const std::vector<objectives::ResponseSegment>* segments = &batch_.segments;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    dataset_.examples, micro);
+      segments = &with_prompts;
+    }
     scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), batch_.segments);
+                              batch_.packed.tokens.data(), *segments);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
+    view.denominator = denominator;
+    view.token_denominator = token_denominator;
     view.dataset = &dataset_.examples;
     view.prepass = prepass;
     objective_->Coefficients(view, denominator, &coef_, sums);
@@ -634,7 +658,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
                       hidden, policy_->output_embedding(),
-                      batch_.packed.tokens.data(), batch_.segments, coef_);
+                      batch_.packed.tokens.data(), *segments, coef_);
     // The last micro-batch's backward finishes each block's gradients: their
     // exchange can start while the blocks below are still computed.
     if (begin + n == indices.size()) sync_->BeginLastBackward();
@@ -656,8 +680,9 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     prepass.SetFlattened(flat);
   }
   double tokens = static_cast<double>(
-      prepass_tokens +
-      LocalForwardBackward(local, Denominator(global), &prepass, &sums));
+      prepass_tokens + LocalForwardBackward(local, Denominator(global),
+                                            TokenDenominator(global), &prepass,
+                                            &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;

@@ -120,12 +120,15 @@ class Trainer {
   int64_t LocalPrepass(const std::vector<int>& local,
                        objectives::MetricSums* prepass);
   // Forward and backward over `local` (this rank's share of a global batch
-  // whose loss denominator is `denominator`, and whose pre-pass sums are
-  // `prepass`); adds metrics to `sums` and returns the rows processed.
+  // whose loss denominators are `denominator` and `token_denominator`, and
+  // whose pre-pass sums are `prepass`); adds metrics to `sums` and returns
+  // the rows processed.
   int64_t LocalForwardBackward(const std::vector<int>& local,
-                               double denominator,
+                               double denominator, double token_denominator,
                                const objectives::MetricSums* prepass,
                                objectives::MetricSums* sums);
+  // The objective's TokenDenominator of a global batch (0 for SparsePO).
+  double TokenDenominator(const std::vector<int>& batch) const;
   // The loss denominator of a global batch (docs/objectives.md §0).
   double Denominator(const std::vector<int>& batch) const;
   // The gradients trained beside the policy's: SparsePO's mask networks'.
@@ -230,7 +233,7 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
 // (data::AttachKlCompletions) for `objective` (may be null): the global batch
 // (batch.global_batch_size, else micro_batch_size × `world_size`) when the
 // objective has a pre-pass, so that each global batch's KL completions are
-// its own completions (docs/objectives.md §8); else 0, none.
+// its own completions (docs/objectives.md §9); else 0, none.
 int KlChunk(const TrainConfig& config, const objectives::Objective* objective,
             int world_size);
 

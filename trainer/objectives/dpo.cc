@@ -96,6 +96,10 @@ absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
   dpo->vocab_ = vocab_size;
   for (int k = 0; k < config.loss_type_size(); ++k) {
     const DpoConfig::LossType type = config.loss_type(k);
+    if (type == DpoConfig::SFT && config.use_weighting()) {
+      return absl::InvalidArgumentError(
+          "objective.dpo.use_weighting: not with loss_type SFT");
+    }
     if (type == DpoConfig::EXO_PAIR && !(eps > 0)) {
       return absl::InvalidArgumentError(
           "objective.dpo.label_smoothing: must be > 0 for loss_type EXO_PAIR "
@@ -382,24 +386,32 @@ double DpoObjective::Loss(const MicroBatchView& batch,
       AddTerm(term, &pairs);
     }
   }
-  // SFT: the mean NLL over the micro-batch's chosen tokens, once per pair.
+  // SFT: the mean NLL over the global batch's chosen tokens, pooled (so it
+  // does not depend on how the batch is split, docs/objectives.md §1). In
+  // Loss's units (sums over pairs, later divided by the pair count) each
+  // chosen token's NLL counts pairs / chosen tokens of the global batch; a
+  // micro-batch scored on its own is its own global batch. Each pair is
+  // attributed its own chosen tokens' share. The config refuses WPO with
+  // SFT (TRL cannot weight its batch-level SFT term either).
   double sft_per_token = 0;
   if (sft_weight != 0) {
-    double chosen_sum = 0;
-    int64_t chosen_tokens = 0;
+    double pairs_per_token = batch.token_denominator > 0
+                                 ? batch.denominator / batch.token_denominator
+                                 : 0;
+    if (!(pairs_per_token > 0)) {
+      int64_t chosen_tokens = 0;
+      for (size_t i = 0; i < n; ++i) chosen_tokens += pairs[i].chosen_tokens;
+      pairs_per_token =
+          static_cast<double>(n) /
+          static_cast<double>(std::max<int64_t>(chosen_tokens, 1));
+    }
     for (size_t i = 0; i < n; ++i) {
       const float* lw = row.data() + chosen_offset[i];
+      double chosen_sum = 0;
       for (int t = 0; t < pairs[i].chosen_tokens; ++t) chosen_sum += lw[t];
-      chosen_tokens += pairs[i].chosen_tokens;
+      pairs[i].loss += sft_weight * -chosen_sum * pairs_per_token;
     }
-    const double count =
-        static_cast<double>(std::max<int64_t>(chosen_tokens, 1));
-    double weights = 0;
-    for (size_t i = 0; i < n; ++i) {
-      pairs[i].loss += sft_weight * (-chosen_sum / count);
-      weights += pair_weight[i];
-    }
-    sft_per_token = -sft_weight * weights / count;
+    sft_per_token = -sft_weight * pairs_per_token;
   }
 
   dloss_dlogp->assign(row.size(), 0.0);
@@ -471,6 +483,17 @@ void DpoObjective::AddEvalMetrics(const MicroBatchView& batch,
 double DpoObjective::Denominator(const std::vector<data::Example>&,
                                  const std::vector<int>& batch) const {
   return static_cast<double>(batch.size());
+}
+
+double DpoObjective::TokenDenominator(
+    const std::vector<data::Example>& examples,
+    const std::vector<int>& batch) const {
+  for (const Term& term : terms_) {
+    if (term.type == DpoConfig::SFT) {
+      return ChosenResponseTokens(examples, batch);
+    }
+  }
+  return 0;
 }
 
 void DpoObjective::Coefficients(const MicroBatchView& batch, double denominator,

@@ -54,6 +54,9 @@ class DpoObjective : public Objective {
   // The mean is over pairs.
   double Denominator(const std::vector<data::Example>& examples,
                      const std::vector<int>& batch) const override;
+  // The SFT term's mean is over the chosen tokens; 0 without an SFT term.
+  double TokenDenominator(const std::vector<data::Example>& examples,
+                          const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
   // ranking/idealized_accuracy (IdealizedRankingCorrect, α from the data's

@@ -29,7 +29,7 @@ std::string KtoWeightWarning(double desirable_weight, double undesirable_weight,
       "objective.kto: the data has %d desirable and %d undesirable "
       "examples, and neither weight is in the range TRL recommends for "
       "them: set EITHER desirable_weight in [%g, %g] OR undesirable_weight "
-      "in [%g, %g], not both (docs/objectives.md §8)",
+      "in [%g, %g], not both (docs/objectives.md §9)",
       desirable, undesirable, d_low, d_high, u_low, u_high);
 }
 

@@ -1,4 +1,4 @@
-// KTO on unpaired data (docs/objectives.md §8): TRL 1.16's KTOTrainer losses
+// KTO on unpaired data (docs/objectives.md §9): TRL 1.16's KTOTrainer losses
 // "kto" (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
 // Optimization") and "apo_zero_unpaired" (D'Oosterlinck et al. 2024, APO),
 // with desirable/undesirable weights and TRL's metrics.

@@ -1,4 +1,4 @@
-// KTO's coefficients (docs/objectives.md §8) against central finite
+// KTO's coefficients (docs/objectives.md §9) against central finite
 // differences of the loss Coefficients reports, for both loss types, both
 // labels, a KL estimate above 0 and one clamped to 0, and non-default
 // weights; the closed forms at chosen points; and the metrics.

@@ -36,6 +36,10 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
+  // The global batch's Objective::Denominator and TokenDenominator (0 when
+  // the caller scores one micro-batch on its own).
+  double denominator = 0;
+  double token_denominator = 0;
   // The dataset `examples` indexes (its labels, for KTO); may be null for
   // objectives that read nothing from it.
   const std::vector<data::Example>* dataset = nullptr;
@@ -43,6 +47,15 @@ struct MicroBatchView {
   // (Objective::AddPrepass); null unless the objective has_prepass().
   const MetricSums* prepass = nullptr;
 };
+
+// The number of chosen-response tokens of `batch`: the denominator of a
+// chosen-response NLL term (Objective::TokenDenominator).
+inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
+                                   const std::vector<int>& batch) {
+  double tokens = 0;
+  for (int i : batch) tokens += static_cast<double>(examples[i].chosen.size());
+  return tokens;
+}
 
 class Objective {
  public:
@@ -53,6 +66,13 @@ class Objective {
   // Whether the reference model scores the example with its context (PRIOR's
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
+  // Whether the objective also scores the rows that predict each example's
+  // prompt tokens 2..P of its first sequence: ORPO's NLL, as TRL's, covers the
+  // chosen sequence's prompt too (docs/objectives.md §8). The loop then passes
+  // the output layer PromptSegments(...) after the response segments, so
+  // `scores` and `row_logp` hold one more entry per example after the
+  // responses', and Coefficients writes their G_t in that order too.
+  virtual bool scores_prompts() const { return false; }
   // Whether Coefficients reads MicroBatchView::row_log_sum_sq_probs.
   virtual bool needs_row_log_sum_sq_probs() const { return false; }
 
@@ -60,6 +80,18 @@ class Objective {
   // number of pairs, of sequences, or of response tokens in `batch`.
   virtual double Denominator(const std::vector<data::Example>& examples,
                              const std::vector<int>& batch) const = 0;
+
+  // A second global-batch count, for a loss term that is a mean over tokens
+  // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
+  // (docs/objectives.md §8) and DPO's SFT term (§1) are means over the
+  // chosen responses' tokens. The
+  // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
+  // (unused) by default.
+  virtual double TokenDenominator(
+      const std::vector<data::Example>& /*examples*/,
+      const std::vector<int>& /*batch*/) const {
+    return 0;
+  }
 
   // Writes G_t for every response token of the micro-batch (row_logp's
   // order), already divided by `denominator`, and adds the micro-batch's
@@ -71,7 +103,7 @@ class Objective {
   // Whether the loss needs a constant of the whole global batch before any of
   // its gradients, estimated from sequences the policy scores without a
   // gradient (KTO's KL estimate z₀ from mismatched completions,
-  // docs/objectives.md §8). The loop then scores response 1 of every example
+  // docs/objectives.md §9). The loop then scores response 1 of every example
   // of the global batch first (policy and reference), hands each micro-batch
   // to AddPrepass, sums the results over the ranks and passes them to
   // Coefficients as MicroBatchView::prepass; the training pass itself builds
