@@ -135,12 +135,15 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     const float* hidden = policy.Forward(batch_.packed);
-    const std::vector<objectives::SequenceScores> scores =
-        output.Forward(hidden, policy.output_embedding(),
-                       batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
-                                          &references_};
+    const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
+    const std::vector<objectives::SequenceScores> scores = output.Forward(
+        hidden, policy.output_embedding(), batch_.packed.tokens.data(),
+        batch_.segments, log_sum_sq);
+    objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
+                                    &references_};
+    if (log_sum_sq) view.row_log_sum_sq_probs = &output.row_log_sum_sq_probs();
     objective_->Coefficients(view, denominator, &coef_, &sums);
+    objectives::AddEntropyMetric(scores, &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);
     for (size_t i = 0; i < n; ++i) {
       const objectives::SequenceScores& s = scores[pairs ? 2 * i : i];

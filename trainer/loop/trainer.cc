@@ -545,11 +545,16 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           objective_->reference_sees_context());
     }
     const float* hidden = policy_->Forward(batch_.packed);
+    const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
     scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), batch_.segments);
-    const objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                          reference};
+                              batch_.packed.tokens.data(), batch_.segments,
+                              log_sum_sq);
+    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                    reference};
+    if (log_sum_sq)
+      view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
     objective_->Coefficients(view, denominator, &coef_, sums);
+    objectives::AddEntropyMetric(scores, sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
@@ -587,7 +592,11 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     flat.pop_back();
     sums.SetFlattened(flat);
   }
+  // Every token of every sequence, prompt included, as TRL's num_tokens
+  // counts attention-mask tokens; skipped steps count too.
+  num_tokens_ += static_cast<int64_t>(tokens);
   std::map<std::string, double> m = sums.Means();
+  m["num_tokens"] = static_cast<double>(num_tokens_);
   // The global norm covers the policy (sharded under ZeRO-1, so its squares
   // are summed across ranks) and the mask networks (whole on every rank).
   auto squares =
@@ -668,6 +677,8 @@ absl::Status Trainer::Evaluate() {
   auto m = evaluator_->Evaluate(*policy_, *output_);
   if (!m.ok()) return m.status();
   last_eval_ = *std::move(m);
+  // TRL logs its training-token count with the evaluation's metrics too.
+  last_eval_["num_tokens"] = static_cast<double>(num_tokens_);
   last_eval_step_ = step_;
   if (rank_ != 0) return absl::OkStatus();
   absl::Status s = metrics_log_->Write(step_, WithPrefix(last_eval_, "eval_"));

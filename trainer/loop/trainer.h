@@ -178,6 +178,9 @@ class Trainer {
   int steps_per_epoch_ = 0;
   int total_steps_ = 0;
   int step_ = 0;
+  // Tokens (prompt and response, all ranks) of the steps taken: TRL's
+  // num_tokens metric, kept in checkpoints.
+  int64_t num_tokens_ = 0;
   int epoch_order_for_ = -1;
   std::vector<int> epoch_order_;
   // Checkpoints: the fingerprints saved with them, the id this launch's

@@ -36,6 +36,17 @@ struct MicroBatchView {
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
 };
 
+// Adds TRL's `entropy` metric of one micro-batch to `sums`: the mean over
+// every response token (chosen and rejected alike) of the entropy of the
+// policy's next-token softmax (docs/objectives.md §6). The loop adds it for
+// every objective, so no objective adds it itself.
+inline void AddEntropyMetric(const std::vector<SequenceScores>& scores,
+                             MetricSums* sums) {
+  for (const SequenceScores& s : scores) {
+    sums->Add("entropy", s.entropy_sum, s.tokens);
+  }
+}
+
 class Objective {
  public:
   virtual ~Objective() = default;
