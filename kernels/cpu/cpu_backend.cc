@@ -199,27 +199,38 @@ ExpMoments ExpShiftedMoments(const float* x, int n, float shift) {
   ExpMoments m;
   for (int b = 0; b < n; b += kSumBlock) {
     const int e = std::min(n, b + kSumBlock);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(),
-           s2 = _mm256_setzero_ps();
-    const auto add = [&](__m256 d, __m256 y) {
-      s0 = _mm256_add_ps(s0, y);
-      s1 = _mm256_fmadd_ps(y, d, s1);
-      if constexpr (kSquares) s2 = _mm256_fmadd_ps(y, y, s2);
+    // Two accumulators of each sum, filled in the same order as
+    // ExpShifted's, so the logsumexp is the same bit for bit.
+    __m256 s0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 s1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 s2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const auto add = [&](int k, __m256 d, __m256 y) {
+      s0[k] = _mm256_add_ps(s0[k], y);
+      s1[k] = _mm256_fmadd_ps(y, d, s1[k]);
+      if constexpr (kSquares) s2[k] = _mm256_fmadd_ps(y, y, s2[k]);
     };
     int i = b;
+    for (; i + 16 <= e; i += 16) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
+      const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vshift);
+      add(0, d0, Exp8(d0));
+      add(1, d1, Exp8(d1));
+    }
     for (; i + 8 <= e; i += 8) {
       const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
-      add(d, Exp8(d));
+      add(0, d, Exp8(d));
     }
     if (i < e) {
       // The lanes past e have y = 0, so they add 0 to every sum.
       const __m256i mask = FirstLanes(e - i);
       const __m256 d = _mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vshift);
-      add(d, _mm256_and_ps(Exp8(d), _mm256_castsi256_ps(mask)));
+      add(1, d, _mm256_and_ps(Exp8(d), _mm256_castsi256_ps(mask)));
     }
-    m.sum_exp += HorizontalSum(s0);
-    m.sum_exp_shifted += HorizontalSum(s1);
-    if constexpr (kSquares) m.sum_exp_sq += HorizontalSum(s2);
+    m.sum_exp += HorizontalSum(_mm256_add_ps(s0[0], s0[1]));
+    m.sum_exp_shifted += HorizontalSum(_mm256_add_ps(s1[0], s1[1]));
+    if constexpr (kSquares) {
+      m.sum_exp_sq += HorizontalSum(_mm256_add_ps(s2[0], s2[1]));
+    }
   }
   return m;
 }
