@@ -551,8 +551,9 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                               log_sum_sq);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
-    if (log_sum_sq)
+    if (log_sum_sq) {
       view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
+    }
     objective_->Coefficients(view, denominator, &coef_, sums);
     objectives::AddEntropyMetric(scores, sums);
     backend_->Zero(policy_->dhidden(),

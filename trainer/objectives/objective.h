@@ -38,7 +38,7 @@ struct MicroBatchView {
 
 // Adds TRL's `entropy` metric of one micro-batch to `sums`: the mean over
 // every response token (chosen and rejected alike) of the entropy of the
-// policy's next-token softmax (docs/objectives.md §6). The loop adds it for
+// policy's next-token softmax (docs/objectives.md §0). The loop adds it for
 // every objective, so no objective adds it itself.
 inline void AddEntropyMetric(const std::vector<SequenceScores>& scores,
                              MetricSums* sums) {
