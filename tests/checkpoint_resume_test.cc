@@ -150,6 +150,141 @@ INSTANTIATE_TEST_SUITE_P(
                       "sparsepo { independent_masks: true mask_init_std: 0.3 "
                       "}"));
 
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// TR-DPO moves the live reference every ref_model_sync_steps steps (here 3:
+// after steps 3 and 6). A checkpoint after the first sync carries the moved
+// reference and the resumed run continues bit for bit, reference included;
+// one before it carries none and needs none.
+constexpr char kTrDpo[] =
+    "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 3 "
+    "ref_model_mixup_alpha: 0.6 }";
+
+std::vector<float> ReferenceParams(const loop::Trainer& trainer) {
+  const model::Decoder& r = *trainer.live_reference_model();
+  return std::vector<float>(r.params(), r.params() + r.layout().total());
+}
+
+TEST(CheckpointResume, TrDpoResumesBitwiseBeforeAndAfterTheFirstSync) {
+  const std::vector<std::string> live = {"model.live_reference=true"};
+  std::unique_ptr<loop::Trainer> straight =
+      MakeTrainer(RunConfig("straight_tr_dpo", "", kTrDpo), live);
+  ASSERT_NE(straight, nullptr);
+  const std::vector<StepMetrics> all = RunSteps(*straight, 8);
+  ASSERT_EQ(all.size(), 8u);
+
+  const std::string config = RunConfig("interrupted_tr_dpo", "", kTrDpo);
+  std::vector<std::string> saved;
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config, live);
+    ASSERT_NE(first, nullptr);
+    for (int until : {2, 4}) {
+      RunSteps(*first, until);
+      absl::StatusOr<std::string> dir = first->SaveCheckpoint();
+      ASSERT_TRUE(dir.ok()) << dir.status();
+      saved.push_back(*dir);
+    }
+    RunSteps(*first, 7);
+  }
+  for (const std::string& dir : saved) {
+    SCOPED_TRACE(dir);
+    const int step = fs::path(dir).filename() == "step_2" ? 2 : 4;
+    // Only the checkpoint after the sync holds the reference.
+    const std::string extra = ReadAll(dir + "/extra.safetensors");
+    EXPECT_EQ(
+        extra.find("reference.transformer.wte.weight") != std::string::npos,
+        step == 4);
+    std::vector<std::string> overrides = live;
+    overrides.push_back("resume=" + dir);
+    overrides.push_back(absl::StrCat("run_dir=", dir, "_resumed"));
+    std::unique_ptr<loop::Trainer> resumed = MakeTrainer(config, overrides);
+    ASSERT_NE(resumed, nullptr);
+    ASSERT_EQ(resumed->steps_done(), step);
+    const std::vector<StepMetrics> tail = RunSteps(*resumed, 8);
+    ExpectBitwiseEqual(
+        tail, std::vector<StepMetrics>(all.begin() + step, all.end()), step);
+    const std::vector<float> a = Params(*straight), b = Params(*resumed);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+        << "final policy weights differ";
+    const std::vector<float> ra = ReferenceParams(*straight),
+                             rb = ReferenceParams(*resumed);
+    EXPECT_EQ(std::memcmp(ra.data(), rb.data(), ra.size() * sizeof(float)), 0)
+        << "final reference weights differ";
+  }
+}
+
+// Switching the sync on or off across a resume changes the training: the
+// config check names the field. Checkpoints whose manifest says otherwise
+// (edited and re-signed) are refused by what they hold.
+TEST(CheckpointResume, TrDpoAndPlainDpoCheckpointsDoNotResumeEachOther) {
+  const std::string tr_dpo = RunConfig("tr_dpo_switch", "", kTrDpo);
+  const std::string plain = RunConfig("dpo_switch", "");
+  const std::vector<std::string> live = {"model.live_reference=true"};
+  std::string tr_dir, plain_dir;
+  for (auto [config, dir] :
+       {std::pair{&tr_dpo, &tr_dir}, std::pair{&plain, &plain_dir}}) {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(*config, live);
+    ASSERT_NE(first, nullptr);
+    RunSteps(*first, 4);
+    absl::StatusOr<std::string> saved = first->SaveCheckpoint();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    *dir = *saved;
+  }
+  const auto refusal = [&](const std::string& config,
+                           std::vector<std::string> overrides) {
+    auto loaded = config::LoadTrainConfig(config, overrides);
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    if (!loaded.ok()) return std::string();
+    std::ostringstream log;
+    auto refused = loop::Trainer::Create(*loaded, log);
+    EXPECT_FALSE(refused.ok());
+    return refused.ok() ? std::string()
+                        : std::string(refused.status().message());
+  };
+  EXPECT_THAT(refusal(tr_dpo, {"model.live_reference=true",
+                               "objective.dpo.sync_ref_model=false",
+                               "resume=" + tr_dir}),
+              HasSubstr("deleted: objective.dpo.sync_ref_model: true"));
+  EXPECT_THAT(
+      refusal(plain,
+              {"model.live_reference=true", "objective.dpo.sync_ref_model=true",
+               "objective.dpo.ref_model_sync_steps=3", "resume=" + plain_dir}),
+      HasSubstr("added: objective.dpo.sync_ref_model: true"));
+
+  // The manifests re-signed with the other config.
+  const auto config_text = [&](const std::string& config,
+                               const std::vector<std::string>& overrides) {
+    auto loaded = config::LoadTrainConfig(config, overrides);
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    return loaded.ok() ? config::ResolvedConfigText(*loaded) : std::string();
+  };
+  const std::string plain_text = config_text(plain, live);
+  const std::string tr_text = config_text(tr_dpo, live);
+  ASSERT_TRUE(checkpoint::ForgeManifest(tr_dir, [&](CheckpointManifest* m) {
+                m->set_config_text(plain_text);
+              }).ok());
+  ASSERT_TRUE(checkpoint::ForgeManifest(plain_dir, [&](CheckpointManifest* m) {
+                m->set_config_text(tr_text);
+              }).ok());
+  EXPECT_THAT(refusal(plain, {"model.live_reference=true", "resume=" + tr_dir}),
+              HasSubstr("extra.safetensors holds a reference model that "
+                        "TR-DPO has moved (saved with "
+                        "objective.dpo.sync_ref_model: true), but this run "
+                        "does not sync its reference"));
+  EXPECT_THAT(
+      refusal(tr_dpo, {"model.live_reference=true", "resume=" + plain_dir}),
+      HasSubstr("objective.dpo.sync_ref_model: true with "
+                "ref_model_sync_steps: 3 has moved the reference by step 4, "
+                "but the checkpoint holds no reference"));
+}
+
 TEST(CheckpointResume, CheckpointOfOtherTrainingIsRefusedNamingTheField) {
   const std::string config = RunConfig("other");
   std::string dir;
@@ -180,15 +315,6 @@ TEST(CheckpointResume, CheckpointOfOtherTrainingIsRefusedNamingTheField) {
                            "log_every_steps=3", "run_dir=" + dir + "_fork"});
   ASSERT_NE(moved, nullptr);
   EXPECT_EQ(moved->steps_done(), 2);
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
 TEST(CheckpointResume, ReSignedManifestOutOfRangeIsRefusedNamingTheField) {

@@ -3,9 +3,12 @@
 # rank per step must retrace one rank with the doubled batch (4 examples per
 # step, in 2 micro-batches), step for step, within fp32 summation-order noise;
 # and 2 ranks with ZeRO-1 (sharded AdamW state) must retrace 2 unsharded ranks.
-# Run for DPO and for SparsePO with two learned mask networks, whose gradients
+# Run for DPO, for SparsePO with two learned mask networks, whose gradients
 # are summed across ranks with the policy's (unsummed, each rank's masks would
-# drift apart and the losses with them).
+# drift apart and the losses with them), and for TR-DPO, whose every rank
+# mixes its own copy of the reference with the gathered policy (a rank that
+# mixed with its ZeRO-1 shard only, or skipped the sync, would score against
+# another reference).
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -35,11 +38,12 @@ print(f"ok: {name}, 6 steps, {label} (worst relative difference {worst:.2e})")
 PY
 }
 
-# run_case NAME OBJECTIVE: 1 rank, 2 ranks and 2 ranks with ZeRO-1.
+# run_case NAME OBJECTIVE [MODEL_FIELDS]: 1 rank, 2 ranks and 2 ranks with
+# ZeRO-1.
 run_case() {
-  local name="$1" objective="$2"
+  local name="$1" objective="$2" model_fields="${3:-}"
   cat >"$tmp/$name.textproto" <<CONF
-model { hf_path: "$fixtures/policy" reference_hf_path: "$fixtures/reference" }
+model { hf_path: "$fixtures/policy" reference_hf_path: "$fixtures/reference" $model_fields }
 data { train_files: "$fixtures/pairs.jsonl" max_length: 64 shuffle: true }
 objective { $objective }
 optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }
@@ -69,6 +73,8 @@ CONF
 run_case dpo "dpo { beta: 0.1 }"
 run_case sparsepo \
   "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"
+run_case tr_dpo "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 2 }" \
+  "live_reference: true"
 
 # Ranks started with different configs refuse to train, naming what differs;
 # a global batch that does not split evenly over the ranks is refused too.

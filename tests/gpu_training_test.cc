@@ -342,7 +342,29 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"dpo_live_reference", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
              "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
              "n_layer: 2 n_head: 4",
+             "model.live_reference=true"},
+        // TR-DPO: the reference is mixed with the policy on the device after
+        // steps 1 and 2, so steps 2 and 3 score against a moved reference.
+        Case{"tr_dpo",
+             "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 1 }",
+             "gpt2/pairs.jsonl",
+             "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+             "n_layer: 2 n_head: 4",
              "model.live_reference=true"}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(info.param.name);
+    });
+
+// The reference-free objectives (docs/objectives.md §8); ORPO also scores
+// the chosen prompts' rows.
+INSTANTIATE_TEST_SUITE_P(
+    ReferenceFree, GpuTrains,
+    ::testing::Values(
+        Case{"cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+             "gpt2/pairs.jsonl"},
+        Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"llama_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });

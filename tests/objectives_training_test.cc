@@ -1,8 +1,11 @@
 // Every objective trains through the same loop: a short from-scratch run on a
-// tiny GPT-2 lowers its loss (SparsePO with each kind of mask too), PRIOR with
+// tiny GPT-2 lowers its loss (every DPO-family loss type, MPO, f-DPO and
+// LD-DPO, and SparsePO with each kind of mask too), PRIOR with
 // α = 0 retraces SFT step for step, and a live reference model gives what the
-// precomputed reference cache gives.
+// precomputed reference cache gives; the reference-free objectives (CPO,
+// SimPO, AlphaPO, ORPO) train without building a reference cache.
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -68,6 +71,39 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Case{"dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"ipo", "dpo { beta: 0.1 loss_type: IPO }", "gpt2/pairs.jsonl"},
+        Case{"hinge", "dpo { beta: 0.1 loss_type: HINGE }", "gpt2/pairs.jsonl"},
+        Case{"robust",
+             "dpo { beta: 0.1 loss_type: ROBUST label_smoothing: 0.1 }",
+             "gpt2/pairs.jsonl"},
+        Case{"exo_pair",
+             "dpo { beta: 0.1 loss_type: EXO_PAIR label_smoothing: 0.001 }",
+             "gpt2/pairs.jsonl"},
+        Case{"nca_pair", "dpo { beta: 0.1 loss_type: NCA_PAIR }",
+             "gpt2/pairs.jsonl"},
+        Case{"bco_pair", "dpo { beta: 0.1 loss_type: BCO_PAIR }",
+             "gpt2/pairs.jsonl"},
+        Case{"sppo_hard", "dpo { beta: 0.1 loss_type: SPPO_HARD }",
+             "gpt2/pairs.jsonl"},
+        Case{"aot", "dpo { beta: 0.1 loss_type: AOT }", "gpt2/pairs.jsonl"},
+        Case{"aot_unpaired", "dpo { beta: 0.1 loss_type: AOT_UNPAIRED }",
+             "gpt2/pairs.jsonl"},
+        Case{"apo_zero", "dpo { beta: 0.1 loss_type: APO_ZERO }",
+             "gpt2/pairs.jsonl"},
+        Case{"apo_down", "dpo { beta: 0.1 loss_type: APO_DOWN }",
+             "gpt2/pairs.jsonl"},
+        Case{"discopop", "dpo { beta: 0.1 loss_type: DISCOPOP }",
+             "gpt2/pairs.jsonl"},
+        Case{"dpo_sft", "dpo { beta: 0.1 loss_type: SFT }", "gpt2/pairs.jsonl"},
+        Case{"sigmoid_norm", "dpo { beta: 0.1 loss_type: SIGMOID_NORM }",
+             "gpt2/pairs.jsonl"},
+        Case{"mpo",
+             "dpo { beta: 0.1 loss_type: [SIGMOID, BCO_PAIR, SFT] "
+             "loss_weights: [0.8, 0.2, 1.0] }",
+             "gpt2/pairs.jsonl"},
+        Case{"f_dpo_alpha",
+             "dpo { beta: 0.1 f_divergence_type: ALPHA_DIVERGENCE }",
+             "gpt2/pairs.jsonl"},
+        Case{"ld_dpo", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl"},
         Case{"sft", "sft {}", "demos.jsonl"},
         Case{"prior", "prior { alpha: 1 }", "demos.jsonl"},
         Case{"isft_tv", "implicit_sft { divergence: TOTAL_VARIATION }",
@@ -126,6 +162,10 @@ TEST(LiveReference, MatchesThePrecomputedCache) {
       {{"dpo_cached", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
        {"dpo_live", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
         "model.live_reference=true"}},
+      // LD-DPO reads the reference's per-token log-probs.
+      {{"ld_dpo_cached", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl"},
+       {"ld_dpo_live", "dpo { beta: 0.1 ld_alpha: 0.5 }", "gpt2/pairs.jsonl",
+        "model.live_reference=true"}},
       // Per-token reference log-probs, scored without the context.
       {{"prior_cached", "prior { alpha: 1 }", "demos.jsonl"},
        {"prior_live", "prior { alpha: 1 }", "demos.jsonl",
@@ -141,6 +181,40 @@ TEST(LiveReference, MatchesThePrecomputedCache) {
           << live_case.name << " step " << s;
     }
   }
+}
+
+// The reference-free objectives (docs/objectives.md §8).
+std::vector<Case> ReferenceFreeCases() {
+  return {
+      Case{"cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"cpo_hinge", "cpo { loss_type: HINGE beta: 0.1 }",
+           "gpt2/pairs.jsonl"},
+      Case{"cpo_ipo", "cpo { loss_type: IPO beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+           "gpt2/pairs.jsonl"},
+      Case{"alphapo", "cpo { loss_type: ALPHAPO beta: 2 alpha: 0.25 }",
+           "gpt2/pairs.jsonl"},
+      Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+      Case{"llama_scratch_simpo",
+           "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }", "gpt2/pairs.jsonl",
+           nullptr,
+           "architecture: LLAMA vocab_size: 101 n_positions: 32 n_embd: 32 "
+           "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64"},
+  };
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(ReferenceFree, ObjectiveTrains,
+                         ::testing::ValuesIn(ReferenceFreeCases()), CaseName);
+
+TEST(ReferenceFree, BuildsNoReferenceCache) {
+  const Case c{"orpo_no_cache", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"};
+  ASSERT_EQ(Losses(c, 1).size(), 1u);
+  EXPECT_FALSE(std::filesystem::exists(absl::StrCat(
+      std::getenv("TEST_TMPDIR"), "/orpo_no_cache/reference_cache")));
 }
 
 }  // namespace

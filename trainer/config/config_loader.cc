@@ -598,6 +598,31 @@ void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
     problem("live_reference",
             "objective sft uses no reference model; remove live_reference");
   }
+  if (config.objective().dpo().sync_ref_model() && !model.live_reference()) {
+    problems->push_back(
+        "objective.dpo.sync_ref_model: needs model.live_reference: true; "
+        "TR-DPO moves the reference during training, so the reference "
+        "log-probs precomputed before training would go stale (TRL likewise "
+        "refuses sync_ref_model with precompute_ref_log_probs). Add "
+        "model { live_reference: true }, or remove sync_ref_model");
+  }
+  // CPO and ORPO are reference-free (docs/objectives.md §8): a reference
+  // model set for them would be ignored, which a user would not expect.
+  if (config.objective().has_cpo() || config.objective().has_orpo()) {
+    const char* name = config.objective().has_cpo() ? "cpo" : "orpo";
+    if (model.live_reference()) {
+      problem("live_reference",
+              absl::StrCat("objective ", name,
+                           " uses no reference model; remove live_reference"));
+    }
+    if (!model.reference_hf_path().empty()) {
+      problem("reference_hf_path",
+              absl::StrCat("objective ", name,
+                           " uses no reference model; remove "
+                           "reference_hf_path (got ",
+                           model.reference_hf_path(), ")"));
+    }
+  }
   const std::pair<const char*, int32_t> sizes[] = {
       {"vocab_size", model.vocab_size()}, {"n_positions", model.n_positions()},
       {"n_embd", model.n_embd()},         {"n_layer", model.n_layer()},
@@ -759,6 +784,79 @@ void CheckChatTemplate(const TrainConfig& config,
   }
 }
 
+// The combinations of DPO-family options that TRL 1.16's DPOTrainer refuses
+// or cannot compute (docs/objectives.md §1).
+void CheckDpoFamily(const DpoConfig& dpo, std::vector<std::string>* problems) {
+  const auto name = [](DpoConfig::LossType type) {
+    return DpoConfig::LossType_Name(type);
+  };
+  if (dpo.loss_weights_size() > 0 &&
+      dpo.loss_weights_size() != dpo.loss_type_size()) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.loss_weights: has ", dpo.loss_weights_size(),
+        " entries but objective.dpo.loss_type has ", dpo.loss_type_size(),
+        " (one weight per loss type, or none for 1.0 each)"));
+  }
+  for (int k = 0; k < dpo.loss_type_size(); ++k) {
+    const DpoConfig::LossType type = dpo.loss_type(k);
+    for (int j = 0; j < k; ++j) {
+      if (dpo.loss_type(j) == type) {
+        problems->push_back(
+            absl::StrCat("objective.dpo.loss_type[", k, "]: ", name(type),
+                         " is already objective.dpo.loss_type[", j,
+                         "] (list each loss once; loss_weights scale it)"));
+      }
+    }
+    switch (type) {
+      case DpoConfig::SIGMOID:
+      case DpoConfig::SIGMOID_NORM:
+      case DpoConfig::HINGE:
+      case DpoConfig::IPO:
+      case DpoConfig::EXO_PAIR:
+      case DpoConfig::ROBUST:
+      case DpoConfig::DISCOPOP:
+      case DpoConfig::SFT:
+        break;
+      default:
+        if (dpo.f_divergence_type() != DpoConfig::REVERSE_KL) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.f_divergence_type: ",
+              DpoConfig::FDivergenceType_Name(dpo.f_divergence_type()),
+              " does not apply to loss_type ", name(type),
+              " (only to SIGMOID, SIGMOID_NORM, HINGE, IPO, EXO_PAIR, ROBUST, "
+              "DISCOPOP and SFT, as TRL); use REVERSE_KL with it"));
+        }
+    }
+    if (type == DpoConfig::EXO_PAIR && !(dpo.label_smoothing() > 0)) {
+      problems->push_back(absl::StrCat(
+          "objective.dpo.label_smoothing: must be > 0 for loss_type EXO_PAIR "
+          "(its loss has log(label_smoothing); the paper uses 1e-3), got ",
+          dpo.label_smoothing()));
+    }
+    if (dpo.use_weighting() && type == DpoConfig::SFT) {
+      problems->push_back(
+          "objective.dpo.use_weighting: not with loss_type SFT (its term is a "
+          "token mean over the whole batch, which has no per-pair weight; TRL "
+          "1.16 fails on this combination)");
+    }
+    if (dpo.use_weighting() &&
+        (type == DpoConfig::AOT || type == DpoConfig::AOT_UNPAIRED)) {
+      problems->push_back(absl::StrCat(
+          "objective.dpo.use_weighting: not with loss_type ", name(type),
+          " (it sorts the pairs, which would misalign WPO's per-pair weights; "
+          "TRL refuses it too)"));
+    }
+  }
+  if (dpo.has_ld_alpha() && !(dpo.ld_alpha() >= 0 && dpo.ld_alpha() <= 1)) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.ld_alpha: must be in [0, 1], got ", dpo.ld_alpha()));
+  }
+  if (dpo.has_discopop_tau() && !(dpo.discopop_tau() > 0)) {
+    problems->push_back(absl::StrCat(
+        "objective.dpo.discopop_tau: must be > 0, got ", dpo.discopop_tau()));
+  }
+}
+
 void CheckObjective(const ObjectiveConfig& objective,
                     std::vector<std::string>* problems) {
   switch (objective.kind_case()) {
@@ -796,6 +894,26 @@ void CheckObjective(const ObjectiveConfig& objective,
             "objective.dpo.label_smoothing: must be in [0, 0.5), got ", epsilon,
             " (the probability that a preference label is flipped)"));
       }
+      CheckDpoFamily(dpo, problems);
+      {
+        // TR-DPO's reference sync (docs/objectives.md §1). The two settings
+        // are checked also without sync_ref_model, which ignores them (as
+        // TRL), so that turning it on later cannot meet a bad value;
+        // CheckModel checks that it has a live reference. Unset (a config
+        // built in code, before FillDefaults) is not a value to check.
+        const float alpha = dpo.ref_model_mixup_alpha();
+        if (dpo.has_ref_model_mixup_alpha() && !(alpha >= 0 && alpha <= 1)) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got ",
+              alpha, " (the policy's share of the reference after each sync)"));
+        }
+        if (dpo.has_ref_model_sync_steps() && dpo.ref_model_sync_steps() < 1) {
+          problems->push_back(absl::StrCat(
+              "objective.dpo.ref_model_sync_steps: must be >= 1, got ",
+              dpo.ref_model_sync_steps(),
+              " (the reference is synced every that many optimizer steps)"));
+        }
+      }
       return;
     }
     case ObjectiveConfig::kKto:
@@ -804,12 +922,49 @@ void CheckObjective(const ObjectiveConfig& objective,
             "objective.kto.beta: must be > 0, got ", objective.kto().beta()));
       }
       return;
-    case ObjectiveConfig::kCpo:
-      if (!(objective.cpo().beta() > 0)) {
+    case ObjectiveConfig::kCpo: {
+      const CpoConfig& cpo = objective.cpo();
+      if (!(cpo.beta() > 0)) {
+        problems->push_back(
+            absl::StrCat("objective.cpo.beta: must be > 0, got ", cpo.beta()));
+      }
+      if (!(cpo.label_smoothing() >= 0 && cpo.label_smoothing() < 0.5f)) {
         problems->push_back(absl::StrCat(
-            "objective.cpo.beta: must be > 0, got ", objective.cpo().beta()));
+            "objective.cpo.label_smoothing: must be in [0, 0.5), got ",
+            cpo.label_smoothing(),
+            " (the probability that a preference label is flipped)"));
+      }
+      if (cpo.label_smoothing() != 0 && (cpo.loss_type() == CpoConfig::HINGE ||
+                                         cpo.loss_type() == CpoConfig::IPO)) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.label_smoothing: used only by loss_type SIGMOID, "
+            "SIMPO and ALPHAPO (TRL ignores it for ",
+            CpoConfig::LossType_Name(cpo.loss_type()), "), got ",
+            cpo.label_smoothing()));
+      }
+      if (!(cpo.cpo_alpha() >= 0)) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.cpo_alpha: must be >= 0 (the weight of the chosen "
+            "responses' NLL), got ",
+            cpo.cpo_alpha()));
+      }
+      if (cpo.loss_type() == CpoConfig::ALPHAPO && cpo.cpo_alpha() != 0) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.cpo_alpha: loss_type ALPHAPO is SIMPO with "
+            "cpo_alpha 0 (as TRL's CPOConfig sets it), got ",
+            cpo.cpo_alpha(),
+            "; for an NLL term use loss_type SIMPO with alpha"));
+      }
+      if (cpo.has_simpo_gamma() && cpo.loss_type() != CpoConfig::SIMPO &&
+          cpo.loss_type() != CpoConfig::ALPHAPO && cpo.simpo_gamma() != 0.5f) {
+        problems->push_back(absl::StrCat(
+            "objective.cpo.simpo_gamma: used only by loss_type SIMPO and "
+            "ALPHAPO, got ",
+            cpo.simpo_gamma(), " with ",
+            CpoConfig::LossType_Name(cpo.loss_type())));
       }
       return;
+    }
     case ObjectiveConfig::kOrpo:
       if (!(objective.orpo().beta() > 0)) {
         problems->push_back(absl::StrCat(
@@ -1103,7 +1258,10 @@ void FillDefaults(TrainConfig* config) {
   if (objective.has_cpo()) {
     CpoConfig& cpo = *objective.mutable_cpo();
     if (cpo.beta() == 0) cpo.set_beta(0.1f);
-    if (!cpo.has_cpo_alpha()) cpo.set_cpo_alpha(1.0f);
+    // TRL's CPOConfig turns "alphapo" into "simpo" with cpo_alpha 0.
+    if (!cpo.has_cpo_alpha()) {
+      cpo.set_cpo_alpha(cpo.loss_type() == CpoConfig::ALPHAPO ? 0.0f : 1.0f);
+    }
     if (!cpo.has_simpo_gamma()) cpo.set_simpo_gamma(0.5f);
   }
   if (objective.has_orpo() && objective.orpo().beta() == 0) {

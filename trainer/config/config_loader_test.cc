@@ -548,6 +548,39 @@ INSTANTIATE_TEST_SUITE_P(
                     "objective.dpo.label_smoothing: must be < 0.5 for "
                     "loss_type ROBUST, got 0.5 (the robust loss divides by 1 - "
                     "2 * label_smoothing)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,BCO_PAIR,SFT",
+                     "objective.dpo.loss_weights=0.8,0.2"},
+                    "objective.dpo.loss_weights: has 2 entries but "
+                    "objective.dpo.loss_type has 3 (one weight per loss type, "
+                    "or none for 1.0 each)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,NCA_PAIR",
+                     "objective.dpo.f_divergence_type=JS_DIVERGENCE"},
+                    "objective.dpo.f_divergence_type: JS_DIVERGENCE does not "
+                    "apply to loss_type NCA_PAIR (only to SIGMOID, "
+                    "SIGMOID_NORM, HINGE, IPO, EXO_PAIR, ROBUST, DISCOPOP and "
+                    "SFT, as TRL); use REVERSE_KL with it"},
+        InvalidCase{{"objective.dpo.loss_type=EXO_PAIR"},
+                    "objective.dpo.label_smoothing: must be > 0 for loss_type "
+                    "EXO_PAIR (its loss has log(label_smoothing); the paper "
+                    "uses 1e-3), got 0"},
+        InvalidCase{{"objective.dpo.ld_alpha=1.5"},
+                    "objective.dpo.ld_alpha: must be in [0, 1], got 1.5"},
+        InvalidCase{{"objective.dpo.ld_alpha=-0.1"},
+                    "objective.dpo.ld_alpha: must be in [0, 1], got -0.1"},
+        InvalidCase{{"objective.dpo.discopop_tau=0"},
+                    "objective.dpo.discopop_tau: must be > 0, got 0"},
+        InvalidCase{{"objective.dpo.loss_type=AOT_UNPAIRED",
+                     "objective.dpo.use_weighting=true"},
+                    "objective.dpo.use_weighting: not with loss_type "
+                    "AOT_UNPAIRED (it sorts the pairs, which would misalign "
+                    "WPO's per-pair weights; TRL refuses it too)"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT",
+                     "objective.dpo.use_weighting=true"},
+                    "objective.dpo.use_weighting: not with loss_type SFT"},
+        InvalidCase{{"objective.dpo.loss_type=SIGMOID,SFT,SIGMOID"},
+                    "objective.dpo.loss_type[2]: SIGMOID is already "
+                    "objective.dpo.loss_type[0] (list each loss once; "
+                    "loss_weights scale it)"},
         InvalidCase{{"schedule.warmup_steps=-1"},
                     "schedule.warmup_steps: must be >= 0, got -1"},
         InvalidCase{{"schedule.warmup_ratio=1"},
@@ -887,6 +920,129 @@ TEST(BatchForWorldTest, RejectsBadSizes) {
   config.mutable_batch()->set_micro_batch_size(0);
   EXPECT_THAT(Message(CheckBatchForWorld(config, 1)),
               HasSubstr("batch.micro_batch_size (0)"));
+}
+
+// TR-DPO (objective.dpo.sync_ref_model): the reference sync needs the live
+// reference, and its two settings are range-checked with or without it.
+TEST(TrDpoValidationTest, SyncNeedsTheLiveReference) {
+  const std::string path = WriteTempFile("tr_dpo.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> config =
+      LoadTrainConfig(path, {"objective.dpo.sync_ref_model=true"});
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(Message(config.status()),
+            path +
+                ": objective.dpo.sync_ref_model: needs model.live_reference: "
+                "true; TR-DPO moves the reference during training, so the "
+                "reference log-probs precomputed before training would go "
+                "stale (TRL likewise refuses sync_ref_model with "
+                "precompute_ref_log_probs). Add model { live_reference: true "
+                "}, or remove sync_ref_model");
+
+  absl::StatusOr<TrainConfig> live = LoadTrainConfig(
+      path, {"objective.dpo.sync_ref_model=true", "model.live_reference=true"});
+  ASSERT_TRUE(live.ok()) << live.status();
+  // TRL's defaults.
+  EXPECT_FLOAT_EQ(live->objective().dpo().ref_model_mixup_alpha(), 0.6f);
+  EXPECT_EQ(live->objective().dpo().ref_model_sync_steps(), 512);
+}
+
+TEST(TrDpoValidationTest, SettingsOutOfRangeAreRefusedWithOrWithoutSync) {
+  const std::string path =
+      WriteTempFile("tr_dpo_range.textproto", kValidScratch);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"objective.dpo.ref_model_mixup_alpha=1.5",
+       ": objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got 1.5 "
+       "(the policy's share of the reference after each sync)"},
+      {"objective.dpo.ref_model_mixup_alpha=-0.1",
+       ": objective.dpo.ref_model_mixup_alpha: must be in [0, 1], got -0.1"},
+      {"objective.dpo.ref_model_sync_steps=0",
+       ": objective.dpo.ref_model_sync_steps: must be >= 1, got 0 (the "
+       "reference is synced every that many optimizer steps)"},
+      {"objective.dpo.ref_model_sync_steps=-3",
+       ": objective.dpo.ref_model_sync_steps: must be >= 1, got -3"},
+  };
+  for (const auto& [set, expected] : cases) {
+    for (bool sync : {false, true}) {
+      SCOPED_TRACE(absl::StrCat(set, sync ? " with sync" : " without sync"));
+      std::vector<std::string> overrides = {set};
+      if (sync) {
+        overrides.push_back("objective.dpo.sync_ref_model=true");
+        overrides.push_back("model.live_reference=true");
+      }
+      absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, overrides);
+      ASSERT_FALSE(config.ok());
+      EXPECT_THAT(Message(config.status()), HasSubstr(path + expected));
+    }
+  }
+  // The bounds themselves are allowed: alpha 0 keeps the reference, 1 copies
+  // the policy into it (TR-DPO's hard update).
+  for (const char* alpha : {"0", "1"}) {
+    absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+        path,
+        {absl::StrCat("objective.dpo.ref_model_mixup_alpha=", alpha),
+         "objective.dpo.ref_model_sync_steps=1",
+         "objective.dpo.sync_ref_model=true", "model.live_reference=true"});
+    EXPECT_TRUE(config.ok()) << config.status();
+  }
+  // Without sync_ref_model they are ignored, as in TRL.
+  absl::StatusOr<TrainConfig> ignored =
+      LoadTrainConfig(path, {"objective.dpo.ref_model_mixup_alpha=0.9",
+                             "objective.dpo.ref_model_sync_steps=4"});
+  EXPECT_TRUE(ignored.ok()) << ignored.status();
+}
+
+// CPO and ORPO (docs/objectives.md §8): their own fields' ranges, and no
+// reference model.
+INSTANTIATE_TEST_SUITE_P(
+    ReferenceFreeObjectives, ValidationTest,
+    ::testing::Values(
+        InvalidCase{{"objective.cpo.label_smoothing=0.5"},
+                    "objective.cpo.label_smoothing: must be in [0, 0.5), got "
+                    "0.5"},
+        InvalidCase{{"objective.cpo.label_smoothing=-0.1"},
+                    "objective.cpo.label_smoothing: must be in [0, 0.5), got "
+                    "-0.1"},
+        InvalidCase{{"objective.cpo.loss_type=HINGE",
+                     "objective.cpo.label_smoothing=0.1"},
+                    "objective.cpo.label_smoothing: used only by loss_type "
+                    "SIGMOID, SIMPO and ALPHAPO (TRL ignores it for HINGE)"},
+        InvalidCase{{"objective.cpo.cpo_alpha=-1"},
+                    "objective.cpo.cpo_alpha: must be >= 0 (the weight of the "
+                    "chosen responses' NLL), got -1"},
+        InvalidCase{
+            {"objective.cpo.loss_type=ALPHAPO", "objective.cpo.cpo_alpha=1"},
+            "objective.cpo.cpo_alpha: loss_type ALPHAPO is SIMPO with "
+            "cpo_alpha 0"},
+        InvalidCase{{"objective.cpo.simpo_gamma=1"},
+                    "objective.cpo.simpo_gamma: used only by loss_type SIMPO "
+                    "and ALPHAPO, got 1 with SIGMOID"},
+        InvalidCase{{"objective.cpo.beta=-1"},
+                    "objective.cpo.beta: must be > 0, got -1"},
+        InvalidCase{{"objective.orpo.beta=-0.5"},
+                    "objective.orpo.beta: must be > 0, got -0.5"},
+        InvalidCase{{"objective.cpo={}", "model.live_reference=true"},
+                    "model.live_reference: objective cpo uses no reference "
+                    "model; remove live_reference"},
+        InvalidCase{{"objective.orpo={}", "model.reference_hf_path=/m/ref"},
+                    "model.reference_hf_path: objective orpo uses no "
+                    "reference model; remove reference_hf_path (got /m/ref)"}));
+
+TEST(DefaultsTest, CpoAndOrpoGetTrlsDefaults) {
+  const std::string path =
+      WriteTempFile("cpo_defaults.textproto", kValidScratch);
+  absl::StatusOr<TrainConfig> cpo = LoadTrainConfig(path, {"objective.cpo={}"});
+  ASSERT_TRUE(cpo.ok()) << cpo.status();
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().beta(), 0.1f);
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().cpo_alpha(), 1.0f);
+  EXPECT_FLOAT_EQ(cpo->objective().cpo().simpo_gamma(), 0.5f);
+  absl::StatusOr<TrainConfig> alphapo =
+      LoadTrainConfig(path, {"objective.cpo={loss_type:ALPHAPO alpha:0.25}"});
+  ASSERT_TRUE(alphapo.ok()) << alphapo.status();
+  EXPECT_EQ(alphapo->objective().cpo().cpo_alpha(), 0.0f);
+  absl::StatusOr<TrainConfig> orpo =
+      LoadTrainConfig(path, {"objective.orpo={}"});
+  ASSERT_TRUE(orpo.ok()) << orpo.status();
+  EXPECT_FLOAT_EQ(orpo->objective().orpo().beta(), 0.1f);
 }
 
 }  // namespace

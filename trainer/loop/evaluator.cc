@@ -17,6 +17,7 @@
 #include "trainer/loop/device_select.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 
 namespace prefopt::loop {
@@ -126,6 +127,8 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   // Coefficients wants the loss's denominator; the coefficients themselves
   // are not used.
   const double denominator = objective_->Denominator(data_.examples, all);
+  const double token_denominator =
+      objective_->TokenDenominator(data_.examples, all);
   const bool pairs = data_.kind == data::ExampleKind::kPreference;
   objectives::MetricSums sums, common;
   std::vector<int> micro;
@@ -135,15 +138,23 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
     data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_);
     const float* hidden = policy.Forward(batch_.packed);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    data_.examples, micro);
+    }
     const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
     const std::vector<objectives::SequenceScores> scores = output.Forward(
         hidden, policy.output_embedding(), batch_.packed.tokens.data(),
-        batch_.segments, log_sum_sq);
+        objective_->scores_prompts() ? with_prompts : batch_.segments,
+        log_sum_sq);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
+    view.denominator = denominator;
+    view.token_denominator = token_denominator;
     if (log_sum_sq) view.row_log_sum_sq_probs = &output.row_log_sum_sq_probs();
     objective_->Coefficients(view, denominator, &coef_, &sums);
-    objectives::AddEntropyMetric(scores, &sums);
+    objectives::AddEntropyMetric(scores, batch_.segments.size(), &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);
     for (size_t i = 0; i < n; ++i) {
       const objectives::SequenceScores& s = scores[pairs ? 2 * i : i];

@@ -1,9 +1,11 @@
 #include "trainer/loop/reference_model.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
 
@@ -42,6 +44,54 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
   return reference;
 }
 
+absl::Status CheckSameParamLayout(const model::Decoder& policy,
+                                  const model::Decoder& reference) {
+  const std::vector<model::ParamTensor>& p = policy.layout().tensors();
+  const std::vector<model::ParamTensor>& r = reference.layout().tensors();
+  for (size_t i = 0; i < std::max(p.size(), r.size()); ++i) {
+    if (i >= p.size() || i >= r.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the reference has ", r.size(),
+                       " parameter tensors, the policy ", p.size()));
+    }
+    if (p[i].name != r[i].name || p[i].shape != r[i].shape ||
+        p[i].offset != r[i].offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameter tensor ", i, " is ", r[i].name, " [",
+          absl::StrJoin(r[i].shape, ", "), "] in the reference but ", p[i].name,
+          " [", absl::StrJoin(p[i].shape, ", "), "] in the policy"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReferenceSync(const DpoConfig& dpo,
+                                const LiveReference* reference,
+                                const model::Decoder& policy) {
+  if (reference == nullptr) {
+    return absl::InvalidArgumentError(
+        "objective.dpo.sync_ref_model: needs model.live_reference: true (the "
+        "precomputed reference log-probs would go stale)");
+  }
+  if (dpo.ref_model_sync_steps() < 1 ||
+      !(dpo.ref_model_mixup_alpha() >= 0 && dpo.ref_model_mixup_alpha() <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective.dpo: ref_model_sync_steps must be >= 1 and "
+        "ref_model_mixup_alpha in [0, 1], got ",
+        dpo.ref_model_sync_steps(), " and ", dpo.ref_model_mixup_alpha()));
+  }
+  // A reference of another shape (model.reference_hf_path) has no weights to
+  // mix with the policy's.
+  absl::Status same = CheckSameParamLayout(policy, reference->model());
+  if (!same.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective.dpo.sync_ref_model: model.reference_hf_path must have the "
+        "policy's architecture and sizes to be mixed with it: ",
+        same.message()));
+  }
+  return absl::OkStatus();
+}
+
 LiveReference::LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
                              size_t num_examples)
     : model_(std::move(model)),
@@ -73,6 +123,15 @@ const objectives::ReferenceValues& LiveReference::Score(
   }
   values_.token_logp = output_.row_logp();
   return values_;
+}
+
+void LiveReference::MixIn(const model::Decoder& policy, float alpha) {
+  // As TRL's SyncRefModelCallback: reference *= (1 - alpha), then
+  // reference += alpha * policy.
+  kernels::Backend* backend = model_->backend();
+  const size_t n = model_->layout().total();
+  backend->Scale(model_->params(), 1.0f - alpha, n);
+  backend->Axpy(model_->params(), alpha, policy.params(), n);
 }
 
 reference::ReferenceOptions ReferenceOptionsFor(

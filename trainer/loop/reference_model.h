@@ -1,13 +1,15 @@
 // The frozen reference model (docs/objectives.md §6), and its live use by the
 // coefficient-form objectives: instead of the precomputed cache, a frozen
 // copy in memory scores every micro-batch (model.live_reference; SparsePO
-// always runs its reference live, see sparsepo_step.h).
+// always runs its reference live, see sparsepo_step.h). TR-DPO moves the live
+// reference towards the policy during training (LiveReference::MixIn).
 #ifndef PREFOPT_TRAINER_LOOP_REFERENCE_MODEL_H_
 #define PREFOPT_TRAINER_LOOP_REFERENCE_MODEL_H_
 
 #include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
 #include "proto/config.pb.h"
@@ -35,6 +37,23 @@ reference::ReferenceOptions ReferenceOptionsFor(
     const objectives::Objective& objective, const TrainConfig& config,
     comm::Communicator* comm);
 
+// OK when `reference` holds its parameters in `policy`'s layout (the same
+// tensors, shapes and offsets), as TR-DPO's mixing needs; otherwise an error
+// naming the first difference.
+absl::Status CheckSameParamLayout(const model::Decoder& policy,
+                                  const model::Decoder& reference);
+
+class LiveReference;
+
+// TR-DPO (objective.dpo.sync_ref_model, docs/objectives.md §1): OK when
+// `reference` (null when the reference log-probs are precomputed) can be
+// mixed with `policy` every ref_model_sync_steps steps with
+// ref_model_mixup_alpha; otherwise an error naming the field. Configs read by
+// LoadTrainConfig are valid already; one built in code may not be.
+absl::Status CheckReferenceSync(const DpoConfig& dpo,
+                                const LiveReference* reference,
+                                const model::Decoder& policy);
+
 class LiveReference {
  public:
   // `chunk` is the output layer's chunk (output_chunk_tokens);
@@ -49,6 +68,16 @@ class LiveReference {
   const objectives::ReferenceValues& Score(
       const std::vector<data::Example>& examples, const std::vector<int>& micro,
       bool include_context);
+
+  // TR-DPO's update (docs/objectives.md §1): every parameter of the reference
+  // becomes alpha * policy + (1 - alpha) * reference, on the backend, over
+  // the whole parameter buffer. `policy` must have the reference's layout
+  // (CheckSameParamLayout).
+  void MixIn(const model::Decoder& policy, float alpha);
+
+  // The frozen model, for checkpoints of a reference that TR-DPO has moved.
+  model::Decoder& model() { return *model_; }
+  const model::Decoder& model() const { return *model_; }
 
  private:
   std::unique_ptr<model::Decoder> model_;

@@ -24,8 +24,11 @@
 #include "trainer/loop/checkpointing.h"
 #include "trainer/loop/device_select.h"
 #include "trainer/metrics/run_report.h"
+#include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
+#include "trainer/objectives/orpo.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/reference/reference_logps.h"
 #include "trainer/util/fingerprint.h"
 #include "trainer/util/rng.h"
@@ -102,11 +105,19 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
       return absl::InvalidArgumentError(
           "objective.sparsepo: not a coefficient-form objective; the loop runs "
           "it with SparsePoStep");
+    case ObjectiveConfig::kCpo: {
+      auto cpo = objectives::CpoObjective::Create(config.cpo(), vocab_size);
+      if (!cpo.ok()) return cpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(cpo));
+    }
+    case ObjectiveConfig::kOrpo: {
+      auto orpo = objectives::OrpoObjective::Create(config.orpo(), vocab_size);
+      if (!orpo.ok()) return orpo.status();
+      return std::unique_ptr<objectives::Objective>(*std::move(orpo));
+    }
     case ObjectiveConfig::kKto:
-    case ObjectiveConfig::kCpo:
-    case ObjectiveConfig::kOrpo:
       return absl::UnimplementedError(
-          "objective: kto, cpo and orpo are being built (issue 14)");
+          "objective: kto is being built (issue 14)");
     default:
       return absl::InvalidArgumentError(
           "objective: no objective is set (choose one of: dpo, sft, prior, "
@@ -365,6 +376,16 @@ absl::Status Trainer::Init() {
     }
   }
 
+  // TR-DPO moves the live reference towards the policy (Step).
+  if (const DpoConfig& dpo = config_.objective().dpo(); dpo.sync_ref_model()) {
+    s = CheckReferenceSync(dpo, live_reference_.get(), *policy_);
+    if (!s.ok()) return s;
+    sync_reference_ = true;
+    out() << "reference: synced to the policy every "
+          << dpo.ref_model_sync_steps() << " steps with alpha "
+          << dpo.ref_model_mixup_alpha() << " (TR-DPO)\n";
+  }
+
   if (!sparsepo) {
     output_ = std::make_unique<objectives::ChunkedOutputLayer>(
         backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
@@ -479,11 +500,16 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums sums;
-  const int64_t tokens =
-      LocalForwardBackward(indices, Denominator(indices), &sums);
+  const int64_t tokens = LocalForwardBackward(indices, Denominator(indices),
+                                              TokenDenominator(indices), &sums);
   std::map<std::string, double> m = sums.Means();
   m["tokens"] = static_cast<double>(tokens);
   return m;
+}
+
+double Trainer::TokenDenominator(const std::vector<int>& batch) const {
+  if (objective_ == nullptr) return 0;
+  return objective_->TokenDenominator(dataset_.examples, batch);
 }
 
 double Trainer::Denominator(const std::vector<int>& batch) const {
@@ -519,6 +545,7 @@ std::vector<int> Trainer::LocalShard(const std::vector<int>& global) const {
 
 int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                       double denominator,
+                                      double token_denominator,
                                       objectives::MetricSums* sums) {
   // Every micro-batch's contribution is divided by the global batch's
   // denominator, so the update does not depend on how the batch is split into
@@ -545,22 +572,31 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           objective_->reference_sees_context());
     }
     const float* hidden = policy_->Forward(batch_.packed);
+    std::vector<objectives::ResponseSegment> with_prompts;
+    const std::vector<objectives::ResponseSegment>* segments = &batch_.segments;
+    if (objective_->scores_prompts()) {
+      with_prompts = objectives::WithPromptSegments(batch_.segments,
+                                                    dataset_.examples, micro);
+      segments = &with_prompts;
+    }
     const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
-    scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), batch_.segments,
-                              log_sum_sq);
+    scores =
+        output_->Forward(hidden, policy_->output_embedding(),
+                         batch_.packed.tokens.data(), *segments, log_sum_sq);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
+    view.denominator = denominator;
+    view.token_denominator = token_denominator;
     if (log_sum_sq) {
       view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
     }
     objective_->Coefficients(view, denominator, &coef_, sums);
-    objectives::AddEntropyMetric(scores, sums);
+    objectives::AddEntropyMetric(scores, batch_.segments.size(), sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
                       hidden, policy_->output_embedding(),
-                      batch_.packed.tokens.data(), batch_.segments, coef_);
+                      batch_.packed.tokens.data(), *segments, coef_);
     // The last micro-batch's backward finishes each block's gradients: their
     // exchange can start while the blocks below are still computed.
     if (begin + n == indices.size()) sync_->BeginLastBackward();
@@ -574,7 +610,8 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const std::vector<int> global = GlobalBatch(step_);
   objectives::MetricSums sums;
   double tokens = static_cast<double>(
-      LocalForwardBackward(LocalShard(global), Denominator(global), &sums));
+      LocalForwardBackward(LocalShard(global), Denominator(global),
+                           TokenDenominator(global), &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;
@@ -639,6 +676,13 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   m["skipped_nonfinite"] = finite ? 0.0 : 1.0;
   backend_->Zero(policy_->grads(), policy_->padded_param_count());
   ++step_;
+  // TR-DPO: after the optimizer step, as TRL's SyncRefModelCallback at
+  // on_step_end (docs/objectives.md §1). Every rank holds the whole updated
+  // policy (GatherParams) and mixes its own copy of the reference alike.
+  const DpoConfig& dpo = config_.objective().dpo();
+  if (sync_reference_ && step_ % dpo.ref_model_sync_steps() == 0) {
+    live_reference_->MixIn(*policy_, dpo.ref_model_mixup_alpha());
+  }
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)

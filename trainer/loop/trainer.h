@@ -19,6 +19,7 @@
 #include "kernels/backend.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
+#include "trainer/checkpoint/checkpoint.h"
 #include "trainer/data/batch.h"
 #include "trainer/data/examples.h"
 #include "trainer/io/safetensors.h"
@@ -89,6 +90,11 @@ class Trainer {
   model::Decoder& mutable_policy() { return *policy_; }
   const data::Dataset& dataset() const { return dataset_; }
   const objectives::ReferenceValues& references() const { return references_; }
+  // The live reference model (model.live_reference; TR-DPO moves it during
+  // training); null when the reference log-probs are precomputed.
+  const model::Decoder* live_reference_model() const {
+    return live_reference_ != nullptr ? &live_reference_->model() : nullptr;
+  }
   // The SparsePO step (objective.sparsepo), holding the live reference and
   // the mask; null for the other objectives.
   SparsePoStep* sparsepo() { return sparsepo_.get(); }
@@ -109,11 +115,13 @@ class Trainer {
   // Creates backend_ for config device/precision and logs which it is.
   absl::Status SelectDevice();
   // Forward and backward over `local` (this rank's share of a global batch
-  // whose loss denominator is `denominator`); adds metrics to `sums` and
-  // returns the rows processed.
+  // whose loss denominators are `denominator` and `token_denominator`); adds
+  // metrics to `sums` and returns the rows processed.
   int64_t LocalForwardBackward(const std::vector<int>& local,
-                               double denominator,
+                               double denominator, double token_denominator,
                                objectives::MetricSums* sums);
+  // The objective's TokenDenominator of a global batch (0 for SparsePO).
+  double TokenDenominator(const std::vector<int>& batch) const;
   // The loss denominator of a global batch (docs/objectives.md §0).
   double Denominator(const std::vector<int>& batch) const;
   // The gradients trained beside the policy's: SparsePO's mask networks'.
@@ -148,6 +156,13 @@ class Trainer {
   absl::StatusOr<bool> CheckpointAfterStep();
   // DataPositionAfter(step_) for this run's data and batches.
   DataPosition CurrentDataPosition() const;
+  // TR-DPO: whether the steps done have synced the live reference at least
+  // once, so that a checkpoint must carry its weights.
+  bool ReferenceSynced() const;
+  // Restores the synced reference saved with a checkpoint of step `step`
+  // (its role "reference" tensors; none before the first sync).
+  absl::Status RestoreSyncedReference(
+      absl::Span<const checkpoint::LoadedTensor* const> tensors, int64_t step);
 
   TrainConfig config_;
   std::ostream& log_;
@@ -167,6 +182,9 @@ class Trainer {
   std::unique_ptr<SparsePoStep> sparsepo_;
   // model.live_reference: scores each micro-batch instead of references_.
   std::unique_ptr<LiveReference> live_reference_;
+  // objective.dpo.sync_ref_model (TR-DPO): live_reference_ is moved towards
+  // the policy every ref_model_sync_steps steps.
+  bool sync_reference_ = false;
   std::unique_ptr<optim::AdamWOptimizer> optimizer_;
   std::optional<metrics::MetricsLog> metrics_log_;
   // Rank 0 only, like metrics_log_; null/empty on the other ranks.

@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/checkpointing.h"
@@ -21,6 +23,10 @@ namespace prefopt::loop {
 namespace {
 
 constexpr char kResumeLatest[] = "latest";
+// TR-DPO's synced reference in extra.safetensors: one tensor per parameter
+// tensor, named kReferencePrefix + its name in the policy's layout.
+constexpr char kRoleReference[] = "reference";
+constexpr char kReferencePrefix[] = "reference.";
 
 // Collective: OK on every rank when `status` is OK on every rank; otherwise
 // each rank returns its own error, or one saying that another rank failed
@@ -44,6 +50,63 @@ DataPosition Trainer::CurrentDataPosition() const {
   return DataPositionAfter(
       step_, steps_per_epoch_, static_cast<int64_t>(dataset_.examples.size()),
       global_batch_, config_.data().shuffle(), config_.seed());
+}
+
+bool Trainer::ReferenceSynced() const {
+  return sync_reference_ &&
+         step_ >= config_.objective().dpo().ref_model_sync_steps();
+}
+
+absl::Status Trainer::RestoreSyncedReference(
+    absl::Span<const checkpoint::LoadedTensor* const> tensors, int64_t step) {
+  const DpoConfig& dpo = config_.objective().dpo();
+  if (!sync_reference_) {
+    if (tensors.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        "extra.safetensors holds a reference model that TR-DPO has moved "
+        "(saved with objective.dpo.sync_ref_model: true), but this run does "
+        "not sync its reference: resume it with objective.dpo.sync_ref_model: "
+        "true and model.live_reference: true, or train into a new run_dir");
+  }
+  if (step < dpo.ref_model_sync_steps()) {
+    if (tensors.empty()) return absl::OkStatus();
+  } else if (tensors.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective.dpo.sync_ref_model: true with ref_model_sync_steps: ",
+        dpo.ref_model_sync_steps(), " has moved the reference by step ", step,
+        ", but the checkpoint holds no reference (no reference.* tensors in "
+        "extra.safetensors): the run that saved it did not sync its reference "
+        "(a prefopt that ignored sync_ref_model); train into a new run_dir"));
+  }
+  model::Decoder& ref = live_reference_->model();
+  std::map<std::string, const checkpoint::LoadedTensor*> given;
+  for (const checkpoint::LoadedTensor* t : tensors) given[t->name] = t;
+  // Everything is checked before anything is written.
+  for (const model::ParamTensor& t : ref.layout().tensors()) {
+    auto it = given.find(kReferencePrefix + t.name);
+    if (it == given.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TR-DPO reference: tensor ", kReferencePrefix, t.name,
+                       " is missing from extra.safetensors"));
+    }
+    if (it->second->shape != t.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TR-DPO reference: tensor ", it->first, " has shape [",
+                       absl::StrJoin(it->second->shape, ", "), "], expected [",
+                       absl::StrJoin(t.shape, ", "), "]"));
+    }
+  }
+  if (given.size() != ref.layout().tensors().size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TR-DPO reference: extra.safetensors holds ", given.size(),
+        " reference tensors, the model has ", ref.layout().tensors().size()));
+  }
+  for (const model::ParamTensor& t : ref.layout().tensors()) {
+    backend_->CopyToDevice(ref.params() + t.offset,
+                           given[kReferencePrefix + t.name]->values.data(),
+                           t.numel);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::InitCheckpoints() {
@@ -171,11 +234,16 @@ absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
                          loaded->exp_avg_sq.size());
   optimizer_->set_steps_taken(static_cast<int>(m.optimizer_step()));
   std::vector<io::TensorToWrite> extra;
+  std::vector<const checkpoint::LoadedTensor*> reference;
   for (const checkpoint::LoadedTensor& t : loaded->extra) {
     if (t.role == "mask_net")
       extra.push_back({t.name, t.shape, t.values.data()});
+    if (t.role == kRoleReference) reference.push_back(&t);
   }
   if (absl::Status s = RestoreExtraCheckpointTensors(extra); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": ", s.message()));
+  }
+  if (absl::Status s = RestoreSyncedReference(reference, m.step()); !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": ", s.message()));
   }
   // The mask networks' optimizers step with the policy's.
@@ -222,7 +290,7 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint() {
   c.layout = &policy_->layout();
 
   const size_t total = policy_->layout().total();
-  std::vector<float> params;
+  std::vector<float> params, reference_params;
   if (rank_ == 0) {
     params.resize(total);
     backend_->CopyToHost(params.data(), policy_->params(), total);
@@ -237,6 +305,20 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint() {
       masks.tensors.push_back({t.name, t.shape, t.data});
     }
     if (!masks.tensors.empty()) c.extra.push_back(std::move(masks));
+    // TR-DPO's reference, once synced: no longer the initial weights that a
+    // resumed run would rebuild from the config.
+    if (ReferenceSynced()) {
+      model::Decoder& ref = live_reference_->model();
+      reference_params.resize(total);
+      backend_->CopyToHost(reference_params.data(), ref.params(), total);
+      checkpoint::TensorGroup group;
+      group.role = kRoleReference;
+      for (const model::ParamTensor& t : ref.layout().tensors()) {
+        group.tensors.push_back({kReferencePrefix + t.name, t.shape,
+                                 reference_params.data() + t.offset});
+      }
+      c.extra.push_back(std::move(group));
+    }
   }
   // Each rank saves the moments it owns: its own shard when the optimizer
   // is sharded (ZeRO-1), else rank 0 the whole buffer.

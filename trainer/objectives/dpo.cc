@@ -1,12 +1,77 @@
 #include "trainer/objectives/dpo.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "trainer/objectives/length_check.h"
 #include "trainer/objectives/logistic.h"
 
 namespace prefopt::objectives {
+namespace {
+
+// log σ(x).
+double LogSigmoid(double x) { return -Softplus(-x); }
+
+// The losses on the score difference Δ = s_w − s_l (or its length average);
+// the others read the raw log-ratios (docs/objectives.md §1).
+bool OnScoreDifference(DpoConfig::LossType type) {
+  switch (type) {
+    case DpoConfig::SIGMOID:
+    case DpoConfig::HINGE:
+    case DpoConfig::IPO:
+    case DpoConfig::EXO_PAIR:
+    case DpoConfig::ROBUST:
+    case DpoConfig::DISCOPOP:
+    case DpoConfig::SIGMOID_NORM:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// −(1−ε)·log σ(βδ) − ε·log σ(−βδ) and its derivative w.r.t. δ: cDPO, and
+// AOT's loss on its sorted differences.
+double SmoothedLogistic(double beta, double eps, double delta, double* d) {
+  const double u = beta * delta;
+  *d = beta * (-(1 - eps) * Sigmoid(-u) + eps * Sigmoid(u));
+  return (1 - eps) * Softplus(-u) + eps * Softplus(u);
+}
+
+// The permutation that sorts `values` ascending (ties keep their order).
+std::vector<int> SortOrder(const std::vector<double>& values) {
+  std::vector<int> order(values.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return values[a] < values[b]; });
+  return order;
+}
+
+}  // namespace
+
+struct DpoObjective::PairState {
+  int chosen_tokens = 0;
+  int rejected_tokens = 0;
+  double ratio_chosen = 0;  // r = L − L̃ (LD-weighted with ld_alpha)
+  double ratio_rejected = 0;
+  double score_chosen = 0;  // f-DPO's score of r, and ds/dr
+  double score_rejected = 0;
+  double dscore_chosen = 1;
+  double dscore_rejected = 1;
+  // L and L̃ of both responses (LD-weighted with ld_alpha), which AOT sorts.
+  double logp_chosen = 0;
+  double logp_rejected = 0;
+  double ref_chosen = 0;
+  double ref_rejected = 0;
+  // Σ_k w_k·loss_k before WPO's weight, and its derivatives w.r.t. L.
+  double loss = 0;
+  double dchosen = 0;
+  double drejected = 0;
+};
 
 absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
     const DpoConfig& config, int vocab_size) {
@@ -19,80 +84,375 @@ absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "objective.dpo.label_smoothing: must be in [0, 0.5), got ", eps));
   }
-  if (config.loss_type_size() > 1 ||
-      (config.loss_type_size() == 1 &&
-       config.loss_type(0) > DpoConfig::ROBUST)) {
-    return absl::UnimplementedError(
-        "objective.dpo.loss_type: only one of SIGMOID, IPO, HINGE, ROBUST so "
-        "far (issue 14)");
+  if (config.loss_weights_size() > 0 &&
+      config.loss_weights_size() != config.loss_type_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective.dpo.loss_weights: has ", config.loss_weights_size(),
+        " entries for ", config.loss_type_size(), " loss types"));
   }
-  return std::unique_ptr<DpoObjective>(new DpoObjective(
-      config.beta(),
-      config.loss_type_size() == 0 ? DpoConfig::SIGMOID : config.loss_type(0),
-      eps, vocab_size));
+  std::unique_ptr<DpoObjective> dpo(new DpoObjective());
+  dpo->beta_ = config.beta();
+  dpo->eps_ = eps;
+  dpo->vocab_ = vocab_size;
+  for (int k = 0; k < config.loss_type_size(); ++k) {
+    const DpoConfig::LossType type = config.loss_type(k);
+    if (type == DpoConfig::SFT && config.use_weighting()) {
+      return absl::InvalidArgumentError(
+          "objective.dpo.use_weighting: not with loss_type SFT");
+    }
+    if (type == DpoConfig::EXO_PAIR && !(eps > 0)) {
+      return absl::InvalidArgumentError(
+          "objective.dpo.label_smoothing: must be > 0 for loss_type EXO_PAIR "
+          "(its loss has log(label_smoothing))");
+    }
+    dpo->terms_.push_back(
+        {type, config.loss_weights_size() > 0 ? config.loss_weights(k) : 1.0});
+  }
+  if (dpo->terms_.empty()) dpo->terms_.push_back({DpoConfig::SIGMOID, 1.0});
+  dpo->divergence_ = config.f_divergence_type();
+  if (config.has_f_alpha_divergence_coef()) {
+    dpo->alpha_divergence_ = config.f_alpha_divergence_coef();
+  }
+  dpo->use_weighting_ = config.use_weighting();
+  if (config.has_ld_alpha()) {
+    if (!(config.ld_alpha() >= 0 && config.ld_alpha() <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("objective.dpo.ld_alpha: must be in [0, 1], got ",
+                       config.ld_alpha()));
+    }
+    dpo->ld_alpha_ = config.ld_alpha();
+  }
+  if (config.has_discopop_tau()) {
+    if (!(config.discopop_tau() > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("objective.dpo.discopop_tau: must be > 0, got ",
+                       config.discopop_tau()));
+    }
+    dpo->discopop_tau_ = config.discopop_tau();
+  }
+  return dpo;
 }
 
-DpoPairGradient DpoObjective::Pair(const SequenceScores& chosen,
-                                   const SequenceScores& rejected,
-                                   const PairReference& ref,
-                                   MetricSums* sums) const {
-  // The log-ratios and rewards use summed log-probs for every loss type; IPO's
-  // loss alone works on the length-averaged difference Δ̄ (as TRL 1.x does).
-  const bool averaged = loss_type_ == DpoConfig::IPO;
-  const double kw = chosen.tokens, kl = rejected.tokens;
-  const double nw = averaged ? kw : 1.0, nl = averaged ? kl : 1.0;
-  const double chosen_ratio = chosen.logp - ref.chosen;
-  const double rejected_ratio = rejected.logp - ref.rejected;
-  const double delta = chosen_ratio / nw - rejected_ratio / nl;
-  const double u = beta_ * delta;
-
-  double loss = 0, dloss_ddelta = 0;
-  switch (loss_type_) {
-    case DpoConfig::SIGMOID:
-      loss = (1 - eps_) * Softplus(-u) + eps_ * Softplus(u);
-      dloss_ddelta = beta_ * (-(1 - eps_) * Sigmoid(-u) + eps_ * Sigmoid(u));
-      break;
-    case DpoConfig::HINGE:
-      loss = std::max(0.0, 1.0 - u);
-      dloss_ddelta = u < 1.0 ? -beta_ : 0.0;
-      break;
-    case DpoConfig::IPO: {
-      const double d = delta - 1.0 / (2.0 * beta_);
-      loss = d * d;
-      dloss_ddelta = 2.0 * d;
-      break;
+double DpoObjective::Score(double r, double* dscore) const {
+  switch (divergence_) {
+    case DpoConfig::FORWARD_KL:
+      // f'(t) = 1 − 1/t.
+      *dscore = std::exp(-r);
+      return 1 - std::exp(-r);
+    case DpoConfig::JS_DIVERGENCE:
+      // f'(t) = log(2t/(t+1)) = log 2 + log σ(log t).
+      *dscore = Sigmoid(-r);
+      return std::log(2.0) + LogSigmoid(r);
+    case DpoConfig::ALPHA_DIVERGENCE: {
+      // f'(t) = (t^(α−1) − 1)/(α−1); TRL falls back to reverse KL at α ≈ 1
+      // and clamps the exponent at 80 (no gradient beyond).
+      const double a = alpha_divergence_ - 1.0;
+      if (std::abs(a) < 1e-6) break;
+      const double t = a * r;
+      const double e = std::exp(std::min(t, 80.0));
+      *dscore = t <= 80.0 ? e : 0.0;
+      return (e - 1.0) / a;
     }
-    case DpoConfig::ROBUST:
-      loss = ((1 - eps_) * Softplus(-u) - eps_ * Softplus(u)) / (1 - 2 * eps_);
-      dloss_ddelta = beta_ * (-(1 - eps_) * Sigmoid(-u) - eps_ * Sigmoid(u)) /
-                     (1 - 2 * eps_);
-      break;
     default:
       break;
   }
+  *dscore = 1;
+  return r;
+}
 
-  const double reward_w = beta_ * chosen_ratio;
-  const double reward_l = beta_ * rejected_ratio;
-  sums->Add("loss", loss);
-  sums->Add("rewards/chosen", reward_w);
-  sums->Add("rewards/rejected", reward_l);
-  sums->Add("rewards/margins", reward_w - reward_l);
-  sums->Add("rewards/accuracies", reward_w > reward_l ? 1.0 : 0.0);
-  sums->Add("logps/chosen", chosen.logp);
-  sums->Add("logps/rejected", rejected.logp);
-  sums->Add("logits/chosen", chosen.logit_sum, kw * vocab_);
-  sums->Add("logits/rejected", rejected.logit_sum, kl * vocab_);
-  // TRL 1.x: argmax == label over the chosen responses' tokens, pooled.
-  sums->Add("mean_token_accuracy", chosen.correct, kw);
-  sums->Add("ranking/accuracy", chosen.logp >= rejected.logp ? 1.0 : 0.0);
-  sums->Add("ranking/accuracy_len_norm",
-            chosen.logp / kw >= rejected.logp / kl ? 1.0 : 0.0);
+double DpoObjective::Weighted(const float* logp, int tokens, int shared) const {
+  double sum = 0;
+  for (int t = 0; t < tokens; ++t) sum += TokenWeight(t, shared) * logp[t];
+  return sum;
+}
 
-  DpoPairGradient g;
-  g.loss = loss;
-  g.dloss_dlogp_chosen = dloss_ddelta / nw;
-  g.dloss_dlogp_rejected = -dloss_ddelta / nl;
-  return g;
+void DpoObjective::AddTerm(const Term& term,
+                           std::vector<PairState>* pairs) const {
+  const double w = term.weight, b = beta_;
+  const DpoConfig::LossType type = term.type;
+  if (type == DpoConfig::AOT || type == DpoConfig::AOT_UNPAIRED) {
+    // Sorted within the micro-batch; each sorted difference's gradient goes
+    // back to the pairs it was taken from.
+    const size_t n = pairs->size();
+    std::vector<double> x(n), y(n);
+    for (size_t i = 0; i < n; ++i) {
+      const PairState& p = (*pairs)[i];
+      if (type == DpoConfig::AOT) {
+        x[i] = p.logp_chosen - p.logp_rejected;
+        y[i] = p.ref_chosen - p.ref_rejected;
+      } else {
+        x[i] = p.ratio_chosen;
+        y[i] = p.ratio_rejected;
+      }
+    }
+    const std::vector<int> px = SortOrder(x), py = SortOrder(y);
+    for (size_t j = 0; j < n; ++j) {
+      double d = 0;
+      const double loss =
+          SmoothedLogistic(b, eps_, x[px[j]] - y[py[j]], &d) * w;
+      PairState& from_x = (*pairs)[px[j]];
+      (*pairs)[j].loss += loss;
+      if (type == DpoConfig::AOT) {
+        // δ_j = (L_w − L_l)_(j) − (L̃_w − L̃_l)_(j); the reference's side is
+        // constant.
+        from_x.dchosen += w * d;
+        from_x.drejected -= w * d;
+      } else {
+        from_x.dchosen += w * d;
+        (*pairs)[py[j]].drejected -= w * d;
+      }
+    }
+    return;
+  }
+  for (PairState& p : *pairs) {
+    const double rw = p.ratio_chosen, rl = p.ratio_rejected;
+    if (OnScoreDifference(type)) {
+      const bool averaged =
+          type == DpoConfig::IPO || type == DpoConfig::SIGMOID_NORM;
+      const double nw = averaged ? std::max(p.chosen_tokens, 1) : 1.0;
+      const double nl = averaged ? std::max(p.rejected_tokens, 1) : 1.0;
+      const double delta = p.score_chosen / nw - p.score_rejected / nl;
+      const double u = b * delta;
+      double loss = 0, d = 0;  // d = ∂loss/∂Δ
+      switch (type) {
+        case DpoConfig::SIGMOID:
+          loss = SmoothedLogistic(b, eps_, delta, &d);
+          break;
+        case DpoConfig::SIGMOID_NORM:
+          loss = SmoothedLogistic(b, 0.0, delta, &d);
+          break;
+        case DpoConfig::HINGE:
+          loss = std::max(0.0, 1.0 - u);
+          d = u < 1.0 ? -b : 0.0;
+          break;
+        case DpoConfig::IPO: {
+          const double e = delta - 1.0 / (2.0 * b);
+          loss = e * e;
+          d = 2.0 * e;
+          break;
+        }
+        case DpoConfig::ROBUST:
+          loss =
+              ((1 - eps_) * Softplus(-u) - eps_ * Softplus(u)) / (1 - 2 * eps_);
+          d = b * (-(1 - eps_) * Sigmoid(-u) - eps_ * Sigmoid(u)) /
+              (1 - 2 * eps_);
+          break;
+        case DpoConfig::EXO_PAIR: {
+          // KL(softmax over {w, l} of βΔ ‖ [1−ε, ε]).
+          const double qw = Sigmoid(u), ql = Sigmoid(-u);
+          const double log_pw = std::log1p(-eps_), log_pl = std::log(eps_);
+          loss = qw * (LogSigmoid(u) - log_pw) + ql * (LogSigmoid(-u) - log_pl);
+          d = b * qw * ql * (u - log_pw + log_pl);
+          break;
+        }
+        case DpoConfig::DISCOPOP: {
+          // Logistic and exponential losses blended by σ(u/τ).
+          const double tau = discopop_tau_;
+          const double m = Sigmoid(u / tau);
+          const double dm = m * Sigmoid(-u / tau) / tau;
+          const double logistic = Softplus(-u), expo = std::exp(-u);
+          loss = logistic * (1 - m) + expo * m;
+          d = b *
+              (-Sigmoid(-u) * (1 - m) - logistic * dm - expo * m + expo * dm);
+          break;
+        }
+        default:
+          break;
+      }
+      p.loss += w * loss;
+      p.dchosen += w * d / nw * p.dscore_chosen;
+      p.drejected -= w * d / nl * p.dscore_rejected;
+      continue;
+    }
+    // The losses on the raw log-ratios r_w, r_l.
+    const double zw = b * rw, zl = b * rl;
+    double loss = 0, dw = 0, dl = 0;  // dw = ∂loss/∂r_w
+    switch (type) {
+      case DpoConfig::NCA_PAIR:
+        loss = Softplus(-zw) + 0.5 * Softplus(zw) + 0.5 * Softplus(zl);
+        dw = b * (-Sigmoid(-zw) + 0.5 * Sigmoid(zw));
+        dl = b * 0.5 * Sigmoid(zl);
+        break;
+      case DpoConfig::BCO_PAIR:
+        loss = Softplus(-zw) + Softplus(zl);
+        dw = -b * Sigmoid(-zw);
+        dl = b * Sigmoid(zl);
+        break;
+      case DpoConfig::SPPO_HARD: {
+        const double ew = rw - 0.5 / b, el = rl + 0.5 / b;
+        loss = ew * ew + el * el;
+        dw = 2 * ew;
+        dl = 2 * el;
+        break;
+      }
+      case DpoConfig::APO_ZERO:
+        loss = 1 - Sigmoid(zw) + Sigmoid(zl);
+        dw = -b * Sigmoid(zw) * Sigmoid(-zw);
+        dl = b * Sigmoid(zl) * Sigmoid(-zl);
+        break;
+      case DpoConfig::APO_DOWN: {
+        const double zm = b * (rw - rl);
+        const double sm = b * Sigmoid(zm) * Sigmoid(-zm);
+        loss = Sigmoid(zw) + 1 - Sigmoid(zm);
+        dw = b * Sigmoid(zw) * Sigmoid(-zw) - sm;
+        dl = sm;
+        break;
+      }
+      default:
+        break;
+    }
+    p.loss += w * loss;
+    p.dchosen += w * dw;
+    p.drejected += w * dl;
+  }
+}
+
+double DpoObjective::Loss(const MicroBatchView& batch,
+                          std::vector<double>* dloss_dlogp,
+                          MetricSums* sums) const {
+  const std::vector<SequenceScores>& scores = *batch.scores;
+  const std::vector<float>& row = *batch.row_logp;
+  const size_t n = batch.examples->size();
+  const bool ld = ld_alpha_ >= 0;
+  int64_t total_tokens = 0;
+  for (const SequenceScores& s : scores) total_tokens += s.tokens;
+  CheckSameLength("DpoObjective::Loss", "row_logp", total_tokens, row.size());
+  const std::vector<float>* log_sum_sq = batch.row_log_sum_sq_probs;
+  if (use_weighting_) {
+    if (log_sum_sq == nullptr) {
+      std::fprintf(stderr,
+                   "DpoObjective::Loss: use_weighting needs "
+                   "MicroBatchView::row_log_sum_sq_probs\n");
+      std::abort();
+    }
+    CheckSameLength("DpoObjective::Loss", "row_log_sum_sq_probs", row.size(),
+                    log_sum_sq->size());
+  }
+
+  std::vector<PairState> pairs(n);
+  std::vector<double> pair_weight(n, 1.0);  // WPO's w_w·w_l
+  std::vector<int64_t> chosen_offset(n);
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int ex = (*batch.examples)[i];
+    const SequenceScores& sw = scores[2 * i];
+    const SequenceScores& sl = scores[2 * i + 1];
+    PairState& p = pairs[i];
+    p.chosen_tokens = sw.tokens;
+    p.rejected_tokens = sl.tokens;
+    chosen_offset[i] = offset;
+    const float* lw = row.data() + offset;
+    const float* ll = lw + sw.tokens;
+    offset += sw.tokens + sl.tokens;
+    const int shared = std::min(sw.tokens, sl.tokens);
+    if (ld) {
+      p.logp_chosen = Weighted(lw, sw.tokens, shared);
+      p.logp_rejected = Weighted(ll, sl.tokens, shared);
+      const absl::Span<const float> rw = batch.reference->TokenLogps(ex, 0);
+      const absl::Span<const float> rl = batch.reference->TokenLogps(ex, 1);
+      CheckSameLength("DpoObjective::Loss", "reference chosen", sw.tokens,
+                      rw.size());
+      CheckSameLength("DpoObjective::Loss", "reference rejected", sl.tokens,
+                      rl.size());
+      p.ref_chosen = Weighted(rw.data(), sw.tokens, shared);
+      p.ref_rejected = Weighted(rl.data(), sl.tokens, shared);
+    } else {
+      p.logp_chosen = sw.logp;
+      p.logp_rejected = sl.logp;
+      p.ref_chosen = batch.reference->SequenceLogp(ex, 0);
+      p.ref_rejected = batch.reference->SequenceLogp(ex, 1);
+    }
+    p.ratio_chosen = p.logp_chosen - p.ref_chosen;
+    p.ratio_rejected = p.logp_rejected - p.ref_rejected;
+    p.score_chosen = Score(p.ratio_chosen, &p.dscore_chosen);
+    p.score_rejected = Score(p.ratio_rejected, &p.dscore_rejected);
+    if (use_weighting_) {
+      // w = exp(mean_t(ℓ_t − log Σ_v p_v²)) of each response, a constant.
+      auto weight = [&](const float* logp, int64_t at, int tokens) {
+        double sum = 0;
+        for (int t = 0; t < tokens; ++t) sum += logp[t] - (*log_sum_sq)[at + t];
+        return std::exp(sum / std::max(tokens, 1));
+      };
+      pair_weight[i] = weight(lw, chosen_offset[i], sw.tokens) *
+                       weight(ll, chosen_offset[i] + sw.tokens, sl.tokens);
+    }
+  }
+
+  double sft_weight = 0;
+  for (const Term& term : terms_) {
+    if (term.type == DpoConfig::SFT) {
+      sft_weight += term.weight;
+    } else {
+      AddTerm(term, &pairs);
+    }
+  }
+  // SFT: the mean NLL over the global batch's chosen tokens, pooled (so it
+  // does not depend on how the batch is split, docs/objectives.md §1). In
+  // Loss's units (sums over pairs, later divided by the pair count) each
+  // chosen token's NLL counts pairs / chosen tokens of the global batch; a
+  // micro-batch scored on its own is its own global batch. Each pair is
+  // attributed its own chosen tokens' share. The config refuses WPO with
+  // SFT (TRL cannot weight its batch-level SFT term either).
+  double sft_per_token = 0;
+  if (sft_weight != 0) {
+    double pairs_per_token = batch.token_denominator > 0
+                                 ? batch.denominator / batch.token_denominator
+                                 : 0;
+    if (!(pairs_per_token > 0)) {
+      int64_t chosen_tokens = 0;
+      for (size_t i = 0; i < n; ++i) chosen_tokens += pairs[i].chosen_tokens;
+      pairs_per_token =
+          static_cast<double>(n) /
+          static_cast<double>(std::max<int64_t>(chosen_tokens, 1));
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const float* lw = row.data() + chosen_offset[i];
+      double chosen_sum = 0;
+      for (int t = 0; t < pairs[i].chosen_tokens; ++t) chosen_sum += lw[t];
+      pairs[i].loss += sft_weight * -chosen_sum * pairs_per_token;
+    }
+    sft_per_token = -sft_weight * pairs_per_token;
+  }
+
+  dloss_dlogp->assign(row.size(), 0.0);
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const PairState& p = pairs[i];
+    const double wt = pair_weight[i];
+    const int shared = std::min(p.chosen_tokens, p.rejected_tokens);
+    double* dw = dloss_dlogp->data() + chosen_offset[i];
+    double* dl = dw + p.chosen_tokens;
+    for (int t = 0; t < p.chosen_tokens; ++t) {
+      dw[t] = wt * p.dchosen * TokenWeight(t, shared) + sft_per_token;
+    }
+    for (int t = 0; t < p.rejected_tokens; ++t) {
+      dl[t] = wt * p.drejected * TokenWeight(t, shared);
+    }
+    const double loss = wt * p.loss;
+    total += loss;
+
+    const SequenceScores& sw = scores[2 * i];
+    const SequenceScores& sl = scores[2 * i + 1];
+    const double reward_w = beta_ * p.ratio_chosen;
+    const double reward_l = beta_ * p.ratio_rejected;
+    sums->Add("loss", loss);
+    sums->Add("rewards/chosen", reward_w);
+    sums->Add("rewards/rejected", reward_l);
+    sums->Add("rewards/margins", reward_w - reward_l);
+    sums->Add("rewards/accuracies", reward_w > reward_l ? 1.0 : 0.0);
+    sums->Add("logps/chosen", p.logp_chosen);
+    sums->Add("logps/rejected", p.logp_rejected);
+    sums->Add("logits/chosen", sw.logit_sum,
+              static_cast<double>(sw.tokens) * vocab_);
+    sums->Add("logits/rejected", sl.logit_sum,
+              static_cast<double>(sl.tokens) * vocab_);
+    // TRL 1.x: argmax == label over the chosen responses' tokens, pooled.
+    sums->Add("mean_token_accuracy", sw.correct, sw.tokens);
+    sums->Add("ranking/accuracy", sw.logp >= sl.logp ? 1.0 : 0.0);
+    sums->Add("ranking/accuracy_len_norm",
+              sw.logp / sw.tokens >= sl.logp / sl.tokens ? 1.0 : 0.0);
+  }
+  return total;
 }
 
 bool IdealizedRankingCorrect(const PairReference& ref, double beta,
@@ -112,7 +472,7 @@ void DpoObjective::AddEvalMetrics(const MicroBatchView& batch,
     const float fraction = examples[ex].preference_fraction;
     const double alpha = fraction > 0 ? fraction : kDefaultPreferenceFraction;
     const double ideal = IdealizedRankingCorrect(ref, beta_, alpha) ? 1.0 : 0.0;
-    // The same test as Pair's ranking/accuracy.
+    // The same test as Loss's ranking/accuracy.
     const double actual =
         scores[2 * i].logp >= scores[2 * i + 1].logp ? 1.0 : 0.0;
     sums->Add("ranking/idealized_accuracy", ideal);
@@ -125,21 +485,26 @@ double DpoObjective::Denominator(const std::vector<data::Example>&,
   return static_cast<double>(batch.size());
 }
 
+double DpoObjective::TokenDenominator(
+    const std::vector<data::Example>& examples,
+    const std::vector<int>& batch) const {
+  for (const Term& term : terms_) {
+    if (term.type == DpoConfig::SFT) {
+      return ChosenResponseTokens(examples, batch);
+    }
+  }
+  return 0;
+}
+
 void DpoObjective::Coefficients(const MicroBatchView& batch, double denominator,
                                 std::vector<float>* coef,
                                 MetricSums* sums) const {
-  const std::vector<SequenceScores>& scores = *batch.scores;
-  coef->clear();
-  for (size_t i = 0; i < batch.examples->size(); ++i) {
-    const int ex = (*batch.examples)[i];
-    const PairReference ref{batch.reference->SequenceLogp(ex, 0),
-                            batch.reference->SequenceLogp(ex, 1)};
-    const DpoPairGradient g = Pair(scores[2 * i], scores[2 * i + 1], ref, sums);
-    // G_t = −∂loss/∂ℓ_t (the kernel writes G_t·(softmax − onehot)).
-    coef->insert(coef->end(), scores[2 * i].tokens,
-                 static_cast<float>(-g.dloss_dlogp_chosen / denominator));
-    coef->insert(coef->end(), scores[2 * i + 1].tokens,
-                 static_cast<float>(-g.dloss_dlogp_rejected / denominator));
+  std::vector<double> dloss_dlogp;
+  Loss(batch, &dloss_dlogp, sums);
+  // G_t = −∂loss/∂ℓ_t (the kernel writes G_t·(softmax − onehot)).
+  coef->resize(dloss_dlogp.size());
+  for (size_t t = 0; t < dloss_dlogp.size(); ++t) {
+    (*coef)[t] = static_cast<float>(-dloss_dlogp[t] / denominator);
   }
 }
 

@@ -1,9 +1,12 @@
-// DPO and its variants (docs/objectives.md §1): SIGMOID (cDPO with label
-// smoothing), IPO, HINGE and ROBUST, with TRL's metrics.
+// DPO and its family (docs/objectives.md §1), as TRL 1.16's DPOTrainer
+// computes them: the 15 loss types of DpoConfig::LossType, weighted mixtures
+// of them (MPO), f-DPO's f-divergences, LD-DPO's length-desensitized
+// log-probs and WPO's weights, with TRL's metrics.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_DPO_H_
 #define PREFOPT_TRAINER_OBJECTIVES_DPO_H_
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "proto/config.pb.h"
@@ -17,14 +20,6 @@ namespace prefopt::objectives {
 struct PairReference {
   double chosen = 0;
   double rejected = 0;
-};
-
-// The loss of one pair and its derivatives w.r.t. every response token's ℓ_t
-// (constant over a sequence's tokens for every DPO variant).
-struct DpoPairGradient {
-  double loss = 0;
-  double dloss_dlogp_chosen = 0;    // ∂loss/∂ℓ_t for each chosen token
-  double dloss_dlogp_rejected = 0;  // ∂loss/∂ℓ_t for each rejected token
 };
 
 // The fraction α of raters taken to prefer the chosen response when the data
@@ -41,19 +36,27 @@ bool IdealizedRankingCorrect(const PairReference& ref, double beta,
 
 class DpoObjective : public Objective {
  public:
-  // Validates the config (β > 0, 0 ≤ ε < 0.5 where ε is used).
+  // Validates the config (β > 0, 0 ≤ ε < 0.5, one weight per loss type, ε > 0
+  // for EXO_PAIR, τ > 0, ld_alpha in [0, 1]); unset optional fields take
+  // TRL's defaults.
   static absl::StatusOr<std::unique_ptr<DpoObjective>> Create(
       const DpoConfig& config, int vocab_size);
 
   data::ExampleKind example_kind() const override {
     return data::ExampleKind::kPreference;
   }
+  // LD-DPO weights the reference's tokens too, so it needs them one by one.
   ReferenceNeeds reference_needs() const override {
-    return ReferenceNeeds::kSequenceLogps;
+    return ld_alpha_ >= 0 ? ReferenceNeeds::kTokenLogps
+                          : ReferenceNeeds::kSequenceLogps;
   }
+  bool needs_row_log_sum_sq_probs() const override { return use_weighting_; }
   // The mean is over pairs.
   double Denominator(const std::vector<data::Example>& examples,
                      const std::vector<int>& batch) const override;
+  // The SFT term's mean is over the chosen tokens; 0 without an SFT term.
+  double TokenDenominator(const std::vector<data::Example>& examples,
+                          const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
   // ranking/idealized_accuracy (IdealizedRankingCorrect, α from the data's
@@ -63,24 +66,46 @@ class DpoObjective : public Objective {
                       const std::vector<data::Example>& examples,
                       MetricSums* sums) const override;
 
-  // Loss and token derivatives of one pair. `vocab_size` is needed only for
-  // the logits/* metrics. Adds the pair's metrics (TRL's names) to `sums`.
-  DpoPairGradient Pair(const SequenceScores& chosen,
-                       const SequenceScores& rejected, const PairReference& ref,
-                       MetricSums* sums) const;
+  // The micro-batch's loss summed over its pairs (the loss of the global
+  // batch is the sum over its micro-batches divided by Denominator) and
+  // ∂loss/∂ℓ_t of every response token, in row_logp's order, into
+  // `dloss_dlogp`. Adds the pairs' metrics (TRL's names) to `sums`. WPO's
+  // weights are constants here, as in TRL.
+  double Loss(const MicroBatchView& batch, std::vector<double>* dloss_dlogp,
+              MetricSums* sums) const;
 
   double beta() const { return beta_; }
-  DpoConfig::LossType loss_type() const { return loss_type_; }
 
  private:
-  DpoObjective(double beta, DpoConfig::LossType loss_type, double eps,
-               int vocab_size)
-      : beta_(beta), loss_type_(loss_type), eps_(eps), vocab_(vocab_size) {}
+  struct Term {
+    DpoConfig::LossType type;
+    double weight;
+  };
+  struct PairState;
 
-  double beta_;
-  DpoConfig::LossType loss_type_;
-  double eps_;
-  int vocab_;
+  DpoObjective() = default;
+
+  // f-DPO's score f'(exp(r)) of a log-ratio r and its derivative.
+  double Score(double log_ratio, double* dscore) const;
+  // Adds one loss type's per-pair losses times its weight (before WPO's
+  // weights) to each pair's loss, and their derivatives w.r.t. the pair's
+  // policy log-probs L to its dchosen/drejected. Not for SFT (Loss adds it).
+  void AddTerm(const Term& term, std::vector<PairState>* pairs) const;
+  // Σ over a response's tokens of a_t·ℓ_t, a_t the LD-DPO weight.
+  double Weighted(const float* logp, int tokens, int shared) const;
+  double TokenWeight(int t, int shared) const {
+    return ld_alpha_ >= 0 && t >= shared ? ld_alpha_ : 1.0;
+  }
+
+  double beta_ = 0.1;
+  double eps_ = 0;
+  std::vector<Term> terms_;
+  DpoConfig::FDivergenceType divergence_ = DpoConfig::REVERSE_KL;
+  double alpha_divergence_ = 0.5;
+  bool use_weighting_ = false;
+  double ld_alpha_ = -1;  // < 0: plain sums
+  double discopop_tau_ = 0.05;
+  int vocab_ = 0;
 };
 
 }  // namespace prefopt::objectives

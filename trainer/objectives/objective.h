@@ -34,16 +34,31 @@ struct MicroBatchView {
   // log Σ_v p_v² of every response token's softmax, in row_logp's order (WPO's
   // weights); null unless the objective's needs_row_log_sum_sq_probs().
   const std::vector<float>* row_log_sum_sq_probs = nullptr;
+  // The global batch's Objective::Denominator and TokenDenominator (0 when
+  // the caller scores one micro-batch on its own).
+  double denominator = 0;
+  double token_denominator = 0;
 };
+
+// The number of chosen-response tokens of `batch`: the denominator of a
+// chosen-response NLL term (Objective::TokenDenominator).
+inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
+                                   const std::vector<int>& batch) {
+  double tokens = 0;
+  for (int i : batch) tokens += static_cast<double>(examples[i].chosen.size());
+  return tokens;
+}
 
 // Adds TRL's `entropy` metric of one micro-batch to `sums`: the mean over
 // every response token (chosen and rejected alike) of the entropy of the
-// policy's next-token softmax (docs/objectives.md §0). The loop adds it for
-// every objective, so no objective adds it itself.
+// policy's next-token softmax (docs/objectives.md §0). The first
+// `response_sequences` entries of `scores` are the responses'; any after them
+// score prompts (Objective::scores_prompts) and are left out. The loop adds it
+// for every objective, so no objective adds it itself.
 inline void AddEntropyMetric(const std::vector<SequenceScores>& scores,
-                             MetricSums* sums) {
-  for (const SequenceScores& s : scores) {
-    sums->Add("entropy", s.entropy_sum, s.tokens);
+                             size_t response_sequences, MetricSums* sums) {
+  for (size_t i = 0; i < response_sequences; ++i) {
+    sums->Add("entropy", scores[i].entropy_sum, scores[i].tokens);
   }
 }
 
@@ -56,6 +71,13 @@ class Objective {
   // Whether the reference model scores the example with its context (PRIOR's
   // reference never sees it).
   virtual bool reference_sees_context() const { return true; }
+  // Whether the objective also scores the rows that predict each example's
+  // prompt tokens 2..P of its first sequence: ORPO's NLL, as TRL's, covers the
+  // chosen sequence's prompt too (docs/objectives.md §8). The loop then passes
+  // the output layer PromptSegments(...) after the response segments, so
+  // `scores` and `row_logp` hold one more entry per example after the
+  // responses', and Coefficients writes their G_t in that order too.
+  virtual bool scores_prompts() const { return false; }
   // Whether Coefficients reads MicroBatchView::row_log_sum_sq_probs.
   virtual bool needs_row_log_sum_sq_probs() const { return false; }
 
@@ -63,6 +85,18 @@ class Objective {
   // number of pairs, of sequences, or of response tokens in `batch`.
   virtual double Denominator(const std::vector<data::Example>& examples,
                              const std::vector<int>& batch) const = 0;
+
+  // A second global-batch count, for a loss term that is a mean over tokens
+  // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
+  // (docs/objectives.md §8) and DPO's SFT term (§1) are means over the
+  // chosen responses' tokens. The
+  // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
+  // (unused) by default.
+  virtual double TokenDenominator(
+      const std::vector<data::Example>& /*examples*/,
+      const std::vector<int>& /*batch*/) const {
+    return 0;
+  }
 
   // Writes G_t for every response token of the micro-batch (row_logp's
   // order), already divided by `denominator`, and adds the micro-batch's
