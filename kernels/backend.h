@@ -176,9 +176,13 @@ class Backend {
   //
   // Pass 1 writes, per row: lse[n] = logsumexp(z),
   // logp[n] = z[labels[n]] - lse, logit_sum[n] = sum_v z[v] (for the logits/*
-  // metrics), and correct[n] = 1 if argmax(z) == labels[n] else 0.
+  // metrics), correct[n] = 1 if argmax(z) == labels[n] else 0,
+  // entropy[n] = -sum_v p_v log p_v of p = softmax(z) (TRL's `entropy`
+  // metric), and, unless log_sum_sq_probs is null, log_sum_sq_probs[n] =
+  // log sum_v p_v^2 = logsumexp(2z) - 2 lse (WPO's weights).
   virtual void OutputForward(float* lse, float* logp, float* logit_sum,
-                             int32_t* correct, const float* h,
+                             int32_t* correct, float* entropy,
+                             float* log_sum_sq_probs, const float* h,
                              const float* wout, const int32_t* labels, int N,
                              int C, int V, float* chunk_buf, int chunk) = 0;
   // Pass 2: with the per-row coefficient coef[n] (docs/objectives.md's G_t),

@@ -5,9 +5,9 @@
 // For each case, through loop::Trainer (the code `prefopt train` runs) on one
 // global batch of all six pairs: the loss and every metric TRL logs, and for
 // some cases the policy's parameter gradients. At the objective level, fed
-// TRL's own per-token log-probs: the loss and ∂loss/∂ℓ_t of every response
-// token (WPO this way only: its log Σ p² come from TRL's fused head until the
-// output layer computes them). For every loss type and MPO: three AdamW steps.
+// TRL's own per-token log-probs (and, for WPO, TRL's log Σ p²): the loss and
+// ∂loss/∂ℓ_t of every response token; through the trainer, WPO's log Σ p²
+// come from the output layer. For every loss type and MPO: three AdamW steps.
 //
 // Tolerances: loss and metrics 1e-5 relative (absolute floor 1e-6 for values
 // near 0: TRL sums fp32 log-probs, prefopt in double); ∂loss/∂ℓ_t 1e-5 in
@@ -163,10 +163,6 @@ class DpoFamilyTrl : public ::testing::TestWithParam<const char*> {};
 TEST_P(DpoFamilyTrl, TrainerLossMetricsAndGradientsMatchTrl) {
   const std::string name = GetParam();
   const nlohmann::json fixture = ReadCase(name);
-  if (fixture["trl_args"]["use_weighting"].get<bool>()) {
-    GTEST_SKIP() << "WPO's log Σ p² come from the output layer, which does not "
-                    "compute them yet; ObjectiveMatchesTrl checks the math";
-  }
   auto trainer = MakeTrainer(name, fixture, 1);
   ASSERT_NE(trainer, nullptr);
   ASSERT_EQ(trainer->dataset().examples.size(), 6u);
@@ -182,8 +178,8 @@ TEST_P(DpoFamilyTrl, TrainerLossMetricsAndGradientsMatchTrl) {
     ++compared;
   }
   // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
-  // mean_token_accuracy.
-  EXPECT_EQ(compared, 9);
+  // mean_token_accuracy, entropy.
+  EXPECT_EQ(compared, 10);
 
   std::ifstream probe(WorkspacePath(
       absl::StrCat("tests/fixtures/dpo_family/", name, "_grads.safetensors")));

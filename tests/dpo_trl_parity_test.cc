@@ -1,9 +1,10 @@
 // DPO against TRL 1.16 (tests/fixtures/gpt2/dpo_*.json, train_10_steps.json):
-// the loss and the metrics both log for every loss type on one batch of six
-// pairs, the policy gradients, and ten AdamW steps with clipping and a warm-up
-// schedule, all through the same Trainer that `prefopt train` runs. The cdpo
-// case's loss is prefopt's cDPO formula evaluated in torch on TRL's per-pair
-// log-ratios (TRL 1.x ignores label smoothing for sigmoid).
+// the loss and the metrics both log (entropy included) for every loss type on
+// one batch of six pairs, the policy gradients, and ten AdamW steps with
+// clipping and a warm-up schedule (with TRL's entropy and num_tokens), all
+// through the same Trainer that `prefopt train` runs. The cdpo case's loss is
+// prefopt's cDPO formula evaluated in torch on TRL's per-pair log-ratios (TRL
+// 1.x ignores label smoothing for sigmoid).
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -103,8 +104,10 @@ TEST_P(DpoTrlParity, LossMetricsAndGradientsMatchTrl) {
     ++compared;
   }
   // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
-  // mean_token_accuracy.
-  EXPECT_EQ(compared, 9);
+  // mean_token_accuracy, entropy.
+  EXPECT_EQ(compared, 10);
+  // TRL's num_tokens after its first batch: every token of every sequence.
+  EXPECT_EQ(m["tokens"], expected["metrics"]["num_tokens"].get<double>());
 
   if (!c.has_grads) return;
   auto grads = io::SafetensorsFile::Open(WorkspacePath(
@@ -146,6 +149,10 @@ TEST(DpoTraining, TenAdamWStepsMatchTorch) {
     ExpectClose((*m)["lr"], e["lr"].get<double>(), "lr" + at, 1e-6, 1e-12);
     ExpectClose((*m)["rewards/margins"], e["rewards/margins"].get<double>(),
                 "rewards/margins" + at, 1e-3);
+    ExpectClose((*m)["entropy"], e["metrics"]["entropy"].get<double>(),
+                "entropy" + at, 1e-3);
+    EXPECT_EQ((*m)["num_tokens"], e["metrics"]["num_tokens"].get<double>())
+        << "num_tokens" << at;
   }
   auto final_weights = io::SafetensorsFile::Open(
       WorkspacePath("tests/fixtures/gpt2/train_10_steps_final.safetensors"));

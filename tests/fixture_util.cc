@@ -45,7 +45,7 @@ std::string WriteTempFile(const std::string& name, const std::string& text) {
 }
 
 bool IsTrlOnlyDpoMetric(const std::string& name) {
-  return name == "entropy" || name == "num_tokens";
+  return name == "num_tokens";
 }
 
 }  // namespace prefopt::testing

@@ -26,10 +26,10 @@ double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
 // Writes `text` to a fresh file under TEST_TMPDIR and returns its path.
 std::string WriteTempFile(const std::string& name, const std::string& text);
 
-// Whether `name` is one of the metrics TRL 1.x's DPOTrainer logs that
-// prefopt's DPO objective does not produce (entropy, num_tokens;
-// tests/fixtures/README.md), so the DPO fixtures' other metrics are the ones
-// both log.
+// Whether `name` is TRL's num_tokens, the running count of training tokens
+// that only an optimizer step logs (Trainer::Step; tests/dpo_trl_parity_test.cc
+// compares it), not one forward-backward or an evaluation of its own; the DPO
+// fixtures' other metrics are the ones both log.
 bool IsTrlOnlyDpoMetric(const std::string& name);
 
 }  // namespace prefopt::testing

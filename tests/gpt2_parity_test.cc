@@ -1,7 +1,8 @@
 // GPT-2 against transformers: logits, per-token log-probs, the causal-LM loss
 // and every parameter gradient of tests/fixtures/gpt2/forward.* (produced by
 // GPT2LMHeadModel on the CPU in fp32), plus the sharded, bf16 and fp16 copies
-// of the same weights.
+// of the same weights; and the chunked output layer's per-token log Σ p² and
+// entropy against TRL's fused LM head (tests/fixtures/gpt2/wpo_*.json).
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -108,6 +109,66 @@ TEST(Gpt2Parity, MatchesTransformersForwardLossAndGradients) {
     EXPECT_LT(RelativeL2(TensorInHfLayout(t, decoder->grads()), *ref), 1e-4)
         << "gradient of " << t.name;
   }
+}
+
+// TRL 1.16's DPOTrainer with use_weighting=True, on the six pairs of
+// pairs.jsonl: its per-token log Σ_v p_v² (WPO's weights) against
+// row_log_sum_sq_probs(), and its per-token entropy summed per sequence
+// against SequenceScores::entropy_sum. Both sides are fp32 on the CPU;
+// the tolerance is 1e-5 relative (1e-6 absolute).
+TEST(Gpt2Parity, OutputLayerLogSumSqProbsAndEntropyMatchTrl) {
+  nlohmann::json trl;
+  std::ifstream(std::string(kDir) + "wpo_log_sum_sq_probs.json") >> trl;
+  ASSERT_EQ(trl["pairs"].size(), 6u);
+  // Sequences in data::BuildBatch order: each pair's chosen, then rejected.
+  model::PackedBatch batch;
+  std::vector<objectives::ResponseSegment> segments;
+  std::vector<double> want_sq, want_entropy_sums;
+  std::vector<std::vector<int32_t>> seqs;
+  for (const auto& pair : trl["pairs"]) {
+    const auto prompt = pair["prompt_ids"].get<std::vector<int32_t>>();
+    for (const char* side : {"chosen", "rejected"}) {
+      std::vector<int32_t> ids = prompt;
+      const auto resp =
+          pair[std::string(side) + "_ids"].get<std::vector<int32_t>>();
+      ids.insert(ids.end(), resp.begin(), resp.end());
+      seqs.push_back(ids);
+      segments.push_back({batch.rows() + static_cast<int>(prompt.size()) - 1,
+                          static_cast<int>(resp.size())});
+      batch.AddSequence(seqs.back());
+      for (double x : pair[std::string(side) + "_log_sum_sq_probs"]) {
+        want_sq.push_back(x);
+      }
+      double entropy_sum = 0;
+      for (double x : pair[std::string(side) + "_entropy"]) entropy_sum += x;
+      want_entropy_sums.push_back(entropy_sum);
+    }
+  }
+  kernels::CpuBackend backend;
+  const model::Capacity cap{batch.rows(), 20, 12};
+  auto decoder = LoadPolicy(&backend, "policy", cap, false);
+  const int N = batch.rows(), C = decoder->hidden_size(),
+            V = decoder->vocab_size();
+  const float* hidden = decoder->Forward(batch);
+  objectives::ChunkedOutputLayer output(&backend, N, C, V, /*chunk=*/5);
+  const auto scores =
+      output.Forward(hidden, decoder->output_embedding(), batch.tokens.data(),
+                     segments, /*log_sum_sq_probs=*/true);
+  ASSERT_EQ(output.row_log_sum_sq_probs().size(), want_sq.size());
+  for (size_t r = 0; r < want_sq.size(); ++r) {
+    EXPECT_NEAR(output.row_log_sum_sq_probs()[r], want_sq[r],
+                std::max(1e-6, 1e-5 * std::abs(want_sq[r])))
+        << "response row " << r;
+  }
+  for (size_t i = 0; i < scores.size(); ++i) {
+    EXPECT_NEAR(scores[i].entropy_sum, want_entropy_sums[i],
+                std::max(1e-6, 1e-5 * want_entropy_sums[i]))
+        << "sequence " << i;
+  }
+  // Not asked for: not computed.
+  output.Forward(hidden, decoder->output_embedding(), batch.tokens.data(),
+                 segments);
+  EXPECT_TRUE(output.row_log_sum_sq_probs().empty());
 }
 
 TEST(Gpt2Parity, ShardedAndHalfPrecisionFoldersLoadTheSameWeights) {

@@ -79,8 +79,8 @@ void ExpectClose(double ours, double theirs, const std::string& what,
   EXPECT_NEAR(ours, theirs, std::max(abs, rel * std::abs(theirs))) << what;
 }
 
-// Every metric TRL logged (but entropy and num_tokens, which prefopt does not
-// produce) is in `ours` with TRL's value, and `ours` has no other KTO metric.
+// Every metric TRL logged (but the cumulative num_tokens, compared apart) is in
+// `ours` with TRL's value, and `ours` has no other KTO metric.
 int ExpectMetrics(const std::map<std::string, double>& ours,
                   const nlohmann::json& theirs, const std::string& at) {
   int compared = 0;
@@ -149,8 +149,11 @@ TEST_P(KtoTrlParity, DataLossMetricsAndGradientsMatchTrl) {
   std::iota(all.begin(), all.end(), 0);
   std::map<std::string, double> m = trainer->ForwardBackward(all);
   ExpectClose(m["loss"], e["loss"].get<double>(), "loss");
-  // kl, rewards/{chosen,rejected,margins}, logps/*, logits/*.
-  EXPECT_EQ(ExpectMetrics(m, e["metrics"], ""), 8);
+  // kl, rewards/{chosen,rejected,margins}, logps/*, logits/*, entropy.
+  EXPECT_EQ(ExpectMetrics(m, e["metrics"], ""), 9);
+  // TRL's num_tokens after its one batch: every token of the completions'
+  // sequences, the KL sequences not counted.
+  EXPECT_EQ(m["tokens"], e["metrics"]["num_tokens"].get<double>());
   // The fixtures cover a KL estimate above 0 and one clamped to 0.
   if (kto) {
     EXPECT_EQ(e["kl"].get<double>() > 0, std::string(c.name) != "kto_clamped");
@@ -202,7 +205,7 @@ TEST(KtoEvaluation, HeldOutMetricsMatchTrlOnOneBatch) {
     ASSERT_TRUE(result.ok()) << result.status();
     const std::string at = absl::StrCat(" (", name, ")");
     ExpectClose(result->metrics["loss"], e["loss"].get<double>(), "loss" + at);
-    EXPECT_EQ(ExpectMetrics(result->metrics, e["metrics"], at), 8) << name;
+    EXPECT_EQ(ExpectMetrics(result->metrics, e["metrics"], at), 9) << name;
     EXPECT_EQ(result->examples, 12);
   }
 }
@@ -245,6 +248,8 @@ TEST(KtoTraining, ThreeStepsMatchTrlTrain) {
                 "grad_norm" + at);
     ExpectClose((*m)["kl"], s["kl"].get<double>(), "kl" + at);
     ExpectMetrics(*m, s["metrics"], at);
+    EXPECT_EQ((*m)["num_tokens"], s["metrics"]["num_tokens"].get<double>())
+        << "num_tokens" << at;
   }
   auto final_weights = io::SafetensorsFile::Open(
       WorkspacePath("tests/fixtures/gpt2/kto_train_3_steps_final.safetensors"));

@@ -231,8 +231,8 @@ TEST_P(LlamaQwen2Parity, DpoLossMetricsAndGradientsMatchTrl) {
     ++compared;
   }
   // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
-  // mean_token_accuracy.
-  EXPECT_EQ(compared, 9);
+  // mean_token_accuracy, entropy.
+  EXPECT_EQ(compared, 10);
   auto grads = io::SafetensorsFile::Open(
       FixturePath(v, "dpo_sigmoid_grads.safetensors"));
   ASSERT_TRUE(grads.ok()) << grads.status();

@@ -109,7 +109,9 @@ TEST(TrDpoTrl, FiveStepsWithTwoSyncsMatchTrl) {
       ExpectClose((*m)[name], value.get<double>(), name + at);
       ++compared;
     }
-    EXPECT_EQ(compared, 9) << at;
+    // rewards/{chosen,rejected,accuracies,margins}, logps/*, logits/*,
+    // mean_token_accuracy, entropy.
+    EXPECT_EQ(compared, 10) << at;
   }
   auto final_weights = io::SafetensorsFile::Open(
       WorkspacePath("tests/fixtures/gpt2/tr_dpo_5_steps_final.safetensors"));

@@ -183,6 +183,58 @@ double ExpShifted(const float* x, int n, float shift, const Consume& consume) {
   return total;
 }
 
+// The softmax moments of the output layer's forward over x[0..n), with
+// d_i = x[i] - shift and y_i = exp(d_i): sum_exp = sum y (the logsumexp's),
+// sum_exp_shifted = sum y d (the entropy's) and, when kSquares, sum_exp_sq =
+// sum y^2 (log sum p^2's). Accumulated as ExpShifted does.
+struct ExpMoments {
+  double sum_exp = 0.0;
+  double sum_exp_shifted = 0.0;
+  double sum_exp_sq = 0.0;
+};
+
+template <bool kSquares>
+ExpMoments ExpShiftedMoments(const float* x, int n, float shift) {
+  const __m256 vshift = _mm256_set1_ps(shift);
+  ExpMoments m;
+  for (int b = 0; b < n; b += kSumBlock) {
+    const int e = std::min(n, b + kSumBlock);
+    // Two accumulators of each sum, filled in the same order as
+    // ExpShifted's, so the logsumexp is the same bit for bit.
+    __m256 s0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 s1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 s2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const auto add = [&](int k, __m256 d, __m256 y) {
+      s0[k] = _mm256_add_ps(s0[k], y);
+      s1[k] = _mm256_fmadd_ps(y, d, s1[k]);
+      if constexpr (kSquares) s2[k] = _mm256_fmadd_ps(y, y, s2[k]);
+    };
+    int i = b;
+    for (; i + 16 <= e; i += 16) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
+      const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vshift);
+      add(0, d0, Exp8(d0));
+      add(1, d1, Exp8(d1));
+    }
+    for (; i + 8 <= e; i += 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
+      add(0, d, Exp8(d));
+    }
+    if (i < e) {
+      // The lanes past e have y = 0, so they add 0 to every sum.
+      const __m256i mask = FirstLanes(e - i);
+      const __m256 d = _mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vshift);
+      add(1, d, _mm256_and_ps(Exp8(d), _mm256_castsi256_ps(mask)));
+    }
+    m.sum_exp += HorizontalSum(_mm256_add_ps(s0[0], s0[1]));
+    m.sum_exp_shifted += HorizontalSum(_mm256_add_ps(s1[0], s1[1]));
+    if constexpr (kSquares) {
+      m.sum_exp_sq += HorizontalSum(_mm256_add_ps(s2[0], s2[1]));
+    }
+  }
+  return m;
+}
+
 // Stores 8 lanes at x + i, only those below n.
 inline void StoreLanes(float* x, int i, int n, __m256 v) {
   if (i + 8 <= n) {
@@ -788,7 +840,8 @@ void CpuBackend::RopeBackward(float* dqkv, const int32_t* pos, const float* cos,
 }
 
 void CpuBackend::OutputForward(float* lse, float* logp, float* logit_sum,
-                               int32_t* correct, const float* h,
+                               int32_t* correct, float* entropy,
+                               float* log_sum_sq_probs, const float* h,
                                const float* wout, const int32_t* labels, int N,
                                int C, int V, float* chunk_buf, int chunk) {
   CheckChunk(chunk);
@@ -807,12 +860,22 @@ void CpuBackend::OutputForward(float* lse, float* logp, float* logit_sum,
       CheckLabel(labels[n], V);
       const float* z = chunk_buf + static_cast<size_t>(r) * V;
       const float max_z = RowMax(z, V);
-      const double sum_exp = ExpShifted(z, V, max_z, [](int, __m256) {});
-      const double l = max_z + std::log(sum_exp);
+      // As in ReferenceBackend::OutputForward: H = log S0 - S1 / S0 and
+      // log sum p^2 = log S2 - 2 log S0, every y <= 1 and S0, S2 >= 1.
+      const ExpMoments mo = log_sum_sq_probs != nullptr
+                                ? ExpShiftedMoments<true>(z, V, max_z)
+                                : ExpShiftedMoments<false>(z, V, max_z);
+      const double log_s0 = std::log(mo.sum_exp);
+      const double l = max_z + log_s0;
       lse[n] = static_cast<float>(l);
       logp[n] = static_cast<float>(z[labels[n]] - l);
       logit_sum[n] = static_cast<float>(RowSum(z, V));
       correct[n] = FirstIndexOf(z, V, max_z) == labels[n] ? 1 : 0;
+      entropy[n] = static_cast<float>(log_s0 - mo.sum_exp_shifted / mo.sum_exp);
+      if (log_sum_sq_probs != nullptr) {
+        log_sum_sq_probs[n] =
+            static_cast<float>(std::log(mo.sum_exp_sq) - 2.0 * log_s0);
+      }
     }
   }
 }

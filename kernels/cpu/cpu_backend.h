@@ -97,9 +97,9 @@ class CpuBackend : public Backend {
                     const float* sin, int N, int NH, int NKV, int hs) override;
 
   void OutputForward(float* lse, float* logp, float* logit_sum,
-                     int32_t* correct, const float* h, const float* wout,
-                     const int32_t* labels, int N, int C, int V,
-                     float* chunk_buf, int chunk) override;
+                     int32_t* correct, float* entropy, float* log_sum_sq_probs,
+                     const float* h, const float* wout, const int32_t* labels,
+                     int N, int C, int V, float* chunk_buf, int chunk) override;
   void OutputBackward(float* dh, float* dwout, const float* h,
                       const float* wout, const int32_t* labels,
                       const float* lse, const float* coef, int N, int C, int V,

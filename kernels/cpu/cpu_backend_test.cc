@@ -648,12 +648,37 @@ TEST_P(CpuBackendTest, OutputLayer) {
   for (int n : {0, 1, 2, 9, 33, 69}) coef[n] = 0.0f;
   for (int n = 40; n < 60; ++n) coef[n] = 0.0f;
 
-  std::vector<float> lse_ref(N), logp_ref(N), sum_ref(N);
+  std::vector<float> lse_ref(N), logp_ref(N), sum_ref(N), entropy_ref(N),
+      sq_ref(N);
   std::vector<int32_t> correct_ref(N);
   std::vector<float> ref_buf(V);
   ref_.OutputForward(lse_ref.data(), logp_ref.data(), sum_ref.data(),
-                     correct_ref.data(), h.data(), wout.data(), labels.data(),
-                     N, C, V, ref_buf.data(), 1);
+                     correct_ref.data(), entropy_ref.data(), sq_ref.data(),
+                     h.data(), wout.data(), labels.data(), N, C, V,
+                     ref_buf.data(), 1);
+  // The reference's entropy and log sum p^2 against the definitions, in
+  // double from p itself, on a few rows.
+  for (int n : {0, 7, N - 1}) {
+    std::vector<double> z(V);
+    double max_z = -1e300;
+    for (int v = 0; v < V; ++v) {
+      for (int c = 0; c < C; ++c)
+        z[v] += double{wout[v * C + c]} * h[n * C + c];
+      max_z = std::max(max_z, z[v]);
+    }
+    double sum_exp = 0.0;
+    for (int v = 0; v < V; ++v) sum_exp += std::exp(z[v] - max_z);
+    const double lse = max_z + std::log(sum_exp);
+    double entropy = 0.0, sum_sq = 0.0;
+    for (int v = 0; v < V; ++v) {
+      const double p = std::exp(z[v] - lse);
+      entropy -= p * std::log(p);
+      sum_sq += p * p;
+    }
+    EXPECT_NEAR(entropy_ref[n], entropy, 1e-5 * std::abs(entropy)) << n;
+    EXPECT_NEAR(sq_ref[n], std::log(sum_sq), 1e-5 * std::abs(std::log(sum_sq)))
+        << n;
+  }
   int hits = 0;
   for (int32_t c : correct_ref) hits += c;
   ASSERT_GE(hits, N / 3);
@@ -668,15 +693,24 @@ TEST_P(CpuBackendTest, OutputLayer) {
   for (int chunk : {1, 16, 128}) {
     SCOPED_TRACE(::testing::Message() << "chunk " << chunk);
     std::vector<float> buf(static_cast<size_t>(chunk) * V);
-    std::vector<float> lse(N), logp(N), sum(N);
+    std::vector<float> lse(N), logp(N), sum(N), entropy(N), sq(N);
     std::vector<int32_t> correct(N);
     cpu_.OutputForward(lse.data(), logp.data(), sum.data(), correct.data(),
-                       h.data(), wout.data(), labels.data(), N, C, V,
-                       buf.data(), chunk);
+                       entropy.data(), sq.data(), h.data(), wout.data(),
+                       labels.data(), N, C, V, buf.data(), chunk);
     EXPECT_LE(ErrorVsScale(lse, lse_ref), kTol);
     EXPECT_LE(ErrorVsScale(logp, logp_ref), kTol);
     EXPECT_LE(ErrorVsScale(sum, sum_ref), kTol);
+    EXPECT_LE(ErrorVsScale(entropy, entropy_ref), kTol);
+    EXPECT_LE(ErrorVsScale(sq, sq_ref), kTol);
     EXPECT_EQ(correct, correct_ref);
+    // Without log sum p^2 the other values are the same, bit for bit.
+    std::vector<float> entropy_alone(N), lse_alone(N);
+    cpu_.OutputForward(lse_alone.data(), logp.data(), sum.data(),
+                       correct.data(), entropy_alone.data(), nullptr, h.data(),
+                       wout.data(), labels.data(), N, C, V, buf.data(), chunk);
+    EXPECT_TRUE(BitwiseEqual(entropy_alone, entropy));
+    EXPECT_TRUE(BitwiseEqual(lse_alone, lse));
 
     std::vector<float> dh = dh0, dwout = dwout0;
     cpu_.OutputBackward(dh.data(), dwout.data(), h.data(), wout.data(),
@@ -696,11 +730,13 @@ TEST_P(CpuBackendTest, OutputLayer) {
     EXPECT_TRUE(BitwiseEqual(dwout_only, dwout));
 
     ExpectDeterministic(
-        {std::vector<float>(N), std::vector<float>(N), std::vector<float>(N)},
+        {std::vector<float>(N), std::vector<float>(N), std::vector<float>(N),
+         std::vector<float>(N), std::vector<float>(N)},
         [&](auto* o) {
           cpu_.OutputForward((*o)[0].data(), (*o)[1].data(), (*o)[2].data(),
-                             correct.data(), h.data(), wout.data(),
-                             labels.data(), N, C, V, buf.data(), chunk);
+                             correct.data(), (*o)[3].data(), (*o)[4].data(),
+                             h.data(), wout.data(), labels.data(), N, C, V,
+                             buf.data(), chunk);
         });
     ExpectDeterministic({dh0, dwout0}, [&](auto* o) {
       cpu_.OutputBackward((*o)[0].data(), (*o)[1].data(), h.data(), wout.data(),
@@ -730,11 +766,11 @@ TEST_P(CpuBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
   const std::vector<int32_t> labels = {5, 700};
   for (Backend* backend :
        {static_cast<Backend*>(&ref_), static_cast<Backend*>(&cpu_)}) {
-    std::vector<float> lse(N), logp(N), sum(N), buf(2 * V);
+    std::vector<float> lse(N), logp(N), sum(N), entropy(N), buf(2 * V);
     std::vector<int32_t> correct(N);
     backend->OutputForward(lse.data(), logp.data(), sum.data(), correct.data(),
-                           h.data(), wout.data(), labels.data(), N, C, V,
-                           buf.data(), 2);
+                           entropy.data(), nullptr, h.data(), wout.data(),
+                           labels.data(), N, C, V, buf.data(), 2);
     EXPECT_EQ(logp[0], logp[1]) << backend->Name();
     EXPECT_EQ(correct, (std::vector<int32_t>{1, 0})) << backend->Name();
   }

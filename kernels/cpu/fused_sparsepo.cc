@@ -64,6 +64,7 @@ struct RowSums {
   double ref_exp_diff = 0;  // Σ ẽ (z − z̃)
   double logits = 0;        // Σ z
   double ref_logits = 0;    // Σ z̃
+  double exp_shifted = 0;   // Σ e (z − max z), the entropy's
 };
 
 // One pass over both rows: fp32 lanes within kSumBlock entries, double across
@@ -77,7 +78,7 @@ RowSums SumRows(const float* z, const float* zr, int V, float max_z,
     const int e = std::min(V, b + kSumBlock);
     __m256 se = _mm256_setzero_ps(), sre = _mm256_setzero_ps();
     __m256 sd = _mm256_setzero_ps(), sz = _mm256_setzero_ps();
-    __m256 szr = _mm256_setzero_ps();
+    __m256 szr = _mm256_setzero_ps(), ses = _mm256_setzero_ps();
     for (int i = b; i < e; i += 8) {
       __m256 x, xr, keep;
       if (i + 8 <= e) {
@@ -98,12 +99,14 @@ RowSums SumRows(const float* z, const float* zr, int V, float max_z,
       sd = _mm256_fmadd_ps(er, _mm256_sub_ps(x, xr), sd);
       sz = _mm256_add_ps(sz, x);
       szr = _mm256_add_ps(szr, xr);
+      ses = _mm256_fmadd_ps(ex, _mm256_sub_ps(x, vmax), ses);
     }
     s.exp += HorizontalSum(se);
     s.ref_exp += HorizontalSum(sre);
     s.ref_exp_diff += HorizontalSum(sd);
     s.logits += HorizontalSum(sz);
     s.ref_logits += HorizontalSum(szr);
+    s.exp_shifted += HorizontalSum(ses);
   }
   return s;
 }
@@ -181,6 +184,11 @@ void SparsePoOutputForward(const SparsePoOutputLayers& layers,
       }
       if (out.ref_logit_sum != nullptr) {
         out.ref_logit_sum[n] = static_cast<float>(s.ref_logits);
+      }
+      // H(π) = log Σ e − Σ e (z − max z) / Σ e, as in CpuBackend's.
+      if (out.entropy != nullptr) {
+        out.entropy[n] =
+            static_cast<float>(std::log(s.exp) - s.exp_shifted / s.exp);
       }
     }
   }

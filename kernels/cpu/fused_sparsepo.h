@@ -34,7 +34,8 @@ struct SparsePoOutputLayers {
 };
 
 // Per-row outputs of SparsePoOutputForward, each [N]. The logit sums (for the
-// logits/* metrics and MaPO's logits map) may be null when not needed.
+// logits/* metrics and MaPO's logits map) and the entropy may be null when not
+// needed.
 struct SparsePoRowStats {
   float* lse;       // logsumexp(z)
   float* ref_lse;   // logsumexp(z̃)
@@ -43,6 +44,7 @@ struct SparsePoRowStats {
   float* kl;  // K = Σ_v p_v (z_v − z̃_v) − (lse z − lse z̃) ≤ 0
   float* logit_sum;      // Σ_v z_v, or null
   float* ref_logit_sum;  // Σ_v z̃_v, or null
+  float* entropy;  // −Σ_v π_v log π_v (TRL's entropy metric), or null
 };
 
 // Pass 1 over rows [0, N) with next-token labels[N]. chunk_buf holds chunk*V

@@ -52,7 +52,7 @@ Problem MakeProblem(const Shape& s, uint32_t seed) {
 // Σ_v p_v (log π_v − log p_v) rather than the kernel's one-pass form.
 struct Naive {
   std::vector<double> lse, ref_lse, logp, ref_logp, kl, logit_sum,
-      ref_logit_sum;
+      ref_logit_sum, entropy;
   std::vector<double> dh, dwout;  // of Σ −(A ℓ + B K)
 };
 
@@ -92,11 +92,12 @@ Naive NaiveAll(const Problem& p, const std::vector<double>& h,
     const std::vector<double> z = Logits(h, wout, n, s.C, s.V);
     const std::vector<double> zr = Logits(ref_h, ref_wout, n, s.RC, s.V);
     const double lse = Lse(z), ref_lse = Lse(zr);
-    double kl = 0, zs = 0, zrs = 0;
+    double kl = 0, zs = 0, zrs = 0, entropy = 0;
     std::vector<double> dz(s.V);
     for (int v = 0; v < s.V; ++v) {
       const double pi = std::exp(z[v] - lse), pr = std::exp(zr[v] - ref_lse);
       kl += pr * ((z[v] - lse) - (zr[v] - ref_lse));
+      entropy -= pi * (z[v] - lse);
       zs += z[v];
       zrs += zr[v];
       dz[v] = p.a[n] * (pi - (v == p.labels[n])) + p.b[n] * (pi - pr);
@@ -108,6 +109,7 @@ Naive NaiveAll(const Problem& p, const std::vector<double>& h,
     out.kl.push_back(kl);
     out.logit_sum.push_back(zs);
     out.ref_logit_sum.push_back(zrs);
+    out.entropy.push_back(entropy);
     for (int v = 0; v < s.V; ++v) {
       for (int c = 0; c < s.C; ++c) {
         out.dh[size_t{1} * n * s.C + c] +=
@@ -130,7 +132,8 @@ double Objective(const Problem& p, const std::vector<double>& h,
 }
 
 struct Stats {
-  std::vector<float> lse, ref_lse, logp, ref_logp, kl, logit_sum, ref_logit_sum;
+  std::vector<float> lse, ref_lse, logp, ref_logp, kl, logit_sum, ref_logit_sum,
+      entropy;
   explicit Stats(int N)
       : lse(N),
         ref_lse(N),
@@ -138,10 +141,11 @@ struct Stats {
         ref_logp(N),
         kl(N),
         logit_sum(N),
-        ref_logit_sum(N) {}
+        ref_logit_sum(N),
+        entropy(N) {}
   SparsePoRowStats Out() {
-    return {lse.data(), ref_lse.data(),   logp.data(),         ref_logp.data(),
-            kl.data(),  logit_sum.data(), ref_logit_sum.data()};
+    return {lse.data(), ref_lse.data(),   logp.data(),          ref_logp.data(),
+            kl.data(),  logit_sum.data(), ref_logit_sum.data(), entropy.data()};
   }
 };
 
@@ -187,6 +191,7 @@ TEST_P(FusedSparsePo, MatchesMaterializedReference) {
   EXPECT_LT(MaxAbsDiff(st.logp, ref.logp), 2e-5);
   EXPECT_LT(MaxAbsDiff(st.ref_logp, ref.ref_logp), 2e-5);
   EXPECT_LT(MaxAbsDiff(st.kl, ref.kl), 2e-5);
+  EXPECT_LT(MaxAbsDiff(st.entropy, ref.entropy), 2e-5);
   EXPECT_LT(ErrorVsScale(st.logit_sum, ToFloat(ref.logit_sum)), 1e-5);
   EXPECT_LT(ErrorVsScale(st.ref_logit_sum, ToFloat(ref.ref_logit_sum)), 1e-5);
   for (float k : st.kl) EXPECT_LE(k, 1e-6f);

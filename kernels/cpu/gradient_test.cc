@@ -295,19 +295,21 @@ TEST_P(GradientTest, OutputLayer) {
   std::vector<float> coef = RandomNormal(N, 4);
   for (int n : {0, 5, 6, 10}) coef[n] = 0.0f;
   std::vector<float> chunk_buf(chunk * V);
-  std::vector<float> lse(N), logp(N), logit_sum(N);
+  std::vector<float> lse(N), logp(N), logit_sum(N), entropy(N);
   std::vector<int32_t> correct(N);
   auto loss = [&] {
     ref_.OutputForward(lse.data(), logp.data(), logit_sum.data(),
-                       correct.data(), h.data(), wout.data(), labels.data(), N,
-                       C, V, chunk_buf.data(), chunk);
+                       correct.data(), entropy.data(), nullptr, h.data(),
+                       wout.data(), labels.data(), N, C, V, chunk_buf.data(),
+                       chunk);
     double acc = 0.0;
     for (int n = 0; n < N; ++n) acc -= static_cast<double>(coef[n]) * logp[n];
     return acc;
   };
   backend().OutputForward(lse.data(), logp.data(), logit_sum.data(),
-                          correct.data(), h.data(), wout.data(), labels.data(),
-                          N, C, V, chunk_buf.data(), chunk);
+                          correct.data(), entropy.data(), nullptr, h.data(),
+                          wout.data(), labels.data(), N, C, V, chunk_buf.data(),
+                          chunk);
   const std::vector<float> dh0 = RandomNormal(N * C, 5);
   const std::vector<float> dwout0 = RandomNormal(V * C, 6);
   std::vector<float> dh = dh0, dwout = dwout0;

@@ -500,7 +500,8 @@ void ReferenceBackend::RopeBackward(float* dqkv, const int32_t* pos,
 }
 
 void ReferenceBackend::OutputForward(float* lse, float* logp, float* logit_sum,
-                                     int32_t* correct, const float* h,
+                                     int32_t* correct, float* entropy,
+                                     float* log_sum_sq_probs, const float* h,
                                      const float* wout, const int32_t* labels,
                                      int N, int C, int V, float* chunk_buf,
                                      int /*chunk*/) {
@@ -515,14 +516,28 @@ void ReferenceBackend::OutputForward(float* lse, float* logp, float* logit_sum,
       if (z[v] > z[argmax]) argmax = v;
       sum += z[v];
     }
+    // With y_v = exp(z_v - max) (each <= 1, the largest = 1): p_v = y_v / S0,
+    // H = log S0 - S1 / S0 with S1 = sum y_v (z_v - max), and
+    // log sum p^2 = log S2 - 2 log S0 with S2 = sum y_v^2 >= 1.
     const double max_z = z[argmax];
-    double sum_exp = 0.0;
-    for (int v = 0; v < V; ++v) sum_exp += std::exp(z[v] - max_z);
-    const double l = max_z + std::log(sum_exp);
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    for (int v = 0; v < V; ++v) {
+      const double d = z[v] - max_z;
+      const double y = std::exp(d);
+      s0 += y;
+      s1 += y * d;
+      s2 += y * y;
+    }
+    const double log_s0 = std::log(s0);
+    const double l = max_z + log_s0;
     lse[n] = static_cast<float>(l);
     logp[n] = static_cast<float>(z[labels[n]] - l);
     logit_sum[n] = static_cast<float>(sum);
     correct[n] = argmax == labels[n] ? 1 : 0;
+    entropy[n] = static_cast<float>(log_s0 - s1 / s0);
+    if (log_sum_sq_probs != nullptr) {
+      log_sum_sq_probs[n] = static_cast<float>(std::log(s2) - 2.0 * log_s0);
+    }
   }
 }
 

@@ -847,7 +847,8 @@ void CheckLabels(const int32_t* labels, int N, int V) {
 // (V x rows) = wout (C x V)^T h_chunk (C x rows), then one fused kernel per
 // row.
 void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
-                                int32_t* correct, const float* h,
+                                int32_t* correct, float* entropy,
+                                float* log_sum_sq_probs, const float* h,
                                 const float* wout, const int32_t* labels, int N,
                                 int C, int V, float* chunk_buf, int chunk) {
   if (N == 0) return;
@@ -876,6 +877,8 @@ void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
     s_->Gemm(g);
     PREFOPT_CHECK_CUDA(cuda::OutputRowStats(
         s_->stream, lse + r0, logp + r0, logit_sum + r0, correct + r0,
+        entropy + r0,
+        log_sum_sq_probs == nullptr ? nullptr : log_sum_sq_probs + r0,
         chunk_buf, dev_labels + r0, rows, V));
   }
 }

@@ -755,12 +755,14 @@ TEST_P(CudaBackendTest, OutputLayer) {
     for (int n : {0, 1, 2, 9, 20, N - 1}) coef[n] = 0.0f;
     for (int n = 40; n < std::min(N, 60); ++n) coef[n] = 0.0f;
 
-    std::vector<float> lse_ref(N), logp_ref(N), sum_ref(N);
+    std::vector<float> lse_ref(N), logp_ref(N), sum_ref(N), entropy_ref(N),
+        sq_ref(N);
     std::vector<int32_t> correct_ref(N);
     std::vector<float> ref_buf(V);
     ref_.OutputForward(lse_ref.data(), logp_ref.data(), sum_ref.data(),
-                       correct_ref.data(), h.data(), wout.data(), labels.data(),
-                       N, C, V, ref_buf.data(), 1);
+                       correct_ref.data(), entropy_ref.data(), sq_ref.data(),
+                       h.data(), wout.data(), labels.data(), N, C, V,
+                       ref_buf.data(), 1);
     const std::vector<float> dh0 = RandomNormal(N * C, 5);
     const std::vector<float> dwout0 = RandomNormal(V * C, 6);
     std::vector<float> dh_ref = dh0, dwout_ref = dwout0;
@@ -780,12 +782,23 @@ TEST_P(CudaBackendTest, OutputLayer) {
       float* logp = buf.Unwritten(N);
       float* sum = buf.Unwritten(N);
       float* correct = buf.Unwritten(N);
+      float* entropy = buf.Unwritten(N);
+      float* sq = buf.Unwritten(N);
       cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct),
-                           d_h, d_wout, labels.data(), N, C, V, chunk_buf,
-                           chunk);
+                           entropy, sq, d_h, d_wout, labels.data(), N, C, V,
+                           chunk_buf, chunk);
       EXPECT_LE(ErrorVsScale(buf.Read(lse, N), lse_ref), ForwardTol());
       EXPECT_LE(ErrorVsScale(buf.Read(logp, N), logp_ref), ForwardTol());
       EXPECT_LE(ErrorVsScale(buf.Read(sum, N), sum_ref), ForwardTol());
+      EXPECT_LE(ErrorVsScale(buf.Read(entropy, N), entropy_ref), ForwardTol());
+      EXPECT_LE(ErrorVsScale(buf.Read(sq, N), sq_ref), ForwardTol());
+      // Without log sum p^2 the entropy is the same, bit for bit.
+      float* entropy_alone = buf.Unwritten(N);
+      cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct),
+                           entropy_alone, nullptr, d_h, d_wout, labels.data(),
+                           N, C, V, chunk_buf, chunk);
+      EXPECT_TRUE(
+          BitwiseEqual(buf.Read(entropy_alone, N), buf.Read(entropy, N)));
       const std::vector<int32_t> hits = buf.ReadInts(correct, N);
       for (int n = 0; n < N; ++n) {
         if (clear_margin[n]) {
@@ -812,15 +825,15 @@ TEST_P(CudaBackendTest, OutputLayer) {
       EXPECT_TRUE(BitwiseEqual(buf.Read(dh_only, N * C), dh_cuda));
       EXPECT_TRUE(BitwiseEqual(buf.Read(dwout_only, V * C), dwout_cuda));
 
-      ExpectDeterministic(cuda_.get(),
-                          {std::vector<float>(N), std::vector<float>(N),
-                           std::vector<float>(N), std::vector<float>(N)},
-                          [&](const auto& o) {
-                            cuda_->OutputForward(
-                                o[0], o[1], o[2],
-                                reinterpret_cast<int32_t*>(o[3]), d_h, d_wout,
-                                labels.data(), N, C, V, chunk_buf, chunk);
-                          });
+      ExpectDeterministic(
+          cuda_.get(),
+          {std::vector<float>(N), std::vector<float>(N), std::vector<float>(N),
+           std::vector<float>(N), std::vector<float>(N), std::vector<float>(N)},
+          [&](const auto& o) {
+            cuda_->OutputForward(
+                o[0], o[1], o[2], reinterpret_cast<int32_t*>(o[3]), o[4], o[5],
+                d_h, d_wout, labels.data(), N, C, V, chunk_buf, chunk);
+          });
       ExpectDeterministic(cuda_.get(), {dh0, dwout0}, [&](const auto& o) {
         cuda_->OutputBackward(o[0], o[1], d_h, d_wout, labels.data(), d_lse_ref,
                               d_coef, N, C, V, chunk_buf, chunk);
@@ -856,9 +869,11 @@ TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
   float* logp = buf.Unwritten(N);
   float* sum = buf.Unwritten(N);
   float* correct = buf.Unwritten(N);
+  float* entropy = buf.Unwritten(N);
   float* chunk_buf = buf.Unwritten(2 * V);
-  cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct), d_h,
-                       d_wout, labels.data(), N, C, V, chunk_buf, 2);
+  cuda_->OutputForward(lse, logp, sum, reinterpret_cast<int32_t*>(correct),
+                       entropy, nullptr, d_h, d_wout, labels.data(), N, C, V,
+                       chunk_buf, 2);
   const std::vector<float> lp = buf.Read(logp, N);
   EXPECT_EQ(lp[0], lp[1]);
   EXPECT_EQ(buf.ReadInts(correct, N), (std::vector<int32_t>{1, 0}));

@@ -149,12 +149,13 @@ cudaError_t CachedAttentionForward(cudaStream_t stream, float* out,
                                    int n, int NH, int NKV, int hs);
 
 // ---- chunked output layer ----
-// Per row r of logits[rows, V]: lse, logp = z[label] - lse, logit_sum and
-// correct (argmax == label, first index on ties).
+// Per row r of logits[rows, V]: lse, logp = z[label] - lse, logit_sum,
+// correct (argmax == label, first index on ties), the softmax's entropy and,
+// unless log_sum_sq_probs is null, log sum_v p_v^2.
 cudaError_t OutputRowStats(cudaStream_t stream, float* lse, float* logp,
-                           float* logit_sum, int32_t* correct,
-                           const float* logits, const int32_t* labels, int rows,
-                           int V);
+                           float* logit_sum, int32_t* correct, float* entropy,
+                           float* log_sum_sq_probs, const float* logits,
+                           const int32_t* labels, int rows, int V);
 // Overwrites logits[rows, V] with dz = coef * (softmax - onehot) (exact zeros
 // where coef == 0). bf16: row r's dz is written as V bf16 values at the start
 // of the row's own storage, so the bf16 matrix has a row stride of 2V.

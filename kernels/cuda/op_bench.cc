@@ -214,14 +214,15 @@ void OutputLayer(CudaBackend* cuda) {
   float* logp = buf.Zeros(N);
   float* logit_sum = buf.Zeros(N);
   float* correct = buf.Zeros(N);
+  float* entropy = buf.Zeros(N);
   float* coef = buf.Random(N, 1e-3f);
   std::vector<int32_t> labels(N);
   std::mt19937 rng(3);
   for (int32_t& l : labels) l = static_cast<int32_t>(rng() % V);
   const double fwd = TimeIt(cuda, 3, [&] {
     cuda->OutputForward(lse, logp, logit_sum,
-                        reinterpret_cast<int32_t*>(correct), h, wout,
-                        labels.data(), N, C, V, chunk_buf, chunk);
+                        reinterpret_cast<int32_t*>(correct), entropy, nullptr,
+                        h, wout, labels.data(), N, C, V, chunk_buf, chunk);
   });
   const double bwd = TimeIt(cuda, 3, [&] {
     cuda->OutputBackward(dh, dwout, h, wout, labels.data(), lse, coef, N, C, V,

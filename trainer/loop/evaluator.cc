@@ -169,16 +169,20 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
       with_prompts = objectives::WithPromptSegments(batch_.segments,
                                                     data_.examples, micro);
     }
+    const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
     const std::vector<objectives::SequenceScores> scores = output.Forward(
         hidden, policy.output_embedding(), batch_.packed.tokens.data(),
-        objective_->scores_prompts() ? with_prompts : batch_.segments);
+        objective_->scores_prompts() ? with_prompts : batch_.segments,
+        log_sum_sq);
     objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
                                     &references_};
     view.denominator = denominator;
     view.token_denominator = token_denominator;
     view.dataset = &data_.examples;
     view.prepass = has_prepass ? &prepass : nullptr;
+    if (log_sum_sq) view.row_log_sum_sq_probs = &output.row_log_sum_sq_probs();
     objective_->Coefficients(view, denominator, &coef_, &sums);
+    objectives::AddEntropyMetric(scores, batch_.segments.size(), &sums);
     objective_->AddEvalMetrics(view, data_.examples, &sums);
     for (size_t i = 0; i < n; ++i) {
       const objectives::SequenceScores& s = scores[pairs ? 2 * i : i];

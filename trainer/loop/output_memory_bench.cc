@@ -198,7 +198,7 @@ int Child(const Options& o) {
     float* logits = b.Alloc(static_cast<size_t>(rows) * V);
     float* dlogits = b.Alloc(static_cast<size_t>(rows) * V);
     std::vector<int32_t> labels;
-    std::vector<float> lse(rows), logp(rows), logit_sum(rows),
+    std::vector<float> lse(rows), logp(rows), logit_sum(rows), entropy(rows),
         coef(rows, 1.0f / rows);
     std::vector<int32_t> correct(rows);
     int r = 0;
@@ -211,8 +211,8 @@ int Child(const Options& o) {
       r += s.count;
     }
     b.OutputForward(lse.data(), logp.data(), logit_sum.data(), correct.data(),
-                    h, policy.output_embedding(), labels.data(), rows, C, V,
-                    logits, rows);
+                    entropy.data(), nullptr, h, policy.output_embedding(),
+                    labels.data(), rows, C, V, logits, rows);
     b.Zero(dh, static_cast<size_t>(rows) * C);
     b.OutputBackward(dh, policy.output_embedding_grad(), h,
                      policy.output_embedding(), labels.data(), lse.data(),

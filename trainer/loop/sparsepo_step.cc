@@ -286,7 +286,7 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
   labels_.resize(rows);
   for (std::vector<float>* v :
        {&lse_, &ref_lse_, &logp_, &ref_logp_, &kl_, &logit_sum_,
-        &ref_logit_sum_, &mask_reward_, &mask_kl_}) {
+        &ref_logit_sum_, &entropy_, &mask_reward_, &mask_kl_}) {
     v->resize(rows);
   }
   chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
@@ -352,7 +352,13 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
       layers, labels_.data(), rows, chunk_buf_.data(), ref_chunk_buf_.data(),
       chunk_,
       {lse_.data(), ref_lse_.data(), logp_.data(), ref_logp_.data(), kl_.data(),
-       logit_sum_.data(), learned_ ? nullptr : ref_logit_sum_.data()});
+       logit_sum_.data(), learned_ ? nullptr : ref_logit_sum_.data(),
+       entropy_.data()});
+  // TRL's entropy metric over every response token, as the loop logs it for
+  // the other objectives (objectives::AddEntropyMetric).
+  double entropy_sum = 0.0;
+  for (int r = 0; r < rows; ++r) entropy_sum += entropy_[r];
+  sums->Add("entropy", entropy_sum, rows);
   ComputeMasks(batch, rows);
 
   // The objective, pair by pair; its per-token outputs come in row order.

@@ -149,7 +149,7 @@ class SparsePoStep {
   std::vector<float> rows_h_, rows_ref_h_, rows_dh_;
   std::vector<int32_t> labels_;
   std::vector<float> lse_, ref_lse_, logp_, ref_logp_, kl_, logit_sum_,
-      ref_logit_sum_;
+      ref_logit_sum_, entropy_;
   std::vector<float> mask_reward_, mask_kl_;
   kernels::CpuBackend host_backend_;
   std::vector<float> chunk_buf_, ref_chunk_buf_;

@@ -528,28 +528,27 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums prepass, sums;
-  int64_t tokens = LocalPrepass(indices, &prepass);
-  tokens += LocalForwardBackward(indices, Denominator(indices),
-                                 TokenDenominator(indices), &prepass, &sums);
+  LocalPrepass(indices, &prepass);
+  const int64_t tokens =
+      LocalForwardBackward(indices, Denominator(indices),
+                           TokenDenominator(indices), &prepass, &sums);
   std::map<std::string, double> m = sums.Means();
   if (objective_ != nullptr) objective_->FinishMetrics(sums, &m);
   m["tokens"] = static_cast<double>(tokens);
   return m;
 }
 
-int64_t Trainer::LocalPrepass(const std::vector<int>& local,
-                              objectives::MetricSums* prepass) {
-  if (objective_ == nullptr || !objective_->has_prepass()) return 0;
+void Trainer::LocalPrepass(const std::vector<int>& local,
+                           objectives::MetricSums* prepass) {
+  if (objective_ == nullptr || !objective_->has_prepass()) return;
   // Response 1 of every example, scored without a gradient (objective.h).
   const int mb = config_.batch().micro_batch_size();
-  int64_t tokens = 0;
   std::vector<int> micro;
   for (size_t begin = 0; begin < local.size(); begin += mb) {
     const size_t n = std::min<size_t>(mb, local.size() - begin);
     micro.assign(local.begin() + begin, local.begin() + begin + n);
     data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
                      /*include_context=*/true, &batch_, /*only_response=*/1);
-    tokens += batch_.packed.rows();
     const objectives::ReferenceValues* reference = &references_;
     if (live_reference_ != nullptr) {
       reference = &live_reference_->Score(dataset_.examples, micro,
@@ -565,7 +564,6 @@ int64_t Trainer::LocalPrepass(const std::vector<int>& local,
     view.dataset = &dataset_.examples;
     objective_->AddPrepass(view, prepass);
   }
-  return tokens;
 }
 
 double Trainer::TokenDenominator(const std::vector<int>& batch) const {
@@ -645,15 +643,21 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                                     dataset_.examples, micro);
       segments = &with_prompts;
     }
-    scores = output_->Forward(hidden, policy_->output_embedding(),
-                              batch_.packed.tokens.data(), *segments);
+    const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
+    scores =
+        output_->Forward(hidden, policy_->output_embedding(),
+                         batch_.packed.tokens.data(), *segments, log_sum_sq);
     objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
                                     reference};
     view.denominator = denominator;
     view.token_denominator = token_denominator;
     view.dataset = &dataset_.examples;
     view.prepass = prepass;
+    if (log_sum_sq) {
+      view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
+    }
     objective_->Coefficients(view, denominator, &coef_, sums);
+    objectives::AddEntropyMetric(scores, batch_.segments.size(), sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
     output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
@@ -672,17 +676,17 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const std::vector<int> global = GlobalBatch(step_);
   const std::vector<int> local = LocalShard(global);
   objectives::MetricSums prepass, sums;
-  const int64_t prepass_tokens = LocalPrepass(local, &prepass);
+  // The KL sequences of the pre-pass count in neither tokens nor num_tokens,
+  // as TRL's num_tokens counts only the training batch.
+  LocalPrepass(local, &prepass);
   if (world_ > 1 && objective_ != nullptr && objective_->has_prepass()) {
     std::vector<double> flat = prepass.Flattened();
     absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
     if (!s.ok()) return s;
     prepass.SetFlattened(flat);
   }
-  double tokens = static_cast<double>(
-      prepass_tokens + LocalForwardBackward(local, Denominator(global),
-                                            TokenDenominator(global), &prepass,
-                                            &sums));
+  double tokens = static_cast<double>(LocalForwardBackward(
+      local, Denominator(global), TokenDenominator(global), &prepass, &sums));
   // Every rank calls Finish, also one whose share of the batch was empty.
   absl::Status s = sync_->Finish(policy_->grads());
   if (!s.ok()) return s;
@@ -701,8 +705,12 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
     flat.pop_back();
     sums.SetFlattened(flat);
   }
+  // Every token of every sequence, prompt included, as TRL's num_tokens
+  // counts attention-mask tokens; skipped steps count too.
+  num_tokens_ += static_cast<int64_t>(tokens);
   std::map<std::string, double> m = sums.Means();
   if (objective_ != nullptr) objective_->FinishMetrics(sums, &m);
+  m["num_tokens"] = static_cast<double>(num_tokens_);
   // The global norm covers the policy (sharded under ZeRO-1, so its squares
   // are summed across ranks) and the mask networks (whole on every rank).
   auto squares =
@@ -790,6 +798,8 @@ absl::Status Trainer::Evaluate() {
   auto m = evaluator_->Evaluate(*policy_, *output_);
   if (!m.ok()) return m.status();
   last_eval_ = *std::move(m);
+  // TRL logs its training-token count with the evaluation's metrics too.
+  last_eval_["num_tokens"] = static_cast<double>(num_tokens_);
   last_eval_step_ = step_;
   if (rank_ != 0) return absl::OkStatus();
   absl::Status s = metrics_log_->Write(step_, WithPrefix(last_eval_, "eval_"));

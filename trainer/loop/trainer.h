@@ -116,9 +116,9 @@ class Trainer {
   absl::Status SelectDevice();
   // The objective's pre-pass (Objective::has_prepass) over `local`, this
   // rank's share of a global batch, into `prepass` (to be summed over the
-  // ranks). Returns the rows processed (0 without a pre-pass).
-  int64_t LocalPrepass(const std::vector<int>& local,
-                       objectives::MetricSums* prepass);
+  // ranks); nothing without one.
+  void LocalPrepass(const std::vector<int>& local,
+                    objectives::MetricSums* prepass);
   // Forward and backward over `local` (this rank's share of a global batch
   // whose loss denominators are `denominator` and `token_denominator`, and
   // whose pre-pass sums are `prepass`); adds metrics to `sums` and returns
@@ -203,6 +203,9 @@ class Trainer {
   int steps_per_epoch_ = 0;
   int total_steps_ = 0;
   int step_ = 0;
+  // Tokens (prompt and response, all ranks) of the steps taken: TRL's
+  // num_tokens metric, kept in checkpoints.
+  int64_t num_tokens_ = 0;
   int epoch_order_for_ = -1;
   std::vector<int> epoch_order_;
   // Checkpoints: the fingerprints saved with them, the id this launch's

@@ -216,6 +216,11 @@ absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
         "step), got ",
         m.metrics_lines()));
   }
+  if (m.num_tokens() < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": manifest.textproto: field 'num_tokens' must be >= 0, got ",
+        m.num_tokens()));
+  }
   if (m.tokenizer_fingerprint() != tokenizer_fingerprint_) {
     out() << "warning: the tokenizer files differ from those of " << dir
           << "; checkpoints from now on copy the new ones\n";
@@ -246,6 +251,7 @@ absl::Status Trainer::RestoreCheckpoint(const std::string& dir) {
     sparsepo_->SetOptimizerSteps(static_cast<int>(m.optimizer_step()));
   }
   resumed_metrics_lines_ = m.metrics_lines();
+  num_tokens_ = m.num_tokens();
   if (rank_ == 0) {
     // The ETA's pace counts only the steps this launch runs.
     progress_ = std::make_unique<metrics::ProgressReporter>(
@@ -277,6 +283,7 @@ absl::StatusOr<std::string> Trainer::SaveCheckpoint() {
   // recreated from (seed, epoch), which the data position records.
   *md.mutable_data() = CurrentDataPosition();
   md.set_metrics_lines(rank_ == 0 ? metrics_log_->lines() : 0);
+  md.set_num_tokens(num_tokens_);
   c.rank = rank_;
   c.world_size = world_;
   c.writer_id = writer_id_;

@@ -57,6 +57,19 @@ inline double ChosenResponseTokens(const std::vector<data::Example>& examples,
   return tokens;
 }
 
+// Adds TRL's `entropy` metric of one micro-batch to `sums`: the mean over
+// every response token (chosen and rejected alike) of the entropy of the
+// policy's next-token softmax (docs/objectives.md §0). The first
+// `response_sequences` entries of `scores` are the responses'; any after them
+// score prompts (Objective::scores_prompts) and are left out. The loop adds it
+// for every objective, so no objective adds it itself.
+inline void AddEntropyMetric(const std::vector<SequenceScores>& scores,
+                             size_t response_sequences, MetricSums* sums) {
+  for (size_t i = 0; i < response_sequences; ++i) {
+    sums->Add("entropy", scores[i].entropy_sum, scores[i].tokens);
+  }
+}
+
 class Objective {
  public:
   virtual ~Objective() = default;

@@ -19,21 +19,25 @@ ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
   logit_sum_ = backend_->Alloc(max_rows);
   static_assert(sizeof(float) == sizeof(int32_t));
   correct_ = backend_->Alloc(max_rows);
+  entropy_ = backend_->Alloc(max_rows);
+  log_sum_sq_ = backend_->Alloc(max_rows);
   coef_ = backend_->Alloc(max_rows);
   logp_host_.reserve(max_rows);
   logit_sum_host_.reserve(max_rows);
+  entropy_host_.reserve(max_rows);
   correct_host_.reserve(max_rows);
 }
 
 ChunkedOutputLayer::~ChunkedOutputLayer() {
-  for (float* p : {chunk_buf_, lse_, logp_, logit_sum_, correct_, coef_}) {
+  for (float* p : {chunk_buf_, lse_, logp_, logit_sum_, correct_, entropy_,
+                   log_sum_sq_, coef_}) {
     backend_->Free(p);
   }
 }
 
 std::vector<SequenceScores> ChunkedOutputLayer::Forward(
     const float* hidden, const float* wout, const int32_t* tokens,
-    const std::vector<ResponseSegment>& segments) {
+    const std::vector<ResponseSegment>& segments, bool log_sum_sq_probs) {
   int total = 0;
   for (const ResponseSegment& s : segments) total += s.count;
   if (total > max_rows_) {
@@ -45,18 +49,25 @@ std::vector<SequenceScores> ChunkedOutputLayer::Forward(
   }
   total = 0;
   for (const ResponseSegment& s : segments) {
-    backend_->OutputForward(lse_ + total, logp_ + total, logit_sum_ + total,
-                            reinterpret_cast<int32_t*>(correct_ + total),
-                            hidden + static_cast<size_t>(s.row) * hidden_, wout,
-                            tokens + s.row + 1, s.count, hidden_, vocab_,
-                            chunk_buf_, chunk_);
+    backend_->OutputForward(
+        lse_ + total, logp_ + total, logit_sum_ + total,
+        reinterpret_cast<int32_t*>(correct_ + total), entropy_ + total,
+        log_sum_sq_probs ? log_sum_sq_ + total : nullptr,
+        hidden + static_cast<size_t>(s.row) * hidden_, wout, tokens + s.row + 1,
+        s.count, hidden_, vocab_, chunk_buf_, chunk_);
     total += s.count;
   }
   logp_host_.resize(total);
   logit_sum_host_.resize(total);
   correct_host_.resize(total);
+  entropy_host_.resize(total);
+  log_sum_sq_host_.resize(log_sum_sq_probs ? total : 0);
   backend_->CopyToHost(logp_host_.data(), logp_, total);
   backend_->CopyToHost(logit_sum_host_.data(), logit_sum_, total);
+  backend_->CopyToHost(entropy_host_.data(), entropy_, total);
+  if (log_sum_sq_probs) {
+    backend_->CopyToHost(log_sum_sq_host_.data(), log_sum_sq_, total);
+  }
   backend_->CopyToHost(reinterpret_cast<float*>(correct_host_.data()), correct_,
                        total);
 
@@ -69,6 +80,7 @@ std::vector<SequenceScores> ChunkedOutputLayer::Forward(
       sc.logp += logp_host_[r];
       sc.logit_sum += logit_sum_host_[r];
       sc.correct += correct_host_[r];
+      sc.entropy_sum += entropy_host_[r];
     }
   }
   return scores;

@@ -24,10 +24,11 @@ struct ResponseSegment {
 
 // Per-sequence reductions of pass 1.
 struct SequenceScores {
-  double logp = 0;       // Σ_t ℓ_t over the response tokens
-  int tokens = 0;        // k
-  double logit_sum = 0;  // Σ over response tokens and the vocabulary of z
-  int correct = 0;       // response tokens whose argmax is the label
+  double logp = 0;         // Σ_t ℓ_t over the response tokens
+  int tokens = 0;          // k
+  double logit_sum = 0;    // Σ over response tokens and the vocabulary of z
+  int correct = 0;         // response tokens whose argmax is the label
+  double entropy_sum = 0;  // Σ_t H(softmax(z_t)) over the response tokens
 };
 
 class ChunkedOutputLayer {
@@ -42,13 +43,20 @@ class ChunkedOutputLayer {
 
   // Pass 1 over `segments` (one per sequence) of `hidden` [N, C] with labels
   // from `tokens` (host). Fills row_logp() (concatenated over the segments, in
-  // order) and returns one SequenceScores per segment.
+  // order), and row_log_sum_sq_probs() when `log_sum_sq_probs`, and returns
+  // one SequenceScores per segment.
   std::vector<SequenceScores> Forward(
       const float* hidden, const float* wout, const int32_t* tokens,
-      const std::vector<ResponseSegment>& segments);
+      const std::vector<ResponseSegment>& segments,
+      bool log_sum_sq_probs = false);
 
   // ℓ_t of every response row of the last Forward, segment after segment.
   const std::vector<float>& row_logp() const { return logp_host_; }
+  // log Σ_v p_v² of every response row of the last Forward, in row_logp()'s
+  // order; empty unless that Forward was asked for it.
+  const std::vector<float>& row_log_sum_sq_probs() const {
+    return log_sum_sq_host_;
+  }
 
   // Pass 2: coef holds G_t for every response row, in row_logp()'s order.
   // Accumulates into dhidden [N, C] and dwout [V, C].
@@ -66,8 +74,11 @@ class ChunkedOutputLayer {
   float* logit_sum_;
   // int32 results stored in a float-typed backend allocation of equal width.
   float* correct_;
+  float* entropy_;
+  float* log_sum_sq_;
   float* coef_;
-  std::vector<float> logp_host_, logit_sum_host_;
+  std::vector<float> logp_host_, logit_sum_host_, entropy_host_,
+      log_sum_sq_host_;
   std::vector<int32_t> correct_host_;
 };
 
