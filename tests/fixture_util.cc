@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "gtest/gtest.h"
+
 namespace prefopt::testing {
 
 std::string WorkspacePath(const std::string& relative) {
@@ -24,6 +26,26 @@ std::vector<float> TensorInHfLayout(const model::ParamTensor& t,
     for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = p[i * cols + j];
   }
   return out;
+}
+
+void ExpectGpt2WeightsMatch(const model::Decoder& model,
+                            const io::SafetensorsFile& expected, int steps,
+                            double lr, const std::string& prefix) {
+  const int C = model.hidden_size();
+  for (const model::ParamTensor& t : model.layout().tensors()) {
+    auto ref = expected.ReadFloat(prefix + t.name);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    std::vector<float> ours = TensorInHfLayout(t, model.params());
+    if (t.name.find("attn.c_attn.bias") != std::string::npos) {
+      for (int i = C; i < 2 * C; ++i) {
+        EXPECT_NEAR(ours[i], (*ref)[i], steps * lr)
+            << prefix << t.name << "[" << i << "]";
+        ours[i] = (*ref)[i];
+      }
+    }
+    EXPECT_LT(RelativeL2(ours, *ref), 1e-5)
+        << "weights of " << prefix << t.name << " after " << steps << " steps";
+  }
 }
 
 double RelativeL2(const std::vector<float>& a, const std::vector<float>& b) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/io/safetensors.h"
 #include "trainer/model/decoder.h"
 #include "trainer/model/param_layout.h"
 
@@ -22,6 +23,17 @@ std::vector<float> TensorInHfLayout(const model::ParamTensor& t,
 // ||a − b|| / max(||b||, tiny): the per-tensor relative error used for
 // gradients and weights.
 double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
+
+// Expects every weight of the GPT-2 decoder `model` to match the tensor of
+// `expected` named `prefix` + its Hugging Face name within relative L2 1e-5,
+// after `steps` AdamW steps at learning rate `lr` on both sides. The
+// attention key bias is the exception: its gradient is exactly zero (adding
+// q·b_k to every score of a row leaves the softmax unchanged), so both sides
+// move it by rounding noise that Adam normalizes to steps of up to ~lr; it is
+// checked to within steps × lr, the query and value biases exactly.
+void ExpectGpt2WeightsMatch(const model::Decoder& model,
+                            const io::SafetensorsFile& expected, int steps,
+                            double lr, const std::string& prefix = "");
 
 // Writes `text` to a fresh file under TEST_TMPDIR and returns its path.
 std::string WriteTempFile(const std::string& name, const std::string& text);

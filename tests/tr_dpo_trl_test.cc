@@ -62,29 +62,6 @@ void ExpectClose(double ours, double theirs, const std::string& what) {
   EXPECT_NEAR(ours, theirs, std::max(1e-6, 1e-4 * std::abs(theirs))) << what;
 }
 
-// Weights of `model` against the fixture's `prefix` tensors. The key bias has
-// an exactly zero gradient, so both sides move it by rounding noise that Adam
-// normalizes to steps of up to ~lr (tests/dpo_trl_parity_test.cc): it is
-// checked to within 5 steps × lr and the rest of the tensor to 1e-5.
-void ExpectWeights(const model::Decoder& model,
-                   const io::SafetensorsFile& expected,
-                   const std::string& prefix) {
-  const int C = model.hidden_size();
-  for (const model::ParamTensor& t : model.layout().tensors()) {
-    auto ref = expected.ReadFloat(prefix + t.name);
-    ASSERT_TRUE(ref.ok()) << ref.status();
-    std::vector<float> ours = TensorInHfLayout(t, model.params());
-    if (t.name.find("attn.c_attn.bias") != std::string::npos) {
-      for (int i = C; i < 2 * C; ++i) {
-        EXPECT_NEAR(ours[i], (*ref)[i], 5 * 1e-3)
-            << prefix << t.name << "[" << i << "]";
-        ours[i] = (*ref)[i];
-      }
-    }
-    EXPECT_LT(RelativeL2(ours, *ref), 1e-5) << prefix << t.name;
-  }
-}
-
 TEST(TrDpoTrl, FiveStepsWithTwoSyncsMatchTrl) {
   nlohmann::json expected;
   std::ifstream(WorkspacePath("tests/fixtures/gpt2/tr_dpo_5_steps.json")) >>
@@ -116,8 +93,11 @@ TEST(TrDpoTrl, FiveStepsWithTwoSyncsMatchTrl) {
   auto final_weights = io::SafetensorsFile::Open(
       WorkspacePath("tests/fixtures/gpt2/tr_dpo_5_steps_final.safetensors"));
   ASSERT_TRUE(final_weights.ok()) << final_weights.status();
-  ExpectWeights(trainer->policy(), *final_weights, "policy.");
-  ExpectWeights(*trainer->live_reference_model(), *final_weights, "reference.");
+  testing::ExpectGpt2WeightsMatch(trainer->policy(), *final_weights,
+                                  /*steps=*/5, /*lr=*/1e-3, "policy.");
+  testing::ExpectGpt2WeightsMatch(*trainer->live_reference_model(),
+                                  *final_weights, /*steps=*/5, /*lr=*/1e-3,
+                                  "reference.");
 }
 
 // The fixture's syncs are visible: plain DPO (a reference that never moves)
