@@ -44,10 +44,8 @@ using testing::WorkspacePath;
 constexpr int kPairs = 6;
 
 nlohmann::json ReadCase(const std::string& name) {
-  nlohmann::json j;
-  std::ifstream(WorkspacePath("tests/fixtures/dpo_family/" + name + ".json")) >>
-      j;
-  return j;
+  return testing::ReadJson(
+      WorkspacePath("tests/fixtures/dpo_family/" + name + ".json"));
 }
 
 void ExpectClose(double ours, double theirs, const std::string& what,

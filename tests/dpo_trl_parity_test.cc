@@ -27,9 +27,7 @@ using testing::TensorInHfLayout;
 using testing::WorkspacePath;
 
 nlohmann::json ReadJson(const std::string& name) {
-  nlohmann::json j;
-  std::ifstream(WorkspacePath("tests/fixtures/gpt2/" + name)) >> j;
-  return j;
+  return testing::ReadJson(WorkspacePath("tests/fixtures/gpt2/" + name));
 }
 
 struct Case {

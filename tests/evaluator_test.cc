@@ -22,13 +22,8 @@
 namespace prefopt {
 namespace {
 
+using testing::ReadJson;
 using testing::WorkspacePath;
-
-nlohmann::json ReadJson(const std::string& path) {
-  nlohmann::json j;
-  std::ifstream(path) >> j;
-  return j;
-}
 
 // A DPO config on the GPT-2 fixture whose held-out data is `eval_file`.
 TrainConfig LoadConfig(const std::string& name, const std::string& eval_file,

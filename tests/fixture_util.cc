@@ -28,6 +28,11 @@ std::vector<float> TensorInHfLayout(const model::ParamTensor& t,
   return out;
 }
 
+nlohmann::json ReadJson(const std::string& path) {
+  return nlohmann::json::parse(std::ifstream(path), nullptr,
+                               /*allow_exceptions=*/false);
+}
+
 void ExpectGpt2WeightsMatch(const model::Decoder& model,
                             const io::SafetensorsFile& expected, int steps,
                             double lr, const std::string& prefix) {

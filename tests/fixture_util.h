@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "nlohmann/json.hpp"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/decoder.h"
 #include "trainer/model/param_layout.h"
@@ -34,6 +35,10 @@ double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
 void ExpectGpt2WeightsMatch(const model::Decoder& model,
                             const io::SafetensorsFile& expected, int steps,
                             double lr, const std::string& prefix = "");
+
+// The JSON document in `path` (null when it cannot be read or parsed, which
+// the caller's first lookup then reports).
+nlohmann::json ReadJson(const std::string& path);
 
 // Writes `text` to a fresh file under TEST_TMPDIR and returns its path.
 std::string WriteTempFile(const std::string& name, const std::string& text);

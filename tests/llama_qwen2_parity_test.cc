@@ -34,6 +34,7 @@
 namespace prefopt {
 namespace {
 
+using testing::ReadJson;
 using testing::RelativeL2;
 using testing::WorkspacePath;
 
@@ -59,12 +60,6 @@ std::string FlatName(std::string dir) {
     if (c == '/') c = '_';
   }
   return dir;
-}
-
-nlohmann::json ReadJson(const std::string& path) {
-  nlohmann::json j;
-  std::ifstream(path) >> j;
-  return j;
 }
 
 // Every Hugging Face tensor of `decoder`'s gradients against grad.<name> of
