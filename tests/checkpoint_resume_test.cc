@@ -155,6 +155,47 @@ INSTANTIATE_TEST_SUITE_P(
                       "}",
                       "kto { beta: 0.1 }"));
 
+// activation_checkpointing is not model state: a checkpoint saved with it
+// resumes without it and the other way round, and both continue the
+// uninterrupted run (without it) bit for bit.
+class ResumeAcrossCheckpointing : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ResumeAcrossCheckpointing, ResumedRunIsBitwiseTheUninterruptedRun) {
+  const bool saved_with = GetParam();
+  const std::vector<std::string> with = {"activation_checkpointing=true"};
+  const std::string tag = saved_with ? "saved_with" : "resumed_with";
+  std::unique_ptr<loop::Trainer> straight =
+      MakeTrainer(RunConfig("straight_" + tag));
+  ASSERT_NE(straight, nullptr);
+  const std::vector<StepMetrics> all = RunSteps(*straight, 8);
+  ASSERT_EQ(all.size(), 8u);
+
+  const std::string config = RunConfig("interrupted_" + tag);
+  {
+    std::unique_ptr<loop::Trainer> first =
+        MakeTrainer(config, saved_with ? with : std::vector<std::string>{});
+    ASSERT_NE(first, nullptr);
+    ExpectBitwiseEqual(RunSteps(*first, 4),
+                       std::vector<StepMetrics>(all.begin(), all.begin() + 4),
+                       0);
+    ASSERT_TRUE(first->SaveCheckpoint().ok());
+  }
+  std::vector<std::string> resume = {"resume=latest"};
+  if (!saved_with) resume.push_back(with.front());
+  std::unique_ptr<loop::Trainer> resumed = MakeTrainer(config, resume);
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->steps_done(), 4);
+  ExpectBitwiseEqual(RunSteps(*resumed, 8),
+                     std::vector<StepMetrics>(all.begin() + 4, all.end()), 4);
+  const std::vector<float> a = Params(*straight), b = Params(*resumed);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+      << "final weights differ";
+}
+
+INSTANTIATE_TEST_SUITE_P(SavedWithOrResumedWith, ResumeAcrossCheckpointing,
+                         ::testing::Bool());
+
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});

@@ -1161,11 +1161,6 @@ void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
 }
 
 void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
-  if (config.activation_checkpointing()) {
-    problems->push_back(
-        "activation_checkpointing: not available in this build yet (issue 15 "
-        "adds it); remove it");
-  }
   if (config.zero_stage() != 0 && config.zero_stage() != 1) {
     problems->push_back(absl::StrCat(
         "zero_stage: must be 0 (no sharding) or 1 (AdamW moments sharded), "

@@ -147,6 +147,9 @@ TrainConfig TrainingConfig(const TrainConfig& config) {
   // resume on another device.
   training.clear_device();
   training.clear_precision();
+  // Recomputation changes how the gradients are computed, not their bits or
+  // the model state.
+  training.clear_activation_checkpointing();
   DataConfig& data = *training.mutable_data();
   data.clear_train_files();
   data.clear_eval_files();
@@ -192,8 +195,9 @@ absl::Status CheckSameTraining(const std::string& saved_config_text,
       absl::StrJoin(lines, "; "),
       ". Resume with the checkpoint's config (only run_dir, resume, "
       "save_every_steps, keep_last_n, save_on_signal, log_every_steps, "
-      "eval_every_steps, export_hf_path and "
-      "data file paths may change), or train into a new run_dir"));
+      "eval_every_steps, export_hf_path, device, precision, "
+      "activation_checkpointing and data file paths may change), or train into "
+      "a new run_dir"));
 }
 
 absl::Status CheckContinuesTraining(const std::string& checkpoint_dir,

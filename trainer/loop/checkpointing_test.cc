@@ -73,7 +73,9 @@ TEST(SameTrainingTest, RunAndCheckpointSettingsMayChange) {
   now.mutable_data()->set_train_files(0, "/moved/a.jsonl");
   now.mutable_data()->add_eval_files("/data/eval.jsonl");
   now.mutable_data()->set_cache_dir("/cache");
+  now.set_activation_checkpointing(true);
   EXPECT_TRUE(CheckSameTraining(config::ResolvedConfigText(saved), now).ok());
+  EXPECT_TRUE(CheckSameTraining(config::ResolvedConfigText(now), saved).ok());
   EXPECT_EQ(ConfigFingerprint(saved), ConfigFingerprint(now));
 }
 

@@ -5,7 +5,13 @@
 //   bazel run -c opt //trainer/loop:dpo_step_bench -- [--arch=gpt2|llama]
 //     [--n_embd=768] [--n_layer=12] [--n_head=12] [--n_kv_head=n_head]
 //     [--intermediate=4*n_embd] [--vocab=50257] [--prompt=256]
-//     [--response=256] [--steps=3]
+//     [--response=256] [--steps=3] [--activation_checkpointing=0|1|both]
+//
+// --activation_checkpointing=1 trains with activation recomputation
+// (TrainConfig.activation_checkpointing); =both runs this benchmark twice,
+// as separate processes (peak RSS is per process), without and with it, and
+// prints the step-time overhead and the peak-RSS ratio. Every run prints its
+// peak resident memory (VmHWM).
 //
 // --arch=llama builds a Llama decoder (RMSNorm, RoPE, grouped KV heads,
 // SwiGLU, tied embeddings as SmolLM2), e.g. SmolLM2-135M's shape:
@@ -24,6 +30,7 @@
 // machine is printed before and after, as other work on it slows the step.
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -56,6 +63,8 @@ struct Options {
   int n_embd = 768, n_layer = 12, n_head = 12, vocab = 50257;
   int n_kv_head = 0, intermediate = 0;  // 0: n_head, 4 * n_embd
   int prompt = 256, response = 256, steps = 3;
+  // 0 or 1: TrainConfig.activation_checkpointing; -1: both, one process each.
+  int activation_checkpointing = 0;
 };
 
 bool Parse(int argc, char** argv, Options* o) {
@@ -65,6 +74,11 @@ bool Parse(int argc, char** argv, Options* o) {
     if (a.rfind("--", 0) != 0 || eq == std::string::npos) return false;
     const std::string name = a.substr(2, eq - 2);
     const std::string value = a.substr(eq + 1);
+    if (name == "activation_checkpointing") {
+      if (value != "0" && value != "1" && value != "both") return false;
+      o->activation_checkpointing = value == "both" ? -1 : value == "1";
+      continue;
+    }
     if (name == "arch") {
       if (value != "gpt2" && value != "llama") return false;
       o->llama = value == "llama";
@@ -144,6 +158,88 @@ absl::Status WriteRandomModel(const ModelSpec& spec, const std::string& dir) {
                                        std::numeric_limits<size_t>::max());
 }
 
+// The vector instruction sets this CPU has, of those the kernels' speed
+// depends on.
+std::string VectorFeatures() {
+  std::string features;
+  auto add = [&](bool has, const char* name) {
+    if (has) absl::StrAppend(&features, features.empty() ? "" : " ", name);
+  };
+  __builtin_cpu_init();
+  add(__builtin_cpu_supports("avx"), "avx");
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
+  add(__builtin_cpu_supports("avx512vl"), "avx512vl");
+  return features.empty() ? "none of avx, avx2, fma, avx512" : features;
+}
+
+// The process's peak resident memory in MiB (VmHWM), or -1.
+double PeakRssMib() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmHWM:") {
+      double kib;
+      status >> kib;
+      return kib / 1024.0;
+    }
+    status.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return -1;
+}
+
+// The number after `label` on the first line of `text` that starts with it,
+// or -1.
+double ValueAfter(const std::string& text, const std::string& label) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(label, 0) == 0) {
+      return std::strtod(line.c_str() + label.size(), nullptr);
+    }
+  }
+  return -1;
+}
+
+// --activation_checkpointing=both: reruns this binary without and with
+// recomputation, echoes both reports and compares them.
+int CompareCheckpointing(int argc, char** argv) {
+  std::string args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--activation_checkpointing=", 0) != 0) args += " " + a;
+  }
+  // popen runs a shell, whose /proc/self/exe is the shell's.
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe");
+  std::array<std::string, 2> reports;
+  for (int on = 0; on < 2; ++on) {
+    const std::string command =
+        absl::StrCat("'", self, "'", args, " --activation_checkpointing=", on);
+    FILE* pipe = popen(command.c_str(), "r");
+    if (pipe == nullptr) return 1;
+    std::array<char, 4096> buffer;
+    size_t n;
+    while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+      reports[on].append(buffer.data(), n);
+    }
+    std::fputs(reports[on].c_str(), stdout);
+    std::fflush(stdout);
+    if (pclose(pipe) != 0) return 1;
+  }
+  const double stored_s = ValueAfter(reports[0], "step time");
+  const double recomputed_s = ValueAfter(reports[1], "step time");
+  const double stored_mib = ValueAfter(reports[0], "peak RSS");
+  const double recomputed_mib = ValueAfter(reports[1], "peak RSS");
+  std::printf(
+      "activation checkpointing: step time %.3f s -> %.3f s (%+.1f%%), peak "
+      "RSS %.0f MiB -> %.0f MiB (%.2fx less)\n",
+      stored_s, recomputed_s, 100.0 * (recomputed_s / stored_s - 1.0),
+      stored_mib, recomputed_mib, stored_mib / recomputed_mib);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,9 +249,10 @@ int main(int argc, char** argv) {
     std::cerr << "usage: dpo_step_bench [--arch=gpt2|llama] [--n_embd=N] "
                  "[--n_layer=N] [--n_head=N] [--n_kv_head=N] "
                  "[--intermediate=N] [--vocab=N] [--prompt=N] [--response=N] "
-                 "[--steps=N]\n";
+                 "[--steps=N] [--activation_checkpointing=0|1|both]\n";
     return 2;
   }
+  if (o.activation_checkpointing < 0) return CompareCheckpointing(argc, argv);
   if (o.n_kv_head == 0) o.n_kv_head = o.n_head;
   if (o.intermediate == 0) o.intermediate = 4 * o.n_embd;
   if (!o.llama && (o.n_kv_head != o.n_head || o.intermediate != 4 * o.n_embd)) {
@@ -210,7 +307,9 @@ int main(int argc, char** argv) {
       " }\n", "objective { dpo { beta: 0.1 } }\n",
       "optimizer { lr: 1e-5 max_grad_norm: 1.0 }\n",
       "batch { micro_batch_size: 1 global_batch_size: 1 }\n",
-      "max_steps: ", o.steps + 1, "\nrun_dir: '", dir, "/run'\n");
+      "max_steps: ", o.steps + 1, "\nrun_dir: '", dir,
+      "/run'\nactivation_checkpointing: ",
+      o.activation_checkpointing ? "true" : "false", "\n");
   std::ofstream(dir + "/bench.textproto") << config_text;
   auto config = prefopt::config::LoadTrainConfig(dir + "/bench.textproto", {});
   if (!config.ok()) {
@@ -253,9 +352,11 @@ int main(int argc, char** argv) {
   const double sgemm = 0.5 * (sgemm_before + sgemm_after);
   std::printf(
       "DPO step, %s shape: d=%d layers=%d heads=%d kv_heads=%d ff=%d V=%d, "
-      "1 pair, prompt %d + response %d tokens per sequence\n",
+      "1 pair, prompt %d + response %d tokens per sequence, activation "
+      "checkpointing %s\n",
       o.llama ? "Llama" : "GPT-2", o.n_embd, o.n_layer, o.n_head, o.n_kv_head,
-      o.intermediate, o.vocab, o.prompt, o.response);
+      o.intermediate, o.vocab, o.prompt, o.response,
+      o.activation_checkpointing ? "on" : "off");
   std::printf("step time         %.3f s\n", seconds);
   std::printf("tokens/s          %.1f\n", 2.0 * T / seconds);
   std::printf("model GFLOP/step  %.1f\n", flops / 1e9);
@@ -266,6 +367,8 @@ int main(int argc, char** argv) {
       sgemm, sgemm_before, sgemm_after);
   std::printf("ratio             %.1f%% of sgemm\n",
               100.0 * step_gflops / sgemm);
+  std::printf("peak RSS          %.0f MiB\n", PeakRssMib());
+  std::printf("CPU vector ISA    %s\n", VectorFeatures().c_str());
   std::printf("load average      %s (before), %s (after)\n",
               load_before.c_str(), LoadAverage().c_str());
   std::filesystem::remove_all(dir);

@@ -370,6 +370,7 @@ absl::Status Trainer::Init() {
   }
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
   cap.param_multiple = 16 * world_;
+  cap.activation_checkpointing = config_.activation_checkpointing();
   auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
   if (!policy.ok()) return policy.status();
   policy_ = *std::move(policy);

@@ -133,8 +133,13 @@ Count ActivationCount(const io::ModelSpec& spec, const Capacity& capacity,
   const Count FC = llama ? Count(2) * FF : FF;
   const Count layer = Count(4) * N * C + Count(4) * N + N * QKV + N * ATT +
                       Count(spec.n_head) * S * N + N * FC + N * FF;
-  Count total = Count(trainable ? spec.n_layer : 1) * layer + Count(3) * N * C +
-                Count(2) * N + Count(2) * S * hd;
+  // Frozen: one block's buffers reused by every block. Checkpointed: those
+  // plus every other block's output.
+  const Count blocks =
+      trainable && !capacity.activation_checkpointing
+          ? Count(spec.n_layer) * layer
+          : layer + (trainable ? Count(spec.n_layer - 1) * N * C : Count(0));
+  Count total = blocks + Count(3) * N * C + Count(2) * N + Count(2) * S * hd;
   if (trainable) {
     total = total + Count(3) * N * C + N * ATT + N * QKV + N * FF + N * FC;
   }
@@ -380,10 +385,18 @@ void Decoder::AllocateActivations() {
   lnf_mean_ = llama_family_ ? nullptr : alloc(N);
   lnf_rstd_ = alloc(N);
   // A frozen model needs no saved activations: one block's buffers are reused
-  // by every block.
+  // by every block. Under activation checkpointing every block shares block
+  // 0's buffers but keeps its own output, the next block's saved input.
   const int stored = trainable_ ? spec_.n_layer : 1;
+  const bool checkpointing = trainable_ && capacity_.activation_checkpointing;
   for (int l = 0; l < stored; ++l) {
     LayerActs a;
+    if (checkpointing && l > 0) {
+      a = acts_.front();
+      a.res3 = alloc(N * C);
+      acts_.push_back(a);
+      continue;
+    }
     a.ln1 = alloc(N * C);
     a.ln1_mean = llama_family_ ? nullptr : alloc(N);
     a.ln1_rstd = alloc(N);
@@ -569,6 +582,24 @@ void Decoder::NormBackward(float* dinp, const float* dout, const float* inp,
 }
 
 const float* Decoder::Forward(const PackedBatch& batch) {
+  const int N = batch.rows();
+  const int C = spec_.hidden;
+  backend_->EmbeddingForward(encoded_, batch.tokens.data(),
+                             batch.positions.data(), P(wte_offset_),
+                             P(wpe_offset_), N, C);
+  Observe(Activation::kEmbedding, -1, encoded_, N, C, C);
+  const float* residual = encoded_;
+  for (int l = 0; l < spec_.n_layer; ++l) {
+    BlockForward(l, batch, residual, /*recompute=*/false);
+    residual = acts_[trainable_ ? l : 0].res3;
+  }
+  NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
+  Observe(Activation::kFinalNorm, -1, lnf_, N, C, C);
+  return lnf_;
+}
+
+void Decoder::BlockForward(int l, const PackedBatch& batch,
+                           const float* residual, bool recompute) {
   Backend& b = *backend_;
   const int N = batch.rows();
   const size_t n = static_cast<size_t>(N);
@@ -579,53 +610,47 @@ const float* Decoder::Forward(const PackedBatch& batch) {
   const int ATT = NH * hs;
   const int QKV = (NH + 2 * NKV) * hs;
   const int S = static_cast<int>(batch.spans.size());
-
-  b.EmbeddingForward(encoded_, batch.tokens.data(), batch.positions.data(),
-                     P(wte_offset_), P(wpe_offset_), N, C);
-  Observe(Activation::kEmbedding, -1, encoded_, N, C, C);
-  const float* residual = encoded_;
-  for (int l = 0; l < spec_.n_layer; ++l) {
-    const LayerOffsets& o = layer_offsets_[l];
-    LayerActs& a = acts_[trainable_ ? l : 0];
-    // Attention block.
-    NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
-    Observe(Activation::kAttentionNorm, l, a.ln1, N, C, C);
-    b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
-    Observe(Activation::kQuery, l, a.qkv, N, ATT, QKV);
-    Observe(Activation::kKey, l, a.qkv + ATT, N, NKV * hs, QKV);
-    Observe(Activation::kValue, l, a.qkv + ATT + NKV * hs, N, NKV * hs, QKV);
-    if (llama_family_) {
-      b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
-                    NKV, hs);
-      Observe(Activation::kQueryRotary, l, a.qkv, N, ATT, QKV);
-      Observe(Activation::kKeyRotary, l, a.qkv + ATT, N, NKV * hs, QKV);
-    }
-    b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV,
-                       hs);
-    Observe(Activation::kAttentionValues, l, a.att, N, ATT, ATT);
-    b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
-    Observe(Activation::kAttentionOutput, l, branch_out_, N, C, C);
-    b.Add(a.res2, residual, branch_out_, n * C);
-    Observe(Activation::kResidAfterAttention, l, a.res2, N, C, C);
-    // MLP block.
-    NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
-    Observe(Activation::kMlpNorm, l, a.ln2, N, C, C);
-    b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
-    if (llama_family_) {
-      b.SwiGluForward(a.act, a.fc, N, FF);
-    } else {
-      b.GeluForward(a.act, a.fc, n * FF);
-    }
-    Observe(Activation::kMlpActivation, l, a.act, N, FF, FF);
-    b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
-    Observe(Activation::kMlpOutput, l, branch_out_, N, C, C);
-    b.Add(a.res3, a.res2, branch_out_, n * C);
-    Observe(Activation::kResidAfterMlp, l, a.res3, N, C, C);
-    residual = a.res3;
+  // Backward's rerun must not report a block twice.
+  auto observe = [&](Activation kind, const float* data, int width,
+                     int stride) {
+    if (!recompute) Observe(kind, l, data, N, width, stride);
+  };
+  const LayerOffsets& o = layer_offsets_[l];
+  LayerActs& a = acts_[trainable_ ? l : 0];
+  // Attention block.
+  NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
+  observe(Activation::kAttentionNorm, a.ln1, C, C);
+  b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
+  observe(Activation::kQuery, a.qkv, ATT, QKV);
+  observe(Activation::kKey, a.qkv + ATT, NKV * hs, QKV);
+  observe(Activation::kValue, a.qkv + ATT + NKV * hs, NKV * hs, QKV);
+  if (llama_family_) {
+    b.RopeForward(a.qkv, batch.positions.data(), rope_cos_, rope_sin_, N, NH,
+                  NKV, hs);
+    observe(Activation::kQueryRotary, a.qkv, ATT, QKV);
+    observe(Activation::kKeyRotary, a.qkv + ATT, NKV * hs, QKV);
   }
-  NormForward(lnf_, lnf_mean_, lnf_rstd_, residual, lnf_w_, lnf_b_, N);
-  Observe(Activation::kFinalNorm, -1, lnf_, N, C, C);
-  return lnf_;
+  b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV, hs);
+  observe(Activation::kAttentionValues, a.att, ATT, ATT);
+  b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+  observe(Activation::kAttentionOutput, branch_out_, C, C);
+  b.Add(a.res2, residual, branch_out_, n * C);
+  observe(Activation::kResidAfterAttention, a.res2, C, C);
+  // MLP block.
+  NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
+  observe(Activation::kMlpNorm, a.ln2, C, C);
+  b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+  if (llama_family_) {
+    b.SwiGluForward(a.act, a.fc, N, FF);
+  } else {
+    b.GeluForward(a.act, a.fc, n * FF);
+  }
+  if (recompute) return;
+  observe(Activation::kMlpActivation, a.act, FF, FF);
+  b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+  observe(Activation::kMlpOutput, branch_out_, C, C);
+  b.Add(a.res3, a.res2, branch_out_, n * C);
+  observe(Activation::kResidAfterMlp, a.res3, C, C);
 }
 
 KvCache::~KvCache() {
@@ -749,6 +774,11 @@ void Decoder::Backward(const PackedBatch& batch) {
     const LayerOffsets& o = layer_offsets_[l];
     const LayerActs& a = acts_[l];
     const float* residual_in = l == 0 ? encoded_ : acts_[l - 1].res3;
+    // The last block's activations are still in the shared buffers from
+    // Forward; every other block's are refilled from its saved input.
+    if (capacity_.activation_checkpointing && l < L - 1) {
+      BlockForward(l, batch, residual_in, /*recompute=*/true);
+    }
     // MLP block.
     b.Zero(dscratch_ff_, n * FF);
     b.MatmulBackward(dscratch_ff_, G(o.fcproj_w), G(o.fcproj_b), dresidual_,

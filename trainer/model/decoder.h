@@ -111,6 +111,12 @@ struct Capacity {
   // The parameter and gradient buffers are zero-padded to a multiple of this
   // many floats (ZeRO-1 splits them into equal shards, one per rank).
   int param_multiple = 1;
+  // Activation recomputation (trainable decoders only): Forward keeps each
+  // block's output (the next block's input, [max_rows, C]) and one block's
+  // worth of activation buffers; Backward reruns each block's forward from
+  // its saved input before that block's backward. Same kernels on the same
+  // inputs, so the gradients are bitwise those of the stored path.
+  bool activation_checkpointing = false;
 };
 
 // A half-open range of the flat parameter buffer, in floats.
@@ -251,6 +257,12 @@ class Decoder {
 
   void BuildLayout();
   void AllocateActivations();
+  // Block `layer`'s forward from `residual` (its input) into acts_[layer].
+  // `recompute`: Backward's rerun under activation checkpointing, which
+  // reports nothing to the observer and stops at the MLP activation (the
+  // block's output is saved and the backward needs nothing after it).
+  void BlockForward(int layer, const PackedBatch& batch, const float* residual,
+                    bool recompute);
   // A tensor's parameters or gradient; null for kAbsent.
   float* P(size_t offset) {
     return offset == kAbsent ? nullptr : params_ + offset;
@@ -285,6 +297,8 @@ class Decoder {
   std::vector<ParamRange> layer_ranges_;
   size_t padded_params_ = 0;
   GradsReadyFn grads_ready_;
+  // Per block; under activation checkpointing every block's entry shares one
+  // set of buffers except its output (res3).
   std::vector<LayerActs> acts_;
   ActivationObserver* observer_ = nullptr;
 
