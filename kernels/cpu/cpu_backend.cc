@@ -816,36 +816,39 @@ void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
         const int rows = i1 - i0;
         const float* dOb = dO + static_cast<size_t>(i0) * out_row;
         // The forward's probabilities of this block, recomputed from the
-        // scores and the saved logsumexp: P = exp(scale * Q_b K^T - lse).
+        // scores and the saved logsumexp: P = exp(scale * Q_b K^T - lse), and
+        // dP = dO_b @ V[0:i1]^T into dS (rows x i1).
         Sgemm(false, true, rows, i1, hs, scale,
               Q + static_cast<size_t>(i0) * row, row, K, row, 0.0f, P, i1);
+        Sgemm(false, true, rows, i1, hs, 1.0f, dOb, out_row, V, row, 0.0f, dS,
+              i1);
+        // Softmax backward: dS = P * (dP - rowsum(P * dP)) * scale, the row
+        // sum taken in the same pass as the exponentials. It equals
+        // FlashAttention-2's rowsum(dO * O) without needing O.
         for (int r = 0; r < rows; ++r) {
           const int i = i0 + r;
           float* p = P + static_cast<size_t>(r) * i1;
-          ExpShifted(p, i + 1, L[static_cast<size_t>(i) * NH],
-                     [&](int j, __m256 y) { StoreLanes(p, j, i + 1, y); });
-          std::fill(p + i + 1, p + i1, 0.0f);
-        }
-        // dP = dO_b @ V[0:i1]^T, into dS (rows x i1).
-        Sgemm(false, true, rows, i1, hs, 1.0f, dOb, out_row, V, row, 0.0f, dS,
-              i1);
-        // dV[0:i1] += P_b^T @ dO_b.
-        Sgemm(true, false, i1, hs, rows, 1.0f, P, i1, dOb, out_row, 1.0f, dV,
-              row);
-        // Softmax backward: dS = P * (dP - rowsum(P * dP)) * scale. The row
-        // sum equals FlashAttention-2's rowsum(dO * O) without needing O.
-        for (int r = 0; r < rows; ++r) {
-          const int i = i0 + r;
-          const float* p = P + static_cast<size_t>(r) * i1;
           float* ds = dS + static_cast<size_t>(r) * i1;
-          float p_dot_dp = 0.0f;
-#pragma omp simd reduction(+ : p_dot_dp)
-          for (int j = 0; j <= i; ++j) p_dot_dp += p[j] * ds[j];
+          const __m256 row_lse = _mm256_set1_ps(L[static_cast<size_t>(i) * NH]);
+          __m256 acc = _mm256_setzero_ps();
+          for (int j = 0; j <= i; j += 8) {
+            const __m256i mask = FirstLanes(std::min(8, i + 1 - j));
+            const __m256 y = _mm256_and_ps(
+                Exp8(_mm256_sub_ps(_mm256_maskload_ps(p + j, mask), row_lse)),
+                _mm256_castsi256_ps(mask));
+            StoreLanes(p, j, i + 1, y);
+            acc = _mm256_fmadd_ps(y, _mm256_maskload_ps(ds + j, mask), acc);
+          }
+          const float p_dot_dp = HorizontalSum(acc);
 #pragma omp simd
           for (int j = 0; j <= i; ++j)
             ds[j] = p[j] * (ds[j] - p_dot_dp) * scale;
+          std::fill(p + i + 1, p + i1, 0.0f);
           std::fill(ds + i + 1, ds + i1, 0.0f);
         }
+        // dV[0:i1] += P_b^T @ dO_b.
+        Sgemm(true, false, i1, hs, rows, 1.0f, P, i1, dOb, out_row, 1.0f, dV,
+              row);
         // dQ_b += dS @ K[0:i1]; dK[0:i1] += dS^T @ Q_b.
         Sgemm(false, false, rows, hs, i1, 1.0f, dS, i1, K, row, 1.0f,
               dQ + static_cast<size_t>(i0) * row, row);
