@@ -122,11 +122,8 @@ class Backend {
   // has NKV == NH). qkv[N, (NH + 2*NKV)*hs] holds, per row, the NH query heads,
   // then the NKV key heads, then the NKV value heads, each hs wide.
   // out[N, NH*hs]. Scale 1/sqrt(hs).
-  // probs: what Forward saves for Backward, AttentionProbsSize() floats in a
-  // layout of the backend's own: the softmax probabilities (ReferenceBackend,
-  // NH * len^2 per sequence) or only the per-row logsumexp (CpuBackend,
-  // CudaBackend: N * NH), from which Backward recomputes the probabilities.
-  // Nothing but Backward may read it.
+  // probs: saved softmax probabilities for Backward, AttentionProbsSize()
+  // floats.
   virtual size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                     int NH) const = 0;
   virtual void AttentionForward(float* out, float* probs, const float* qkv,

@@ -89,12 +89,6 @@ double AttentionMacs(const SeqSpan* spans, int num_seqs, int NH, int hs) {
   return macs;
 }
 
-int MaxLen(const SeqSpan* spans, int num_seqs) {
-  int max_len = 0;
-  for (int s = 0; s < num_seqs; ++s) max_len = std::max(max_len, spans[s].len);
-  return max_len;
-}
-
 // ---- row primitives of the softmax-like loops ----
 
 float RowMax(const float* x, int n) {
@@ -669,29 +663,16 @@ void CpuBackend::Axpy(float* y, float alpha, const float* x, size_t n) {
 
 size_t CpuBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                       int NH) const {
-  size_t rows = 0;
-  for (int s = 0; s < num_seqs; ++s) {
-    rows = std::max(rows, static_cast<size_t>(spans[s].start) + spans[s].len);
-  }
-  return rows * NH;
+  return cpu::AttentionProbsFloats(spans, num_seqs, NH);
 }
 
-float* CpuBackend::AttentionScratch(size_t per_thread) {
-  const size_t scratch = per_thread * omp_get_max_threads();
-  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
-  return attention_scratch_.data();
-}
-
-void CpuBackend::AttentionForward(float* out, float* lse, const float* qkv,
+void CpuBackend::AttentionForward(float* out, float* probs, const float* qkv,
                                   const SeqSpan* spans, int num_seqs, int NH,
                                   int NKV, int hs) {
   const int row = (NH + 2 * NKV) * hs;
   const int out_row = NH * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int group = NH / NKV;
-  const size_t per_thread =
-      static_cast<size_t>(kAttentionBlock) * MaxLen(spans, num_seqs);
-  float* const scratch_base = AttentionScratch(per_thread);
   SingleThreadedBlas blas;
   const bool parallel =
       AttentionMacs(spans, num_seqs, NH, hs) >= kMinParallelMacs;
@@ -707,28 +688,26 @@ void CpuBackend::AttentionForward(float* out, float* lse, const float* qkv,
     const float* K = base + (NH + kv) * hs;
     const float* V = base + (NH + NKV + kv) * hs;
     float* O = out + static_cast<size_t>(spans[s].start) * out_row + h * hs;
-    float* L = lse + static_cast<size_t>(spans[s].start) * NH + h;
-    // The probabilities of one block of query rows live only here, so the
-    // memory of an attention grows with T, not T^2.
-    float* P = scratch_base + per_thread * omp_get_thread_num();
+    float* P = probs + cpu::AttentionProbsOffset(spans, s, NH) +
+               static_cast<size_t>(h) * T * T;
     for (int i0 = 0; i0 < T; i0 += kAttentionBlock) {
       const int i1 = std::min(T, i0 + kAttentionBlock);
+      float* Pb = P + static_cast<size_t>(i0) * T;
       // Scores of rows [i0, i1) against keys [0, i1).
       Sgemm(false, true, i1 - i0, i1, hs, scale,
-            Q + static_cast<size_t>(i0) * row, row, K, row, 0.0f, P, i1);
+            Q + static_cast<size_t>(i0) * row, row, K, row, 0.0f, Pb, T);
       for (int i = i0; i < i1; ++i) {
-        float* p = P + static_cast<size_t>(i - i0) * i1;
+        float* p = P + static_cast<size_t>(i) * T;
         const float max_score = RowMax(p, i + 1);
         const float sum = static_cast<float>(
             ExpShifted(p, i + 1, max_score,
                        [&](int j, __m256 y) { StoreLanes(p, j, i + 1, y); }));
-        L[static_cast<size_t>(i) * NH] = max_score + std::log(sum);
         const float inv = 1.0f / sum;
 #pragma omp simd
         for (int j = 0; j <= i; ++j) p[j] *= inv;
-        std::fill(p + i + 1, p + i1, 0.0f);
+        std::memset(p + i + 1, 0, (T - i - 1) * sizeof(float));
       }
-      Sgemm(false, false, i1 - i0, hs, i1, 1.0f, P, i1, V, row, 0.0f,
+      Sgemm(false, false, i1 - i0, hs, i1, 1.0f, Pb, T, V, row, 0.0f,
             O + static_cast<size_t>(i0) * out_row, out_row);
     }
   }
@@ -743,7 +722,9 @@ void CpuBackend::CachedAttentionForward(float* out, const float* qkv, int past,
   const int group = NH / NKV;
   // Scores of one block of new rows against every key they may see.
   const size_t per_thread = static_cast<size_t>(kAttentionBlock) * T;
-  float* const scratch_base = AttentionScratch(per_thread);
+  const size_t scratch = per_thread * omp_get_max_threads();
+  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
+  float* const scratch_base = attention_scratch_.data();
   SingleThreadedBlas blas;
   const bool parallel = double{1} * NH * n * T * hs >= kMinParallelMacs;
   // One query head per iteration; iterations write disjoint outputs.
@@ -778,17 +759,19 @@ void CpuBackend::CachedAttentionForward(float* out, const float* qkv, int past,
 }
 
 void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
-                                   const float* qkv, const float* lse,
+                                   const float* qkv, const float* probs,
                                    const SeqSpan* spans, int num_seqs, int NH,
                                    int NKV, int hs) {
   const int row = (NH + 2 * NKV) * hs;
   const int out_row = NH * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int group = NH / NKV;
-  // Two blocks per thread: the recomputed probabilities and dS.
-  const size_t block =
-      static_cast<size_t>(kAttentionBlock) * MaxLen(spans, num_seqs);
-  float* const scratch_base = AttentionScratch(2 * block);
+  int max_len = 0;
+  for (int s = 0; s < num_seqs; ++s) max_len = std::max(max_len, spans[s].len);
+  const size_t per_thread = static_cast<size_t>(kAttentionBlock) * max_len;
+  const size_t scratch = per_thread * omp_get_max_threads();
+  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
+  float* const scratch_base = attention_scratch_.data();
 
   SingleThreadedBlas blas;
   const bool parallel =
@@ -804,51 +787,37 @@ void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
     const float* V = qkv + first * row + (NH + NKV + kv) * hs;
     float* dK = dqkv + first * row + (NH + kv) * hs;
     float* dV = dqkv + first * row + (NH + NKV + kv) * hs;
-    float* P = scratch_base + 2 * block * omp_get_thread_num();
-    float* dS = P + block;
+    float* dS = scratch_base + per_thread * omp_get_thread_num();
     for (int h = kv * group; h < (kv + 1) * group; ++h) {
       const float* Q = qkv + first * row + h * hs;
       float* dQ = dqkv + first * row + h * hs;
       const float* dO = dout + first * out_row + h * hs;
-      const float* L = lse + first * NH + h;
+      const float* P = probs + cpu::AttentionProbsOffset(spans, s, NH) +
+                       static_cast<size_t>(h) * T * T;
       for (int i0 = 0; i0 < T; i0 += kAttentionBlock) {
         const int i1 = std::min(T, i0 + kAttentionBlock);
         const int rows = i1 - i0;
+        const float* Pb = P + static_cast<size_t>(i0) * T;
         const float* dOb = dO + static_cast<size_t>(i0) * out_row;
-        // The forward's probabilities of this block, recomputed from the
-        // scores and the saved logsumexp: P = exp(scale * Q_b K^T - lse), and
-        // dP = dO_b @ V[0:i1]^T into dS (rows x i1).
-        Sgemm(false, true, rows, i1, hs, scale,
-              Q + static_cast<size_t>(i0) * row, row, K, row, 0.0f, P, i1);
+        // dP = dO_b @ V[0:i1]^T, into dS (rows x i1).
         Sgemm(false, true, rows, i1, hs, 1.0f, dOb, out_row, V, row, 0.0f, dS,
               i1);
-        // Softmax backward: dS = P * (dP - rowsum(P * dP)) * scale, the row
-        // sum taken in the same pass as the exponentials. It equals
-        // FlashAttention-2's rowsum(dO * O) without needing O.
+        // dV[0:i1] += P_b^T @ dO_b.
+        Sgemm(true, false, i1, hs, rows, 1.0f, Pb, T, dOb, out_row, 1.0f, dV,
+              row);
+        // Softmax backward: dS = P * (dP - rowsum(P * dP)) * scale.
         for (int r = 0; r < rows; ++r) {
           const int i = i0 + r;
-          float* p = P + static_cast<size_t>(r) * i1;
+          const float* p = Pb + static_cast<size_t>(r) * T;
           float* ds = dS + static_cast<size_t>(r) * i1;
-          const __m256 row_lse = _mm256_set1_ps(L[static_cast<size_t>(i) * NH]);
-          __m256 acc = _mm256_setzero_ps();
-          for (int j = 0; j <= i; j += 8) {
-            const __m256i mask = FirstLanes(std::min(8, i + 1 - j));
-            const __m256 y = _mm256_and_ps(
-                Exp8(_mm256_sub_ps(_mm256_maskload_ps(p + j, mask), row_lse)),
-                _mm256_castsi256_ps(mask));
-            StoreLanes(p, j, i + 1, y);
-            acc = _mm256_fmadd_ps(y, _mm256_maskload_ps(ds + j, mask), acc);
-          }
-          const float p_dot_dp = HorizontalSum(acc);
+          float p_dot_dp = 0.0f;
+#pragma omp simd reduction(+ : p_dot_dp)
+          for (int j = 0; j <= i; ++j) p_dot_dp += p[j] * ds[j];
 #pragma omp simd
           for (int j = 0; j <= i; ++j)
             ds[j] = p[j] * (ds[j] - p_dot_dp) * scale;
-          std::fill(p + i + 1, p + i1, 0.0f);
           std::fill(ds + i + 1, ds + i1, 0.0f);
         }
-        // dV[0:i1] += P_b^T @ dO_b.
-        Sgemm(true, false, i1, hs, rows, 1.0f, P, i1, dOb, out_row, 1.0f, dV,
-              row);
         // dQ_b += dS @ K[0:i1]; dK[0:i1] += dS^T @ Q_b.
         Sgemm(false, false, rows, hs, i1, 1.0f, dS, i1, K, row, 1.0f,
               dQ + static_cast<size_t>(i0) * row, row);

@@ -16,16 +16,9 @@
 // A label outside [0, V) or a chunk < 1 in OutputForward/OutputBackward is a
 // caller bug: it aborts with a message.
 //
-// Attention saves only the row logsumexp for the backward: AttentionProbsSize
-// is N * NH floats, lse[n * NH + h] for row n and query head h (the CUDA
-// backend's layout). Both directions work on blocks of 64 query rows whose
-// probabilities live in a per-thread scratch of 64 x T floats, and the
-// backward recomputes them from q, k and the logsumexp, so attention memory
-// grows with T, not T^2 (docs/architecture.md).
-//
-// Not thread-safe: one caller at a time. Scratch memory (attention, SumSquares
-// partials) is allocated on first use and reused, growing only when a larger
-// shape arrives.
+// Not thread-safe: one caller at a time. Scratch memory (attention backward
+// and cached attention, SumSquares partials) is allocated on first use and
+// reused, growing only when a larger shape arrives.
 #ifndef PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 #define PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 
@@ -89,11 +82,11 @@ class CpuBackend : public Backend {
 
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                             int NH) const override;
-  void AttentionForward(float* out, float* lse, const float* qkv,
+  void AttentionForward(float* out, float* probs, const float* qkv,
                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
                         int hs) override;
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
-                         const float* lse, const SeqSpan* spans, int num_seqs,
+                         const float* probs, const SeqSpan* spans, int num_seqs,
                          int NH, int NKV, int hs) override;
   void CachedAttentionForward(float* out, const float* qkv, int past, int n,
                               int NH, int NKV, int hs) override;
@@ -118,11 +111,8 @@ class CpuBackend : public Backend {
              const AdamWParams& hp) override;
 
  private:
-  // attention_scratch_ holding per_thread floats for each OpenMP thread.
-  float* AttentionScratch(size_t per_thread);
-
-  // Per-thread probability blocks for AttentionForward, probability and dS
-  // blocks for AttentionBackward, score blocks for CachedAttentionForward.
+  // Per-thread dS blocks for AttentionBackward, score blocks for
+  // CachedAttentionForward.
   std::vector<float> attention_scratch_;
   // Per-block partial sums for SumSquares.
   std::vector<double> sum_partials_;

@@ -1,12 +1,8 @@
-// Prints the CPU's vector features and OpenBLAS sgemm throughput for
-// n = 512, 1024, 2048, then times CpuBackend's chunked output layer
-// (OutputForward + OutputBackward) for N = 256 rows, C = 768, V = 50257
-// (GPT-2), chunk = 64, and its attention (AttentionForward +
-// AttentionBackward) on one sequence of T = 512 .. 4096 rows in GPT-2 small's
-// shape (12 heads of 64), with the bytes the forward saves for the backward.
+// Prints OpenBLAS sgemm throughput for n = 512, 1024, 2048, then times
+// CpuBackend's chunked output layer (OutputForward + OutputBackward) for
+// N = 256 rows, C = 768, V = 50257 (GPT-2), chunk = 64.
 //
 //   bazel run //kernels/cpu:gemm_bench
-//   bazel run //kernels/cpu:gemm_bench -- attention   (the attention part only)
 #include <cblas.h>
 #include <omp.h>
 
@@ -15,7 +11,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -140,72 +135,10 @@ void OutputRowStatistics() {
               t_sq / logits * 1e9);
 }
 
-void Attention() {
-  const int NH = 12, NKV = 12, hs = 64;
-  const int row = (NH + 2 * NKV) * hs, out_row = NH * hs;
-  prefopt::kernels::CpuBackend cpu;
-  std::printf(
-      "attention NH=%d hs=%d, one sequence, %d threads (best of 10 up to "
-      "T=1024, of 3 above):\n",
-      NH, hs, omp_get_max_threads());
-  for (int T : {512, 1024, 2048, 4096}) {
-    // Many repetitions where they are cheap: on a shared machine the best of
-    // few is mostly the other jobs' noise.
-    const int reps = T <= 1024 ? 10 : 3;
-    const prefopt::kernels::SeqSpan span{0, T};
-    const std::vector<float> qkv =
-        Random(static_cast<size_t>(T) * row, 1.0f, 1);
-    const std::vector<float> dout =
-        Random(static_cast<size_t>(T) * out_row, 1.0f, 2);
-    std::vector<float> out(static_cast<size_t>(T) * out_row);
-    std::vector<float> dqkv(static_cast<size_t>(T) * row, 0.0f);
-    std::vector<float> saved(cpu.AttentionProbsSize(&span, 1, NH));
-    auto forward = [&] {
-      cpu.AttentionForward(out.data(), saved.data(), qkv.data(), &span, 1, NH,
-                           NKV, hs);
-    };
-    auto backward = [&] {
-      cpu.AttentionBackward(dqkv.data(), dout.data(), qkv.data(), saved.data(),
-                            &span, 1, NH, NKV, hs);
-    };
-    forward();  // warm-up: page faults of every buffer and of the scratch
-    backward();
-    double t_forward = 1e30, t_backward = 1e30;
-    for (int r = 0; r < reps; ++r) {
-      Clock::time_point start = Clock::now();
-      forward();
-      t_forward = std::min(t_forward, Seconds(start));
-      start = Clock::now();
-      backward();
-      t_backward = std::min(t_backward, Seconds(start));
-    }
-    std::printf(
-        "  T=%4d  forward %8.1f ms  backward %8.1f ms  total %8.1f ms  "
-        "saved %10zu bytes\n",
-        T, t_forward * 1e3, t_backward * 1e3, (t_forward + t_backward) * 1e3,
-        saved.size() * sizeof(float));
-  }
-}
-
-void PrintVectorFeatures() {
-  std::printf("CPU vector features:");
-  if (__builtin_cpu_supports("sse4.2")) std::printf(" sse4.2");
-  if (__builtin_cpu_supports("avx")) std::printf(" avx");
-  if (__builtin_cpu_supports("avx2")) std::printf(" avx2");
-  if (__builtin_cpu_supports("fma")) std::printf(" fma");
-  if (__builtin_cpu_supports("avx512f")) std::printf(" avx512f");
-  std::printf("\n");
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int, char** argv) {
   prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
-  PrintVectorFeatures();
-  if (argc > 1 && std::string(argv[1]) == "attention") {
-    Attention();
-    return 0;
-  }
   for (int n : {512, 1024, 2048}) {
     std::printf("sgemm n=%4d: %7.1f GFLOP/s (%d OpenBLAS threads)\n", n,
                 prefopt::kernels::cpu::MeasureSgemmGflops(n, 1.0),
@@ -213,6 +146,5 @@ int main(int argc, char** argv) {
   }
   OutputLayer();
   OutputRowStatistics();
-  Attention();
   return 0;
 }

@@ -16,7 +16,7 @@ namespace prefopt::kernels {
 
 namespace cpu {
 
-// The attention probabilities layout ReferenceBackend saves: for each sequence
+// The attention probabilities layout both CPU backends use: for each sequence
 // s in order, for each query head h, a full row-major len_s x len_s matrix
 // P[i][j] (zero above the diagonal, j > i).
 size_t AttentionProbsFloats(const SeqSpan* spans, int num_seqs, int NH);

@@ -13,7 +13,6 @@
 #include <string>
 #include <string_view>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -363,17 +362,9 @@ void Decoder::AllocateActivations() {
   const size_t ATT = static_cast<size_t>(spec_.n_head) * spec_.head_dim;
   const size_t QKV =
       static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
-  // What attention saves for its backward is the backend's own: probabilities
-  // (Σ_s NH·len_s²) or a row logsumexp (NH·N). Either is largest for
-  // sequences of max_seq_len filling max_rows (the last one shorter).
-  std::vector<kernels::SeqSpan> fullest;
-  for (int start = 0; start < capacity_.max_rows;
-       start += capacity_.max_seq_len) {
-    fullest.push_back(
-        {start, std::min(capacity_.max_seq_len, capacity_.max_rows - start)});
-  }
-  const size_t probs = backend_->AttentionProbsSize(
-      fullest.data(), static_cast<int>(fullest.size()), spec_.n_head);
+  // Σ_s NH·len_s² ≤ NH·max_seq_len·Σ_s len_s = NH·max_seq_len·max_rows.
+  const size_t probs = static_cast<size_t>(spec_.n_head) *
+                       capacity_.max_seq_len * capacity_.max_rows;
   auto alloc = [&](size_t n) {
     float* p = backend_->Alloc(n);
     owned_.push_back(p);
