@@ -315,14 +315,7 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
   const int mb = config.batch().micro_batch_size();
   model::Capacity cap;
   cap.max_seq_len = data::MaxSequenceLength(data->examples);
-  // Pairs give two sequences per example, and so does KTO's reference pass
-  // (completion and KL completion).
-  cap.max_seqs =
-      ((*objective)->example_kind() == data::ExampleKind::kPreference ||
-               (*objective)->has_prepass()
-           ? 2
-           : 1) *
-      mb;
+  cap.max_seqs = objectives::SequencesPerExample(**objective) * mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
   auto policy = LoadFrozen(policy_dir, *spec, &backend, cap, config);
   if (!policy.ok()) return policy.status();

@@ -354,13 +354,9 @@ absl::Status Trainer::Init() {
   }
   // ValidateTrainConfig bounds micro_batch_size * data.max_length; a config
   // built in code may not be validated.
-  // Pairs give two sequences per example, and so does KTO's reference pass
-  // (completion and KL completion).
+  // SparsePO (no coefficient-form objective) trains on pairs.
   const int sequences_per_example =
-      kind == data::ExampleKind::kPreference ||
-              (objective_ != nullptr && objective_->has_prepass())
-          ? 2
-          : 1;
+      objective_ != nullptr ? objectives::SequencesPerExample(*objective_) : 2;
   if (__builtin_mul_overflow(sequences_per_example, mb, &cap.max_seqs) ||
       __builtin_mul_overflow(cap.max_seqs, cap.max_seq_len, &cap.max_rows)) {
     return absl::InvalidArgumentError(absl::StrCat(

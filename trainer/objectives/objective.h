@@ -97,9 +97,8 @@ class Objective {
   // A second global-batch count, for a loss term that is a mean over tokens
   // while Denominator counts pairs: CPO's and ORPO's chosen-response NLL
   // (docs/objectives.md §8) and DPO's SFT term (§1) are means over the
-  // chosen responses' tokens. The
-  // loop hands it to Coefficients as MicroBatchView::token_denominator. 0
-  // (unused) by default.
+  // chosen responses' tokens. The loop hands it to Coefficients as
+  // MicroBatchView::token_denominator. 0 (unused) by default.
   virtual double TokenDenominator(
       const std::vector<data::Example>& /*examples*/,
       const std::vector<int>& /*batch*/) const {
@@ -141,6 +140,16 @@ class Objective {
                               const std::vector<data::Example>& /*examples*/,
                               MetricSums* /*sums*/) const {}
 };
+
+// How many sequences one example adds to a micro-batch at most, which sizes
+// the decoder: two for pairs, and two for a pre-pass objective (KTO scores
+// the completion and the KL completion), else one.
+inline int SequencesPerExample(const Objective& objective) {
+  return objective.example_kind() == data::ExampleKind::kPreference ||
+                 objective.has_prepass()
+             ? 2
+             : 1;
+}
 
 }  // namespace prefopt::objectives
 
