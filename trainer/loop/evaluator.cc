@@ -135,28 +135,14 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   // The objective's pre-pass (KTO's KL estimate) covers the whole set.
   objectives::MetricSums prepass;
   const bool has_prepass = objective_->has_prepass();
+  if (absl::Status s = ScorePrepass(
+          *objective_, data_.examples, local_, micro_batch_, &policy, &output,
+          [this](const std::vector<int>&) { return &references_; }, comm_,
+          &batch_, &prepass);
+      !s.ok()) {
+    return s;
+  }
   std::vector<int> micro;
-  for (size_t begin = 0; has_prepass && begin < local_.size();
-       begin += micro_batch_) {
-    const size_t n = std::min<size_t>(micro_batch_, local_.size() - begin);
-    micro.assign(local_.begin() + begin, local_.begin() + begin + n);
-    data::BuildBatch(data_.examples, micro.data(), static_cast<int>(n),
-                     /*include_context=*/true, &batch_, /*only_response=*/1);
-    const float* hidden = policy.Forward(batch_.packed);
-    const std::vector<objectives::SequenceScores> scores =
-        output.Forward(hidden, policy.output_embedding(),
-                       batch_.packed.tokens.data(), batch_.segments);
-    objectives::MicroBatchView view{&micro, &scores, &output.row_logp(),
-                                    &references_};
-    view.dataset = &data_.examples;
-    objective_->AddPrepass(view, &prepass);
-  }
-  if (has_prepass && comm_ != nullptr && comm_->world_size() > 1) {
-    std::vector<double> flat = prepass.Flattened();
-    const absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
-    if (!s.ok()) return s;
-    prepass.SetFlattened(flat);
-  }
   objectives::MetricSums sums, common;
   for (size_t begin = 0; begin < local_.size(); begin += micro_batch_) {
     const size_t n = std::min<size_t>(micro_batch_, local_.size() - begin);

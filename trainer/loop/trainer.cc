@@ -525,7 +525,9 @@ std::vector<int> Trainer::GlobalBatch(int step) {
 std::map<std::string, double> Trainer::ForwardBackward(
     const std::vector<int>& indices) {
   objectives::MetricSums prepass, sums;
-  LocalPrepass(indices, &prepass);
+  // One rank's share, as the sums below; without a communicator it cannot
+  // fail.
+  LocalPrepass(indices, /*comm=*/nullptr, &prepass).IgnoreError();
   const int64_t tokens =
       LocalForwardBackward(indices, Denominator(indices),
                            TokenDenominator(indices), &prepass, &sums);
@@ -535,32 +537,54 @@ std::map<std::string, double> Trainer::ForwardBackward(
   return m;
 }
 
-void Trainer::LocalPrepass(const std::vector<int>& local,
-                           objectives::MetricSums* prepass) {
-  if (objective_ == nullptr || !objective_->has_prepass()) return;
-  // Response 1 of every example, scored without a gradient (objective.h).
-  const int mb = config_.batch().micro_batch_size();
+absl::Status ScorePrepass(
+    const objectives::Objective& objective,
+    const std::vector<data::Example>& examples, const std::vector<int>& indices,
+    int micro_batch, model::Decoder* policy,
+    objectives::ChunkedOutputLayer* output,
+    const std::function<const objectives::ReferenceValues*(
+        const std::vector<int>& micro)>& reference,
+    comm::Communicator* comm, data::Batch* batch,
+    objectives::MetricSums* prepass) {
+  if (!objective.has_prepass()) return absl::OkStatus();
   std::vector<int> micro;
-  for (size_t begin = 0; begin < local.size(); begin += mb) {
-    const size_t n = std::min<size_t>(mb, local.size() - begin);
-    micro.assign(local.begin() + begin, local.begin() + begin + n);
-    data::BuildBatch(dataset_.examples, micro.data(), static_cast<int>(n),
-                     /*include_context=*/true, &batch_, /*only_response=*/1);
-    const objectives::ReferenceValues* reference = &references_;
-    if (live_reference_ != nullptr) {
-      reference = &live_reference_->Score(dataset_.examples, micro,
-                                          objective_->reference_sees_context(),
-                                          /*only_response=*/1);
-    }
-    const float* hidden = policy_->Forward(batch_.packed);
+  for (size_t begin = 0; begin < indices.size(); begin += micro_batch) {
+    const size_t n = std::min<size_t>(micro_batch, indices.size() - begin);
+    micro.assign(indices.begin() + begin, indices.begin() + begin + n);
+    data::BuildBatch(examples, micro.data(), static_cast<int>(n),
+                     /*include_context=*/true, batch, /*only_response=*/1);
+    const objectives::ReferenceValues* values = reference(micro);
+    const float* hidden = policy->Forward(batch->packed);
     const std::vector<objectives::SequenceScores> scores =
-        output_->Forward(hidden, policy_->output_embedding(),
-                         batch_.packed.tokens.data(), batch_.segments);
-    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                    reference};
-    view.dataset = &dataset_.examples;
-    objective_->AddPrepass(view, prepass);
+        output->Forward(hidden, policy->output_embedding(),
+                        batch->packed.tokens.data(), batch->segments);
+    objectives::MicroBatchView view{&micro, &scores, &output->row_logp(),
+                                    values};
+    view.dataset = &examples;
+    objective.AddPrepass(view, prepass);
   }
+  if (comm == nullptr || comm->world_size() <= 1) return absl::OkStatus();
+  std::vector<double> flat = prepass->Flattened();
+  absl::Status s = comm->AllReduceSum(flat.data(), flat.size());
+  if (s.ok()) prepass->SetFlattened(flat);
+  return s;
+}
+
+absl::Status Trainer::LocalPrepass(const std::vector<int>& local,
+                                   comm::Communicator* comm,
+                                   objectives::MetricSums* prepass) {
+  if (objective_ == nullptr) return absl::OkStatus();
+  return ScorePrepass(
+      *objective_, dataset_.examples, local, config_.batch().micro_batch_size(),
+      policy_.get(), output_.get(),
+      [this](
+          const std::vector<int>& micro) -> const objectives::ReferenceValues* {
+        if (live_reference_ == nullptr) return &references_;
+        return &live_reference_->Score(dataset_.examples, micro,
+                                       objective_->reference_sees_context(),
+                                       /*only_response=*/1);
+      },
+      comm, &batch_, prepass);
 }
 
 double Trainer::TokenDenominator(const std::vector<int>& batch) const {
@@ -675,12 +699,10 @@ absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   objectives::MetricSums prepass, sums;
   // The KL sequences of the pre-pass count in neither tokens nor num_tokens,
   // as TRL's num_tokens counts only the training batch.
-  LocalPrepass(local, &prepass);
-  if (world_ > 1 && objective_ != nullptr && objective_->has_prepass()) {
-    std::vector<double> flat = prepass.Flattened();
-    absl::Status s = comm_->AllReduceSum(flat.data(), flat.size());
-    if (!s.ok()) return s;
-    prepass.SetFlattened(flat);
+  if (absl::Status s =
+          LocalPrepass(local, world_ > 1 ? comm_ : nullptr, &prepass);
+      !s.ok()) {
+    return s;
   }
   double tokens = static_cast<double>(LocalForwardBackward(
       local, Denominator(global), TokenDenominator(global), &prepass, &sums));

@@ -6,6 +6,7 @@
 #define PREFOPT_TRAINER_LOOP_TRAINER_H_
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <map>
 #include <memory>
@@ -114,11 +115,11 @@ class Trainer {
   absl::Status Init();
   // Creates backend_ for config device/precision and logs which it is.
   absl::Status SelectDevice();
-  // The objective's pre-pass (Objective::has_prepass) over `local`, this
-  // rank's share of a global batch, into `prepass` (to be summed over the
-  // ranks); nothing without one.
-  void LocalPrepass(const std::vector<int>& local,
-                    objectives::MetricSums* prepass);
+  // ScorePrepass over `local`, this rank's share of a global batch, with the
+  // precomputed or live reference, summed over the ranks of `comm`.
+  absl::Status LocalPrepass(const std::vector<int>& local,
+                            comm::Communicator* comm,
+                            objectives::MetricSums* prepass);
   // Forward and backward over `local` (this rank's share of a global batch
   // whose loss denominators are `denominator` and `token_denominator`, and
   // whose pre-pass sums are `prepass`); adds metrics to `sums` and returns
@@ -239,6 +240,21 @@ absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
 // its own completions (docs/objectives.md §9); else 0, none.
 int KlChunk(const TrainConfig& config, const objectives::Objective* objective,
             int world_size);
+
+// The objective's pre-pass (Objective::has_prepass; nothing without one):
+// response 1 of every example of `indices`, `micro_batch` examples at a
+// time, scored by `policy` without a gradient, with `reference(micro)`
+// giving each micro-batch's reference values, into `prepass`, which is then
+// summed over the ranks of `comm` (none when null).
+absl::Status ScorePrepass(
+    const objectives::Objective& objective,
+    const std::vector<data::Example>& examples, const std::vector<int>& indices,
+    int micro_batch, model::Decoder* policy,
+    objectives::ChunkedOutputLayer* output,
+    const std::function<const objectives::ReferenceValues*(
+        const std::vector<int>& micro)>& reference,
+    comm::Communicator* comm, data::Batch* batch,
+    objectives::MetricSums* prepass);
 
 }  // namespace prefopt::loop
 
