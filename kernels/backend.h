@@ -18,9 +18,11 @@
 #ifndef PREFOPT_KERNELS_BACKEND_H_
 #define PREFOPT_KERNELS_BACKEND_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace prefopt::kernels {
 
@@ -30,6 +32,17 @@ struct SeqSpan {
   int len;    // number of rows (tokens)
 };
 
+// Sequences of max_seq_len rows filling max_rows (the last one shorter): of all
+// batches of at most max_rows rows in sequences of at most max_seq_len, the one
+// with the most attention pairs (sum of len^2).
+inline std::vector<SeqSpan> FullestBatch(int max_rows, int max_seq_len) {
+  std::vector<SeqSpan> spans;
+  for (int start = 0; start < max_rows; start += max_seq_len) {
+    spans.push_back({start, std::min(max_seq_len, max_rows - start)});
+  }
+  return spans;
+}
+
 // Hyper-parameters of one AdamW step over one tensor.
 struct AdamWParams {
   float lr;
@@ -38,6 +51,91 @@ struct AdamWParams {
   float eps;
   float weight_decay;  // decoupled: p -= lr * weight_decay * p
   int step;            // 1-based, for bias correction
+};
+
+// ---- objectives on the device (docs/objectives.md §7) ----
+// The objectives whose per-token coefficients the backend computes from pass
+// 1's per-row values: DPO's per-pair losses (docs/objectives.md §1; TRL's
+// names), a mean over response tokens (SFT, §5) and implicit-reward SFT's
+// sequence form (§3).
+enum class PairLoss : int32_t {
+  kSigmoid,  // with label_smoothing: cDPO
+  kSigmoidNorm,
+  kHinge,
+  kIpo,
+  kRobust,
+  kExoPair,
+  kDiscopop,
+  kNcaPair,
+  kBcoPair,
+  kSppoHard,
+  kApoZero,
+  kApoDown,
+};
+
+enum class ObjectiveKind : int32_t {
+  kPreference,  // sequences 2i, 2i+1 are pair i's chosen and rejected
+  kTokenMean,   // −Σ ℓ_t over the global batch's response tokens
+  // Implicit-reward SFT at sequence granularity (docs/objectives.md §3):
+  // −φ(β(L − L̃)) per sequence.
+  kImplicitSequence,
+};
+
+// Implicit-reward SFT's f-divergences (docs/objectives.md §3).
+enum class ImplicitDivergence : int32_t {
+  kTotalVariation,
+  kPearsonChi2,
+  kNeymanChi2,
+  kKl,
+  kSquaredHellinger,
+  kJensenShannon,
+};
+
+inline constexpr int kMaxPairLossTerms = 8;
+
+struct ObjectiveParams {
+  ObjectiveKind kind = ObjectiveKind::kPreference;
+  // kPreference: Σ_k weight[k]·loss[k] (MPO's mixture), reverse-KL scores.
+  int32_t num_terms = 0;
+  PairLoss loss[kMaxPairLossTerms] = {};
+  double weight[kMaxPairLossTerms] = {};
+  double beta = 0.1;
+  double label_smoothing = 0;
+  double discopop_tau = 0.05;
+  // DPO's SFT term: its weight, and the pairs per chosen token that turn its
+  // token mean into Loss's per-pair units (trainer/objectives/dpo.cc).
+  double sft_weight = 0;
+  double pairs_per_token = 0;
+  // kImplicitSequence: the divergence and its domain margin (β is `beta`).
+  ImplicitDivergence divergence = ImplicitDivergence::kTotalVariation;
+  double domain_margin = 1e-2;
+  // The global batch's denominator every coefficient is divided by.
+  double denominator = 1;
+};
+
+// The metric sums ObjectiveCoefficients adds to, one double each (their
+// counts are the caller's: pairs, tokens, tokens × V).
+enum ObjectiveMetric : int32_t {
+  kMetricLoss,
+  kMetricRewardsChosen,
+  kMetricRewardsRejected,
+  kMetricRewardsMargins,
+  kMetricRewardsAccuracies,
+  kMetricLogpsChosen,
+  kMetricLogpsRejected,
+  kMetricLogitsChosen,
+  kMetricLogitsRejected,
+  kMetricMeanTokenAccuracy,
+  kMetricRankingAccuracy,
+  kMetricRankingAccuracyLenNorm,
+  kMetricEntropy,
+  kMetricIsftWeight,
+  kMetricIsftReward,
+  kMetricIsftClamped,
+  kMetricLogpsPolicy,
+  kMetricLogpsReference,
+  kMetricSftLoss,
+  kObjectiveMetricCount,
 };
 
 class Backend {
@@ -116,23 +214,42 @@ class Backend {
   virtual void Add(float* out, const float* a, const float* b, size_t n) = 0;
   // y += alpha * x.
   virtual void Axpy(float* y, float alpha, const float* x, size_t n) = 0;
+  // out = a * b, elementwise (out may be a or b): LoRA's dropout masks.
+  virtual void Multiply(float* out, const float* a, const float* b,
+                        size_t n) = 0;
 
   // ---- attention ----
   // Causal multi-head attention with grouped KV heads (NKV divides NH; GPT-2
   // has NKV == NH). qkv[N, (NH + 2*NKV)*hs] holds, per row, the NH query heads,
   // then the NKV key heads, then the NKV value heads, each hs wide.
   // out[N, NH*hs]. Scale 1/sqrt(hs).
-  // probs: saved softmax probabilities for Backward, AttentionProbsSize()
-  // floats.
+  // probs: what Forward saves for Backward, AttentionProbsSize() floats in a
+  // layout of the backend's own: the softmax probabilities (ReferenceBackend,
+  // NH * len^2 per sequence), only the per-row logsumexp (CudaBackend: N * NH),
+  // from which Backward recomputes the probabilities, or either, chosen per
+  // batch (CpuBackend). Nothing but Backward may read it.
   virtual size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                     int NH) const = 0;
+  // The largest AttentionProbsSize of any batch of at most max_rows rows in
+  // sequences of at most max_seq_len: what a caller allocates once for every
+  // batch. By default that of FullestBatch, the largest for a size that grows
+  // with the sequences' lengths.
+  virtual size_t MaxAttentionProbsSize(int max_rows, int max_seq_len,
+                                       int NH) const {
+    const std::vector<SeqSpan> fullest = FullestBatch(max_rows, max_seq_len);
+    return AttentionProbsSize(fullest.data(), static_cast<int>(fullest.size()),
+                              NH);
+  }
   virtual void AttentionForward(float* out, float* probs, const float* qkv,
                                 const SeqSpan* spans, int num_seqs, int NH,
                                 int NKV, int hs) = 0;
+  // out: Forward's output, which Backward may read (CpuBackend's tiled path
+  // takes the softmax backward's row term rowsum(dP * P) as rowsum(dout *
+  // out)).
   virtual void AttentionBackward(float* dqkv, const float* dout,
-                                 const float* qkv, const float* probs,
-                                 const SeqSpan* spans, int num_seqs, int NH,
-                                 int NKV, int hs) = 0;
+                                 const float* qkv, const float* out,
+                                 const float* probs, const SeqSpan* spans,
+                                 int num_seqs, int NH, int NKV, int hs) = 0;
   // Incremental decoding (forward only): the attention of the last n rows of
   // ONE sequence whose earlier rows are a key/value cache, without
   // recomputing the cached rows. qkv[past + n, (NH + 2*NKV)*hs] is the
@@ -192,6 +309,22 @@ class Backend {
                               const float* wout, const int32_t* labels,
                               const float* lse, const float* coef, int N, int C,
                               int V, float* chunk_buf, int chunk) = 0;
+
+  // ---- objectives on the device (docs/objectives.md §7) ----
+  // From pass 1's per-row values of `num_seqs` sequences (OutputForward's
+  // logp, logit_sum, correct, entropy; sequence s is rows
+  // [spans[s].start, spans[s].start + spans[s].len) of them), sums each
+  // sequence's values, computes the objective's coefficients G_t into
+  // coef (every row of every span) and adds the metric sums
+  // (ObjectiveMetric order, kObjectiveMetricCount doubles) to `metrics`.
+  // spans and reference (L̃ of each sequence, read unless kTokenMean) are host
+  // arrays; every other pointer is backend memory.
+  virtual void ObjectiveCoefficients(float* coef, double* metrics,
+                                     const float* logp, const float* logit_sum,
+                                     const int32_t* correct,
+                                     const float* entropy, const SeqSpan* spans,
+                                     const double* reference, int num_seqs,
+                                     const ObjectiveParams& params) = 0;
 
   // ---- optimizer ----
   // Sum of squares of x[0..n), accumulated in double.

@@ -6,6 +6,8 @@
 //                    [--run_dir=DIR]
 //   prefopt export   --checkpoint=DIR --out=HF_DIR [--dtype=bf16|fp16|fp32]
 //                    [--max_shard_size=BYTES]
+//   prefopt export   --merge_lora --model=HF_DIR --adapter=PEFT_DIR
+//                    --out=HF_DIR [--dtype=...] [--max_shard_size=BYTES]
 //   prefopt generate --model=HF_DIR --prompt=TEXT|--prompt_ids=1,2,3|
 //                    --data=FILE.jsonl [--max_new_tokens=N]
 //                    [--temperature=T] [--top_p=P] [--seed=S]
@@ -36,6 +38,7 @@
 #include "absl/strings/str_split.h"
 #include "comm/create_communicator.h"
 #include "comm/failure.h"
+#include "comm/gpu_ranks.h"
 #include "comm/launch_env.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/omp_wait_policy.h"
@@ -50,6 +53,7 @@
 #include "trainer/loop/device_select.h"
 #include "trainer/loop/evaluator.h"
 #include "trainer/loop/trainer.h"
+#include "trainer/lora/merge_export.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/model/decoder.h"
 #include "trainer/model/generation.h"
@@ -68,6 +72,8 @@ constexpr char kUsage[] =
     "[--run_dir=DIR]\n"
     "  prefopt export --checkpoint=DIR --out=HF_DIR "
     "[--dtype=bf16|fp16|fp32] [--max_shard_size=BYTES]\n"
+    "  prefopt export --merge_lora --model=HF_DIR --adapter=PEFT_DIR "
+    "--out=HF_DIR [--dtype=...] [--max_shard_size=...]\n"
     "  prefopt generate --model=HF_DIR (--prompt=TEXT | --prompt_ids=1,2,3 | "
     "--data=FILE.jsonl)\n"
     "                   [--max_new_tokens=N] [--temperature=T] [--top_p=P] "
@@ -93,6 +99,10 @@ constexpr char kUsage[] =
     "checkpoint's own)\n"
     "  --max_shard_size  export: bytes per weight file, e.g. 2GB, 500MiB; "
     "default 5GB\n"
+    "  --merge_lora      export: fold the PEFT LoRA adapter --adapter "
+    "(adapter_config.json +\n"
+    "                    adapter_model.safetensors) into the base model "
+    "--model: W + s * B A (docs/lora.md)\n"
     "  --model           a Hugging Face model folder (config.json + "
     "model.safetensors); a checkpoint folder\n"
     "                    is one (--checkpoint=DIR is the same). eval: "
@@ -245,9 +255,41 @@ int Train(int argc, char** argv) {
 }
 
 int Export(int argc, char** argv) {
-  auto flags =
-      ParseFlags(argc, argv, {"checkpoint", "out", "dtype", "max_shard_size"});
-  if (flags.ok() && (!flags->Has("checkpoint") || !flags->Has("out"))) {
+  // --merge_lora is a switch: alone it means --merge_lora=true.
+  std::vector<std::string> args(argv, argv + argc);
+  for (std::string& arg : args) {
+    if (arg == "--merge_lora") arg = "--merge_lora=true";
+  }
+  std::vector<char*> arg_ptrs;
+  for (std::string& arg : args) arg_ptrs.push_back(arg.data());
+  auto flags = ParseFlags(argc, arg_ptrs.data(),
+                          {"checkpoint", "out", "dtype", "max_shard_size",
+                           "merge_lora", "model", "adapter"});
+  const std::string merge_lora = flags.ok() ? flags->Get("merge_lora") : "";
+  if (flags.ok() && !merge_lora.empty() && merge_lora != "true" &&
+      merge_lora != "false") {
+    flags = absl::InvalidArgumentError(
+        absl::StrCat("--merge_lora takes no value (or true/false), got \"",
+                     util::ClipText(merge_lora), "\""));
+  }
+  const bool merge = merge_lora == "true";
+  if (flags.ok() && merge && flags->Has("checkpoint")) {
+    flags = absl::InvalidArgumentError(
+        "--merge_lora merges a PEFT adapter folder into a Hugging Face "
+        "model: give --model=HF_DIR --adapter=PEFT_DIR, not --checkpoint");
+  }
+  if (flags.ok() && merge &&
+      (!flags->Has("model") || !flags->Has("adapter") || !flags->Has("out"))) {
+    flags = absl::InvalidArgumentError(
+        "--merge_lora needs --model=HF_DIR, --adapter=PEFT_DIR and "
+        "--out=HF_DIR");
+  }
+  if (flags.ok() && !merge && (flags->Has("model") || flags->Has("adapter"))) {
+    flags = absl::InvalidArgumentError(
+        "--model and --adapter go with --merge_lora");
+  }
+  if (flags.ok() && !merge &&
+      (!flags->Has("checkpoint") || !flags->Has("out"))) {
     flags = absl::InvalidArgumentError(
         "--checkpoint=DIR and --out=HF_DIR are required");
   }
@@ -271,6 +313,20 @@ int Export(int argc, char** argv) {
       std::cerr << "prefopt export: " << bad.message() << "\n";
       return 2;
     }
+  }
+  if (merge) {
+    const std::string model = flags->Get("model");
+    const std::string adapter = flags->Get("adapter");
+    absl::StatusOr<lora::MergedExport> merged =
+        lora::ExportMergedModel(model, adapter, out, *dtype, *shard_bytes);
+    if (!merged.ok()) {
+      std::cerr << "prefopt export: " << merged.status().message() << "\n";
+      return 1;
+    }
+    std::cout << "merged " << merged->modules << " LoRA modules of " << adapter
+              << " (scaling " << merged->scaling << ") into " << model
+              << "; wrote " << out << " as " << dtype_name << "\n";
+    return 0;
   }
   absl::StatusOr<checkpoint::CheckpointExport> exported =
       checkpoint::ExportCheckpoint(checkpoint_dir, out, *dtype, *shard_bytes);
@@ -695,8 +751,10 @@ std::string CurrentExceptionText() {
 int Main(int argc, char** argv) {
   kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
   // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
-  // --config=cudasim build).
+  // --config=cudasim build), and GPU ranks the GPU communicator (NCCL; staged
+  // over MPI on the simulation).
   kernels::RegisterCudaBackend();
+  comm::RegisterGpuCommunicators();
   if (argc < 2 || std::string_view(argv[1]) == "--help" ||
       std::string_view(argv[1]) == "help") {
     std::cout << kUsage;

@@ -250,6 +250,22 @@ expect_export "bad shard size" 2 '--max_shard_size: expected a positive number' 
   --checkpoint="$tmp/straight" --out="$tmp/hf_x" --max_shard_size=lots
 expect_export "--out required" 2 "--checkpoint=DIR and --out=HF_DIR are required" \
   --checkpoint="$tmp/straight"
+lora="$PWD/tests/fixtures/lora"
+base="$PWD/tests/fixtures/gpt2/policy"
+expect_export "--merge_lora" 0 \
+  "merged 8 LoRA modules of $lora/gpt2/adapter_start (scaling 2) into $base; wrote $tmp/merged as bf16" \
+  --merge_lora --model="$base" --adapter="$lora/gpt2/adapter_start" --out="$tmp/merged" --dtype=bf16
+for file in config.json generation_config.json model.safetensors; do
+  [[ -s "$tmp/merged/$file" ]] || fail "export --merge_lora: no $file"
+done
+expect_export "--merge_lora with --checkpoint" 2 "not --checkpoint" \
+  --merge_lora --checkpoint="$tmp/straight" --out="$tmp/hf_x"
+expect_export "--merge_lora without --adapter" 2 "--merge_lora needs --model=HF_DIR, --adapter" \
+  --merge_lora --model="$base" --out="$tmp/hf_x"
+expect_export "--adapter without --merge_lora" 2 "--model and --adapter go with --merge_lora" \
+  --checkpoint="$tmp/straight" --adapter="$lora/gpt2/adapter_start" --out="$tmp/hf_x"
+expect_export "--merge_lora, adapter of another model" 1 'matches no linear layer of the model' \
+  --merge_lora --model="$base" --adapter="$lora/qwen2/adapter_start" --out="$tmp/hf_x"
 [[ -e "$tmp/hf_x" ]] && fail "export: a failed export left $tmp/hf_x"
 
 if [[ $failures -ne 0 ]]; then

@@ -9,7 +9,8 @@
 # mixes its own copy of the reference with the gathered policy (a rank that
 # mixed with its ZeRO-1 shard only, or skipped the sync, would score against
 # another reference), and for KTO, whose KL estimate sums the ranks'
-# pre-passes (docs/objectives.md §9).
+# pre-passes (docs/objectives.md §9), and for LoRA, whose trainable buffer
+# is the adapters alone.
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -52,8 +53,11 @@ run_case() {
   local name="$1" objective="$2" model_fields="${3:-}"
   local data="${4:-pairs.jsonl}" shuffle="${5:-true}"
   local policy="${6:-policy}" reference="${7:-reference}"
+  # REFERENCE "-": none (LoRA's reference is the model with its adapters off).
+  local reference_field=""
+  [[ $reference != "-" ]] && reference_field="reference_hf_path: \"$fixtures/$reference\""
   cat >"$tmp/$name.textproto" <<CONF
-model { hf_path: "$fixtures/$policy" reference_hf_path: "$fixtures/$reference" $model_fields }
+model { hf_path: "$fixtures/$policy" $reference_field $model_fields }
 data { train_files: "$fixtures/$data" max_length: 64 shuffle: $shuffle }
 objective { $objective }
 optimizer { lr: 1e-3 weight_decay: 0.01 max_grad_norm: 1.0 }
@@ -104,6 +108,11 @@ run_case sparsepo \
   "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }"
 run_case tr_dpo "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 2 }" \
   "live_reference: true"
+# LoRA (docs/lora.md): only the adapters are all-reduced, sharded and stepped;
+# dropout 0, whose masks would depend on how the batch is split.
+run_case lora "dpo { beta: 0.1 }" \
+  "lora { r: 4 alpha: 8 target_modules: 'all-linear' }" pairs.jsonl true \
+  policy -
 # The models swapped, so that the KL estimate is above 0 (not clamped).
 run_case kto "kto { beta: 0.5 desirable_weight: 1.33 }" "" unpaired.jsonl false \
   reference policy

@@ -1,7 +1,8 @@
 // The training loop on the GPU backend, here the CUDA CPU simulation
 // (kernels/cuda/sim): every objective trains a tiny model for 3 steps with
 // `device: GPU precision: FP32`, and its metrics and final weights match the
-// same run with `device: CPU`. Prints "CUDA backend (CPU simulation)".
+// same run with `device: CPU` (also with LoRA adapters). Prints "CUDA backend
+// (CPU simulation)".
 // //tests:gpu_training_test is the same test on a real GPU (tag gpu; it
 // skips, saying why, where there is none).
 #include <cmath>
@@ -15,6 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_backend.h"
+#if defined(PREFOPT_CUDASIM_COUNTS)
+#include "kernels/cuda/sim/runtime.h"
+#endif
 #include "kernels/select/backend_select.h"
 #include "tests/fixture_util.h"
 #include "trainer/config/config_loader.h"
@@ -167,6 +171,54 @@ TEST_P(GpuTrains, MatchesTheCpu) {
   EXPECT_LE(max_err, kWeightTol) << "final weights";
 }
 
+#if defined(PREFOPT_CUDASIM_COUNTS)
+// The objective's coefficients and metrics stay on the device
+// (docs/objectives.md §7): in steps 2 and 3 of a DPO, SFT or implicit-reward
+// SFT run (2 micro-batches a step) the simulated runtime sees 2 copies to the
+// host per step, the metric sums and the gradient norm (the host path of the
+// objectives copies 4 arrays of per-row values down per micro-batch: 9 and 7
+// copies per step), and no cudaMalloc at all.
+TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
+  constexpr int64_t kMaxDeviceToHostPerStep = 2;
+  for (const Case& c :
+       {Case{"traffic_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"traffic_sft", "sft {}", "demos.jsonl"},
+        Case{"traffic_isft", "implicit_sft { divergence: KL beta: 0.5 }",
+             "demos.jsonl"}}) {
+    const std::string text = absl::StrCat(
+        "model { ", c.model, " }\n", "data { train_files: '",
+        testing::WorkspacePath("tests/fixtures/"), c.data,
+        "' max_length: 32 }\n", "objective { ", c.objective, " }\n",
+        "optimizer { lr: ", kLr, " }\n",
+        "batch { micro_batch_size: 4 global_batch_size: 8 }\n",
+        "max_steps: 3\nseed: 3\nrun_dir: '", std::getenv("TEST_TMPDIR"), "/",
+        c.name, "'\ndevice: GPU\nprecision: FP32\n");
+    auto config = config::LoadTrainConfig(
+        testing::WriteTempFile(absl::StrCat(c.name, ".textproto"), text), {});
+    ASSERT_TRUE(config.ok()) << config.status();
+    std::ostringstream log;
+    auto trainer = loop::Trainer::Create(*config, log);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    ASSERT_TRUE((*trainer)->Step().ok());
+    const cudasim::CallCounts before = cudasim::Counts();
+    ASSERT_TRUE((*trainer)->Step().ok());
+    ASSERT_TRUE((*trainer)->Step().ok());
+    const cudasim::CallCounts after = cudasim::Counts();
+    const int64_t down =
+        after.device_to_host_copies - before.device_to_host_copies;
+    const int64_t up =
+        after.host_to_device_copies - before.host_to_device_copies;
+    std::cout << c.name << ": per step " << down / 2.0
+              << " device-to-host copies, " << up / 2.0
+              << " host-to-device copies; "
+              << after.device_allocations - before.device_allocations
+              << " cudaMalloc calls in steps 2-3\n";
+    EXPECT_LE(down, 2 * kMaxDeviceToHostPerStep) << c.name;
+    EXPECT_EQ(after.device_allocations, before.device_allocations) << c.name;
+  }
+}
+#endif
+
 // bf16 GEMMs and attention (fp32 accumulation, master weights and moments)
 // against the fp32 CPU run: the losses of 3 steps agree to the bf16 bound of
 // the backend's op tests (2e-2 relative), and stay finite.
@@ -223,6 +275,43 @@ TEST_F(SimulatedGpu, RecomputationIsBitwiseTheStoredPath) {
                             stored.weights.size() * sizeof(float)),
                 0)
           << precision << " " << stored_case.name << ": final weights differ";
+    }
+  }
+}
+
+// The same run twice on the GPU gives bitwise-identical metrics and final
+// weights, in fp32 and bf16, for GPT-2 and Llama (cuda_backend.h: no
+// floating-point atomics, fixed reduction orders, GEMM algorithms chosen once
+// per shape). On a GPU this is the end-to-end determinism check of
+// tests/gpu/run_gpu_checks.sh.
+TEST_F(SimulatedGpu, RunsAreBitwiseRepeatable) {
+  for (const char* precision : {"FP32", "BF16"}) {
+    for (const Case& first :
+         {Case{"repeat_a_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+          Case{"repeat_a_llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+               kLlama}}) {
+      Case second = first;
+      second.name =
+          first.model == kLlama ? "repeat_b_llama_dpo" : "repeat_b_dpo";
+      const TrainResult a = Train(first, "GPU", precision);
+      const TrainResult b = Train(second, "GPU", precision);
+      ASSERT_EQ(a.metrics.size(), static_cast<size_t>(kSteps));
+      ASSERT_EQ(b.metrics.size(), a.metrics.size());
+      for (int s = 0; s < kSteps; ++s) {
+        for (const auto& [key, want] : a.metrics[s]) {
+          if (key.find("per_second") != std::string::npos) continue;
+          const double got = b.metrics[s].at(key);
+          EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0)
+              << precision << " " << first.name << " step " << s << " " << key
+              << ": " << want << " vs " << got;
+        }
+      }
+      ASSERT_FALSE(a.weights.empty());
+      ASSERT_EQ(b.weights.size(), a.weights.size());
+      EXPECT_EQ(std::memcmp(a.weights.data(), b.weights.data(),
+                            a.weights.size() * sizeof(float)),
+                0)
+          << precision << " " << first.name << ": final weights differ";
     }
   }
 }
@@ -369,6 +458,21 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"prior", "prior { alpha: 1 }", "demos.jsonl"},
         Case{"isft_kl", "implicit_sft { divergence: KL beta: 0.5 }",
              "demos.jsonl"},
+        Case{"isft_js_token",
+             "implicit_sft { divergence: JENSEN_SHANNON beta: 0.5 "
+             "granularity: TOKEN }",
+             "demos.jsonl"},
+        // MPO: a mixture with the SFT term, on the device path; cDPO.
+        Case{"mpo",
+             "dpo { beta: 0.1 loss_type: [SIGMOID, BCO_PAIR, SFT] "
+             "loss_weights: [0.8, 0.2, 1.0] }",
+             "gpt2/pairs.jsonl"},
+        Case{"cdpo_hinge",
+             "dpo { beta: 0.1 label_smoothing: 0.1 loss_type: [SIGMOID, "
+             "HINGE] }",
+             "gpt2/pairs.jsonl"},
+        // AOT sorts across the micro-batch: the host path on the GPU.
+        Case{"aot", "dpo { beta: 0.1 loss_type: AOT }", "gpt2/pairs.jsonl"},
         Case{"llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama},
         Case{"llama_sft", "sft {}", "demos.jsonl", kLlama},
         Case{"sparsepo_learned", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl"},
@@ -410,6 +514,31 @@ INSTANTIATE_TEST_SUITE_P(
              "gpt2/pairs.jsonl"},
         Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"llama_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama}),
+    [](const ::testing::TestParamInfo<Case>& info) {
+      return std::string(info.param.name);
+    });
+
+// LoRA (docs/lora.md): the adapters on the device, every projection kind
+// (fused q|k|v and gate|up parts on Llama), dropout masks drawn on the host
+// alike, the reference (adapters off) precomputed or live; the compared
+// weights are the adapters.
+constexpr char kGpt2Lora[] =
+    "architecture: GPT2 vocab_size: 101 n_positions: 32 n_embd: 32 "
+    "n_layer: 2 n_head: 4 lora { r: 4 alpha: 8 dropout: 0.1 "
+    "target_modules: 'all-linear' }";
+constexpr char kLlamaLora[] =
+    "architecture: LLAMA vocab_size: 101 n_positions: 32 n_embd: 32 "
+    "n_layer: 2 n_head: 4 n_kv_head: 2 intermediate_size: 64 "
+    "lora { r: 4 alpha: 8 use_rslora: true target_modules: 'all-linear' }";
+
+INSTANTIATE_TEST_SUITE_P(
+    Lora, GpuTrains,
+    ::testing::Values(
+        Case{"lora_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl", kGpt2Lora},
+        Case{"lora_llama_dpo_live_reference", "dpo { beta: 0.1 }",
+             "gpt2/pairs.jsonl", kLlamaLora, "model.live_reference=true"},
+        Case{"lora_llama_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",
+             kLlamaLora}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <vector>
 
 #include "kernels/cpu/parallel_gemm.h"
 #include "kernels/cpu/reference.h"
@@ -34,6 +35,10 @@ constexpr double kMinParallelMacs = 1 << 20;
 // Attention works on blocks of this many query rows, so that the GEMMs of a
 // block only touch the keys its causal mask lets through.
 constexpr int kAttentionBlock = 64;
+// The tiled backward's tiles: this many keys by this many query rows (P and
+// dS of a tile, 64 KiB each, stay in a core's L2).
+constexpr int kTiledKeys = 64;
+constexpr int kTiledQueries = 256;
 // Column tile of the reductions over rows (LayerNorm dweight/dbias, Matmul
 // dbias, embedding backward): each tile is summed by one thread in row order.
 constexpr int kColumnTile = 64;
@@ -87,6 +92,12 @@ double AttentionMacs(const SeqSpan* spans, int num_seqs, int NH, int hs) {
     macs += double{1} * NH * spans[s].len * spans[s].len * hs;
   }
   return macs;
+}
+
+int MaxLen(const SeqSpan* spans, int num_seqs) {
+  int max_len = 0;
+  for (int s = 0; s < num_seqs; ++s) max_len = std::max(max_len, spans[s].len);
+  return max_len;
 }
 
 // ---- row primitives of the softmax-like loops ----
@@ -661,14 +672,128 @@ void CpuBackend::Axpy(float* y, float alpha, const float* x, size_t n) {
   });
 }
 
+void CpuBackend::Multiply(float* out, const float* a, const float* b,
+                          size_t n) {
+  ParallelSlices(n, [&](size_t begin, size_t end) {
+#pragma omp simd
+    for (size_t i = begin; i < end; ++i) out[i] = a[i] * b[i];
+  });
+}
+
+bool CpuBackend::StoresAttentionProbs(const SeqSpan* spans, int num_seqs,
+                                      int NH) const {
+  return cpu::AttentionProbsFloats(spans, num_seqs, NH) <=
+         stored_attention_limit_;
+}
+
 size_t CpuBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                       int NH) const {
-  return cpu::AttentionProbsFloats(spans, num_seqs, NH);
+  if (StoresAttentionProbs(spans, num_seqs, NH)) {
+    return cpu::AttentionProbsFloats(spans, num_seqs, NH);
+  }
+  size_t rows = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    rows = std::max(rows, static_cast<size_t>(spans[s].start) + spans[s].len);
+  }
+  return rows * NH;
+}
+
+size_t CpuBackend::MaxAttentionProbsSize(int max_rows, int max_seq_len,
+                                         int NH) const {
+  // A stored batch has at most the limit and at most the fullest batch's
+  // probabilities; a tiled one its row logsumexp.
+  const std::vector<SeqSpan> fullest = FullestBatch(max_rows, max_seq_len);
+  const size_t stored =
+      std::min(stored_attention_limit_,
+               cpu::AttentionProbsFloats(fullest.data(),
+                                         static_cast<int>(fullest.size()), NH));
+  return std::max(stored, static_cast<size_t>(std::max(max_rows, 0)) * NH);
 }
 
 void CpuBackend::AttentionForward(float* out, float* probs, const float* qkv,
                                   const SeqSpan* spans, int num_seqs, int NH,
                                   int NKV, int hs) {
+  if (StoresAttentionProbs(spans, num_seqs, NH)) {
+    StoredAttentionForward(out, probs, qkv, spans, num_seqs, NH, NKV, hs);
+  } else {
+    TiledAttentionForward(out, probs, qkv, spans, num_seqs, NH, NKV, hs);
+  }
+}
+
+void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
+                                   const float* qkv, const float* out,
+                                   const float* probs, const SeqSpan* spans,
+                                   int num_seqs, int NH, int NKV, int hs) {
+  if (StoresAttentionProbs(spans, num_seqs, NH)) {
+    StoredAttentionBackward(dqkv, dout, qkv, probs, spans, num_seqs, NH, NKV,
+                            hs);
+  } else {
+    TiledAttentionBackward(dqkv, dout, qkv, out, probs, spans, num_seqs, NH,
+                           NKV, hs);
+  }
+}
+
+float* CpuBackend::AttentionScratch(size_t per_thread) {
+  const size_t scratch = per_thread * omp_get_max_threads();
+  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
+  return attention_scratch_.data();
+}
+
+void CpuBackend::TiledAttentionForward(float* out, float* lse, const float* qkv,
+                                       const SeqSpan* spans, int num_seqs,
+                                       int NH, int NKV, int hs) {
+  const int row = (NH + 2 * NKV) * hs;
+  const int out_row = NH * hs;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const int group = NH / NKV;
+  const size_t per_thread =
+      static_cast<size_t>(kAttentionBlock) * MaxLen(spans, num_seqs);
+  float* const scratch_base = AttentionScratch(per_thread);
+  SingleThreadedBlas blas;
+  const bool parallel =
+      AttentionMacs(spans, num_seqs, NH, hs) >= kMinParallelMacs;
+  // One (sequence, query head) per iteration. Iterations write disjoint
+  // outputs, so the dynamic schedule (sequences differ in length) cannot change
+  // any result.
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int unit = 0; unit < num_seqs * NH; ++unit) {
+    const int s = unit / NH, h = unit % NH, kv = h / group;
+    const int T = spans[s].len;
+    const float* base = qkv + static_cast<size_t>(spans[s].start) * row;
+    const float* Q = base + h * hs;
+    const float* K = base + (NH + kv) * hs;
+    const float* V = base + (NH + NKV + kv) * hs;
+    float* O = out + static_cast<size_t>(spans[s].start) * out_row + h * hs;
+    float* L = lse + static_cast<size_t>(spans[s].start) * NH + h;
+    // The probabilities of one block of query rows live only here, so the
+    // memory of an attention grows with T, not T^2.
+    float* P = scratch_base + per_thread * omp_get_thread_num();
+    for (int i0 = 0; i0 < T; i0 += kAttentionBlock) {
+      const int i1 = std::min(T, i0 + kAttentionBlock);
+      // Scores of rows [i0, i1) against keys [0, i1).
+      Sgemm(false, true, i1 - i0, i1, hs, scale,
+            Q + static_cast<size_t>(i0) * row, row, K, row, 0.0f, P, i1);
+      for (int i = i0; i < i1; ++i) {
+        float* p = P + static_cast<size_t>(i - i0) * i1;
+        const float max_score = RowMax(p, i + 1);
+        const float sum = static_cast<float>(
+            ExpShifted(p, i + 1, max_score,
+                       [&](int j, __m256 y) { StoreLanes(p, j, i + 1, y); }));
+        L[static_cast<size_t>(i) * NH] = max_score + std::log(sum);
+        const float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j <= i; ++j) p[j] *= inv;
+        std::fill(p + i + 1, p + i1, 0.0f);
+      }
+      Sgemm(false, false, i1 - i0, hs, i1, 1.0f, P, i1, V, row, 0.0f,
+            O + static_cast<size_t>(i0) * out_row, out_row);
+    }
+  }
+}
+
+void CpuBackend::StoredAttentionForward(float* out, float* probs,
+                                        const float* qkv, const SeqSpan* spans,
+                                        int num_seqs, int NH, int NKV, int hs) {
   const int row = (NH + 2 * NKV) * hs;
   const int out_row = NH * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
@@ -722,9 +847,7 @@ void CpuBackend::CachedAttentionForward(float* out, const float* qkv, int past,
   const int group = NH / NKV;
   // Scores of one block of new rows against every key they may see.
   const size_t per_thread = static_cast<size_t>(kAttentionBlock) * T;
-  const size_t scratch = per_thread * omp_get_max_threads();
-  if (attention_scratch_.size() < scratch) attention_scratch_.resize(scratch);
-  float* const scratch_base = attention_scratch_.data();
+  float* const scratch_base = AttentionScratch(per_thread);
   SingleThreadedBlas blas;
   const bool parallel = double{1} * NH * n * T * hs >= kMinParallelMacs;
   // One query head per iteration; iterations write disjoint outputs.
@@ -758,10 +881,115 @@ void CpuBackend::CachedAttentionForward(float* out, const float* qkv, int past,
   }
 }
 
-void CpuBackend::AttentionBackward(float* dqkv, const float* dout,
-                                   const float* qkv, const float* probs,
-                                   const SeqSpan* spans, int num_seqs, int NH,
-                                   int NKV, int hs) {
+void CpuBackend::TiledAttentionBackward(float* dqkv, const float* dout,
+                                        const float* qkv, const float* out,
+                                        const float* lse, const SeqSpan* spans,
+                                        int num_seqs, int NH, int NKV, int hs) {
+  const int row = (NH + 2 * NKV) * hs;
+  const int out_row = NH * hs;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const int group = NH / NKV;
+  // Per thread: the recomputed probabilities and dS of one tile, and the row
+  // terms of one sequence.
+  const size_t tile = static_cast<size_t>(kTiledQueries) * kTiledKeys;
+  const size_t per_thread = 2 * tile + MaxLen(spans, num_seqs);
+  float* const scratch_base = AttentionScratch(per_thread);
+
+  SingleThreadedBlas blas;
+  const bool parallel =
+      AttentionMacs(spans, num_seqs, NH, hs) >= kMinParallelMacs;
+  // One (sequence, KV head) per iteration: the query heads sharing a KV head
+  // all add into its dK and dV, so they run in order inside one iteration.
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int unit = 0; unit < num_seqs * NKV; ++unit) {
+    const int s = unit / NKV, kv = unit % NKV;
+    const int T = spans[s].len;
+    const size_t first = spans[s].start;
+    const float* K = qkv + first * row + (NH + kv) * hs;
+    const float* V = qkv + first * row + (NH + NKV + kv) * hs;
+    float* dK = dqkv + first * row + (NH + kv) * hs;
+    float* dV = dqkv + first * row + (NH + NKV + kv) * hs;
+    float* P = scratch_base + per_thread * omp_get_thread_num();
+    float* dS = P + tile;
+    float* D = dS + tile;
+    for (int h = kv * group; h < (kv + 1) * group; ++h) {
+      const float* Q = qkv + first * row + h * hs;
+      float* dQ = dqkv + first * row + h * hs;
+      const float* dO = dout + first * out_row + h * hs;
+      const float* O = out + first * out_row + h * hs;
+      const float* L = lse + first * NH + h;
+      // The softmax backward's row term rowsum(P * dP) = rowsum(dO * O)
+      // (FlashAttention-2), so that no tile needs the rest of its row.
+      for (int i = 0; i < T; ++i) {
+        const float* o = O + static_cast<size_t>(i) * out_row;
+        const float* d_o = dO + static_cast<size_t>(i) * out_row;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < hs; ++d) dot += o[d] * d_o[d];
+        D[i] = dot;
+      }
+      // Key blocks [j0, j1) outside, the query rows that see them inside: a
+      // tile's P and dS stay in cache from their GEMMs to the three that
+      // consume them, and dK, dV of the key block take long updates.
+      for (int j0 = 0; j0 < T; j0 += kTiledKeys) {
+        const int j1 = std::min(T, j0 + kTiledKeys);
+        const int keys = j1 - j0;
+        const float* Kj = K + static_cast<size_t>(j0) * row;
+        const float* Vj = V + static_cast<size_t>(j0) * row;
+        for (int c0 = j0; c0 < T; c0 += kTiledQueries) {
+          const int c1 = std::min(T, c0 + kTiledQueries);
+          const int rows = c1 - c0;
+          const float* Qc = Q + static_cast<size_t>(c0) * row;
+          const float* dOc = dO + static_cast<size_t>(c0) * out_row;
+          // The forward's probabilities, recomputed from the scores and the
+          // saved logsumexp: P = exp(scale * Q_c K_j^T - lse); dP = dO_c V_j^T
+          // into dS.
+          Sgemm(false, true, rows, keys, hs, scale, Qc, row, Kj, row, 0.0f, P,
+                keys);
+          Sgemm(false, true, rows, keys, hs, 1.0f, dOc, out_row, Vj, row, 0.0f,
+                dS, keys);
+          // dS = P * (dP - D) * scale; row i sees keys j <= i only.
+          for (int r = 0; r < rows; ++r) {
+            const int i = c0 + r;
+            const int seen = std::min(keys, i - j0 + 1);
+            float* p = P + static_cast<size_t>(r) * keys;
+            float* ds = dS + static_cast<size_t>(r) * keys;
+            const __m256 row_lse =
+                _mm256_set1_ps(L[static_cast<size_t>(i) * NH]);
+            const __m256 row_d = _mm256_set1_ps(D[i]);
+            const __m256 scale8 = _mm256_set1_ps(scale);
+            for (int j = 0; j < keys; j += 8) {
+              const __m256i in = FirstLanes(std::min(8, keys - j));
+              const __m256 visible = _mm256_castsi256_ps(
+                  FirstLanes(std::max(0, std::min(8, seen - j))));
+              const __m256 y = _mm256_and_ps(
+                  Exp8(_mm256_sub_ps(_mm256_maskload_ps(p + j, in), row_lse)),
+                  visible);
+              const __m256 g = _mm256_mul_ps(
+                  _mm256_mul_ps(
+                      y, _mm256_sub_ps(_mm256_maskload_ps(ds + j, in), row_d)),
+                  scale8);
+              _mm256_maskstore_ps(p + j, in, y);
+              _mm256_maskstore_ps(ds + j, in, g);
+            }
+          }
+          // dV_j += P^T dO_c; dK_j += dS^T Q_c; dQ_c += dS K_j.
+          Sgemm(true, false, keys, hs, rows, 1.0f, P, keys, dOc, out_row, 1.0f,
+                dV + static_cast<size_t>(j0) * row, row);
+          Sgemm(true, false, keys, hs, rows, 1.0f, dS, keys, Qc, row, 1.0f,
+                dK + static_cast<size_t>(j0) * row, row);
+          Sgemm(false, false, rows, hs, keys, 1.0f, dS, keys, Kj, row, 1.0f,
+                dQ + static_cast<size_t>(c0) * row, row);
+        }
+      }
+    }
+  }
+}
+
+void CpuBackend::StoredAttentionBackward(float* dqkv, const float* dout,
+                                         const float* qkv, const float* probs,
+                                         const SeqSpan* spans, int num_seqs,
+                                         int NH, int NKV, int hs) {
   const int row = (NH + 2 * NKV) * hs;
   const int out_row = NH * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));

@@ -16,9 +16,23 @@
 // A label outside [0, V) or a chunk < 1 in OutputForward/OutputBackward is a
 // caller bug: it aborts with a message.
 //
-// Not thread-safe: one caller at a time. Scratch memory (attention backward
-// and cached attention, SumSquares partials) is allocated on first use and
-// reused, growing only when a larger shape arrives.
+// Attention has two paths, chosen per batch by the bytes the probabilities
+// would take (docs/architecture.md, "Attention memory"):
+//  - stored: while NH * sum_s len_s^2 floats fit in stored_attention_limit(),
+//    Forward saves the softmax probabilities (ReferenceBackend's layout) and
+//    Backward reads them;
+//  - tiled: above it, Forward saves only the row logsumexp, N * NH floats,
+//    lse[n * NH + h] for row n and query head h (the CUDA backend's layout),
+//    and Backward recomputes the probabilities tile by tile (64 keys by 256
+//    query rows) from q, k and the logsumexp, with the softmax backward's row
+//    term rowsum(dout * out) from the forward's output, so attention memory
+//    grows with T, not T^2.
+// Both forwards work on blocks of 64 query rows; the two paths agree within
+// fp32 rounding.
+//
+// Not thread-safe: one caller at a time. Scratch memory (attention, SumSquares
+// partials) is allocated on first use and reused, growing only when a larger
+// shape arrives.
 #ifndef PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 #define PREFOPT_KERNELS_CPU_CPU_BACKEND_H_
 
@@ -28,6 +42,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/objective_math.h"
 
 namespace prefopt::kernels {
 
@@ -79,15 +94,19 @@ class CpuBackend : public Backend {
                       int N, int FF) override;
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
+  void Multiply(float* out, const float* a, const float* b, size_t n) override;
 
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                             int NH) const override;
+  size_t MaxAttentionProbsSize(int max_rows, int max_seq_len,
+                               int NH) const override;
   void AttentionForward(float* out, float* probs, const float* qkv,
                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
                         int hs) override;
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
-                         const float* probs, const SeqSpan* spans, int num_seqs,
-                         int NH, int NKV, int hs) override;
+                         const float* out, const float* probs,
+                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
+                         int hs) override;
   void CachedAttentionForward(float* out, const float* qkv, int past, int n,
                               int NH, int NKV, int hs) override;
 
@@ -105,14 +124,59 @@ class CpuBackend : public Backend {
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
 
+  // objective_math::HostObjectiveCoefficients.
+  void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
+                             const float* logit_sum, const int32_t* correct,
+                             const float* entropy, const SeqSpan* spans,
+                             const double* reference, int num_seqs,
+                             const ObjectiveParams& params) override {
+    objective_math::HostObjectiveCoefficients(coef, metrics, logp, logit_sum,
+                                              correct, entropy, spans,
+                                              reference, num_seqs, params);
+  }
+
   double SumSquares(const float* x, size_t n) override;
   void Scale(float* x, float alpha, size_t n) override;
   void AdamW(float* p, const float* grad, float* m, float* v, size_t n,
              const AdamWParams& hp) override;
 
+  // The default of stored_attention_limit(): 2^22 floats (16 MiB) per
+  // attention, which keeps GPT-2 small's 12 heads on the stored path up to one
+  // sequence of 591 tokens.
+  static constexpr size_t kStoredAttentionLimit = size_t{1} << 22;
+  // The most probability floats (NH * sum_s len_s^2) a batch may save on the
+  // stored path; larger batches take the tiled path. Set it only between a
+  // Backward and the next Forward (both must see the same value): 0 makes
+  // every batch tiled, SIZE_MAX every batch stored.
+  size_t stored_attention_limit() const { return stored_attention_limit_; }
+  void set_stored_attention_limit(size_t floats) {
+    stored_attention_limit_ = floats;
+  }
+  // Whether a batch takes the stored path.
+  bool StoresAttentionProbs(const SeqSpan* spans, int num_seqs, int NH) const;
+
  private:
-  // Per-thread dS blocks for AttentionBackward, score blocks for
-  // CachedAttentionForward.
+  void StoredAttentionForward(float* out, float* probs, const float* qkv,
+                              const SeqSpan* spans, int num_seqs, int NH,
+                              int NKV, int hs);
+  void StoredAttentionBackward(float* dqkv, const float* dout, const float* qkv,
+                               const float* probs, const SeqSpan* spans,
+                               int num_seqs, int NH, int NKV, int hs);
+  void TiledAttentionForward(float* out, float* lse, const float* qkv,
+                             const SeqSpan* spans, int num_seqs, int NH,
+                             int NKV, int hs);
+  void TiledAttentionBackward(float* dqkv, const float* dout, const float* qkv,
+                              const float* out, const float* lse,
+                              const SeqSpan* spans, int num_seqs, int NH,
+                              int NKV, int hs);
+  // attention_scratch_ holding per_thread floats for each OpenMP thread.
+  float* AttentionScratch(size_t per_thread);
+
+  size_t stored_attention_limit_ = kStoredAttentionLimit;
+
+  // Per-thread dS blocks of the stored backward, probability blocks of the
+  // tiled forward, probability and dS blocks of the tiled backward, score
+  // blocks of CachedAttentionForward.
   std::vector<float> attention_scratch_;
   // Per-block partial sums for SumSquares.
   std::vector<double> sum_partials_;

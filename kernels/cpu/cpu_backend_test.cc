@@ -437,6 +437,12 @@ TEST_P(CpuBackendTest, AddAxpyScale) {
   cpu_.Scale(x_cpu.data(), 1.7f, n);
   EXPECT_TRUE(BitwiseEqual(x_cpu, x_ref));
 
+  std::vector<float> product_ref(n), product_cpu(n);
+  ref_.Multiply(product_ref.data(), a.data(), b.data(), n);
+  cpu_.Multiply(product_cpu.data(), a.data(), b.data(), n);
+  EXPECT_TRUE(BitwiseEqual(product_cpu, product_ref));
+  EXPECT_EQ(product_ref[7], a[7] * b[7]);
+
   ExpectDeterministic({std::vector<float>(n)}, [&](auto* o) {
     cpu_.Add((*o)[0].data(), a.data(), b.data(), n);
   });
@@ -531,6 +537,43 @@ struct AttentionCase {
   int NH, NKV, hs;
 };
 
+// The causal attention's per-row logsumexp of scale * q . k, in double,
+// laid out lse[n * NH + h] as CpuBackend saves it.
+std::vector<double> AttentionLogSumExp(const std::vector<float>& qkv,
+                                       const AttentionCase& tc) {
+  const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(tc.hs));
+  std::vector<double> lse(
+      static_cast<size_t>(tc.spans.back().start + tc.spans.back().len) * tc.NH);
+  for (const SeqSpan& span : tc.spans) {
+    for (int h = 0; h < tc.NH; ++h) {
+      const int kv = h / (tc.NH / tc.NKV);
+      std::vector<double> score(span.len);
+      for (int i = 0; i < span.len; ++i) {
+        const float* q = qkv.data() + (span.start + i) * row + h * tc.hs;
+        double max_score = -INFINITY;
+        for (int j = 0; j <= i; ++j) {
+          const float* k =
+              qkv.data() + (span.start + j) * row + (tc.NH + kv) * tc.hs;
+          double dot = 0.0;
+          for (int d = 0; d < tc.hs; ++d) dot += double{q[d]} * k[d];
+          score[j] = dot * scale;
+          max_score = std::max(max_score, score[j]);
+        }
+        double sum = 0.0;
+        for (int j = 0; j <= i; ++j) sum += std::exp(score[j] - max_score);
+        lse[static_cast<size_t>(span.start + i) * tc.NH + h] =
+            max_score + std::log(sum);
+      }
+    }
+  }
+  return lse;
+}
+
+// Both paths against the reference that saves the full probabilities: the
+// stored one (probabilities saved, ReferenceBackend's layout) and the tiled
+// one (only the logsumexp saved, probabilities recomputed block by block in
+// the backward), each forced by the limit.
 TEST_P(CpuBackendTest, Attention) {
   const std::vector<AttentionCase> cases = {
       // Lengths around the 64-row block, a single token, GQA 2:1.
@@ -539,51 +582,129 @@ TEST_P(CpuBackendTest, Attention) {
       {{{0, 100}, {100, 37}}, 3, 3, 32},
       // GQA 4:1 (Llama/Qwen2 style), one sequence.
       {{{0, 90}}, 8, 2, 8},
+      // Long sequences not a multiple of the block, GPT-2's head size, GQA.
+      {{{0, 1021}, {1021, 3}, {1024, 200}}, 4, 2, 64},
+      {{{0, 1000}, {1000, 129}}, 6, 3, 8},
   };
-  for (const AttentionCase& tc : cases) {
-    const int num_seqs = static_cast<int>(tc.spans.size());
-    const int N = tc.spans.back().start + tc.spans.back().len;
-    const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
-    const int out_row = tc.NH * tc.hs;
-    const std::vector<float> qkv = RandomNormal(N * row, 1);
-    const size_t probs_size =
-        ref_.AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH);
-    ASSERT_EQ(cpu_.AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH),
-              probs_size);
-    std::vector<float> out_ref(N * out_row), probs_ref(probs_size);
-    // NaN-filled: every output element and every probability must be written.
-    std::vector<float> out_cpu(N * out_row, NAN), probs_cpu(probs_size, NAN);
-    ref_.AttentionForward(out_ref.data(), probs_ref.data(), qkv.data(),
-                          tc.spans.data(), num_seqs, tc.NH, tc.NKV, tc.hs);
-    cpu_.AttentionForward(out_cpu.data(), probs_cpu.data(), qkv.data(),
-                          tc.spans.data(), num_seqs, tc.NH, tc.NKV, tc.hs);
-    EXPECT_LE(ErrorVsScale(out_cpu, out_ref), kTol) << "NH " << tc.NH;
-    EXPECT_LE(ErrorVsScale(probs_cpu, probs_ref), kTol) << "NH " << tc.NH;
+  for (const bool stored : {true, false}) {
+    cpu_.set_stored_attention_limit(stored ? SIZE_MAX : 0);
+    for (const AttentionCase& tc : cases) {
+      SCOPED_TRACE(::testing::Message()
+                   << (stored ? "stored" : "tiled") << " NH " << tc.NH << " hs "
+                   << tc.hs << " N "
+                   << tc.spans.back().start + tc.spans.back().len);
+      const int num_seqs = static_cast<int>(tc.spans.size());
+      const int N = tc.spans.back().start + tc.spans.back().len;
+      const int row = (tc.NH + 2 * tc.NKV) * tc.hs;
+      const int out_row = tc.NH * tc.hs;
+      const std::vector<float> qkv = RandomNormal(N * row, 1);
+      const size_t probs_size =
+          ref_.AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH);
+      const size_t saved_size =
+          cpu_.AttentionProbsSize(tc.spans.data(), num_seqs, tc.NH);
+      ASSERT_EQ(cpu_.StoresAttentionProbs(tc.spans.data(), num_seqs, tc.NH),
+                stored);
+      ASSERT_EQ(saved_size,
+                stored ? probs_size : static_cast<size_t>(N) * tc.NH);
+      std::vector<float> out_ref(N * out_row), probs_ref(probs_size);
+      // NaN-filled: every output element and every saved float must be
+      // written.
+      std::vector<float> out_cpu(N * out_row, NAN), saved(saved_size, NAN);
+      ref_.AttentionForward(out_ref.data(), probs_ref.data(), qkv.data(),
+                            tc.spans.data(), num_seqs, tc.NH, tc.NKV, tc.hs);
+      cpu_.AttentionForward(out_cpu.data(), saved.data(), qkv.data(),
+                            tc.spans.data(), num_seqs, tc.NH, tc.NKV, tc.hs);
+      EXPECT_LE(ErrorVsScale(out_cpu, out_ref), kTol);
+      if (stored) {
+        EXPECT_LE(ErrorVsScale(saved, probs_ref), kTol);
+      } else {
+        const std::vector<double> lse_ref = AttentionLogSumExp(qkv, tc);
+        double lse_error = 0.0;
+        for (size_t i = 0; i < saved_size; ++i) {
+          const double diff = std::fabs(saved[i] - lse_ref[i]);
+          lse_error = std::isnan(diff) ? INFINITY : std::max(lse_error, diff);
+        }
+        // fp32 scores of size ~ 10 and fp32 sums: a few ulp of 10.
+        EXPECT_LE(lse_error, 1e-5);
+      }
 
-    const std::vector<float> dout = RandomNormal(N * out_row, 2);
-    const std::vector<float> dqkv0 = RandomNormal(N * row, 3);
-    std::vector<float> dqkv_ref = dqkv0, dqkv_cpu = dqkv0;
-    ref_.AttentionBackward(dqkv_ref.data(), dout.data(), qkv.data(),
-                           probs_ref.data(), tc.spans.data(), num_seqs, tc.NH,
-                           tc.NKV, tc.hs);
-    cpu_.AttentionBackward(dqkv_cpu.data(), dout.data(), qkv.data(),
-                           probs_ref.data(), tc.spans.data(), num_seqs, tc.NH,
-                           tc.NKV, tc.hs);
-    EXPECT_LE(GradError(dqkv_cpu, dqkv_ref, dqkv0), kTol) << "NH " << tc.NH;
+      const std::vector<float> dout = RandomNormal(N * out_row, 2);
+      const std::vector<float> dqkv0 = RandomNormal(N * row, 3);
+      std::vector<float> dqkv_ref = dqkv0, dqkv_cpu = dqkv0;
+      ref_.AttentionBackward(dqkv_ref.data(), dout.data(), qkv.data(),
+                             out_ref.data(), probs_ref.data(), tc.spans.data(),
+                             num_seqs, tc.NH, tc.NKV, tc.hs);
+      cpu_.AttentionBackward(dqkv_cpu.data(), dout.data(), qkv.data(),
+                             out_cpu.data(), saved.data(), tc.spans.data(),
+                             num_seqs, tc.NH, tc.NKV, tc.hs);
+      // dq, dk and dv of every head and row are all in dqkv.
+      EXPECT_LE(GradError(dqkv_cpu, dqkv_ref, dqkv0), kTol);
 
-    ExpectDeterministic(
-        {std::vector<float>(N * out_row), std::vector<float>(probs_size)},
-        [&](auto* o) {
-          cpu_.AttentionForward((*o)[0].data(), (*o)[1].data(), qkv.data(),
-                                tc.spans.data(), num_seqs, tc.NH, tc.NKV,
-                                tc.hs);
-        });
-    ExpectDeterministic({dqkv0}, [&](auto* o) {
-      cpu_.AttentionBackward((*o)[0].data(), dout.data(), qkv.data(),
-                             probs_ref.data(), tc.spans.data(), num_seqs, tc.NH,
-                             tc.NKV, tc.hs);
-    });
+      ExpectDeterministic(
+          {std::vector<float>(N * out_row), std::vector<float>(saved_size)},
+          [&](auto* o) {
+            cpu_.AttentionForward((*o)[0].data(), (*o)[1].data(), qkv.data(),
+                                  tc.spans.data(), num_seqs, tc.NH, tc.NKV,
+                                  tc.hs);
+          });
+      ExpectDeterministic({dqkv0}, [&](auto* o) {
+        cpu_.AttentionBackward((*o)[0].data(), dout.data(), qkv.data(),
+                               out_cpu.data(), saved.data(), tc.spans.data(),
+                               num_seqs, tc.NH, tc.NKV, tc.hs);
+      });
+    }
   }
+}
+
+// The rule: a batch whose probabilities (NH * sum len^2 floats) fit in the
+// limit is stored, bitwise as a backend forced to store; above it, tiled.
+// MaxAttentionProbsSize bounds every batch's size.
+TEST_P(CpuBackendTest, AttentionPathRule) {
+  const int NH = 4, NKV = 2, hs = 16;
+  CpuBackend forced_stored;
+  forced_stored.set_stored_attention_limit(SIZE_MAX);
+  EXPECT_EQ(cpu_.stored_attention_limit(), CpuBackend::kStoredAttentionLimit);
+  // 4 * (600^2 + 400^2) = 2.08M floats, under the 4M default: stored.
+  const std::vector<SeqSpan> short_spans = {{0, 600}, {600, 400}};
+  // 4 * 1030^2 = 4.24M floats, over it: tiled.
+  const std::vector<SeqSpan> long_spans = {{0, 1030}};
+  EXPECT_TRUE(cpu_.StoresAttentionProbs(short_spans.data(), 2, NH));
+  EXPECT_FALSE(cpu_.StoresAttentionProbs(long_spans.data(), 1, NH));
+  EXPECT_EQ(cpu_.AttentionProbsSize(long_spans.data(), 1, NH),
+            size_t{1030 * 4});
+
+  const int N = 1000, row = (NH + 2 * NKV) * hs, out_row = NH * hs;
+  const std::vector<float> qkv = RandomNormal(N * row, 1);
+  const std::vector<float> dout = RandomNormal(N * out_row, 2);
+  std::vector<float> out(N * out_row), out_stored(N * out_row);
+  std::vector<float> saved(cpu_.AttentionProbsSize(short_spans.data(), 2, NH));
+  std::vector<float> saved_stored(saved.size());
+  std::vector<float> dqkv(N * row, 0.0f), dqkv_stored(N * row, 0.0f);
+  cpu_.AttentionForward(out.data(), saved.data(), qkv.data(),
+                        short_spans.data(), 2, NH, NKV, hs);
+  cpu_.AttentionBackward(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                         saved.data(), short_spans.data(), 2, NH, NKV, hs);
+  forced_stored.AttentionForward(out_stored.data(), saved_stored.data(),
+                                 qkv.data(), short_spans.data(), 2, NH, NKV,
+                                 hs);
+  forced_stored.AttentionBackward(dqkv_stored.data(), dout.data(), qkv.data(),
+                                  out_stored.data(), saved_stored.data(),
+                                  short_spans.data(), 2, NH, NKV, hs);
+  EXPECT_TRUE(BitwiseEqual(out, out_stored));
+  EXPECT_TRUE(BitwiseEqual(saved, saved_stored));
+  EXPECT_TRUE(BitwiseEqual(dqkv, dqkv_stored));
+
+  // Up to 8192 rows in sequences of up to 4096: the limit (a stored batch) is
+  // the most; up to 64 rows of 64: the probabilities of one whole sequence;
+  // up to 8192 rows with a limit of 0: the logsumexp.
+  EXPECT_EQ(cpu_.MaxAttentionProbsSize(8192, 4096, NH),
+            CpuBackend::kStoredAttentionLimit);
+  EXPECT_EQ(cpu_.MaxAttentionProbsSize(64, 64, NH), size_t{4 * 64 * 64});
+  CpuBackend tiled;
+  tiled.set_stored_attention_limit(0);
+  EXPECT_EQ(tiled.MaxAttentionProbsSize(8192, 4096, NH), size_t{8192 * 4});
+  EXPECT_EQ(forced_stored.MaxAttentionProbsSize(8192, 4096, NH),
+            size_t{4} * 4096 * 8192);
 }
 
 struct CachedAttentionCase {

@@ -1,16 +1,26 @@
-// Prints OpenBLAS sgemm throughput for n = 512, 1024, 2048, then times
-// CpuBackend's chunked output layer (OutputForward + OutputBackward) for
-// N = 256 rows, C = 768, V = 50257 (GPT-2), chunk = 64.
+// Prints the CPU's vector features and OpenBLAS sgemm throughput for
+// n = 512, 1024, 2048, then times CpuBackend's chunked output layer
+// (OutputForward + OutputBackward) for N = 256 rows, C = 768, V = 50257
+// (GPT-2), chunk = 64, and its attention (AttentionForward +
+// AttentionBackward) on one sequence of T = 512 .. 8192 rows in GPT-2 small's
+// shape (12 heads of 64), the stored and the tiled path each, with the bytes
+// the forward saves for the backward (stored at T = 8192: 3.2 GB).
 //
 //   bazel run //kernels/cpu:gemm_bench
+//   bazel run //kernels/cpu:gemm_bench -- attention [T ...]   (the attention
+//   part only, at the lengths T given or all of them)
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -135,10 +145,118 @@ void OutputRowStatistics() {
               t_sq / logits * 1e9);
 }
 
+// CPU time of every thread of the process: on a shared machine it counts only
+// the time this process ran, not the time others held the cores.
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 == 1 ? v[v.size() / 2]
+                           : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Forward + backward of both attention paths, alternating repetition by
+// repetition so that the shared machine's noise falls on both alike.
+void Attention(const std::vector<int>& lengths) {
+  const int NH = 12, NKV = 12, hs = 64;
+  const int row = (NH + 2 * NKV) * hs, out_row = NH * hs;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::printf(
+      "attention NH=%d hs=%d, one sequence, %d threads; stored and tiled "
+      "paths alternate, min / median of the repetitions (ms; cpu: CPU time of "
+      "all "
+      "threads):\n",
+      NH, hs, omp_get_max_threads());
+  for (int T : lengths) {
+    const int reps = T <= 1024 ? 9 : T <= 2048 ? 5 : T <= 4096 ? 3 : 1;
+    const prefopt::kernels::SeqSpan span{0, T};
+    const std::vector<float> qkv =
+        Random(static_cast<size_t>(T) * row, 1.0f, 1);
+    const std::vector<float> dout =
+        Random(static_cast<size_t>(T) * out_row, 1.0f, 2);
+    std::vector<float> out(static_cast<size_t>(T) * out_row);
+    std::vector<float> dqkv(static_cast<size_t>(T) * row, 0.0f);
+    struct Path {
+      const char* name;
+      size_t limit;
+      prefopt::kernels::CpuBackend cpu;
+      std::vector<float> saved;
+      std::vector<double> forward, backward, total, cpu_forward, cpu_backward;
+    };
+    Path paths[2] = {{"stored", SIZE_MAX, {}, {}, {}, {}, {}, {}, {}},
+                     {"tiled", 0, {}, {}, {}, {}, {}, {}, {}}};
+    for (Path& p : paths) {
+      p.cpu.set_stored_attention_limit(p.limit);
+      p.saved.resize(p.cpu.AttentionProbsSize(&span, 1, NH));
+    }
+    auto run = [&](Path& p, bool timed) {
+      const double cpu_start = ProcessCpuSeconds();
+      Clock::time_point start = Clock::now();
+      p.cpu.AttentionForward(out.data(), p.saved.data(), qkv.data(), &span, 1,
+                             NH, NKV, hs);
+      const double forward = Seconds(start);
+      const double cpu_middle = ProcessCpuSeconds();
+      start = Clock::now();
+      p.cpu.AttentionBackward(dqkv.data(), dout.data(), qkv.data(), out.data(),
+                              p.saved.data(), &span, 1, NH, NKV, hs);
+      const double backward = Seconds(start);
+      const double cpu_end = ProcessCpuSeconds();
+      if (!timed) return;
+      p.cpu_forward.push_back((cpu_middle - cpu_start) * 1e3);
+      p.cpu_backward.push_back((cpu_end - cpu_middle) * 1e3);
+      p.forward.push_back(forward * 1e3);
+      p.backward.push_back(backward * 1e3);
+      p.total.push_back((forward + backward) * 1e3);
+    };
+    // Warm-up: page faults of every buffer and of the scratch.
+    for (Path& p : paths) run(p, false);
+    for (int r = 0; r < reps; ++r) {
+      for (Path& p : paths) run(p, true);
+    }
+    for (Path& p : paths) {
+      std::printf(
+          "  T=%4d %-6s forward %8.1f / %8.1f  backward %8.1f / %8.1f  "
+          "total %8.1f / %8.1f  cpu forward %8.1f / %8.1f  backward %8.1f / "
+          "%8.1f  saved %11zu bytes  (%d reps)\n",
+          T, p.name, *std::min_element(p.forward.begin(), p.forward.end()),
+          Median(p.forward),
+          *std::min_element(p.backward.begin(), p.backward.end()),
+          Median(p.backward), *std::min_element(p.total.begin(), p.total.end()),
+          Median(p.total),
+          *std::min_element(p.cpu_forward.begin(), p.cpu_forward.end()),
+          Median(p.cpu_forward),
+          *std::min_element(p.cpu_backward.begin(), p.cpu_backward.end()),
+          Median(p.cpu_backward), p.saved.size() * sizeof(float), reps);
+    }
+  }
+}
+
+void PrintVectorFeatures() {
+  std::printf("CPU vector features:");
+  if (__builtin_cpu_supports("sse4.2")) std::printf(" sse4.2");
+  if (__builtin_cpu_supports("avx")) std::printf(" avx");
+  if (__builtin_cpu_supports("avx2")) std::printf(" avx2");
+  if (__builtin_cpu_supports("fma")) std::printf(" fma");
+  if (__builtin_cpu_supports("avx512f")) std::printf(" avx512f");
+  std::printf("\n");
+}
+
 }  // namespace
 
-int main(int, char** argv) {
+int main(int argc, char** argv) {
   prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  PrintVectorFeatures();
+  const std::vector<int> lengths = {512, 1024, 2048, 4096, 8192};
+  if (argc > 1 && std::string(argv[1]) == "attention") {
+    std::vector<int> chosen;
+    for (int a = 2; a < argc; ++a) chosen.push_back(std::atoi(argv[a]));
+    Attention(chosen.empty() ? lengths : chosen);
+    return 0;
+  }
   for (int n : {512, 1024, 2048}) {
     std::printf("sgemm n=%4d: %7.1f GFLOP/s (%d OpenBLAS threads)\n", n,
                 prefopt::kernels::cpu::MeasureSgemmGflops(n, 1.0),
@@ -146,5 +264,6 @@ int main(int, char** argv) {
   }
   OutputLayer();
   OutputRowStatistics();
+  Attention(lengths);
   return 0;
 }

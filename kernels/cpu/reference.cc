@@ -339,6 +339,11 @@ void ReferenceBackend::Axpy(float* y, float alpha, const float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+void ReferenceBackend::Multiply(float* out, const float* a, const float* b,
+                                size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
 size_t ReferenceBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                             int NH) const {
   return cpu::AttentionProbsFloats(spans, num_seqs, NH);
@@ -434,7 +439,8 @@ void ReferenceBackend::CachedAttentionForward(float* out, const float* qkv,
 }
 
 void ReferenceBackend::AttentionBackward(float* dqkv, const float* dout,
-                                         const float* qkv, const float* probs,
+                                         const float* qkv, const float* /*out*/,
+                                         const float* probs,
                                          const SeqSpan* spans, int num_seqs,
                                          int NH, int NKV, int hs) {
   const size_t row = static_cast<size_t>(NH + 2 * NKV) * hs;

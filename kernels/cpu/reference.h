@@ -11,12 +11,13 @@
 #include <string>
 
 #include "kernels/backend.h"
+#include "kernels/objective_math.h"
 
 namespace prefopt::kernels {
 
 namespace cpu {
 
-// The attention probabilities layout both CPU backends use: for each sequence
+// The attention probabilities layout ReferenceBackend saves: for each sequence
 // s in order, for each query head h, a full row-major len_s x len_s matrix
 // P[i][j] (zero above the diagonal, j > i).
 size_t AttentionProbsFloats(const SeqSpan* spans, int num_seqs, int NH);
@@ -72,6 +73,7 @@ class ReferenceBackend : public Backend {
                       int N, int FF) override;
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
+  void Multiply(float* out, const float* a, const float* b, size_t n) override;
 
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                             int NH) const override;
@@ -79,8 +81,9 @@ class ReferenceBackend : public Backend {
                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
                         int hs) override;
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
-                         const float* probs, const SeqSpan* spans, int num_seqs,
-                         int NH, int NKV, int hs) override;
+                         const float* out, const float* probs,
+                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
+                         int hs) override;
   void CachedAttentionForward(float* out, const float* qkv, int past, int n,
                               int NH, int NKV, int hs) override;
 
@@ -97,6 +100,17 @@ class ReferenceBackend : public Backend {
                       const float* wout, const int32_t* labels,
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
+
+  // objective_math::HostObjectiveCoefficients.
+  void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
+                             const float* logit_sum, const int32_t* correct,
+                             const float* entropy, const SeqSpan* spans,
+                             const double* reference, int num_seqs,
+                             const ObjectiveParams& params) override {
+    objective_math::HostObjectiveCoefficients(coef, metrics, logp, logit_sum,
+                                              correct, entropy, spans,
+                                              reference, num_seqs, params);
+  }
 
   double SumSquares(const float* x, size_t n) override;
   void Scale(float* x, float alpha, size_t n) override;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -22,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/memory_purpose.h"
 
 namespace prefopt::kernels {
 namespace {
@@ -55,18 +57,75 @@ absl::Status StatusOf(cudaError_t err, const char* call) {
       absl::StrCat(call, " failed: ", cudaGetErrorString(err)));
 }
 
-// cudaMalloc, or a fatal error naming the size and the free memory.
-void* DeviceAlloc(size_t bytes) {
+// "1234.5 MiB".
+std::string Mib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", bytes / 1048576.0);
+  return text;
+}
+
+// Device memory this process holds through DeviceAlloc, now and at most.
+std::mutex& AllocationMutex() {
+  static std::mutex* mu = new std::mutex();
+  return *mu;
+}
+std::map<const void*, size_t>& LiveAllocations() {
+  static auto* live = new std::map<const void*, size_t>();
+  return *live;
+}
+CudaBackend::MemoryStats& Stats() {
+  static auto* stats = new CudaBackend::MemoryStats();
+  return *stats;
+}
+
+// cudaMalloc of `bytes` for `buffer` (what it holds, within the caller's
+// kernels::MemoryPurpose scopes). Out of memory ends the process with exit
+// status 1 and a message naming the buffer, the size and the free memory:
+// inside an op there is no status to return, and a run that cannot allocate
+// cannot continue (checkpoints are written atomically, so the last complete
+// one stays; an mpirun or srun job ends all ranks when one exits non-zero).
+void* DeviceAlloc(size_t bytes, const std::string& buffer) {
   void* p = nullptr;
   const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 4));
   if (err != cudaSuccess) {
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
-    Fatal(absl::StrCat("cudaMalloc of ", bytes >> 20, " MiB failed (",
-                       cudaGetErrorString(err), "); ", free_bytes >> 20,
-                       " MiB free of ", total_bytes >> 20, " MiB"));
+    std::string purpose = MemoryPurpose::Describe();
+    if (!buffer.empty()) {
+      purpose = purpose.empty() ? buffer : absl::StrCat(purpose, ": ", buffer);
+    }
+    std::fprintf(
+        stderr,
+        "CudaBackend: out of GPU memory: cudaMalloc of %s (%zu bytes) for %s "
+        "failed (%s); %s free of %s, %s held by prefopt. Use a GPU with "
+        "more free memory, lower batch.micro_batch_size or data.max_length, "
+        "or set activation_checkpointing: true\n",
+        Mib(bytes).c_str(), bytes,
+        purpose.empty() ? "an unnamed buffer" : purpose.c_str(),
+        cudaGetErrorString(err), Mib(free_bytes).c_str(),
+        Mib(total_bytes).c_str(), Mib(Stats().allocated_bytes).c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
   }
+  std::lock_guard<std::mutex> lock(AllocationMutex());
+  LiveAllocations()[p] = bytes;
+  CudaBackend::MemoryStats& stats = Stats();
+  stats.allocated_bytes += bytes;
+  stats.peak_allocated_bytes =
+      std::max(stats.peak_allocated_bytes, stats.allocated_bytes);
+  ++stats.allocations;
   return p;
+}
+
+void DeviceFree(void* p) {
+  if (p == nullptr) return;
+  PREFOPT_CHECK_CUDA(cudaFree(p));
+  std::lock_guard<std::mutex> lock(AllocationMutex());
+  auto it = LiveAllocations().find(p);
+  if (it != LiveAllocations().end()) {
+    Stats().allocated_bytes -= it->second;
+    LiveAllocations().erase(it);
+  }
 }
 
 // A device buffer that grows to the largest size asked of it and is reused.
@@ -74,26 +133,29 @@ void* DeviceAlloc(size_t bytes) {
 // still in flight can be using it.
 class Scratch {
  public:
-  Scratch() = default;
+  // `name` says what the buffer holds, for out-of-memory errors.
+  explicit Scratch(const char* name) : name_(name) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { cudaFree(ptr_); }
+  ~Scratch() { DeviceFree(ptr_); }
 
   template <typename T>
   T* Get(size_t count) {
     const size_t bytes = count * sizeof(T);
     if (bytes > bytes_) {
-      PREFOPT_CHECK_CUDA(cudaFree(ptr_));
+      DeviceFree(ptr_);
       ptr_ = nullptr;
       // Round up to 2 MiB so that slowly growing sizes do not reallocate
       // every call.
       bytes_ = (bytes + (size_t{2} << 20) - 1) & ~((size_t{2} << 20) - 1);
-      ptr_ = DeviceAlloc(bytes_);
+      ptr_ = DeviceAlloc(bytes_,
+                         absl::StrCat("CUDA backend scratch (", name_, ")"));
     }
     return static_cast<T*>(ptr_);
   }
 
  private:
+  const char* const name_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
@@ -344,11 +406,18 @@ struct CudaBackend::State {
   void* lt_workspace = nullptr;
   double* host_result = nullptr;  // page-locked, for SumSquares
   // bf16 operand copies: up to three per GEMM op.
-  Scratch bf16_a, bf16_b, bf16_c;
-  Scratch indices;  // uploaded host arrays
-  Scratch floats;   // column partials, attention's D, decoding scores
-  Scratch doubles;  // SumSquares partials and result
+  Scratch bf16_a{"bf16 GEMM operand A"}, bf16_b{"bf16 GEMM operand B"},
+      bf16_c{"bf16 GEMM operand C"};
+  Scratch indices{"uploaded indices"};
+  // Column partials, attention's D, decoding scores.
+  Scratch floats{"partial sums"};
+  Scratch doubles{"SumSquares partials"};
+  // ObjectiveCoefficients' uploaded reference and spans, and its
+  // per-sequence sums and coefficients.
+  Scratch objective_in{"objective inputs"},
+      objective_work{"objective per-sequence sums"};
   HostStaging staging;
+  std::vector<int32_t> objective_upload;  // reused host packing buffer
   std::map<GemmKey, GemmPlan> plans;
 };
 
@@ -432,6 +501,27 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     int device, Precision precision) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaErrorInsufficientDriver) {
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    auto version = [](int v) {
+      return absl::StrCat(v / 1000, ".", v % 1000 / 10);
+    };
+    return absl::UnavailableError(
+        driver == 0
+            ? absl::StrCat("no NVIDIA driver is installed (this prefopt was "
+                           "built with the CUDA ",
+                           version(runtime), " runtime)")
+            : absl::StrCat("the NVIDIA driver supports CUDA up to ",
+                           version(driver),
+                           ", older than the CUDA runtime this prefopt was "
+                           "built with (",
+                           version(runtime),
+                           "): update the driver, or build with a CUDA "
+                           "toolkit no newer than ",
+                           version(driver)));
+  }
   if (err != cudaSuccess) {
     return absl::UnavailableError(
         absl::StrCat("no usable CUDA device: cudaGetDeviceCount failed: ",
@@ -508,11 +598,18 @@ std::string CudaBackend::Name() const {
 
 std::string CudaBackend::DeviceName() const { return s_->device_name; }
 
+void* CudaBackend::stream() const { return s_->stream; }
+
 float* CudaBackend::Alloc(size_t n) {
-  return static_cast<float*>(DeviceAlloc(n * sizeof(float)));
+  return static_cast<float*>(DeviceAlloc(n * sizeof(float), ""));
 }
 
-void CudaBackend::Free(float* p) { PREFOPT_CHECK_CUDA(cudaFree(p)); }
+void CudaBackend::Free(float* p) { DeviceFree(p); }
+
+CudaBackend::MemoryStats CudaBackend::ProcessMemoryStats() {
+  std::lock_guard<std::mutex> lock(AllocationMutex());
+  return Stats();
+}
 
 void CudaBackend::Zero(float* p, size_t n) {
   PREFOPT_CHECK_CUDA(cudaMemsetAsync(p, 0, n * sizeof(float), s_->stream));
@@ -731,6 +828,11 @@ void CudaBackend::Axpy(float* y, float alpha, const float* x, size_t n) {
   PREFOPT_CHECK_CUDA(cuda::Axpy(s_->stream, y, alpha, x, n));
 }
 
+void CudaBackend::Multiply(float* out, const float* a, const float* b,
+                           size_t n) {
+  PREFOPT_CHECK_CUDA(cuda::Multiply(s_->stream, out, a, b, n));
+}
+
 size_t CudaBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                        int NH) const {
   size_t rows = 0;
@@ -777,10 +879,12 @@ void CudaBackend::AttentionForward(float* out, float* probs, const float* qkv,
                                             num_tiles, NH, NKV, hs));
 }
 
+// The kernels take rowsum(dout * out) from a forward pass with dout instead
+// of reading out.
 void CudaBackend::AttentionBackward(float* dqkv, const float* dout,
-                                    const float* qkv, const float* probs,
-                                    const SeqSpan* spans, int num_seqs, int NH,
-                                    int NKV, int hs) {
+                                    const float* qkv, const float* /*out*/,
+                                    const float* probs, const SeqSpan* spans,
+                                    int num_seqs, int NH, int NKV, int hs) {
   const bool bf16 = s_->precision == Precision::kBf16;
   CheckAttentionShape(NH, NKV, hs, bf16, s_->max_smem_per_block);
   int num_tiles = 0;
@@ -950,6 +1054,36 @@ void CudaBackend::OutputBackward(float* dh, float* dwout, const float* h,
       s_->Gemm(g);
     }
   }
+}
+
+void CudaBackend::ObjectiveCoefficients(
+    float* coef, double* metrics, const float* logp, const float* logit_sum,
+    const int32_t* correct, const float* entropy, const SeqSpan* spans,
+    const double* reference, int num_seqs, const ObjectiveParams& params) {
+  if (num_seqs == 0) return;
+  // One upload: the reference's doubles (first, so they stay 8-byte aligned)
+  // then the spans, as int32 words.
+  static_assert(sizeof(SeqSpan) == 2 * sizeof(int32_t));
+  const bool with_reference =
+      params.kind != ObjectiveKind::kTokenMean && reference != nullptr;
+  const size_t ref_words =
+      with_reference ? 2 * static_cast<size_t>(num_seqs) : 0;
+  std::vector<int32_t>& packed = s_->objective_upload;
+  packed.resize(ref_words + 2 * static_cast<size_t>(num_seqs));
+  if (with_reference) {
+    std::memcpy(packed.data(), reference, ref_words * sizeof(int32_t));
+  }
+  std::memcpy(packed.data() + ref_words, spans,
+              2 * static_cast<size_t>(num_seqs) * sizeof(int32_t));
+  int32_t* dev = s_->Upload(s_->objective_in, packed.data(), packed.size());
+  double* seq_sums =
+      s_->objective_work.Get<double>(5 * static_cast<size_t>(num_seqs));
+  PREFOPT_CHECK_CUDA(cuda::ObjectiveCoefficients(
+      s_->stream, coef, metrics, logp, logit_sum, correct, entropy,
+      reinterpret_cast<const SeqSpan*>(dev + ref_words),
+      with_reference ? reinterpret_cast<const double*>(dev) : nullptr, num_seqs,
+      params, seq_sums,
+      reinterpret_cast<float*>(seq_sums + 4 * static_cast<size_t>(num_seqs))));
 }
 
 double CudaBackend::SumSquares(const float* x, size_t n) {

@@ -39,10 +39,13 @@
 // column sums are reduced in a fixed order; GEMM algorithms are chosen once
 // per shape and reused).
 //
-// Errors: Create returns a status (no device, unsupported device, setup
-// failures). Inside ops, a failed CUDA/cuBLAS call is a bug or a lost device
-// and aborts with the call and its error string; so does a device allocation
-// that does not fit (with the size asked for and the memory free).
+// Errors: Create returns a status (no device, a driver older than the CUDA
+// runtime, unsupported device, setup failures). Inside ops, a failed
+// CUDA/cuBLAS call is a bug or a lost device and aborts with the call and its
+// error string. A device allocation that does not fit ends the process with
+// exit status 1 and "CudaBackend: out of GPU memory: ..." naming the buffer
+// (the caller's kernels::MemoryPurpose scopes, kernels/memory_purpose.h), its
+// size and the memory free.
 #ifndef PREFOPT_KERNELS_CUDA_CUDA_BACKEND_H_
 #define PREFOPT_KERNELS_CUDA_CUDA_BACKEND_H_
 
@@ -76,8 +79,20 @@ class CudaBackend : public Backend {
   // The device's name as the CUDA runtime reports it (the CPU simulation
   // reports "CUDA CPU simulation (prefopt cudasim)").
   std::string DeviceName() const;
+  // The CUDA stream (a cudaStream_t) every op runs on: the compute stream a
+  // GPU communicator orders its collectives after (comm/gpu_communicator.h).
+  void* stream() const;
 
   bool HostAddressable() const override { return false; }
+
+  // Device memory the CUDA backends of this process hold (every Alloc and
+  // their scratch; not the CUDA context or cuBLASLt's fixed workspace).
+  struct MemoryStats {
+    size_t allocated_bytes = 0;
+    size_t peak_allocated_bytes = 0;
+    size_t allocations = 0;  // cudaMalloc calls so far
+  };
+  static MemoryStats ProcessMemoryStats();
 
   float* Alloc(size_t n) override;
   void Free(float* p) override;
@@ -120,6 +135,7 @@ class CudaBackend : public Backend {
                       int N, int FF) override;
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
+  void Multiply(float* out, const float* a, const float* b, size_t n) override;
 
   // N * NH floats: the row logsumexp per (row, head).
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
@@ -128,8 +144,9 @@ class CudaBackend : public Backend {
                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
                         int hs) override;
   void AttentionBackward(float* dqkv, const float* dout, const float* qkv,
-                         const float* probs, const SeqSpan* spans, int num_seqs,
-                         int NH, int NKV, int hs) override;
+                         const float* out, const float* probs,
+                         const SeqSpan* spans, int num_seqs, int NH, int NKV,
+                         int hs) override;
   void CachedAttentionForward(float* out, const float* qkv, int past, int n,
                               int NH, int NKV, int hs) override;
 
@@ -146,6 +163,13 @@ class CudaBackend : public Backend {
                       const float* wout, const int32_t* labels,
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
+
+  // Uploads spans and reference in one copy; three kernels (objectives.cu).
+  void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
+                             const float* logit_sum, const int32_t* correct,
+                             const float* entropy, const SeqSpan* spans,
+                             const double* reference, int num_seqs,
+                             const ObjectiveParams& params) override;
 
   double SumSquares(const float* x, size_t n) override;
   void Scale(float* x, float alpha, size_t n) override;

@@ -13,5 +13,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
 
 // Unreachable (Create never succeeds); defined for callers that link it.
 std::string CudaBackend::DeviceName() const { return ""; }
+void* CudaBackend::stream() const { return nullptr; }
+
+CudaBackend::MemoryStats CudaBackend::ProcessMemoryStats() { return {}; }
 
 }  // namespace prefopt::kernels

@@ -544,6 +544,12 @@ TEST_P(CudaBackendTest, AddAxpyScale) {
   float* x = buf.Upload(a);
   cuda_->Scale(x, 1.7f, n);
   EXPECT_TRUE(BitwiseEqual(buf.Read(x, n), x_ref));
+
+  std::vector<float> product_ref(n);
+  ref_.Multiply(product_ref.data(), a.data(), b.data(), n);
+  float* product = buf.Unwritten(n);
+  cuda_->Multiply(product, d_a, d_b, n);
+  EXPECT_TRUE(BitwiseEqual(buf.Read(product, n), product_ref));
 }
 
 struct AttentionCase {
@@ -598,11 +604,11 @@ TEST_P(CudaBackendTest, Attention) {
     const std::vector<float> dqkv0 = RandomNormal(N * row, 3);
     std::vector<float> dqkv_ref = dqkv0;
     ref_.AttentionBackward(dqkv_ref.data(), dout.data(), qkv.data(),
-                           probs_ref.data(), tc.spans.data(), num_seqs, tc.NH,
-                           tc.NKV, tc.hs);
+                           out_ref.data(), probs_ref.data(), tc.spans.data(),
+                           num_seqs, tc.NH, tc.NKV, tc.hs);
     float* d_dout = buf.Upload(dout);
     float* dqkv = buf.Upload(dqkv0);
-    cuda_->AttentionBackward(dqkv, d_dout, d_qkv, probs, tc.spans.data(),
+    cuda_->AttentionBackward(dqkv, d_dout, d_qkv, out, probs, tc.spans.data(),
                              num_seqs, tc.NH, tc.NKV, tc.hs);
     EXPECT_LE(GradError(buf.Read(dqkv, N * row), dqkv_ref, dqkv0), grad_tol);
 
@@ -614,7 +620,7 @@ TEST_P(CudaBackendTest, Attention) {
                                   tc.NH, tc.NKV, tc.hs);
         });
     ExpectDeterministic(cuda_.get(), {dqkv0}, [&](const auto& o) {
-      cuda_->AttentionBackward(o[0], d_dout, d_qkv, probs, tc.spans.data(),
+      cuda_->AttentionBackward(o[0], d_dout, d_qkv, out, probs, tc.spans.data(),
                                num_seqs, tc.NH, tc.NKV, tc.hs);
     });
   }
@@ -877,6 +883,138 @@ TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
   const std::vector<float> lp = buf.Read(logp, N);
   EXPECT_EQ(lp[0], lp[1]);
   EXPECT_EQ(buf.ReadInts(correct, N), (std::vector<int32_t>{1, 0}));
+}
+
+// Backend::ObjectiveCoefficients against the host reference
+// (objective_math::HostObjectiveCoefficients) for every pair loss, a weighted
+// mixture with DPO's SFT term, the token mean and implicit-reward SFT's
+// sequence form with every divergence: 300 pairs (more than the
+// units kernel's threads), sequences of 1 to 700 rows (more than a block's
+// threads) with a row between two spans that no span covers. Coefficients to
+// 1e-6 relative (the same double math, summed in another order), metric sums
+// to 1e-12, added to what the buffer held.
+TEST_P(CudaBackendTest, ObjectiveCoefficients) {
+  const int pairs = 300, seqs = 2 * pairs;
+  std::vector<SeqSpan> spans(seqs);
+  const std::vector<int32_t> lengths = RandomInts(seqs, 40, 1);
+  int rows = 0;
+  for (int s = 0; s < seqs; ++s) {
+    const int len = s == 7 ? 700 : 1 + lengths[s];
+    if (s == 11) ++rows;  // a row of no span
+    spans[s] = {rows, len};
+    rows += len;
+  }
+  std::vector<float> logp = RandomNormal(rows, 3, 0.3f);
+  for (float& v : logp) v = -std::fabs(v) - 0.05f;
+  const std::vector<float> logit_sum = RandomNormal(rows, 4, 50.0f);
+  std::vector<float> entropy = RandomNormal(rows, 5);
+  for (float& v : entropy) v = std::fabs(v);
+  const std::vector<int32_t> correct_ints = RandomInts(rows, 2, 6);
+  std::vector<float> correct(rows);
+  std::memcpy(correct.data(), correct_ints.data(), rows * sizeof(int32_t));
+  // Reference sums near the policy's, so ratios are of order 1.
+  std::vector<double> reference(seqs);
+  const std::vector<float> noise = RandomNormal(seqs, 7, 2.0f);
+  for (int s = 0; s < seqs; ++s) {
+    double sum = 0;
+    for (int r = spans[s].start; r < spans[s].start + spans[s].len; ++r) {
+      sum += logp[r];
+    }
+    reference[s] = sum + noise[s];
+  }
+  std::vector<double> initial_metrics(kObjectiveMetricCount);
+  for (int k = 0; k < kObjectiveMetricCount; ++k) initial_metrics[k] = 0.5 * k;
+
+  std::vector<ObjectiveParams> cases;
+  for (int type = 0; type <= static_cast<int>(PairLoss::kApoDown); ++type) {
+    ObjectiveParams p;
+    p.num_terms = 1;
+    p.loss[0] = static_cast<PairLoss>(type);
+    p.weight[0] = 1;
+    p.beta = 0.3;
+    p.label_smoothing = p.loss[0] == PairLoss::kExoPair ||
+                                p.loss[0] == PairLoss::kRobust ||
+                                p.loss[0] == PairLoss::kSigmoid
+                            ? 0.1
+                            : 0;
+    p.denominator = 8;
+    cases.push_back(p);
+  }
+  ObjectiveParams mixture;
+  mixture.num_terms = 3;
+  mixture.loss[0] = PairLoss::kSigmoid;
+  mixture.loss[1] = PairLoss::kIpo;
+  mixture.loss[2] = PairLoss::kBcoPair;
+  mixture.weight[0] = 0.8;
+  mixture.weight[1] = 0.3;
+  mixture.weight[2] = 0.2;
+  mixture.sft_weight = 1.5;
+  mixture.pairs_per_token = 0.05;
+  mixture.denominator = 5;
+  cases.push_back(mixture);
+  ObjectiveParams token_mean;
+  token_mean.kind = ObjectiveKind::kTokenMean;
+  token_mean.denominator = 1234;
+  cases.push_back(token_mean);
+  for (int d = 0; d <= static_cast<int>(ImplicitDivergence::kJensenShannon);
+       ++d) {
+    ObjectiveParams isft;
+    isft.kind = ObjectiveKind::kImplicitSequence;
+    isft.divergence = static_cast<ImplicitDivergence>(d);
+    isft.beta = 0.5;
+    isft.denominator = 300;
+    cases.push_back(isft);
+  }
+
+  for (const ObjectiveParams& params : cases) {
+    SCOPED_TRACE(::testing::Message()
+                 << "kind " << static_cast<int>(params.kind) << " loss "
+                 << static_cast<int>(params.loss[0]) << " terms "
+                 << params.num_terms << " divergence "
+                 << static_cast<int>(params.divergence));
+    std::vector<float> want_coef(rows, std::nanf(""));
+    std::vector<double> want_metrics = initial_metrics;
+    ref_.ObjectiveCoefficients(want_coef.data(), want_metrics.data(),
+                               logp.data(), logit_sum.data(),
+                               correct_ints.data(), entropy.data(),
+                               spans.data(), reference.data(), seqs, params);
+    DeviceBuffers buf(cuda_.get());
+    float* d_logp = buf.Upload(logp);
+    float* d_logit_sum = buf.Upload(logit_sum);
+    float* d_correct = buf.Upload(correct);
+    float* d_entropy = buf.Upload(entropy);
+    float* d_coef = buf.Unwritten(rows);
+    std::vector<float> metric_words(2 * kObjectiveMetricCount);
+    std::memcpy(metric_words.data(), initial_metrics.data(),
+                kObjectiveMetricCount * sizeof(double));
+    float* d_metrics = buf.Upload(metric_words);
+    cuda_->ObjectiveCoefficients(
+        d_coef, reinterpret_cast<double*>(d_metrics), d_logp, d_logit_sum,
+        reinterpret_cast<const int32_t*>(d_correct), d_entropy, spans.data(),
+        reference.data(), seqs, params);
+    const std::vector<float> coef = buf.Read(d_coef, rows);
+    const std::vector<float> got_words =
+        buf.Read(d_metrics, metric_words.size());
+    std::vector<double> metrics(kObjectiveMetricCount);
+    std::memcpy(metrics.data(), got_words.data(),
+                kObjectiveMetricCount * sizeof(double));
+    int nonzero = 0;
+    for (int r = 0; r < rows; ++r) {
+      if (std::isnan(want_coef[r])) {
+        EXPECT_TRUE(std::isnan(coef[r])) << "row " << r << " is no span's";
+        continue;
+      }
+      nonzero += want_coef[r] != 0;
+      ASSERT_NEAR(coef[r], want_coef[r], 1e-6 * std::fabs(want_coef[r]))
+          << "row " << r;
+    }
+    EXPECT_GT(nonzero, rows / 4);
+    for (int k = 0; k < kObjectiveMetricCount; ++k) {
+      EXPECT_NEAR(metrics[k], want_metrics[k],
+                  1e-12 * (1.0 + std::fabs(want_metrics[k])))
+          << "metric " << k;
+    }
+  }
 }
 
 TEST_P(CudaBackendTest, SumSquares) {

@@ -4,7 +4,8 @@
 // Internal to //kernels/cuda; CudaBackend (cuda_backend.h) is the public face.
 // The kernels live in one .cu file per family (embedding.cu, normalization.cu,
 // elementwise.cu, rope.cu, attention.cu, cached_attention.cu, output_layer.cu,
-// optimizer.cu), with what several families share in device_common.cuh.
+// objectives.cu, optimizer.cu), with what several families share in
+// device_common.cuh.
 //
 // Precision: the kernels read and write fp32 tensors (the bf16 operand copies
 // for GEMMs and the output layer's bf16 dz aside) and accumulate in fp32
@@ -26,6 +27,8 @@
 
 #include <cstddef>
 #include <cstdint>
+
+#include "kernels/backend.h"
 
 namespace prefopt::kernels::cuda {
 
@@ -94,6 +97,8 @@ cudaError_t Add(cudaStream_t stream, float* out, const float* a, const float* b,
 cudaError_t Axpy(cudaStream_t stream, float* y, float alpha, const float* x,
                  size_t n);
 cudaError_t Scale(cudaStream_t stream, float* x, float alpha, size_t n);
+cudaError_t Multiply(cudaStream_t stream, float* out, const float* a,
+                     const float* b, size_t n);
 // dst[i] = bf16(src[i]) with round-to-nearest-even; dst is n bf16 values.
 cudaError_t ToBf16(cudaStream_t stream, void* dst, const float* src, size_t n);
 
@@ -162,6 +167,17 @@ cudaError_t OutputRowStats(cudaStream_t stream, float* lse, float* logp,
 cudaError_t OutputRowGrad(cudaStream_t stream, bool bf16, float* logits,
                           const int32_t* labels, const float* lse,
                           const float* coef, int rows, int V);
+
+// ---- objectives (objectives.cu) ----
+// Backend::ObjectiveCoefficients with spans and reference in device memory:
+// seq_sums (4 * num_seqs doubles) and seq_coef (num_seqs floats) are scratch.
+cudaError_t ObjectiveCoefficients(cudaStream_t stream, float* coef,
+                                  double* metrics, const float* logp,
+                                  const float* logit_sum,
+                                  const int32_t* correct, const float* entropy,
+                                  const SeqSpan* spans, const double* reference,
+                                  int num_seqs, const ObjectiveParams& params,
+                                  double* seq_sums, float* seq_coef);
 
 // ---- optimizer ----
 // Blocks of the first SumSquares pass for n values (at most 1024; a function

@@ -1,5 +1,5 @@
-// Elementwise kernels: GELU, SwiGLU, Add, Axpy, Scale, the bf16 conversion
-// and the bias add.
+// Elementwise kernels: GELU, SwiGLU, Add, Axpy, Scale, Multiply, the bf16
+// conversion and the bias add.
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -79,6 +79,11 @@ __global__ void ScaleKernel(float* x, float alpha, size_t n) {
   PREFOPT_GRID_STRIDE(i, n) { x[i] *= alpha; }
 }
 
+__global__ void MultiplyKernel(float* out, const float* a, const float* b,
+                               size_t n) {
+  PREFOPT_GRID_STRIDE(i, n) { out[i] = __fmul_rn(a[i], b[i]); }
+}
+
 __global__ void ToBf16Kernel(__nv_bfloat16* dst, const float* src, size_t n) {
   const size_t pairs = n / 2;
   PREFOPT_GRID_STRIDE(i, pairs) {
@@ -154,6 +159,13 @@ cudaError_t Axpy(cudaStream_t stream, float* y, float alpha, const float* x,
 cudaError_t Scale(cudaStream_t stream, float* x, float alpha, size_t n) {
   PREFOPT_LAUNCH(ScaleKernel, ElementwiseBlocks(n), kThreads, 0, stream)
   (x, alpha, n);
+  return cudaGetLastError();
+}
+
+cudaError_t Multiply(cudaStream_t stream, float* out, const float* a,
+                     const float* b, size_t n) {
+  PREFOPT_LAUNCH(MultiplyKernel, ElementwiseBlocks(n), kThreads, 0, stream)
+  (out, a, b, n);
   return cudaGetLastError();
 }
 

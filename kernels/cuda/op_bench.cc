@@ -186,8 +186,8 @@ void Attention(CudaBackend* cuda, const char* mode) {
       cuda->AttentionForward(out, lse, qkv, spans.data(), kSeqs, NH, NKV, hs);
     });
     const double bwd = TimeIt(cuda, reps, [&] {
-      cuda->AttentionBackward(dqkv, dout, qkv, lse, spans.data(), kSeqs, NH,
-                              NKV, hs);
+      cuda->AttentionBackward(dqkv, dout, qkv, out, lse, spans.data(), kSeqs,
+                              NH, NKV, hs);
     });
     // Causal: half of the two T x T x hs products forward; the usual 2.5x of
     // that backward (five products), whatever the kernels recompute.

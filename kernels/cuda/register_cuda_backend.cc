@@ -17,6 +17,9 @@ void RegisterCudaBackend() {
                                              : CudaBackend::Precision::kFp32);
         if (!created.ok()) return created.status();
         return std::unique_ptr<Backend>(*std::move(created));
+      },
+      [](const Backend& backend) {
+        return static_cast<const CudaBackend&>(backend).stream();
       });
 }
 

@@ -19,11 +19,17 @@ GpuBackendFactory& Factory() {
   return *factory;
 }
 
+GpuStreamOf& StreamOf() {
+  static GpuStreamOf* stream_of = new GpuStreamOf();
+  return *stream_of;
+}
+
 }  // namespace
 
-void RegisterGpuBackend(GpuBackendFactory factory) {
+void RegisterGpuBackend(GpuBackendFactory factory, GpuStreamOf stream_of) {
   std::lock_guard<std::mutex> lock(FactoryMutex());
   Factory() = std::move(factory);
+  StreamOf() = std::move(stream_of);
 }
 
 absl::StatusOr<SelectedBackend> SelectBackend(DeviceKind device,
@@ -33,9 +39,11 @@ absl::StatusOr<SelectedBackend> SelectBackend(DeviceKind device,
   std::string why_not_gpu;
   if (device != DeviceKind::kCpu) {
     GpuBackendFactory factory;
+    GpuStreamOf stream_of;
     {
       std::lock_guard<std::mutex> lock(FactoryMutex());
       factory = Factory();
+      stream_of = StreamOf();
     }
     if (!factory) {
       why_not_gpu = "this program has no GPU backend";
@@ -46,12 +54,20 @@ absl::StatusOr<SelectedBackend> SelectBackend(DeviceKind device,
       if (gpu.ok()) {
         selected.backend = *std::move(gpu);
         selected.gpu = true;
+        if (stream_of) selected.stream = stream_of(*selected.backend);
         selected.description = absl::StrCat(
             "device GPU ", gpu_index, " (", selected.backend->Name(),
             device == DeviceKind::kAuto ? ", chosen by AUTO" : "", ")");
         return selected;
       }
       why_not_gpu = std::string(gpu.status().message());
+      // There are GPUs, but not this one (more ranks on a node than GPUs):
+      // AUTO must not leave this one rank on the CPU.
+      if (gpu.status().code() == absl::StatusCode::kOutOfRange) {
+        return absl::OutOfRangeError(absl::StrCat(
+            device == DeviceKind::kGpu ? "device: GPU" : "device: AUTO",
+            ", but GPU ", gpu_index, " cannot be used: ", why_not_gpu));
+      }
     }
     if (device == DeviceKind::kGpu) {
       return absl::FailedPreconditionError(

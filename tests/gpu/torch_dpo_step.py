@@ -12,17 +12,22 @@ The baseline that prefopt's CUDA DPO step is compared with
 - Precision: fp32 master weights and AdamW state with torch.autocast(bfloat16),
   prefopt's CUDA precision (bf16 compute, fp32 weights); --pure-bf16 keeps the
   weights themselves in bf16.
-- Batch: --pairs preference pairs, each a 512-token prompt plus a 512-token
-  chosen and a 512-token rejected response, run as TRL's concatenated forward
-  (2 * pairs sequences of 1024 tokens).
+- Batch: --pairs preference pairs (default 16), each a 1024-token prompt plus
+  a 1024-token chosen and a 1024-token rejected response, run as TRL's
+  concatenated forward in micro-batches of --micro-pairs pairs (default 4)
+  with gradient accumulation, as prefopt's gpu_dpo_step_bench.
 - Loss: TRL's sigmoid DPO loss,
   -logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))).mean(), with the
   sequence log-probs summed over response tokens and the reference log-probs
   precomputed (prefopt's default), beta = 0.1.
 
-Prints one line "torch_dpo_step: {json}" with tokens/s (all 2 * pairs * 1024
-tokens of a step) and peak GPU memory. Without a GPU it prints
-"SKIPPED: no GPU (...)" and exits 0.
+Prints one line "torch_dpo_step: {json}" with tokens/s (all 2 * pairs *
+(prompt + response) tokens of a step), model FLOPs and MFU counted as
+trainer/loop/gpu_dpo_step_bench.cc counts them (the output layer on the
+response tokens only, although this script computes every position's
+logits), and peak GPU memory (torch.cuda.max_memory_allocated). Without a GPU
+it prints "SKIPPED: no GPU (...)" and exits 0; --device cpu --tiny runs tiny
+shapes on the CPU instead (a dry run of the script: its times mean nothing).
 """
 
 import argparse
@@ -45,6 +50,15 @@ class Config:
     vocab = 128256
     rope_theta = 500000.0
     eps = 1e-5
+
+
+class TinyConfig(Config):
+    dim = 64
+    layers = 2
+    heads = 4
+    kv_heads = 2
+    ff = 128
+    vocab = 256
 
 
 class Block(torch.nn.Module):
@@ -128,22 +142,31 @@ def sequence_logps(logits, ids, prompt_len):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=4)
-    ap.add_argument("--prompt", type=int, default=512)
-    ap.add_argument("--response", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--micro-pairs", type=int, default=4)
+    ap.add_argument("--prompt", type=int, default=1024)
+    ap.add_argument("--response", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true",
+                    help="d 64, 2 layers, V 256 (with small --prompt, "
+                    "--response, --pairs: a dry run)")
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--attn", choices=["sdpa", "math"], default="sdpa")
     ap.add_argument("--pure-bf16", action="store_true")
     args = ap.parse_args()
 
-    if not torch.cuda.is_available():
+    if args.pairs % args.micro_pairs:
+        ap.error("--micro-pairs must divide --pairs")
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("SKIPPED: no GPU (torch.cuda.is_available() is False)")
         return 0
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = args.device == "cuda"
     torch.manual_seed(0)
-    c = Config()
+    c = TinyConfig() if args.tiny else Config()
     model = Llama(c).to(dev)
     if args.pure_bf16:
         model = model.to(torch.bfloat16)
@@ -155,52 +178,77 @@ def main():
     responses = torch.randint(0, c.vocab, (2 * args.pairs, args.response),
                               device=dev)
     ids = torch.cat([prompt.repeat(2, 1), responses], dim=1)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        ref = sequence_logps(model(ids, args.attn), ids, args.prompt)
+    # Micro-batch m: its chosen rows, then its rejected rows.
+    mp = args.micro_pairs
+    micro = [torch.cat([ids[m:m + mp], ids[args.pairs + m:args.pairs + m + mp]])
+             for m in range(0, args.pairs, mp)]
+    with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16):
+        ref = [sequence_logps(model(x, args.attn), x, args.prompt)
+               for x in micro]
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(ids, args.attn)
-        logps = sequence_logps(logits, ids, args.prompt)
-        pi_c, pi_r = logps[:args.pairs], logps[args.pairs:]
-        ref_c, ref_r = ref[:args.pairs], ref[args.pairs:]
-        u = args.beta * ((pi_c - ref_c) - (pi_r - ref_r))
-        loss = -F.logsigmoid(u).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for x, r in zip(micro, ref):
+            with torch.autocast(args.device, dtype=torch.bfloat16):
+                logits = model(x, args.attn)
+            logps = sequence_logps(logits, x, args.prompt)
+            u = args.beta * ((logps[:mp] - r[:mp]) - (logps[mp:] - r[mp:]))
+            # The mean over the global batch's pairs.
+            loss = -F.logsigmoid(u).sum() / args.pairs
+            loss.backward()
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss
+        return total
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
-    torch.cuda.synchronize()
+    sync()
     elapsed = (time.perf_counter() - start) / args.steps
     tokens = 2 * args.pairs * seq
     params = sum(p.numel() for p in model.parameters())
+    # gpu_dpo_step_bench.cc's model FLOPs (see there): the layers' projections
+    # and causal attention on every token, the output layer on the response.
+    hd = c.dim // c.heads
+    layer_params = (c.dim * (c.heads + 2 * c.kv_heads) * hd + c.dim * c.dim +
+                    3 * c.dim * c.ff)
+    per_seq = (6 * seq * c.layers * layer_params +
+               6 * c.layers * seq * seq * c.dim +
+               6 * args.response * c.dim * c.vocab)
+    flops = 2 * args.pairs * per_seq
     result = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "params": params,
         "precision": "bf16 weights" if args.pure_bf16 else
                      "fp32 weights + bf16 autocast",
         "attention": args.attn,
         "pairs": args.pairs,
+        "micro_pairs": mp,
+        "prompt": args.prompt,
+        "response": args.response,
         "tokens_per_step": tokens,
         "step_s": round(elapsed, 4),
         "tokens_per_s": round(tokens / elapsed, 1),
+        "model_flops_per_step": float("%.4e" % flops),
+        "mfu": round(flops / elapsed / (args.peak_tflops * 1e12), 4),
         # 6 N flops per token for the dense weights plus the causal
         # attention's 6 * 2 * T * d / 2 per token per layer (forward and
         # backward).
-        "model_tflops_per_s": round(
-            (6 * params + 6 * c.layers * seq * c.dim) * tokens / elapsed /
-            1e12, 1),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "tflops_per_s": round(flops / elapsed / 1e12, 3),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                        if cuda else None,
         "loss": round(float(loss), 5),
     }
     if not math.isfinite(result["loss"]):

@@ -321,6 +321,9 @@ void ResolvePaths(const fs::path& base, TrainConfig* config) {
   ModelConfig& model = *config->mutable_model();
   ResolvePath(base, model.mutable_hf_path());
   ResolvePath(base, model.mutable_reference_hf_path());
+  if (model.has_lora()) {
+    ResolvePath(base, model.mutable_lora()->mutable_adapter_path());
+  }
   ResolvePath(base, config->mutable_export_hf_path());
   DataConfig& data = *config->mutable_data();
   for (std::string& file : *data.mutable_train_files()) {
@@ -589,11 +592,63 @@ void CheckFinite(const Message& message, const std::string& prefix,
   }
 }
 
+// LoRA (docs/lora.md): PEFT's ranges, and what TRL refuses with a
+// peft_config. The target modules are checked against the model when it is
+// built (they depend on its config.json).
+void CheckLora(const TrainConfig& config, std::vector<std::string>* problems) {
+  const ModelConfig& model = config.model();
+  if (!model.has_lora()) {
+    if (model.base_dtype() != ModelConfig::WEIGHT_DTYPE_DEFAULT) {
+      problems->push_back(absl::StrCat(
+          "model.base_dtype: holds the frozen weights of a LoRA run and needs "
+          "model.lora (got ",
+          ModelConfig::WeightDtype_Name(model.base_dtype()),
+          " without it); add model { lora {} } or remove base_dtype"));
+    }
+    return;
+  }
+  const LoraConfig& lora = model.lora();
+  if (lora.has_r() && lora.r() <= 0) {
+    problems->push_back(
+        absl::StrCat("model.lora.r: must be > 0, got ", lora.r()));
+  }
+  if (lora.has_alpha() && !(lora.alpha() > 0)) {
+    problems->push_back(
+        absl::StrCat("model.lora.alpha: must be > 0, got ", lora.alpha()));
+  }
+  if (!(lora.dropout() >= 0 && lora.dropout() < 1)) {
+    problems->push_back(absl::StrCat(
+        "model.lora.dropout: must be in [0, 1), got ", lora.dropout()));
+  }
+  if (!model.reference_hf_path().empty()) {
+    problems->push_back(absl::StrCat(
+        "model.reference_hf_path: with model.lora the reference is the model "
+        "the run starts from, held once (docs/lora.md; TRL likewise refuses "
+        "a ref_model with a peft_config); remove reference_hf_path (got ",
+        model.reference_hf_path(), ")"));
+  }
+  const ObjectiveConfig& objective = config.objective();
+  if (objective.dpo().sync_ref_model()) {
+    problems->push_back(
+        "objective.dpo.sync_ref_model: TR-DPO mixes the policy's weights into "
+        "a separate reference, but with model.lora the reference is the "
+        "frozen base model (TRL likewise refuses sync_ref_model with a "
+        "peft_config); remove sync_ref_model or model.lora");
+  }
+  if (objective.has_sparsepo()) {
+    problems->push_back(
+        "objective.sparsepo: does not train with model.lora yet (its step "
+        "holds its own reference copy and trains the output embedding); "
+        "remove model.lora for SparsePO");
+  }
+}
+
 void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {
   const ModelConfig& model = config.model();
   const auto problem = [&](absl::string_view field, absl::string_view what) {
     problems->push_back(absl::StrCat("model.", field, ": ", what));
   };
+  CheckLora(config, problems);
   if (model.live_reference() && config.objective().has_sft()) {
     problem("live_reference",
             "objective sft uses no reference model; remove live_reference");
@@ -1268,6 +1323,13 @@ absl::Status ApplyOverride(const std::string& override_text,
 }
 
 void FillDefaults(TrainConfig* config) {
+  if (config->model().has_lora()) {
+    // PEFT's LoraConfig defaults.
+    // An adapter_path's own settings apply instead (docs/lora.md).
+    LoraConfig& lora = *config->mutable_model()->mutable_lora();
+    if (!lora.has_r() && lora.adapter_path().empty()) lora.set_r(8);
+    if (!lora.has_alpha() && lora.adapter_path().empty()) lora.set_alpha(8);
+  }
   ObjectiveConfig& objective = *config->mutable_objective();
   if (objective.has_dpo()) {
     // TRL's DPOConfig defaults.

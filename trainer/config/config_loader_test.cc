@@ -1089,5 +1089,60 @@ TEST(DefaultsTest, CpoAndOrpoGetTrlsDefaults) {
   EXPECT_FLOAT_EQ(orpo->objective().orpo().beta(), 0.1f);
 }
 
+TEST(LoadTrainConfigTest, LoraGetsPeftsDefaultsAndResolvesItsAdapterPath) {
+  absl::StatusOr<TrainConfig> fresh = LoadTrainConfig(
+      WriteTempFile("configs/lora/fresh.textproto",
+                    "model { hf_path: '/m' lora {} } "
+                    "data { train_files: '/t.jsonl' } objective { dpo {} }"),
+      {});
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->model().lora().r(), 8);
+  EXPECT_FLOAT_EQ(fresh->model().lora().alpha(), 8.0f);
+  EXPECT_EQ(fresh->model().lora().dropout(), 0.0f);
+  // An adapter's own r and lora_alpha apply: they stay unset.
+  const std::string path =
+      WriteTempFile("configs/lora/run.textproto",
+                    "model { hf_path: '/m' lora { adapter_path: 'adapter' } } "
+                    "data { train_files: '/t.jsonl' } objective { dpo {} }");
+  absl::StatusOr<TrainConfig> config = LoadTrainConfig(path, {});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->model().lora().has_r());
+  EXPECT_FALSE(config->model().lora().has_alpha());
+  EXPECT_EQ(config->model().lora().adapter_path(),
+            (fs::path(path).parent_path() / "adapter").string());
+}
+
+TEST(LoadTrainConfigTest, LoraProblemsNameTheirFields) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model { hf_path: '/m' lora { r: 0 } } objective { dpo {} }",
+       "model.lora.r: must be > 0, got 0"},
+      {"model { hf_path: '/m' lora { alpha: -1 } } objective { dpo {} }",
+       "model.lora.alpha: must be > 0, got -1"},
+      {"model { hf_path: '/m' lora { dropout: 1 } } objective { dpo {} }",
+       "model.lora.dropout: must be in [0, 1), got 1"},
+      {"model { hf_path: '/m' reference_hf_path: '/r' lora {} } "
+       "objective { dpo {} }",
+       "model.reference_hf_path: with model.lora the reference is the model "
+       "the run starts from"},
+      {"model { hf_path: '/m' live_reference: true lora {} } "
+       "objective { dpo { sync_ref_model: true } }",
+       "objective.dpo.sync_ref_model: TR-DPO mixes"},
+      {"model { hf_path: '/m' lora {} } objective { sparsepo {} }",
+       "objective.sparsepo: does not train with model.lora"},
+      {"model { hf_path: '/m' base_dtype: WEIGHT_BF16 } objective { dpo {} }",
+       "model.base_dtype: holds the frozen weights of a LoRA run and needs "
+       "model.lora (got WEIGHT_BF16"},
+  };
+  for (const auto& [text, expected] : cases) {
+    absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+        WriteTempFile("lora_bad.textproto",
+                      text + " data { train_files: '/t.jsonl' }"),
+        {});
+    ASSERT_FALSE(config.ok()) << text;
+    EXPECT_THAT(Message(config.status()), HasSubstr(expected)) << text;
+    EXPECT_THAT(Message(config.status()), HasSubstr("lora_bad.textproto: "));
+  }
+}
+
 }  // namespace
 }  // namespace prefopt::config

@@ -10,7 +10,9 @@
 namespace prefopt::loop {
 
 // kernels::SelectBackend for `config`, on GPU `node-local rank` (mpirun's or
-// srun's); errors name the rank.
+// srun's), or GPU 0 when CUDA_VISIBLE_DEVICES names exactly one (a launcher
+// that binds a GPU to each rank); errors name the rank, and ranks on a node
+// that outnumber its GPUs get an error saying how to start one per GPU.
 absl::StatusOr<kernels::SelectedBackend> SelectDevice(const TrainConfig& config,
                                                       int rank);
 

@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/memory_purpose.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
 
@@ -31,16 +32,22 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
     if (!opened.ok()) return opened.status();
     store.emplace(*std::move(opened));
   }
-  auto reference = model::Decoder::Create(spec, backend, policy.capacity(),
-                                          /*trainable=*/false);
+  absl::StatusOr<std::unique_ptr<model::Decoder>> reference;
+  {
+    kernels::MemoryPurpose purpose("reference model");
+    reference = model::Decoder::Create(spec, backend, policy.capacity(),
+                                       /*trainable=*/false);
+  }
   if (!reference.ok()) return reference.status();
   if (store.has_value()) {
     absl::Status s = (*reference)->LoadHf(*store);
     if (!s.ok()) return s;
   } else {
-    std::vector<float> host(policy.layout().total());
-    backend->CopyToHost(host.data(), policy.params(), host.size());
-    backend->CopyToDevice((*reference)->params(), host.data(), host.size());
+    // A LoRA policy's base weights: the adapters are not the reference's.
+    std::vector<float> host(policy.base_layout().total());
+    backend->CopyToHost(host.data(), policy.base_params(), host.size());
+    backend->CopyToDevice((*reference)->base_params(), host.data(),
+                          host.size());
   }
   return reference;
 }
@@ -95,7 +102,13 @@ absl::Status CheckReferenceSync(const DpoConfig& dpo,
 
 LiveReference::LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
                              size_t num_examples)
-    : model_(std::move(model)),
+    : LiveReference(model.get(), chunk, num_examples) {
+  owned_ = std::move(model);
+}
+
+LiveReference::LiveReference(model::Decoder* policy, int chunk,
+                             size_t num_examples)
+    : model_(policy),
       output_(model_->backend(), model_->capacity().max_rows,
               model_->hidden_size(), model_->vocab_size(), chunk) {
   // Only the entries of the scored examples are ever read.
@@ -107,7 +120,11 @@ const objectives::ReferenceValues& LiveReference::Score(
     bool include_context, int only_response) {
   data::BuildBatch(examples, micro.data(), static_cast<int>(micro.size()),
                    include_context, &batch_, only_response);
+  // A frozen copy has no adapters; a LoRA policy is scored as the reference
+  // (its starting adapter, or none: docs/lora.md).
+  model_->set_reference_mode(true);
   const float* hidden = model_->Forward(batch_.packed);
+  model_->set_reference_mode(false);
   const std::vector<objectives::SequenceScores> scores =
       output_.Forward(hidden, model_->output_embedding(),
                       batch_.packed.tokens.data(), batch_.segments);

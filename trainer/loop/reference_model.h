@@ -60,6 +60,12 @@ class LiveReference {
   // `num_examples` the size of the dataset whose indices Score receives.
   LiveReference(std::unique_ptr<model::Decoder> model, int chunk,
                 size_t num_examples);
+  // LoRA (docs/lora.md): the reference is `policy` itself in reference mode
+  // for each Score (its starting adapter, or its adapters off), so the
+  // weights are held once. Not owned;
+  // Score must run before the policy's own Forward of a micro-batch (it
+  // overwrites the policy's activations).
+  LiveReference(model::Decoder* policy, int chunk, size_t num_examples);
 
   // Scores the examples `micro` (dataset indices, at most the capacity's
   // worth) with the frozen model, with or without their context; with
@@ -82,7 +88,8 @@ class LiveReference {
   const model::Decoder& model() const { return *model_; }
 
  private:
-  std::unique_ptr<model::Decoder> model_;
+  std::unique_ptr<model::Decoder> owned_;
+  model::Decoder* model_;
   objectives::ChunkedOutputLayer output_;
   data::Batch batch_;
   objectives::ReferenceValues values_;

@@ -8,12 +8,20 @@
 #include <filesystem>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "comm/failure.h"
+#include "comm/gpu_communicator.h"
+#include "comm/launch_env.h"
+#include "kernels/memory_purpose.h"
 #include "trainer/checkpoint/hf_export.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/data/dataset_loader.h"
@@ -23,6 +31,7 @@
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/checkpointing.h"
 #include "trainer/loop/device_select.h"
+#include "trainer/lora/lora_modules.h"
 #include "trainer/metrics/run_report.h"
 #include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
@@ -79,6 +88,99 @@ io::ModelSpec SpecFromConfig(const ModelConfig& m) {
     spec.mlp_bias = m.mlp_bias();
   }
   return spec;
+}
+
+lora::LoraSettings SettingsFromConfig(const LoraConfig& config) {
+  lora::LoraSettings settings;
+  settings.r = config.r();
+  settings.alpha = config.alpha();
+  settings.dropout = config.dropout();
+  settings.use_rslora = config.use_rslora();
+  settings.target_modules.assign(config.target_modules().begin(),
+                                 config.target_modules().end());
+  return settings;
+}
+
+absl::StatusOr<model::LoraOptions> LoraOptionsFor(
+    const lora::LoraSettings& settings, const io::ModelSpec& spec) {
+  auto modules = lora::ResolveTargetModules(spec, settings.target_modules,
+                                            "model.lora.target_modules");
+  if (!modules.ok()) return modules.status();
+  model::LoraOptions options;
+  options.modules = *std::move(modules);
+  options.r = settings.r;
+  options.scaling = settings.Scaling();
+  options.dropout = settings.dropout;
+  return options;
+}
+
+absl::StatusOr<std::pair<model::LoraOptions, lora::PeftAdapter>>
+ReadStartingAdapter(const LoraConfig& config, const io::ModelSpec& spec) {
+  const std::string& dir = config.adapter_path();
+  auto adapter = lora::ReadPeftAdapter(dir, spec);
+  if (!adapter.ok()) return adapter.status();
+  const lora::LoraSettings& settings = adapter->settings;
+  // The adapter's own settings apply; the config may only repeat them.
+  const auto disagree = [&](const std::string& field, const std::string& ours,
+                            const std::string& theirs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.lora.", field, ": is ", ours, " but the adapter at ", dir,
+        " has ", theirs, "; leave it unset to use the adapter's"));
+  };
+  if (config.has_r() && config.r() != settings.r) {
+    return disagree("r", absl::StrCat(config.r()), absl::StrCat(settings.r));
+  }
+  if (config.has_alpha() && config.alpha() != settings.alpha) {
+    return disagree("alpha", absl::StrCat(config.alpha()),
+                    absl::StrCat("lora_alpha ", settings.alpha));
+  }
+  if (config.use_rslora() && !settings.use_rslora) {
+    return disagree("use_rslora", "true", "use_rslora false");
+  }
+  const std::vector<std::string> targets(config.target_modules().begin(),
+                                         config.target_modules().end());
+  if (!targets.empty() && targets != settings.target_modules) {
+    return disagree("target_modules", absl::StrJoin(targets, ", "),
+                    absl::StrCat("target_modules ",
+                                 absl::StrJoin(settings.target_modules, ", ")));
+  }
+  model::LoraOptions options;
+  for (const lora::AdapterFactors& f : adapter->factors) {
+    options.modules.push_back(f.module);
+  }
+  options.r = settings.r;
+  options.scaling = settings.Scaling();
+  options.dropout = config.dropout();
+  return std::make_pair(std::move(options), *std::move(adapter));
+}
+
+lora::PeftAdapter AdapterFromDecoder(const model::Decoder& policy,
+                                     const lora::LoraSettings& settings,
+                                     const std::string& base_model) {
+  lora::PeftAdapter adapter;
+  const model::LoraOptions& options = policy.lora();
+  adapter.settings = settings;
+  adapter.base_model_name_or_path = base_model;
+  kernels::Backend* backend = policy.backend();
+  for (const model::LoraAdapterRef& ref : policy.lora_adapters()) {
+    lora::AdapterFactors f;
+    f.module = ref.module;
+    f.a.resize(static_cast<size_t>(options.r) * ref.module.in_features);
+    f.b.resize(static_cast<size_t>(ref.module.out_features) * options.r);
+    backend->CopyToHost(f.a.data(), policy.params() + ref.a, f.a.size());
+    backend->CopyToHost(f.b.data(), policy.params() + ref.b, f.b.size());
+    adapter.factors.push_back(std::move(f));
+  }
+  return adapter;
+}
+
+uint64_t LoraDropoutSeed(uint64_t seed, int step, int micro_batch, int rank) {
+  uint64_t h = seed ^ 0x4C6F524144726F70ull;  // "LoRADrop"
+  for (const int64_t v : {int64_t{step}, int64_t{micro_batch}, int64_t{rank}}) {
+    util::Rng rng(h ^ static_cast<uint64_t>(v));
+    h = rng.NextU64();
+  }
+  return h;
 }
 
 absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(
@@ -148,16 +250,30 @@ Trainer::Trainer(const TrainConfig& config, std::ostream& log,
 absl::Status Trainer::SelectDevice() {
   absl::StatusOr<kernels::SelectedBackend> selected =
       loop::SelectDevice(config_, rank_);
+  // A rank that fails here ends the job (AbortAll in the caller), also the
+  // ranks already waiting in the GPU communicator's setup below.
   if (!selected.ok()) return selected.status();
   if (selected->gpu && world_ > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "device: GPU with ", world_,
-        " ranks: GPU ranks all-reduce their gradients over NCCL, which the "
-        "training loop does not do yet; train on one GPU (one rank), or with "
-        "device: CPU"));
+    // GPU ranks exchange device buffers (comm/gpu_communicator.h); host
+    // buffers (metric sums, fingerprints) still travel over the caller's
+    // communicator, through this one.
+    absl::StatusOr<comm::LaunchEnv> env = comm::DetectLaunchEnv();
+    if (!env.ok()) return env.status();
+    absl::StatusOr<std::unique_ptr<comm::Communicator>> gpu =
+        comm::CreateGpuCommunicator(comm_, env->local_rank, selected->stream);
+    if (!gpu.ok()) {
+      return absl::Status(
+          gpu.status().code(),
+          absl::StrCat("rank ", rank_, ": ", gpu.status().message()));
+    }
+    gpu_comm_ = *std::move(gpu);
+    comm_ = gpu_comm_.get();
   }
   backend_ = std::move(selected->backend);
   out() << selected->description << "\n";
+  if (gpu_comm_ != nullptr) {
+    out() << "data-parallel GPU ranks: " << gpu_comm_->Name() << "\n";
+  }
   return absl::OkStatus();
 }
 
@@ -166,7 +282,9 @@ std::ostream& Trainer::out() {
   return rank_ == 0 ? log_ : *null_stream;
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (reference_adapters_ != nullptr) backend_->Free(reference_adapters_);
+}
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
     const TrainConfig& config, std::ostream& log, comm::Communicator* comm,
@@ -367,7 +485,32 @@ absl::Status Trainer::Init() {
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
   cap.param_multiple = 16 * world_;
   cap.activation_checkpointing = config_.activation_checkpointing();
-  auto policy = model::Decoder::Create(spec_, backend_.get(), cap, true);
+  model::LoraOptions lora;
+  if (mc.has_lora()) {
+    if (mc.base_dtype() == ModelConfig::WEIGHT_BF16) {
+      return absl::UnimplementedError(
+          "model.base_dtype: WEIGHT_BF16 (bf16 frozen weights) is not "
+          "implemented yet; remove base_dtype (the base is held in fp32)");
+    }
+    if (!mc.lora().adapter_path().empty()) {
+      auto read = ReadStartingAdapter(mc.lora(), spec_);
+      if (!read.ok()) return read.status();
+      start_adapter_ = *std::move(read);
+      lora = start_adapter_->first;
+      lora_settings_ = start_adapter_->second.settings;
+      lora_settings_.dropout = lora.dropout;
+    } else {
+      lora_settings_ = SettingsFromConfig(mc.lora());
+      auto options = LoraOptionsFor(lora_settings_, spec_);
+      if (!options.ok()) return options.status();
+      lora = *std::move(options);
+    }
+  }
+  absl::StatusOr<std::unique_ptr<model::Decoder>> policy;
+  {
+    kernels::MemoryPurpose purpose("policy model");
+    policy = model::Decoder::Create(spec_, backend_.get(), cap, true, lora);
+  }
   if (!policy.ok()) return policy.status();
   policy_ = *std::move(policy);
   if (store.has_value()) {
@@ -375,6 +518,45 @@ absl::Status Trainer::Init() {
     if (!s.ok()) return s;
   } else {
     policy_->InitRandom(config_.seed(), mc.init_std());
+  }
+  if (start_adapter_.has_value()) {
+    const std::vector<model::LoraAdapterRef> refs = policy_->lora_adapters();
+    const std::vector<lora::AdapterFactors>& factors =
+        start_adapter_->second.factors;
+    for (size_t i = 0; i < refs.size(); ++i) {
+      backend_->CopyToDevice(policy_->params() + refs[i].a, factors[i].a.data(),
+                             factors[i].a.size());
+      backend_->CopyToDevice(policy_->params() + refs[i].b, factors[i].b.data(),
+                             factors[i].b.size());
+    }
+    // TRL's reference for a model that already holds an adapter is a frozen
+    // copy of that adapter (docs/lora.md): kept beside the trained one.
+    {
+      kernels::MemoryPurpose purpose("the starting adapter (the reference)");
+      reference_adapters_ = backend_->Alloc(policy_->padded_param_count());
+    }
+    backend_->Zero(reference_adapters_, policy_->padded_param_count());
+    backend_->Axpy(reference_adapters_, 1.0f, policy_->params(),
+                   policy_->padded_param_count());
+    policy_->set_reference_adapters(reference_adapters_);
+    out() << "LoRA: adapters from " << mc.lora().adapter_path() << "\n";
+    start_adapter_.reset();
+  } else if (policy_->has_lora()) {
+    policy_->InitAdapters(config_.seed() ^ 0x4C6F5241496E6974ull);  // LoRAInit
+  }
+  if (policy_->has_lora()) {
+    size_t adapter_params = 0, base_params = 0;
+    for (const model::ParamTensor& t : policy_->layout().tensors()) {
+      adapter_params += t.numel;
+    }
+    for (const model::ParamTensor& t : policy_->base_layout().tensors()) {
+      base_params += t.numel;
+    }
+    out() << "LoRA: r " << lora.r << ", scaling " << lora.scaling
+          << ", dropout " << lora.dropout << ", " << lora.modules.size()
+          << " adapted layers; " << adapter_params
+          << " trainable parameters (base model " << base_params
+          << ", frozen)\n";
   }
 
   if (sparsepo) {
@@ -388,7 +570,15 @@ absl::Status Trainer::Init() {
     out() << "reference: live (frozen copy in memory)\n";
   } else if (objective_->reference_needs() !=
              objectives::ReferenceNeeds::kNone) {
-    if (mc.live_reference()) {
+    if (mc.live_reference() && policy_->has_lora()) {
+      live_reference_ = std::make_unique<LiveReference>(
+          policy_.get(), config_.output_chunk_tokens(),
+          dataset_.examples.size());
+      out() << "reference: live (the model in reference mode: "
+            << (reference_adapters_ != nullptr ? "its starting adapter"
+                                               : "its adapters off")
+            << ")\n";
+    } else if (mc.live_reference()) {
       auto reference = CreateReferenceModel(mc, *policy_);
       if (!reference.ok()) return reference.status();
       live_reference_ = std::make_unique<LiveReference>(
@@ -412,9 +602,13 @@ absl::Status Trainer::Init() {
   }
 
   if (!sparsepo) {
+    kernels::MemoryPurpose purpose("output layer");
     output_ = std::make_unique<objectives::ChunkedOutputLayer>(
         backend_.get(), cap.max_rows, spec_.hidden, spec_.vocab_size,
         config_.output_chunk_tokens());
+    device_objective_ = objectives::DeviceObjective::Create(
+        *objective_, backend_.get(), cap.max_seqs,
+        static_cast<int>(spec_.vocab_size));
   }
   sync_ = std::make_unique<GradientSync>(world_ > 1 ? comm_ : nullptr,
                                          policy_->padded_param_count(),
@@ -429,9 +623,12 @@ absl::Status Trainer::Init() {
     evaluator_ = *std::move(evaluator);
     eval_data_.reset();
   }
-  optimizer_ = std::make_unique<optim::AdamWOptimizer>(
-      backend_.get(), policy_->layout(), config_.optimizer(),
-      sync_->shard().begin, sync_->shard().end);
+  {
+    kernels::MemoryPurpose purpose("AdamW moments");
+    optimizer_ = std::make_unique<optim::AdamWOptimizer>(
+        backend_.get(), policy_->layout(), config_.optimizer(),
+        sync_->shard().begin, sync_->shard().end);
+  }
   // After the reference pass, which must see the initial policy.
   s = InitCheckpoints();
   if (!s.ok()) return s;
@@ -459,12 +656,40 @@ absl::Status Trainer::Init() {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Makes a LoRA decoder the reference model for its lifetime (its starting
+// adapter, or none: Decoder::set_reference_mode).
+class ReferenceMode {
+ public:
+  explicit ReferenceMode(model::Decoder* decoder) : decoder_(decoder) {
+    decoder_->set_reference_mode(true);
+  }
+  ~ReferenceMode() { decoder_->set_reference_mode(false); }
+  ReferenceMode(const ReferenceMode&) = delete;
+  ReferenceMode& operator=(const ReferenceMode&) = delete;
+
+ private:
+  model::Decoder* decoder_;
+};
+
+}  // namespace
+
 absl::Status Trainer::BuildReferences() {
   // The frozen reference lives only for this pass; training holds no second
-  // model (docs/objectives.md §6).
-  auto ref = CreateReferenceModel(config_.model(), *policy_);
-  if (!ref.ok()) return ref.status();
-  model::Decoder& reference = **ref;
+  // model (docs/objectives.md §6). With LoRA it is the policy in reference
+  // mode (its starting adapter, or its adapters off: docs/lora.md).
+  std::unique_ptr<model::Decoder> copy;
+  std::optional<ReferenceMode> reference_mode;
+  if (policy_->has_lora()) {
+    reference_mode.emplace(policy_.get());
+  } else {
+    auto ref = CreateReferenceModel(config_.model(), *policy_);
+    if (!ref.ok()) return ref.status();
+    copy = *std::move(ref);
+  }
+  model::Decoder& reference = copy != nullptr ? *copy : *policy_;
+  kernels::MemoryPurpose purpose("reference log-probs pre-pass");
   const reference::ReferenceOptions options =
       ReferenceOptionsFor(*objective_, config_, comm_);
   auto result = reference::ComputeReferenceValues(
@@ -656,6 +881,9 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                           objective_->reference_sees_context(),
                                           only_response);
     }
+    // LoRA's dropout draws a mask per training micro-batch (docs/lora.md).
+    policy_->set_lora_dropout_seed(LoraDropoutSeed(
+        config_.seed(), step_, static_cast<int>(begin / mb), rank_));
     const float* hidden = policy_->Forward(batch_.packed);
     std::vector<objectives::ResponseSegment> with_prompts;
     const std::vector<objectives::ResponseSegment>* segments = &batch_.segments;
@@ -664,36 +892,53 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                                                     dataset_.examples, micro);
       segments = &with_prompts;
     }
-    const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
-    scores =
-        output_->Forward(hidden, policy_->output_embedding(),
-                         batch_.packed.tokens.data(), *segments, log_sum_sq);
-    objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
-                                    reference};
-    view.denominator = denominator;
-    view.token_denominator = token_denominator;
-    view.dataset = &dataset_.examples;
-    view.prepass = prepass;
-    if (log_sum_sq) {
-      view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
+    if (device_objective_ != nullptr) {
+      // The coefficients stay on the backend (docs/objectives.md §7).
+      output_->ForwardOnBackend(hidden, policy_->output_embedding(),
+                                batch_.packed.tokens.data(), *segments);
+      device_objective_->Coefficients(*segments, micro, reference, denominator,
+                                      token_denominator, output_.get());
+    } else {
+      const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();
+      scores =
+          output_->Forward(hidden, policy_->output_embedding(),
+                           batch_.packed.tokens.data(), *segments, log_sum_sq);
+      objectives::MicroBatchView view{&micro, &scores, &output_->row_logp(),
+                                      reference};
+      view.denominator = denominator;
+      view.token_denominator = token_denominator;
+      view.dataset = &dataset_.examples;
+      view.prepass = prepass;
+      if (log_sum_sq) {
+        view.row_log_sum_sq_probs = &output_->row_log_sum_sq_probs();
+      }
+      objective_->Coefficients(view, denominator, &coef_, sums);
+      objectives::AddEntropyMetric(scores, batch_.segments.size(), sums);
     }
-    objective_->Coefficients(view, denominator, &coef_, sums);
-    objectives::AddEntropyMetric(scores, batch_.segments.size(), sums);
     backend_->Zero(policy_->dhidden(),
                    static_cast<size_t>(batch_.packed.rows()) * C);
-    output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
-                      hidden, policy_->output_embedding(),
-                      batch_.packed.tokens.data(), *segments, coef_);
+    if (device_objective_ != nullptr) {
+      output_->BackwardOnBackend(
+          policy_->dhidden(), policy_->output_embedding_grad(), hidden,
+          policy_->output_embedding(), batch_.packed.tokens.data(), *segments);
+    } else {
+      output_->Backward(policy_->dhidden(), policy_->output_embedding_grad(),
+                        hidden, policy_->output_embedding(),
+                        batch_.packed.tokens.data(), *segments, coef_);
+    }
     // The last micro-batch's backward finishes each block's gradients: their
     // exchange can start while the blocks below are still computed.
     if (begin + n == indices.size()) sync_->BeginLastBackward();
     policy_->Backward(batch_.packed);
+    policy_->set_lora_dropout_seed(std::nullopt);
   }
+  if (device_objective_ != nullptr) device_objective_->TakeMetrics(sums);
   return tokens;
 }
 
 absl::StatusOr<std::map<std::string, double>> Trainer::Step() {
   const auto t0 = std::chrono::steady_clock::now();
+  kernels::MemoryPurpose purpose(absl::StrCat("training step ", step_ + 1));
   const std::vector<int> global = GlobalBatch(step_);
   const std::vector<int> local = LocalShard(global);
   objectives::MetricSums prepass, sums;
@@ -834,6 +1079,17 @@ absl::Status Trainer::Evaluate() {
 
 absl::Status Trainer::ExportPolicy() {
   if (rank_ != 0) return absl::OkStatus();
+  if (policy_->has_lora()) {
+    // A LoRA run exports its adapters as a PEFT adapter folder (docs/lora.md).
+    absl::Status s =
+        lora::WritePeftAdapter(config_.export_hf_path(), spec_,
+                               AdapterFromDecoder(*policy_, lora_settings_,
+                                                  config_.model().hf_path()));
+    if (s.ok()) {
+      progress_->Print("exported (PEFT adapter): " + config_.export_hf_path());
+    }
+    return s;
+  }
   std::vector<float> params(policy_->layout().total());
   backend_->CopyToHost(params.data(), policy_->params(), params.size());
   // Hugging Face's own default shard size.

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,10 +29,12 @@
 #include "trainer/loop/gradient_sync.h"
 #include "trainer/loop/reference_model.h"
 #include "trainer/loop/sparsepo_step.h"
+#include "trainer/lora/peft_adapter.h"
 #include "trainer/metrics/metrics_log.h"
 #include "trainer/metrics/progress.h"
 #include "trainer/metrics/tensorboard_writer.h"
 #include "trainer/model/decoder.h"
+#include "trainer/objectives/device_objective.h"
 #include "trainer/objectives/objective.h"
 #include "trainer/objectives/output_layer.h"
 #include "trainer/objectives/reference_values.h"
@@ -113,7 +116,8 @@ class Trainer {
   Trainer(const TrainConfig& config, std::ostream& log,
           comm::Communicator* comm, bool log_is_terminal);
   absl::Status Init();
-  // Creates backend_ for config device/precision and logs which it is.
+  // Creates backend_ for config device/precision and logs which it is; on
+  // GPU ranks (world size > 1) also gpu_comm_. Collective.
   absl::Status SelectDevice();
   // ScorePrepass over `local`, this rank's share of a global batch, with the
   // precomputed or live reference, summed over the ranks of `comm`.
@@ -179,13 +183,30 @@ class Trainer {
   int rank_ = 0;
   int world_ = 1;
   std::unique_ptr<kernels::Backend> backend_;
+  // GPU ranks: the communicator for the backend's device buffers, over the
+  // caller's (comm_ points to it from SelectDevice on). Declared after
+  // backend_, so that it goes first, and before everything holding its
+  // pending reductions.
+  std::unique_ptr<comm::Communicator> gpu_comm_;
   io::ModelSpec spec_;
   data::Dataset dataset_;
   objectives::ReferenceValues references_;
   std::unique_ptr<model::Decoder> policy_;
+  // model.lora.adapter_path, read before the policy exists (Init only).
+  std::optional<std::pair<model::LoraOptions, lora::PeftAdapter>>
+      start_adapter_;
+  // model.lora's settings (or the starting adapter's), for export.
+  lora::LoraSettings lora_settings_;
+  // With model.lora.adapter_path: a frozen copy of the starting adapter
+  // (backend memory, policy_'s trainable layout), the reference model's
+  // adapters. Freed by ~Trainer.
+  float* reference_adapters_ = nullptr;
   std::unique_ptr<objectives::ChunkedOutputLayer> output_;
   // Null for SparsePO, which runs through sparsepo_ instead.
   std::unique_ptr<objectives::Objective> objective_;
+  // The objective's coefficients and metrics on the backend
+  // (DeviceObjective::Create says when); null: on the host.
+  std::unique_ptr<objectives::DeviceObjective> device_objective_;
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<SparsePoStep> sparsepo_;
   // model.live_reference: scores each micro-batch instead of references_.
@@ -228,6 +249,34 @@ class Trainer {
 
 // The ModelSpec of a from-scratch model described by the config's sizes.
 io::ModelSpec SpecFromConfig(const ModelConfig& model);
+
+// model.lora's fields as PEFT's settings (fresh adapters, docs/lora.md).
+lora::LoraSettings SettingsFromConfig(const LoraConfig& config);
+
+// The adapters `settings` put on a model of `spec`: PEFT's target_modules
+// rules and scaling; InvalidArgument naming model.lora.target_modules (and
+// listing the model's layers) for a target the model does not have. Expects
+// validated settings (r > 0).
+absl::StatusOr<model::LoraOptions> LoraOptionsFor(
+    const lora::LoraSettings& settings, const io::ModelSpec& spec);
+
+// model.lora.adapter_path: the PEFT adapter folder read for a model of
+// `spec` and the options it sets (its r, lora_alpha, target_modules and
+// use_rslora; the config's dropout). InvalidArgument naming the model.lora
+// field that the config sets to something else than the adapter.
+absl::StatusOr<std::pair<model::LoraOptions, lora::PeftAdapter>>
+ReadStartingAdapter(const LoraConfig& config, const io::ModelSpec& spec);
+
+// A LoRA policy's adapters as a PEFT adapter with `settings`, factors copied
+// from the backend, for export.
+lora::PeftAdapter AdapterFromDecoder(const model::Decoder& policy,
+                                     const lora::LoraSettings& settings,
+                                     const std::string& base_model);
+
+// The seed of the LoRA dropout masks of one micro-batch: a function of the
+// run's seed, the step, the micro-batch's index in the step and the rank,
+// so that a resumed run draws the same masks.
+uint64_t LoraDropoutSeed(uint64_t seed, int step, int micro_batch, int rank);
 
 // The objective selected by the config.
 absl::StatusOr<std::unique_ptr<objectives::Objective>> CreateObjective(

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/memory_purpose.h"
 #include "trainer/model/rope.h"
 #include "trainer/util/rng.h"
 
@@ -66,6 +67,28 @@ struct Decoder::LayerActs {
   float* fc;    // MLP input projection: [N, FF] (GPT-2) or [N, 2*FF] gate|up
   float* act;   // GELU(fc) or SwiGLU(fc), [N, FF]
   float* res3;  // residual stream after the MLP block = the block's output
+};
+
+// One adapted linear layer of a block.
+struct Decoder::Adapter {
+  lora::LinearModule module;
+  Slot slot = Slot::kQkv;
+  size_t a = 0, b = 0;  // offsets of lora_A and lora_B in params_
+  // The adapter adds into columns [column, column + out_features) of its
+  // slot's output, `width` columns wide: q, k, v, gate and up are parts of
+  // prefopt's fused projections.
+  int column = 0;
+  int width = 0;
+  // The mask's seed stream inside its block.
+  int index = 0;
+  float* scaled_h = nullptr;  // [max_rows, r]: scaling * A drop(x)
+  float* mask = nullptr;      // [max_rows, in]: the dropout mask (dropout > 0)
+  // The mask as drawn on the host, kept so that a step allocates nothing.
+  std::vector<float> host_mask;
+  // A fused part's B widened to the slot: [width, r] with B in rows
+  // [column, column + out_features) and zeros elsewhere, so that the
+  // existing dense kernels add into the fused output.
+  float* b_wide = nullptr;
 };
 
 namespace {
@@ -122,9 +145,10 @@ Count ParameterCount(const io::ModelSpec& spec) {
 }
 
 // The floats AllocateActivations allocates (rope tables bounded by
-// max_seq_len * head_dim each).
+// max_seq_len * head_dim each), `attention` of them per block for what
+// attention saves for its backward.
 Count ActivationCount(const io::ModelSpec& spec, const Capacity& capacity,
-                      bool trainable) {
+                      bool trainable, Count attention) {
   const bool llama = spec.arch != io::ModelSpec::Arch::kGpt2;
   const Count N(capacity.max_rows), S(capacity.max_seq_len), C(spec.hidden),
       FF(spec.intermediate), hd(spec.head_dim);
@@ -132,7 +156,7 @@ Count ActivationCount(const io::ModelSpec& spec, const Capacity& capacity,
   const Count QKV = ATT + Count(2) * Count(spec.n_kv_head) * hd;
   const Count FC = llama ? Count(2) * FF : FF;
   const Count layer = Count(4) * N * C + Count(4) * N + N * QKV + N * ATT +
-                      Count(spec.n_head) * S * N + N * FC + N * FF;
+                      attention + N * FC + N * FF;
   // Frozen: one block's buffers reused by every block. Checkpointed: those
   // plus every other block's output.
   const Count blocks =
@@ -166,12 +190,38 @@ std::optional<uint64_t> AvailableHostMemory() {
 
 absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
                                     const Capacity& capacity, bool trainable,
-                                    std::optional<uint64_t> available) {
+                                    std::optional<uint64_t> available,
+                                    const LoraOptions& lora,
+                                    std::optional<uint64_t> attention_floats) {
+  // Without the backend's count, the probabilities of the fullest batch.
+  const Count attention =
+      attention_floats.has_value()
+          ? Count(static_cast<int64_t>(std::min<uint64_t>(
+                *attention_floats, std::numeric_limits<int64_t>::max())))
+          : Count(spec.n_head) * Count(capacity.max_seq_len) *
+                Count(capacity.max_rows);
   const Count params = ParameterCount(spec) + Count(capacity.param_multiple);
   // Trainable: gradients and AdamW's two moments as well (a ZeRO-1 rank holds
   // only a shard of the moments; counting them whole errs on the safe side).
-  const Count floats = params * Count(trainable ? 4 : 1) +
-                       ActivationCount(spec, capacity, trainable);
+  // With LoRA only the adapters train; their activations are the saved
+  // A x, the dropout masks and one adapter's scratch.
+  Count floats = ActivationCount(spec, capacity, trainable, attention);
+  if (lora.enabled()) {
+    const Count N(capacity.max_rows), r(lora.r);
+    Count adapters(0), widest(0);
+    for (const lora::LinearModule& m : lora.modules) {
+      adapters =
+          adapters + r * Count(m.in_features + m.out_features) + Count(32);
+      floats = floats + N * r +
+               (lora.dropout > 0 ? N * Count(m.in_features) : Count(0));
+      widest = Count(std::max<int64_t>({static_cast<int64_t>(widest.value()),
+                                        m.in_features, m.out_features * 3}));
+    }
+    floats = floats + params + adapters * Count(4) + Count(3) * N * widest +
+             widest * r;
+  } else {
+    floats = floats + params * Count(trainable ? 4 : 1);
+  }
   const uint64_t needed = (floats * Count(sizeof(float))).value();
   if (!available.has_value() || needed <= *available) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
@@ -191,9 +241,16 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
 
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
     const io::ModelSpec& spec, Backend* backend, const Capacity& capacity,
-    bool trainable) {
+    bool trainable, const LoraOptions& lora) {
   if (capacity.max_rows <= 0 || capacity.max_seq_len <= 0) {
     return absl::InvalidArgumentError("decoder capacity must be positive");
+  }
+  if (lora.enabled() &&
+      (!trainable || lora.r <= 0 || !(lora.dropout >= 0 && lora.dropout < 1))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LoRA needs a trainable decoder, r > 0 and dropout in [0, 1) (got ",
+        trainable ? "trainable" : "frozen", ", r ", lora.r, ", dropout ",
+        lora.dropout, ")"));
   }
   const bool gpt2 = spec.arch == io::ModelSpec::Arch::kGpt2;
   if (capacity.max_seq_len > spec.max_positions) {
@@ -212,25 +269,31 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(
   // std::bad_alloc or the OOM killer. A GPU backend reports a failed
   // allocation itself, with the free device memory.
   if (backend->HostAddressable()) {
-    if (absl::Status s = CheckModelFitsInMemory(spec, capacity, trainable,
-                                                AvailableHostMemory());
+    if (absl::Status s = CheckModelFitsInMemory(
+            spec, capacity, trainable, AvailableHostMemory(), lora,
+            backend->MaxAttentionProbsSize(capacity.max_rows,
+                                           capacity.max_seq_len, spec.n_head));
         !s.ok()) {
       return s;
     }
   }
-  std::unique_ptr<Decoder> d(new Decoder(spec, backend, capacity, trainable));
+  std::unique_ptr<Decoder> d(
+      new Decoder(spec, backend, capacity, trainable, lora));
   d->BuildLayout();
+  if (lora.enabled()) d->BuildAdapters();
   d->AllocateActivations();
   return d;
 }
 
 Decoder::Decoder(const io::ModelSpec& spec, Backend* backend,
-                 const Capacity& capacity, bool trainable)
+                 const Capacity& capacity, bool trainable,
+                 const LoraOptions& lora)
     : spec_(spec),
       backend_(backend),
       capacity_(capacity),
       trainable_(trainable),
-      llama_family_(spec.arch != io::ModelSpec::Arch::kGpt2) {}
+      llama_family_(spec.arch != io::ModelSpec::Arch::kGpt2),
+      lora_(lora) {}
 
 Decoder::~Decoder() {
   for (float* p : owned_) backend_->Free(p);
@@ -342,15 +405,120 @@ void Decoder::BuildLayout() {
     wout_offset_ = add("lm_head.weight", {V, C}, Init::kNormal, false, false);
   }
 
+  if (lora_.enabled()) {
+    // Frozen: no padding (nothing shards it) and no gradient.
+    kernels::MemoryPurpose purpose("frozen base weights");
+    base_ = backend_->Alloc(layout_.total());
+    owned_.push_back(base_);
+    backend_->Zero(base_, layout_.total());
+    return;
+  }
   const size_t multiple = std::max(1, capacity_.param_multiple);
   padded_params_ = (layout_.total() + multiple - 1) / multiple * multiple;
-  params_ = backend_->Alloc(padded_params_);
+  {
+    kernels::MemoryPurpose purpose("parameters");
+    base_ = params_ = backend_->Alloc(padded_params_);
+  }
   owned_.push_back(params_);
   backend_->Zero(params_, padded_params_);
   if (trainable_) {
-    grads_ = backend_->Alloc(padded_params_);
+    kernels::MemoryPurpose purpose("gradients");
+    base_grads_ = grads_ = backend_->Alloc(padded_params_);
     owned_.push_back(grads_);
     backend_->Zero(grads_, padded_params_);
+  }
+}
+
+void Decoder::BuildAdapters() {
+  const int r = lora_.r;
+  const int FF = spec_.intermediate;
+  const int ATT = spec_.n_head * spec_.head_dim;
+  const int KV = spec_.n_kv_head * spec_.head_dim;
+  const int QKV = ATT + 2 * KV;
+  const int FC = llama_family_ ? 2 * FF : FF;
+  adapters_.assign(spec_.n_layer, {});
+  layer_ranges_.clear();
+  auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+    ParamTensor t;
+    t.name = "base_model.model." + name;
+    t.shape = {rows, cols};
+    t.init = Init::kZeros;
+    return adapter_layout_.Add(std::move(t));
+  };
+  // Block by block, so that each block's adapters are one range.
+  size_t module = 0;
+  for (int l = 0; l < spec_.n_layer; ++l) {
+    const size_t begin = (adapter_layout_.total() + 15) / 16 * 16;
+    for (; module < lora_.modules.size() && lora_.modules[module].layer == l;
+         ++module) {
+      const lora::LinearModule& m = lora_.modules[module];
+      Adapter ad;
+      ad.module = m;
+      ad.index = static_cast<int>(adapters_[l].size());
+      switch (m.projection) {
+        case lora::Projection::kAttentionQkv:
+        case lora::Projection::kQuery:
+          ad.slot = Slot::kQkv, ad.width = QKV;
+          break;
+        case lora::Projection::kKey:
+          ad.slot = Slot::kQkv, ad.width = QKV, ad.column = ATT;
+          break;
+        case lora::Projection::kValue:
+          ad.slot = Slot::kQkv, ad.width = QKV, ad.column = ATT + KV;
+          break;
+        case lora::Projection::kAttentionOut:
+          ad.slot = Slot::kAttentionOut, ad.width = spec_.hidden;
+          break;
+        case lora::Projection::kGate:
+        case lora::Projection::kMlpIn:
+          ad.slot = Slot::kMlpIn, ad.width = FC;
+          break;
+        case lora::Projection::kUp:
+          ad.slot = Slot::kMlpIn, ad.width = FC, ad.column = FF;
+          break;
+        case lora::Projection::kMlpOut:
+          ad.slot = Slot::kMlpOut, ad.width = spec_.hidden;
+          break;
+      }
+      ad.a = add(m.path + ".lora_A.weight", r, m.in_features);
+      ad.b = add(m.path + ".lora_B.weight", m.out_features, r);
+      adapters_[l].push_back(ad);
+    }
+    layer_ranges_.push_back(
+        {std::min(begin, adapter_layout_.total()), adapter_layout_.total()});
+  }
+  const size_t multiple = std::max(1, capacity_.param_multiple);
+  padded_params_ =
+      (adapter_layout_.total() + multiple - 1) / multiple * multiple;
+  params_ = backend_->Alloc(padded_params_);
+  grads_ = backend_->Alloc(padded_params_);
+  owned_.push_back(params_);
+  owned_.push_back(grads_);
+  backend_->Zero(params_, padded_params_);
+  backend_->Zero(grads_, padded_params_);
+}
+
+std::vector<LoraAdapterRef> Decoder::lora_adapters() const {
+  std::vector<LoraAdapterRef> refs;
+  for (const std::vector<Adapter>& block : adapters_) {
+    for (const Adapter& ad : block) refs.push_back({ad.module, ad.a, ad.b});
+  }
+  return refs;
+}
+
+void Decoder::InitAdapters(uint64_t seed) {
+  util::Rng rng(seed);
+  std::vector<float> host;
+  for (const LoraAdapterRef& ref : lora_adapters()) {
+    const size_t in = static_cast<size_t>(ref.module.in_features);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+    host.resize(static_cast<size_t>(lora_.r) * in);
+    for (float& x : host) {
+      x = static_cast<float>((2.0 * rng.Uniform() - 1.0) * bound);
+    }
+    backend_->CopyToDevice(params_ + ref.a, host.data(), host.size());
+    backend_->Zero(params_ + ref.b,
+                   static_cast<size_t>(ref.module.out_features) * lora_.r);
   }
 }
 
@@ -362,19 +530,22 @@ void Decoder::AllocateActivations() {
   const size_t ATT = static_cast<size_t>(spec_.n_head) * spec_.head_dim;
   const size_t QKV =
       static_cast<size_t>(spec_.n_head + 2 * spec_.n_kv_head) * spec_.head_dim;
-  // Σ_s NH·len_s² ≤ NH·max_seq_len·Σ_s len_s = NH·max_seq_len·max_rows.
-  const size_t probs = static_cast<size_t>(spec_.n_head) *
-                       capacity_.max_seq_len * capacity_.max_rows;
+  // What attention saves for its backward is the backend's own:
+  // probabilities (Σ_s NH·len_s²) or a row logsumexp (NH·N), or either.
+  const size_t probs = backend_->MaxAttentionProbsSize(
+      capacity_.max_rows, capacity_.max_seq_len, spec_.n_head);
   auto alloc = [&](size_t n) {
     float* p = backend_->Alloc(n);
     owned_.push_back(p);
     return p;
   };
+  kernels::MemoryPurpose purpose("activations");
   if (llama_family_) {
     // Positions restart at 0 for every sequence, so max_seq_len rows cover
     // every position a batch can hold.
     std::vector<float> cos, sin;
     RopeTables(spec_, capacity_.max_seq_len, &cos, &sin);
+    kernels::MemoryPurpose rope_purpose("rotary tables");
     rope_cos_ = alloc(cos.size());
     rope_sin_ = alloc(sin.size());
     backend_->CopyToDevice(rope_cos_, cos.data(), cos.size());
@@ -390,6 +561,7 @@ void Decoder::AllocateActivations() {
   const int stored = trainable_ ? spec_.n_layer : 1;
   const bool checkpointing = trainable_ && capacity_.activation_checkpointing;
   for (int l = 0; l < stored; ++l) {
+    kernels::MemoryPurpose layer_purpose(absl::StrCat("layer ", l));
     LayerActs a;
     if (checkpointing && l > 0) {
       a = acts_.front();
@@ -421,6 +593,109 @@ void Decoder::AllocateActivations() {
     dscratch_qkv_ = alloc(N * QKV);
     dscratch_ff_ = alloc(N * FF);
     dscratch_fc_ = alloc(N * FC);
+  }
+  if (!lora_.enabled()) return;
+  const size_t r = lora_.r;
+  size_t widest_in = 0, widest_slot = 0;
+  for (std::vector<Adapter>& block : adapters_) {
+    for (Adapter& ad : block) {
+      const size_t in = ad.module.in_features;
+      widest_in = std::max(widest_in, in);
+      widest_slot = std::max(widest_slot, static_cast<size_t>(ad.width));
+      ad.scaled_h = alloc(N * r);
+      if (lora_.dropout > 0) {
+        ad.mask = alloc(N * in);
+        ad.host_mask.reserve(N * in);
+      }
+      if (ad.module.out_features < ad.width) {
+        ad.b_wide = alloc(ad.width * r);
+        backend_->Zero(ad.b_wide, ad.width * r);
+      }
+    }
+  }
+  lora_input_ = alloc(N * widest_in);
+  lora_dinput_ = alloc(N * widest_in);
+  lora_delta_ = alloc(N * widest_slot);
+  lora_dh_ = alloc(N * r);
+  lora_db_wide_ = alloc(widest_slot * r);
+}
+
+void Decoder::AdaptersForward(int layer, Slot slot, float* out,
+                              const float* inp, int N, bool recompute) {
+  if (!forward_used_adapters_) return;
+  Backend& b = *backend_;
+  const size_t n = static_cast<size_t>(N);
+  const int r = lora_.r;
+  for (Adapter& ad : adapters_[layer]) {
+    if (ad.slot != slot) continue;
+    const int in = static_cast<int>(ad.module.in_features);
+    const size_t out_rows = static_cast<size_t>(ad.module.out_features);
+    const float* x = inp;
+    if (forward_used_dropout_) {
+      // The rerun of activation checkpointing finds the masks in place.
+      if (!recompute) {
+        util::Rng rng(*dropout_seed_ ^
+                      (0x9E3779B97F4A7C15ull *
+                       (static_cast<uint64_t>(layer) * 64 + ad.index + 1)));
+        const float keep = 1.0f / (1.0f - lora_.dropout);
+        ad.host_mask.resize(n * in);
+        for (float& m : ad.host_mask) {
+          m = rng.Uniform() < lora_.dropout ? 0.0f : keep;
+        }
+        b.CopyToDevice(ad.mask, ad.host_mask.data(), ad.host_mask.size());
+      }
+      b.Multiply(lora_input_, inp, ad.mask, n * in);
+      x = lora_input_;
+    }
+    b.MatmulForward(ad.scaled_h, x, forward_adapters_ + ad.a, nullptr, N, in,
+                    r);
+    b.Scale(ad.scaled_h, lora_.scaling, n * r);
+    const float* weight_b = forward_adapters_ + ad.b;
+    if (ad.b_wide != nullptr) {
+      float* rows = ad.b_wide + static_cast<size_t>(ad.column) * r;
+      b.Zero(rows, out_rows * r);
+      b.Axpy(rows, 1.0f, weight_b, out_rows * r);
+      weight_b = ad.b_wide;
+    }
+    b.MatmulForward(lora_delta_, ad.scaled_h, weight_b, nullptr, N, r,
+                    ad.width);
+    b.Axpy(out, 1.0f, lora_delta_, n * ad.width);
+  }
+}
+
+void Decoder::AdaptersBackward(int layer, Slot slot, float* dinp,
+                               const float* dout, const float* inp, int N) {
+  if (!forward_used_adapters_) return;
+  Backend& b = *backend_;
+  const size_t n = static_cast<size_t>(N);
+  const int r = lora_.r;
+  for (Adapter& ad : adapters_[layer]) {
+    if (ad.slot != slot) continue;
+    const int in = static_cast<int>(ad.module.in_features);
+    const size_t out_rows = static_cast<size_t>(ad.module.out_features);
+    b.Zero(lora_dh_, n * r);
+    if (ad.b_wide != nullptr) {
+      b.Zero(lora_db_wide_, static_cast<size_t>(ad.width) * r);
+      b.MatmulBackward(lora_dh_, lora_db_wide_, nullptr, dout, ad.scaled_h,
+                       ad.b_wide, N, r, ad.width);
+      b.Axpy(grads_ + ad.b, 1.0f,
+             lora_db_wide_ + static_cast<size_t>(ad.column) * r, out_rows * r);
+    } else {
+      b.MatmulBackward(lora_dh_, grads_ + ad.b, nullptr, dout, ad.scaled_h,
+                       params_ + ad.b, N, r, ad.width);
+    }
+    b.Scale(lora_dh_, lora_.scaling, n * r);
+    if (!forward_used_dropout_) {
+      b.MatmulBackward(dinp, grads_ + ad.a, nullptr, lora_dh_, inp,
+                       params_ + ad.a, N, in, r);
+      continue;
+    }
+    b.Multiply(lora_input_, inp, ad.mask, n * in);
+    b.Zero(lora_dinput_, n * in);
+    b.MatmulBackward(lora_dinput_, grads_ + ad.a, nullptr, lora_dh_,
+                     lora_input_, params_ + ad.a, N, in, r);
+    b.Multiply(lora_dinput_, lora_dinput_, ad.mask, n * in);
+    b.Axpy(dinp, 1.0f, lora_dinput_, n * in);
   }
 }
 
@@ -532,7 +807,7 @@ absl::Status Decoder::LoadHf(const io::WeightStore& store) {
       }
     }
     HfToLayout(ref, hf.data(), staged.data());
-    backend_->CopyToDevice(params_ + ref.offset, staged.data(), ref.numel);
+    backend_->CopyToDevice(base_ + ref.offset, staged.data(), ref.numel);
   }
   return absl::OkStatus();
 }
@@ -554,7 +829,7 @@ void Decoder::InitRandom(uint64_t seed, float init_std) {
         }
         break;
     }
-    backend_->CopyToDevice(params_ + t.offset, host.data(), t.numel);
+    backend_->CopyToDevice(base_ + t.offset, host.data(), t.numel);
   }
 }
 
@@ -581,9 +856,22 @@ void Decoder::NormBackward(float* dinp, const float* dout, const float* inp,
   }
 }
 
+void Decoder::SelectForwardAdapters() {
+  if (reference_mode_) {
+    forward_used_adapters_ = lora_.enabled() && reference_adapters_ != nullptr;
+    forward_adapters_ = reference_adapters_;
+  } else {
+    forward_used_adapters_ = lora_.enabled() && adapters_enabled_;
+    forward_adapters_ = params_;
+  }
+}
+
 const float* Decoder::Forward(const PackedBatch& batch) {
   const int N = batch.rows();
   const int C = spec_.hidden;
+  SelectForwardAdapters();
+  forward_used_dropout_ = forward_used_adapters_ && !reference_mode_ &&
+                          lora_.dropout > 0 && dropout_seed_.has_value();
   backend_->EmbeddingForward(encoded_, batch.tokens.data(),
                              batch.positions.data(), P(wte_offset_),
                              P(wpe_offset_), N, C);
@@ -621,6 +909,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
   observe(Activation::kAttentionNorm, a.ln1, C, C);
   b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
+  AdaptersForward(l, Slot::kQkv, a.qkv, a.ln1, N, recompute);
   observe(Activation::kQuery, a.qkv, ATT, QKV);
   observe(Activation::kKey, a.qkv + ATT, NKV * hs, QKV);
   observe(Activation::kValue, a.qkv + ATT + NKV * hs, NKV * hs, QKV);
@@ -633,6 +922,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV, hs);
   observe(Activation::kAttentionValues, a.att, ATT, ATT);
   b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+  AdaptersForward(l, Slot::kAttentionOut, branch_out_, a.att, N, recompute);
   observe(Activation::kAttentionOutput, branch_out_, C, C);
   b.Add(a.res2, residual, branch_out_, n * C);
   observe(Activation::kResidAfterAttention, a.res2, C, C);
@@ -640,6 +930,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
   observe(Activation::kMlpNorm, a.ln2, C, C);
   b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+  AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, recompute);
   if (llama_family_) {
     b.SwiGluForward(a.act, a.fc, N, FF);
   } else {
@@ -648,6 +939,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   if (recompute) return;
   observe(Activation::kMlpActivation, a.act, FF, FF);
   b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+  AdaptersForward(l, Slot::kMlpOut, branch_out_, a.act, N, recompute);
   observe(Activation::kMlpOutput, branch_out_, C, C);
   b.Add(a.res3, a.res2, branch_out_, n * C);
   observe(Activation::kResidAfterMlp, a.res3, C, C);
@@ -684,6 +976,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> Decoder::NewKvCache(
   }
   std::vector<float*> layers;
   for (int l = 0; l < spec_.n_layer; ++l) {
+    kernels::MemoryPurpose purpose(
+        absl::StrCat("key/value cache of layer ", l));
     layers.push_back(backend_->Alloc(qkv * max_len));
   }
   return std::unique_ptr<KvCache>(
@@ -714,6 +1008,8 @@ const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
   const int ATT = NH * hs;
   const size_t QKV = static_cast<size_t>(NH + 2 * NKV) * hs;
 
+  SelectForwardAdapters();
+  forward_used_dropout_ = false;
   positions_.resize(n);
   for (int i = 0; i < N; ++i) positions_[i] = past + i;
   b.EmbeddingForward(encoded_, tokens.data(), positions_.data(), P(wte_offset_),
@@ -727,22 +1023,26 @@ const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
     b.MatmulForward(qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C,
                     static_cast<int>(QKV));
+    AdaptersForward(l, Slot::kQkv, qkv, a.ln1, N, /*recompute=*/false);
     if (llama_family_) {
       b.RopeForward(qkv, positions_.data(), rope_cos_, rope_sin_, N, NH, NKV,
                     hs);
     }
     b.CachedAttentionForward(a.att, cache->layers_[l], past, N, NH, NKV, hs);
     b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+    AdaptersForward(l, Slot::kAttentionOut, branch_out_, a.att, N, false);
     b.Add(a.res2, residual, branch_out_, n * C);
     // MLP block.
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
     b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+    AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, false);
     if (llama_family_) {
       b.SwiGluForward(a.act, a.fc, N, FF);
     } else {
       b.GeluForward(a.act, a.fc, n * FF);
     }
     b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+    AdaptersForward(l, Slot::kMlpOut, branch_out_, a.act, N, false);
     b.Add(a.res3, a.res2, branch_out_, n * C);
     residual = a.res3;
   }
@@ -783,6 +1083,7 @@ void Decoder::Backward(const PackedBatch& batch) {
     b.Zero(dscratch_ff_, n * FF);
     b.MatmulBackward(dscratch_ff_, G(o.fcproj_w), G(o.fcproj_b), dresidual_,
                      a.act, P(o.fcproj_w), N, FF, C);
+    AdaptersBackward(l, Slot::kMlpOut, dscratch_ff_, dresidual_, a.act, N);
     b.Zero(dscratch_fc_, n * FC);
     if (llama_family_) {
       b.SwiGluBackward(dscratch_fc_, a.fc, dscratch_ff_, N, FF);
@@ -792,14 +1093,17 @@ void Decoder::Backward(const PackedBatch& batch) {
     b.Zero(dscratch_c_, n * C);
     b.MatmulBackward(dscratch_c_, G(o.fc_w), G(o.fc_b), dscratch_fc_, a.ln2,
                      P(o.fc_w), N, C, FC);
+    AdaptersBackward(l, Slot::kMlpIn, dscratch_c_, dscratch_fc_, a.ln2, N);
     NormBackward(dresidual_, dscratch_c_, a.res2, o.ln2_w, o.ln2_b, a.ln2_mean,
                  a.ln2_rstd, N);
     // Attention block.
     b.Zero(dscratch_att_, n * ATT);
     b.MatmulBackward(dscratch_att_, G(o.proj_w), G(o.proj_b), dresidual_, a.att,
                      P(o.proj_w), N, ATT, C);
+    AdaptersBackward(l, Slot::kAttentionOut, dscratch_att_, dresidual_, a.att,
+                     N);
     b.Zero(dscratch_qkv_, n * QKV);
-    b.AttentionBackward(dscratch_qkv_, dscratch_att_, a.qkv, a.probs,
+    b.AttentionBackward(dscratch_qkv_, dscratch_att_, a.qkv, a.att, a.probs,
                         batch.spans.data(), S, NH, NKV, hs);
     if (llama_family_) {
       b.RopeBackward(dscratch_qkv_, batch.positions.data(), rope_cos_,
@@ -808,10 +1112,14 @@ void Decoder::Backward(const PackedBatch& batch) {
     b.Zero(dscratch_c_, n * C);
     b.MatmulBackward(dscratch_c_, G(o.qkv_w), G(o.qkv_b), dscratch_qkv_, a.ln1,
                      P(o.qkv_w), N, C, QKV);
+    AdaptersBackward(l, Slot::kQkv, dscratch_c_, dscratch_qkv_, a.ln1, N);
     NormBackward(dresidual_, dscratch_c_, residual_in, o.ln1_w, o.ln1_b,
                  a.ln1_mean, a.ln1_rstd, N);
-    if (grads_ready_) grads_ready_(l, layer_ranges_[l]);
+    const ParamRange range = layer_ranges_[l];
+    if (grads_ready_ && range.end > range.begin) grads_ready_(l, range);
   }
+  // With LoRA the embeddings are frozen.
+  if (base_grads_ == nullptr) return;
   b.EmbeddingBackward(G(wte_offset_), G(wpe_offset_), dresidual_,
                       batch.tokens.data(), batch.positions.data(), N, C);
 }

@@ -32,6 +32,7 @@
 #include "kernels/backend.h"
 #include "trainer/io/hf_config.h"
 #include "trainer/io/weight_store.h"
+#include "trainer/lora/lora_modules.h"
 #include "trainer/model/param_layout.h"
 
 namespace prefopt::model {
@@ -119,6 +120,27 @@ struct Capacity {
   bool activation_checkpointing = false;
 };
 
+// LoRA (docs/lora.md): low-rank adapters on `modules`. Each adapted linear
+// layer computes y = W x + scaling * B (A drop(x)), A [r, in], B [out, r];
+// the base weights are frozen and only the adapters train. No modules: no
+// LoRA.
+struct LoraOptions {
+  std::vector<lora::LinearModule> modules;  // ResolveTargetModules order
+  int r = 8;
+  float scaling = 1.0f;  // lora_alpha / r, or / sqrt(r) with use_rslora
+  float dropout = 0.0f;  // lora_dropout, in [0, 1)
+
+  bool enabled() const { return !modules.empty(); }
+};
+
+// Where one adapter's factors live in a LoRA decoder's parameter buffer
+// (Decoder::params(), row-major, PEFT's shapes).
+struct LoraAdapterRef {
+  lora::LinearModule module;
+  size_t a = 0;  // lora_A.weight [r, in_features]
+  size_t b = 0;  // lora_B.weight [out_features, r]
+};
+
 // A half-open range of the flat parameter buffer, in floats.
 struct ParamRange {
   size_t begin = 0;
@@ -130,11 +152,15 @@ class Decoder;
 // OK when a Decoder of `spec` with `capacity` (and, when `trainable`, its
 // gradients, AdamW moments and backward buffers) fits in `available` bytes
 // (nullopt: unknown, OK); else ResourceExhausted with the bytes needed and
-// available.
+// available. `attention_floats`: what each block's attention saves for its
+// backward (Backend::MaxAttentionProbsSize); nullopt counts the softmax
+// probabilities, n_head * max_seq_len * max_rows.
 // Saturating arithmetic: no size read from a file can overflow it.
-absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
-                                    const Capacity& capacity, bool trainable,
-                                    std::optional<uint64_t> available);
+// With LoRA (`lora` enabled) only the adapters have gradients and moments.
+absl::Status CheckModelFitsInMemory(
+    const io::ModelSpec& spec, const Capacity& capacity, bool trainable,
+    std::optional<uint64_t> available, const LoraOptions& lora = {},
+    std::optional<uint64_t> attention_floats = std::nullopt);
 
 // The keys and values of the tokens one sequence has seen so far, for
 // incremental decoding (Decoder::ForwardIncremental): per layer, up to
@@ -170,9 +196,15 @@ class Decoder {
   // zeroed: call LoadHf or InitRandom. On a host-memory backend, a model that
   // does not fit in the available memory (CheckModelFitsInMemory) is refused
   // before anything is allocated.
+  //
+  // With `lora` enabled (trainable decoders only) the trainable parameters
+  // are the adapters: params(), grads(), layout(), padded_param_count() and
+  // layer_range() describe the adapter factors (block by block, each block's
+  // contiguous), while the base weights live in base_params() with no
+  // gradient. Adapters start zeroed: call InitAdapters (or fill params()).
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(
       const io::ModelSpec& spec, kernels::Backend* backend,
-      const Capacity& capacity, bool trainable);
+      const Capacity& capacity, bool trainable, const LoraOptions& lora = {});
   ~Decoder();
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
@@ -190,6 +222,38 @@ class Decoder {
   // scaled by 1/sqrt(2 * n_layer)), biases 0, normalization weights 1 (and
   // LayerNorm biases 0).
   void InitRandom(uint64_t seed, float init_std);
+  // PEFT's LoRA initialization: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's
+  // kaiming_uniform_ with a = sqrt(5)), B = 0, so the adapted model starts
+  // as the base model.
+  void InitAdapters(uint64_t seed);
+
+  // LoRA decoders: whether Forward applies the adapters (default true). Off,
+  // the decoder is the base model bitwise: the reference (docs/lora.md).
+  void set_adapters_enabled(bool enabled) { adapters_enabled_ = enabled; }
+  bool adapters_enabled() const { return adapters_enabled_; }
+  // LoRA decoders: the adapter factors the reference model runs with
+  // (backend memory in layout()'s layout, not owned, outliving their use): a
+  // frozen copy of the adapter a run started from, TRL's reference for a
+  // model that already holds an adapter (docs/lora.md). Null (the default):
+  // the reference is the base model, adapters off.
+  void set_reference_adapters(const float* factors) {
+    reference_adapters_ = factors;
+  }
+  const float* reference_adapters() const { return reference_adapters_; }
+  // While on, Forward computes the reference model: the reference adapters
+  // (without dropout), or none. Off (the default): the policy.
+  void set_reference_mode(bool on) { reference_mode_ = on; }
+  // LoRA decoders with lora_dropout > 0: while a seed is set, Forward drops
+  // each adapter's input with an inverted-dropout mask drawn from (seed,
+  // block, adapter), so the same seed gives the same masks (training
+  // forwards only; nullopt, the default: no dropout).
+  void set_lora_dropout_seed(std::optional<uint64_t> seed) {
+    dropout_seed_ = seed;
+  }
+  bool has_lora() const { return lora_.enabled(); }
+  const LoraOptions& lora() const { return lora_; }
+  // Each adapter's factors in params(), in LoraOptions::modules order.
+  std::vector<LoraAdapterRef> lora_adapters() const;
 
   // Runs the model over `batch` and returns the final hidden states [N, C]
   // (backend memory, valid until the next Forward).
@@ -232,16 +296,25 @@ class Decoder {
   void set_observer(ActivationObserver* observer) { observer_ = observer; }
 
   const io::ModelSpec& spec() const { return spec_; }
-  const ParamLayout& layout() const { return layout_; }
+  // The trainable parameters: the whole model, or with LoRA the adapters.
+  const ParamLayout& layout() const {
+    return lora_.enabled() ? adapter_layout_ : layout_;
+  }
   kernels::Backend* backend() const { return backend_; }
   float* params() { return params_; }
   const float* params() const { return params_; }
   float* grads() { return grads_; }
   const float* grads() const { return grads_; }
+  // The model's weights (the base model's with LoRA), in base_layout().
+  const ParamLayout& base_layout() const { return layout_; }
+  float* base_params() { return base_; }
+  const float* base_params() const { return base_; }
   // The [V, C] output embedding (tied to the input embedding when the spec
-  // says so) and its gradient.
-  const float* output_embedding() const { return params_ + wout_offset_; }
-  float* output_embedding_grad() { return grads_ + wout_offset_; }
+  // says so) and its gradient (null with LoRA: the base is frozen).
+  const float* output_embedding() const { return base_ + wout_offset_; }
+  float* output_embedding_grad() {
+    return base_grads_ == nullptr ? nullptr : base_grads_ + wout_offset_;
+  }
   int hidden_size() const { return spec_.hidden; }
   int vocab_size() const { return spec_.vocab_size; }
   const Capacity& capacity() const { return capacity_; }
@@ -249,26 +322,45 @@ class Decoder {
  private:
   struct LayerOffsets;
   struct LayerActs;
+  // The four linear layers of a block an adapter can add into.
+  enum class Slot { kQkv, kAttentionOut, kMlpIn, kMlpOut };
+  struct Adapter;
 
   Decoder(const io::ModelSpec& spec, kernels::Backend* backend,
-          const Capacity& capacity, bool trainable);
+          const Capacity& capacity, bool trainable, const LoraOptions& lora);
   // Offset of a tensor the architecture does not have (an absent bias).
   static constexpr size_t kAbsent = ~size_t{0};
 
   void BuildLayout();
+  // The adapters' tensors, buffers and per-block ranges (LoRA only).
+  void BuildAdapters();
   void AllocateActivations();
+  // Adds block `layer`'s adapters on `slot` into `out` ([N, slot width], the
+  // linear layer's output) from the layer's input `inp` [N, in].
+  // `recompute`: Backward's rerun, which reuses the dropout masks.
+  // Sets forward_used_adapters_ and forward_adapters_ for the next forward
+  // from the adapter switch and the reference mode.
+  void SelectForwardAdapters();
+  void AdaptersForward(int layer, Slot slot, float* out, const float* inp,
+                       int N, bool recompute);
+  // Their backward: adapter gradients from `dout` into grads(), and the
+  // input gradient accumulated into `dinp`.
+  void AdaptersBackward(int layer, Slot slot, float* dinp, const float* dout,
+                        const float* inp, int N);
   // Block `layer`'s forward from `residual` (its input) into acts_[layer].
   // `recompute`: Backward's rerun under activation checkpointing, which
   // reports nothing to the observer and stops at the MLP activation (the
   // block's output is saved and the backward needs nothing after it).
   void BlockForward(int layer, const PackedBatch& batch, const float* residual,
                     bool recompute);
-  // A tensor's parameters or gradient; null for kAbsent.
+  // A base tensor's parameters or gradient; null for kAbsent (and every
+  // gradient with LoRA).
   float* P(size_t offset) {
-    return offset == kAbsent ? nullptr : params_ + offset;
+    return offset == kAbsent ? nullptr : base_ + offset;
   }
   float* G(size_t offset) {
-    return offset == kAbsent ? nullptr : grads_ + offset;
+    return offset == kAbsent || base_grads_ == nullptr ? nullptr
+                                                       : base_grads_ + offset;
   }
   // LayerNorm (GPT-2, with bias) or RMSNorm (Llama/Qwen2, bias kAbsent).
   void NormForward(float* out, float* mean, float* rstd, const float* inp,
@@ -302,8 +394,31 @@ class Decoder {
   std::vector<LayerActs> acts_;
   ActivationObserver* observer_ = nullptr;
 
+  // The base weights; without LoRA also the trainable params_ (and
+  // base_grads_ the grads_); with LoRA base_grads_ is null.
+  float* base_ = nullptr;
+  float* base_grads_ = nullptr;
   float* params_ = nullptr;
   float* grads_ = nullptr;
+  // LoRA.
+  LoraOptions lora_;
+  ParamLayout adapter_layout_;
+  std::vector<std::vector<Adapter>> adapters_;  // per block
+  bool adapters_enabled_ = true;
+  const float* reference_adapters_ = nullptr;
+  bool reference_mode_ = false;
+  std::optional<uint64_t> dropout_seed_;
+  // What the last Forward did, for Backward.
+  bool forward_used_adapters_ = false;
+  // The adapter factors the last Forward used: params_ or
+  // reference_adapters_.
+  const float* forward_adapters_ = nullptr;
+  bool forward_used_dropout_ = false;
+  float* lora_input_ = nullptr;    // [max_rows, widest in]: the dropped input
+  float* lora_dinput_ = nullptr;   // [max_rows, widest in]
+  float* lora_delta_ = nullptr;    // [max_rows, widest slot]: B (s A x)
+  float* lora_dh_ = nullptr;       // [max_rows, r]
+  float* lora_db_wide_ = nullptr;  // [widest slot, r]
   std::vector<float*> owned_;  // every backend allocation, freed at destruction
 
   // RoPE cos/sin tables [max_seq_len, head_dim/2] (Llama/Qwen2).

@@ -104,4 +104,35 @@ void ImplicitSftPlugin::Coefficients(const MicroBatchView& batch,
   }
 }
 
+bool ImplicitSftPlugin::DeviceParams(kernels::ObjectiveParams* params) const {
+  if (token_) return false;
+  const ImplicitSftOptions& options = isft_.options();
+  kernels::ObjectiveParams p;
+  p.kind = kernels::ObjectiveKind::kImplicitSequence;
+  switch (options.divergence) {
+    case Divergence::kTotalVariation:
+      p.divergence = kernels::ImplicitDivergence::kTotalVariation;
+      break;
+    case Divergence::kPearsonChi2:
+      p.divergence = kernels::ImplicitDivergence::kPearsonChi2;
+      break;
+    case Divergence::kNeymanChi2:
+      p.divergence = kernels::ImplicitDivergence::kNeymanChi2;
+      break;
+    case Divergence::kKl:
+      p.divergence = kernels::ImplicitDivergence::kKl;
+      break;
+    case Divergence::kSquaredHellinger:
+      p.divergence = kernels::ImplicitDivergence::kSquaredHellinger;
+      break;
+    case Divergence::kJensenShannon:
+      p.divergence = kernels::ImplicitDivergence::kJensenShannon;
+      break;
+  }
+  p.beta = options.beta;
+  p.domain_margin = options.domain_margin;
+  *params = p;
+  return true;
+}
+
 }  // namespace prefopt::objectives

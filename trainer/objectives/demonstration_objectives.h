@@ -35,6 +35,12 @@ class SftPlugin : public Objective {
   }
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
+  // The token mean (kernels::ObjectiveKind::kTokenMean).
+  bool DeviceParams(kernels::ObjectiveParams* params) const override {
+    *params = kernels::ObjectiveParams();
+    params->kind = kernels::ObjectiveKind::kTokenMean;
+    return true;
+  }
 };
 
 class PriorPlugin : public Objective {
@@ -79,6 +85,10 @@ class ImplicitSftPlugin : public Objective {
   }
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
+  // The sequence granularity (kernels::ObjectiveKind::kImplicitSequence); the
+  // token granularity needs per-token reference log-probs and stays on the
+  // host.
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
  private:
   ImplicitSftPlugin(ImplicitSftObjective isft, bool token)

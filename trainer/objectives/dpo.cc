@@ -5,9 +5,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/length_check.h"
 #include "trainer/objectives/logistic.h"
 
@@ -19,6 +21,39 @@ double LogSigmoid(double x) { return -Softplus(-x); }
 
 // The losses on the score difference Δ = s_w − s_l (or its length average);
 // the others read the raw log-ratios (docs/objectives.md §1).
+// The shared per-pair loss (kernels/objective_math.h) of a loss type; none
+// for AOT, AOT_UNPAIRED (sorted across the batch) and SFT (a token mean).
+std::optional<kernels::PairLoss> DevicePairLoss(DpoConfig::LossType type) {
+  switch (type) {
+    case DpoConfig::SIGMOID:
+      return kernels::PairLoss::kSigmoid;
+    case DpoConfig::SIGMOID_NORM:
+      return kernels::PairLoss::kSigmoidNorm;
+    case DpoConfig::HINGE:
+      return kernels::PairLoss::kHinge;
+    case DpoConfig::IPO:
+      return kernels::PairLoss::kIpo;
+    case DpoConfig::ROBUST:
+      return kernels::PairLoss::kRobust;
+    case DpoConfig::EXO_PAIR:
+      return kernels::PairLoss::kExoPair;
+    case DpoConfig::DISCOPOP:
+      return kernels::PairLoss::kDiscopop;
+    case DpoConfig::NCA_PAIR:
+      return kernels::PairLoss::kNcaPair;
+    case DpoConfig::BCO_PAIR:
+      return kernels::PairLoss::kBcoPair;
+    case DpoConfig::SPPO_HARD:
+      return kernels::PairLoss::kSppoHard;
+    case DpoConfig::APO_ZERO:
+      return kernels::PairLoss::kApoZero;
+    case DpoConfig::APO_DOWN:
+      return kernels::PairLoss::kApoDown;
+    default:
+      return std::nullopt;
+  }
+}
+
 bool OnScoreDifference(DpoConfig::LossType type) {
   switch (type) {
     case DpoConfig::SIGMOID:
@@ -204,106 +239,25 @@ void DpoObjective::AddTerm(const Term& term,
     }
     return;
   }
+  // The per-pair math is kernels/objective_math.h's, which the CUDA kernels
+  // run too (docs/objectives.md §7): on the f-divergence's scores for the
+  // losses on Δ, chained through ∂score/∂L, on the raw log-ratios otherwise.
+  kernels::ObjectiveParams params;
+  params.beta = b;
+  params.label_smoothing = eps_;
+  params.discopop_tau = discopop_tau_;
+  const kernels::PairLoss loss = *DevicePairLoss(type);
+  const bool on_scores = OnScoreDifference(type);
   for (PairState& p : *pairs) {
-    const double rw = p.ratio_chosen, rl = p.ratio_rejected;
-    if (OnScoreDifference(type)) {
-      const bool averaged =
-          type == DpoConfig::IPO || type == DpoConfig::SIGMOID_NORM;
-      const double nw = averaged ? std::max(p.chosen_tokens, 1) : 1.0;
-      const double nl = averaged ? std::max(p.rejected_tokens, 1) : 1.0;
-      const double delta = p.score_chosen / nw - p.score_rejected / nl;
-      const double u = b * delta;
-      double loss = 0, d = 0;  // d = ∂loss/∂Δ
-      switch (type) {
-        case DpoConfig::SIGMOID:
-          loss = SmoothedLogistic(b, eps_, delta, &d);
-          break;
-        case DpoConfig::SIGMOID_NORM:
-          loss = SmoothedLogistic(b, 0.0, delta, &d);
-          break;
-        case DpoConfig::HINGE:
-          loss = std::max(0.0, 1.0 - u);
-          d = u < 1.0 ? -b : 0.0;
-          break;
-        case DpoConfig::IPO: {
-          const double e = delta - 1.0 / (2.0 * b);
-          loss = e * e;
-          d = 2.0 * e;
-          break;
-        }
-        case DpoConfig::ROBUST:
-          loss =
-              ((1 - eps_) * Softplus(-u) - eps_ * Softplus(u)) / (1 - 2 * eps_);
-          d = b * (-(1 - eps_) * Sigmoid(-u) - eps_ * Sigmoid(u)) /
-              (1 - 2 * eps_);
-          break;
-        case DpoConfig::EXO_PAIR: {
-          // KL(softmax over {w, l} of βΔ ‖ [1−ε, ε]).
-          const double qw = Sigmoid(u), ql = Sigmoid(-u);
-          const double log_pw = std::log1p(-eps_), log_pl = std::log(eps_);
-          loss = qw * (LogSigmoid(u) - log_pw) + ql * (LogSigmoid(-u) - log_pl);
-          d = b * qw * ql * (u - log_pw + log_pl);
-          break;
-        }
-        case DpoConfig::DISCOPOP: {
-          // Logistic and exponential losses blended by σ(u/τ).
-          const double tau = discopop_tau_;
-          const double m = Sigmoid(u / tau);
-          const double dm = m * Sigmoid(-u / tau) / tau;
-          const double logistic = Softplus(-u), expo = std::exp(-u);
-          loss = logistic * (1 - m) + expo * m;
-          d = b *
-              (-Sigmoid(-u) * (1 - m) - logistic * dm - expo * m + expo * dm);
-          break;
-        }
-        default:
-          break;
-      }
-      p.loss += w * loss;
-      p.dchosen += w * d / nw * p.dscore_chosen;
-      p.drejected -= w * d / nl * p.dscore_rejected;
-      continue;
-    }
-    // The losses on the raw log-ratios r_w, r_l.
-    const double zw = b * rw, zl = b * rl;
-    double loss = 0, dw = 0, dl = 0;  // dw = ∂loss/∂r_w
-    switch (type) {
-      case DpoConfig::NCA_PAIR:
-        loss = Softplus(-zw) + 0.5 * Softplus(zw) + 0.5 * Softplus(zl);
-        dw = b * (-Sigmoid(-zw) + 0.5 * Sigmoid(zw));
-        dl = b * 0.5 * Sigmoid(zl);
-        break;
-      case DpoConfig::BCO_PAIR:
-        loss = Softplus(-zw) + Softplus(zl);
-        dw = -b * Sigmoid(-zw);
-        dl = b * Sigmoid(zl);
-        break;
-      case DpoConfig::SPPO_HARD: {
-        const double ew = rw - 0.5 / b, el = rl + 0.5 / b;
-        loss = ew * ew + el * el;
-        dw = 2 * ew;
-        dl = 2 * el;
-        break;
-      }
-      case DpoConfig::APO_ZERO:
-        loss = 1 - Sigmoid(zw) + Sigmoid(zl);
-        dw = -b * Sigmoid(zw) * Sigmoid(-zw);
-        dl = b * Sigmoid(zl) * Sigmoid(-zl);
-        break;
-      case DpoConfig::APO_DOWN: {
-        const double zm = b * (rw - rl);
-        const double sm = b * Sigmoid(zm) * Sigmoid(-zm);
-        loss = Sigmoid(zw) + 1 - Sigmoid(zm);
-        dw = b * Sigmoid(zw) * Sigmoid(-zw) - sm;
-        dl = sm;
-        break;
-      }
-      default:
-        break;
-    }
-    p.loss += w * loss;
-    p.dchosen += w * dw;
-    p.drejected += w * dl;
+    kernels::objective_math::PairTerms terms;
+    kernels::objective_math::AddPairLoss(
+        params, loss, w, on_scores ? p.score_chosen : p.ratio_chosen,
+        on_scores ? p.score_rejected : p.ratio_rejected, p.chosen_tokens,
+        p.rejected_tokens, &terms);
+    p.loss += terms.loss;
+    p.dchosen += on_scores ? terms.dchosen * p.dscore_chosen : terms.dchosen;
+    p.drejected +=
+        on_scores ? terms.drejected * p.dscore_rejected : terms.drejected;
   }
 }
 
@@ -494,6 +448,32 @@ double DpoObjective::TokenDenominator(
     }
   }
   return 0;
+}
+
+bool DpoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
+  if (ld_alpha_ >= 0 || use_weighting_ ||
+      divergence_ != DpoConfig::REVERSE_KL) {
+    return false;
+  }
+  kernels::ObjectiveParams p;
+  p.kind = kernels::ObjectiveKind::kPreference;
+  p.beta = beta_;
+  p.label_smoothing = eps_;
+  p.discopop_tau = discopop_tau_;
+  for (const Term& term : terms_) {
+    if (term.type == DpoConfig::SFT) {
+      p.sft_weight += term.weight;
+      continue;
+    }
+    const std::optional<kernels::PairLoss> loss = DevicePairLoss(term.type);
+    if (!loss.has_value()) return false;  // AOT's sorts stay on the host
+    if (p.num_terms == kernels::kMaxPairLossTerms) return false;
+    p.loss[p.num_terms] = *loss;
+    p.weight[p.num_terms] = term.weight;
+    ++p.num_terms;
+  }
+  *params = p;
+  return true;
 }
 
 void DpoObjective::Coefficients(const MicroBatchView& batch, double denominator,

@@ -74,6 +74,11 @@ class DpoObjective : public Objective {
   double Loss(const MicroBatchView& batch, std::vector<double>* dloss_dlogp,
               MetricSums* sums) const;
 
+  // Every loss type but AOT and AOT_UNPAIRED (sorted across the batch), with
+  // mixtures and the SFT term; not with f-DPO's other divergences, LD-DPO or
+  // WPO.
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
+
   double beta() const { return beta_; }
 
  private:

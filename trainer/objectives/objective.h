@@ -125,6 +125,15 @@ class Objective {
   // of each example, `batch.reference` its reference values.
   virtual void AddPrepass(const MicroBatchView& /*batch*/,
                           MetricSums* /*sums*/) const {}
+  // The objective as Backend::ObjectiveCoefficients computes it on the
+  // device (docs/objectives.md §7), when it can: fills `params` (all but the
+  // per-batch denominator and pairs_per_token) and returns true. False (the
+  // default) keeps the objective on the host, where Coefficients is the
+  // reference the device form is tested against.
+  virtual bool DeviceParams(kernels::ObjectiveParams* /*params*/) const {
+    return false;
+  }
+
   // Adjusts the reported metrics of a global batch once its sums are summed
   // over the ranks: `metrics` holds sums.Means(). An objective may drop a
   // metric no example contributed to or add one derived from others (KTO's

@@ -35,9 +35,10 @@ ChunkedOutputLayer::~ChunkedOutputLayer() {
   }
 }
 
-std::vector<SequenceScores> ChunkedOutputLayer::Forward(
-    const float* hidden, const float* wout, const int32_t* tokens,
-    const std::vector<ResponseSegment>& segments, bool log_sum_sq_probs) {
+int ChunkedOutputLayer::Pass1(const float* hidden, const float* wout,
+                              const int32_t* tokens,
+                              const std::vector<ResponseSegment>& segments,
+                              bool log_sum_sq_probs) {
   int total = 0;
   for (const ResponseSegment& s : segments) total += s.count;
   if (total > max_rows_) {
@@ -57,6 +58,24 @@ std::vector<SequenceScores> ChunkedOutputLayer::Forward(
         s.count, hidden_, vocab_, chunk_buf_, chunk_);
     total += s.count;
   }
+  return total;
+}
+
+void ChunkedOutputLayer::ForwardOnBackend(
+    const float* hidden, const float* wout, const int32_t* tokens,
+    const std::vector<ResponseSegment>& segments) {
+  Pass1(hidden, wout, tokens, segments, /*log_sum_sq_probs=*/false);
+}
+
+ChunkedOutputLayer::BackendRows ChunkedOutputLayer::rows() const {
+  return {logp_, logit_sum_, reinterpret_cast<const int32_t*>(correct_),
+          entropy_, coef_};
+}
+
+std::vector<SequenceScores> ChunkedOutputLayer::Forward(
+    const float* hidden, const float* wout, const int32_t* tokens,
+    const std::vector<ResponseSegment>& segments, bool log_sum_sq_probs) {
+  const int total = Pass1(hidden, wout, tokens, segments, log_sum_sq_probs);
   logp_host_.resize(total);
   logit_sum_host_.resize(total);
   correct_host_.resize(total);
@@ -92,6 +111,12 @@ void ChunkedOutputLayer::Backward(float* dhidden, float* dwout,
                                   const std::vector<ResponseSegment>& segments,
                                   const std::vector<float>& coef) {
   backend_->CopyToDevice(coef_, coef.data(), coef.size());
+  BackwardOnBackend(dhidden, dwout, hidden, wout, tokens, segments);
+}
+
+void ChunkedOutputLayer::BackwardOnBackend(
+    float* dhidden, float* dwout, const float* hidden, const float* wout,
+    const int32_t* tokens, const std::vector<ResponseSegment>& segments) {
   int total = 0;
   for (const ResponseSegment& s : segments) {
     const size_t off = static_cast<size_t>(s.row) * hidden_;

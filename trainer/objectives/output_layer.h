@@ -50,6 +50,22 @@ class ChunkedOutputLayer {
       const std::vector<ResponseSegment>& segments,
       bool log_sum_sq_probs = false);
 
+  // Pass 1 without bringing anything to the host: the per-row values stay in
+  // backend memory (rows()) for Backend::ObjectiveCoefficients.
+  void ForwardOnBackend(const float* hidden, const float* wout,
+                        const int32_t* tokens,
+                        const std::vector<ResponseSegment>& segments);
+  // Pass 1's per-row values in backend memory, rows of the segments back to
+  // back, and the coefficient buffer BackwardOnBackend reads.
+  struct BackendRows {
+    const float* logp;
+    const float* logit_sum;
+    const int32_t* correct;
+    const float* entropy;
+    float* coef;
+  };
+  BackendRows rows() const;
+
   // ℓ_t of every response row of the last Forward, segment after segment.
   const std::vector<float>& row_logp() const { return logp_host_; }
   // log Σ_v p_v² of every response row of the last Forward, in row_logp()'s
@@ -64,8 +80,17 @@ class ChunkedOutputLayer {
                 const float* wout, const int32_t* tokens,
                 const std::vector<ResponseSegment>& segments,
                 const std::vector<float>& coef);
+  // Pass 2 with the coefficients already in rows().coef.
+  void BackwardOnBackend(float* dhidden, float* dwout, const float* hidden,
+                         const float* wout, const int32_t* tokens,
+                         const std::vector<ResponseSegment>& segments);
 
  private:
+  // Runs OutputForward over the segments; returns their rows.
+  int Pass1(const float* hidden, const float* wout, const int32_t* tokens,
+            const std::vector<ResponseSegment>& segments,
+            bool log_sum_sq_probs);
+
   kernels::Backend* backend_;
   int max_rows_, hidden_, vocab_, chunk_;
   float* chunk_buf_;

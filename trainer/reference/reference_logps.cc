@@ -196,9 +196,23 @@ uint64_t ReferenceFingerprint(const model::Decoder& reference,
   fp.UpdateValue(spec.norm_eps);
   fp.UpdateValue(options.token_logps);
   fp.UpdateValue(options.include_context);
-  std::vector<float> host(reference.layout().total());
-  reference.backend()->CopyToHost(host.data(), reference.params(), host.size());
+  // The base weights, and a LoRA reference's starting adapter when it has
+  // one (docs/lora.md).
+  std::vector<float> host(reference.base_layout().total());
+  reference.backend()->CopyToHost(host.data(), reference.base_params(),
+                                  host.size());
   fp.Update(host.data(), host.size() * sizeof(float));
+  if (reference.has_lora() && reference.reference_adapters() != nullptr) {
+    fp.UpdateValue(reference.lora().r);
+    fp.UpdateValue(reference.lora().scaling);
+    for (const lora::LinearModule& module : reference.lora().modules) {
+      fp.Update(module.path.data(), module.path.size());
+    }
+    host.resize(reference.layout().total());
+    reference.backend()->CopyToHost(host.data(), reference.reference_adapters(),
+                                    host.size());
+    fp.Update(host.data(), host.size() * sizeof(float));
+  }
   for (const data::Example& ex : examples) {
     for (const auto* ids :
          {&ex.context, &ex.prompt, &ex.chosen, &ex.rejected}) {

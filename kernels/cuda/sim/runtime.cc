@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +44,14 @@ constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kDefaultSharedBytes = 48 << 10;
 constexpr int kOptInSharedBytes = 227 << 10;
 constexpr size_t kDeviceAlignment = 256;
+
+// The installed driver's CUDA version (cudaDriverGetVersion), read at every
+// call so that a test can change it; one older than the runtime's makes
+// cudaGetDeviceCount fail as a real runtime does.
+int DriverVersion() {
+  return static_cast<int>(
+      PositiveEnv("PREFOPT_CUDASIM_DRIVER_VERSION", CUDART_VERSION));
+}
 
 // All state of the simulated devices; one lock, since calls are cheap next
 // to the work they queue and queued work runs outside it.
@@ -259,6 +268,18 @@ cudaError_t CheckSide(const void* p, size_t bytes, Side declared,
   return cudaSuccess;
 }
 
+// The counts CallCounts reports.
+struct AtomicCallCounts {
+  std::atomic<int64_t> device_to_host_copies{0};
+  std::atomic<int64_t> host_to_device_copies{0};
+  std::atomic<int64_t> device_allocations{0};
+};
+
+AtomicCallCounts& CallCounter() {
+  static AtomicCallCounts counts;
+  return counts;
+}
+
 cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
                  cudaStream_t stream, bool async, const char* call) {
   if (count == 0) return cudaSuccess;
@@ -283,6 +304,8 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
       e != cudaSuccess) {
     return e;
   }
+  if (kind == cudaMemcpyDeviceToHost) ++CallCounter().device_to_host_copies;
+  if (kind == cudaMemcpyHostToDevice) ++CallCounter().host_to_device_copies;
   CUstream_st* s = StreamOf(stream);
   if (!async) {
     DrainAll();
@@ -312,6 +335,24 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
 void Enqueue(cudaStream_t stream, std::function<void()> work) {
   std::lock_guard<std::mutex> lock(Runtime::Get().mu);
   StreamOf(stream)->pending.push_back({std::move(work), nullptr});
+}
+
+void SetDeviceMemoryBytes(size_t bytes) {
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  rt.memory_bytes = bytes;
+}
+
+size_t DeviceMemoryUsedBytes() {
+  Runtime& rt = Runtime::Get();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  return rt.used_bytes;
+}
+
+CallCounts Counts() {
+  const AtomicCallCounts& c = CallCounter();
+  return {c.device_to_host_copies.load(), c.host_to_device_copies.load(),
+          c.device_allocations.load()};
 }
 
 bool IsDeviceRange(const void* p, size_t bytes) {
@@ -364,6 +405,7 @@ void EnqueueKernel(cudaStream_t stream, const void* kernel, GridLaunch launch) {
 
 using prefopt::cudasim::DrainAll;
 using prefopt::cudasim::DrainStream;
+using prefopt::cudasim::DriverVersion;
 using prefopt::cudasim::Fail;
 using prefopt::cudasim::Runtime;
 using prefopt::cudasim::StreamOf;
@@ -384,6 +426,8 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation:
       return "cudaErrorMemoryAllocation";
+    case cudaErrorInsufficientDriver:
+      return "cudaErrorInsufficientDriver";
     case cudaErrorInvalidConfiguration:
       return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevice:
@@ -405,6 +449,8 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "invalid argument";
     case cudaErrorMemoryAllocation:
       return "out of memory";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument";
     case cudaErrorInvalidDevice:
@@ -419,7 +465,21 @@ const char* cudaGetErrorString(cudaError_t error) {
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
+  if (DriverVersion() < CUDART_VERSION) {
+    *count = 0;
+    return Fail(cudaErrorInsufficientDriver);
+  }
   *count = Runtime::Get().devices;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int* version) {
+  *version = DriverVersion();
+  return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = CUDART_VERSION;
   return cudaSuccess;
 }
 
@@ -490,15 +550,18 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   Runtime& rt = Runtime::Get();
   std::lock_guard<std::mutex> lock(rt.mu);
   *total_bytes = rt.memory_bytes;
-  *free_bytes = rt.memory_bytes - rt.used_bytes;
+  *free_bytes =
+      rt.used_bytes > rt.memory_bytes ? 0 : rt.memory_bytes - rt.used_bytes;
   return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
+  ++prefopt::cudasim::CallCounter().device_allocations;
   Runtime& rt = Runtime::Get();
   {
     std::lock_guard<std::mutex> lock(rt.mu);
-    if (size > rt.memory_bytes - rt.used_bytes) {
+    if (rt.used_bytes > rt.memory_bytes ||
+        size > rt.memory_bytes - rt.used_bytes) {
       *ptr = nullptr;
       return Fail(cudaErrorMemoryAllocation);
     }
@@ -686,6 +749,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   DrainStream(StreamOf(stream));
   return cudaSuccess;
+}
+
+// Like cudaEventQuery, it reports and does not run work: queued work runs
+// when the host synchronizes.
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(Runtime::Get().mu);
+  return StreamOf(stream)->pending.empty() ? cudaSuccess : cudaErrorNotReady;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event,

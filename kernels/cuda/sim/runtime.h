@@ -20,12 +20,16 @@
 //
 // Settings (environment): PREFOPT_CUDASIM_DEVICES (default 1),
 // PREFOPT_CUDASIM_MEMORY_BYTES (device memory, default: the machine's RAM),
+// PREFOPT_CUDASIM_DRIVER_VERSION (the driver's CUDA version as
+// cudaDriverGetVersion reports it, e.g. 12020; default the runtime's, and an
+// older one fails cudaGetDeviceCount with cudaErrorInsufficientDriver),
 // PREFOPT_CUDASIM_WORKERS (grid_runner.h).
 #ifndef PREFOPT_KERNELS_CUDA_SIM_RUNTIME_H_
 #define PREFOPT_KERNELS_CUDA_SIM_RUNTIME_H_
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <functional>
 
 namespace prefopt::cudasim {
@@ -37,8 +41,25 @@ inline constexpr char kDeviceName[] = "CUDA CPU simulation (prefopt cudasim)";
 // calls such as cuBLASLt that execute on a stream.
 void Enqueue(cudaStream_t stream, std::function<void()> work);
 
+// Sets the simulated device memory (cudaMalloc fails beyond it; memory
+// already allocated stays), e.g. to run out of memory in the middle of a run.
+void SetDeviceMemoryBytes(size_t bytes);
+
+// The device memory allocated now.
+size_t DeviceMemoryUsedBytes();
+
 // Whether [p, p + bytes) lies inside one live device allocation.
 bool IsDeviceRange(const void* p, size_t bytes);
+
+// Runtime calls since the process started, for tests that bound what a
+// training step moves and allocates: copies by direction (cudaMemcpy and
+// cudaMemcpyAsync) and cudaMalloc calls.
+struct CallCounts {
+  int64_t device_to_host_copies;
+  int64_t host_to_device_copies;
+  int64_t device_allocations;
+};
+CallCounts Counts();
 
 }  // namespace prefopt::cudasim
 

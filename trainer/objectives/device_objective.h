@@ -1,0 +1,73 @@
+// An objective's per-token coefficients and metrics computed by the backend
+// (Backend::ObjectiveCoefficients, docs/objectives.md §7) from pass 1's
+// per-row values where they lie, for a backend whose memory the host cannot
+// address: per micro-batch only the sequences' spans and reference sums go
+// up, and the metric sums come down once per step. The host objective
+// (Objective::Coefficients) stays the reference; the loop uses this path only
+// where Create says it covers the objective.
+#ifndef PREFOPT_TRAINER_OBJECTIVES_DEVICE_OBJECTIVE_H_
+#define PREFOPT_TRAINER_OBJECTIVES_DEVICE_OBJECTIVE_H_
+
+#include <memory>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/objective.h"
+#include "trainer/objectives/output_layer.h"
+#include "trainer/objectives/reference_values.h"
+
+namespace prefopt::objectives {
+
+class DeviceObjective {
+ public:
+  // The device path for `objective` on `backend`, or null where the host path
+  // stays: a host-addressable backend (the CPU's), an objective without a
+  // device form (Objective::DeviceParams), or one that needs what the device
+  // path does not feed (a pre-pass, prompt rows, per-token reference
+  // log-probs, WPO's log Σ p²). `max_seqs` bounds a micro-batch's sequences;
+  // `vocab` is V (the logits metrics' counts).
+  static std::unique_ptr<DeviceObjective> Create(const Objective& objective,
+                                                 kernels::Backend* backend,
+                                                 int max_seqs, int vocab);
+  ~DeviceObjective();
+  DeviceObjective(const DeviceObjective&) = delete;
+  DeviceObjective& operator=(const DeviceObjective&) = delete;
+
+  // One micro-batch after output->ForwardOnBackend over `segments` (one per
+  // sequence, data::BuildBatch order) of the dataset examples `examples`:
+  // writes the coefficients into output->rows().coef and adds the metric
+  // sums on the backend. `denominator` and `token_denominator` are the global
+  // batch's (Objective::Denominator, TokenDenominator).
+  void Coefficients(const std::vector<ResponseSegment>& segments,
+                    const std::vector<int>& examples,
+                    const ReferenceValues* reference, double denominator,
+                    double token_denominator, ChunkedOutputLayer* output);
+
+  // Adds the metrics of the micro-batches since the last call to `sums`, with
+  // the names and counts Objective::Coefficients and AddEntropyMetric give
+  // them (one copy from the backend), and starts over. Nothing when no
+  // micro-batch ran.
+  void TakeMetrics(MetricSums* sums);
+
+ private:
+  DeviceObjective(kernels::Backend* backend, const kernels::ObjectiveParams&,
+                  int max_seqs, int vocab);
+
+  kernels::Backend* backend_;
+  kernels::ObjectiveParams params_;
+  int vocab_;
+  float* metrics_;  // kObjectiveMetricCount doubles in backend memory
+  // Host staging, reused: spans, reference sums, downloaded metric sums.
+  std::vector<kernels::SeqSpan> spans_;
+  std::vector<double> reference_;
+  std::vector<double> metrics_host_;
+  // The counts of the metric sums since the last TakeMetrics (the host knows
+  // them from the segments alone).
+  std::vector<double> counts_;
+  bool pending_ = false;
+};
+
+}  // namespace prefopt::objectives
+
+#endif  // PREFOPT_TRAINER_OBJECTIVES_DEVICE_OBJECTIVE_H_

@@ -1,0 +1,241 @@
+// DeviceObjective (Backend::ObjectiveCoefficients through the loop's runner)
+// against the host objectives it stands in for: the coefficients and every
+// metric (names, sums and counts) of DPO with each loss type the device
+// covers, label smoothing, a mixture with the SFT term, SFT, and
+// implicit-reward SFT's sequence form with each divergence, on the
+// reference backend posing as one the host cannot address. Also which
+// configurations stay on the host.
+#include "trainer/objectives/device_objective.h"
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/reference.h"
+#include "proto/config.pb.h"
+#include "trainer/objectives/demonstration_objectives.h"
+#include "trainer/objectives/dpo.h"
+
+namespace prefopt::objectives {
+namespace {
+
+constexpr int kHidden = 8, kVocab = 37;
+
+// The reference backend, claiming memory the host cannot address, so that
+// DeviceObjective::Create takes the device path on it.
+class OpaqueBackend : public kernels::ReferenceBackend {
+ public:
+  bool HostAddressable() const override { return false; }
+};
+
+// A micro-batch of `examples` (pairs or demonstrations) with random hidden
+// states, output embedding and labels, and reference sums near the policy's.
+struct Fixture {
+  std::vector<int> examples;
+  std::vector<ResponseSegment> segments;
+  std::vector<float> hidden, wout;
+  std::vector<int32_t> tokens;
+  ReferenceValues ref;
+
+  Fixture(int n, int sequences_per_example) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> length(1, 9), token(0, kVocab - 1);
+    int row = 0;
+    for (int i = 0; i < n; ++i) {
+      examples.push_back(n - 1 - i);  // dataset order differs from batch order
+      for (int j = 0; j < sequences_per_example; ++j) {
+        const int prompt = 2, len = length(rng);
+        segments.push_back({row + prompt - 1, len});
+        row += prompt + len;
+      }
+    }
+    ref.first_response.assign(n, 0);
+    ref.sequence_logp.assign(n * sequences_per_example, 0);
+    for (int i = 0; i < n; ++i) {
+      ref.first_response[examples[i]] = i * sequences_per_example;
+      for (int j = 0; j < sequences_per_example; ++j) {
+        ref.sequence_logp[i * sequences_per_example + j] =
+            -4.0 * segments[i * sequences_per_example + j].count +
+            2.0 * normal(rng);
+      }
+    }
+    for (int r = 0; r < row * kHidden; ++r) hidden.push_back(normal(rng));
+    for (int v = 0; v < kVocab * kHidden; ++v) {
+      wout.push_back(0.7f * normal(rng));
+    }
+    for (int r = 0; r <= row; ++r) tokens.push_back(token(rng));
+  }
+  int rows() const {
+    int total = 0;
+    for (const ResponseSegment& s : segments) total += s.count;
+    return total;
+  }
+};
+
+// Runs `objective` on the host path and on the device path over the same
+// micro-batch and compares coefficients and metrics.
+void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
+                             double token_denominator = 0) {
+  const int per_example =
+      objective.example_kind() == data::ExampleKind::kPreference ? 2 : 1;
+  Fixture f(pairs_or_seqs, per_example);
+  OpaqueBackend backend;
+  const int max_rows = 256;
+  ASSERT_LE(f.rows(), max_rows);
+  std::vector<data::Example> dataset(f.examples.size());
+  const double denominator = 1.5 * pairs_or_seqs;
+
+  ChunkedOutputLayer host_output(&backend, max_rows, kHidden, kVocab, 4);
+  const std::vector<SequenceScores> scores = host_output.Forward(
+      f.hidden.data(), f.wout.data(), f.tokens.data(), f.segments);
+  MicroBatchView view{&f.examples, &scores, &host_output.row_logp(), &f.ref};
+  view.denominator = denominator;
+  view.token_denominator = token_denominator;
+  view.dataset = &dataset;
+  std::vector<float> want_coef;
+  MetricSums want;
+  objective.Coefficients(view, denominator, &want_coef, &want);
+  AddEntropyMetric(scores, f.segments.size(), &want);
+
+  std::unique_ptr<DeviceObjective> device = DeviceObjective::Create(
+      objective, &backend, static_cast<int>(f.segments.size()), kVocab);
+  ASSERT_NE(device, nullptr);
+  ChunkedOutputLayer output(&backend, max_rows, kHidden, kVocab, 4);
+  MetricSums got;
+  // Two micro-batches' metrics come down in one TakeMetrics.
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    output.ForwardOnBackend(f.hidden.data(), f.wout.data(), f.tokens.data(),
+                            f.segments);
+    device->Coefficients(f.segments, f.examples, &f.ref, denominator,
+                         token_denominator, &output);
+  }
+  device->TakeMetrics(&got);
+  std::vector<float> coef(want_coef.size());
+  backend.CopyToHost(coef.data(), output.rows().coef, coef.size());
+
+  int nonzero = 0;
+  for (size_t r = 0; r < coef.size(); ++r) {
+    nonzero += want_coef[r] != 0;
+    EXPECT_NEAR(coef[r], want_coef[r], 1e-6 * std::fabs(want_coef[r]))
+        << "row " << r;
+  }
+  EXPECT_GT(nonzero, 0);
+  want.Merge(want);  // two micro-batches
+  ASSERT_EQ(got.JoinedNames(), want.JoinedNames());
+  const std::vector<double> g = got.Flattened(), w = want.Flattened();
+  for (size_t k = 0; k < w.size(); ++k) {
+    EXPECT_NEAR(g[k], w[k], 1e-9 * (1.0 + std::fabs(w[k])))
+        << (k % 2 == 0 ? "sum" : "count") << " of metric " << k / 2 << " ("
+        << want.JoinedNames() << ")";
+  }
+  // Taken: the next call adds nothing.
+  MetricSums none;
+  device->TakeMetrics(&none);
+  EXPECT_EQ(none.JoinedNames(), "");
+}
+
+std::unique_ptr<DpoObjective> Dpo(const std::string& text_types,
+                                  const std::vector<DpoConfig::LossType>& types,
+                                  const std::vector<float>& weights,
+                                  double eps) {
+  DpoConfig config;
+  config.set_beta(0.4f);
+  config.set_label_smoothing(eps);
+  for (DpoConfig::LossType t : types) config.add_loss_type(t);
+  for (float w : weights) config.add_loss_weights(w);
+  auto dpo = DpoObjective::Create(config, kVocab);
+  EXPECT_TRUE(dpo.ok()) << text_types << ": " << dpo.status();
+  return dpo.ok() ? *std::move(dpo) : nullptr;
+}
+
+TEST(DeviceObjectiveTest, EveryDpoLossTypeMatchesTheHost) {
+  for (DpoConfig::LossType type :
+       {DpoConfig::SIGMOID, DpoConfig::IPO, DpoConfig::HINGE, DpoConfig::ROBUST,
+        DpoConfig::EXO_PAIR, DpoConfig::NCA_PAIR, DpoConfig::BCO_PAIR,
+        DpoConfig::SPPO_HARD, DpoConfig::APO_ZERO, DpoConfig::APO_DOWN,
+        DpoConfig::DISCOPOP, DpoConfig::SIGMOID_NORM}) {
+    const std::string name = DpoConfig::LossType_Name(type);
+    SCOPED_TRACE(name);
+    const bool smoothed = type == DpoConfig::SIGMOID ||
+                          type == DpoConfig::ROBUST ||
+                          type == DpoConfig::EXO_PAIR;
+    auto dpo = Dpo(name, {type}, {}, smoothed ? 0.15 : 0.0);
+    ASSERT_NE(dpo, nullptr);
+    ExpectDeviceMatchesHost(*dpo, 5);
+  }
+}
+
+TEST(DeviceObjectiveTest, MixtureWithSftTermMatchesTheHost) {
+  auto dpo =
+      Dpo("mixture", {DpoConfig::SIGMOID, DpoConfig::BCO_PAIR, DpoConfig::SFT},
+          {0.8f, 0.2f, 1.0f}, 0);
+  ASSERT_NE(dpo, nullptr);
+  SCOPED_TRACE("micro-batch scored on its own");
+  ExpectDeviceMatchesHost(*dpo, 4);
+  SCOPED_TRACE("global batch's chosen tokens");
+  ExpectDeviceMatchesHost(*dpo, 4, /*token_denominator=*/41);
+}
+
+TEST(DeviceObjectiveTest, SftMatchesTheHost) {
+  SftPlugin sft;
+  ExpectDeviceMatchesHost(sft, 6);
+}
+
+TEST(DeviceObjectiveTest, ImplicitSftSequenceMatchesTheHost) {
+  for (ImplicitSftConfig::Divergence d :
+       {ImplicitSftConfig::TOTAL_VARIATION, ImplicitSftConfig::PEARSON_CHI2,
+        ImplicitSftConfig::NEYMAN_CHI2, ImplicitSftConfig::KL,
+        ImplicitSftConfig::SQUARED_HELLINGER,
+        ImplicitSftConfig::JENSEN_SHANNON}) {
+    SCOPED_TRACE(ImplicitSftConfig::Divergence_Name(d));
+    ImplicitSftConfig config;
+    config.set_divergence(d);
+    config.set_beta(0.3f);
+    config.set_domain_margin(0.01f);
+    auto isft = ImplicitSftPlugin::Create(config);
+    ASSERT_TRUE(isft.ok()) << isft.status();
+    ExpectDeviceMatchesHost(**isft, 7);
+  }
+}
+
+TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
+  OpaqueBackend opaque;
+  kernels::ReferenceBackend host;
+  auto plain = Dpo("sigmoid", {DpoConfig::SIGMOID}, {}, 0);
+  ASSERT_NE(plain, nullptr);
+  EXPECT_NE(DeviceObjective::Create(*plain, &opaque, 8, kVocab), nullptr);
+  // A host-addressable backend keeps the host path.
+  EXPECT_EQ(DeviceObjective::Create(*plain, &host, 8, kVocab), nullptr);
+  ImplicitSftConfig token;
+  token.set_divergence(ImplicitSftConfig::KL);
+  token.set_granularity(ImplicitSftConfig::TOKEN);
+  token.set_beta(0.3f);
+  token.set_domain_margin(0.01f);
+  auto token_isft = ImplicitSftPlugin::Create(token);
+  ASSERT_TRUE(token_isft.ok()) << token_isft.status();
+  EXPECT_EQ(DeviceObjective::Create(**token_isft, &opaque, 8, kVocab), nullptr);
+  auto aot = Dpo("aot", {DpoConfig::AOT}, {}, 0);
+  ASSERT_NE(aot, nullptr);
+  EXPECT_EQ(DeviceObjective::Create(*aot, &opaque, 8, kVocab), nullptr);
+  for (const char* which : {"ld_alpha", "use_weighting", "f_divergence"}) {
+    DpoConfig config;
+    config.set_beta(0.1f);
+    if (std::string(which) == "ld_alpha") config.set_ld_alpha(0.5f);
+    if (std::string(which) == "use_weighting") config.set_use_weighting(true);
+    if (std::string(which) == "f_divergence") {
+      config.set_f_divergence_type(DpoConfig::JS_DIVERGENCE);
+    }
+    auto dpo = DpoObjective::Create(config, kVocab);
+    ASSERT_TRUE(dpo.ok()) << dpo.status();
+    EXPECT_EQ(DeviceObjective::Create(**dpo, &opaque, 8, kVocab), nullptr)
+        << which;
+  }
+}
+
+}  // namespace
+}  // namespace prefopt::objectives
