@@ -7,12 +7,13 @@
 namespace prefopt::kernels::cpu {
 namespace {
 
-// Any machine this runs on does more than 0.1 GFLOP/s on a 128^3 product;
-// a broken timer or flop count shows up as 0, inf or NaN.
+// A broken timer or flop count shows up as 0, inf or NaN. No lower bound on
+// the rate: on a loaded machine (CI, parallel tests) one 128^3 product has
+// taken 75 ms, 0.056 GFLOP/s.
 TEST(SgemmProbeTest, ReturnsAPlausibleRate) {
   const double gflops = MeasureSgemmGflops(128, 0.02);
   EXPECT_TRUE(std::isfinite(gflops));
-  EXPECT_GT(gflops, 0.1);
+  EXPECT_GT(gflops, 0.0);
   EXPECT_LT(gflops, 1e5);
 }
 
