@@ -206,7 +206,8 @@ class Decoder {
   // are the adapters: params(), grads(), layout(), padded_param_count() and
   // layer_range() describe the adapter factors (block by block, each block's
   // contiguous), while the base weights live in base_params() with no
-  // gradient. Adapters start zeroed: call InitAdapters (or fill params()).
+  // gradient (with LoraOptions::base_bf16, the blocks' linear weights in
+  // bf16). Adapters start zeroed: call InitAdapters (or fill params()).
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(
       const io::ModelSpec& spec, kernels::Backend* backend,
       const Capacity& capacity, bool trainable, const LoraOptions& lora = {});
@@ -386,14 +387,14 @@ class Decoder {
   float* P(size_t offset) {
     return offset == kAbsent ? nullptr : base_ + offset;
   }
+  float* G(size_t offset) {
+    return offset == kAbsent || base_grads_ == nullptr ? nullptr
+                                                       : base_grads_ + offset;
+  }
   // A block's linear weight: with a bf16 base in widened_, which WidenBlock
   // filled for that block.
   const float* W(size_t offset) const {
     return (base_bf16_ != nullptr ? widened_ : base_) + offset;
-  }
-  float* G(size_t offset) {
-    return offset == kAbsent || base_grads_ == nullptr ? nullptr
-                                                       : base_grads_ + offset;
   }
   // LayerNorm (GPT-2, with bias) or RMSNorm (Llama/Qwen2, bias kAbsent).
   void NormForward(float* out, float* mean, float* rstd, const float* inp,
