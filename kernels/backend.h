@@ -217,6 +217,11 @@ class Backend {
   // out = a * b, elementwise (out may be a or b): LoRA's dropout masks.
   virtual void Multiply(float* out, const float* a, const float* b,
                         size_t n) = 0;
+  // out[i] = the fp32 value of the bf16 bits in[i] (exact: the bits shifted
+  // into the high half, NaN payloads and signs kept). `in` is backend memory
+  // holding n bf16 values: a LoRA decoder's frozen base held in bf16
+  // (docs/lora.md).
+  virtual void WidenBf16(float* out, const uint16_t* in, size_t n) = 0;
 
   // ---- attention ----
   // Causal multi-head attention with grouped KV heads (NKV divides NH; GPT-2

@@ -538,7 +538,13 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"lora_llama_dpo_live_reference", "dpo { beta: 0.1 }",
              "gpt2/pairs.jsonl", kLlamaLora, "model.live_reference=true"},
         Case{"lora_llama_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",
-             kLlamaLora}),
+             kLlamaLora},
+        // model.base_dtype: the frozen weights widened from bf16 on the
+        // device.
+        Case{"lora_bf16_base", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+             kGpt2Lora, "model.base_dtype=WEIGHT_BF16"},
+        Case{"lora_llama_bf16_base", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+             kLlamaLora, "model.base_dtype=WEIGHT_BF16"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });

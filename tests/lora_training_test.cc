@@ -4,8 +4,10 @@
 // checkpointing trains bitwise as the stored path, the live reference (the
 // policy with its adapters off) scores as the precomputed cache, KTO's
 // pre-pass trains, export_hf_path writes a PEFT adapter that reads back
-// bitwise (and trains on from there), and a target module the model lacks
-// is refused naming the field and the model's layers.
+// bitwise (and trains on from there), a target module the model lacks is
+// refused naming the field and the model's layers, and a bf16 base
+// (model.base_dtype) trains as the fp32 base of the same (bf16) weights and
+// resumes bitwise.
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -96,8 +98,9 @@ std::vector<float> Adapters(const loop::Trainer& trainer) {
 
 std::vector<float> Base(const loop::Trainer& trainer) {
   const model::Decoder& p = trainer.policy();
-  return std::vector<float>(p.base_params(),
-                            p.base_params() + p.base_layout().total());
+  std::vector<float> base(p.base_layout().total());
+  p.CopyBaseToHost(base.data());
+  return base;
 }
 
 bool Bitwise(const std::vector<float>& a, const std::vector<float>& b) {
@@ -269,12 +272,74 @@ TEST(LoraTrainingTest, ExportsAPeftAdapterThatReadsBackBitwise) {
               HasSubstr("model.lora.r: is 8 but the adapter at"));
 }
 
-TEST(LoraTrainingTest, BaseDtypeBf16IsNotImplementedYet) {
-  auto trainer =
-      Create(RunConfig("lora_bf16", kLora, "base_dtype: WEIGHT_BF16"));
-  ASSERT_FALSE(trainer.ok());
-  EXPECT_THAT(std::string(trainer.status().message()),
-              HasSubstr("model.base_dtype: WEIGHT_BF16"));
+// model.base_dtype: WEIGHT_BF16 holds the blocks' frozen linear weights in
+// bf16: training from the bf16 checkpoint of the fixture with a bf16 base is
+// bitwise the run with an fp32 base (the same model: rounding a bf16 value to
+// bf16 is exact), with dropout, the live reference and activation
+// checkpointing; the base stays bitwise; and a resumed bf16-base run is
+// bitwise the uninterrupted one.
+TEST(LoraTrainingTest, Bf16BaseTrainsAsTheFp32BaseOfTheBf16Checkpoint) {
+  const std::string lora =
+      "lora { r: 4 alpha: 8 dropout: 0.1 target_modules: 'all-linear' }";
+  const std::string bf16_model =
+      absl::StrCat("model.hf_path=",
+                   testing::WorkspacePath("tests/fixtures/gpt2/policy_bf16"));
+  for (const std::string extra : {"", "activation_checkpointing: true"}) {
+    SCOPED_TRACE(extra);
+    std::unique_ptr<loop::Trainer> fp32 =
+        MakeTrainer(RunConfig("bf16ckpt_fp32", lora, "live_reference: true",
+                              "dpo { beta: 0.1 }", extra),
+                    {bf16_model});
+    std::unique_ptr<loop::Trainer> bf16 =
+        MakeTrainer(RunConfig("bf16ckpt_bf16", lora,
+                              "live_reference: true base_dtype: WEIGHT_BF16",
+                              "dpo { beta: 0.1 }", extra),
+                    {bf16_model});
+    ASSERT_NE(fp32, nullptr);
+    ASSERT_NE(bf16, nullptr);
+    EXPECT_NE(fp32->policy().base_params(), nullptr);
+    EXPECT_EQ(bf16->policy().base_params(), nullptr);  // held in bf16
+    const std::vector<float> base = Base(*bf16);
+    EXPECT_TRUE(Bitwise(base, Base(*fp32)));
+    ExpectBitwiseEqual(RunSteps(*fp32, 5), RunSteps(*bf16, 5));
+    EXPECT_TRUE(Bitwise(Adapters(*fp32), Adapters(*bf16)));
+    EXPECT_TRUE(Bitwise(Base(*bf16), base)) << "the base weights moved";
+  }
+}
+
+TEST(LoraTrainingTest, Bf16BaseResumesBitwise) {
+  const std::string lora =
+      "lora { r: 4 alpha: 16 dropout: 0.2 target_modules: 'all-linear' }";
+  const std::string bf16 = "base_dtype: WEIGHT_BF16";
+  std::unique_ptr<loop::Trainer> straight =
+      MakeTrainer(RunConfig("bf16_straight", lora, bf16));
+  ASSERT_NE(straight, nullptr);
+  const std::vector<StepMetrics> all = RunSteps(*straight, 8);
+  ASSERT_EQ(all.size(), 8u);
+  // Not the fp32-base run: the weights of the fp32 fixture were rounded.
+  std::unique_ptr<loop::Trainer> fp32 =
+      MakeTrainer(RunConfig("bf16_fp32_base", lora));
+  ASSERT_NE(fp32, nullptr);
+  EXPECT_NE(RunSteps(*fp32, 1)[0].at("logps/chosen"),
+            all[0].at("logps/chosen"));
+
+  const std::string config = RunConfig("bf16_interrupted", lora, bf16);
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
+    ASSERT_NE(first, nullptr);
+    ExpectBitwiseEqual(RunSteps(*first, 4),
+                       std::vector<StepMetrics>(all.begin(), all.begin() + 4));
+    ASSERT_TRUE(first->SaveCheckpoint().ok());
+    RunSteps(*first, 6);
+  }
+  std::unique_ptr<loop::Trainer> resumed =
+      MakeTrainer(config, {"resume=latest"});
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->steps_done(), 4);
+  ExpectBitwiseEqual(RunSteps(*resumed, 8),
+                     std::vector<StepMetrics>(all.begin() + 4, all.end()));
+  EXPECT_TRUE(Bitwise(Adapters(*straight), Adapters(*resumed)));
+  EXPECT_TRUE(Bitwise(Base(*straight), Base(*resumed)));
 }
 
 }  // namespace

@@ -680,6 +680,17 @@ void CpuBackend::Multiply(float* out, const float* a, const float* b,
   });
 }
 
+void CpuBackend::WidenBf16(float* out, const uint16_t* in, size_t n) {
+  // Integer moves only: a float conversion could quiet a NaN's payload.
+  ParallelSlices(n, [&](size_t begin, size_t end) {
+#pragma omp simd
+    for (size_t i = begin; i < end; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
+      std::memcpy(&out[i], &bits, sizeof(bits));
+    }
+  });
+}
+
 bool CpuBackend::StoresAttentionProbs(const SeqSpan* spans, int num_seqs,
                                       int NH) const {
   return cpu::AttentionProbsFloats(spans, num_seqs, NH) <=

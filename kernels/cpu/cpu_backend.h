@@ -95,6 +95,7 @@ class CpuBackend : public Backend {
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
   void Multiply(float* out, const float* a, const float* b, size_t n) override;
+  void WidenBf16(float* out, const uint16_t* in, size_t n) override;
 
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                             int NH) const override;

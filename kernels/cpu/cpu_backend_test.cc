@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -450,6 +451,42 @@ TEST_P(CpuBackendTest, AddAxpyScale) {
       {a}, [&](auto* o) { cpu_.Axpy((*o)[0].data(), -0.37f, b.data(), n); });
   ExpectDeterministic({a},
                       [&](auto* o) { cpu_.Scale((*o)[0].data(), 1.7f, n); });
+}
+
+// Every bf16 bit pattern (NaNs with their payloads, infinities, signed zeros,
+// subnormals) twice, plus an odd tail, so that the parallel path splits it.
+std::vector<uint16_t> AllBf16Patterns() {
+  std::vector<uint16_t> bits(2 * 65536 + 3);
+  for (size_t i = 0; i < bits.size(); ++i) {
+    bits[i] = static_cast<uint16_t>(i * 40503u);  // odd: a permutation
+  }
+  return bits;
+}
+
+TEST_P(CpuBackendTest, WidenBf16) {
+  const std::vector<uint16_t> in = AllBf16Patterns();
+  const size_t n = in.size();
+  std::vector<float> out_ref(n), out_cpu(n, std::nanf(""));
+  ref_.WidenBf16(out_ref.data(), in.data(), n);
+  cpu_.WidenBf16(out_cpu.data(), in.data(), n);
+  EXPECT_TRUE(BitwiseEqual(out_cpu, out_ref));
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &out_cpu[i], sizeof(bits));
+    ASSERT_EQ(bits, static_cast<uint32_t>(in[i]) << 16) << i;
+  }
+  // A few by value: 1, -2, +-inf, -0, the smallest subnormal, a NaN.
+  const std::vector<uint16_t> named = {0x3f80, 0xc000, 0x7f80, 0xff80,
+                                       0x8000, 0x0001, 0x7fc1};
+  std::vector<float> v(named.size());
+  cpu_.WidenBf16(v.data(), named.data(), named.size());
+  EXPECT_EQ(v[0], 1.0f);
+  EXPECT_EQ(v[1], -2.0f);
+  EXPECT_EQ(v[2], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(v[3], -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(v[4] == 0.0f && std::signbit(v[4]));
+  EXPECT_EQ(v[5], std::ldexp(1.0f, -133));
+  EXPECT_TRUE(std::isnan(v[6]));
 }
 
 TEST_P(CpuBackendTest, SumSquares) {

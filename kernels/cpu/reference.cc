@@ -344,6 +344,13 @@ void ReferenceBackend::Multiply(float* out, const float* a, const float* b,
   for (size_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
 }
 
+void ReferenceBackend::WidenBf16(float* out, const uint16_t* in, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
+    std::memcpy(&out[i], &bits, sizeof(bits));
+  }
+}
+
 size_t ReferenceBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                             int NH) const {
   return cpu::AttentionProbsFloats(spans, num_seqs, NH);

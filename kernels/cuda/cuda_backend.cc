@@ -833,6 +833,10 @@ void CudaBackend::Multiply(float* out, const float* a, const float* b,
   PREFOPT_CHECK_CUDA(cuda::Multiply(s_->stream, out, a, b, n));
 }
 
+void CudaBackend::WidenBf16(float* out, const uint16_t* in, size_t n) {
+  PREFOPT_CHECK_CUDA(cuda::WidenBf16(s_->stream, out, in, n));
+}
+
 size_t CudaBackend::AttentionProbsSize(const SeqSpan* spans, int num_seqs,
                                        int NH) const {
   size_t rows = 0;

@@ -136,6 +136,7 @@ class CudaBackend : public Backend {
   void Add(float* out, const float* a, const float* b, size_t n) override;
   void Axpy(float* y, float alpha, const float* x, size_t n) override;
   void Multiply(float* out, const float* a, const float* b, size_t n) override;
+  void WidenBf16(float* out, const uint16_t* in, size_t n) override;
 
   // N * NH floats: the row logsumexp per (row, head).
   size_t AttentionProbsSize(const SeqSpan* spans, int num_seqs,

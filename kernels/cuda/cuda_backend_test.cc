@@ -552,6 +552,27 @@ TEST_P(CudaBackendTest, AddAxpyScale) {
   EXPECT_TRUE(BitwiseEqual(buf.Read(product, n), product_ref));
 }
 
+TEST_P(CudaBackendTest, WidenBf16) {
+  // Every bf16 bit pattern (NaN payloads, infinities, signed zeros,
+  // subnormals), plus an odd tail; read from an odd offset too.
+  std::vector<uint16_t> in(65536 + 3);
+  for (size_t i = 0; i < in.size(); ++i) {
+    in[i] = static_cast<uint16_t>(i * 40503u);
+  }
+  const size_t n = in.size();
+  std::vector<float> packed((n + 1) / 2);
+  std::memcpy(packed.data(), in.data(), n * sizeof(uint16_t));
+  DeviceBuffers buf(cuda_.get());
+  const auto* d_in = reinterpret_cast<const uint16_t*>(buf.Upload(packed));
+  for (const size_t offset : {size_t{0}, size_t{1}}) {
+    std::vector<float> out_ref(n - offset);
+    ref_.WidenBf16(out_ref.data(), in.data() + offset, n - offset);
+    float* out = buf.Unwritten(n - offset);
+    cuda_->WidenBf16(out, d_in + offset, n - offset);
+    EXPECT_TRUE(BitwiseEqual(buf.Read(out, n - offset), out_ref)) << offset;
+  }
+}
+
 struct AttentionCase {
   std::vector<SeqSpan> spans;
   int NH, NKV, hs;

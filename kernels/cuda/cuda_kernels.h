@@ -99,6 +99,9 @@ cudaError_t Axpy(cudaStream_t stream, float* y, float alpha, const float* x,
 cudaError_t Scale(cudaStream_t stream, float* x, float alpha, size_t n);
 cudaError_t Multiply(cudaStream_t stream, float* out, const float* a,
                      const float* b, size_t n);
+// out[i] = the fp32 value of the bf16 bits in[i], exactly (Backend::WidenBf16).
+cudaError_t WidenBf16(cudaStream_t stream, float* out, const uint16_t* in,
+                      size_t n);
 // dst[i] = bf16(src[i]) with round-to-nearest-even; dst is n bf16 values.
 cudaError_t ToBf16(cudaStream_t stream, void* dst, const float* src, size_t n);
 

@@ -45,7 +45,7 @@ absl::StatusOr<std::unique_ptr<model::Decoder>> CreateReferenceModel(
   } else {
     // A LoRA policy's base weights: the adapters are not the reference's.
     std::vector<float> host(policy.base_layout().total());
-    backend->CopyToHost(host.data(), policy.base_params(), host.size());
+    policy.CopyBaseToHost(host.data());
     backend->CopyToDevice((*reference)->base_params(), host.data(),
                           host.size());
   }

@@ -487,11 +487,6 @@ absl::Status Trainer::Init() {
   cap.activation_checkpointing = config_.activation_checkpointing();
   model::LoraOptions lora;
   if (mc.has_lora()) {
-    if (mc.base_dtype() == ModelConfig::WEIGHT_BF16) {
-      return absl::UnimplementedError(
-          "model.base_dtype: WEIGHT_BF16 (bf16 frozen weights) is not "
-          "implemented yet; remove base_dtype (the base is held in fp32)");
-    }
     if (!mc.lora().adapter_path().empty()) {
       auto read = ReadStartingAdapter(mc.lora(), spec_);
       if (!read.ok()) return read.status();
@@ -505,6 +500,7 @@ absl::Status Trainer::Init() {
       if (!options.ok()) return options.status();
       lora = *std::move(options);
     }
+    lora.base_bf16 = mc.base_dtype() == ModelConfig::WEIGHT_BF16;
   }
   absl::StatusOr<std::unique_ptr<model::Decoder>> policy;
   {
@@ -555,8 +551,9 @@ absl::Status Trainer::Init() {
     out() << "LoRA: r " << lora.r << ", scaling " << lora.scaling
           << ", dropout " << lora.dropout << ", " << lora.modules.size()
           << " adapted layers; " << adapter_params
-          << " trainable parameters (base model " << base_params
-          << ", frozen)\n";
+          << " trainable parameters (base model " << base_params << ", frozen, "
+          << (lora.base_bf16 ? "bf16" : "fp32") << ": " << policy_->base_bytes()
+          << " bytes)\n";
   }
 
   if (sparsepo) {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -18,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/memory_purpose.h"
+#include "trainer/io/safetensors.h"
 #include "trainer/model/rope.h"
 #include "trainer/util/rng.h"
 
@@ -107,6 +109,8 @@ class Count {
     return FromRaw(__builtin_mul_overflow(n_, other.n_, &product) ? kMax
                                                                   : product);
   }
+  // Rounded up.
+  Count Half() const { return FromRaw(n_ / 2 + n_ % 2); }
   uint64_t value() const { return n_; }
 
  private:
@@ -120,26 +124,32 @@ class Count {
 };
 
 // The floats BuildLayout lays out for `spec`, each tensor rounded up to the
-// layout's 16-float alignment (one 16 per tensor bounds the rounding).
-Count ParameterCount(const io::ModelSpec& spec) {
+// layout's 16-float alignment (one 16 per tensor bounds the rounding). With
+// `bf16_weights` (LoraOptions::base_bf16) the blocks' linear weights count
+// half, plus one block's of them in fp32.
+Count ParameterCount(const io::ModelSpec& spec, bool bf16_weights) {
   const Count C(spec.hidden), V(spec.vocab_size), FF(spec.intermediate),
       L(spec.n_layer), pad(16);
   const Count q_rows = Count(spec.n_head) * Count(spec.head_dim);
   const Count qkv_rows =
       q_rows + Count(2) * Count(spec.n_kv_head) * Count(spec.head_dim);
-  Count layer = qkv_rows * C + q_rows * C + Count(12) * pad;
+  const bool gpt2 = spec.arch == io::ModelSpec::Arch::kGpt2;
+  const Count weights =
+      qkv_rows * C + q_rows * C + Count(gpt2 ? 2 : 3) * FF * C + Count(4) * pad;
+  Count layer = Count(8) * pad;
   Count total = V * C + Count(4) * pad;
-  if (spec.arch == io::ModelSpec::Arch::kGpt2) {
-    layer = layer + Count(2) * FF * C + qkv_rows + FF + Count(6) * C;
+  if (gpt2) {
+    layer = layer + qkv_rows + FF + Count(6) * C;
     total = total + Count(spec.max_positions) * C + Count(2) * C;
   } else {
-    layer = layer + Count(3) * FF * C + Count(2) * C;
+    layer = layer + Count(2) * C;
     if (spec.attention_bias) layer = layer + qkv_rows;
     if (spec.attention_out_bias) layer = layer + C;
     if (spec.mlp_bias) layer = layer + Count(2) * FF + C;
     total = total + C;
   }
-  total = total + L * layer;
+  total = total + L * layer +
+          (bf16_weights ? (L * weights).Half() + weights : L * weights);
   if (!spec.tie_word_embeddings) total = total + V * C;
   return total;
 }
@@ -200,7 +210,8 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
                 *attention_floats, std::numeric_limits<int64_t>::max())))
           : Count(spec.n_head) * Count(capacity.max_seq_len) *
                 Count(capacity.max_rows);
-  const Count params = ParameterCount(spec) + Count(capacity.param_multiple);
+  const Count params = ParameterCount(spec, lora.enabled() && lora.base_bf16) +
+                       Count(capacity.param_multiple);
   // Trainable: gradients and AdamW's two moments as well (a ZeRO-1 rank holds
   // only a shard of the moments; counting them whole errs on the safe side).
   // With LoRA only the adapters train; their activations are the saved
@@ -406,11 +417,16 @@ void Decoder::BuildLayout() {
   }
 
   if (lora_.enabled()) {
+    if (lora_.base_bf16) {
+      BuildBf16Base();
+      return;
+    }
     // Frozen: no padding (nothing shards it) and no gradient.
     kernels::MemoryPurpose purpose("frozen base weights");
     base_ = backend_->Alloc(layout_.total());
     owned_.push_back(base_);
     backend_->Zero(base_, layout_.total());
+    base_bytes_ = layout_.total() * sizeof(float);
     return;
   }
   const size_t multiple = std::max(1, capacity_.param_multiple);
@@ -421,12 +437,165 @@ void Decoder::BuildLayout() {
   }
   owned_.push_back(params_);
   backend_->Zero(params_, padded_params_);
+  base_bytes_ = padded_params_ * sizeof(float);
   if (trainable_) {
     kernels::MemoryPurpose purpose("gradients");
     base_grads_ = grads_ = backend_->Alloc(padded_params_);
     owned_.push_back(grads_);
     backend_->Zero(grads_, padded_params_);
   }
+}
+
+void Decoder::BuildBf16Base() {
+  const std::vector<ParamTensor>& tensors = layout_.tensors();
+  std::map<size_t, int> block_of_weight;  // base_layout() offset -> block
+  for (int l = 0; l < spec_.n_layer; ++l) {
+    const LayerOffsets& o = layer_offsets_[l];
+    for (size_t w : {o.qkv_w, o.proj_w, o.fc_w, o.fcproj_w}) {
+      block_of_weight[w] = l;
+    }
+  }
+  // Each tensor starts at a multiple of 16 values in either buffer, as in
+  // base_layout() (vector and GEMM alignment); a block's weights are
+  // consecutive in base_bf16_, so one widening covers them.
+  auto aligned = [](size_t n) { return (n + 15) / 16 * 16; };
+  std::map<size_t, size_t> moved;  // base_layout() offset -> new offset
+  size_t fp32 = 0, bf16 = 0, widest = 0;
+  bf16_blocks_.assign(spec_.n_layer, {0, 0});
+  held_offset_.resize(tensors.size());
+  held_bf16_.resize(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const ParamTensor& t = tensors[i];
+    const auto block = block_of_weight.find(t.offset);
+    held_bf16_[i] = block != block_of_weight.end();
+    if (!held_bf16_[i]) {
+      held_offset_[i] = moved[t.offset] = fp32;
+      fp32 = aligned(fp32 + t.numel);
+      continue;
+    }
+    std::pair<size_t, size_t>& range = bf16_blocks_[block->second];
+    if (range.second == 0) range.first = bf16;
+    held_offset_[i] = bf16;
+    moved[t.offset] = bf16 - range.first;  // inside widened_
+    bf16 = aligned(bf16 + t.numel);
+    range.second = bf16 - range.first;
+    widest = std::max(widest, range.second);
+  }
+  auto move = [&](size_t& offset) {
+    if (offset != kAbsent) offset = moved.at(offset);
+  };
+  for (size_t* offset :
+       {&wte_offset_, &wpe_offset_, &wout_offset_, &lnf_w_, &lnf_b_}) {
+    move(*offset);
+  }
+  for (LayerOffsets& o : layer_offsets_) {
+    for (size_t* offset :
+         {&o.ln1_w, &o.ln1_b, &o.qkv_w, &o.qkv_b, &o.proj_w, &o.proj_b,
+          &o.ln2_w, &o.ln2_b, &o.fc_w, &o.fc_b, &o.fcproj_w, &o.fcproj_b}) {
+      move(*offset);
+    }
+  }
+  auto alloc = [&](size_t n) {
+    float* p = backend_->Alloc(std::max<size_t>(n, 1));
+    owned_.push_back(p);
+    backend_->Zero(p, std::max<size_t>(n, 1));
+    return p;
+  };
+  {
+    kernels::MemoryPurpose purpose(
+        "frozen base weights (fp32: embeddings, norms, biases)");
+    base_ = alloc(fp32);
+  }
+  {
+    kernels::MemoryPurpose purpose(
+        "frozen base weights (bf16: the blocks' linear weights)");
+    // Two bf16 values per float of backend memory (bf16 is a multiple of 16).
+    base_bf16_ = reinterpret_cast<uint16_t*>(alloc(bf16 / 2));
+  }
+  {
+    kernels::MemoryPurpose purpose("one block's frozen weights in fp32");
+    widened_ = alloc(widest);
+  }
+  base_bytes_ = (fp32 + bf16 / 2 + widest) * sizeof(float);
+}
+
+namespace {
+
+// The index of the tensor of `layout` that holds element `offset`.
+size_t TensorIndex(const ParamLayout& layout, size_t offset) {
+  const std::vector<ParamTensor>& tensors = layout.tensors();
+  const auto after = std::upper_bound(
+      tensors.begin(), tensors.end(), offset,
+      [](size_t o, const ParamTensor& t) { return o < t.offset; });
+  return static_cast<size_t>(after - tensors.begin()) - 1;
+}
+
+}  // namespace
+
+void Decoder::StoreBase(size_t offset, const float* host, size_t n) {
+  if (base_bf16_ == nullptr) {
+    backend_->CopyToDevice(base_ + offset, host, n);
+    return;
+  }
+  const size_t i = TensorIndex(layout_, offset);
+  const size_t begin = held_offset_[i] + (offset - layout_.tensors()[i].offset);
+  if (!held_bf16_[i]) {
+    backend_->CopyToDevice(base_ + begin, host, n);
+    return;
+  }
+  widened_layer_ = -1;
+  // Backend memory moves whole floats, two bf16 values each: a range with an
+  // odd end keeps its neighbour's half of the edge float.
+  float* packed = reinterpret_cast<float*>(base_bf16_);
+  const size_t first = begin / 2, last = (begin + n + 1) / 2;
+  std::vector<uint16_t> staged(2 * (last - first));
+  float* staged_floats = reinterpret_cast<float*>(staged.data());
+  if (begin % 2 != 0) backend_->CopyToHost(staged_floats, packed + first, 1);
+  if ((begin + n) % 2 != 0) {
+    backend_->CopyToHost(staged_floats + (last - first - 1), packed + last - 1,
+                         1);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    staged[begin - 2 * first + k] = io::FloatToBf16(host[k]);
+  }
+  backend_->CopyToDevice(packed + first, staged_floats, last - first);
+}
+
+void Decoder::CopyBaseToHost(float* host) const {
+  if (base_bf16_ == nullptr) {
+    backend_->CopyToHost(host, base_, layout_.total());
+    return;
+  }
+  const float* packed = reinterpret_cast<const float*>(base_bf16_);
+  std::vector<uint16_t> staged;
+  const std::vector<ParamTensor>& tensors = layout_.tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const ParamTensor& t = tensors[i];
+    if (!held_bf16_[i]) {
+      backend_->CopyToHost(host + t.offset, base_ + held_offset_[i], t.numel);
+      continue;
+    }
+    // bf16 tensors start at even (multiple of 16) offsets.
+    staged.resize((t.numel + 1) / 2 * 2);
+    backend_->CopyToHost(reinterpret_cast<float*>(staged.data()),
+                         packed + held_offset_[i] / 2, staged.size() / 2);
+    for (size_t k = 0; k < t.numel; ++k) {
+      host[t.offset + k] = io::Bf16ToFloat(staged[k]);
+    }
+  }
+}
+
+bool Decoder::IsHeldInBf16(const ParamTensor& t) const {
+  if (base_bf16_ == nullptr) return false;
+  const size_t i = TensorIndex(layout_, t.offset);
+  return layout_.tensors()[i].name == t.name && held_bf16_[i];
+}
+
+void Decoder::WidenBlock(int layer) {
+  if (base_bf16_ == nullptr || widened_layer_ == layer) return;
+  const auto [first, count] = bf16_blocks_[layer];
+  backend_->WidenBf16(widened_, base_bf16_ + first, count);
+  widened_layer_ = layer;
 }
 
 void Decoder::BuildAdapters() {
@@ -807,7 +976,7 @@ absl::Status Decoder::LoadHf(const io::WeightStore& store) {
       }
     }
     HfToLayout(ref, hf.data(), staged.data());
-    backend_->CopyToDevice(base_ + ref.offset, staged.data(), ref.numel);
+    StoreBase(ref.offset, staged.data(), ref.numel);
   }
   return absl::OkStatus();
 }
@@ -829,7 +998,7 @@ void Decoder::InitRandom(uint64_t seed, float init_std) {
         }
         break;
     }
-    backend_->CopyToDevice(base_ + t.offset, host.data(), t.numel);
+    StoreBase(t.offset, host.data(), t.numel);
   }
 }
 
@@ -905,10 +1074,11 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   };
   const LayerOffsets& o = layer_offsets_[l];
   LayerActs& a = acts_[trainable_ ? l : 0];
+  WidenBlock(l);
   // Attention block.
   NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
   observe(Activation::kAttentionNorm, a.ln1, C, C);
-  b.MatmulForward(a.qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C, QKV);
+  b.MatmulForward(a.qkv, a.ln1, W(o.qkv_w), P(o.qkv_b), N, C, QKV);
   AdaptersForward(l, Slot::kQkv, a.qkv, a.ln1, N, recompute);
   observe(Activation::kQuery, a.qkv, ATT, QKV);
   observe(Activation::kKey, a.qkv + ATT, NKV * hs, QKV);
@@ -921,7 +1091,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   }
   b.AttentionForward(a.att, a.probs, a.qkv, batch.spans.data(), S, NH, NKV, hs);
   observe(Activation::kAttentionValues, a.att, ATT, ATT);
-  b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+  b.MatmulForward(branch_out_, a.att, W(o.proj_w), P(o.proj_b), N, ATT, C);
   AdaptersForward(l, Slot::kAttentionOut, branch_out_, a.att, N, recompute);
   observe(Activation::kAttentionOutput, branch_out_, C, C);
   b.Add(a.res2, residual, branch_out_, n * C);
@@ -929,7 +1099,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   // MLP block.
   NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
   observe(Activation::kMlpNorm, a.ln2, C, C);
-  b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+  b.MatmulForward(a.fc, a.ln2, W(o.fc_w), P(o.fc_b), N, C, FC);
   AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, recompute);
   if (llama_family_) {
     b.SwiGluForward(a.act, a.fc, N, FF);
@@ -938,7 +1108,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   }
   if (recompute) return;
   observe(Activation::kMlpActivation, a.act, FF, FF);
-  b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+  b.MatmulForward(branch_out_, a.act, W(o.fcproj_w), P(o.fcproj_b), N, FF, C);
   AdaptersForward(l, Slot::kMlpOut, branch_out_, a.act, N, recompute);
   observe(Activation::kMlpOutput, branch_out_, C, C);
   b.Add(a.res3, a.res2, branch_out_, n * C);
@@ -1019,9 +1189,10 @@ const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
     const LayerOffsets& o = layer_offsets_[l];
     LayerActs& a = acts_[trainable_ ? l : 0];
     float* qkv = cache->layers_[l] + past * QKV;
+    WidenBlock(l);
     // Attention block.
     NormForward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, o.ln1_w, o.ln1_b, N);
-    b.MatmulForward(qkv, a.ln1, P(o.qkv_w), P(o.qkv_b), N, C,
+    b.MatmulForward(qkv, a.ln1, W(o.qkv_w), P(o.qkv_b), N, C,
                     static_cast<int>(QKV));
     AdaptersForward(l, Slot::kQkv, qkv, a.ln1, N, /*recompute=*/false);
     if (llama_family_) {
@@ -1029,19 +1200,19 @@ const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
                     hs);
     }
     b.CachedAttentionForward(a.att, cache->layers_[l], past, N, NH, NKV, hs);
-    b.MatmulForward(branch_out_, a.att, P(o.proj_w), P(o.proj_b), N, ATT, C);
+    b.MatmulForward(branch_out_, a.att, W(o.proj_w), P(o.proj_b), N, ATT, C);
     AdaptersForward(l, Slot::kAttentionOut, branch_out_, a.att, N, false);
     b.Add(a.res2, residual, branch_out_, n * C);
     // MLP block.
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
-    b.MatmulForward(a.fc, a.ln2, P(o.fc_w), P(o.fc_b), N, C, FC);
+    b.MatmulForward(a.fc, a.ln2, W(o.fc_w), P(o.fc_b), N, C, FC);
     AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, false);
     if (llama_family_) {
       b.SwiGluForward(a.act, a.fc, N, FF);
     } else {
       b.GeluForward(a.act, a.fc, n * FF);
     }
-    b.MatmulForward(branch_out_, a.act, P(o.fcproj_w), P(o.fcproj_b), N, FF, C);
+    b.MatmulForward(branch_out_, a.act, W(o.fcproj_w), P(o.fcproj_b), N, FF, C);
     AdaptersForward(l, Slot::kMlpOut, branch_out_, a.act, N, false);
     b.Add(a.res3, a.res2, branch_out_, n * C);
     residual = a.res3;
@@ -1079,10 +1250,11 @@ void Decoder::Backward(const PackedBatch& batch) {
     if (capacity_.activation_checkpointing && l < L - 1) {
       BlockForward(l, batch, residual_in, /*recompute=*/true);
     }
+    WidenBlock(l);
     // MLP block.
     b.Zero(dscratch_ff_, n * FF);
     b.MatmulBackward(dscratch_ff_, G(o.fcproj_w), G(o.fcproj_b), dresidual_,
-                     a.act, P(o.fcproj_w), N, FF, C);
+                     a.act, W(o.fcproj_w), N, FF, C);
     AdaptersBackward(l, Slot::kMlpOut, dscratch_ff_, dresidual_, a.act, N);
     b.Zero(dscratch_fc_, n * FC);
     if (llama_family_) {
@@ -1092,14 +1264,14 @@ void Decoder::Backward(const PackedBatch& batch) {
     }
     b.Zero(dscratch_c_, n * C);
     b.MatmulBackward(dscratch_c_, G(o.fc_w), G(o.fc_b), dscratch_fc_, a.ln2,
-                     P(o.fc_w), N, C, FC);
+                     W(o.fc_w), N, C, FC);
     AdaptersBackward(l, Slot::kMlpIn, dscratch_c_, dscratch_fc_, a.ln2, N);
     NormBackward(dresidual_, dscratch_c_, a.res2, o.ln2_w, o.ln2_b, a.ln2_mean,
                  a.ln2_rstd, N);
     // Attention block.
     b.Zero(dscratch_att_, n * ATT);
     b.MatmulBackward(dscratch_att_, G(o.proj_w), G(o.proj_b), dresidual_, a.att,
-                     P(o.proj_w), N, ATT, C);
+                     W(o.proj_w), N, ATT, C);
     AdaptersBackward(l, Slot::kAttentionOut, dscratch_att_, dresidual_, a.att,
                      N);
     b.Zero(dscratch_qkv_, n * QKV);
@@ -1111,7 +1283,7 @@ void Decoder::Backward(const PackedBatch& batch) {
     }
     b.Zero(dscratch_c_, n * C);
     b.MatmulBackward(dscratch_c_, G(o.qkv_w), G(o.qkv_b), dscratch_qkv_, a.ln1,
-                     P(o.qkv_w), N, C, QKV);
+                     W(o.qkv_w), N, C, QKV);
     AdaptersBackward(l, Slot::kQkv, dscratch_c_, dscratch_qkv_, a.ln1, N);
     NormBackward(dresidual_, dscratch_c_, residual_in, o.ln1_w, o.ln1_b,
                  a.ln1_mean, a.ln1_rstd, N);

@@ -129,6 +129,11 @@ struct LoraOptions {
   int r = 8;
   float scaling = 1.0f;  // lora_alpha / r, or / sqrt(r) with use_rslora
   float dropout = 0.0f;  // lora_dropout, in [0, 1)
+  // model.base_dtype: WEIGHT_BF16 (docs/lora.md): the frozen linear weights of
+  // the blocks held in bf16 (rounded to nearest even when loaded) and widened
+  // to fp32 one block at a time where they are used; the embeddings, norms
+  // and biases stay fp32, and so does all the math.
+  bool base_bf16 = false;
 
   bool enabled() const { return !modules.empty(); }
 };
@@ -201,7 +206,8 @@ class Decoder {
   // are the adapters: params(), grads(), layout(), padded_param_count() and
   // layer_range() describe the adapter factors (block by block, each block's
   // contiguous), while the base weights live in base_params() with no
-  // gradient. Adapters start zeroed: call InitAdapters (or fill params()).
+  // gradient (with LoraOptions::base_bf16, the blocks' linear weights in
+  // bf16). Adapters start zeroed: call InitAdapters (or fill params()).
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(
       const io::ModelSpec& spec, kernels::Backend* backend,
       const Capacity& capacity, bool trainable, const LoraOptions& lora = {});
@@ -306,9 +312,23 @@ class Decoder {
   float* grads() { return grads_; }
   const float* grads() const { return grads_; }
   // The model's weights (the base model's with LoRA), in base_layout().
+  // Null with a bf16 base (LoraOptions::base_bf16): read them with
+  // CopyBaseToHost.
   const ParamLayout& base_layout() const { return layout_; }
-  float* base_params() { return base_; }
-  const float* base_params() const { return base_; }
+  float* base_params() { return base_bf16_ == nullptr ? base_ : nullptr; }
+  const float* base_params() const {
+    return base_bf16_ == nullptr ? base_ : nullptr;
+  }
+  // Copies the model's weights, in base_layout() (base_layout().total()
+  // floats), to host memory `host`: a bf16 base widened to fp32.
+  void CopyBaseToHost(float* host) const;
+  // Whether base tensor `t` (of base_layout()) is held in bf16: with
+  // LoraOptions::base_bf16 the blocks' linear weights, else none.
+  bool IsHeldInBf16(const ParamTensor& t) const;
+  // Bytes of backend memory the base weights take: with a bf16 base, the
+  // fp32 tensors, the bf16 ones and the fp32 scratch one block's weights are
+  // widened into.
+  size_t base_bytes() const { return base_bytes_; }
   // The [V, C] output embedding (tied to the input embedding when the spec
   // says so) and its gradient (null with LoRA: the base is frozen).
   const float* output_embedding() const { return base_ + wout_offset_; }
@@ -353,6 +373,15 @@ class Decoder {
   // block's output is saved and the backward needs nothing after it).
   void BlockForward(int layer, const PackedBatch& batch, const float* residual,
                     bool recompute);
+  // A bf16 base: lays out the bf16 tensors block by block and the fp32 ones
+  // in a compact buffer, and moves every offset the passes use there.
+  void BuildBf16Base();
+  // Writes n floats of the base at base_layout() offset `offset` (inside one
+  // tensor) from host memory, rounding a bf16 tensor's to nearest even.
+  void StoreBase(size_t offset, const float* host, size_t n);
+  // A bf16 base: widens block `layer`'s linear weights into widened_ (once:
+  // a block already there is kept).
+  void WidenBlock(int layer);
   // A base tensor's parameters or gradient; null for kAbsent (and every
   // gradient with LoRA).
   float* P(size_t offset) {
@@ -361,6 +390,11 @@ class Decoder {
   float* G(size_t offset) {
     return offset == kAbsent || base_grads_ == nullptr ? nullptr
                                                        : base_grads_ + offset;
+  }
+  // A block's linear weight: with a bf16 base in widened_, which WidenBlock
+  // filled for that block.
+  const float* W(size_t offset) const {
+    return (base_bf16_ != nullptr ? widened_ : base_) + offset;
   }
   // LayerNorm (GPT-2, with bias) or RMSNorm (Llama/Qwen2, bias kAbsent).
   void NormForward(float* out, float* mean, float* rstd, const float* inp,
@@ -398,6 +432,19 @@ class Decoder {
   // base_grads_ the grads_); with LoRA base_grads_ is null.
   float* base_ = nullptr;
   float* base_grads_ = nullptr;
+  // A bf16 base: base_ holds the fp32 tensors only (compacted; the offsets
+  // above, wte_offset_ to layer_offsets_' norms and biases, point there),
+  // base_bf16_ the blocks' linear weights block by block, and widened_ one
+  // block's of them in fp32 (layer_offsets_' weight offsets are inside it).
+  uint16_t* base_bf16_ = nullptr;
+  float* widened_ = nullptr;
+  int widened_layer_ = -1;  // the block in widened_, -1 for none
+  // Per block: the first bf16 value and the count.
+  std::vector<std::pair<size_t, size_t>> bf16_blocks_;
+  // Per base_layout() tensor: where it is held (base_ or base_bf16_).
+  std::vector<size_t> held_offset_;
+  std::vector<bool> held_bf16_;
+  size_t base_bytes_ = 0;
   float* params_ = nullptr;
   float* grads_ = nullptr;
   // LoRA.

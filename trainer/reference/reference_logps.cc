@@ -199,8 +199,7 @@ uint64_t ReferenceFingerprint(const model::Decoder& reference,
   // The base weights, and a LoRA reference's starting adapter when it has
   // one (docs/lora.md).
   std::vector<float> host(reference.base_layout().total());
-  reference.backend()->CopyToHost(host.data(), reference.base_params(),
-                                  host.size());
+  reference.CopyBaseToHost(host.data());
   fp.Update(host.data(), host.size() * sizeof(float));
   if (reference.has_lora() && reference.reference_adapters() != nullptr) {
     fp.UpdateValue(reference.lora().r);
