@@ -15,6 +15,9 @@
 #   LAYERS=28    Llama-3.2-3B: d 3072, 24 heads, 8 KV heads, FF 8192, V 128256,
 #                tied embeddings; fewer layers give a smaller model of the
 #                same width
+#   SHAPE        all the shape flags instead (a dry run of the script:
+#                SHAPE="--n_embd=64 --n_layer=2 --n_head=4 --n_kv_head=2
+#                --intermediate=128 --vocab=256" PROMPT=16 RESPONSE=16)
 #   PROMPT=1024 RESPONSE=1024
 #   LORA_R=16    LoRA rank (lora_alpha 2r) on TARGETS (default every linear
 #                layer of the blocks: q,k,v,o,gate,up,down_proj)
@@ -45,7 +48,7 @@ TORCH_CKPT=${TORCH_CKPT:-on off}
 TORCH_AS_LIMIT=${TORCH_AS_LIMIT:-22000000000}
 NEED_GIB=${NEED_GIB:-20}
 WAIT_S=${WAIT_S:-600}
-SHAPE="--n_embd=3072 --n_layer=$LAYERS --n_head=24 --n_kv_head=8 --intermediate=8192 --vocab=128256"
+SHAPE=${SHAPE:-"--n_embd=3072 --n_layer=$LAYERS --n_head=24 --n_kv_head=8 --intermediate=8192 --vocab=128256"}
 
 # Waits until MemAvailable >= NEED_GIB; returns 1 if it never is.
 wait_for_memory() {
