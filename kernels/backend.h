@@ -72,6 +72,9 @@ enum class PairLoss : int32_t {
   kSppoHard,
   kApoZero,
   kApoDown,
+  // Sorted over the micro-batch's pairs (objective_math::AddSortedLoss).
+  kAot,
+  kAotUnpaired,
 };
 
 enum class ObjectiveKind : int32_t {

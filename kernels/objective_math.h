@@ -14,6 +14,8 @@
 
 #include <math.h>
 
+#include <vector>
+
 #include "kernels/backend.h"
 
 #if defined(__CUDACC__)
@@ -237,6 +239,26 @@ PREFOPT_HOST_DEVICE inline void EvaluatePhi(ImplicitDivergence divergence,
   }
 }
 
+// Whether a pair loss is one of AOT's, sorted across the micro-batch.
+PREFOPT_HOST_DEVICE inline bool IsSorted(PairLoss type) {
+  return type == PairLoss::kAot || type == PairLoss::kAotUnpaired;
+}
+
+PREFOPT_HOST_DEVICE inline bool HasSortedTerms(const ObjectiveParams& p) {
+  for (int k = 0; k < p.num_terms; ++k) {
+    if (IsSorted(p.loss[k])) return true;
+  }
+  return false;
+}
+
+// Position of v[i] in the stable ascending sort of v[0..n) (ties keep their
+// order, as std::stable_sort).
+PREFOPT_HOST_DEVICE inline int StableRank(const double* v, int n, int i) {
+  int rank = 0;
+  for (int k = 0; k < n; ++k) rank += v[k] < v[i] || (v[k] == v[i] && k < i);
+  return rank;
+}
+
 // LD-DPO's weight a_t of a pair's response token t: 1 within the shorter
 // response's length `shared`, α_ld after it; 1 without LD-DPO (ld_alpha < 0).
 PREFOPT_HOST_DEVICE inline double LdTokenWeight(double ld_alpha, int t,
@@ -355,6 +377,45 @@ PREFOPT_HOST_DEVICE inline void AddRow(const ObjectiveParams& p, int t,
   }
 }
 
+// The values a sorted loss sorts, of one pair with sums `seq` and reference
+// `ref` (docs/objectives.md §1): AOT's x = L_w − L_l and y = L̃_w − L̃_l,
+// AOT_UNPAIRED's x = r_w and y = r_l.
+PREFOPT_HOST_DEVICE inline void SortedLossInputs(const ObjectiveParams& p,
+                                                 PairLoss type,
+                                                 const SequenceSums* seq,
+                                                 const double* ref, double* x,
+                                                 double* y) {
+  const bool ld = p.ld_alpha >= 0;
+  const double lw = ld ? seq[0].ld_logp : seq[0].logp;
+  const double ll = ld ? seq[1].ld_logp : seq[1].logp;
+  if (type == PairLoss::kAot) {
+    *x = lw - ll;
+    *y = ref[0] - ref[1];
+  } else {
+    *x = lw - ref[0];
+    *y = ll - ref[1];
+  }
+}
+
+// The j-th loss of sorted loss `type` with weight w over a micro-batch's
+// pairs, whose sorted values x and y are sorted by the permutations px and py
+// (x[px[j]] is the j-th smallest): g(x_(j) − y_(j)) goes to pair j's loss,
+// its derivative to the chosen response of pair px[j] and, negated, to the
+// rejected response of pair px[j] (AOT: y is the reference's) or py[j]
+// (AOT_UNPAIRED). Each j writes distinct entries of `sorted`.
+PREFOPT_HOST_DEVICE inline void AddSortedLoss(const ObjectiveParams& p,
+                                              PairLoss type, double w,
+                                              const double* x, const double* y,
+                                              const int* px, const int* py,
+                                              int j, PairTerms* sorted) {
+  double d = 0;
+  const double loss =
+      SmoothedLogistic(p.beta, p.label_smoothing, x[px[j]] - y[py[j]], &d) * w;
+  sorted[j].loss += loss;
+  sorted[px[j]].dchosen += w * d;
+  sorted[type == PairLoss::kAot ? px[j] : py[j]].drejected -= w * d;
+}
+
 // What a sequence's rows need to write their coefficients (RowCoefficient):
 // kPreference: G_t = −(scale·a_t + offset)/denominator, a_t LD-DPO's weight
 // within `shared`; kPrior: ŵ_t = w_t·scale; kTokenMean, kImplicitSequence:
@@ -371,11 +432,12 @@ static_assert(sizeof(RowScale) == kRowScaleValues * sizeof(double));
 // rows need for their coefficients: a pair (units of kPreference: sequences
 // 2i and 2i+1) or one sequence (the other kinds). `ref` holds the reference's
 // L̃ of the unit's sequences (LD-weighted with ld_alpha; unread by
-// kTokenMean, kImplicitToken and kPrior), `tokens` their row counts.
+// kTokenMean, kImplicitToken and kPrior), `tokens` their row counts, `sorted`
+// the pair's share of the sorted losses (AddSortedLoss; null without them).
 PREFOPT_HOST_DEVICE inline void UnitCoefficients(
     const ObjectiveParams& p, const SequenceSums* seq, const double* ref,
-    const int* tokens, double metrics[kObjectiveMetricCount],
-    RowScale rows[2]) {
+    const int* tokens, const PairTerms* sorted,
+    double metrics[kObjectiveMetricCount], RowScale rows[2]) {
   for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] = 0;
   rows[0] = RowScale();
   rows[1] = RowScale();
@@ -449,7 +511,9 @@ PREFOPT_HOST_DEVICE inline void UnitCoefficients(
   const double score_rejected =
       Score(p.score, p.score_alpha, ratio_rejected, &dscore_rejected);
   PairTerms t;
+  if (sorted != nullptr) t = *sorted;
   for (int k = 0; k < p.num_terms; ++k) {
+    if (IsSorted(p.loss[k])) continue;
     // On the score difference, chained through ∂score/∂L; on the raw
     // log-ratios otherwise (as DpoObjective::AddTerm).
     const bool on_scores = OnScoreDifference(p.loss[k]);
@@ -523,35 +587,61 @@ PREFOPT_HOST_DEVICE inline float RowCoefficient(const ObjectiveParams& p,
   }
 }
 
-// Backend::ObjectiveCoefficients over host memory (the CPU backends'): each
-// unit's sequences' sums in row order, the unit's math, then its rows'
-// coefficients.
+// Backend::ObjectiveCoefficients over host memory (the CPU backends'): every
+// sequence's sums in row order, the sorted losses, each unit's math, then its
+// rows' coefficients.
 inline void HostObjectiveCoefficients(
     float* coef, double* metrics, const float* logp, const float* logit_sum,
     const int32_t* correct, const float* entropy, const float* log_sum_sq,
     const SeqSpan* spans, const double* reference,
     const float* reference_tokens, int num_seqs, const ObjectiveParams& p) {
   const int per_unit = p.kind == ObjectiveKind::kPreference ? 2 : 1;
+  const int units = num_seqs / per_unit;
   const bool tokens_in = NeedsReferenceTokens(p);
-  for (int u = 0; u + per_unit <= num_seqs; u += per_unit) {
-    SequenceSums seq[2];
-    int tokens[2] = {0, 0};
-    for (int j = 0; j < per_unit; ++j) tokens[j] = spans[u + j].len;
-    const int shared =
-        per_unit == 2 && tokens[1] < tokens[0] ? tokens[1] : tokens[0];
+  std::vector<SequenceSums> sums(static_cast<size_t>(units) * per_unit);
+  for (int u = 0; u < units * per_unit; u += per_unit) {
+    const int shared = per_unit == 2 && spans[u + 1].len < spans[u].len
+                           ? spans[u + 1].len
+                           : spans[u].len;
     for (int j = 0; j < per_unit; ++j) {
       const SeqSpan& span = spans[u + j];
       for (int t = 0; t < span.len; ++t) {
         const int r = span.start + t;
         AddRow(p, t, shared, logp[r], logit_sum[r], correct[r], entropy[r],
                tokens_in ? reference_tokens[r] : 0.0f,
-               p.use_weighting ? log_sum_sq[r] : 0.0f, &seq[j]);
+               p.use_weighting ? log_sum_sq[r] : 0.0f, &sums[u + j]);
       }
     }
+  }
+  std::vector<PairTerms> sorted;
+  if (per_unit == 2 && HasSortedTerms(p)) {
+    std::vector<double> x(units), y(units);
+    std::vector<int> px(units), py(units);
+    sorted.assign(units, PairTerms());
+    for (int k = 0; k < p.num_terms; ++k) {
+      if (!IsSorted(p.loss[k])) continue;
+      for (int i = 0; i < units; ++i) {
+        SortedLossInputs(p, p.loss[k], &sums[2 * i], reference + 2 * i, &x[i],
+                         &y[i]);
+      }
+      for (int i = 0; i < units; ++i) {
+        px[StableRank(x.data(), units, i)] = i;
+        py[StableRank(y.data(), units, i)] = i;
+      }
+      for (int j = 0; j < units; ++j) {
+        AddSortedLoss(p, p.loss[k], p.weight[k], x.data(), y.data(), px.data(),
+                      py.data(), j, sorted.data());
+      }
+    }
+  }
+  for (int u = 0; u < units * per_unit; u += per_unit) {
+    int tokens[2] = {0, 0};
+    for (int j = 0; j < per_unit; ++j) tokens[j] = spans[u + j].len;
     double values[kObjectiveMetricCount];
     RowScale scales[2];
-    UnitCoefficients(p, seq, reference != nullptr ? reference + u : nullptr,
-                     tokens, values, scales);
+    UnitCoefficients(p, &sums[u],
+                     reference != nullptr ? reference + u : nullptr, tokens,
+                     sorted.empty() ? nullptr : &sorted[u / 2], values, scales);
     for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] += values[k];
     for (int j = 0; j < per_unit; ++j) {
       const SeqSpan& span = spans[u + j];

@@ -190,6 +190,8 @@ TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
              "implicit_sft { divergence: KL beta: 0.5 granularity: TOKEN }",
              "demos.jsonl"},
         Case{"traffic_prior", "prior { alpha: 1 }", "demos.jsonl"},
+        Case{"traffic_aot", "dpo { beta: 0.1 loss_type: [AOT, AOT_UNPAIRED] }",
+             "gpt2/pairs.jsonl"},
         Case{"traffic_js_ld_wpo",
              "dpo { beta: 0.1 f_divergence_type: JS_DIVERGENCE ld_alpha: 0.5 "
              "use_weighting: true }",
@@ -486,8 +488,10 @@ INSTANTIATE_TEST_SUITE_P(
              "dpo { beta: 0.1 label_smoothing: 0.1 loss_type: [SIGMOID, "
              "HINGE] }",
              "gpt2/pairs.jsonl"},
-        // AOT sorts across the micro-batch: the host path on the GPU.
+        // AOT sorts across the micro-batch, on the device too.
         Case{"aot", "dpo { beta: 0.1 loss_type: AOT }", "gpt2/pairs.jsonl"},
+        Case{"aot_unpaired", "dpo { beta: 0.1 loss_type: AOT_UNPAIRED }",
+             "gpt2/pairs.jsonl"},
         Case{"llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama},
         Case{"llama_sft", "sft {}", "demos.jsonl", kLlama},
         Case{"sparsepo_learned", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl"},

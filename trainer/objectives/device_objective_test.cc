@@ -1,7 +1,8 @@
 // DeviceObjective (Backend::ObjectiveCoefficients through the loop's runner)
 // against the host objectives it stands in for: the coefficients and every
 // metric (names, sums and counts) of DPO with each loss type the device
-// covers, label smoothing, a mixture with the SFT term, f-DPO's divergences,
+// covers (AOT's sorted ones too), label smoothing, a mixture with the SFT
+// term, f-DPO's divergences,
 // LD-DPO and WPO, SFT, implicit-reward SFT at both granularities with each
 // divergence, and PRIOR, on the reference backend posing as one the host
 // cannot address. Also which configurations stay on the host.
@@ -17,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/reference.h"
 #include "proto/config.pb.h"
+#include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
 #include "trainer/objectives/reference_values.h"
@@ -229,6 +231,29 @@ TEST(DeviceObjectiveTest, FDpoLdDpoAndWpoMatchTheHost) {
   }
 }
 
+// AOT's losses sort the micro-batch's pairs; the device sorts them too.
+TEST(DeviceObjectiveTest, AotMatchesTheHost) {
+  for (bool ld : {false, true}) {
+    SCOPED_TRACE(ld ? "LD-DPO" : "plain sums");
+    DpoConfig config;
+    if (ld) config.set_ld_alpha(0.5f);
+    for (const std::vector<DpoConfig::LossType>& types :
+         std::vector<std::vector<DpoConfig::LossType>>{
+             {DpoConfig::AOT},
+             {DpoConfig::AOT_UNPAIRED},
+             {DpoConfig::SIGMOID, DpoConfig::AOT_UNPAIRED, DpoConfig::AOT,
+              DpoConfig::SFT}}) {
+      SCOPED_TRACE(types.size());
+      auto dpo = Dpo("aot", types,
+                     types.size() > 1 ? std::vector<float>{0.5f, 0.3f, 0.2f, 1}
+                                      : std::vector<float>{},
+                     0.1, config);
+      ASSERT_NE(dpo, nullptr);
+      ExpectDeviceMatchesHost(*dpo, 9);
+    }
+  }
+}
+
 TEST(DeviceObjectiveTest, SftMatchesTheHost) {
   SftPlugin sft;
   ExpectDeviceMatchesHost(sft, 6);
@@ -276,13 +301,12 @@ TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   EXPECT_NE(DeviceObjective::Create(*plain, &opaque, 8, kVocab), nullptr);
   // A host-addressable backend keeps the host path.
   EXPECT_EQ(DeviceObjective::Create(*plain, &host, 8, kVocab), nullptr);
-  // AOT sorts across the micro-batch.
-  for (DpoConfig::LossType type : {DpoConfig::AOT, DpoConfig::AOT_UNPAIRED}) {
-    auto aot = Dpo("aot", {type}, {}, 0);
-    ASSERT_NE(aot, nullptr);
-    EXPECT_EQ(DeviceObjective::Create(*aot, &opaque, 8, kVocab), nullptr)
-        << DpoConfig::LossType_Name(type);
-  }
+  // The reference-free objectives have no device form.
+  CpoConfig cpo_config;
+  cpo_config.set_beta(0.1f);
+  auto cpo = CpoObjective::Create(cpo_config, kVocab);
+  ASSERT_TRUE(cpo.ok()) << cpo.status();
+  EXPECT_EQ(DeviceObjective::Create(**cpo, &opaque, 8, kVocab), nullptr);
 }
 
 }  // namespace

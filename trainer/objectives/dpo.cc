@@ -19,7 +19,7 @@ namespace {
 // The losses on the score difference Δ = s_w − s_l (or its length average);
 // the others read the raw log-ratios (docs/objectives.md §1).
 // The shared per-pair loss (kernels/objective_math.h) of a loss type; none
-// for AOT, AOT_UNPAIRED (sorted across the batch) and SFT (a token mean).
+// for SFT (a token mean). The host sorts AOT's itself (AddTerm).
 std::optional<kernels::PairLoss> DevicePairLoss(DpoConfig::LossType type) {
   switch (type) {
     case DpoConfig::SIGMOID:
@@ -46,6 +46,10 @@ std::optional<kernels::PairLoss> DevicePairLoss(DpoConfig::LossType type) {
       return kernels::PairLoss::kApoZero;
     case DpoConfig::APO_DOWN:
       return kernels::PairLoss::kApoDown;
+    case DpoConfig::AOT:
+      return kernels::PairLoss::kAot;
+    case DpoConfig::AOT_UNPAIRED:
+      return kernels::PairLoss::kAotUnpaired;
     default:
       return std::nullopt;
   }
@@ -448,7 +452,7 @@ bool DpoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
       continue;
     }
     const std::optional<kernels::PairLoss> loss = DevicePairLoss(term.type);
-    if (!loss.has_value()) return false;  // AOT's sorts stay on the host
+    if (!loss.has_value()) return false;
     if (p.num_terms == kernels::kMaxPairLossTerms) return false;
     p.loss[p.num_terms] = *loss;
     p.weight[p.num_terms] = term.weight;

@@ -75,8 +75,8 @@ class DpoObjective : public Objective {
   double Loss(const MicroBatchView& batch, std::vector<double>* dloss_dlogp,
               MetricSums* sums) const;
 
-  // Every loss type but AOT and AOT_UNPAIRED (sorted across the batch), with
-  // mixtures, the SFT term, f-DPO's divergences, LD-DPO and WPO.
+  // Every loss type, with mixtures, the SFT term, f-DPO's divergences, LD-DPO
+  // and WPO.
   bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
   double beta() const { return beta_; }
