@@ -482,8 +482,8 @@ PREFOPT_HOST_DEVICE inline void UnitCoefficients(
       if (tokens[0] == 0) return;
       const double floor_sum = fmax(s0.weight, p.weight_sum_floor);
       const double scale = tokens[0] / floor_sum;
-      // ŵ_t/k = w_t/S: H = −Σ (w_t/S)·ln(w_t/S) = (Σ w_t/S)·ln S − Σ w_t ln
-      // w_t/S.
+      // With S the floored sum, ŵ_t/k = w_t/S, so
+      // H = −Σ_t (w_t/S)·ln(w_t/S) = (Σ_t w_t)/S·ln S − (Σ_t w_t ln w_t)/S.
       const double entropy =
           s0.weight / floor_sum * log(floor_sum) - s0.weight_log / floor_sum;
       metrics[kMetricLoss] = -scale * s0.weighted_logp;
