@@ -56,8 +56,9 @@ struct AdamWParams {
 // ---- objectives on the device (docs/objectives.md §7) ----
 // The objectives whose per-token coefficients the backend computes from pass
 // 1's per-row values: DPO's per-pair losses (docs/objectives.md §1; TRL's
-// names), a mean over response tokens (SFT, §5) and implicit-reward SFT's
-// sequence form (§3).
+// names) with f-DPO's scores, LD-DPO's and WPO's weights, a mean over response
+// tokens (SFT, §5), implicit-reward SFT at both granularities (§3) and PRIOR's
+// token weights (§4).
 enum class PairLoss : int32_t {
   kSigmoid,  // with label_smoothing: cDPO
   kSigmoidNorm,
@@ -71,6 +72,9 @@ enum class PairLoss : int32_t {
   kSppoHard,
   kApoZero,
   kApoDown,
+  // Sorted over the micro-batch's pairs (objective_math::AddSortedLoss).
+  kAot,
+  kAotUnpaired,
 };
 
 enum class ObjectiveKind : int32_t {
@@ -79,6 +83,12 @@ enum class ObjectiveKind : int32_t {
   // Implicit-reward SFT at sequence granularity (docs/objectives.md §3):
   // −φ(β(L − L̃)) per sequence.
   kImplicitSequence,
+  // Implicit-reward SFT at token granularity: −Σ_t φ(β(ℓ_t − ℓ̃_t)) per
+  // sequence; reads the reference's per-token log-probs.
+  kImplicitToken,
+  // PRIOR (docs/objectives.md §4): −Σ_t ŵ_t·ℓ_t over the global batch's
+  // response tokens, ŵ from the reference's per-token log-probs.
+  kPrior,
 };
 
 // Implicit-reward SFT's f-divergences (docs/objectives.md §3).
@@ -91,27 +101,56 @@ enum class ImplicitDivergence : int32_t {
   kJensenShannon,
 };
 
+// f-DPO's score of a log-ratio (docs/objectives.md §1).
+enum class ScoreDivergence : int32_t {
+  kReverseKl,
+  kForwardKl,
+  kJsDivergence,
+  kAlphaDivergence,
+};
+
 inline constexpr int kMaxPairLossTerms = 8;
 
 struct ObjectiveParams {
   ObjectiveKind kind = ObjectiveKind::kPreference;
-  // kPreference: Σ_k weight[k]·loss[k] (MPO's mixture), reverse-KL scores.
+  // kPreference: Σ_k weight[k]·loss[k] (MPO's mixture).
   int32_t num_terms = 0;
   PairLoss loss[kMaxPairLossTerms] = {};
   double weight[kMaxPairLossTerms] = {};
   double beta = 0.1;
   double label_smoothing = 0;
   double discopop_tau = 0.05;
+  // f-DPO: the score f(r) the losses on the score difference read, and
+  // ALPHA_DIVERGENCE's α.
+  ScoreDivergence score = ScoreDivergence::kReverseKl;
+  double score_alpha = 0.5;
+  // LD-DPO's α_ld: a pair's tokens after the shorter response's length count
+  // α_ld times in L (the caller's L̃ are weighted alike); < 0: plain sums.
+  double ld_alpha = -1;
+  // WPO: each pair's loss and gradient times exp(mean_t(ℓ_t − log Σ p²)) of
+  // both responses (reads log_sum_sq_probs).
+  bool use_weighting = false;
   // DPO's SFT term: its weight, and the pairs per chosen token that turn its
   // token mean into Loss's per-pair units (trainer/objectives/dpo.cc).
   double sft_weight = 0;
   double pairs_per_token = 0;
-  // kImplicitSequence: the divergence and its domain margin (β is `beta`).
+  // kImplicitSequence, kImplicitToken: the divergence and its domain margin
+  // (β is `beta`).
   ImplicitDivergence divergence = ImplicitDivergence::kTotalVariation;
   double domain_margin = 1e-2;
+  // kPrior: α of w_t = (1 − p̃_t)^α and the weight sums' floor ε.
+  double prior_alpha = 1;
+  double weight_sum_floor = 1e-6;
   // The global batch's denominator every coefficient is divided by.
   double denominator = 1;
 };
+
+// Whether `params` reads per-token reference log-probs
+// (ObjectiveCoefficients' reference_tokens).
+inline bool NeedsReferenceTokens(const ObjectiveParams& params) {
+  return params.kind == ObjectiveKind::kImplicitToken ||
+         params.kind == ObjectiveKind::kPrior;
+}
 
 // The metric sums ObjectiveCoefficients adds to, one double each (their
 // counts are the caller's: pairs, tokens, tokens × V).
@@ -135,6 +174,9 @@ enum ObjectiveMetric : int32_t {
   kMetricLogpsPolicy,
   kMetricLogpsReference,
   kMetricSftLoss,
+  kMetricPriorLoss,
+  kMetricPriorWeightMax,
+  kMetricPriorWeightEntropy,
   kObjectiveMetricCount,
 };
 
@@ -317,19 +359,22 @@ class Backend {
 
   // ---- objectives on the device (docs/objectives.md §7) ----
   // From pass 1's per-row values of `num_seqs` sequences (OutputForward's
-  // logp, logit_sum, correct, entropy; sequence s is rows
-  // [spans[s].start, spans[s].start + spans[s].len) of them), sums each
-  // sequence's values, computes the objective's coefficients G_t into
-  // coef (every row of every span) and adds the metric sums
+  // logp, logit_sum, correct, entropy and, for WPO, log_sum_sq_probs;
+  // sequence s is rows [spans[s].start, spans[s].start + spans[s].len) of
+  // them), sums each sequence's values, computes the objective's coefficients
+  // G_t into coef (every row of every span) and adds the metric sums
   // (ObjectiveMetric order, kObjectiveMetricCount doubles) to `metrics`.
-  // spans and reference (L̃ of each sequence, read unless kTokenMean) are host
-  // arrays; every other pointer is backend memory.
-  virtual void ObjectiveCoefficients(float* coef, double* metrics,
-                                     const float* logp, const float* logit_sum,
-                                     const int32_t* correct,
-                                     const float* entropy, const SeqSpan* spans,
-                                     const double* reference, int num_seqs,
-                                     const ObjectiveParams& params) = 0;
+  // spans, reference (L̃ of each sequence, LD-weighted with ld_alpha; read
+  // for kPreference and kImplicitSequence) and reference_tokens (ℓ̃ of each
+  // span row's token, indexed as logp; read where NeedsReferenceTokens) are
+  // host arrays; every other pointer is backend memory. log_sum_sq_probs is
+  // read with use_weighting only.
+  virtual void ObjectiveCoefficients(
+      float* coef, double* metrics, const float* logp, const float* logit_sum,
+      const int32_t* correct, const float* entropy,
+      const float* log_sum_sq_probs, const SeqSpan* spans,
+      const double* reference, const float* reference_tokens, int num_seqs,
+      const ObjectiveParams& params) = 0;
 
   // ---- optimizer ----
   // Sum of squares of x[0..n), accumulated in double.

@@ -1,16 +1,20 @@
-// The objectives' per-sequence math as the device computes it
+// The objectives' per-row and per-sequence math as the device computes it
 // (Backend::ObjectiveCoefficients, docs/objectives.md §7): DPO's per-pair
-// losses and their derivatives w.r.t. the pair's summed policy log-probs
-// (§1), SFT's token mean (§5) and implicit-reward SFT's sequence form (§3),
-// in double precision, written once for the host and the device. The host
-// objectives (trainer/objectives/dpo.cc, sft.cc, implicit_sft.cc) are the
-// reference these are
-// tested against; this file follows their operations one for one, so both
-// give the same doubles from the same sums.
+// losses and their derivatives w.r.t. the pair's policy log-probs with f-DPO's
+// scores, LD-DPO's token weights and WPO's pair weights (§1), SFT's token mean
+// (§5), implicit-reward SFT at both granularities (§3) and PRIOR's token
+// weights (§4), in double precision, written once for the host and the
+// device. The host objectives (trainer/objectives/dpo.cc, sft.cc,
+// implicit_sft.cc, prior.cc) are the reference these are tested against; the
+// formulas they share (the pair losses, f-DPO's score, φ, PRIOR's weight) are
+// these functions, and the rest follows their operations one for one, so both
+// give the same doubles from the same values, up to summation order.
 #ifndef PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 #define PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 
 #include <math.h>
+
+#include <vector>
 
 #include "kernels/backend.h"
 
@@ -167,12 +171,12 @@ PREFOPT_HOST_DEVICE inline void AddPairLoss(
 }
 
 // Implicit-reward SFT's KL exponent −r is clamped to at most this (r ≥ −20),
-// as trainer/objectives/implicit_sft.h's kKlMaxExponent.
+// which bounds its loss and weight by e^20 ≈ 4.9e8.
 inline constexpr double kKlMaxExponent = 20.0;
 
 // φ and φ′ of an implicit-reward SFT divergence at r clamped into its domain
-// (trainer/objectives/implicit_sft.cc's EvaluatePhi); *clamped says whether r
-// moved.
+// (docs/objectives.md §3; trainer/objectives/implicit_sft.h's EvaluatePhi);
+// *clamped says whether r moved.
 PREFOPT_HOST_DEVICE inline void EvaluatePhi(ImplicitDivergence divergence,
                                             double r, double domain_margin,
                                             double* phi, double* dphi,
@@ -213,6 +217,8 @@ PREFOPT_HOST_DEVICE inline void EvaluatePhi(ImplicitDivergence divergence,
       break;
     }
     case ImplicitDivergence::kKl: {
+      // The convex conjugate's exp(−(r+1)) scaled by e: the minimizer is the
+      // same, and the weight at π = π_ref is β, as for the other divergences.
       const double e = exp(-r);
       *phi = -e;
       *dphi = e;
@@ -225,80 +231,328 @@ PREFOPT_HOST_DEVICE inline void EvaluatePhi(ImplicitDivergence divergence,
       break;
     }
     case ImplicitDivergence::kJensenShannon:
+      // 2 − e^{−r} = 1 − expm1(−r): no cancellation for small |r|.
       *phi = log1p(-expm1(-r));
+      // e^{−r} / (2 − e^{−r}) = 1 / (2e^r − 1).
       *dphi = 1.0 / (2.0 * exp(r) - 1.0);
       break;
   }
 }
 
-// Per-sequence sums of pass 1's per-row values.
+// Whether a pair loss is one of AOT's, sorted across the micro-batch.
+PREFOPT_HOST_DEVICE inline bool IsSorted(PairLoss type) {
+  return type == PairLoss::kAot || type == PairLoss::kAotUnpaired;
+}
+
+PREFOPT_HOST_DEVICE inline bool HasSortedTerms(const ObjectiveParams& p) {
+  for (int k = 0; k < p.num_terms; ++k) {
+    if (IsSorted(p.loss[k])) return true;
+  }
+  return false;
+}
+
+// Position of v[i] in the stable ascending sort of v[0..n) (ties keep their
+// order, as std::stable_sort).
+PREFOPT_HOST_DEVICE inline int StableRank(const double* v, int n, int i) {
+  int rank = 0;
+  for (int k = 0; k < n; ++k) rank += v[k] < v[i] || (v[k] == v[i] && k < i);
+  return rank;
+}
+
+// LD-DPO's weight a_t of a pair's response token t: 1 within the shorter
+// response's length `shared`, α_ld after it; 1 without LD-DPO (ld_alpha < 0).
+PREFOPT_HOST_DEVICE inline double LdTokenWeight(double ld_alpha, int t,
+                                                int shared) {
+  return ld_alpha >= 0 && t >= shared ? ld_alpha : 1.0;
+}
+
+// f-DPO's score f(r) of a log-ratio r and ds/dr (docs/objectives.md §1, TRL's
+// f'(exp(r))).
+PREFOPT_HOST_DEVICE inline double Score(ScoreDivergence divergence,
+                                        double alpha, double r,
+                                        double* dscore) {
+  switch (divergence) {
+    case ScoreDivergence::kForwardKl:
+      // f'(t) = 1 − 1/t.
+      *dscore = exp(-r);
+      return 1 - exp(-r);
+    case ScoreDivergence::kJsDivergence:
+      // f'(t) = log(2t/(t+1)) = log 2 + log σ(log t).
+      *dscore = Sigmoid(-r);
+      return log(2.0) + LogSigmoid(r);
+    case ScoreDivergence::kAlphaDivergence: {
+      // f'(t) = (t^(α−1) − 1)/(α−1); TRL falls back to reverse KL at α ≈ 1
+      // and clamps the exponent at 80 (no gradient beyond).
+      const double a = alpha - 1.0;
+      if (fabs(a) < 1e-6) break;
+      const double t = a * r;
+      const double e = exp(fmin(t, 80.0));
+      *dscore = t <= 80.0 ? e : 0.0;
+      return (e - 1.0) / a;
+    }
+    default:
+      break;
+  }
+  *dscore = 1;
+  return r;
+}
+
+// Whether a pair loss reads the (f-DPO) score difference rather than the raw
+// log-ratios.
+PREFOPT_HOST_DEVICE inline bool OnScoreDifference(PairLoss type) {
+  return type == PairLoss::kSigmoid || type == PairLoss::kSigmoidNorm ||
+         type == PairLoss::kHinge || type == PairLoss::kIpo ||
+         type == PairLoss::kRobust || type == PairLoss::kExoPair ||
+         type == PairLoss::kDiscopop;
+}
+
+// PRIOR's unnormalized weight w_t = (1 − p̃_t)^α of a token with reference
+// log-prob ℓ̃_t, 1 − p̃_t computed as −expm1(ℓ̃_t); pow(x, 0) is 1 for every x,
+// 0 included, so α = 0 is exactly SFT.
+PREFOPT_HOST_DEVICE inline double PriorTokenWeight(float ref_logp,
+                                                   double alpha) {
+  return pow(-expm1(static_cast<double>(ref_logp)), alpha);
+}
+
+// Per-sequence sums of pass 1's per-row values and of the objective's
+// per-row terms (AddRow). max_weight is a maximum, the rest are sums.
 struct SequenceSums {
   double logp = 0;
   double logit_sum = 0;
   double correct = 0;
   double entropy = 0;
+  double ld_logp = 0;   // Σ a_t·ℓ_t (LD-DPO's L)
+  double wpo = 0;       // Σ (ℓ_t − log Σ p²) (WPO)
+  double ref_logp = 0;  // Σ ℓ̃_t (token-reference kinds)
+  double phi = 0;       // Σ φ(r_t) (kImplicitToken)
+  double weight = 0;    // Σ β·φ′(r_t) (kImplicitToken); Σ w_t (kPrior)
+  double clamped = 0;   // tokens whose r_t was clamped (kImplicitToken)
+  double weighted_logp = 0;  // Σ w_t·ℓ_t (kPrior)
+  double weight_log = 0;     // Σ w_t·ln w_t over w_t > 0 (kPrior)
+  double max_weight = 0;     // max_t w_t (kPrior)
 };
+inline constexpr int kSequenceSumValues = 13;
+static_assert(sizeof(SequenceSums) == kSequenceSumValues * sizeof(double));
 
-// One unit's metric values (ObjectiveMetric order) and the coefficients G of
-// its sequences' rows: a pair (units of kPreference: sequences 2i and 2i+1)
-// or one sequence (kTokenMean, kImplicitSequence). `ref` holds the reference's
-// L̃ of the unit's sequences, `tokens` their row counts.
+// Adds row t of a sequence to its sums: its pass-1 values, the reference's
+// ℓ̃ of its token (token-reference kinds; else unread) and its log Σ p²
+// (use_weighting; else unread). `shared` is the pair's shorter response
+// length (kPreference).
+PREFOPT_HOST_DEVICE inline void AddRow(const ObjectiveParams& p, int t,
+                                       int shared, float logp, float logit_sum,
+                                       int32_t correct, float entropy,
+                                       float ref_logp, float log_sum_sq,
+                                       SequenceSums* s) {
+  s->logp += logp;
+  s->logit_sum += logit_sum;
+  s->correct += correct;
+  s->entropy += entropy;
+  switch (p.kind) {
+    case ObjectiveKind::kPreference:
+      if (p.ld_alpha >= 0)
+        s->ld_logp += LdTokenWeight(p.ld_alpha, t, shared) * logp;
+      if (p.use_weighting) s->wpo += logp - log_sum_sq;
+      break;
+    case ObjectiveKind::kImplicitToken: {
+      double phi = 0, dphi = 0;
+      bool clamped = false;
+      s->ref_logp += ref_logp;
+      EvaluatePhi(p.divergence, p.beta * (static_cast<double>(logp) - ref_logp),
+                  p.domain_margin, &phi, &dphi, &clamped);
+      s->phi += phi;
+      s->weight += p.beta * dphi;
+      s->clamped += clamped ? 1.0 : 0.0;
+      break;
+    }
+    case ObjectiveKind::kPrior: {
+      const double w = PriorTokenWeight(ref_logp, p.prior_alpha);
+      s->weight += w;
+      s->weighted_logp += w * logp;
+      if (w > 0) s->weight_log += w * log(w);
+      s->max_weight = fmax(s->max_weight, w);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+// The values a sorted loss sorts, of one pair with sums `seq` and reference
+// `ref` (docs/objectives.md §1): AOT's x = L_w − L_l and y = L̃_w − L̃_l,
+// AOT_UNPAIRED's x = r_w and y = r_l.
+PREFOPT_HOST_DEVICE inline void SortedLossInputs(const ObjectiveParams& p,
+                                                 PairLoss type,
+                                                 const SequenceSums* seq,
+                                                 const double* ref, double* x,
+                                                 double* y) {
+  const bool ld = p.ld_alpha >= 0;
+  const double lw = ld ? seq[0].ld_logp : seq[0].logp;
+  const double ll = ld ? seq[1].ld_logp : seq[1].logp;
+  if (type == PairLoss::kAot) {
+    *x = lw - ll;
+    *y = ref[0] - ref[1];
+  } else {
+    *x = lw - ref[0];
+    *y = ll - ref[1];
+  }
+}
+
+// The j-th loss of sorted loss `type` with weight w over a micro-batch's
+// pairs, whose sorted values x and y are sorted by the permutations px and py
+// (x[px[j]] is the j-th smallest): g(x_(j) − y_(j)) goes to pair j's loss,
+// its derivative to the chosen response of pair px[j] and, negated, to the
+// rejected response of pair px[j] (AOT: y is the reference's) or py[j]
+// (AOT_UNPAIRED). Each j writes distinct entries of `sorted`.
+PREFOPT_HOST_DEVICE inline void AddSortedLoss(const ObjectiveParams& p,
+                                              PairLoss type, double w,
+                                              const double* x, const double* y,
+                                              const int* px, const int* py,
+                                              int j, PairTerms* sorted) {
+  double d = 0;
+  const double loss =
+      SmoothedLogistic(p.beta, p.label_smoothing, x[px[j]] - y[py[j]], &d) * w;
+  sorted[j].loss += loss;
+  sorted[px[j]].dchosen += w * d;
+  sorted[type == PairLoss::kAot ? px[j] : py[j]].drejected -= w * d;
+}
+
+// What a sequence's rows need to write their coefficients (RowCoefficient):
+// kPreference: G_t = −(scale·a_t + offset)/denominator, a_t LD-DPO's weight
+// within `shared`; kPrior: ŵ_t = w_t·scale; kTokenMean, kImplicitSequence:
+// G_t = scale; kImplicitToken: nothing (G_t depends on the row alone).
+struct RowScale {
+  double scale = 0;
+  double offset = 0;
+  double shared = 0;
+};
+inline constexpr int kRowScaleValues = 3;
+static_assert(sizeof(RowScale) == kRowScaleValues * sizeof(double));
+
+// One unit's metric values (ObjectiveMetric order) and what its sequences'
+// rows need for their coefficients: a pair (units of kPreference: sequences
+// 2i and 2i+1) or one sequence (the other kinds). `ref` holds the reference's
+// L̃ of the unit's sequences (LD-weighted with ld_alpha; unread by
+// kTokenMean, kImplicitToken and kPrior), `tokens` their row counts, `sorted`
+// the pair's share of the sorted losses (AddSortedLoss; null without them).
 PREFOPT_HOST_DEVICE inline void UnitCoefficients(
     const ObjectiveParams& p, const SequenceSums* seq, const double* ref,
-    const int* tokens, double metrics[kObjectiveMetricCount], float coef[2]) {
+    const int* tokens, const PairTerms* sorted,
+    double metrics[kObjectiveMetricCount], RowScale rows[2]) {
   for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] = 0;
-  if (p.kind == ObjectiveKind::kTokenMean) {
-    metrics[kMetricLoss] = -seq[0].logp;
-    metrics[kMetricMeanTokenAccuracy] = seq[0].correct;
-    metrics[kMetricEntropy] = seq[0].entropy;
-    coef[0] = static_cast<float>(1.0 / p.denominator);
-    coef[1] = 0;
-    return;
-  }
-  if (p.kind == ObjectiveKind::kImplicitSequence) {
-    double phi = 0, dphi = 0;
-    bool clamped = false;
-    EvaluatePhi(p.divergence, p.beta * (seq[0].logp - ref[0]), p.domain_margin,
-                &phi, &dphi, &clamped);
-    const double w = p.beta * dphi;
-    metrics[kMetricLoss] = -phi;
-    metrics[kMetricIsftWeight] = w;
-    metrics[kMetricIsftReward] = p.beta * (seq[0].logp - ref[0]);
-    metrics[kMetricIsftClamped] = clamped ? 1.0 : 0.0;
-    metrics[kMetricLogpsPolicy] = seq[0].logp;
-    metrics[kMetricLogpsReference] = ref[0];
-    metrics[kMetricSftLoss] = -seq[0].logp;
-    metrics[kMetricMeanTokenAccuracy] = seq[0].correct;
-    metrics[kMetricEntropy] = seq[0].entropy;
-    coef[0] = static_cast<float>(w * (1.0 / p.denominator));
-    coef[1] = 0;
-    return;
+  rows[0] = RowScale();
+  rows[1] = RowScale();
+  const SequenceSums& s0 = seq[0];
+  switch (p.kind) {
+    case ObjectiveKind::kTokenMean:
+      metrics[kMetricLoss] = -s0.logp;
+      metrics[kMetricMeanTokenAccuracy] = s0.correct;
+      metrics[kMetricEntropy] = s0.entropy;
+      rows[0].scale = 1.0 / p.denominator;
+      return;
+    case ObjectiveKind::kImplicitSequence:
+    case ObjectiveKind::kImplicitToken: {
+      const bool token = p.kind == ObjectiveKind::kImplicitToken;
+      const double ref_sum = token ? s0.ref_logp : ref[0];
+      double phi = 0, dphi = 0;
+      bool clamped = false;
+      if (token) {
+        metrics[kMetricLoss] = -s0.phi;
+        metrics[kMetricIsftWeight] = s0.weight;
+        clamped = s0.clamped > 0;
+      } else {
+        EvaluatePhi(p.divergence, p.beta * (s0.logp - ref_sum), p.domain_margin,
+                    &phi, &dphi, &clamped);
+        const double w = p.beta * dphi;
+        metrics[kMetricLoss] = -phi;
+        metrics[kMetricIsftWeight] = w;
+        rows[0].scale = w * (1.0 / p.denominator);
+      }
+      metrics[kMetricIsftReward] = p.beta * (s0.logp - ref_sum);
+      metrics[kMetricIsftClamped] = clamped ? 1.0 : 0.0;
+      metrics[kMetricLogpsPolicy] = s0.logp;
+      metrics[kMetricLogpsReference] = ref_sum;
+      metrics[kMetricSftLoss] = -s0.logp;
+      metrics[kMetricMeanTokenAccuracy] = s0.correct;
+      metrics[kMetricEntropy] = s0.entropy;
+      return;
+    }
+    case ObjectiveKind::kPrior: {
+      metrics[kMetricEntropy] = s0.entropy;
+      // A sequence without tokens adds nothing (PriorObjective::Sequence).
+      if (tokens[0] == 0) return;
+      const double floor_sum = fmax(s0.weight, p.weight_sum_floor);
+      const double scale = tokens[0] / floor_sum;
+      // With S the floored sum, ŵ_t/k = w_t/S, so
+      // H = −Σ_t (w_t/S)·ln(w_t/S) = (Σ_t w_t)/S·ln S − (Σ_t w_t ln w_t)/S.
+      const double entropy =
+          s0.weight / floor_sum * log(floor_sum) - s0.weight_log / floor_sum;
+      metrics[kMetricLoss] = -scale * s0.weighted_logp;
+      metrics[kMetricPriorLoss] = metrics[kMetricLoss];
+      metrics[kMetricSftLoss] = -s0.logp;
+      metrics[kMetricMeanTokenAccuracy] = s0.correct;
+      metrics[kMetricPriorWeightMax] = s0.max_weight * scale;
+      metrics[kMetricPriorWeightEntropy] = entropy;
+      rows[0].scale = scale;
+      return;
+    }
+    default:
+      break;
   }
   const SequenceSums& sw = seq[0];
   const SequenceSums& sl = seq[1];
-  const double ratio_chosen = sw.logp - ref[0];
-  const double ratio_rejected = sl.logp - ref[1];
+  const bool ld = p.ld_alpha >= 0;
+  const double logp_chosen = ld ? sw.ld_logp : sw.logp;
+  const double logp_rejected = ld ? sl.ld_logp : sl.logp;
+  const double ratio_chosen = logp_chosen - ref[0];
+  const double ratio_rejected = logp_rejected - ref[1];
+  double dscore_chosen = 1, dscore_rejected = 1;
+  const double score_chosen =
+      Score(p.score, p.score_alpha, ratio_chosen, &dscore_chosen);
+  const double score_rejected =
+      Score(p.score, p.score_alpha, ratio_rejected, &dscore_rejected);
   PairTerms t;
+  if (sorted != nullptr) t = *sorted;
   for (int k = 0; k < p.num_terms; ++k) {
-    AddPairLoss(p, p.loss[k], p.weight[k], ratio_chosen, ratio_rejected,
-                tokens[0], tokens[1], &t);
+    if (IsSorted(p.loss[k])) continue;
+    // On the score difference, chained through ∂score/∂L; on the raw
+    // log-ratios otherwise (as DpoObjective::AddTerm).
+    const bool on_scores = OnScoreDifference(p.loss[k]);
+    PairTerms term;
+    AddPairLoss(p, p.loss[k], p.weight[k],
+                on_scores ? score_chosen : ratio_chosen,
+                on_scores ? score_rejected : ratio_rejected, tokens[0],
+                tokens[1], &term);
+    t.loss += term.loss;
+    t.dchosen += on_scores ? term.dchosen * dscore_chosen : term.dchosen;
+    t.drejected +=
+        on_scores ? term.drejected * dscore_rejected : term.drejected;
   }
   double sft_per_token = 0;
   if (p.sft_weight != 0) {
     t.loss += p.sft_weight * -sw.logp * p.pairs_per_token;
     sft_per_token = -p.sft_weight * p.pairs_per_token;
   }
-  coef[0] = static_cast<float>(-(t.dchosen + sft_per_token) / p.denominator);
-  coef[1] = static_cast<float>(-t.drejected / p.denominator);
+  // WPO's w(y_w)·w(y_l), a constant.
+  double pair_weight = 1;
+  if (p.use_weighting) {
+    pair_weight = exp(sw.wpo / (tokens[0] > 1 ? tokens[0] : 1)) *
+                  exp(sl.wpo / (tokens[1] > 1 ? tokens[1] : 1));
+  }
+  const int shared = tokens[0] < tokens[1] ? tokens[0] : tokens[1];
+  rows[0].scale = pair_weight * t.dchosen;
+  rows[0].offset = sft_per_token;
+  rows[0].shared = shared;
+  rows[1].scale = pair_weight * t.drejected;
+  rows[1].shared = shared;
   const double reward_w = p.beta * ratio_chosen;
   const double reward_l = p.beta * ratio_rejected;
-  metrics[kMetricLoss] = t.loss;
+  metrics[kMetricLoss] = pair_weight * t.loss;
   metrics[kMetricRewardsChosen] = reward_w;
   metrics[kMetricRewardsRejected] = reward_l;
   metrics[kMetricRewardsMargins] = reward_w - reward_l;
   metrics[kMetricRewardsAccuracies] = reward_w > reward_l ? 1.0 : 0.0;
-  metrics[kMetricLogpsChosen] = sw.logp;
-  metrics[kMetricLogpsRejected] = sl.logp;
+  metrics[kMetricLogpsChosen] = logp_chosen;
+  metrics[kMetricLogpsRejected] = logp_rejected;
   metrics[kMetricLogitsChosen] = sw.logit_sum;
   metrics[kMetricLogitsRejected] = sl.logit_sum;
   metrics[kMetricMeanTokenAccuracy] = sw.correct;
@@ -308,36 +562,93 @@ PREFOPT_HOST_DEVICE inline void UnitCoefficients(
   metrics[kMetricEntropy] = sw.entropy + sl.entropy;
 }
 
-// Backend::ObjectiveCoefficients over host memory (the CPU backends'): each
-// sequence's sums in row order, then each unit in turn.
+// G_t of row t of a sequence with RowScale `s`, policy log-prob `logp` and
+// reference log-prob `ref_logp` (read by kImplicitToken and kPrior).
+PREFOPT_HOST_DEVICE inline float RowCoefficient(const ObjectiveParams& p,
+                                                const RowScale& s, int t,
+                                                float logp, float ref_logp) {
+  switch (p.kind) {
+    case ObjectiveKind::kPreference: {
+      const double a = LdTokenWeight(p.ld_alpha, t, static_cast<int>(s.shared));
+      return static_cast<float>(-(s.scale * a + s.offset) / p.denominator);
+    }
+    case ObjectiveKind::kImplicitToken: {
+      double phi = 0, dphi = 0;
+      bool clamped = false;
+      EvaluatePhi(p.divergence, p.beta * (static_cast<double>(logp) - ref_logp),
+                  p.domain_margin, &phi, &dphi, &clamped);
+      return static_cast<float>(p.beta * dphi * (1.0 / p.denominator));
+    }
+    case ObjectiveKind::kPrior:
+      return static_cast<float>(PriorTokenWeight(ref_logp, p.prior_alpha) *
+                                s.scale * (1.0 / p.denominator));
+    default:
+      return static_cast<float>(s.scale);
+  }
+}
+
+// Backend::ObjectiveCoefficients over host memory (the CPU backends'): every
+// sequence's sums in row order, the sorted losses, each unit's math, then its
+// rows' coefficients.
 inline void HostObjectiveCoefficients(
     float* coef, double* metrics, const float* logp, const float* logit_sum,
-    const int32_t* correct, const float* entropy, const SeqSpan* spans,
-    const double* reference, int num_seqs, const ObjectiveParams& params) {
-  const int per_unit = params.kind == ObjectiveKind::kPreference ? 2 : 1;
-  for (int u = 0; u + per_unit <= num_seqs; u += per_unit) {
-    SequenceSums seq[2];
-    int tokens[2] = {0, 0};
+    const int32_t* correct, const float* entropy, const float* log_sum_sq,
+    const SeqSpan* spans, const double* reference,
+    const float* reference_tokens, int num_seqs, const ObjectiveParams& p) {
+  const int per_unit = p.kind == ObjectiveKind::kPreference ? 2 : 1;
+  const int units = num_seqs / per_unit;
+  const bool tokens_in = NeedsReferenceTokens(p);
+  std::vector<SequenceSums> sums(static_cast<size_t>(units) * per_unit);
+  for (int u = 0; u < units * per_unit; u += per_unit) {
+    const int shared = per_unit == 2 && spans[u + 1].len < spans[u].len
+                           ? spans[u + 1].len
+                           : spans[u].len;
     for (int j = 0; j < per_unit; ++j) {
       const SeqSpan& span = spans[u + j];
-      tokens[j] = span.len;
-      for (int r = span.start; r < span.start + span.len; ++r) {
-        seq[j].logp += logp[r];
-        seq[j].logit_sum += logit_sum[r];
-        seq[j].correct += correct[r];
-        seq[j].entropy += entropy[r];
+      for (int t = 0; t < span.len; ++t) {
+        const int r = span.start + t;
+        AddRow(p, t, shared, logp[r], logit_sum[r], correct[r], entropy[r],
+               tokens_in ? reference_tokens[r] : 0.0f,
+               p.use_weighting ? log_sum_sq[r] : 0.0f, &sums[u + j]);
       }
     }
+  }
+  std::vector<PairTerms> sorted;
+  if (per_unit == 2 && HasSortedTerms(p)) {
+    std::vector<double> x(units), y(units);
+    std::vector<int> px(units), py(units);
+    sorted.assign(units, PairTerms());
+    for (int k = 0; k < p.num_terms; ++k) {
+      if (!IsSorted(p.loss[k])) continue;
+      for (int i = 0; i < units; ++i) {
+        SortedLossInputs(p, p.loss[k], &sums[2 * i], reference + 2 * i, &x[i],
+                         &y[i]);
+      }
+      for (int i = 0; i < units; ++i) {
+        px[StableRank(x.data(), units, i)] = i;
+        py[StableRank(y.data(), units, i)] = i;
+      }
+      for (int j = 0; j < units; ++j) {
+        AddSortedLoss(p, p.loss[k], p.weight[k], x.data(), y.data(), px.data(),
+                      py.data(), j, sorted.data());
+      }
+    }
+  }
+  for (int u = 0; u < units * per_unit; u += per_unit) {
+    int tokens[2] = {0, 0};
+    for (int j = 0; j < per_unit; ++j) tokens[j] = spans[u + j].len;
     double values[kObjectiveMetricCount];
-    float unit_coef[2];
-    UnitCoefficients(params, seq,
+    RowScale scales[2];
+    UnitCoefficients(p, &sums[u],
                      reference != nullptr ? reference + u : nullptr, tokens,
-                     values, unit_coef);
+                     sorted.empty() ? nullptr : &sorted[u / 2], values, scales);
     for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] += values[k];
     for (int j = 0; j < per_unit; ++j) {
       const SeqSpan& span = spans[u + j];
-      for (int r = span.start; r < span.start + span.len; ++r) {
-        coef[r] = unit_coef[j];
+      for (int t = 0; t < span.len; ++t) {
+        const int r = span.start + t;
+        coef[r] = RowCoefficient(p, scales[j], t, logp[r],
+                                 tokens_in ? reference_tokens[r] : 0.0f);
       }
     }
   }

@@ -173,18 +173,29 @@ TEST_P(GpuTrains, MatchesTheCpu) {
 
 #if defined(PREFOPT_CUDASIM_COUNTS)
 // The objective's coefficients and metrics stay on the device
-// (docs/objectives.md §7): in steps 2 and 3 of a DPO, SFT or implicit-reward
-// SFT run (2 micro-batches a step) the simulated runtime sees 2 copies to the
-// host per step, the metric sums and the gradient norm (the host path of the
-// objectives copies 4 arrays of per-row values down per micro-batch: 9 and 7
-// copies per step), and no cudaMalloc at all.
+// (docs/objectives.md §7): in steps 2 and 3 of a DPO, SFT, implicit-reward
+// SFT (both granularities), PRIOR or f-DPO + LD-DPO + WPO run (2
+// micro-batches a step) the simulated runtime sees 2 copies to the host per
+// step, the metric sums and the gradient norm (the host path of the
+// objectives copies 4 arrays of per-row values down per micro-batch, 5 with
+// WPO's: 9 and 7 copies per step), and no cudaMalloc at all.
 TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
   constexpr int64_t kMaxDeviceToHostPerStep = 2;
   for (const Case& c :
        {Case{"traffic_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"traffic_sft", "sft {}", "demos.jsonl"},
         Case{"traffic_isft", "implicit_sft { divergence: KL beta: 0.5 }",
-             "demos.jsonl"}}) {
+             "demos.jsonl"},
+        Case{"traffic_isft_token",
+             "implicit_sft { divergence: KL beta: 0.5 granularity: TOKEN }",
+             "demos.jsonl"},
+        Case{"traffic_prior", "prior { alpha: 1 }", "demos.jsonl"},
+        Case{"traffic_aot", "dpo { beta: 0.1 loss_type: [AOT, AOT_UNPAIRED] }",
+             "gpt2/pairs.jsonl"},
+        Case{"traffic_js_ld_wpo",
+             "dpo { beta: 0.1 f_divergence_type: JS_DIVERGENCE ld_alpha: 0.5 "
+             "use_weighting: true }",
+             "gpt2/pairs.jsonl"}}) {
     const std::string text = absl::StrCat(
         "model { ", c.model, " }\n", "data { train_files: '",
         testing::WorkspacePath("tests/fixtures/"), c.data,
@@ -467,12 +478,20 @@ INSTANTIATE_TEST_SUITE_P(
              "dpo { beta: 0.1 loss_type: [SIGMOID, BCO_PAIR, SFT] "
              "loss_weights: [0.8, 0.2, 1.0] }",
              "gpt2/pairs.jsonl"},
+        // f-DPO, LD-DPO and WPO together (per-token reference log-probs and
+        // log Σ p² on the device).
+        Case{"js_ld_wpo",
+             "dpo { beta: 0.1 f_divergence_type: JS_DIVERGENCE ld_alpha: 0.5 "
+             "use_weighting: true }",
+             "gpt2/pairs.jsonl"},
         Case{"cdpo_hinge",
              "dpo { beta: 0.1 label_smoothing: 0.1 loss_type: [SIGMOID, "
              "HINGE] }",
              "gpt2/pairs.jsonl"},
-        // AOT sorts across the micro-batch: the host path on the GPU.
+        // AOT sorts across the micro-batch, on the device too.
         Case{"aot", "dpo { beta: 0.1 loss_type: AOT }", "gpt2/pairs.jsonl"},
+        Case{"aot_unpaired", "dpo { beta: 0.1 loss_type: AOT_UNPAIRED }",
+             "gpt2/pairs.jsonl"},
         Case{"llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama},
         Case{"llama_sft", "sft {}", "demos.jsonl", kLlama},
         Case{"sparsepo_learned", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl"},

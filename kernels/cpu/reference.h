@@ -105,12 +105,14 @@ class ReferenceBackend : public Backend {
   // objective_math::HostObjectiveCoefficients.
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
                              const float* logit_sum, const int32_t* correct,
-                             const float* entropy, const SeqSpan* spans,
-                             const double* reference, int num_seqs,
+                             const float* entropy,
+                             const float* log_sum_sq_probs,
+                             const SeqSpan* spans, const double* reference,
+                             const float* reference_tokens, int num_seqs,
                              const ObjectiveParams& params) override {
-    objective_math::HostObjectiveCoefficients(coef, metrics, logp, logit_sum,
-                                              correct, entropy, spans,
-                                              reference, num_seqs, params);
+    objective_math::HostObjectiveCoefficients(
+        coef, metrics, logp, logit_sum, correct, entropy, log_sum_sq_probs,
+        spans, reference, reference_tokens, num_seqs, params);
   }
 
   double SumSquares(const float* x, size_t n) override;

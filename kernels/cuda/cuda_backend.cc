@@ -412,8 +412,8 @@ struct CudaBackend::State {
   // Column partials, attention's D, decoding scores.
   Scratch floats{"partial sums"};
   Scratch doubles{"SumSquares partials"};
-  // ObjectiveCoefficients' uploaded reference and spans, and its
-  // per-sequence sums and coefficients.
+  // ObjectiveCoefficients' uploaded reference, spans and per-token
+  // reference log-probs, and its per-sequence sums and row scales.
   Scratch objective_in{"objective inputs"},
       objective_work{"objective per-sequence sums"};
   HostStaging staging;
@@ -1062,32 +1062,53 @@ void CudaBackend::OutputBackward(float* dh, float* dwout, const float* h,
 
 void CudaBackend::ObjectiveCoefficients(
     float* coef, double* metrics, const float* logp, const float* logit_sum,
-    const int32_t* correct, const float* entropy, const SeqSpan* spans,
-    const double* reference, int num_seqs, const ObjectiveParams& params) {
+    const int32_t* correct, const float* entropy, const float* log_sum_sq_probs,
+    const SeqSpan* spans, const double* reference,
+    const float* reference_tokens, int num_seqs,
+    const ObjectiveParams& params) {
   if (num_seqs == 0) return;
-  // One upload: the reference's doubles (first, so they stay 8-byte aligned)
-  // then the spans, as int32 words.
+  // One upload: the reference's doubles (first, so they stay 8-byte aligned),
+  // the spans as int32 words, then the per-token reference log-probs of rows
+  // [0, the last span row].
   static_assert(sizeof(SeqSpan) == 2 * sizeof(int32_t));
   const bool with_reference =
-      params.kind != ObjectiveKind::kTokenMean && reference != nullptr;
+      (params.kind == ObjectiveKind::kPreference ||
+       params.kind == ObjectiveKind::kImplicitSequence) &&
+      reference != nullptr;
+  const bool with_tokens =
+      NeedsReferenceTokens(params) && reference_tokens != nullptr;
   const size_t ref_words =
       with_reference ? 2 * static_cast<size_t>(num_seqs) : 0;
+  const size_t span_words = 2 * static_cast<size_t>(num_seqs);
+  size_t token_words = 0;
+  if (with_tokens) {
+    for (int s = 0; s < num_seqs; ++s) {
+      token_words = std::max(
+          token_words, static_cast<size_t>(spans[s].start) + spans[s].len);
+    }
+  }
   std::vector<int32_t>& packed = s_->objective_upload;
-  packed.resize(ref_words + 2 * static_cast<size_t>(num_seqs));
+  packed.resize(ref_words + span_words + token_words);
   if (with_reference) {
     std::memcpy(packed.data(), reference, ref_words * sizeof(int32_t));
   }
-  std::memcpy(packed.data() + ref_words, spans,
-              2 * static_cast<size_t>(num_seqs) * sizeof(int32_t));
+  std::memcpy(packed.data() + ref_words, spans, span_words * sizeof(int32_t));
+  static_assert(sizeof(float) == sizeof(int32_t));
+  if (with_tokens) {
+    std::memcpy(packed.data() + ref_words + span_words, reference_tokens,
+                token_words * sizeof(int32_t));
+  }
   int32_t* dev = s_->Upload(s_->objective_in, packed.data(), packed.size());
-  double* seq_sums =
-      s_->objective_work.Get<double>(5 * static_cast<size_t>(num_seqs));
+  double* scratch =
+      s_->objective_work.Get<double>(cuda::ObjectiveScratchDoubles(num_seqs));
   PREFOPT_CHECK_CUDA(cuda::ObjectiveCoefficients(
       s_->stream, coef, metrics, logp, logit_sum, correct, entropy,
+      params.use_weighting ? log_sum_sq_probs : nullptr,
       reinterpret_cast<const SeqSpan*>(dev + ref_words),
-      with_reference ? reinterpret_cast<const double*>(dev) : nullptr, num_seqs,
-      params, seq_sums,
-      reinterpret_cast<float*>(seq_sums + 4 * static_cast<size_t>(num_seqs))));
+      with_reference ? reinterpret_cast<const double*>(dev) : nullptr,
+      with_tokens ? reinterpret_cast<const float*>(dev + ref_words + span_words)
+                  : nullptr,
+      num_seqs, params, scratch));
 }
 
 double CudaBackend::SumSquares(const float* x, size_t n) {

@@ -165,11 +165,14 @@ class CudaBackend : public Backend {
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
 
-  // Uploads spans and reference in one copy; three kernels (objectives.cu).
+  // Uploads spans and reference values in one copy; three kernels
+  // (objectives.cu).
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
                              const float* logit_sum, const int32_t* correct,
-                             const float* entropy, const SeqSpan* spans,
-                             const double* reference, int num_seqs,
+                             const float* entropy,
+                             const float* log_sum_sq_probs,
+                             const SeqSpan* spans, const double* reference,
+                             const float* reference_tokens, int num_seqs,
                              const ObjectiveParams& params) override;
 
   double SumSquares(const float* x, size_t n) override;

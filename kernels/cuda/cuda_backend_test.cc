@@ -908,13 +908,16 @@ TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
 
 // Backend::ObjectiveCoefficients against the host reference
 // (objective_math::HostObjectiveCoefficients) for every pair loss, a weighted
-// mixture with DPO's SFT term, the token mean and implicit-reward SFT's
-// sequence form with every divergence: 300 pairs (more than the
-// units kernel's threads), sequences of 1 to 700 rows (more than a block's
-// threads) with a row between two spans that no span covers. Coefficients to
-// 1e-6 relative (the same double math, summed in another order), metric sums
-// to 1e-12, added to what the buffer held.
+// mixture with DPO's SFT term, f-DPO's scores, LD-DPO and WPO, the token
+// mean, implicit-reward SFT at both granularities with every divergence and
+// PRIOR: 300 pairs (more than the units kernel's threads), sequences of 1 to
+// 700 rows (more than a block's threads) with a row between two spans that no
+// span covers. Coefficients to 1e-6 relative (the same double math, summed in
+// another order), metric sums to 1e-12, added to what the buffer held.
 TEST_P(CudaBackendTest, ObjectiveCoefficients) {
+  // No GEMM: the fp32 run covers both precisions (and the simulation's
+  // time is better spent on the cases below).
+  if (bf16()) GTEST_SKIP() << "precision-independent";
   const int pairs = 300, seqs = 2 * pairs;
   std::vector<SeqSpan> spans(seqs);
   const std::vector<int32_t> lengths = RandomInts(seqs, 40, 1);
@@ -933,6 +936,17 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   const std::vector<int32_t> correct_ints = RandomInts(rows, 2, 6);
   std::vector<float> correct(rows);
   std::memcpy(correct.data(), correct_ints.data(), rows * sizeof(int32_t));
+  // log Σ p² (WPO) below ℓ_t's scale; per-token reference log-probs near the
+  // policy's, a few of them nearly 0 (PRIOR's small weights).
+  std::vector<float> log_sum_sq = RandomNormal(rows, 8, 0.5f);
+  for (float& v : log_sum_sq) v = -std::fabs(v) - 0.5f;
+  std::vector<float> reference_tokens = RandomNormal(rows, 9, 0.4f);
+  for (int r = 0; r < rows; ++r) {
+    reference_tokens[r] =
+        r % 7 == 2
+            ? -1e-5f
+            : std::min(-1e-3f, logp[r] + 0.2f - std::fabs(reference_tokens[r]));
+  }
   // Reference sums near the policy's, so ratios are of order 1.
   std::vector<double> reference(seqs);
   const std::vector<float> noise = RandomNormal(seqs, 7, 2.0f);
@@ -947,7 +961,7 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   for (int k = 0; k < kObjectiveMetricCount; ++k) initial_metrics[k] = 0.5 * k;
 
   std::vector<ObjectiveParams> cases;
-  for (int type = 0; type <= static_cast<int>(PairLoss::kApoDown); ++type) {
+  for (int type = 0; type <= static_cast<int>(PairLoss::kAotUnpaired); ++type) {
     ObjectiveParams p;
     p.num_terms = 1;
     p.loss[0] = static_cast<PairLoss>(type);
@@ -955,7 +969,8 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
     p.beta = 0.3;
     p.label_smoothing = p.loss[0] == PairLoss::kExoPair ||
                                 p.loss[0] == PairLoss::kRobust ||
-                                p.loss[0] == PairLoss::kSigmoid
+                                p.loss[0] == PairLoss::kSigmoid ||
+                                p.loss[0] == PairLoss::kAotUnpaired
                             ? 0.1
                             : 0;
     p.denominator = 8;
@@ -977,14 +992,43 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   token_mean.kind = ObjectiveKind::kTokenMean;
   token_mean.denominator = 1234;
   cases.push_back(token_mean);
-  for (int d = 0; d <= static_cast<int>(ImplicitDivergence::kJensenShannon);
-       ++d) {
-    ObjectiveParams isft;
-    isft.kind = ObjectiveKind::kImplicitSequence;
-    isft.divergence = static_cast<ImplicitDivergence>(d);
-    isft.beta = 0.5;
-    isft.denominator = 300;
-    cases.push_back(isft);
+  for (int score = 1;
+       score <= static_cast<int>(ScoreDivergence::kAlphaDivergence); ++score) {
+    ObjectiveParams f_dpo = mixture;
+    f_dpo.score = static_cast<ScoreDivergence>(score);
+    f_dpo.score_alpha = 0.3;
+    f_dpo.ld_alpha = score == 2 ? 0.4 : -1;
+    cases.push_back(f_dpo);
+  }
+  // Both sorted losses in one mixture, LD-weighted: each pair gets its share
+  // of both sorts.
+  ObjectiveParams sorted = mixture;
+  sorted.loss[1] = PairLoss::kAot;
+  sorted.loss[2] = PairLoss::kAotUnpaired;
+  sorted.ld_alpha = 0.5;
+  cases.push_back(sorted);
+  ObjectiveParams ld_wpo = cases[0];
+  ld_wpo.ld_alpha = 0.25;
+  ld_wpo.use_weighting = true;
+  cases.push_back(ld_wpo);
+  for (ObjectiveKind kind :
+       {ObjectiveKind::kImplicitSequence, ObjectiveKind::kImplicitToken}) {
+    for (int d = 0; d <= static_cast<int>(ImplicitDivergence::kJensenShannon);
+         ++d) {
+      ObjectiveParams isft;
+      isft.kind = kind;
+      isft.divergence = static_cast<ImplicitDivergence>(d);
+      isft.beta = kind == ObjectiveKind::kImplicitToken ? 3.0 : 0.5;
+      isft.denominator = 300;
+      cases.push_back(isft);
+    }
+  }
+  for (double alpha : {1.0, 0.0, 2.5}) {
+    ObjectiveParams prior;
+    prior.kind = ObjectiveKind::kPrior;
+    prior.prior_alpha = alpha;
+    prior.denominator = 4321;
+    cases.push_back(prior);
   }
 
   for (const ObjectiveParams& params : cases) {
@@ -992,18 +1036,22 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
                  << "kind " << static_cast<int>(params.kind) << " loss "
                  << static_cast<int>(params.loss[0]) << " terms "
                  << params.num_terms << " divergence "
-                 << static_cast<int>(params.divergence));
+                 << static_cast<int>(params.divergence) << " score "
+                 << static_cast<int>(params.score) << " ld " << params.ld_alpha
+                 << " wpo " << params.use_weighting << " prior alpha "
+                 << params.prior_alpha);
     std::vector<float> want_coef(rows, std::nanf(""));
     std::vector<double> want_metrics = initial_metrics;
-    ref_.ObjectiveCoefficients(want_coef.data(), want_metrics.data(),
-                               logp.data(), logit_sum.data(),
-                               correct_ints.data(), entropy.data(),
-                               spans.data(), reference.data(), seqs, params);
+    ref_.ObjectiveCoefficients(
+        want_coef.data(), want_metrics.data(), logp.data(), logit_sum.data(),
+        correct_ints.data(), entropy.data(), log_sum_sq.data(), spans.data(),
+        reference.data(), reference_tokens.data(), seqs, params);
     DeviceBuffers buf(cuda_.get());
     float* d_logp = buf.Upload(logp);
     float* d_logit_sum = buf.Upload(logit_sum);
     float* d_correct = buf.Upload(correct);
     float* d_entropy = buf.Upload(entropy);
+    float* d_log_sum_sq = buf.Upload(log_sum_sq);
     float* d_coef = buf.Unwritten(rows);
     std::vector<float> metric_words(2 * kObjectiveMetricCount);
     std::memcpy(metric_words.data(), initial_metrics.data(),
@@ -1011,8 +1059,8 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
     float* d_metrics = buf.Upload(metric_words);
     cuda_->ObjectiveCoefficients(
         d_coef, reinterpret_cast<double*>(d_metrics), d_logp, d_logit_sum,
-        reinterpret_cast<const int32_t*>(d_correct), d_entropy, spans.data(),
-        reference.data(), seqs, params);
+        reinterpret_cast<const int32_t*>(d_correct), d_entropy, d_log_sum_sq,
+        spans.data(), reference.data(), reference_tokens.data(), seqs, params);
     const std::vector<float> coef = buf.Read(d_coef, rows);
     const std::vector<float> got_words =
         buf.Read(d_metrics, metric_words.size());

@@ -172,15 +172,16 @@ cudaError_t OutputRowGrad(cudaStream_t stream, bool bf16, float* logits,
                           const float* coef, int rows, int V);
 
 // ---- objectives (objectives.cu) ----
-// Backend::ObjectiveCoefficients with spans and reference in device memory:
-// seq_sums (4 * num_seqs doubles) and seq_coef (num_seqs floats) are scratch.
-cudaError_t ObjectiveCoefficients(cudaStream_t stream, float* coef,
-                                  double* metrics, const float* logp,
-                                  const float* logit_sum,
-                                  const int32_t* correct, const float* entropy,
-                                  const SeqSpan* spans, const double* reference,
-                                  int num_seqs, const ObjectiveParams& params,
-                                  double* seq_sums, float* seq_coef);
+// Backend::ObjectiveCoefficients with spans, reference and reference_tokens
+// in device memory (log_sum_sq and reference_tokens may be null where params
+// reads none); scratch holds ObjectiveScratchDoubles(num_seqs) doubles.
+size_t ObjectiveScratchDoubles(int num_seqs);
+cudaError_t ObjectiveCoefficients(
+    cudaStream_t stream, float* coef, double* metrics, const float* logp,
+    const float* logit_sum, const int32_t* correct, const float* entropy,
+    const float* log_sum_sq, const SeqSpan* spans, const double* reference,
+    const float* reference_tokens, int num_seqs, const ObjectiveParams& params,
+    double* scratch);
 
 // ---- optimizer ----
 // Blocks of the first SumSquares pass for n values (at most 1024; a function

@@ -892,7 +892,8 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     if (device_objective_ != nullptr) {
       // The coefficients stay on the backend (docs/objectives.md §7).
       output_->ForwardOnBackend(hidden, policy_->output_embedding(),
-                                batch_.packed.tokens.data(), *segments);
+                                batch_.packed.tokens.data(), *segments,
+                                objective_->needs_row_log_sum_sq_probs());
       device_objective_->Coefficients(*segments, micro, reference, denominator,
                                       token_denominator, output_.get());
     } else {

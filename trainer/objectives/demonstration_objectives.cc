@@ -27,7 +27,17 @@ absl::StatusOr<std::unique_ptr<PriorPlugin>> PriorPlugin::Create(
   options.weight_sum_floor = config.weight_sum_floor();
   auto prior = PriorObjective::Create(options);
   if (!prior.ok()) return prior.status();
-  return std::unique_ptr<PriorPlugin>(new PriorPlugin(*std::move(prior)));
+  return std::unique_ptr<PriorPlugin>(
+      new PriorPlugin(*std::move(prior), options));
+}
+
+bool PriorPlugin::DeviceParams(kernels::ObjectiveParams* params) const {
+  kernels::ObjectiveParams p;
+  p.kind = kernels::ObjectiveKind::kPrior;
+  p.prior_alpha = options_.alpha;
+  p.weight_sum_floor = options_.weight_sum_floor;
+  *params = p;
+  return true;
 }
 
 void PriorPlugin::Coefficients(const MicroBatchView& batch, double denominator,
@@ -105,10 +115,10 @@ void ImplicitSftPlugin::Coefficients(const MicroBatchView& batch,
 }
 
 bool ImplicitSftPlugin::DeviceParams(kernels::ObjectiveParams* params) const {
-  if (token_) return false;
   const ImplicitSftOptions& options = isft_.options();
   kernels::ObjectiveParams p;
-  p.kind = kernels::ObjectiveKind::kImplicitSequence;
+  p.kind = token_ ? kernels::ObjectiveKind::kImplicitToken
+                  : kernels::ObjectiveKind::kImplicitSequence;
   switch (options.divergence) {
     case Divergence::kTotalVariation:
       p.divergence = kernels::ImplicitDivergence::kTotalVariation;

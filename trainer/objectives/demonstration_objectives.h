@@ -61,10 +61,14 @@ class PriorPlugin : public Objective {
   }
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
+  // kernels::ObjectiveKind::kPrior.
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
  private:
-  explicit PriorPlugin(PriorObjective prior) : prior_(std::move(prior)) {}
+  PriorPlugin(PriorObjective prior, const PriorOptions& options)
+      : prior_(std::move(prior)), options_(options) {}
   PriorObjective prior_;
+  PriorOptions options_;
 };
 
 class ImplicitSftPlugin : public Objective {
@@ -85,9 +89,8 @@ class ImplicitSftPlugin : public Objective {
   }
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
-  // The sequence granularity (kernels::ObjectiveKind::kImplicitSequence); the
-  // token granularity needs per-token reference log-probs and stays on the
-  // host.
+  // kernels::ObjectiveKind::kImplicitSequence or, at token granularity,
+  // kImplicitToken.
   bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
  private:

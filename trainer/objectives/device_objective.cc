@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "absl/types/span.h"
+#include "kernels/objective_math.h"
+
 namespace prefopt::objectives {
 namespace {
 
@@ -29,6 +32,9 @@ constexpr const char* kMetricNames[kernels::kObjectiveMetricCount] = {
     "logps/policy",
     "logps/reference",
     "sft/loss",
+    "prior/loss",
+    "prior/weight_max",
+    "prior/weight_entropy",
 };
 
 }  // namespace
@@ -38,9 +44,7 @@ std::unique_ptr<DeviceObjective> DeviceObjective::Create(
     int vocab) {
   kernels::ObjectiveParams params;
   if (backend->HostAddressable() || !objective.DeviceParams(&params) ||
-      objective.has_prepass() || objective.scores_prompts() ||
-      objective.needs_row_log_sum_sq_probs() ||
-      objective.reference_needs() == ReferenceNeeds::kTokenLogps) {
+      objective.has_prepass() || objective.scores_prompts()) {
     return nullptr;
   }
   return std::unique_ptr<DeviceObjective>(
@@ -62,6 +66,26 @@ DeviceObjective::DeviceObjective(kernels::Backend* backend,
   reference_.reserve(max_seqs);
 }
 
+namespace {
+
+// ℓ̃_t of response `response` of dataset example `example`, checked against
+// the segment's length.
+absl::Span<const float> TokenLogps(const ReferenceValues& reference,
+                                   int example, int response, int count) {
+  const absl::Span<const float> tokens =
+      reference.TokenLogps(example, response);
+  if (static_cast<int>(tokens.size()) != count) {
+    std::fprintf(stderr,
+                 "DeviceObjective::Coefficients: %zu reference token "
+                 "log-probs for a response of %d tokens\n",
+                 tokens.size(), count);
+    std::abort();
+  }
+  return tokens;
+}
+
+}  // namespace
+
 DeviceObjective::~DeviceObjective() { backend_->Free(metrics_); }
 
 void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
@@ -80,6 +104,7 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
   }
   spans_.clear();
   reference_.clear();
+  reference_tokens_.clear();
   int row = 0;
   for (const ResponseSegment& s : segments) {
     spans_.push_back({row, s.count});
@@ -91,10 +116,28 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
   if (pairs) {
     double chosen_tokens = 0, rejected_tokens = 0;
     for (size_t i = 0; i < examples.size(); ++i) {
-      reference_.push_back(reference->SequenceLogp(examples[i], 0));
-      reference_.push_back(reference->SequenceLogp(examples[i], 1));
-      chosen_tokens += spans_[2 * i].len;
-      rejected_tokens += spans_[2 * i + 1].len;
+      const int chosen = spans_[2 * i].len, rejected = spans_[2 * i + 1].len;
+      if (params.ld_alpha >= 0) {
+        // LD-DPO weights the reference's tokens as the policy's
+        // (docs/objectives.md §1): L̃_ld of both responses.
+        const int shared = std::min(chosen, rejected);
+        for (int j = 0; j < 2; ++j) {
+          const absl::Span<const float> tokens = TokenLogps(
+              *reference, examples[i], j, j == 0 ? chosen : rejected);
+          double sum = 0;
+          for (size_t t = 0; t < tokens.size(); ++t) {
+            sum += kernels::objective_math::LdTokenWeight(
+                       params.ld_alpha, static_cast<int>(t), shared) *
+                   tokens[t];
+          }
+          reference_.push_back(sum);
+        }
+      } else {
+        reference_.push_back(reference->SequenceLogp(examples[i], 0));
+        reference_.push_back(reference->SequenceLogp(examples[i], 1));
+      }
+      chosen_tokens += chosen;
+      rejected_tokens += rejected;
     }
     // DPO's SFT term: pairs per chosen token of the global batch, or of this
     // micro-batch scored on its own (trainer/objectives/dpo.cc).
@@ -117,28 +160,61 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
     counts_[M::kMetricLogitsChosen] += chosen_tokens * vocab_;
     counts_[M::kMetricLogitsRejected] += rejected_tokens * vocab_;
     counts_[M::kMetricMeanTokenAccuracy] += chosen_tokens;
-  } else if (params.kind == kernels::ObjectiveKind::kImplicitSequence) {
-    for (int ex : examples) {
-      reference_.push_back(reference->SequenceLogp(ex, 0));
+  } else {
+    if (kernels::NeedsReferenceTokens(params)) {
+      // Once per micro-batch, in the rows' order, with the spans.
+      for (size_t i = 0; i < examples.size(); ++i) {
+        const absl::Span<const float> tokens =
+            TokenLogps(*reference, examples[i], 0, spans_[i].len);
+        reference_tokens_.insert(reference_tokens_.end(), tokens.begin(),
+                                 tokens.end());
+      }
     }
     const double n = static_cast<double>(examples.size());
-    for (M m : {M::kMetricLoss, M::kMetricIsftWeight, M::kMetricIsftReward,
-                M::kMetricIsftClamped, M::kMetricLogpsPolicy,
-                M::kMetricLogpsReference}) {
-      counts_[m] += n;
+    switch (params.kind) {
+      case kernels::ObjectiveKind::kImplicitSequence:
+      case kernels::ObjectiveKind::kImplicitToken:
+        if (params.kind == kernels::ObjectiveKind::kImplicitSequence) {
+          for (int ex : examples) {
+            reference_.push_back(reference->SequenceLogp(ex, 0));
+          }
+        }
+        for (M m : {M::kMetricLoss, M::kMetricIsftReward, M::kMetricIsftClamped,
+                    M::kMetricLogpsPolicy, M::kMetricLogpsReference}) {
+          counts_[m] += n;
+        }
+        // The token form's weight is a mean over tokens.
+        counts_[M::kMetricIsftWeight] +=
+            params.kind == kernels::ObjectiveKind::kImplicitToken ? row : n;
+        counts_[M::kMetricSftLoss] += row;
+        counts_[M::kMetricMeanTokenAccuracy] += row;
+        break;
+      case kernels::ObjectiveKind::kPrior: {
+        // A sequence without tokens adds nothing (PriorObjective::Sequence).
+        double sequences = 0;
+        for (const kernels::SeqSpan& span : spans_) sequences += span.len > 0;
+        for (M m : {M::kMetricLoss, M::kMetricPriorLoss, M::kMetricSftLoss,
+                    M::kMetricMeanTokenAccuracy}) {
+          counts_[m] += row;
+        }
+        counts_[M::kMetricPriorWeightMax] += sequences;
+        counts_[M::kMetricPriorWeightEntropy] += sequences;
+        break;
+      }
+      default:
+        counts_[M::kMetricLoss] += row;
+        counts_[M::kMetricMeanTokenAccuracy] += row;
+        break;
     }
-    counts_[M::kMetricSftLoss] += row;
-    counts_[M::kMetricMeanTokenAccuracy] += row;
-  } else {
-    counts_[M::kMetricLoss] += row;
-    counts_[M::kMetricMeanTokenAccuracy] += row;
   }
   counts_[M::kMetricEntropy] += row;
   const ChunkedOutputLayer::BackendRows rows = output->rows();
   backend_->ObjectiveCoefficients(
       rows.coef, reinterpret_cast<double*>(metrics_), rows.logp, rows.logit_sum,
-      rows.correct, rows.entropy, spans_.data(),
+      rows.correct, rows.entropy,
+      params.use_weighting ? rows.log_sum_sq : nullptr, spans_.data(),
       reference_.empty() ? nullptr : reference_.data(),
+      reference_tokens_.empty() ? nullptr : reference_tokens_.data(),
       static_cast<int>(spans_.size()), params);
   pending_ = true;
 }

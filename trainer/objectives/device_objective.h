@@ -1,8 +1,9 @@
 // An objective's per-token coefficients and metrics computed by the backend
 // (Backend::ObjectiveCoefficients, docs/objectives.md §7) from pass 1's
 // per-row values where they lie, for a backend whose memory the host cannot
-// address: per micro-batch only the sequences' spans and reference sums go
-// up, and the metric sums come down once per step. The host objective
+// address: per micro-batch only the sequences' spans and reference values
+// (sums, or per-token log-probs) go up, in one copy, and the metric sums come
+// down once per step. The host objective
 // (Objective::Coefficients) stays the reference; the loop uses this path only
 // where Create says it covers the objective.
 #ifndef PREFOPT_TRAINER_OBJECTIVES_DEVICE_OBJECTIVE_H_
@@ -24,9 +25,8 @@ class DeviceObjective {
   // The device path for `objective` on `backend`, or null where the host path
   // stays: a host-addressable backend (the CPU's), an objective without a
   // device form (Objective::DeviceParams), or one that needs what the device
-  // path does not feed (a pre-pass, prompt rows, per-token reference
-  // log-probs, WPO's log Σ p²). `max_seqs` bounds a micro-batch's sequences;
-  // `vocab` is V (the logits metrics' counts).
+  // path does not feed (a pre-pass, prompt rows). `max_seqs` bounds a
+  // micro-batch's sequences; `vocab` is V (the logits metrics' counts).
   static std::unique_ptr<DeviceObjective> Create(const Objective& objective,
                                                  kernels::Backend* backend,
                                                  int max_seqs, int vocab);
@@ -35,7 +35,8 @@ class DeviceObjective {
   DeviceObjective& operator=(const DeviceObjective&) = delete;
 
   // One micro-batch after output->ForwardOnBackend over `segments` (one per
-  // sequence, data::BuildBatch order) of the dataset examples `examples`:
+  // sequence, data::BuildBatch order; with log Σ p² where the objective
+  // needs_row_log_sum_sq_probs) of the dataset examples `examples`:
   // writes the coefficients into output->rows().coef and adds the metric
   // sums on the backend. `denominator` and `token_denominator` are the global
   // batch's (Objective::Denominator, TokenDenominator).
@@ -58,9 +59,12 @@ class DeviceObjective {
   kernels::ObjectiveParams params_;
   int vocab_;
   float* metrics_;  // kObjectiveMetricCount doubles in backend memory
-  // Host staging, reused: spans, reference sums, downloaded metric sums.
+  // Host staging, reused: spans, reference sums (LD-weighted for LD-DPO),
+  // per-token reference log-probs (uploaded with them), downloaded metric
+  // sums.
   std::vector<kernels::SeqSpan> spans_;
   std::vector<double> reference_;
+  std::vector<float> reference_tokens_;
   std::vector<double> metrics_host_;
   // The counts of the metric sums since the last TakeMetrics (the host knows
   // them from the segments alone).

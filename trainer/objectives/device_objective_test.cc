@@ -1,10 +1,11 @@
 // DeviceObjective (Backend::ObjectiveCoefficients through the loop's runner)
 // against the host objectives it stands in for: the coefficients and every
 // metric (names, sums and counts) of DPO with each loss type the device
-// covers, label smoothing, a mixture with the SFT term, SFT, and
-// implicit-reward SFT's sequence form with each divergence, on the
-// reference backend posing as one the host cannot address. Also which
-// configurations stay on the host.
+// covers (AOT's sorted ones too), label smoothing, a mixture with the SFT
+// term, f-DPO's divergences,
+// LD-DPO and WPO, SFT, implicit-reward SFT at both granularities with each
+// divergence, and PRIOR, on the reference backend posing as one the host
+// cannot address. Also which configurations stay on the host.
 #include "trainer/objectives/device_objective.h"
 
 #include <cmath>
@@ -17,8 +18,10 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/reference.h"
 #include "proto/config.pb.h"
+#include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
+#include "trainer/objectives/reference_values.h"
 
 namespace prefopt::objectives {
 namespace {
@@ -33,7 +36,8 @@ class OpaqueBackend : public kernels::ReferenceBackend {
 };
 
 // A micro-batch of `examples` (pairs or demonstrations) with random hidden
-// states, output embedding and labels, and reference sums near the policy's.
+// states, output embedding and labels, and reference log-probs per token
+// (about a random token's) and their sums.
 struct Fixture {
   std::vector<int> examples;
   std::vector<ResponseSegment> segments;
@@ -59,9 +63,18 @@ struct Fixture {
     for (int i = 0; i < n; ++i) {
       ref.first_response[examples[i]] = i * sequences_per_example;
       for (int j = 0; j < sequences_per_example; ++j) {
-        ref.sequence_logp[i * sequences_per_example + j] =
-            -4.0 * segments[i * sequences_per_example + j].count +
-            2.0 * normal(rng);
+        const int s = i * sequences_per_example + j;
+        ref.token_offset.push_back(static_cast<int64_t>(ref.token_logp.size()));
+        double sum = 0;
+        for (int t = 0; t < segments[s].count; ++t) {
+          // Now and then a token the reference is nearly sure of (PRIOR's
+          // small weights).
+          const float v =
+              t % 5 == 3 ? -1e-4f : -std::fabs(-4.0f + 1.5f * normal(rng));
+          ref.token_logp.push_back(v);
+          sum += v;
+        }
+        ref.sequence_logp[s] = sum;
       }
     }
     for (int r = 0; r < row * kHidden; ++r) hidden.push_back(normal(rng));
@@ -90,13 +103,17 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
   std::vector<data::Example> dataset(f.examples.size());
   const double denominator = 1.5 * pairs_or_seqs;
 
+  const bool log_sum_sq = objective.needs_row_log_sum_sq_probs();
   ChunkedOutputLayer host_output(&backend, max_rows, kHidden, kVocab, 4);
   const std::vector<SequenceScores> scores = host_output.Forward(
-      f.hidden.data(), f.wout.data(), f.tokens.data(), f.segments);
+      f.hidden.data(), f.wout.data(), f.tokens.data(), f.segments, log_sum_sq);
   MicroBatchView view{&f.examples, &scores, &host_output.row_logp(), &f.ref};
   view.denominator = denominator;
   view.token_denominator = token_denominator;
   view.dataset = &dataset;
+  if (log_sum_sq) {
+    view.row_log_sum_sq_probs = &host_output.row_log_sum_sq_probs();
+  }
   std::vector<float> want_coef;
   MetricSums want;
   objective.Coefficients(view, denominator, &want_coef, &want);
@@ -110,7 +127,7 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
   // Two micro-batches' metrics come down in one TakeMetrics.
   for (int repeat = 0; repeat < 2; ++repeat) {
     output.ForwardOnBackend(f.hidden.data(), f.wout.data(), f.tokens.data(),
-                            f.segments);
+                            f.segments, log_sum_sq);
     device->Coefficients(f.segments, f.examples, &f.ref, denominator,
                          token_denominator, &output);
   }
@@ -141,9 +158,8 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
 
 std::unique_ptr<DpoObjective> Dpo(const std::string& text_types,
                                   const std::vector<DpoConfig::LossType>& types,
-                                  const std::vector<float>& weights,
-                                  double eps) {
-  DpoConfig config;
+                                  const std::vector<float>& weights, double eps,
+                                  DpoConfig config = DpoConfig()) {
   config.set_beta(0.4f);
   config.set_label_smoothing(eps);
   for (DpoConfig::LossType t : types) config.add_loss_type(t);
@@ -181,25 +197,99 @@ TEST(DeviceObjectiveTest, MixtureWithSftTermMatchesTheHost) {
   ExpectDeviceMatchesHost(*dpo, 4, /*token_denominator=*/41);
 }
 
+TEST(DeviceObjectiveTest, FDpoLdDpoAndWpoMatchTheHost) {
+  struct Variant {
+    const char* name;
+    DpoConfig::FDivergenceType divergence;
+    float f_alpha;   // < 0: unset
+    float ld_alpha;  // < 0: unset
+    bool weighting;
+  };
+  for (const Variant& v : {
+           Variant{"forward_kl", DpoConfig::FORWARD_KL, -1, -1, false},
+           Variant{"js", DpoConfig::JS_DIVERGENCE, -1, -1, false},
+           Variant{"alpha", DpoConfig::ALPHA_DIVERGENCE, 0.3f, -1, false},
+           Variant{"ld_dpo", DpoConfig::REVERSE_KL, -1, 0.4f, false},
+           Variant{"ld_dpo_zero", DpoConfig::REVERSE_KL, -1, 0.0f, false},
+           Variant{"wpo", DpoConfig::REVERSE_KL, -1, -1, true},
+           Variant{"js_ld_wpo", DpoConfig::JS_DIVERGENCE, -1, 0.6f, true},
+       }) {
+    SCOPED_TRACE(v.name);
+    DpoConfig config;
+    config.set_f_divergence_type(v.divergence);
+    if (v.f_alpha >= 0) config.set_f_alpha_divergence_coef(v.f_alpha);
+    if (v.ld_alpha >= 0) config.set_ld_alpha(v.ld_alpha);
+    config.set_use_weighting(v.weighting);
+    // f-DPO's scores feed the losses on Δ; the raw log-ratios BCO_PAIR's.
+    const bool f_dpo = v.divergence != DpoConfig::REVERSE_KL;
+    auto dpo =
+        Dpo(v.name,
+            {DpoConfig::SIGMOID, f_dpo ? DpoConfig::IPO : DpoConfig::BCO_PAIR},
+            {0.7f, 0.3f}, 0.1, config);
+    ASSERT_NE(dpo, nullptr);
+    ExpectDeviceMatchesHost(*dpo, 5);
+  }
+}
+
+// AOT's losses sort the micro-batch's pairs; the device sorts them too.
+TEST(DeviceObjectiveTest, AotMatchesTheHost) {
+  for (bool ld : {false, true}) {
+    SCOPED_TRACE(ld ? "LD-DPO" : "plain sums");
+    DpoConfig config;
+    if (ld) config.set_ld_alpha(0.5f);
+    for (const std::vector<DpoConfig::LossType>& types :
+         std::vector<std::vector<DpoConfig::LossType>>{
+             {DpoConfig::AOT},
+             {DpoConfig::AOT_UNPAIRED},
+             {DpoConfig::SIGMOID, DpoConfig::AOT_UNPAIRED, DpoConfig::AOT,
+              DpoConfig::SFT}}) {
+      SCOPED_TRACE(types.size());
+      auto dpo = Dpo("aot", types,
+                     types.size() > 1 ? std::vector<float>{0.5f, 0.3f, 0.2f, 1}
+                                      : std::vector<float>{},
+                     0.1, config);
+      ASSERT_NE(dpo, nullptr);
+      ExpectDeviceMatchesHost(*dpo, 9);
+    }
+  }
+}
+
 TEST(DeviceObjectiveTest, SftMatchesTheHost) {
   SftPlugin sft;
   ExpectDeviceMatchesHost(sft, 6);
 }
 
-TEST(DeviceObjectiveTest, ImplicitSftSequenceMatchesTheHost) {
-  for (ImplicitSftConfig::Divergence d :
-       {ImplicitSftConfig::TOTAL_VARIATION, ImplicitSftConfig::PEARSON_CHI2,
-        ImplicitSftConfig::NEYMAN_CHI2, ImplicitSftConfig::KL,
-        ImplicitSftConfig::SQUARED_HELLINGER,
-        ImplicitSftConfig::JENSEN_SHANNON}) {
-    SCOPED_TRACE(ImplicitSftConfig::Divergence_Name(d));
-    ImplicitSftConfig config;
-    config.set_divergence(d);
-    config.set_beta(0.3f);
-    config.set_domain_margin(0.01f);
-    auto isft = ImplicitSftPlugin::Create(config);
-    ASSERT_TRUE(isft.ok()) << isft.status();
-    ExpectDeviceMatchesHost(**isft, 7);
+TEST(DeviceObjectiveTest, ImplicitSftMatchesTheHost) {
+  for (ImplicitSftConfig::Granularity g :
+       {ImplicitSftConfig::SEQUENCE, ImplicitSftConfig::TOKEN}) {
+    for (ImplicitSftConfig::Divergence d :
+         {ImplicitSftConfig::TOTAL_VARIATION, ImplicitSftConfig::PEARSON_CHI2,
+          ImplicitSftConfig::NEYMAN_CHI2, ImplicitSftConfig::KL,
+          ImplicitSftConfig::SQUARED_HELLINGER,
+          ImplicitSftConfig::JENSEN_SHANNON}) {
+      SCOPED_TRACE(ImplicitSftConfig::Granularity_Name(g) + " " +
+                   ImplicitSftConfig::Divergence_Name(d));
+      ImplicitSftConfig config;
+      config.set_divergence(d);
+      config.set_granularity(g);
+      config.set_beta(0.3f);
+      config.set_domain_margin(0.01f);
+      auto isft = ImplicitSftPlugin::Create(config);
+      ASSERT_TRUE(isft.ok()) << isft.status();
+      ExpectDeviceMatchesHost(**isft, 7);
+    }
+  }
+}
+
+TEST(DeviceObjectiveTest, PriorMatchesTheHost) {
+  for (float alpha : {1.0f, 0.5f, 0.0f, 3.0f}) {
+    SCOPED_TRACE(alpha);
+    PriorConfig config;
+    config.set_alpha(alpha);
+    config.set_weight_sum_floor(1e-6f);
+    auto prior = PriorPlugin::Create(config);
+    ASSERT_TRUE(prior.ok()) << prior.status();
+    ExpectDeviceMatchesHost(**prior, 6);
   }
 }
 
@@ -211,30 +301,12 @@ TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   EXPECT_NE(DeviceObjective::Create(*plain, &opaque, 8, kVocab), nullptr);
   // A host-addressable backend keeps the host path.
   EXPECT_EQ(DeviceObjective::Create(*plain, &host, 8, kVocab), nullptr);
-  ImplicitSftConfig token;
-  token.set_divergence(ImplicitSftConfig::KL);
-  token.set_granularity(ImplicitSftConfig::TOKEN);
-  token.set_beta(0.3f);
-  token.set_domain_margin(0.01f);
-  auto token_isft = ImplicitSftPlugin::Create(token);
-  ASSERT_TRUE(token_isft.ok()) << token_isft.status();
-  EXPECT_EQ(DeviceObjective::Create(**token_isft, &opaque, 8, kVocab), nullptr);
-  auto aot = Dpo("aot", {DpoConfig::AOT}, {}, 0);
-  ASSERT_NE(aot, nullptr);
-  EXPECT_EQ(DeviceObjective::Create(*aot, &opaque, 8, kVocab), nullptr);
-  for (const char* which : {"ld_alpha", "use_weighting", "f_divergence"}) {
-    DpoConfig config;
-    config.set_beta(0.1f);
-    if (std::string(which) == "ld_alpha") config.set_ld_alpha(0.5f);
-    if (std::string(which) == "use_weighting") config.set_use_weighting(true);
-    if (std::string(which) == "f_divergence") {
-      config.set_f_divergence_type(DpoConfig::JS_DIVERGENCE);
-    }
-    auto dpo = DpoObjective::Create(config, kVocab);
-    ASSERT_TRUE(dpo.ok()) << dpo.status();
-    EXPECT_EQ(DeviceObjective::Create(**dpo, &opaque, 8, kVocab), nullptr)
-        << which;
-  }
+  // The reference-free objectives have no device form.
+  CpoConfig cpo_config;
+  cpo_config.set_beta(0.1f);
+  auto cpo = CpoObjective::Create(cpo_config, kVocab);
+  ASSERT_TRUE(cpo.ok()) << cpo.status();
+  EXPECT_EQ(DeviceObjective::Create(**cpo, &opaque, 8, kVocab), nullptr);
 }
 
 }  // namespace

@@ -16,13 +16,10 @@
 namespace prefopt::objectives {
 namespace {
 
-// log σ(x).
-double LogSigmoid(double x) { return -Softplus(-x); }
-
 // The losses on the score difference Δ = s_w − s_l (or its length average);
 // the others read the raw log-ratios (docs/objectives.md §1).
 // The shared per-pair loss (kernels/objective_math.h) of a loss type; none
-// for AOT, AOT_UNPAIRED (sorted across the batch) and SFT (a token mean).
+// for SFT (a token mean). The host sorts AOT's itself (AddTerm).
 std::optional<kernels::PairLoss> DevicePairLoss(DpoConfig::LossType type) {
   switch (type) {
     case DpoConfig::SIGMOID:
@@ -49,6 +46,10 @@ std::optional<kernels::PairLoss> DevicePairLoss(DpoConfig::LossType type) {
       return kernels::PairLoss::kApoZero;
     case DpoConfig::APO_DOWN:
       return kernels::PairLoss::kApoDown;
+    case DpoConfig::AOT:
+      return kernels::PairLoss::kAot;
+    case DpoConfig::AOT_UNPAIRED:
+      return kernels::PairLoss::kAotUnpaired;
     default:
       return std::nullopt;
   }
@@ -67,14 +68,6 @@ bool OnScoreDifference(DpoConfig::LossType type) {
     default:
       return false;
   }
-}
-
-// −(1−ε)·log σ(βδ) − ε·log σ(−βδ) and its derivative w.r.t. δ: cDPO, and
-// AOT's loss on its sorted differences.
-double SmoothedLogistic(double beta, double eps, double delta, double* d) {
-  const double u = beta * delta;
-  *d = beta * (-(1 - eps) * Sigmoid(-u) + eps * Sigmoid(u));
-  return (1 - eps) * Softplus(-u) + eps * Softplus(u);
 }
 
 // The permutation that sorts `values` ascending (ties keep their order).
@@ -168,31 +161,23 @@ absl::StatusOr<std::unique_ptr<DpoObjective>> DpoObjective::Create(
   return dpo;
 }
 
-double DpoObjective::Score(double r, double* dscore) const {
+kernels::ScoreDivergence DpoObjective::ScoreKind() const {
   switch (divergence_) {
     case DpoConfig::FORWARD_KL:
-      // f'(t) = 1 − 1/t.
-      *dscore = std::exp(-r);
-      return 1 - std::exp(-r);
+      return kernels::ScoreDivergence::kForwardKl;
     case DpoConfig::JS_DIVERGENCE:
-      // f'(t) = log(2t/(t+1)) = log 2 + log σ(log t).
-      *dscore = Sigmoid(-r);
-      return std::log(2.0) + LogSigmoid(r);
-    case DpoConfig::ALPHA_DIVERGENCE: {
-      // f'(t) = (t^(α−1) − 1)/(α−1); TRL falls back to reverse KL at α ≈ 1
-      // and clamps the exponent at 80 (no gradient beyond).
-      const double a = alpha_divergence_ - 1.0;
-      if (std::abs(a) < 1e-6) break;
-      const double t = a * r;
-      const double e = std::exp(std::min(t, 80.0));
-      *dscore = t <= 80.0 ? e : 0.0;
-      return (e - 1.0) / a;
-    }
+      return kernels::ScoreDivergence::kJsDivergence;
+    case DpoConfig::ALPHA_DIVERGENCE:
+      return kernels::ScoreDivergence::kAlphaDivergence;
     default:
-      break;
+      return kernels::ScoreDivergence::kReverseKl;
   }
-  *dscore = 1;
-  return r;
+}
+
+double DpoObjective::Score(double r, double* dscore) const {
+  // The formula the device path runs too (kernels/objective_math.h).
+  return kernels::objective_math::Score(ScoreKind(), alpha_divergence_, r,
+                                        dscore);
 }
 
 double DpoObjective::Weighted(const float* logp, int tokens, int shared) const {
@@ -223,8 +208,9 @@ void DpoObjective::AddTerm(const Term& term,
     const std::vector<int> px = SortOrder(x), py = SortOrder(y);
     for (size_t j = 0; j < n; ++j) {
       double d = 0;
-      const double loss =
-          SmoothedLogistic(b, eps_, x[px[j]] - y[py[j]], &d) * w;
+      const double loss = kernels::objective_math::SmoothedLogistic(
+                              b, eps_, x[px[j]] - y[py[j]], &d) *
+                          w;
       PairState& from_x = (*pairs)[px[j]];
       (*pairs)[j].loss += loss;
       if (type == DpoConfig::AOT) {
@@ -451,22 +437,22 @@ double DpoObjective::TokenDenominator(
 }
 
 bool DpoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
-  if (ld_alpha_ >= 0 || use_weighting_ ||
-      divergence_ != DpoConfig::REVERSE_KL) {
-    return false;
-  }
   kernels::ObjectiveParams p;
   p.kind = kernels::ObjectiveKind::kPreference;
   p.beta = beta_;
   p.label_smoothing = eps_;
   p.discopop_tau = discopop_tau_;
+  p.score = ScoreKind();
+  p.score_alpha = alpha_divergence_;
+  p.ld_alpha = ld_alpha_;
+  p.use_weighting = use_weighting_;
   for (const Term& term : terms_) {
     if (term.type == DpoConfig::SFT) {
       p.sft_weight += term.weight;
       continue;
     }
     const std::optional<kernels::PairLoss> loss = DevicePairLoss(term.type);
-    if (!loss.has_value()) return false;  // AOT's sorts stay on the host
+    if (!loss.has_value()) return false;
     if (p.num_terms == kernels::kMaxPairLossTerms) return false;
     p.loss[p.num_terms] = *loss;
     p.weight[p.num_terms] = term.weight;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/objective_math.h"
 #include "proto/config.pb.h"
 #include "trainer/objectives/metric_sums.h"
 #include "trainer/objectives/objective.h"
@@ -74,9 +75,8 @@ class DpoObjective : public Objective {
   double Loss(const MicroBatchView& batch, std::vector<double>* dloss_dlogp,
               MetricSums* sums) const;
 
-  // Every loss type but AOT and AOT_UNPAIRED (sorted across the batch), with
-  // mixtures and the SFT term; not with f-DPO's other divergences, LD-DPO or
-  // WPO.
+  // Every loss type, with mixtures, the SFT term, f-DPO's divergences, LD-DPO
+  // and WPO.
   bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
   double beta() const { return beta_; }
@@ -99,8 +99,10 @@ class DpoObjective : public Objective {
   // Σ over a response's tokens of a_t·ℓ_t, a_t the LD-DPO weight.
   double Weighted(const float* logp, int tokens, int shared) const;
   double TokenWeight(int t, int shared) const {
-    return ld_alpha_ >= 0 && t >= shared ? ld_alpha_ : 1.0;
+    return kernels::objective_math::LdTokenWeight(ld_alpha_, t, shared);
   }
+  // f_divergence_type as the device path names it.
+  kernels::ScoreDivergence ScoreKind() const;
 
   double beta_ = 0.1;
   double eps_ = 0;

@@ -5,70 +5,20 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/length_check.h"
 
 namespace prefopt::objectives {
 
 PhiValue EvaluatePhi(Divergence divergence, double r, double domain_margin) {
-  // Lowest r kept, or -inf where φ is defined everywhere.
-  double r_min = -HUGE_VAL;
-  switch (divergence) {
-    case Divergence::kNeymanChi2:
-    case Divergence::kSquaredHellinger:
-      r_min = -1.0 + domain_margin;
-      break;
-    case Divergence::kJensenShannon:
-      r_min = -std::log(2.0) + domain_margin;
-      break;
-    case Divergence::kKl:
-      r_min = -kKlMaxExponent;
-      break;
-    case Divergence::kTotalVariation:
-    case Divergence::kPearsonChi2:
-      break;
-  }
+  // The formula the device path runs too (kernels/objective_math.h), whose
+  // enum lists the divergences in the same order.
+  static_assert(static_cast<int>(Divergence::kJensenShannon) ==
+                static_cast<int>(kernels::ImplicitDivergence::kJensenShannon));
   PhiValue v;
-  if (r < r_min) {
-    r = r_min;
-    v.clamped = true;
-  }
-  switch (divergence) {
-    case Divergence::kTotalVariation:
-      v.phi = r;
-      v.dphi = 1.0;
-      break;
-    case Divergence::kPearsonChi2:
-      v.phi = r - 0.25 * r * r;
-      v.dphi = 1.0 - 0.5 * r;
-      break;
-    case Divergence::kNeymanChi2: {
-      const double s = std::sqrt(1.0 + r);
-      v.phi = 2.0 * s - 2.0;
-      v.dphi = 1.0 / s;
-      break;
-    }
-    case Divergence::kKl: {
-      // The convex conjugate's exp(−(r+1)) scaled by e: the minimizer is the
-      // same, and the weight at π = π_ref is β, as for the other divergences.
-      const double e = std::exp(-r);
-      v.phi = -e;
-      v.dphi = e;
-      break;
-    }
-    case Divergence::kSquaredHellinger: {
-      const double u = 1.0 + r;
-      v.phi = r / u;
-      v.dphi = 1.0 / (u * u);
-      break;
-    }
-    case Divergence::kJensenShannon: {
-      // 2 − e^{−r} = 1 − expm1(−r): no cancellation for small |r|.
-      v.phi = std::log1p(-std::expm1(-r));
-      // e^{−r} / (2 − e^{−r}) = 1 / (2e^r − 1).
-      v.dphi = 1.0 / (2.0 * std::exp(r) - 1.0);
-      break;
-    }
-  }
+  kernels::objective_math::EvaluatePhi(
+      static_cast<kernels::ImplicitDivergence>(divergence), r, domain_margin,
+      &v.phi, &v.dphi, &v.clamped);
   return v;
 }
 

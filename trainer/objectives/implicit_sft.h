@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/metric_sums.h"
 #include "trainer/objectives/output_layer.h"
 
@@ -44,7 +45,8 @@ struct ImplicitSftOptions {
 
 // KL's exponent −r is clamped to at most this (r ≥ −20), which bounds its
 // loss and weight by e^20 ≈ 4.9e8.
-inline constexpr double kKlMaxExponent = 20.0;
+inline constexpr double kKlMaxExponent =
+    kernels::objective_math::kKlMaxExponent;
 
 // φ and φ′ of a divergence at r after clamping r into its domain (see
 // ImplicitSftOptions::domain_margin and kKlMaxExponent); `clamped` says

@@ -63,13 +63,13 @@ int ChunkedOutputLayer::Pass1(const float* hidden, const float* wout,
 
 void ChunkedOutputLayer::ForwardOnBackend(
     const float* hidden, const float* wout, const int32_t* tokens,
-    const std::vector<ResponseSegment>& segments) {
-  Pass1(hidden, wout, tokens, segments, /*log_sum_sq_probs=*/false);
+    const std::vector<ResponseSegment>& segments, bool log_sum_sq_probs) {
+  Pass1(hidden, wout, tokens, segments, log_sum_sq_probs);
 }
 
 ChunkedOutputLayer::BackendRows ChunkedOutputLayer::rows() const {
-  return {logp_, logit_sum_, reinterpret_cast<const int32_t*>(correct_),
-          entropy_, coef_};
+  return {logp_,    logit_sum_,  reinterpret_cast<const int32_t*>(correct_),
+          entropy_, log_sum_sq_, coef_};
 }
 
 std::vector<SequenceScores> ChunkedOutputLayer::Forward(

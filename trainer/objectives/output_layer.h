@@ -51,10 +51,12 @@ class ChunkedOutputLayer {
       bool log_sum_sq_probs = false);
 
   // Pass 1 without bringing anything to the host: the per-row values stay in
-  // backend memory (rows()) for Backend::ObjectiveCoefficients.
+  // backend memory (rows()) for Backend::ObjectiveCoefficients, log Σ p²
+  // among them when `log_sum_sq_probs`.
   void ForwardOnBackend(const float* hidden, const float* wout,
                         const int32_t* tokens,
-                        const std::vector<ResponseSegment>& segments);
+                        const std::vector<ResponseSegment>& segments,
+                        bool log_sum_sq_probs = false);
   // Pass 1's per-row values in backend memory, rows of the segments back to
   // back, and the coefficient buffer BackwardOnBackend reads.
   struct BackendRows {
@@ -62,6 +64,7 @@ class ChunkedOutputLayer {
     const float* logit_sum;
     const int32_t* correct;
     const float* entropy;
+    const float* log_sum_sq;  // written by ForwardOnBackend when asked
     float* coef;
   };
   BackendRows rows() const;

@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/length_check.h"
 
 namespace prefopt::objectives {
@@ -14,8 +15,8 @@ std::vector<double> PriorTokenWeights(absl::Span<const float> ref_logp,
   std::vector<double> w(ref_logp.size());
   double sum = 0;
   for (size_t t = 0; t < w.size(); ++t) {
-    // pow(x, 0) is 1 for every x, 0 included, so α = 0 is exactly SFT.
-    w[t] = std::pow(-std::expm1(static_cast<double>(ref_logp[t])), alpha);
+    // The formula the device path runs too (kernels/objective_math.h).
+    w[t] = kernels::objective_math::PriorTokenWeight(ref_logp[t], alpha);
     sum += w[t];
   }
   const double scale =
