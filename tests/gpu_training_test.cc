@@ -538,7 +538,13 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"lora_llama_dpo_live_reference", "dpo { beta: 0.1 }",
              "gpt2/pairs.jsonl", kLlamaLora, "model.live_reference=true"},
         Case{"lora_llama_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl",
-             kLlamaLora}),
+             kLlamaLora},
+        // SparsePO: the policy in reference mode is its own reference, and
+        // the frozen output embedding comes to the host once.
+        Case{"lora_sparsepo", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl",
+             kGpt2Lora},
+        Case{"lora_llama_sparsepo_mapo", "sparsepo { mask: MAPO }",
+             "gpt2/pairs.jsonl", kLlamaLora, nullptr, kMapoMetricTol, false}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });
