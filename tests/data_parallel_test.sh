@@ -9,8 +9,8 @@
 # mixes its own copy of the reference with the gathered policy (a rank that
 # mixed with its ZeRO-1 shard only, or skipped the sync, would score against
 # another reference), and for KTO, whose KL estimate sums the ranks'
-# pre-passes (docs/objectives.md §9), and for LoRA, whose trainable buffer
-# is the adapters alone.
+# pre-passes (docs/objectives.md §9), and for LoRA (DPO and SparsePO), whose
+# trainable buffer is the adapters alone.
 set -uo pipefail
 
 prefopt="$PWD/$1"
@@ -27,7 +27,7 @@ one = [json.loads(l) for l in open(sys.argv[2])]
 two = [json.loads(l) for l in open(sys.argv[3])]
 assert len(one) == len(two) == 6, (len(one), len(two))
 keys = ["loss", "grad_norm", "rewards/margins", "logps/chosen"]
-if name == "sparsepo":
+if name.startswith("sparsepo"):
     keys += ["mask/mean", "mask/kl_mean"]
 if name == "kto":
     keys += ["kl", "logps/rejected"]
@@ -111,6 +111,12 @@ run_case tr_dpo "dpo { beta: 0.1 sync_ref_model: true ref_model_sync_steps: 2 }"
 # LoRA (docs/lora.md): only the adapters are all-reduced, sharded and stepped;
 # dropout 0, whose masks would depend on how the batch is split.
 run_case lora "dpo { beta: 0.1 }" \
+  "lora { r: 4 alpha: 8 target_modules: 'all-linear' }" pairs.jsonl true \
+  policy -
+# SparsePO with LoRA: the adapters and both mask networks are summed across
+# ranks; the reference is each rank's policy in reference mode.
+run_case sparsepo_lora \
+  "sparsepo { independent_masks: true l1_reward: 0.01 mask_init_std: 0.3 }" \
   "lora { r: 4 alpha: 8 target_modules: 'all-linear' }" pairs.jsonl true \
   policy -
 # The models swapped, so that the KL estimate is above 0 (not clamped).

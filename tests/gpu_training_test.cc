@@ -563,7 +563,13 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"lora_bf16_base", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
              kGpt2Lora, "model.base_dtype=WEIGHT_BF16"},
         Case{"lora_llama_bf16_base", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
-             kLlamaLora, "model.base_dtype=WEIGHT_BF16"}),
+             kLlamaLora, "model.base_dtype=WEIGHT_BF16"},
+        // SparsePO: the policy in reference mode is its own reference, and
+        // the frozen output embedding comes to the host once.
+        Case{"lora_sparsepo", "sparsepo { beta: 0.8 }", "gpt2/pairs.jsonl",
+             kGpt2Lora},
+        Case{"lora_llama_sparsepo_mapo", "sparsepo { mask: MAPO }",
+             "gpt2/pairs.jsonl", kLlamaLora, nullptr, kMapoMetricTol, false}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(info.param.name);
     });

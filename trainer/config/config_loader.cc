@@ -635,12 +635,6 @@ void CheckLora(const TrainConfig& config, std::vector<std::string>* problems) {
         "frozen base model (TRL likewise refuses sync_ref_model with a "
         "peft_config); remove sync_ref_model or model.lora");
   }
-  if (objective.has_sparsepo()) {
-    problems->push_back(
-        "objective.sparsepo: does not train with model.lora yet (its step "
-        "holds its own reference copy and trains the output embedding); "
-        "remove model.lora for SparsePO");
-  }
 }
 
 void CheckModel(const TrainConfig& config, std::vector<std::string>* problems) {

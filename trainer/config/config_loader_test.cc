@@ -1112,6 +1112,22 @@ TEST(LoadTrainConfigTest, LoraGetsPeftsDefaultsAndResolvesItsAdapterPath) {
             (fs::path(path).parent_path() / "adapter").string());
 }
 
+// SparsePO trains adapters too: the policy in reference mode is its
+// reference (docs/lora.md).
+TEST(LoadTrainConfigTest, SparsePoTrainsWithLora) {
+  for (const char* objective : {"sparsepo {}", "sparsepo { mask: MAPO }",
+                                "sparsepo { independent_masks: true }"}) {
+    absl::StatusOr<TrainConfig> config = LoadTrainConfig(
+        WriteTempFile(
+            "lora_sparsepo.textproto",
+            absl::StrCat("model { hf_path: '/m' lora { r: 4 } } "
+                         "objective { ",
+                         objective, " } data { train_files: '/t.jsonl' }")),
+        {});
+    EXPECT_TRUE(config.ok()) << objective << ": " << config.status();
+  }
+}
+
 TEST(LoadTrainConfigTest, LoraProblemsNameTheirFields) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"model { hf_path: '/m' lora { r: 0 } } objective { dpo {} }",
@@ -1127,8 +1143,6 @@ TEST(LoadTrainConfigTest, LoraProblemsNameTheirFields) {
       {"model { hf_path: '/m' live_reference: true lora {} } "
        "objective { dpo { sync_ref_model: true } }",
        "objective.dpo.sync_ref_model: TR-DPO mixes"},
-      {"model { hf_path: '/m' lora {} } objective { sparsepo {} }",
-       "objective.sparsepo: does not train with model.lora"},
       {"model { hf_path: '/m' base_dtype: WEIGHT_BF16 } objective { dpo {} }",
        "model.base_dtype: holds the frozen weights of a LoRA run and needs "
        "model.lora (got WEIGHT_BF16"},

@@ -197,7 +197,12 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
   auto objective =
       objectives::SparsePoObjective::Create(options, policy->vocab_size());
   if (!objective.ok()) return objective.status();
-  if (reference->vocab_size() != policy->vocab_size()) {
+  if (reference == nullptr && !policy->has_lora()) {
+    return absl::InvalidArgumentError(
+        "objective.sparsepo: a policy without model.lora needs a reference "
+        "model of its own (only a LoRA policy is its own reference)");
+  }
+  if (reference != nullptr && reference->vocab_size() != policy->vocab_size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("objective.sparsepo: the reference vocabulary (",
                      reference->vocab_size(), ") differs from the policy's (",
@@ -273,7 +278,8 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
                            std::unique_ptr<model::Decoder> reference,
                            objectives::SparsePoObjective objective)
     : policy_(policy),
-      reference_(std::move(reference)),
+      own_reference_(std::move(reference)),
+      reference_(own_reference_ != nullptr ? own_reference_.get() : policy),
       objective_(std::move(objective)),
       chunk_(config.output_chunk_tokens()),
       learned_(config.objective().sparsepo().mask() ==
@@ -305,45 +311,65 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   const std::vector<objectives::ResponseSegment>& segments = batch.segments;
   const int32_t* tokens = batch.packed.tokens.data();
 
-  const float* hidden = policy_->Forward(batch.packed);
+  // The reference first: with LoRA it is the policy's own decoder (in
+  // reference mode), and Backward needs the policy's forward to be the last.
+  const bool shared = reference_ == policy_;
   inputs_->Begin(&segments);
   reference_->set_observer(inputs_.get());
+  if (shared) policy_->set_reference_mode(true);
   const float* ref_hidden = reference_->Forward(batch.packed);
+  if (shared) policy_->set_reference_mode(false);
   reference_->set_observer(nullptr);
-
   // The response rows of both models, gathered so that the fused kernel's
   // chunks span sequences.
   int rows = 0;
   for (const objectives::ResponseSegment& s : segments) {
-    b.CopyToHost(rows_h_.data() + static_cast<size_t>(rows) * C,
-                 hidden + static_cast<size_t>(s.row) * C,
-                 static_cast<size_t>(s.count) * C);
-    b.CopyToHost(rows_ref_h_.data() + static_cast<size_t>(rows) * RC,
-                 ref_hidden + static_cast<size_t>(s.row) * RC,
-                 static_cast<size_t>(s.count) * RC);
+    reference_->backend()->CopyToHost(
+        rows_ref_h_.data() + static_cast<size_t>(rows) * RC,
+        ref_hidden + static_cast<size_t>(s.row) * RC,
+        static_cast<size_t>(s.count) * RC);
     std::copy(tokens + s.row + 1, tokens + s.row + 1 + s.count,
               labels_.begin() + rows);
     rows += s.count;
   }
+  const float* hidden = policy_->Forward(batch.packed);
+  rows = 0;
+  for (const objectives::ResponseSegment& s : segments) {
+    b.CopyToHost(rows_h_.data() + static_cast<size_t>(rows) * C,
+                 hidden + static_cast<size_t>(s.row) * C,
+                 static_cast<size_t>(s.count) * C);
+    rows += s.count;
+  }
   // The fused two-model output layer runs on the host (kernels/cpu). On a
   // backend whose memory the host cannot address, the output embeddings come
-  // down and their gradient goes up once per micro-batch.
+  // down and their gradient goes up once per micro-batch. With LoRA the
+  // output embedding is frozen: it has no gradient (pass 2 skips it) and
+  // comes down once, for both models.
   const float* wout = policy_->output_embedding();
   const float* ref_wout = reference_->output_embedding();
   float* dwout = policy_->output_embedding_grad();
   const size_t wout_n = static_cast<size_t>(policy_->vocab_size()) * C;
   const bool host = b.HostAddressable();
   if (!host) {
-    const size_t ref_wout_n =
-        static_cast<size_t>(reference_->vocab_size()) * RC;
-    wout_h_.resize(wout_n);
-    ref_wout_h_.resize(ref_wout_n);
-    b.CopyToHost(wout_h_.data(), wout, wout_n);
-    reference_->backend()->CopyToHost(ref_wout_h_.data(), ref_wout, ref_wout_n);
-    dwout_h_.assign(wout_n, 0.0f);
+    if (dwout != nullptr || wout_h_.empty()) {
+      wout_h_.resize(wout_n);
+      b.CopyToHost(wout_h_.data(), wout, wout_n);
+    }
+    if (shared) {
+      ref_wout = wout_h_.data();
+    } else {
+      const size_t ref_wout_n =
+          static_cast<size_t>(reference_->vocab_size()) * RC;
+      ref_wout_h_.resize(ref_wout_n);
+      reference_->backend()->CopyToHost(ref_wout_h_.data(), ref_wout,
+                                        ref_wout_n);
+      ref_wout = ref_wout_h_.data();
+    }
     wout = wout_h_.data();
-    ref_wout = ref_wout_h_.data();
-    dwout = dwout_h_.data();
+    if (dwout != nullptr) {
+      dwout_h_.assign(wout_n, 0.0f);
+      dwout = dwout_h_.data();
+    }
   }
   const kernels::cpu::SparsePoOutputLayers layers{
       rows_h_.data(),       wout, C, rows_ref_h_.data(), ref_wout, RC,
@@ -389,7 +415,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
       layers, labels_.data(), rows, lse_.data(), ref_lse_.data(),
       grads_.coef_a.data(), grads_.coef_b.data(), chunk_buf_.data(),
       ref_chunk_buf_.data(), chunk_, rows_dh_.data(), dwout);
-  if (!host) {
+  if (!host && dwout != nullptr) {
     if (dwout_upload_ == nullptr) dwout_upload_ = b.Alloc(wout_n);
     b.CopyToDevice(dwout_upload_, dwout_h_.data(), wout_n);
     b.Axpy(policy_->output_embedding_grad(), 1.0f, dwout_upload_, wout_n);

@@ -3,9 +3,11 @@
 // term that needs the reference's full-vocabulary logits, its masks come from
 // the reference's activations, and the learned mask is a second set of trained
 // parameters. This class holds what it needs beside the policy:
-//   - the live reference, a frozen decoder kept in memory for the whole run
-//     (no gradients, no optimizer state), observed during its Forward for the
-//     mask inputs;
+//   - the live reference, observed during its Forward for the mask inputs:
+//     a frozen decoder kept in memory for the whole run (no gradients, no
+//     optimizer state), or with LoRA the policy itself in reference mode
+//     (its adapters off, or its frozen starting adapter: docs/lora.md), so
+//     the weights are held once;
 //   - the mask: one or two SparsePoMaskNet (LEARNED: over the reference's
 //     hidden state after each layer, the last after the final norm, on the
 //     response rows) with their own AdamW, or MaPO's fixed masks (MAPO: from
@@ -13,12 +15,14 @@
 //   - the fused two-model output layer (kernels/cpu/fused_sparsepo.h), which
 //     keeps the output layer's memory at two [chunk, V] buffers.
 //
-// One micro-batch: policy forward → reference forward (capturing) → fused
+// One micro-batch: reference forward (capturing) → policy forward → fused
 // pass 1 (ℓ, ℓ̃, K per response token) → masks → SparsePoObjective::Pair per
 // pair → fused pass 2 into the policy's ∂hidden and output-embedding
-// gradient → policy backward → mask networks' backward. The loop sums the
-// mask gradients across ranks, clips them together with the policy's, and
-// calls Update after the policy's AdamW step.
+// gradient (none with LoRA: the output embedding is frozen) → policy
+// backward → mask networks' backward. The reference goes first because with
+// LoRA it is the same decoder, whose Backward needs the policy's activations.
+// The loop sums the mask gradients across ranks, clips them together with the
+// policy's, and calls Update after the policy's AdamW step.
 //
 // The fused kernel and the mask networks are CPU code. On a backend whose
 // memory the host cannot address (the GPU), the step copies what they read
@@ -59,7 +63,9 @@ class SparsePoStep {
   // `config` is the validated run config (objective.sparsepo set; its
   // optimizer and output_chunk_tokens apply, and its seed draws the mask
   // networks' initial weights). `policy` is not owned and outlives this
-  // object; `reference` is the frozen reference (CreateReferenceModel).
+  // object; `reference` is the frozen reference (CreateReferenceModel), or
+  // null for a LoRA policy, which is then its own reference in reference
+  // mode (Decoder::set_reference_mode).
   static absl::StatusOr<std::unique_ptr<SparsePoStep>> Create(
       const TrainConfig& config, model::Decoder* policy,
       std::unique_ptr<model::Decoder> reference);
@@ -102,6 +108,7 @@ class SparsePoStep {
   absl::Status RestoreCheckpointTensors(
       absl::Span<const io::TensorToWrite> tensors);
 
+  // The reference decoder: the frozen copy, or the policy itself (LoRA).
   const model::Decoder& reference() const { return *reference_; }
   // LEARNED: the common mask network, or with independent masks the reward
   // and the KL ones (those whose term is masked). Empty with MaPO masks.
@@ -130,7 +137,9 @@ class SparsePoStep {
   std::vector<StateBuffer> StateBuffers();
 
   model::Decoder* policy_;
-  std::unique_ptr<model::Decoder> reference_;
+  // Null when the policy is its own reference (LoRA).
+  std::unique_ptr<model::Decoder> own_reference_;
+  model::Decoder* reference_;
   objectives::SparsePoObjective objective_;
   int chunk_;
   bool learned_;
@@ -154,8 +163,9 @@ class SparsePoStep {
   kernels::CpuBackend host_backend_;
   std::vector<float> chunk_buf_, ref_chunk_buf_;
   // On a backend the host cannot address: host copies of both models'
-  // output embeddings and of the policy's gradient for them, and a backend
-  // buffer that carries that gradient up (see ForwardBackward).
+  // output embeddings (one, copied once, when the policy is its own LoRA
+  // reference: the frozen base's) and of the policy's gradient for them, and
+  // a backend buffer that carries that gradient up (see ForwardBackward).
   std::vector<float> wout_h_, ref_wout_h_, dwout_h_;
   float* dwout_upload_ = nullptr;
   objectives::SparsePoGradients grads_;

@@ -557,14 +557,26 @@ absl::Status Trainer::Init() {
   }
 
   if (sparsepo) {
-    // SparsePO's reference stays in memory for the whole run (§6).
-    auto reference = CreateReferenceModel(mc, *policy_);
-    if (!reference.ok()) return reference.status();
+    // SparsePO's reference stays in memory for the whole run (§6); a LoRA
+    // policy is its own reference, in reference mode (docs/lora.md).
+    std::unique_ptr<model::Decoder> reference;
+    if (!policy_->has_lora()) {
+      auto copy = CreateReferenceModel(mc, *policy_);
+      if (!copy.ok()) return copy.status();
+      reference = *std::move(copy);
+    }
     auto step =
-        SparsePoStep::Create(config_, policy_.get(), *std::move(reference));
+        SparsePoStep::Create(config_, policy_.get(), std::move(reference));
     if (!step.ok()) return step.status();
     sparsepo_ = *std::move(step);
-    out() << "reference: live (frozen copy in memory)\n";
+    if (policy_->has_lora()) {
+      out() << "reference: live (the model in reference mode: "
+            << (reference_adapters_ != nullptr ? "its starting adapter"
+                                               : "its adapters off")
+            << ")\n";
+    } else {
+      out() << "reference: live (frozen copy in memory)\n";
+    }
   } else if (objective_->reference_needs() !=
              objectives::ReferenceNeeds::kNone) {
     if (mc.live_reference() && policy_->has_lora()) {
@@ -869,7 +881,12 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
                      /*include_context=*/true, &batch_, only_response);
     tokens += batch_.packed.rows();
     if (sparsepo_ != nullptr) {
+      // LoRA's dropout draws a mask per training micro-batch (docs/lora.md);
+      // the reference forward, in reference mode, never drops.
+      policy_->set_lora_dropout_seed(LoraDropoutSeed(
+          config_.seed(), step_, static_cast<int>(begin / mb), rank_));
       sparsepo_->ForwardBackward(batch_, denominator, sums);
+      policy_->set_lora_dropout_seed(std::nullopt);
       continue;
     }
     const objectives::ReferenceValues* reference = &references_;
