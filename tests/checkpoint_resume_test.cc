@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "proto/checkpoint.pb.h"
 #include "tests/fixture_util.h"
+#include "tests/trainer_steps.h"
 #include "trainer/checkpoint/checkpoint_export.h"
 #include "trainer/checkpoint/forge_manifest.h"
 #include "trainer/config/config_loader.h"
@@ -31,7 +32,11 @@ namespace prefopt {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::ExpectBitwiseEqual;
 using ::testing::HasSubstr;
+using testing::RunSteps;
+using testing::StepMetrics;
+using testing::TrainableParams;
 
 // 6 pairs in global batches of 2: 3 steps per epoch, so the 8 steps cross
 // two epoch boundaries (each with its own shuffle), and the resume at step
@@ -73,40 +78,6 @@ std::unique_ptr<loop::Trainer> MakeTrainer(
   return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
-// Every metric of each step but the timing, which differs between runs.
-using StepMetrics = std::map<std::string, double>;
-
-std::vector<StepMetrics> RunSteps(loop::Trainer& trainer, int until) {
-  std::vector<StepMetrics> steps;
-  while (trainer.steps_done() < until) {
-    auto m = trainer.Step();
-    EXPECT_TRUE(m.ok()) << m.status();
-    if (!m.ok()) break;
-    m->erase("tokens_per_second");
-    steps.push_back(*m);
-  }
-  return steps;
-}
-
-std::vector<float> Params(const loop::Trainer& trainer) {
-  const model::Decoder& p = trainer.policy();
-  return std::vector<float>(p.params(), p.params() + p.layout().total());
-}
-
-void ExpectBitwiseEqual(const std::vector<StepMetrics>& a,
-                        const std::vector<StepMetrics>& b, int first_step) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].size(), b[i].size());
-    for (const auto& [name, value] : a[i]) {
-      const double other = b[i].at(name);
-      EXPECT_EQ(std::memcmp(&value, &other, sizeof(double)), 0)
-          << "step " << first_step + i + 1 << " " << name << ": " << value
-          << " vs " << other;
-    }
-  }
-}
-
 // SparsePO also saves and restores its mask networks and their optimizers.
 class ResumeEachObjective : public ::testing::TestWithParam<const char*> {};
 
@@ -142,7 +113,8 @@ TEST_P(ResumeEachObjective, ResumedRunIsBitwiseTheUninterruptedRun) {
   const std::vector<StepMetrics> tail = RunSteps(*resumed, 8);
   ExpectBitwiseEqual(tail, std::vector<StepMetrics>(all.begin() + 4, all.end()),
                      4);
-  const std::vector<float> a = Params(*straight), b = Params(*resumed);
+  const std::vector<float> a = TrainableParams(*straight),
+                           b = TrainableParams(*resumed);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
       << "final weights differ";
@@ -187,7 +159,8 @@ TEST_P(ResumeAcrossCheckpointing, ResumedRunIsBitwiseTheUninterruptedRun) {
   EXPECT_EQ(resumed->steps_done(), 4);
   ExpectBitwiseEqual(RunSteps(*resumed, 8),
                      std::vector<StepMetrics>(all.begin() + 4, all.end()), 4);
-  const std::vector<float> a = Params(*straight), b = Params(*resumed);
+  const std::vector<float> a = TrainableParams(*straight),
+                           b = TrainableParams(*resumed);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
       << "final weights differ";
@@ -256,7 +229,8 @@ TEST(CheckpointResume, TrDpoResumesBitwiseBeforeAndAfterTheFirstSync) {
     const std::vector<StepMetrics> tail = RunSteps(*resumed, 8);
     ExpectBitwiseEqual(
         tail, std::vector<StepMetrics>(all.begin() + step, all.end()), step);
-    const std::vector<float> a = Params(*straight), b = Params(*resumed);
+    const std::vector<float> a = TrainableParams(*straight),
+                             b = TrainableParams(*resumed);
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
         << "final policy weights differ";
     const std::vector<float> ra = ReferenceParams(*straight),
@@ -436,7 +410,7 @@ TEST(CheckpointResume, ExportHoldsTheTrainedWeightsBitForBit) {
   absl::StatusOr<io::WeightStore> store = io::WeightStore::Open(out);
   ASSERT_TRUE(store.ok()) << store.status();
   const model::ParamLayout& layout = trainer->policy().layout();
-  const std::vector<float> params = Params(*trainer);
+  const std::vector<float> params = TrainableParams(*trainer);
   for (const model::HfTensorRef& ref : layout.HfTensors()) {
     std::vector<float> got(ref.numel), want(ref.numel);
     ASSERT_TRUE(store->ReadFloat(ref.name, ref.shape, got.data()).ok());

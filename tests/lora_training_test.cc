@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixture_util.h"
+#include "tests/trainer_steps.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/lora/peft_adapter.h"
@@ -29,7 +30,13 @@ namespace prefopt {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::BaseParams;
+using testing::Bitwise;
+using testing::ExpectBitwiseEqual;
 using ::testing::HasSubstr;
+using testing::RunSteps;
+using testing::StepMetrics;
+using testing::TrainableParams;
 
 constexpr char kLora[] =
     "lora { r: 4 alpha: 8 target_modules: 'c_attn' target_modules: "
@@ -77,49 +84,28 @@ std::unique_ptr<loop::Trainer> MakeTrainer(
   return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
-using StepMetrics = std::map<std::string, double>;
-
-std::vector<StepMetrics> RunSteps(loop::Trainer& trainer, int until) {
-  std::vector<StepMetrics> steps;
-  while (trainer.steps_done() < until) {
-    auto m = trainer.Step();
-    EXPECT_TRUE(m.ok()) << m.status();
-    if (!m.ok()) break;
-    m->erase("tokens_per_second");
-    steps.push_back(*m);
+// Runs `config` for 4 steps, checkpoints, runs 2 more, then resumes from the
+// checkpoint to step 8: every step and the final weights are bitwise those
+// of the uninterrupted run `straight`, whose 8 steps are `all`.
+void ExpectInterruptedRunResumesBitwise(const std::string& config,
+                                        const loop::Trainer& straight,
+                                        const std::vector<StepMetrics>& all) {
+  {
+    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
+    ASSERT_NE(first, nullptr);
+    ExpectBitwiseEqual(RunSteps(*first, 4),
+                       std::vector<StepMetrics>(all.begin(), all.begin() + 4));
+    ASSERT_TRUE(first->SaveCheckpoint().ok());
+    RunSteps(*first, 6);
   }
-  return steps;
-}
-
-std::vector<float> Adapters(const loop::Trainer& trainer) {
-  const model::Decoder& p = trainer.policy();
-  return std::vector<float>(p.params(), p.params() + p.layout().total());
-}
-
-std::vector<float> Base(const loop::Trainer& trainer) {
-  const model::Decoder& p = trainer.policy();
-  std::vector<float> base(p.base_layout().total());
-  p.CopyBaseToHost(base.data());
-  return base;
-}
-
-bool Bitwise(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-void ExpectBitwiseEqual(const std::vector<StepMetrics>& a,
-                        const std::vector<StepMetrics>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].size(), b[i].size());
-    for (const auto& [name, value] : a[i]) {
-      const double other = b[i].at(name);
-      EXPECT_EQ(std::memcmp(&value, &other, sizeof(double)), 0)
-          << "step " << i + 1 << " " << name << ": " << value << " vs "
-          << other;
-    }
-  }
+  std::unique_ptr<loop::Trainer> resumed =
+      MakeTrainer(config, {"resume=latest"});
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->steps_done(), 4);
+  ExpectBitwiseEqual(RunSteps(*resumed, 8),
+                     std::vector<StepMetrics>(all.begin() + 4, all.end()));
+  EXPECT_TRUE(Bitwise(TrainableParams(straight), TrainableParams(*resumed)));
+  EXPECT_TRUE(Bitwise(BaseParams(straight), BaseParams(*resumed)));
 }
 
 TEST(LoraTrainingTest, OnlyTheAdaptersTrain) {
@@ -135,12 +121,12 @@ TEST(LoraTrainingTest, OnlyTheAdaptersTrain) {
     adapters += t.numel;
   }
   EXPECT_EQ(adapters, 2u * 4 * ((32 + 96) + (128 + 32)));
-  const std::vector<float> base = Base(*trainer);
-  const std::vector<float> initial = Adapters(*trainer);
+  const std::vector<float> base = BaseParams(*trainer);
+  const std::vector<float> initial = TrainableParams(*trainer);
   const std::vector<StepMetrics> steps = RunSteps(*trainer, 8);
   ASSERT_EQ(steps.size(), 8u);
-  EXPECT_TRUE(Bitwise(Base(*trainer), base)) << "the base weights moved";
-  EXPECT_FALSE(Bitwise(Adapters(*trainer), initial));
+  EXPECT_TRUE(Bitwise(BaseParams(*trainer), base)) << "the base weights moved";
+  EXPECT_FALSE(Bitwise(TrainableParams(*trainer), initial));
   // B starts at zero: the first step's policy is the reference.
   EXPECT_NEAR(steps[0].at("rewards/margins"), 0.0, 1e-6);
   EXPECT_GT(steps[7].at("rewards/accuracies") + steps[6].at("rewards/margins"),
@@ -158,23 +144,8 @@ TEST(LoraTrainingTest, ResumedRunIsBitwiseTheUninterruptedRun) {
   const std::vector<StepMetrics> all = RunSteps(*straight, 8);
   ASSERT_EQ(all.size(), 8u);
 
-  const std::string config = RunConfig("lora_interrupted", lora);
-  {
-    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
-    ASSERT_NE(first, nullptr);
-    ExpectBitwiseEqual(RunSteps(*first, 4),
-                       std::vector<StepMetrics>(all.begin(), all.begin() + 4));
-    ASSERT_TRUE(first->SaveCheckpoint().ok());
-    RunSteps(*first, 6);
-  }
-  std::unique_ptr<loop::Trainer> resumed =
-      MakeTrainer(config, {"resume=latest"});
-  ASSERT_NE(resumed, nullptr);
-  EXPECT_EQ(resumed->steps_done(), 4);
-  ExpectBitwiseEqual(RunSteps(*resumed, 8),
-                     std::vector<StepMetrics>(all.begin() + 4, all.end()));
-  EXPECT_TRUE(Bitwise(Adapters(*straight), Adapters(*resumed)));
-  EXPECT_TRUE(Bitwise(Base(*straight), Base(*resumed)));
+  ExpectInterruptedRunResumesBitwise(RunConfig("lora_interrupted", lora),
+                                     *straight, all);
 }
 
 TEST(LoraTrainingTest, ActivationCheckpointingTrainsBitwiseAsTheStoredPath) {
@@ -188,7 +159,7 @@ TEST(LoraTrainingTest, ActivationCheckpointingTrainsBitwiseAsTheStoredPath) {
   ASSERT_NE(stored, nullptr);
   ASSERT_NE(recomputed, nullptr);
   ExpectBitwiseEqual(RunSteps(*stored, 5), RunSteps(*recomputed, 5));
-  EXPECT_TRUE(Bitwise(Adapters(*stored), Adapters(*recomputed)));
+  EXPECT_TRUE(Bitwise(TrainableParams(*stored), TrainableParams(*recomputed)));
 }
 
 TEST(LoraTrainingTest, LiveReferenceIsTheCachedReference) {
@@ -214,10 +185,10 @@ TEST(LoraTrainingTest, KtoTrainsItsAdapters) {
   std::unique_ptr<loop::Trainer> trainer =
       MakeTrainer(RunConfig("lora_kto", kLora, "", "kto { beta: 0.1 }"));
   ASSERT_NE(trainer, nullptr);
-  const std::vector<float> base = Base(*trainer);
+  const std::vector<float> base = BaseParams(*trainer);
   const std::vector<StepMetrics> steps = RunSteps(*trainer, 6);
   ASSERT_EQ(steps.size(), 6u);
-  EXPECT_TRUE(Bitwise(Base(*trainer), base));
+  EXPECT_TRUE(Bitwise(BaseParams(*trainer), base));
   EXPECT_GT(steps.back().at("grad_norm"), 0.0);
 }
 
@@ -262,7 +233,7 @@ TEST(LoraTrainingTest, ExportsAPeftAdapterThatReadsBackBitwise) {
   std::unique_ptr<loop::Trainer> again = MakeTrainer(RunConfig(
       "lora_from_export", absl::StrCat("lora { adapter_path: '", out, "' }")));
   ASSERT_NE(again, nullptr);
-  EXPECT_TRUE(Bitwise(Adapters(*again), Adapters(*trainer)));
+  EXPECT_TRUE(Bitwise(TrainableParams(*again), TrainableParams(*trainer)));
   // The config may repeat the adapter's settings, not contradict them.
   auto contradicting = Create(
       RunConfig("lora_contradicting",
@@ -299,11 +270,11 @@ TEST(LoraTrainingTest, Bf16BaseTrainsAsTheFp32BaseOfTheBf16Checkpoint) {
     ASSERT_NE(bf16, nullptr);
     EXPECT_NE(fp32->policy().base_params(), nullptr);
     EXPECT_EQ(bf16->policy().base_params(), nullptr);  // held in bf16
-    const std::vector<float> base = Base(*bf16);
-    EXPECT_TRUE(Bitwise(base, Base(*fp32)));
+    const std::vector<float> base = BaseParams(*bf16);
+    EXPECT_TRUE(Bitwise(base, BaseParams(*fp32)));
     ExpectBitwiseEqual(RunSteps(*fp32, 5), RunSteps(*bf16, 5));
-    EXPECT_TRUE(Bitwise(Adapters(*fp32), Adapters(*bf16)));
-    EXPECT_TRUE(Bitwise(Base(*bf16), base)) << "the base weights moved";
+    EXPECT_TRUE(Bitwise(TrainableParams(*fp32), TrainableParams(*bf16)));
+    EXPECT_TRUE(Bitwise(BaseParams(*bf16), base)) << "the base weights moved";
   }
 }
 
@@ -323,23 +294,8 @@ TEST(LoraTrainingTest, Bf16BaseResumesBitwise) {
   EXPECT_NE(RunSteps(*fp32, 1)[0].at("logps/chosen"),
             all[0].at("logps/chosen"));
 
-  const std::string config = RunConfig("bf16_interrupted", lora, bf16);
-  {
-    std::unique_ptr<loop::Trainer> first = MakeTrainer(config);
-    ASSERT_NE(first, nullptr);
-    ExpectBitwiseEqual(RunSteps(*first, 4),
-                       std::vector<StepMetrics>(all.begin(), all.begin() + 4));
-    ASSERT_TRUE(first->SaveCheckpoint().ok());
-    RunSteps(*first, 6);
-  }
-  std::unique_ptr<loop::Trainer> resumed =
-      MakeTrainer(config, {"resume=latest"});
-  ASSERT_NE(resumed, nullptr);
-  EXPECT_EQ(resumed->steps_done(), 4);
-  ExpectBitwiseEqual(RunSteps(*resumed, 8),
-                     std::vector<StepMetrics>(all.begin() + 4, all.end()));
-  EXPECT_TRUE(Bitwise(Adapters(*straight), Adapters(*resumed)));
-  EXPECT_TRUE(Bitwise(Base(*straight), Base(*resumed)));
+  ExpectInterruptedRunResumesBitwise(RunConfig("bf16_interrupted", lora, bf16),
+                                     *straight, all);
 }
 
 }  // namespace

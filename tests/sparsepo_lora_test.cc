@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/fixture_util.h"
+#include "tests/trainer_steps.h"
 #include "trainer/config/config_loader.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/lora/merge.h"
@@ -34,8 +35,12 @@ namespace prefopt {
 namespace {
 
 namespace fs = std::filesystem;
-using StepMetrics = std::map<std::string, double>;
-
+using testing::BaseParams;
+using testing::Bitwise;
+using testing::ExpectBitwiseEqual;
+using testing::RunSteps;
+using testing::StepMetrics;
+using testing::TrainableParams;
 constexpr char kLora[] =
     "lora { r: 4 alpha: 8 target_modules: 'c_attn' target_modules: "
     "'mlp.c_proj' }";
@@ -76,29 +81,6 @@ std::unique_ptr<loop::Trainer> MakeTrainer(
   return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
-std::vector<StepMetrics> RunSteps(loop::Trainer& trainer, int until) {
-  std::vector<StepMetrics> steps;
-  while (trainer.steps_done() < until) {
-    auto m = trainer.Step();
-    EXPECT_TRUE(m.ok()) << m.status();
-    if (!m.ok()) break;
-    m->erase("tokens_per_second");
-    steps.push_back(*m);
-  }
-  return steps;
-}
-
-std::vector<float> Adapters(const loop::Trainer& trainer) {
-  const model::Decoder& p = trainer.policy();
-  return std::vector<float>(p.params(), p.params() + p.layout().total());
-}
-
-std::vector<float> Base(const loop::Trainer& trainer) {
-  const model::Decoder& p = trainer.policy();
-  return std::vector<float>(p.base_params(),
-                            p.base_params() + p.base_layout().total());
-}
-
 // Every mask network's parameters, or their gradients.
 std::vector<float> MaskNets(loop::Trainer& trainer, bool grads) {
   std::vector<float> out;
@@ -107,25 +89,6 @@ std::vector<float> MaskNets(loop::Trainer& trainer, bool grads) {
     out.insert(out.end(), p, p + net->layout().total());
   }
   return out;
-}
-
-bool Bitwise(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-void ExpectBitwiseEqual(const std::vector<StepMetrics>& a,
-                        const std::vector<StepMetrics>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].size(), b[i].size());
-    for (const auto& [name, value] : a[i]) {
-      const double other = b[i].at(name);
-      EXPECT_EQ(std::memcmp(&value, &other, sizeof(double)), 0)
-          << "step " << i + 1 << " " << name << ": " << value << " vs "
-          << other;
-    }
-  }
 }
 
 // Every metric of `want` in `got`, to `tol` relative to max(1, |want|).
@@ -254,13 +217,13 @@ TEST_P(SparsePoLora, OnlyTheAdaptersAndTheMaskNetworksTrain) {
   auto trainer = MakeTrainer(RunConfig(absl::StrCat("train_", GetParam().name),
                                        kLora, GetParam().objective));
   ASSERT_NE(trainer, nullptr);
-  const std::vector<float> base = Base(*trainer);
-  const std::vector<float> adapters = Adapters(*trainer);
+  const std::vector<float> base = BaseParams(*trainer);
+  const std::vector<float> adapters = TrainableParams(*trainer);
   const std::vector<float> masks = MaskNets(*trainer, false);
   const std::vector<StepMetrics> steps = RunSteps(*trainer, 6);
   ASSERT_EQ(steps.size(), 6u);
-  EXPECT_TRUE(Bitwise(Base(*trainer), base)) << "the base weights moved";
-  EXPECT_FALSE(Bitwise(Adapters(*trainer), adapters));
+  EXPECT_TRUE(Bitwise(BaseParams(*trainer), base)) << "the base weights moved";
+  EXPECT_FALSE(Bitwise(TrainableParams(*trainer), adapters));
   if (!masks.empty()) {
     EXPECT_FALSE(Bitwise(MaskNets(*trainer, false), masks));
   }
@@ -340,9 +303,9 @@ TEST(SparsePoLoraResume, ResumedRunIsBitwiseTheUninterruptedRun) {
   EXPECT_EQ(resumed->steps_done(), 4);
   ExpectBitwiseEqual(RunSteps(*resumed, 8),
                      std::vector<StepMetrics>(all.begin() + 4, all.end()));
-  EXPECT_TRUE(Bitwise(Adapters(*straight), Adapters(*resumed)));
+  EXPECT_TRUE(Bitwise(TrainableParams(*straight), TrainableParams(*resumed)));
   EXPECT_TRUE(Bitwise(MaskNets(*straight, false), MaskNets(*resumed, false)));
-  EXPECT_TRUE(Bitwise(Base(*straight), Base(*resumed)));
+  EXPECT_TRUE(Bitwise(BaseParams(*straight), BaseParams(*resumed)));
 }
 
 // adapter_start (tests/fixtures/lora/gpt2, written by PEFT 0.21.2) has B ≠ 0.
