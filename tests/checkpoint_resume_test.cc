@@ -34,6 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::ExpectBitwiseEqual;
 using ::testing::HasSubstr;
+using testing::MakeTrainer;
 using testing::RunSteps;
 using testing::StepMetrics;
 using testing::TrainableParams;
@@ -64,18 +65,6 @@ std::string RunConfig(const std::string& name, const std::string& extra = "",
           "schedule { kind: LINEAR warmup_steps: 2 }\n",
           "batch { micro_batch_size: 1 global_batch_size: 2 }\n",
           "max_steps: 8\nseed: 11\nrun_dir: '", run_dir, "'\n", extra));
-}
-
-std::unique_ptr<loop::Trainer> MakeTrainer(
-    const std::string& config_path,
-    const std::vector<std::string>& overrides = {}) {
-  auto config = config::LoadTrainConfig(config_path, overrides);
-  EXPECT_TRUE(config.ok()) << config.status();
-  if (!config.ok()) return nullptr;
-  static std::ostringstream* log = new std::ostringstream;
-  auto trainer = loop::Trainer::Create(*config, *log);
-  EXPECT_TRUE(trainer.ok()) << trainer.status();
-  return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
 // SparsePO also saves and restores its mask networks and their optimizers.

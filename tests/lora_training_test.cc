@@ -32,8 +32,10 @@ namespace {
 namespace fs = std::filesystem;
 using testing::BaseParams;
 using testing::Bitwise;
+using testing::CreateTrainer;
 using testing::ExpectBitwiseEqual;
 using ::testing::HasSubstr;
+using testing::MakeTrainer;
 using testing::RunSteps;
 using testing::StepMetrics;
 using testing::TrainableParams;
@@ -65,23 +67,6 @@ std::string RunConfig(const std::string& name, const std::string& lora,
           "schedule { kind: LINEAR warmup_steps: 2 }\n",
           "batch { micro_batch_size: 1 global_batch_size: 2 }\n",
           "max_steps: 8\nseed: 11\nrun_dir: '", run_dir, "'\n", extra));
-}
-
-absl::StatusOr<std::unique_ptr<loop::Trainer>> Create(
-    const std::string& config_path,
-    const std::vector<std::string>& overrides = {}) {
-  auto config = config::LoadTrainConfig(config_path, overrides);
-  if (!config.ok()) return config.status();
-  static std::ostringstream* log = new std::ostringstream;
-  return loop::Trainer::Create(*config, *log);
-}
-
-std::unique_ptr<loop::Trainer> MakeTrainer(
-    const std::string& config_path,
-    const std::vector<std::string>& overrides = {}) {
-  auto trainer = Create(config_path, overrides);
-  EXPECT_TRUE(trainer.ok()) << trainer.status();
-  return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
 // Runs `config` for 4 steps, checkpoints, runs 2 more, then resumes from the
@@ -193,8 +178,8 @@ TEST(LoraTrainingTest, KtoTrainsItsAdapters) {
 }
 
 TEST(LoraTrainingTest, UnknownTargetModuleNamesTheFieldAndTheLayers) {
-  auto trainer =
-      Create(RunConfig("lora_bad_target", "lora { target_modules: 'q_proj' }"));
+  auto trainer = CreateTrainer(
+      RunConfig("lora_bad_target", "lora { target_modules: 'q_proj' }"));
   ASSERT_FALSE(trainer.ok());
   EXPECT_THAT(std::string(trainer.status().message()),
               HasSubstr("model.lora.target_modules: \"q_proj\" matches no "
@@ -235,7 +220,7 @@ TEST(LoraTrainingTest, ExportsAPeftAdapterThatReadsBackBitwise) {
   ASSERT_NE(again, nullptr);
   EXPECT_TRUE(Bitwise(TrainableParams(*again), TrainableParams(*trainer)));
   // The config may repeat the adapter's settings, not contradict them.
-  auto contradicting = Create(
+  auto contradicting = CreateTrainer(
       RunConfig("lora_contradicting",
                 absl::StrCat("lora { r: 8 adapter_path: '", out, "' }")));
   ASSERT_FALSE(contradicting.ok());

@@ -38,6 +38,7 @@ namespace fs = std::filesystem;
 using testing::BaseParams;
 using testing::Bitwise;
 using testing::ExpectBitwiseEqual;
+using testing::MakeTrainer;
 using testing::RunSteps;
 using testing::StepMetrics;
 using testing::TrainableParams;
@@ -67,18 +68,6 @@ std::string RunConfig(const std::string& name, const std::string& lora,
                    "batch { micro_batch_size: 2 global_batch_size: 4 }\n",
                    "max_steps: 8\nseed: 11\nrun_dir: '", run_dir, "'\n",
                    extra));
-}
-
-std::unique_ptr<loop::Trainer> MakeTrainer(
-    const std::string& config_path,
-    const std::vector<std::string>& overrides = {}) {
-  auto config = config::LoadTrainConfig(config_path, overrides);
-  EXPECT_TRUE(config.ok()) << config.status();
-  if (!config.ok()) return nullptr;
-  static std::ostringstream* log = new std::ostringstream;
-  auto trainer = loop::Trainer::Create(*config, *log);
-  EXPECT_TRUE(trainer.ok()) << trainer.status();
-  return trainer.ok() ? *std::move(trainer) : nullptr;
 }
 
 // Every mask network's parameters, or their gradients.

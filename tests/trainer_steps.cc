@@ -1,11 +1,28 @@
 #include "tests/trainer_steps.h"
 
 #include <cstring>
+#include <sstream>
 
 #include "gtest/gtest.h"
+#include "trainer/config/config_loader.h"
 #include "trainer/model/decoder.h"
 
 namespace prefopt::testing {
+
+absl::StatusOr<std::unique_ptr<loop::Trainer>> CreateTrainer(
+    const std::string& config_path, const std::vector<std::string>& overrides) {
+  auto config = config::LoadTrainConfig(config_path, overrides);
+  if (!config.ok()) return config.status();
+  static std::ostringstream* log = new std::ostringstream;
+  return loop::Trainer::Create(*config, *log);
+}
+
+std::unique_ptr<loop::Trainer> MakeTrainer(
+    const std::string& config_path, const std::vector<std::string>& overrides) {
+  auto trainer = CreateTrainer(config_path, overrides);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  return trainer.ok() ? *std::move(trainer) : nullptr;
+}
 
 std::vector<StepMetrics> RunSteps(loop::Trainer& trainer, int until) {
   std::vector<StepMetrics> steps;

@@ -5,12 +5,24 @@
 #define PREFOPT_TESTS_TRAINER_STEPS_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "trainer/loop/trainer.h"
 
 namespace prefopt::testing {
+
+// The trainer of the config file `config_path` with `overrides` (--set
+// syntax), its log discarded.
+absl::StatusOr<std::unique_ptr<loop::Trainer>> CreateTrainer(
+    const std::string& config_path,
+    const std::vector<std::string>& overrides = {});
+// The same, failing the test (and returning null) where it is an error.
+std::unique_ptr<loop::Trainer> MakeTrainer(
+    const std::string& config_path,
+    const std::vector<std::string>& overrides = {});
 
 // Every metric of one step but tokens_per_second, which differs between runs.
 using StepMetrics = std::map<std::string, double>;
