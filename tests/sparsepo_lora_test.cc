@@ -262,6 +262,26 @@ TEST_P(SparsePoLora, TrainedAdaptersScoreAgainstTheBase) {
   ExpectMetricsNear(got, want, 1e-4);
 }
 
+// A bf16 frozen base (model.base_dtype, docs/lora.md) under SparsePO: the
+// reference forward in reference mode and the policy's both read the widened
+// blocks. On the bf16 fixture, whose weights round to themselves, the run is
+// bitwise the fp32-base run, MaPO's activation masks included.
+TEST_P(SparsePoLora, Bf16BaseTrainsBitwiseAsTheFp32Base) {
+  const std::string tag = GetParam().name;
+  const std::string model = "tests/fixtures/gpt2/policy_bf16";
+  auto fp32 = MakeTrainer(
+      RunConfig("bf16_fp32_" + tag, kLora, GetParam().objective, model));
+  auto bf16 = MakeTrainer(RunConfig(
+      "bf16_bf16_" + tag, absl::StrCat(kLora, " base_dtype: WEIGHT_BF16"),
+      GetParam().objective, model));
+  ASSERT_NE(fp32, nullptr);
+  ASSERT_NE(bf16, nullptr);
+  EXPECT_EQ(bf16->policy().base_params(), nullptr);  // held in bf16
+  ExpectBitwiseEqual(RunSteps(*fp32, 3), RunSteps(*bf16, 3));
+  EXPECT_TRUE(Bitwise(TrainableParams(*fp32), TrainableParams(*bf16)));
+  EXPECT_TRUE(Bitwise(MaskNets(*fp32, false), MaskNets(*bf16, false)));
+}
+
 INSTANTIATE_TEST_SUITE_P(Masks, SparsePoLora, ::testing::ValuesIn(kMaskCases),
                          CaseName);
 
