@@ -9,9 +9,15 @@ passed=0
 skipped=0
 while read -r target; do
   path="${target#//}"
-  log="$logs/${path/://}/test.log"
-  [[ -f "$log" ]] || continue
-  reason=$(grep -m1 -o "SKIPPED: .*" "$log")
+  dir="$logs/${path/://}"
+  # A sharded test (shard_count) keeps one log per shard.
+  shopt -s nullglob
+  test_logs=("$dir/test.log" "$dir"/shard_*_of_*/test.log)
+  shopt -u nullglob
+  present=()
+  for log in "${test_logs[@]}"; do [[ -f "$log" ]] && present+=("$log"); done
+  ((${#present[@]})) || continue
+  reason=$(cat "${present[@]}" | grep -m1 -o "SKIPPED: .*")
   if [[ -n "$reason" ]]; then
     echo "$target: $reason"
     skipped=$((skipped + 1))
