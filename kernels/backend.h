@@ -58,7 +58,8 @@ struct AdamWParams {
 // 1's per-row values: DPO's per-pair losses (docs/objectives.md §1; TRL's
 // names) with f-DPO's scores, LD-DPO's and WPO's weights, a mean over response
 // tokens (SFT, §5), implicit-reward SFT at both granularities (§3) and PRIOR's
-// token weights (§4).
+// token weights (§4), and the reference-free preference objectives CPO (with
+// SimPO and AlphaPO) and ORPO with their chosen-response NLL terms (§8).
 enum class PairLoss : int32_t {
   kSigmoid,  // with label_smoothing: cDPO
   kSigmoidNorm,
@@ -89,6 +90,24 @@ enum class ObjectiveKind : int32_t {
   // PRIOR (docs/objectives.md §4): −Σ_t ŵ_t·ℓ_t over the global batch's
   // response tokens, ŵ from the reference's per-token log-probs.
   kPrior,
+  // CPO, SimPO and AlphaPO (docs/objectives.md §8): a preference loss on the
+  // policy's own log-probs of sequences 2i, 2i+1 plus nll_weight times the
+  // chosen responses' NLL; no reference.
+  kCpo,
+  // ORPO (§8): the odds-ratio loss of sequences 2i, 2i+1 plus the NLL of the
+  // chosen sequence, prompt included; the caller orders the sequences in
+  // units of three, [chosen, rejected, chosen prompt] (the prompt's rows
+  // predict its tokens 2..P).
+  kOrpo,
+};
+
+// CPO's preference losses (TRL's CPOConfig.loss_type; AlphaPO is kSimpo with
+// reward_alpha ≠ 0).
+enum class CpoLoss : int32_t {
+  kSigmoid,  // with label_smoothing
+  kHinge,
+  kIpo,
+  kSimpo,  // sigmoid on length-averaged log-probs with the margin γ/β
 };
 
 // Implicit-reward SFT's f-divergences (docs/objectives.md §3).
@@ -141,9 +160,34 @@ struct ObjectiveParams {
   // kPrior: α of w_t = (1 − p̃_t)^α and the weight sums' floor ε.
   double prior_alpha = 1;
   double weight_sum_floor = 1e-6;
+  // kCpo: the loss (β is `beta`, ε `label_smoothing`), SimPO's γ, AlphaPO's
+  // reward shape α (0: the plain log-prob) and cpo_alpha, the NLL term's
+  // weight (0: no NLL term, as TRL).
+  CpoLoss cpo_loss = CpoLoss::kSigmoid;
+  double simpo_gamma = 0.5;
+  double reward_alpha = 0;
+  double nll_weight = 0;
+  // kCpo, kOrpo: the global batch's token count the NLL term is a mean over
+  // (Objective::TokenDenominator).
+  double token_denominator = 0;
   // The global batch's denominator every coefficient is divided by.
   double denominator = 1;
 };
+
+// How many consecutive sequences form one unit of `params`' math: a pair
+// (kPreference, kCpo), a pair and its chosen prompt (kOrpo), or one sequence.
+inline int SequencesPerUnit(const ObjectiveParams& params) {
+  switch (params.kind) {
+    case ObjectiveKind::kPreference:
+    case ObjectiveKind::kCpo:
+      return 2;
+    case ObjectiveKind::kOrpo:
+      return 3;
+    default:
+      return 1;
+  }
+}
+inline constexpr int kMaxSequencesPerUnit = 3;
 
 // Whether `params` reads per-token reference log-probs
 // (ObjectiveCoefficients' reference_tokens).
@@ -177,6 +221,9 @@ enum ObjectiveMetric : int32_t {
   kMetricPriorLoss,
   kMetricPriorWeightMax,
   kMetricPriorWeightEntropy,
+  kMetricNllLoss,
+  kMetricLogOddsRatio,
+  kMetricLogOddsChosen,
   kObjectiveMetricCount,
 };
 
@@ -361,7 +408,8 @@ class Backend {
   // From pass 1's per-row values of `num_seqs` sequences (OutputForward's
   // logp, logit_sum, correct, entropy and, for WPO, log_sum_sq_probs;
   // sequence s is rows [spans[s].start, spans[s].start + spans[s].len) of
-  // them), sums each sequence's values, computes the objective's coefficients
+  // them; SequencesPerUnit(params) consecutive spans form one unit), sums
+  // each sequence's values, computes the objective's coefficients
   // G_t into coef (every row of every span) and adds the metric sums
   // (ObjectiveMetric order, kObjectiveMetricCount doubles) to `metrics`.
   // spans, reference (L̃ of each sequence, LD-weighted with ld_alpha; read

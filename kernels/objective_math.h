@@ -2,13 +2,15 @@
 // (Backend::ObjectiveCoefficients, docs/objectives.md §7): DPO's per-pair
 // losses and their derivatives w.r.t. the pair's policy log-probs with f-DPO's
 // scores, LD-DPO's token weights and WPO's pair weights (§1), SFT's token mean
-// (§5), implicit-reward SFT at both granularities (§3) and PRIOR's token
-// weights (§4), in double precision, written once for the host and the
-// device. The host objectives (trainer/objectives/dpo.cc, sft.cc,
-// implicit_sft.cc, prior.cc) are the reference these are tested against; the
-// formulas they share (the pair losses, f-DPO's score, φ, PRIOR's weight) are
-// these functions, and the rest follows their operations one for one, so both
-// give the same doubles from the same values, up to summation order.
+// (§5), implicit-reward SFT at both granularities (§3), PRIOR's token
+// weights (§4) and the reference-free CPO (SimPO, AlphaPO) and ORPO (§8), in
+// double precision, written once for the host and the device. The host
+// objectives (trainer/objectives/dpo.cc, sft.cc, implicit_sft.cc, prior.cc,
+// cpo.cc, orpo.cc) are the reference these are tested against; the formulas
+// they share (the pair losses, f-DPO's score, φ, PRIOR's weight, CPO's and
+// ORPO's pair terms) are these functions, and the rest follows their
+// operations one for one, so both give the same doubles from the same
+// values, up to summation order.
 #ifndef PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 #define PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 
@@ -46,6 +48,113 @@ PREFOPT_HOST_DEVICE inline double SmoothedLogistic(double beta, double eps,
   const double u = beta * delta;
   *d = beta * (-(1 - eps) * Sigmoid(-u) + eps * Sigmoid(u));
   return (1 - eps) * Softplus(-u) + eps * Softplus(u);
+}
+
+// log(1 − e^x) for x < 0, without cancellation (TRL's log1mexp: log1p(−e^x)
+// below −ln 2, log(−expm1(x)) above).
+PREFOPT_HOST_DEVICE inline double Log1mExp(double x) {
+  constexpr double kMinusLn2 = -0.6931471805599453;
+  return x < kMinusLn2 ? log1p(-exp(x)) : log(-expm1(x));
+}
+
+// The preference term of one pair of a reference-free objective (CPO or
+// ORPO, docs/objectives.md §8), without the NLL term: its loss, ∂loss/∂ℓ_t
+// of every token of the chosen and of the rejected response (constant over a
+// response), the log-probs the loss compares (length-averaged or sums) and
+// the rewards TRL logs; ORPO's log-odds too.
+struct ReferenceFreePair {
+  double loss = 0;
+  double dchosen = 0;
+  double drejected = 0;
+  double logp_chosen = 0;
+  double logp_rejected = 0;
+  double reward_chosen = 0;
+  double reward_rejected = 0;
+  double log_odds_ratio = 0;  // ORPO: log σ(log-odds ratio)
+  double log_odds = 0;        // ORPO: the log-odds ratio
+};
+
+// CPO's term (kCpo) of a pair whose responses have log-prob sums
+// `logp_chosen`, `logp_rejected` over `chosen_tokens`, `rejected_tokens`
+// tokens: IPO and SimPO compare length-averaged log-probs, the others sums
+// (TRL's average_log_prob), each through AlphaPO's reward shape when
+// reward_alpha ≠ 0.
+PREFOPT_HOST_DEVICE inline ReferenceFreePair CpoPair(const ObjectiveParams& p,
+                                                     double logp_chosen,
+                                                     double logp_rejected,
+                                                     double chosen_tokens,
+                                                     double rejected_tokens) {
+  const double beta = p.beta, alpha = p.reward_alpha;
+  const bool averaged =
+      p.cpo_loss == CpoLoss::kIpo || p.cpo_loss == CpoLoss::kSimpo;
+  const double nw = averaged ? chosen_tokens : 1.0;
+  const double nl = averaged ? rejected_tokens : 1.0;
+  const double xw = logp_chosen / nw, xl = logp_rejected / nl;
+  // AlphaPO's reward r(x) = (1 − e^(−αx))/α, r'(x) = e^(−αx); α = 0 is r = x.
+  double rw = xw, rl = xl, drw = 1, drl = 1;
+  if (alpha != 0) {
+    rw = -expm1(-alpha * xw) / alpha;
+    rl = -expm1(-alpha * xl) / alpha;
+    drw = exp(-alpha * xw);
+    drl = exp(-alpha * xl);
+  }
+  double h = rw - rl;
+  if (p.cpo_loss == CpoLoss::kSimpo) h -= p.simpo_gamma / beta;
+  const double u = beta * h;
+  double loss = 0, dloss_dh = 0;
+  switch (p.cpo_loss) {
+    case CpoLoss::kSigmoid:
+    case CpoLoss::kSimpo:
+      loss = SmoothedLogistic(beta, p.label_smoothing, h, &dloss_dh);
+      break;
+    case CpoLoss::kHinge:
+      // TRL ignores label_smoothing here, as for IPO.
+      loss = fmax(0.0, 1.0 - u);
+      dloss_dh = u < 1.0 ? -beta : 0.0;
+      break;
+    case CpoLoss::kIpo: {
+      const double d = h - 1.0 / (2.0 * beta);
+      loss = d * d;
+      dloss_dh = 2.0 * d;
+      break;
+    }
+  }
+  ReferenceFreePair out;
+  out.loss = loss;
+  out.dchosen = dloss_dh * drw / nw;
+  out.drejected = -dloss_dh * drl / nl;
+  out.logp_chosen = xw;
+  out.logp_rejected = xl;
+  out.reward_chosen = beta * rw;
+  out.reward_rejected = beta * rl;
+  return out;
+}
+
+// ORPO's odds-ratio term (kOrpo) β·softplus(−log-odds ratio) of a pair, on
+// the responses' length-averaged log-probs x: log-odds(x) = x − log(1 − e^x),
+// d/dx log-odds = 1/(1 − e^x) = −1/expm1(x).
+PREFOPT_HOST_DEVICE inline ReferenceFreePair OrpoPair(const ObjectiveParams& p,
+                                                      double logp_chosen,
+                                                      double logp_rejected,
+                                                      double chosen_tokens,
+                                                      double rejected_tokens) {
+  const double beta = p.beta;
+  const double xw = logp_chosen / chosen_tokens;
+  const double xl = logp_rejected / rejected_tokens;
+  const double log_odds = (xw - xl) - (Log1mExp(xw) - Log1mExp(xl));
+  const double ratio = -Softplus(-log_odds);  // log σ(log_odds)
+  const double dloss_dodds = -beta * Sigmoid(-log_odds);
+  ReferenceFreePair out;
+  out.loss = -beta * ratio;
+  out.dchosen = dloss_dodds * (-1.0 / expm1(xw)) / chosen_tokens;
+  out.drejected = -dloss_dodds * (-1.0 / expm1(xl)) / rejected_tokens;
+  out.logp_chosen = xw;
+  out.logp_rejected = xl;
+  out.reward_chosen = beta * xw;
+  out.reward_rejected = beta * xl;
+  out.log_odds_ratio = ratio;
+  out.log_odds = log_odds;
+  return out;
 }
 
 // One pair's loss and ∂loss/∂L of its chosen and rejected responses.
@@ -418,8 +527,9 @@ PREFOPT_HOST_DEVICE inline void AddSortedLoss(const ObjectiveParams& p,
 
 // What a sequence's rows need to write their coefficients (RowCoefficient):
 // kPreference: G_t = −(scale·a_t + offset)/denominator, a_t LD-DPO's weight
-// within `shared`; kPrior: ŵ_t = w_t·scale; kTokenMean, kImplicitSequence:
-// G_t = scale; kImplicitToken: nothing (G_t depends on the row alone).
+// within `shared`; kCpo, kOrpo: G_t = −(scale/denominator + offset);
+// kPrior: ŵ_t = w_t·scale; kTokenMean, kImplicitSequence: G_t = scale;
+// kImplicitToken: nothing (G_t depends on the row alone).
 struct RowScale {
   double scale = 0;
   double offset = 0;
@@ -428,21 +538,78 @@ struct RowScale {
 inline constexpr int kRowScaleValues = 3;
 static_assert(sizeof(RowScale) == kRowScaleValues * sizeof(double));
 
+// The metrics and row scales of a reference-free unit (kCpo: a pair; kOrpo:
+// a pair and its chosen prompt), as CpoObjective::Coefficients and
+// OrpoObjective::Coefficients compute them: the pair's term plus the NLL
+// term, a mean over the global batch's token_denominator tokens whose share
+// of the "loss" metric is scaled to the pair count.
+PREFOPT_HOST_DEVICE inline void ReferenceFreeUnit(
+    const ObjectiveParams& p, const SequenceSums* seq, const int* tokens,
+    double metrics[kObjectiveMetricCount], RowScale rows[]) {
+  const SequenceSums& sw = seq[0];
+  const SequenceSums& sl = seq[1];
+  const bool orpo = p.kind == ObjectiveKind::kOrpo;
+  const ReferenceFreePair pair =
+      orpo ? OrpoPair(p, sw.logp, sl.logp, tokens[0], tokens[1])
+           : CpoPair(p, sw.logp, sl.logp, tokens[0], tokens[1]);
+  const double tokens_all = p.token_denominator;
+  // TRL skips CPO's NLL when cpo_alpha is 0 and logs nll_loss 0; ORPO's
+  // covers the chosen prompt's rows too, with weight 1.
+  const bool with_nll = orpo || p.nll_weight != 0;
+  const double nll = orpo ? -(sw.logp + seq[2].logp) : -sw.logp;
+  double loss = pair.loss;
+  if (orpo) {
+    loss = pair.loss + nll * p.denominator / tokens_all;
+    rows[0].offset = -(1.0 / tokens_all);
+    rows[2].offset = -(1.0 / tokens_all);
+    metrics[kMetricLogOddsRatio] = pair.log_odds_ratio;
+    metrics[kMetricLogOddsChosen] = pair.log_odds;
+  } else {
+    loss = pair.loss +
+           (with_nll ? p.nll_weight * nll * p.denominator / tokens_all : 0);
+    rows[0].offset = with_nll ? -p.nll_weight / tokens_all : 0.0;
+  }
+  rows[0].scale = pair.dchosen;
+  rows[1].scale = pair.drejected;
+  metrics[kMetricLoss] = loss;
+  metrics[kMetricNllLoss] = with_nll ? nll : 0.0;
+  metrics[kMetricRewardsChosen] = pair.reward_chosen;
+  metrics[kMetricRewardsRejected] = pair.reward_rejected;
+  metrics[kMetricRewardsMargins] = pair.reward_chosen - pair.reward_rejected;
+  metrics[kMetricRewardsAccuracies] =
+      pair.reward_chosen > pair.reward_rejected ? 1.0 : 0.0;
+  metrics[kMetricLogpsChosen] = pair.logp_chosen;
+  metrics[kMetricLogpsRejected] = pair.logp_rejected;
+  metrics[kMetricLogitsChosen] = sw.logit_sum;
+  metrics[kMetricLogitsRejected] = sl.logit_sum;
+  metrics[kMetricRankingAccuracy] = sw.logp >= sl.logp ? 1.0 : 0.0;
+  metrics[kMetricRankingAccuracyLenNorm] =
+      sw.logp / tokens[0] >= sl.logp / tokens[1] ? 1.0 : 0.0;
+  // TRL's entropy is over the response tokens only.
+  metrics[kMetricEntropy] = sw.entropy + sl.entropy;
+}
+
 // One unit's metric values (ObjectiveMetric order) and what its sequences'
-// rows need for their coefficients: a pair (units of kPreference: sequences
-// 2i and 2i+1) or one sequence (the other kinds). `ref` holds the reference's
-// L̃ of the unit's sequences (LD-weighted with ld_alpha; unread by
-// kTokenMean, kImplicitToken and kPrior), `tokens` their row counts, `sorted`
-// the pair's share of the sorted losses (AddSortedLoss; null without them).
+// rows need for their coefficients: SequencesPerUnit(p) sequences, a pair
+// (kPreference, kCpo: sequences 2i and 2i+1), a pair and its chosen prompt
+// (kOrpo) or one sequence (the other kinds). `ref` holds the reference's
+// L̃ of the unit's sequences (LD-weighted with ld_alpha; read by
+// kPreference and kImplicitSequence only), `tokens` their row counts,
+// `sorted` the pair's share of the sorted losses (AddSortedLoss; null
+// without them).
 PREFOPT_HOST_DEVICE inline void UnitCoefficients(
     const ObjectiveParams& p, const SequenceSums* seq, const double* ref,
     const int* tokens, const PairTerms* sorted,
-    double metrics[kObjectiveMetricCount], RowScale rows[2]) {
+    double metrics[kObjectiveMetricCount],
+    RowScale rows[kMaxSequencesPerUnit]) {
   for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] = 0;
-  rows[0] = RowScale();
-  rows[1] = RowScale();
+  for (int j = 0; j < kMaxSequencesPerUnit; ++j) rows[j] = RowScale();
   const SequenceSums& s0 = seq[0];
   switch (p.kind) {
+    case ObjectiveKind::kCpo:
+    case ObjectiveKind::kOrpo:
+      ReferenceFreeUnit(p, seq, tokens, metrics, rows);
+      return;
     case ObjectiveKind::kTokenMean:
       metrics[kMetricLoss] = -s0.logp;
       metrics[kMetricMeanTokenAccuracy] = s0.correct;
@@ -579,6 +746,9 @@ PREFOPT_HOST_DEVICE inline float RowCoefficient(const ObjectiveParams& p,
                   p.domain_margin, &phi, &dphi, &clamped);
       return static_cast<float>(p.beta * dphi * (1.0 / p.denominator));
     }
+    case ObjectiveKind::kCpo:
+    case ObjectiveKind::kOrpo:
+      return static_cast<float>(-(s.scale / p.denominator + s.offset));
     case ObjectiveKind::kPrior:
       return static_cast<float>(PriorTokenWeight(ref_logp, p.prior_alpha) *
                                 s.scale * (1.0 / p.denominator));
@@ -595,12 +765,12 @@ inline void HostObjectiveCoefficients(
     const int32_t* correct, const float* entropy, const float* log_sum_sq,
     const SeqSpan* spans, const double* reference,
     const float* reference_tokens, int num_seqs, const ObjectiveParams& p) {
-  const int per_unit = p.kind == ObjectiveKind::kPreference ? 2 : 1;
+  const int per_unit = SequencesPerUnit(p);
   const int units = num_seqs / per_unit;
   const bool tokens_in = NeedsReferenceTokens(p);
   std::vector<SequenceSums> sums(static_cast<size_t>(units) * per_unit);
   for (int u = 0; u < units * per_unit; u += per_unit) {
-    const int shared = per_unit == 2 && spans[u + 1].len < spans[u].len
+    const int shared = per_unit >= 2 && spans[u + 1].len < spans[u].len
                            ? spans[u + 1].len
                            : spans[u].len;
     for (int j = 0; j < per_unit; ++j) {
@@ -614,7 +784,7 @@ inline void HostObjectiveCoefficients(
     }
   }
   std::vector<PairTerms> sorted;
-  if (per_unit == 2 && HasSortedTerms(p)) {
+  if (p.kind == ObjectiveKind::kPreference && HasSortedTerms(p)) {
     std::vector<double> x(units), y(units);
     std::vector<int> px(units), py(units);
     sorted.assign(units, PairTerms());
@@ -635,10 +805,10 @@ inline void HostObjectiveCoefficients(
     }
   }
   for (int u = 0; u < units * per_unit; u += per_unit) {
-    int tokens[2] = {0, 0};
+    int tokens[kMaxSequencesPerUnit] = {};
     for (int j = 0; j < per_unit; ++j) tokens[j] = spans[u + j].len;
     double values[kObjectiveMetricCount];
-    RowScale scales[2];
+    RowScale scales[kMaxSequencesPerUnit];
     UnitCoefficients(p, &sums[u],
                      reference != nullptr ? reference + u : nullptr, tokens,
                      sorted.empty() ? nullptr : &sorted[u / 2], values, scales);

@@ -174,7 +174,8 @@ TEST_P(GpuTrains, MatchesTheCpu) {
 #if defined(PREFOPT_CUDASIM_COUNTS)
 // The objective's coefficients and metrics stay on the device
 // (docs/objectives.md §7): in steps 2 and 3 of a DPO, SFT, implicit-reward
-// SFT (both granularities), PRIOR or f-DPO + LD-DPO + WPO run (2
+// SFT (both granularities), PRIOR, f-DPO + LD-DPO + WPO, CPO, SimPO or ORPO
+// run (2
 // micro-batches a step) the simulated runtime sees 2 copies to the host per
 // step, the metric sums and the gradient norm (the host path of the
 // objectives copies 4 arrays of per-row values down per micro-batch, 5 with
@@ -195,7 +196,11 @@ TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
         Case{"traffic_js_ld_wpo",
              "dpo { beta: 0.1 f_divergence_type: JS_DIVERGENCE ld_alpha: 0.5 "
              "use_weighting: true }",
-             "gpt2/pairs.jsonl"}}) {
+             "gpt2/pairs.jsonl"},
+        Case{"traffic_cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"traffic_simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+             "gpt2/pairs.jsonl"},
+        Case{"traffic_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"}}) {
     const std::string text = absl::StrCat(
         "model { ", c.model, " }\n", "data { train_files: '",
         testing::WorkspacePath("tests/fixtures/"), c.data,
@@ -523,13 +528,16 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(info.param.name);
     });
 
-// The reference-free objectives (docs/objectives.md §8); ORPO also scores
-// the chosen prompts' rows.
+// The reference-free objectives (docs/objectives.md §8), their coefficients
+// computed on the device; ORPO also scores the chosen prompts' rows.
 INSTANTIATE_TEST_SUITE_P(
     ReferenceFree, GpuTrains,
     ::testing::Values(
         Case{"cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
+             "gpt2/pairs.jsonl"},
+        Case{"alphapo",
+             "cpo { loss_type: ALPHAPO beta: 2 alpha: 0.5 cpo_alpha: 0 }",
              "gpt2/pairs.jsonl"},
         Case{"orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"llama_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl", kLlama}),

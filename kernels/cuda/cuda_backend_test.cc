@@ -909,11 +909,12 @@ TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
 // Backend::ObjectiveCoefficients against the host reference
 // (objective_math::HostObjectiveCoefficients) for every pair loss, a weighted
 // mixture with DPO's SFT term, f-DPO's scores, LD-DPO and WPO, the token
-// mean, implicit-reward SFT at both granularities with every divergence and
-// PRIOR: 300 pairs (more than the units kernel's threads), sequences of 1 to
-// 700 rows (more than a block's threads) with a row between two spans that no
-// span covers. Coefficients to 1e-6 relative (the same double math, summed in
-// another order), metric sums to 1e-12, added to what the buffer held.
+// mean, implicit-reward SFT at both granularities with every divergence,
+// PRIOR, CPO with every loss and ORPO: 300 pairs (more than the units kernel's
+// threads), sequences of 1 to 700 rows (more than a block's threads) with a row
+// between two spans that no span covers. Coefficients to 1e-6 relative (the
+// same double math, summed in another order), metric sums to 1e-12, added to
+// what the buffer held.
 TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   // No GEMM: the fp32 run covers both precisions (and the simulation's
   // time is better spent on the cases below).
@@ -1030,6 +1031,28 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
     prior.denominator = 4321;
     cases.push_back(prior);
   }
+  // CPO with each loss (SimPO's margin, AlphaPO's reward shape, the NLL
+  // term) and ORPO, whose units are the 200 triples [chosen, rejected,
+  // prompt] of the same 600 spans.
+  for (int loss = 0; loss <= static_cast<int>(CpoLoss::kSimpo); ++loss) {
+    ObjectiveParams cpo;
+    cpo.kind = ObjectiveKind::kCpo;
+    cpo.cpo_loss = static_cast<CpoLoss>(loss);
+    cpo.beta = cpo.cpo_loss == CpoLoss::kSimpo ? 2.0 : 0.3;
+    cpo.label_smoothing = 0.1;
+    cpo.simpo_gamma = 0.7;
+    cpo.reward_alpha = loss == 3 ? 0.5 : 0;
+    cpo.nll_weight = loss == 1 ? 0 : 1.5;
+    cpo.token_denominator = 2345;
+    cpo.denominator = 9;
+    cases.push_back(cpo);
+  }
+  ObjectiveParams orpo;
+  orpo.kind = ObjectiveKind::kOrpo;
+  orpo.beta = 0.2;
+  orpo.token_denominator = 3456;
+  orpo.denominator = 7;
+  cases.push_back(orpo);
 
   for (const ObjectiveParams& params : cases) {
     SCOPED_TRACE(::testing::Message()
@@ -1039,7 +1062,8 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
                  << static_cast<int>(params.divergence) << " score "
                  << static_cast<int>(params.score) << " ld " << params.ld_alpha
                  << " wpo " << params.use_weighting << " prior alpha "
-                 << params.prior_alpha);
+                 << params.prior_alpha << " cpo loss "
+                 << static_cast<int>(params.cpo_loss));
     std::vector<float> want_coef(rows, std::nanf(""));
     std::vector<double> want_metrics = initial_metrics;
     ref_.ObjectiveCoefficients(

@@ -121,9 +121,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block: each thread takes units (pairs or sequences) in turn, writes
-// their sequences' RowScale to row_scales and keeps its metric sums; the
-// block's sums are then added to `metrics`.
+// Sequence s's SequenceSums from SequenceSumsKernel's output.
 __device__ void LoadSums(const double* sums, int s, SequenceSums* out) {
   const double* from = sums + kSequenceSumValues * s;
   double* to = reinterpret_cast<double*>(out);
@@ -163,14 +161,17 @@ __device__ void SortedLosses(const ObjectiveParams& params, const double* sums,
   __syncthreads();
 }
 
+// One block: each thread takes units (per_unit sequences) in turn, writes
+// their sequences' RowScale to row_scales and keeps its metric sums; the
+// block's sums are then added to `metrics`.
 __global__ void __launch_bounds__(kThreads)
     ObjectiveUnitsKernel(double* metrics, RowScale* row_scales,
                          const double* sums, const SeqSpan* spans,
-                         const double* reference, int num_seqs,
+                         const double* reference, int num_seqs, int per_unit,
                          ObjectiveParams params, double* sort_scratch) {
-  const int per_unit = params.kind == ObjectiveKind::kPreference ? 2 : 1;
   PairTerms* sorted = nullptr;
-  if (per_unit == 2 && objective_math::HasSortedTerms(params)) {
+  if (params.kind == ObjectiveKind::kPreference &&
+      objective_math::HasSortedTerms(params)) {
     const int n = num_seqs / 2;
     double* x = sort_scratch;
     double* y = x + n;
@@ -183,14 +184,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < kObjectiveMetricCount; ++k) local[k] = 0;
   for (int u = threadIdx.x * per_unit; u + per_unit <= num_seqs;
        u += kThreads * per_unit) {
-    SequenceSums seq[2];
-    int tokens[2] = {0, 0};
+    SequenceSums seq[kMaxSequencesPerUnit];
+    int tokens[kMaxSequencesPerUnit] = {};
     for (int j = 0; j < per_unit; ++j) {
       LoadSums(sums, u + j, &seq[j]);
       tokens[j] = spans[u + j].len;
     }
     double values[kObjectiveMetricCount];
-    RowScale scales[2];
+    RowScale scales[kMaxSequencesPerUnit];
     objective_math::UnitCoefficients(
         params, seq, reference != nullptr ? reference + u : nullptr, tokens,
         sorted != nullptr ? sorted + u / 2 : nullptr, values, scales);
@@ -248,8 +249,8 @@ cudaError_t ObjectiveCoefficients(
   (seq_sums, logp, logit_sum, correct, entropy, log_sum_sq, reference_tokens,
    spans, num_seqs, params);
   PREFOPT_LAUNCH(ObjectiveUnitsKernel, 1, kThreads, 0, stream)
-  (metrics, row_scales, seq_sums, spans, reference, num_seqs, params,
-   sort_scratch);
+  (metrics, row_scales, seq_sums, spans, reference, num_seqs,
+   SequencesPerUnit(params), params, sort_scratch);
   PREFOPT_LAUNCH(ObjectiveRowsKernel, num_seqs, kThreads, 0, stream)
   (coef, row_scales, logp, reference_tokens, spans, params);
   return cudaGetLastError();

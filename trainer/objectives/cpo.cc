@@ -4,7 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "trainer/objectives/logistic.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/reference_free.h"
 
 namespace prefopt::objectives {
@@ -38,66 +38,38 @@ absl::StatusOr<std::unique_ptr<CpoObjective>> CpoObjective::Create(
   return std::unique_ptr<CpoObjective>(new CpoObjective(config, vocab_size));
 }
 
-CpoObjective::CpoObjective(const CpoConfig& config, int vocab_size)
-    : beta_(config.beta()),
-      loss_type_(config.loss_type() == CpoConfig::ALPHAPO ? CpoConfig::SIMPO
-                                                          : config.loss_type()),
-      eps_(config.label_smoothing()),
-      nll_weight_(config.cpo_alpha()),
-      gamma_(config.simpo_gamma()),
-      alpha_(config.alpha()),
-      vocab_(vocab_size) {}
+namespace {
 
-ReferenceFreePairGradient CpoObjective::Pair(const SequenceScores& chosen,
-                                             const SequenceScores& rejected,
-                                             MetricSums* sums) const {
-  // IPO and SimPO compare length-averaged log-probs, the others sums (TRL's
-  // average_log_prob).
-  const bool averaged =
-      loss_type_ == CpoConfig::IPO || loss_type_ == CpoConfig::SIMPO;
-  const double nw = averaged ? chosen.tokens : 1.0;
-  const double nl = averaged ? rejected.tokens : 1.0;
-  const double xw = chosen.logp / nw, xl = rejected.logp / nl;
-  // AlphaPO's reward r(x) = (1 − e^(−αx))/α, r'(x) = e^(−αx); α = 0 is r = x.
-  double rw = xw, rl = xl, drw = 1, drl = 1;
-  if (alpha_ != 0) {
-    rw = -std::expm1(-alpha_ * xw) / alpha_;
-    rl = -std::expm1(-alpha_ * xl) / alpha_;
-    drw = std::exp(-alpha_ * xw);
-    drl = std::exp(-alpha_ * xl);
-  }
-  double h = rw - rl;
-  if (loss_type_ == CpoConfig::SIMPO) h -= gamma_ / beta_;
-  const double u = beta_ * h;
-
-  double loss = 0, dloss_dh = 0;
-  switch (loss_type_) {
-    case CpoConfig::SIGMOID:
-    case CpoConfig::SIMPO:
-      loss = (1 - eps_) * Softplus(-u) + eps_ * Softplus(u);
-      dloss_dh = beta_ * (-(1 - eps_) * Sigmoid(-u) + eps_ * Sigmoid(u));
-      break;
+kernels::CpoLoss DeviceCpoLoss(CpoConfig::LossType type) {
+  switch (type) {
     case CpoConfig::HINGE:
-      // TRL ignores label_smoothing here, as for IPO.
-      loss = std::max(0.0, 1.0 - u);
-      dloss_dh = u < 1.0 ? -beta_ : 0.0;
-      break;
-    case CpoConfig::IPO: {
-      const double d = h - 1.0 / (2.0 * beta_);
-      loss = d * d;
-      dloss_dh = 2.0 * d;
-      break;
-    }
+      return kernels::CpoLoss::kHinge;
+    case CpoConfig::IPO:
+      return kernels::CpoLoss::kIpo;
+    case CpoConfig::SIMPO:
+    case CpoConfig::ALPHAPO:  // SIMPO with cpo_alpha 0
+      return kernels::CpoLoss::kSimpo;
     default:
-      break;
+      return kernels::CpoLoss::kSigmoid;
   }
-  AddPairMetrics(chosen, rejected, xw, xl, beta_ * rw, beta_ * rl, vocab_,
-                 sums);
-  ReferenceFreePairGradient g;
-  g.loss = loss;
-  g.dloss_dlogp_chosen = dloss_dh * drw / nw;
-  g.dloss_dlogp_rejected = -dloss_dh * drl / nl;
-  return g;
+}
+
+}  // namespace
+
+CpoObjective::CpoObjective(const CpoConfig& config, int vocab_size)
+    : vocab_(vocab_size) {
+  params_.kind = kernels::ObjectiveKind::kCpo;
+  params_.cpo_loss = DeviceCpoLoss(config.loss_type());
+  params_.beta = config.beta();
+  params_.label_smoothing = config.label_smoothing();
+  params_.simpo_gamma = config.simpo_gamma();
+  params_.reward_alpha = config.alpha();
+  params_.nll_weight = config.cpo_alpha();
+}
+
+bool CpoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
+  *params = params_;
+  return true;
 }
 
 double CpoObjective::Denominator(const std::vector<data::Example>&,
@@ -116,30 +88,34 @@ void CpoObjective::Coefficients(const MicroBatchView& batch, double denominator,
                                 MetricSums* sums) const {
   const std::vector<SequenceScores>& scores = *batch.scores;
   const double tokens = batch.token_denominator;
+  const double nll_weight = params_.nll_weight;
   coef->clear();
   for (size_t i = 0; i < batch.examples->size(); ++i) {
     const SequenceScores& chosen = scores[2 * i];
     const SequenceScores& rejected = scores[2 * i + 1];
-    const ReferenceFreePairGradient g = Pair(chosen, rejected, sums);
+    const kernels::objective_math::ReferenceFreePair g =
+        kernels::objective_math::CpoPair(params_, chosen.logp, rejected.logp,
+                                         chosen.tokens, rejected.tokens);
+    AddPairMetrics(chosen, rejected, g.logp_chosen, g.logp_rejected,
+                   g.reward_chosen, g.reward_rejected, vocab_, sums);
     // loss = mean over pairs + cpo_alpha · (Σ chosen NLL / chosen tokens);
     // each pair's share of the second term is scaled to the pair count so
     // that the "loss" metric's mean over pairs is the whole loss. TRL skips
     // the NLL when cpo_alpha is 0 and logs nll_loss 0.
     const double nll = -chosen.logp;
-    const bool with_nll = nll_weight_ != 0;
+    const bool with_nll = nll_weight != 0;
     sums->Add(
         "loss",
-        g.loss + (with_nll ? nll_weight_ * nll * denominator / tokens : 0));
+        g.loss + (with_nll ? nll_weight * nll * denominator / tokens : 0));
     sums->Add("nll_loss", with_nll ? nll : 0.0,
               with_nll ? chosen.tokens * 1.0 : 1.0);
     // G_t = −∂loss/∂ℓ_t; the NLL adds −cpo_alpha/T to ∂loss/∂ℓ_t of every
     // chosen token.
-    const double dnll = with_nll ? -nll_weight_ / tokens : 0.0;
-    coef->insert(
-        coef->end(), chosen.tokens,
-        static_cast<float>(-(g.dloss_dlogp_chosen / denominator + dnll)));
+    const double dnll = with_nll ? -nll_weight / tokens : 0.0;
+    coef->insert(coef->end(), chosen.tokens,
+                 static_cast<float>(-(g.dchosen / denominator + dnll)));
     coef->insert(coef->end(), rejected.tokens,
-                 static_cast<float>(-g.dloss_dlogp_rejected / denominator));
+                 static_cast<float>(-g.drejected / denominator));
   }
 }
 

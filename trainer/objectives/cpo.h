@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/objectives/metric_sums.h"
 #include "trainer/objectives/objective.h"
@@ -38,22 +39,15 @@ class CpoObjective : public Objective {
                           const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
-
-  // The preference term of one pair; adds the pair's metrics other than
-  // loss and nll_loss to `sums`.
-  ReferenceFreePairGradient Pair(const SequenceScores& chosen,
-                                 const SequenceScores& rejected,
-                                 MetricSums* sums) const;
+  // Every loss type: kernels::ObjectiveKind::kCpo.
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
  private:
   CpoObjective(const CpoConfig& config, int vocab_size);
 
-  double beta_;
-  CpoConfig::LossType loss_type_;  // ALPHAPO is stored as SIMPO
-  double eps_;
-  double nll_weight_;  // cpo_alpha
-  double gamma_;       // simpo_gamma
-  double alpha_;       // AlphaPO's reward shape
+  // The loss as kernels/objective_math.h's CpoPair reads it (kind kCpo; the
+  // per-batch denominators are set per call).
+  kernels::ObjectiveParams params_;
   int vocab_;
 };
 

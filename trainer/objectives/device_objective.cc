@@ -35,6 +35,9 @@ constexpr const char* kMetricNames[kernels::kObjectiveMetricCount] = {
     "prior/loss",
     "prior/weight_max",
     "prior/weight_entropy",
+    "nll_loss",
+    "log_odds_ratio",
+    "log_odds_chosen",
 };
 
 }  // namespace
@@ -44,11 +47,20 @@ std::unique_ptr<DeviceObjective> DeviceObjective::Create(
     int vocab) {
   kernels::ObjectiveParams params;
   if (backend->HostAddressable() || !objective.DeviceParams(&params) ||
-      objective.has_prepass() || objective.scores_prompts()) {
+      objective.has_prepass()) {
     return nullptr;
   }
+  // Only ORPO's units take the prompt rows (kOrpo's third sequence).
+  if (objective.scores_prompts() !=
+      (params.kind == kernels::ObjectiveKind::kOrpo)) {
+    return nullptr;
+  }
+  // ORPO adds a prompt per pair.
+  const int seqs = params.kind == kernels::ObjectiveKind::kOrpo
+                       ? max_seqs / 2 * 3
+                       : max_seqs;
   return std::unique_ptr<DeviceObjective>(
-      new DeviceObjective(backend, params, max_seqs, vocab));
+      new DeviceObjective(backend, params, seqs, vocab));
 }
 
 DeviceObjective::DeviceObjective(kernels::Backend* backend,
@@ -63,6 +75,7 @@ DeviceObjective::DeviceObjective(kernels::Backend* backend,
   static_assert(sizeof(double) == 2 * sizeof(float));
   backend_->Zero(metrics_, 2 * kernels::kObjectiveMetricCount);
   spans_.reserve(max_seqs);
+  in_order_.reserve(max_seqs);
   reference_.reserve(max_seqs);
 }
 
@@ -93,8 +106,8 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
                                    const ReferenceValues* reference,
                                    double denominator, double token_denominator,
                                    ChunkedOutputLayer* output) {
-  const bool pairs = params_.kind == kernels::ObjectiveKind::kPreference;
-  const size_t per_example = pairs ? 2 : 1;
+  const kernels::ObjectiveKind kind = params_.kind;
+  const size_t per_example = kernels::SequencesPerUnit(params_);
   if (segments.size() != per_example * examples.size()) {
     std::fprintf(stderr,
                  "DeviceObjective::Coefficients: %zu segments for %zu "
@@ -110,10 +123,56 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
     spans_.push_back({row, s.count});
     row += s.count;
   }
+  // The rows of the responses (TRL's entropy covers no prompt rows).
+  int response_rows = row;
+  if (kind == kernels::ObjectiveKind::kOrpo) {
+    // The segments come as every pair's chosen and rejected responses, then
+    // every pair's prompt (WithPromptSegments); kOrpo's units are
+    // [chosen, rejected, prompt].
+    const size_t n = examples.size();
+    in_order_.assign(spans_.begin(), spans_.end());
+    for (size_t i = 0; i < n; ++i) {
+      spans_[3 * i] = in_order_[2 * i];
+      spans_[3 * i + 1] = in_order_[2 * i + 1];
+      spans_[3 * i + 2] = in_order_[2 * n + i];
+      response_rows -= in_order_[2 * n + i].len;
+    }
+  }
   kernels::ObjectiveParams params = params_;
   params.denominator = denominator;
+  params.token_denominator = token_denominator;
   using M = kernels::ObjectiveMetric;
-  if (pairs) {
+  if (kind == kernels::ObjectiveKind::kCpo ||
+      kind == kernels::ObjectiveKind::kOrpo) {
+    // The pair metrics (reference_free.h's AddPairMetrics) and the NLL
+    // term's: over the chosen tokens, the chosen prompt's too for ORPO, or
+    // one per pair for CPO without it (TRL logs nll_loss 0).
+    const size_t per = per_example;
+    double chosen_tokens = 0, rejected_tokens = 0, nll_tokens = 0;
+    for (size_t i = 0; i < examples.size(); ++i) {
+      chosen_tokens += spans_[per * i].len;
+      rejected_tokens += spans_[per * i + 1].len;
+      nll_tokens +=
+          spans_[per * i].len + (per == 3 ? spans_[3 * i + 2].len : 0);
+    }
+    const double n = static_cast<double>(examples.size());
+    for (M m :
+         {M::kMetricLoss, M::kMetricRewardsChosen, M::kMetricRewardsRejected,
+          M::kMetricRewardsMargins, M::kMetricRewardsAccuracies,
+          M::kMetricLogpsChosen, M::kMetricLogpsRejected,
+          M::kMetricRankingAccuracy, M::kMetricRankingAccuracyLenNorm}) {
+      counts_[m] += n;
+    }
+    counts_[M::kMetricLogitsChosen] += chosen_tokens * vocab_;
+    counts_[M::kMetricLogitsRejected] += rejected_tokens * vocab_;
+    const bool with_nll =
+        kind == kernels::ObjectiveKind::kOrpo || params.nll_weight != 0;
+    counts_[M::kMetricNllLoss] += with_nll ? nll_tokens : n;
+    if (kind == kernels::ObjectiveKind::kOrpo) {
+      counts_[M::kMetricLogOddsRatio] += n;
+      counts_[M::kMetricLogOddsChosen] += n;
+    }
+  } else if (kind == kernels::ObjectiveKind::kPreference) {
     double chosen_tokens = 0, rejected_tokens = 0;
     for (size_t i = 0; i < examples.size(); ++i) {
       const int chosen = spans_[2 * i].len, rejected = spans_[2 * i + 1].len;
@@ -207,7 +266,7 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
         break;
     }
   }
-  counts_[M::kMetricEntropy] += row;
+  counts_[M::kMetricEntropy] += response_rows;
   const ChunkedOutputLayer::BackendRows rows = output->rows();
   backend_->ObjectiveCoefficients(
       rows.coef, reinterpret_cast<double*>(metrics_), rows.logp, rows.logit_sum,

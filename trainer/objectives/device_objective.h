@@ -25,8 +25,9 @@ class DeviceObjective {
   // The device path for `objective` on `backend`, or null where the host path
   // stays: a host-addressable backend (the CPU's), an objective without a
   // device form (Objective::DeviceParams), or one that needs what the device
-  // path does not feed (a pre-pass, prompt rows). `max_seqs` bounds a
-  // micro-batch's sequences; `vocab` is V (the logits metrics' counts).
+  // path does not feed (a pre-pass). `max_seqs` bounds a micro-batch's
+  // sequences (without ORPO's prompts); `vocab` is V (the logits metrics'
+  // counts).
   static std::unique_ptr<DeviceObjective> Create(const Objective& objective,
                                                  kernels::Backend* backend,
                                                  int max_seqs, int vocab);
@@ -35,7 +36,8 @@ class DeviceObjective {
   DeviceObjective& operator=(const DeviceObjective&) = delete;
 
   // One micro-batch after output->ForwardOnBackend over `segments` (one per
-  // sequence, data::BuildBatch order; with log Σ p² where the objective
+  // sequence, data::BuildBatch order, then ORPO's prompts as
+  // WithPromptSegments adds them; with log Σ p² where the objective
   // needs_row_log_sum_sq_probs) of the dataset examples `examples`:
   // writes the coefficients into output->rows().coef and adds the metric
   // sums on the backend. `denominator` and `token_denominator` are the global
@@ -63,6 +65,7 @@ class DeviceObjective {
   // per-token reference log-probs (uploaded with them), downloaded metric
   // sums.
   std::vector<kernels::SeqSpan> spans_;
+  std::vector<kernels::SeqSpan> in_order_;  // ORPO's spans before reordering
   std::vector<double> reference_;
   std::vector<float> reference_tokens_;
   std::vector<double> metrics_host_;

@@ -4,7 +4,8 @@
 // covers (AOT's sorted ones too), label smoothing, a mixture with the SFT
 // term, f-DPO's divergences,
 // LD-DPO and WPO, SFT, implicit-reward SFT at both granularities with each
-// divergence, and PRIOR, on the reference backend posing as one the host
+// divergence, PRIOR, CPO with each loss type (SimPO, AlphaPO) and ORPO (with
+// its prompt rows), on the reference backend posing as one the host
 // cannot address. Also which configurations stay on the host.
 #include "trainer/objectives/device_objective.h"
 
@@ -21,6 +22,9 @@
 #include "trainer/objectives/cpo.h"
 #include "trainer/objectives/demonstration_objectives.h"
 #include "trainer/objectives/dpo.h"
+#include "trainer/objectives/kto.h"
+#include "trainer/objectives/orpo.h"
+#include "trainer/objectives/reference_free.h"
 #include "trainer/objectives/reference_values.h"
 
 namespace prefopt::objectives {
@@ -37,26 +41,37 @@ class OpaqueBackend : public kernels::ReferenceBackend {
 
 // A micro-batch of `examples` (pairs or demonstrations) with random hidden
 // states, output embedding and labels, and reference log-probs per token
-// (about a random token's) and their sums.
+// (about a random token's) and their sums. With `prompts`, the segments of
+// the rows that predict each example's prompt tokens 2..P follow the
+// responses' (WithPromptSegments; P = 1 to 4, so some are empty).
 struct Fixture {
   std::vector<int> examples;
   std::vector<ResponseSegment> segments;
+  size_t response_segments = 0;
   std::vector<float> hidden, wout;
   std::vector<int32_t> tokens;
   ReferenceValues ref;
 
-  Fixture(int n, int sequences_per_example) {
+  Fixture(int n, int sequences_per_example, bool prompts = false) {
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::uniform_int_distribution<int> length(1, 9), token(0, kVocab - 1);
     int row = 0;
+    std::vector<ResponseSegment> prompt_segments;
     for (int i = 0; i < n; ++i) {
       examples.push_back(n - 1 - i);  // dataset order differs from batch order
+      const int prompt = prompts ? 1 + i % 4 : 2;
+      prompt_segments.push_back({row, prompt - 1});
       for (int j = 0; j < sequences_per_example; ++j) {
-        const int prompt = 2, len = length(rng);
+        const int len = length(rng);
         segments.push_back({row + prompt - 1, len});
         row += prompt + len;
       }
+    }
+    response_segments = segments.size();
+    if (prompts) {
+      segments.insert(segments.end(), prompt_segments.begin(),
+                      prompt_segments.end());
     }
     ref.first_response.assign(n, 0);
     ref.sequence_logp.assign(n * sequences_per_example, 0);
@@ -96,7 +111,7 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
                              double token_denominator = 0) {
   const int per_example =
       objective.example_kind() == data::ExampleKind::kPreference ? 2 : 1;
-  Fixture f(pairs_or_seqs, per_example);
+  Fixture f(pairs_or_seqs, per_example, objective.scores_prompts());
   OpaqueBackend backend;
   const int max_rows = 256;
   ASSERT_LE(f.rows(), max_rows);
@@ -117,10 +132,10 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
   std::vector<float> want_coef;
   MetricSums want;
   objective.Coefficients(view, denominator, &want_coef, &want);
-  AddEntropyMetric(scores, f.segments.size(), &want);
+  AddEntropyMetric(scores, f.response_segments, &want);
 
   std::unique_ptr<DeviceObjective> device = DeviceObjective::Create(
-      objective, &backend, static_cast<int>(f.segments.size()), kVocab);
+      objective, &backend, static_cast<int>(f.response_segments), kVocab);
   ASSERT_NE(device, nullptr);
   ChunkedOutputLayer output(&backend, max_rows, kHidden, kVocab, 4);
   MetricSums got;
@@ -293,6 +308,49 @@ TEST(DeviceObjectiveTest, PriorMatchesTheHost) {
   }
 }
 
+// CPO's losses on summed (SIGMOID, HINGE) or length-averaged (IPO, SIMPO)
+// log-probs, AlphaPO's reward shape, label smoothing and the NLL term
+// (cpo_alpha; 0: none, as TRL).
+TEST(DeviceObjectiveTest, CpoSimpoAndAlphapoMatchTheHost) {
+  struct Variant {
+    CpoConfig::LossType type;
+    float cpo_alpha;
+    float alpha;  // AlphaPO's reward shape
+    float label_smoothing;
+  };
+  for (const Variant& v :
+       {Variant{CpoConfig::SIGMOID, 1.0f, 0, 0.1f},
+        Variant{CpoConfig::SIGMOID, 0, 0, 0},
+        Variant{CpoConfig::HINGE, 0.5f, 0, 0},
+        Variant{CpoConfig::IPO, 1.0f, 0, 0}, Variant{CpoConfig::SIMPO, 0, 0, 0},
+        Variant{CpoConfig::SIMPO, 0.3f, 0, 0.2f},
+        Variant{CpoConfig::ALPHAPO, 0, 0.5f, 0}}) {
+    SCOPED_TRACE(CpoConfig::LossType_Name(v.type) + " cpo_alpha " +
+                 std::to_string(v.cpo_alpha));
+    CpoConfig config;
+    config.set_loss_type(v.type);
+    config.set_beta(v.type == CpoConfig::SIGMOID ? 0.4f : 2.0f);
+    config.set_cpo_alpha(v.cpo_alpha);
+    config.set_alpha(v.alpha);
+    config.set_simpo_gamma(0.8f);
+    config.set_label_smoothing(v.label_smoothing);
+    auto cpo = CpoObjective::Create(config, kVocab);
+    ASSERT_TRUE(cpo.ok()) << cpo.status();
+    ExpectDeviceMatchesHost(**cpo, 6, /*token_denominator=*/53);
+  }
+}
+
+// ORPO's NLL covers the chosen prompts' rows (some of them none); the
+// device takes each pair with its prompt.
+TEST(DeviceObjectiveTest, OrpoMatchesTheHost) {
+  OrpoConfig config;
+  config.set_beta(0.25f);
+  auto orpo = OrpoObjective::Create(config, kVocab);
+  ASSERT_TRUE(orpo.ok()) << orpo.status();
+  ASSERT_TRUE((*orpo)->scores_prompts());
+  ExpectDeviceMatchesHost(**orpo, 7, /*token_denominator=*/61);
+}
+
 TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   OpaqueBackend opaque;
   kernels::ReferenceBackend host;
@@ -301,12 +359,12 @@ TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   EXPECT_NE(DeviceObjective::Create(*plain, &opaque, 8, kVocab), nullptr);
   // A host-addressable backend keeps the host path.
   EXPECT_EQ(DeviceObjective::Create(*plain, &host, 8, kVocab), nullptr);
-  // The reference-free objectives have no device form.
-  CpoConfig cpo_config;
-  cpo_config.set_beta(0.1f);
-  auto cpo = CpoObjective::Create(cpo_config, kVocab);
-  ASSERT_TRUE(cpo.ok()) << cpo.status();
-  EXPECT_EQ(DeviceObjective::Create(**cpo, &opaque, 8, kVocab), nullptr);
+  // KTO's pre-pass has no device form.
+  KtoConfig kto_config;
+  kto_config.set_beta(0.1f);
+  auto kto = KtoObjective::Create(kto_config, kVocab);
+  ASSERT_TRUE(kto.ok()) << kto.status();
+  EXPECT_EQ(DeviceObjective::Create(**kto, &opaque, 8, kVocab), nullptr);
 }
 
 }  // namespace

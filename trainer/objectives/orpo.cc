@@ -5,15 +5,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "trainer/objectives/logistic.h"
+#include "kernels/objective_math.h"
 #include "trainer/objectives/reference_free.h"
 
 namespace prefopt::objectives {
-
-double Log1mExp(double x) {
-  constexpr double kMinusLn2 = -0.6931471805599453;
-  return x < kMinusLn2 ? std::log1p(-std::exp(x)) : std::log(-std::expm1(x));
-}
 
 absl::StatusOr<std::unique_ptr<OrpoObjective>> OrpoObjective::Create(
     const OrpoConfig& config, int vocab_size) {
@@ -25,27 +20,14 @@ absl::StatusOr<std::unique_ptr<OrpoObjective>> OrpoObjective::Create(
       new OrpoObjective(config.beta(), vocab_size));
 }
 
-ReferenceFreePairGradient OrpoObjective::Pair(const SequenceScores& chosen,
-                                              const SequenceScores& rejected,
-                                              MetricSums* sums) const {
-  const double kw = chosen.tokens, kl = rejected.tokens;
-  const double xw = chosen.logp / kw, xl = rejected.logp / kl;
-  // log-odds(p) = log p − log(1 − p) on the averaged log-probs x;
-  // d/dx log-odds = 1/(1 − e^x) = −1/expm1(x).
-  const double log_odds = (xw - xl) - (Log1mExp(xw) - Log1mExp(xl));
-  const double ratio = -Softplus(-log_odds);  // log σ(log_odds)
-  const double dloss_dodds = -beta_ * Sigmoid(-log_odds);
-  AddPairMetrics(chosen, rejected, xw, xl, beta_ * xw, beta_ * xl, vocab_,
-                 sums);
-  // TRL's names: log_odds_ratio is log σ(log-odds ratio), log_odds_chosen the
-  // log-odds ratio itself.
-  sums->Add("log_odds_ratio", ratio);
-  sums->Add("log_odds_chosen", log_odds);
-  ReferenceFreePairGradient g;
-  g.loss = -beta_ * ratio;
-  g.dloss_dlogp_chosen = dloss_dodds * (-1.0 / std::expm1(xw)) / kw;
-  g.dloss_dlogp_rejected = -dloss_dodds * (-1.0 / std::expm1(xl)) / kl;
-  return g;
+OrpoObjective::OrpoObjective(double beta, int vocab_size) : vocab_(vocab_size) {
+  params_.kind = kernels::ObjectiveKind::kOrpo;
+  params_.beta = beta;
+}
+
+bool OrpoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
+  *params = params_;
+  return true;
 }
 
 double OrpoObjective::Denominator(const std::vector<data::Example>&,
@@ -78,7 +60,15 @@ void OrpoObjective::Coefficients(const MicroBatchView& batch,
     const SequenceScores& chosen = scores[2 * i];
     const SequenceScores& rejected = scores[2 * i + 1];
     const SequenceScores& prompt = scores[2 * n + i];
-    const ReferenceFreePairGradient g = Pair(chosen, rejected, sums);
+    const kernels::objective_math::ReferenceFreePair g =
+        kernels::objective_math::OrpoPair(params_, chosen.logp, rejected.logp,
+                                          chosen.tokens, rejected.tokens);
+    AddPairMetrics(chosen, rejected, g.logp_chosen, g.logp_rejected,
+                   g.reward_chosen, g.reward_rejected, vocab_, sums);
+    // TRL's names: log_odds_ratio is log σ(log-odds ratio), log_odds_chosen
+    // the log-odds ratio itself.
+    sums->Add("log_odds_ratio", g.log_odds_ratio);
+    sums->Add("log_odds_chosen", g.log_odds);
     // loss = NLL over the chosen sequences' tokens (a mean over the global
     // batch's) + mean over pairs of the odds-ratio term; each pair's NLL
     // share is scaled to the pair count so that the "loss" metric's mean over
@@ -87,10 +77,9 @@ void OrpoObjective::Coefficients(const MicroBatchView& batch,
     sums->Add("loss", g.loss + nll * denominator / tokens);
     sums->Add("nll_loss", nll, chosen.tokens + prompt.tokens);
     coef->insert(coef->end(), chosen.tokens,
-                 static_cast<float>(
-                     -(g.dloss_dlogp_chosen / denominator - 1.0 / tokens)));
+                 static_cast<float>(-(g.dchosen / denominator - 1.0 / tokens)));
     coef->insert(coef->end(), rejected.tokens,
-                 static_cast<float>(-g.dloss_dlogp_rejected / denominator));
+                 static_cast<float>(-g.drejected / denominator));
   }
   for (size_t i = 0; i < n; ++i) {
     coef->insert(coef->end(), scores[2 * n + i].tokens,

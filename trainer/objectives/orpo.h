@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/objectives/metric_sums.h"
 #include "trainer/objectives/objective.h"
@@ -16,10 +17,6 @@
 #include "trainer/objectives/reference_free.h"
 
 namespace prefopt::objectives {
-
-// log(1 − e^x) for x < 0, without cancellation (TRL's log1mexp: log1p(−e^x)
-// below −ln 2, log(−expm1(x)) above).
-double Log1mExp(double x);
 
 class OrpoObjective : public Objective {
  public:
@@ -44,18 +41,15 @@ class OrpoObjective : public Objective {
                           const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
-
-  // The odds-ratio term β·softplus(−log-odds ratio) of one pair; adds the
-  // pair's metrics other than loss and nll_loss to `sums`.
-  ReferenceFreePairGradient Pair(const SequenceScores& chosen,
-                                 const SequenceScores& rejected,
-                                 MetricSums* sums) const;
+  // kernels::ObjectiveKind::kOrpo (DeviceObjective orders the sequences in
+  // its units of three).
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
 
  private:
-  OrpoObjective(double beta, int vocab_size)
-      : beta_(beta), vocab_(vocab_size) {}
+  OrpoObjective(double beta, int vocab_size);
 
-  double beta_;
+  // The loss as kernels/objective_math.h's OrpoPair reads it (kind kOrpo).
+  kernels::ObjectiveParams params_;
   int vocab_;
 };
 

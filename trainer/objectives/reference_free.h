@@ -1,6 +1,6 @@
 // Pieces shared by the reference-free preference objectives, CPO (with SimPO
-// and AlphaPO) and ORPO (docs/objectives.md §8): the chosen-response NLL term,
-// a mean over the global batch's chosen tokens, and the metrics both log.
+// and AlphaPO) and ORPO (docs/objectives.md §8): ORPO's prompt segments and
+// the metrics both log (their pair terms are kernels/objective_math.h's).
 #ifndef PREFOPT_TRAINER_OBJECTIVES_REFERENCE_FREE_H_
 #define PREFOPT_TRAINER_OBJECTIVES_REFERENCE_FREE_H_
 
@@ -12,14 +12,6 @@
 #include "trainer/objectives/output_layer.h"
 
 namespace prefopt::objectives {
-
-// The preference term of one pair (without the NLL term) and its derivatives
-// w.r.t. every response token's ℓ_t (constant over a sequence's tokens).
-struct ReferenceFreePairGradient {
-  double loss = 0;
-  double dloss_dlogp_chosen = 0;
-  double dloss_dlogp_rejected = 0;
-};
 
 // `segments` (a micro-batch's response segments, data::BuildBatch's) followed
 // by one segment per example of `micro` over the rows of its first sequence
