@@ -58,8 +58,9 @@ struct AdamWParams {
 // 1's per-row values: DPO's per-pair losses (docs/objectives.md §1; TRL's
 // names) with f-DPO's scores, LD-DPO's and WPO's weights, a mean over response
 // tokens (SFT, §5), implicit-reward SFT at both granularities (§3) and PRIOR's
-// token weights (§4), and the reference-free preference objectives CPO (with
-// SimPO and AlphaPO) and ORPO with their chosen-response NLL terms (§8).
+// token weights (§4), the reference-free preference objectives CPO (with
+// SimPO and AlphaPO) and ORPO with their chosen-response NLL terms (§8), and
+// KTO with its pre-pass (§9).
 enum class PairLoss : int32_t {
   kSigmoid,  // with label_smoothing: cDPO
   kSigmoidNorm,
@@ -99,6 +100,13 @@ enum class ObjectiveKind : int32_t {
   // units of three, [chosen, rejected, chosen prompt] (the prompt's rows
   // predict its tokens 2..P).
   kOrpo,
+  // KTO and APO_ZERO_UNPAIRED (docs/objectives.md §9) on unpaired examples,
+  // one sequence each: `reference` holds two values per sequence, L̃ and 1
+  // for a desirable example (0: undesirable); z₀ is kto_kl.
+  kKto,
+  // KTO's pre-pass: each KL completion's L − L̃ into the "kl" sum, for z₀;
+  // its coefficients are 0 (no gradient flows through z₀).
+  kKtoKl,
 };
 
 // CPO's preference losses (TRL's CPOConfig.loss_type; AlphaPO is kSimpo with
@@ -170,6 +178,13 @@ struct ObjectiveParams {
   // kCpo, kOrpo: the global batch's token count the NLL term is a mean over
   // (Objective::TokenDenominator).
   double token_denominator = 0;
+  // kKto: z₀ (the pre-pass's clamped mean; 0 with kto_apo), the loss
+  // weights of desirable and undesirable examples, and APO_ZERO_UNPAIRED's
+  // loss in place of KTO's.
+  double kto_kl = 0;
+  double desirable_weight = 1;
+  double undesirable_weight = 1;
+  bool kto_apo = false;
   // The global batch's denominator every coefficient is divided by.
   double denominator = 1;
 };
@@ -188,6 +203,21 @@ inline int SequencesPerUnit(const ObjectiveParams& params) {
   }
 }
 inline constexpr int kMaxSequencesPerUnit = 3;
+
+// How many doubles ObjectiveCoefficients' `reference` holds per sequence: 0
+// where it is not read, 2 for kKto (L̃ and the label), else 1 (L̃).
+inline int ReferenceValuesPerSequence(const ObjectiveParams& params) {
+  switch (params.kind) {
+    case ObjectiveKind::kPreference:
+    case ObjectiveKind::kImplicitSequence:
+    case ObjectiveKind::kKtoKl:
+      return 1;
+    case ObjectiveKind::kKto:
+      return 2;
+    default:
+      return 0;
+  }
+}
 
 // Whether `params` reads per-token reference log-probs
 // (ObjectiveCoefficients' reference_tokens).
@@ -224,6 +254,7 @@ enum ObjectiveMetric : int32_t {
   kMetricNllLoss,
   kMetricLogOddsRatio,
   kMetricLogOddsChosen,
+  kMetricKl,
   kObjectiveMetricCount,
 };
 
@@ -412,8 +443,9 @@ class Backend {
   // each sequence's values, computes the objective's coefficients
   // G_t into coef (every row of every span) and adds the metric sums
   // (ObjectiveMetric order, kObjectiveMetricCount doubles) to `metrics`.
-  // spans, reference (L̃ of each sequence, LD-weighted with ld_alpha; read
-  // for kPreference and kImplicitSequence) and reference_tokens (ℓ̃ of each
+  // spans, reference (ReferenceValuesPerSequence values per sequence: L̃ of
+  // each, LD-weighted with ld_alpha, and KTO's labels) and reference_tokens
+  // (ℓ̃ of each
   // span row's token, indexed as logp; read where NeedsReferenceTokens) are
   // host arrays; every other pointer is backend memory. log_sum_sq_probs is
   // read with use_weighting only.

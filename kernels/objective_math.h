@@ -3,14 +3,14 @@
 // losses and their derivatives w.r.t. the pair's policy log-probs with f-DPO's
 // scores, LD-DPO's token weights and WPO's pair weights (§1), SFT's token mean
 // (§5), implicit-reward SFT at both granularities (§3), PRIOR's token
-// weights (§4) and the reference-free CPO (SimPO, AlphaPO) and ORPO (§8), in
-// double precision, written once for the host and the device. The host
-// objectives (trainer/objectives/dpo.cc, sft.cc, implicit_sft.cc, prior.cc,
-// cpo.cc, orpo.cc) are the reference these are tested against; the formulas
-// they share (the pair losses, f-DPO's score, φ, PRIOR's weight, CPO's and
-// ORPO's pair terms) are these functions, and the rest follows their
-// operations one for one, so both give the same doubles from the same
-// values, up to summation order.
+// weights (§4), the reference-free CPO (SimPO, AlphaPO) and ORPO (§8) and
+// KTO (§9), in double precision, written once for the host and the device.
+// The host objectives (trainer/objectives/dpo.cc, sft.cc, implicit_sft.cc,
+// prior.cc, cpo.cc, orpo.cc, kto.cc) are the reference these are tested
+// against; the formulas they share (the pair losses, f-DPO's score, φ,
+// PRIOR's weight, CPO's, ORPO's and KTO's terms) are these functions, and the
+// rest follows their operations one for one, so both give the same doubles from
+// the same values, up to summation order.
 #ifndef PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 #define PREFOPT_KERNELS_OBJECTIVE_MATH_H_
 
@@ -155,6 +155,27 @@ PREFOPT_HOST_DEVICE inline ReferenceFreePair OrpoPair(const ObjectiveParams& p,
   out.log_odds_ratio = ratio;
   out.log_odds = log_odds;
   return out;
+}
+
+// KTO's loss of one example (kKto, docs/objectives.md §9) whose completion
+// has the log-ratio L − L̃ = `logratio`, and ∂loss/∂L (z₀ = p.kto_kl is a
+// constant). KTO: desirable 1 − σ(β(r − z₀)), undesirable 1 − σ(β(z₀ − r));
+// APO_ZERO_UNPAIRED: desirable 1 − σ(βr), undesirable σ(βr). With
+// x = β(r − z₀) (z₀ = 0 for APO) these are σ(−x) and σ(x), whose derivatives
+// in r are ∓β·σ(x)·σ(−x); each times its side's weight.
+PREFOPT_HOST_DEVICE inline double KtoLoss(const ObjectiveParams& p,
+                                          bool desirable, double logratio,
+                                          double* dloss) {
+  const double x = p.beta * (p.kto_apo ? logratio : logratio - p.kto_kl);
+  const double slope = p.beta * Sigmoid(x) * Sigmoid(-x);
+  const double weight = desirable ? p.desirable_weight : p.undesirable_weight;
+  if (desirable) {
+    *dloss = -weight * slope;
+    return weight * Sigmoid(-x);
+  }
+  // KTO's 1 − σ(β(z₀ − r)) is σ(x), as APO's σ(βr) is.
+  *dloss = weight * slope;
+  return weight * Sigmoid(x);
 }
 
 // One pair's loss and ∂loss/∂L of its chosen and rejected responses.
@@ -527,7 +548,7 @@ PREFOPT_HOST_DEVICE inline void AddSortedLoss(const ObjectiveParams& p,
 
 // What a sequence's rows need to write their coefficients (RowCoefficient):
 // kPreference: G_t = −(scale·a_t + offset)/denominator, a_t LD-DPO's weight
-// within `shared`; kCpo, kOrpo: G_t = −(scale/denominator + offset);
+// within `shared`; kCpo, kOrpo, kKto: G_t = −(scale/denominator + offset);
 // kPrior: ŵ_t = w_t·scale; kTokenMean, kImplicitSequence: G_t = scale;
 // kImplicitToken: nothing (G_t depends on the row alone).
 struct RowScale {
@@ -592,9 +613,9 @@ PREFOPT_HOST_DEVICE inline void ReferenceFreeUnit(
 // One unit's metric values (ObjectiveMetric order) and what its sequences'
 // rows need for their coefficients: SequencesPerUnit(p) sequences, a pair
 // (kPreference, kCpo: sequences 2i and 2i+1), a pair and its chosen prompt
-// (kOrpo) or one sequence (the other kinds). `ref` holds the reference's
-// L̃ of the unit's sequences (LD-weighted with ld_alpha; read by
-// kPreference and kImplicitSequence only), `tokens` their row counts,
+// (kOrpo) or one sequence (the other kinds). `ref` holds the unit's
+// ReferenceValuesPerSequence(p) values per sequence (the reference's L̃,
+// LD-weighted with ld_alpha, and KTO's label), `tokens` their row counts,
 // `sorted` the pair's share of the sorted losses (AddSortedLoss; null
 // without them).
 PREFOPT_HOST_DEVICE inline void UnitCoefficients(
@@ -610,6 +631,26 @@ PREFOPT_HOST_DEVICE inline void UnitCoefficients(
     case ObjectiveKind::kOrpo:
       ReferenceFreeUnit(p, seq, tokens, metrics, rows);
       return;
+    case ObjectiveKind::kKtoKl:
+      metrics[kMetricKl] = s0.logp - ref[0];
+      return;
+    case ObjectiveKind::kKto: {
+      // As KtoObjective::Coefficients: the example's side (chosen:
+      // desirable) gets its rewards/, logps/ and logits/ values.
+      const bool desirable = ref[1] != 0;
+      const double logratio = s0.logp - ref[0];
+      double dloss = 0;
+      metrics[kMetricLoss] = KtoLoss(p, desirable, logratio, &dloss);
+      metrics[kMetricKl] = p.kto_kl;
+      metrics[desirable ? kMetricRewardsChosen : kMetricRewardsRejected] =
+          p.beta * logratio;
+      metrics[desirable ? kMetricLogpsChosen : kMetricLogpsRejected] = s0.logp;
+      metrics[desirable ? kMetricLogitsChosen : kMetricLogitsRejected] =
+          s0.logit_sum;
+      metrics[kMetricEntropy] = s0.entropy;
+      rows[0].scale = dloss;
+      return;
+    }
     case ObjectiveKind::kTokenMean:
       metrics[kMetricLoss] = -s0.logp;
       metrics[kMetricMeanTokenAccuracy] = s0.correct;
@@ -748,6 +789,7 @@ PREFOPT_HOST_DEVICE inline float RowCoefficient(const ObjectiveParams& p,
     }
     case ObjectiveKind::kCpo:
     case ObjectiveKind::kOrpo:
+    case ObjectiveKind::kKto:
       return static_cast<float>(-(s.scale / p.denominator + s.offset));
     case ObjectiveKind::kPrior:
       return static_cast<float>(PriorTokenWeight(ref_logp, p.prior_alpha) *
@@ -766,6 +808,7 @@ inline void HostObjectiveCoefficients(
     const SeqSpan* spans, const double* reference,
     const float* reference_tokens, int num_seqs, const ObjectiveParams& p) {
   const int per_unit = SequencesPerUnit(p);
+  const int stride = ReferenceValuesPerSequence(p);
   const int units = num_seqs / per_unit;
   const bool tokens_in = NeedsReferenceTokens(p);
   std::vector<SequenceSums> sums(static_cast<size_t>(units) * per_unit);
@@ -809,9 +852,9 @@ inline void HostObjectiveCoefficients(
     for (int j = 0; j < per_unit; ++j) tokens[j] = spans[u + j].len;
     double values[kObjectiveMetricCount];
     RowScale scales[kMaxSequencesPerUnit];
-    UnitCoefficients(p, &sums[u],
-                     reference != nullptr ? reference + u : nullptr, tokens,
-                     sorted.empty() ? nullptr : &sorted[u / 2], values, scales);
+    UnitCoefficients(
+        p, &sums[u], reference != nullptr ? reference + u * stride : nullptr,
+        tokens, sorted.empty() ? nullptr : &sorted[u / 2], values, scales);
     for (int k = 0; k < kObjectiveMetricCount; ++k) metrics[k] += values[k];
     for (int j = 0; j < per_unit; ++j) {
       const SeqSpan& span = spans[u + j];

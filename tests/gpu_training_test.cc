@@ -175,9 +175,9 @@ TEST_P(GpuTrains, MatchesTheCpu) {
 // The objective's coefficients and metrics stay on the device
 // (docs/objectives.md §7): in steps 2 and 3 of a DPO, SFT, implicit-reward
 // SFT (both granularities), PRIOR, f-DPO + LD-DPO + WPO, CPO, SimPO or ORPO
-// run (2
-// micro-batches a step) the simulated runtime sees 2 copies to the host per
-// step, the metric sums and the gradient norm (the host path of the
+// run (2 micro-batches a step) the simulated runtime sees 2 copies to the
+// host per step, the metric sums and the gradient norm (KTO: 3, its
+// pre-pass's sums too; the host path of the
 // objectives copies 4 arrays of per-row values down per micro-batch, 5 with
 // WPO's: 9 and 7 copies per step), and no cudaMalloc at all.
 TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
@@ -200,7 +200,8 @@ TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
         Case{"traffic_cpo", "cpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
         Case{"traffic_simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
              "gpt2/pairs.jsonl"},
-        Case{"traffic_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"}}) {
+        Case{"traffic_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
+        Case{"traffic_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"}}) {
     const std::string text = absl::StrCat(
         "model { ", c.model, " }\n", "data { train_files: '",
         testing::WorkspacePath("tests/fixtures/"), c.data,
@@ -229,7 +230,11 @@ TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
               << " host-to-device copies; "
               << after.device_allocations - before.device_allocations
               << " cudaMalloc calls in steps 2-3\n";
-    EXPECT_LE(down, 2 * kMaxDeviceToHostPerStep) << c.name;
+    // KTO's pre-pass sums come down once more, for z₀ (summed over the
+    // ranks on the host).
+    const int64_t max_down =
+        kMaxDeviceToHostPerStep + (c.name == std::string("traffic_kto"));
+    EXPECT_LE(down, 2 * max_down) << c.name;
     EXPECT_EQ(after.device_allocations, before.device_allocations) << c.name;
   }
 }

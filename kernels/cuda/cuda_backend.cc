@@ -1072,13 +1072,13 @@ void CudaBackend::ObjectiveCoefficients(
   // [0, the last span row].
   static_assert(sizeof(SeqSpan) == 2 * sizeof(int32_t));
   const bool with_reference =
-      (params.kind == ObjectiveKind::kPreference ||
-       params.kind == ObjectiveKind::kImplicitSequence) &&
-      reference != nullptr;
+      ReferenceValuesPerSequence(params) > 0 && reference != nullptr;
   const bool with_tokens =
       NeedsReferenceTokens(params) && reference_tokens != nullptr;
-  const size_t ref_words =
-      with_reference ? 2 * static_cast<size_t>(num_seqs) : 0;
+  const size_t ref_words = with_reference
+                               ? 2 * static_cast<size_t>(num_seqs) *
+                                     ReferenceValuesPerSequence(params)
+                               : 0;
   const size_t span_words = 2 * static_cast<size_t>(num_seqs);
   size_t token_words = 0;
   if (with_tokens) {

@@ -910,11 +910,11 @@ TEST_P(CudaBackendTest, OutputArgmaxTiesGoToTheFirstIndex) {
 // (objective_math::HostObjectiveCoefficients) for every pair loss, a weighted
 // mixture with DPO's SFT term, f-DPO's scores, LD-DPO and WPO, the token
 // mean, implicit-reward SFT at both granularities with every divergence,
-// PRIOR, CPO with every loss and ORPO: 300 pairs (more than the units kernel's
-// threads), sequences of 1 to 700 rows (more than a block's threads) with a row
-// between two spans that no span covers. Coefficients to 1e-6 relative (the
-// same double math, summed in another order), metric sums to 1e-12, added to
-// what the buffer held.
+// PRIOR, CPO with every loss, ORPO and KTO with its pre-pass: 300 pairs (more
+// than the units kernel's threads), sequences of 1 to 700 rows (more than a
+// block's threads) with a row between two spans that no span covers.
+// Coefficients to 1e-6 relative (the same double math, summed in another
+// order), metric sums to 1e-12, added to what the buffer held.
 TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   // No GEMM: the fp32 run covers both precisions (and the simulation's
   // time is better spent on the cases below).
@@ -957,6 +957,12 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
       sum += logp[r];
     }
     reference[s] = sum + noise[s];
+  }
+  // KTO's: L̃ and a label per sequence (every third undesirable).
+  std::vector<double> kto_reference;
+  for (int s = 0; s < seqs; ++s) {
+    kto_reference.push_back(reference[s]);
+    kto_reference.push_back(s % 3 == 0 ? 0.0 : 1.0);
   }
   std::vector<double> initial_metrics(kObjectiveMetricCount);
   for (int k = 0; k < kObjectiveMetricCount; ++k) initial_metrics[k] = 0.5 * k;
@@ -1053,6 +1059,23 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   orpo.token_denominator = 3456;
   orpo.denominator = 7;
   cases.push_back(orpo);
+  // KTO (z₀ > 0) and APO_ZERO_UNPAIRED over 600 examples, and KTO's
+  // pre-pass: `reference` then holds each sequence's L̃ and label (ktos_ref
+  // below).
+  for (bool apo : {false, true}) {
+    ObjectiveParams kto;
+    kto.kind = ObjectiveKind::kKto;
+    kto.beta = 0.2;
+    kto.kto_apo = apo;
+    kto.kto_kl = apo ? 0 : 0.8;
+    kto.desirable_weight = 1.3;
+    kto.undesirable_weight = 0.6;
+    kto.denominator = 600;
+    cases.push_back(kto);
+  }
+  ObjectiveParams kto_kl;
+  kto_kl.kind = ObjectiveKind::kKtoKl;
+  cases.push_back(kto_kl);
 
   for (const ObjectiveParams& params : cases) {
     SCOPED_TRACE(::testing::Message()
@@ -1064,12 +1087,15 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
                  << " wpo " << params.use_weighting << " prior alpha "
                  << params.prior_alpha << " cpo loss "
                  << static_cast<int>(params.cpo_loss));
+    const double* ref_values = params.kind == ObjectiveKind::kKto
+                                   ? kto_reference.data()
+                                   : reference.data();
     std::vector<float> want_coef(rows, std::nanf(""));
     std::vector<double> want_metrics = initial_metrics;
     ref_.ObjectiveCoefficients(
         want_coef.data(), want_metrics.data(), logp.data(), logit_sum.data(),
         correct_ints.data(), entropy.data(), log_sum_sq.data(), spans.data(),
-        reference.data(), reference_tokens.data(), seqs, params);
+        ref_values, reference_tokens.data(), seqs, params);
     DeviceBuffers buf(cuda_.get());
     float* d_logp = buf.Upload(logp);
     float* d_logit_sum = buf.Upload(logit_sum);
@@ -1084,7 +1110,7 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
     cuda_->ObjectiveCoefficients(
         d_coef, reinterpret_cast<double*>(d_metrics), d_logp, d_logit_sum,
         reinterpret_cast<const int32_t*>(d_correct), d_entropy, d_log_sum_sq,
-        spans.data(), reference.data(), reference_tokens.data(), seqs, params);
+        spans.data(), ref_values, reference_tokens.data(), seqs, params);
     const std::vector<float> coef = buf.Read(d_coef, rows);
     const std::vector<float> got_words =
         buf.Read(d_metrics, metric_words.size());
@@ -1101,7 +1127,11 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
       ASSERT_NEAR(coef[r], want_coef[r], 1e-6 * std::fabs(want_coef[r]))
           << "row " << r;
     }
-    EXPECT_GT(nonzero, rows / 4);
+    if (params.kind == ObjectiveKind::kKtoKl) {
+      EXPECT_EQ(nonzero, 0) << "the pre-pass has no gradient";
+    } else {
+      EXPECT_GT(nonzero, rows / 4);
+    }
     for (int k = 0; k < kObjectiveMetricCount; ++k) {
       EXPECT_NEAR(metrics[k], want_metrics[k],
                   1e-12 * (1.0 + std::fabs(want_metrics[k])))

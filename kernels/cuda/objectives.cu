@@ -168,7 +168,8 @@ __global__ void __launch_bounds__(kThreads)
     ObjectiveUnitsKernel(double* metrics, RowScale* row_scales,
                          const double* sums, const SeqSpan* spans,
                          const double* reference, int num_seqs, int per_unit,
-                         ObjectiveParams params, double* sort_scratch) {
+                         int reference_stride, ObjectiveParams params,
+                         double* sort_scratch) {
   PairTerms* sorted = nullptr;
   if (params.kind == ObjectiveKind::kPreference &&
       objective_math::HasSortedTerms(params)) {
@@ -193,8 +194,9 @@ __global__ void __launch_bounds__(kThreads)
     double values[kObjectiveMetricCount];
     RowScale scales[kMaxSequencesPerUnit];
     objective_math::UnitCoefficients(
-        params, seq, reference != nullptr ? reference + u : nullptr, tokens,
-        sorted != nullptr ? sorted + u / 2 : nullptr, values, scales);
+        params, seq,
+        reference != nullptr ? reference + u * reference_stride : nullptr,
+        tokens, sorted != nullptr ? sorted + u / 2 : nullptr, values, scales);
     for (int k = 0; k < kObjectiveMetricCount; ++k) local[k] += values[k];
     for (int j = 0; j < per_unit; ++j) row_scales[u + j] = scales[j];
   }
@@ -250,7 +252,8 @@ cudaError_t ObjectiveCoefficients(
    spans, num_seqs, params);
   PREFOPT_LAUNCH(ObjectiveUnitsKernel, 1, kThreads, 0, stream)
   (metrics, row_scales, seq_sums, spans, reference, num_seqs,
-   SequencesPerUnit(params), params, sort_scratch);
+   SequencesPerUnit(params), ReferenceValuesPerSequence(params), params,
+   sort_scratch);
   PREFOPT_LAUNCH(ObjectiveRowsKernel, num_seqs, kThreads, 0, stream)
   (coef, row_scales, logp, reference_tokens, spans, params);
   return cudaGetLastError();

@@ -138,7 +138,7 @@ absl::StatusOr<std::map<std::string, double>> Evaluator::Evaluate(
   if (absl::Status s = ScorePrepass(
           *objective_, data_.examples, local_, micro_batch_, &policy, &output,
           [this](const std::vector<int>&) { return &references_; }, comm_,
-          &batch_, &prepass);
+          &batch_, /*device=*/nullptr, &prepass);
       !s.ok()) {
     return s;
   }

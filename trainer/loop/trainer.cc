@@ -779,7 +779,7 @@ absl::Status ScorePrepass(
     const std::function<const objectives::ReferenceValues*(
         const std::vector<int>& micro)>& reference,
     comm::Communicator* comm, data::Batch* batch,
-    objectives::MetricSums* prepass) {
+    objectives::DeviceObjective* device, objectives::MetricSums* prepass) {
   if (!objective.has_prepass()) return absl::OkStatus();
   std::vector<int> micro;
   for (size_t begin = 0; begin < indices.size(); begin += micro_batch) {
@@ -789,6 +789,13 @@ absl::Status ScorePrepass(
                      /*include_context=*/true, batch, /*only_response=*/1);
     const objectives::ReferenceValues* values = reference(micro);
     const float* hidden = policy->Forward(batch->packed);
+    if (device != nullptr) {
+      output->ForwardOnBackend(hidden, policy->output_embedding(),
+                               batch->packed.tokens.data(), batch->segments,
+                               /*log_sum_sq_probs=*/false);
+      device->Prepass(batch->segments, micro, *values, output);
+      continue;
+    }
     const std::vector<objectives::SequenceScores> scores =
         output->Forward(hidden, policy->output_embedding(),
                         batch->packed.tokens.data(), batch->segments);
@@ -797,6 +804,7 @@ absl::Status ScorePrepass(
     view.dataset = &examples;
     objective.AddPrepass(view, prepass);
   }
+  if (device != nullptr) device->TakeMetrics(prepass);
   if (comm == nullptr || comm->world_size() <= 1) return absl::OkStatus();
   std::vector<double> flat = prepass->Flattened();
   absl::Status s = comm->AllReduceSum(flat.data(), flat.size());
@@ -818,7 +826,7 @@ absl::Status Trainer::LocalPrepass(const std::vector<int>& local,
                                        objective_->reference_sees_context(),
                                        /*only_response=*/1);
       },
-      comm, &batch_, prepass);
+      comm, &batch_, device_objective_.get(), prepass);
 }
 
 double Trainer::TokenDenominator(const std::vector<int>& batch) const {
@@ -911,7 +919,8 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
       output_->ForwardOnBackend(hidden, policy_->output_embedding(),
                                 batch_.packed.tokens.data(), *segments,
                                 objective_->needs_row_log_sum_sq_probs());
-      device_objective_->Coefficients(*segments, micro, reference, denominator,
+      device_objective_->Coefficients(*segments, micro, dataset_.examples,
+                                      reference, prepass, denominator,
                                       token_denominator, output_.get());
     } else {
       const bool log_sum_sq = objective_->needs_row_log_sum_sq_probs();

@@ -294,7 +294,8 @@ int KlChunk(const TrainConfig& config, const objectives::Objective* objective,
 // response 1 of every example of `indices`, `micro_batch` examples at a
 // time, scored by `policy` without a gradient, with `reference(micro)`
 // giving each micro-batch's reference values, into `prepass`, which is then
-// summed over the ranks of `comm` (none when null).
+// summed over the ranks of `comm` (none when null). With `device`, the sums
+// are taken on the backend (DeviceObjective::Prepass) and come down once.
 absl::Status ScorePrepass(
     const objectives::Objective& objective,
     const std::vector<data::Example>& examples, const std::vector<int>& indices,
@@ -303,7 +304,7 @@ absl::Status ScorePrepass(
     const std::function<const objectives::ReferenceValues*(
         const std::vector<int>& micro)>& reference,
     comm::Communicator* comm, data::Batch* batch,
-    objectives::MetricSums* prepass);
+    objectives::DeviceObjective* device, objectives::MetricSums* prepass);
 
 }  // namespace prefopt::loop
 

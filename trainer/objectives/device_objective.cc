@@ -38,6 +38,7 @@ constexpr const char* kMetricNames[kernels::kObjectiveMetricCount] = {
     "nll_loss",
     "log_odds_ratio",
     "log_odds_chosen",
+    "kl",
 };
 
 }  // namespace
@@ -46,8 +47,11 @@ std::unique_ptr<DeviceObjective> DeviceObjective::Create(
     const Objective& objective, kernels::Backend* backend, int max_seqs,
     int vocab) {
   kernels::ObjectiveParams params;
-  if (backend->HostAddressable() || !objective.DeviceParams(&params) ||
-      objective.has_prepass()) {
+  if (backend->HostAddressable() || !objective.DeviceParams(&params)) {
+    return nullptr;
+  }
+  // Only KTO's pre-pass has a device form (kKtoKl).
+  if (objective.has_prepass() && params.kind != kernels::ObjectiveKind::kKto) {
     return nullptr;
   }
   // Only ORPO's units take the prompt rows (kOrpo's third sequence).
@@ -60,23 +64,26 @@ std::unique_ptr<DeviceObjective> DeviceObjective::Create(
                        ? max_seqs / 2 * 3
                        : max_seqs;
   return std::unique_ptr<DeviceObjective>(
-      new DeviceObjective(backend, params, seqs, vocab));
+      new DeviceObjective(&objective, backend, params, seqs, vocab));
 }
 
-DeviceObjective::DeviceObjective(kernels::Backend* backend,
+DeviceObjective::DeviceObjective(const Objective* objective,
+                                 kernels::Backend* backend,
                                  const kernels::ObjectiveParams& params,
                                  int max_seqs, int vocab)
-    : backend_(backend),
+    : objective_(objective),
+      backend_(backend),
       params_(params),
       vocab_(vocab),
       metrics_(backend->Alloc(2 * kernels::kObjectiveMetricCount)),
       metrics_host_(kernels::kObjectiveMetricCount),
-      counts_(kernels::kObjectiveMetricCount) {
+      counts_(kernels::kObjectiveMetricCount),
+      reported_(kernels::kObjectiveMetricCount) {
   static_assert(sizeof(double) == 2 * sizeof(float));
   backend_->Zero(metrics_, 2 * kernels::kObjectiveMetricCount);
   spans_.reserve(max_seqs);
   in_order_.reserve(max_seqs);
-  reference_.reserve(max_seqs);
+  reference_.reserve(2 * static_cast<size_t>(max_seqs));
 }
 
 namespace {
@@ -101,18 +108,11 @@ absl::Span<const float> TokenLogps(const ReferenceValues& reference,
 
 DeviceObjective::~DeviceObjective() { backend_->Free(metrics_); }
 
-void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
-                                   const std::vector<int>& examples,
-                                   const ReferenceValues* reference,
-                                   double denominator, double token_denominator,
-                                   ChunkedOutputLayer* output) {
-  const kernels::ObjectiveKind kind = params_.kind;
-  const size_t per_example = kernels::SequencesPerUnit(params_);
-  if (segments.size() != per_example * examples.size()) {
-    std::fprintf(stderr,
-                 "DeviceObjective::Coefficients: %zu segments for %zu "
-                 "examples\n",
-                 segments.size(), examples.size());
+int DeviceObjective::SetSpans(const std::vector<ResponseSegment>& segments,
+                              size_t per_example, size_t examples) {
+  if (segments.size() != per_example * examples) {
+    std::fprintf(stderr, "DeviceObjective: %zu segments for %zu examples\n",
+                 segments.size(), examples);
     std::abort();
   }
   spans_.clear();
@@ -123,6 +123,45 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
     spans_.push_back({row, s.count});
     row += s.count;
   }
+  return row;
+}
+
+void DeviceObjective::Launch(const kernels::ObjectiveParams& params,
+                             ChunkedOutputLayer* output) {
+  const ChunkedOutputLayer::BackendRows rows = output->rows();
+  backend_->ObjectiveCoefficients(
+      rows.coef, reinterpret_cast<double*>(metrics_), rows.logp, rows.logit_sum,
+      rows.correct, rows.entropy,
+      params.use_weighting ? rows.log_sum_sq : nullptr, spans_.data(),
+      reference_.empty() ? nullptr : reference_.data(),
+      reference_tokens_.empty() ? nullptr : reference_tokens_.data(),
+      static_cast<int>(spans_.size()), params);
+  pending_ = true;
+}
+
+void DeviceObjective::Prepass(const std::vector<ResponseSegment>& segments,
+                              const std::vector<int>& examples,
+                              const ReferenceValues& reference,
+                              ChunkedOutputLayer* output) {
+  SetSpans(segments, 1, examples.size());
+  // The pre-pass scores each example's KL completion, response 1.
+  for (int ex : examples) reference_.push_back(reference.SequenceLogp(ex, 1));
+  kernels::ObjectiveParams params = params_;
+  params.kind = kernels::ObjectiveKind::kKtoKl;
+  counts_[kernels::kMetricKl] += static_cast<double>(examples.size());
+  Launch(params, output);
+}
+
+void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
+                                   const std::vector<int>& examples,
+                                   const std::vector<data::Example>& dataset,
+                                   const ReferenceValues* reference,
+                                   const MetricSums* prepass,
+                                   double denominator, double token_denominator,
+                                   ChunkedOutputLayer* output) {
+  const kernels::ObjectiveKind kind = params_.kind;
+  const size_t per_example = kernels::SequencesPerUnit(params_);
+  const int row = SetSpans(segments, per_example, examples.size());
   // The rows of the responses (TRL's entropy covers no prompt rows).
   int response_rows = row;
   if (kind == kernels::ObjectiveKind::kOrpo) {
@@ -141,9 +180,36 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
   kernels::ObjectiveParams params = params_;
   params.denominator = denominator;
   params.token_denominator = token_denominator;
+  objective_->SetDevicePrepassParams(prepass, &params);
   using M = kernels::ObjectiveMetric;
-  if (kind == kernels::ObjectiveKind::kCpo ||
-      kind == kernels::ObjectiveKind::kOrpo) {
+  if (kind == kernels::ObjectiveKind::kKto) {
+    // Each example's L̃ and label; its metrics go to its side's names, both
+    // of which every micro-batch reports (count 0 for an absent side) so
+    // that every rank has the same names (KtoObjective::Coefficients).
+    double examples_of[2] = {0, 0}, tokens_of[2] = {0, 0};
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const bool desirable = dataset[examples[i]].label;
+      reference_.push_back(reference->SequenceLogp(examples[i], 0));
+      reference_.push_back(desirable ? 1.0 : 0.0);
+      examples_of[desirable ? 0 : 1] += 1;
+      tokens_of[desirable ? 0 : 1] += spans_[i].len;
+    }
+    const double n = static_cast<double>(examples.size());
+    counts_[M::kMetricLoss] += n;
+    counts_[M::kMetricKl] += n;
+    counts_[M::kMetricRewardsChosen] += examples_of[0];
+    counts_[M::kMetricLogpsChosen] += examples_of[0];
+    counts_[M::kMetricLogitsChosen] += tokens_of[0] * vocab_;
+    counts_[M::kMetricRewardsRejected] += examples_of[1];
+    counts_[M::kMetricLogpsRejected] += examples_of[1];
+    counts_[M::kMetricLogitsRejected] += tokens_of[1] * vocab_;
+    for (M m : {M::kMetricRewardsChosen, M::kMetricLogpsChosen,
+                M::kMetricLogitsChosen, M::kMetricRewardsRejected,
+                M::kMetricLogpsRejected, M::kMetricLogitsRejected}) {
+      reported_[m] = true;
+    }
+  } else if (kind == kernels::ObjectiveKind::kCpo ||
+             kind == kernels::ObjectiveKind::kOrpo) {
     // The pair metrics (reference_free.h's AddPairMetrics) and the NLL
     // term's: over the chosen tokens, the chosen prompt's too for ORPO, or
     // one per pair for CPO without it (TRL logs nll_loss 0).
@@ -267,15 +333,7 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
     }
   }
   counts_[M::kMetricEntropy] += response_rows;
-  const ChunkedOutputLayer::BackendRows rows = output->rows();
-  backend_->ObjectiveCoefficients(
-      rows.coef, reinterpret_cast<double*>(metrics_), rows.logp, rows.logit_sum,
-      rows.correct, rows.entropy,
-      params.use_weighting ? rows.log_sum_sq : nullptr, spans_.data(),
-      reference_.empty() ? nullptr : reference_.data(),
-      reference_tokens_.empty() ? nullptr : reference_tokens_.data(),
-      static_cast<int>(spans_.size()), params);
-  pending_ = true;
+  Launch(params, output);
 }
 
 void DeviceObjective::TakeMetrics(MetricSums* sums) {
@@ -284,10 +342,12 @@ void DeviceObjective::TakeMetrics(MetricSums* sums) {
                        2 * kernels::kObjectiveMetricCount);
   backend_->Zero(metrics_, 2 * kernels::kObjectiveMetricCount);
   for (int k = 0; k < kernels::kObjectiveMetricCount; ++k) {
-    if (counts_[k] > 0)
+    if (counts_[k] > 0 || reported_[k]) {
       sums->Add(kMetricNames[k], metrics_host_[k], counts_[k]);
+    }
   }
   std::fill(counts_.begin(), counts_.end(), 0.0);
+  std::fill(reported_.begin(), reported_.end(), false);
   pending_ = false;
 }
 

@@ -25,7 +25,8 @@ class DeviceObjective {
   // The device path for `objective` on `backend`, or null where the host path
   // stays: a host-addressable backend (the CPU's), an objective without a
   // device form (Objective::DeviceParams), or one that needs what the device
-  // path does not feed (a pre-pass). `max_seqs` bounds a micro-batch's
+  // path does not feed (a pre-pass other than KTO's). `max_seqs` bounds a
+  // micro-batch's
   // sequences (without ORPO's prompts); `vocab` is V (the logits metrics'
   // counts).
   static std::unique_ptr<DeviceObjective> Create(const Objective& objective,
@@ -42,10 +43,22 @@ class DeviceObjective {
   // writes the coefficients into output->rows().coef and adds the metric
   // sums on the backend. `denominator` and `token_denominator` are the global
   // batch's (Objective::Denominator, TokenDenominator).
+  // `dataset` is what `examples` index (KTO's labels); `prepass` the global
+  // batch's pre-pass sums (KTO's z₀; null without a pre-pass).
   void Coefficients(const std::vector<ResponseSegment>& segments,
                     const std::vector<int>& examples,
-                    const ReferenceValues* reference, double denominator,
-                    double token_denominator, ChunkedOutputLayer* output);
+                    const std::vector<data::Example>& dataset,
+                    const ReferenceValues* reference, const MetricSums* prepass,
+                    double denominator, double token_denominator,
+                    ChunkedOutputLayer* output);
+
+  // One micro-batch of the objective's pre-pass (KTO's KL completions,
+  // response 1 of each example; Objective::AddPrepass) after
+  // output->ForwardOnBackend over `segments`: adds its sums on the backend,
+  // which TakeMetrics then hands over as AddPrepass names them.
+  void Prepass(const std::vector<ResponseSegment>& segments,
+               const std::vector<int>& examples,
+               const ReferenceValues& reference, ChunkedOutputLayer* output);
 
   // Adds the metrics of the micro-batches since the last call to `sums`, with
   // the names and counts Objective::Coefficients and AddEntropyMetric give
@@ -54,9 +67,18 @@ class DeviceObjective {
   void TakeMetrics(MetricSums* sums);
 
  private:
-  DeviceObjective(kernels::Backend* backend, const kernels::ObjectiveParams&,
-                  int max_seqs, int vocab);
+  DeviceObjective(const Objective* objective, kernels::Backend* backend,
+                  const kernels::ObjectiveParams&, int max_seqs, int vocab);
 
+  // Fills spans_ from `segments` (per_example per example) and clears the
+  // staged reference values; returns the rows.
+  int SetSpans(const std::vector<ResponseSegment>& segments, size_t per_example,
+               size_t examples);
+  // Backend::ObjectiveCoefficients over spans_ and the staged values.
+  void Launch(const kernels::ObjectiveParams& params,
+              ChunkedOutputLayer* output);
+
+  const Objective* objective_;
   kernels::Backend* backend_;
   kernels::ObjectiveParams params_;
   int vocab_;
@@ -72,6 +94,8 @@ class DeviceObjective {
   // The counts of the metric sums since the last TakeMetrics (the host knows
   // them from the segments alone).
   std::vector<double> counts_;
+  // Metrics reported even with count 0 (KTO's absent side).
+  std::vector<bool> reported_;
   bool pending_ = false;
 };
 

@@ -4,9 +4,9 @@
 // covers (AOT's sorted ones too), label smoothing, a mixture with the SFT
 // term, f-DPO's divergences,
 // LD-DPO and WPO, SFT, implicit-reward SFT at both granularities with each
-// divergence, PRIOR, CPO with each loss type (SimPO, AlphaPO) and ORPO (with
-// its prompt rows), on the reference backend posing as one the host
-// cannot address. Also which configurations stay on the host.
+// divergence, PRIOR, CPO with each loss type (SimPO, AlphaPO), ORPO (with
+// its prompt rows) and KTO with its pre-pass, on the reference backend posing
+// as one the host cannot address. Also which configurations stay on the host.
 #include "trainer/objectives/device_objective.h"
 
 #include <cmath>
@@ -143,8 +143,9 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
   for (int repeat = 0; repeat < 2; ++repeat) {
     output.ForwardOnBackend(f.hidden.data(), f.wout.data(), f.tokens.data(),
                             f.segments, log_sum_sq);
-    device->Coefficients(f.segments, f.examples, &f.ref, denominator,
-                         token_denominator, &output);
+    device->Coefficients(f.segments, f.examples, dataset, &f.ref,
+                         /*prepass=*/nullptr, denominator, token_denominator,
+                         &output);
   }
   device->TakeMetrics(&got);
   std::vector<float> coef(want_coef.size());
@@ -351,6 +352,111 @@ TEST(DeviceObjectiveTest, OrpoMatchesTheHost) {
   ExpectDeviceMatchesHost(**orpo, 7, /*token_denominator=*/61);
 }
 
+// Compares the metric sums `got` with `want`: names, sums and counts.
+void ExpectSameSums(const MetricSums& got, const MetricSums& want) {
+  ASSERT_EQ(got.JoinedNames(), want.JoinedNames());
+  const std::vector<double> g = got.Flattened(), w = want.Flattened();
+  for (size_t k = 0; k < w.size(); ++k) {
+    EXPECT_NEAR(g[k], w[k], 1e-9 * (1.0 + std::fabs(w[k])))
+        << (k % 2 == 0 ? "sum" : "count") << " of metric " << k / 2 << " ("
+        << want.JoinedNames() << ")";
+  }
+}
+
+// KTO: the pre-pass's KL sums over each example's KL completion (response
+// 1), then the loss over its completion (response 0) with z₀ from them, on
+// both paths; desirable and undesirable examples mixed, or one side only
+// (whose absent side's metrics both paths report with count 0).
+TEST(DeviceObjectiveTest, KtoAndItsPrepassMatchTheHost) {
+  struct Variant {
+    const char* name;
+    KtoConfig::LossType type;
+    int undesirable_every;  // 0: all desirable
+  };
+  for (const Variant& v :
+       {Variant{"kto", KtoConfig::KTO, 3},
+        Variant{"kto_desirable_only", KtoConfig::KTO, 0},
+        Variant{"apo_zero_unpaired", KtoConfig::APO_ZERO_UNPAIRED, 2}}) {
+    SCOPED_TRACE(v.name);
+    KtoConfig config;
+    config.set_loss_type(v.type);
+    config.set_beta(0.3f);
+    config.set_desirable_weight(1.2f);
+    config.set_undesirable_weight(0.7f);
+    auto kto = KtoObjective::Create(config, kVocab);
+    ASSERT_TRUE(kto.ok()) << kto.status();
+    const int n = 6;
+    // Two sequences per example: the completion, then the KL completion.
+    Fixture f(n, 2);
+    std::vector<ResponseSegment> completions, kl_completions;
+    for (int i = 0; i < n; ++i) {
+      completions.push_back(f.segments[2 * i]);
+      kl_completions.push_back(f.segments[2 * i + 1]);
+    }
+    // The reference far less sure of the KL completions than the policy:
+    // z₀ = max(0, mean KL log-ratio) > 0.
+    for (int i = 0; i < n; ++i) f.ref.sequence_logp[2 * i + 1] -= 40.0;
+    std::vector<data::Example> dataset(n);
+    for (int i = 0; i < n; ++i) {
+      dataset[i].label = v.undesirable_every == 0 || i % v.undesirable_every;
+    }
+    OpaqueBackend backend;
+    const int max_rows = 256;
+    const double denominator = 1.5 * n;
+    ChunkedOutputLayer host_output(&backend, max_rows, kHidden, kVocab, 4);
+    MetricSums want_prepass, want;
+    std::vector<float> want_coef;
+    {
+      const std::vector<SequenceScores> scores = host_output.Forward(
+          f.hidden.data(), f.wout.data(), f.tokens.data(), kl_completions);
+      MicroBatchView view{&f.examples, &scores, &host_output.row_logp(),
+                          &f.ref};
+      view.dataset = &dataset;
+      (*kto)->AddPrepass(view, &want_prepass);
+    }
+    {
+      const std::vector<SequenceScores> scores = host_output.Forward(
+          f.hidden.data(), f.wout.data(), f.tokens.data(), completions);
+      MicroBatchView view{&f.examples, &scores, &host_output.row_logp(),
+                          &f.ref};
+      view.denominator = denominator;
+      view.dataset = &dataset;
+      view.prepass = &want_prepass;
+      (*kto)->Coefficients(view, denominator, &want_coef, &want);
+      AddEntropyMetric(scores, completions.size(), &want);
+    }
+
+    std::unique_ptr<DeviceObjective> device =
+        DeviceObjective::Create(**kto, &backend, n, kVocab);
+    ASSERT_NE(device, nullptr);
+    ChunkedOutputLayer output(&backend, max_rows, kHidden, kVocab, 4);
+    MetricSums got_prepass, got;
+    output.ForwardOnBackend(f.hidden.data(), f.wout.data(), f.tokens.data(),
+                            kl_completions);
+    device->Prepass(kl_completions, f.examples, f.ref, &output);
+    device->TakeMetrics(&got_prepass);
+    if (v.type == KtoConfig::KTO) {
+      ExpectSameSums(got_prepass, want_prepass);
+    }
+    output.ForwardOnBackend(f.hidden.data(), f.wout.data(), f.tokens.data(),
+                            completions);
+    device->Coefficients(completions, f.examples, dataset, &f.ref, &got_prepass,
+                         denominator, 0, &output);
+    device->TakeMetrics(&got);
+    std::vector<float> coef(want_coef.size());
+    backend.CopyToHost(coef.data(), output.rows().coef, coef.size());
+    for (size_t r = 0; r < coef.size(); ++r) {
+      EXPECT_NEAR(coef[r], want_coef[r], 1e-6 * std::fabs(want_coef[r]))
+          << "row " << r;
+    }
+    ExpectSameSums(got, want);
+    // z₀ > 0 moved the KTO loss (else the pre-pass would be untested).
+    if (v.type == KtoConfig::KTO) {
+      EXPECT_GT((*kto)->KlEstimate(&got_prepass), 0);
+    }
+  }
+}
+
 TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   OpaqueBackend opaque;
   kernels::ReferenceBackend host;
@@ -359,12 +465,22 @@ TEST(DeviceObjectiveTest, WhatStaysOnTheHost) {
   EXPECT_NE(DeviceObjective::Create(*plain, &opaque, 8, kVocab), nullptr);
   // A host-addressable backend keeps the host path.
   EXPECT_EQ(DeviceObjective::Create(*plain, &host, 8, kVocab), nullptr);
-  // KTO's pre-pass has no device form.
-  KtoConfig kto_config;
-  kto_config.set_beta(0.1f);
-  auto kto = KtoObjective::Create(kto_config, kVocab);
-  ASSERT_TRUE(kto.ok()) << kto.status();
-  EXPECT_EQ(DeviceObjective::Create(**kto, &opaque, 8, kVocab), nullptr);
+  // A pre-pass other than KTO's has no device form.
+  class SftWithPrepass : public SftPlugin {
+   public:
+    bool has_prepass() const override { return true; }
+  };
+  SftWithPrepass with_prepass;
+  EXPECT_EQ(DeviceObjective::Create(with_prepass, &opaque, 8, kVocab), nullptr);
+  // Nor has an objective that has no DeviceParams.
+  class HostOnly : public SftPlugin {
+   public:
+    bool DeviceParams(kernels::ObjectiveParams*) const override {
+      return false;
+    }
+  };
+  HostOnly host_only;
+  EXPECT_EQ(DeviceObjective::Create(host_only, &opaque, 8, kVocab), nullptr);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "trainer/objectives/logistic.h"
+#include "kernels/objective_math.h"
 
 namespace prefopt::objectives {
 
@@ -62,24 +62,29 @@ double KtoObjective::KlEstimate(const MetricSums* prepass) const {
 
 KtoExampleGradient KtoObjective::Example(bool desirable, double logratio,
                                          double kl) const {
-  // kto: desirable 1 − σ(β(r − z₀)), undesirable 1 − σ(β(z₀ − r));
-  // apo_zero_unpaired: desirable 1 − σ(βr), undesirable σ(βr). With
-  // x = β(r − z₀) (z₀ = 0 for apo) these are σ(−x) and σ(x), whose
-  // derivatives in r are ∓β·σ(x)·σ(−x).
-  const double x =
-      beta_ * (loss_type_ == KtoConfig::KTO ? logratio - kl : logratio);
-  const double slope = beta_ * Sigmoid(x) * Sigmoid(-x);
-  const double weight = desirable ? desirable_weight_ : undesirable_weight_;
+  kernels::ObjectiveParams p;
+  DeviceParams(&p);
+  p.kto_kl = kl;
   KtoExampleGradient g;
-  if (desirable) {
-    g.loss = weight * Sigmoid(-x);
-    g.dloss_dlogp = -weight * slope;
-  } else {
-    // kto's 1 − σ(β(z₀ − r)) is σ(x), as apo_zero_unpaired's σ(βr) is.
-    g.loss = weight * Sigmoid(x);
-    g.dloss_dlogp = weight * slope;
-  }
+  g.loss =
+      kernels::objective_math::KtoLoss(p, desirable, logratio, &g.dloss_dlogp);
   return g;
+}
+
+bool KtoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
+  kernels::ObjectiveParams p;
+  p.kind = kernels::ObjectiveKind::kKto;
+  p.beta = beta_;
+  p.desirable_weight = desirable_weight_;
+  p.undesirable_weight = undesirable_weight_;
+  p.kto_apo = loss_type_ != KtoConfig::KTO;
+  *params = p;
+  return true;
+}
+
+void KtoObjective::SetDevicePrepassParams(
+    const MetricSums* prepass, kernels::ObjectiveParams* params) const {
+  params->kto_kl = KlEstimate(prepass);
 }
 
 void KtoObjective::AddPrepass(const MicroBatchView& batch,

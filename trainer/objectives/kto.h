@@ -55,6 +55,11 @@ class KtoObjective : public Objective {
                      const std::vector<int>& batch) const override;
   void Coefficients(const MicroBatchView& batch, double denominator,
                     std::vector<float>* coef, MetricSums* sums) const override;
+  // kernels::ObjectiveKind::kKto (and kKtoKl for the pre-pass), both loss
+  // types; z₀ comes from the pre-pass sums.
+  bool DeviceParams(kernels::ObjectiveParams* params) const override;
+  void SetDevicePrepassParams(const MetricSums* prepass,
+                              kernels::ObjectiveParams* params) const override;
   // Drops the chosen (rejected) metrics of a batch without desirable
   // (undesirable) examples and adds rewards/margins when it has both, as TRL.
   void FinishMetrics(const MetricSums& sums,

@@ -133,6 +133,12 @@ class Objective {
   virtual bool DeviceParams(kernels::ObjectiveParams* /*params*/) const {
     return false;
   }
+  // Sets what the device form's `params` take from the global batch's
+  // pre-pass sums (`prepass`, summed over the ranks; KTO's z₀) before a
+  // micro-batch's coefficients. Nothing by default.
+  virtual void SetDevicePrepassParams(
+      const MetricSums* /*prepass*/,
+      kernels::ObjectiveParams* /*params*/) const {}
 
   // Adjusts the reported metrics of a global batch once its sums are summed
   // over the ranks: `metrics` holds sums.Means(). An objective may drop a
