@@ -201,7 +201,9 @@ TEST_F(SimulatedGpu, StepsCopyLittleAndAllocateNothing) {
         Case{"traffic_simpo", "cpo { loss_type: SIMPO beta: 2 cpo_alpha: 0 }",
              "gpt2/pairs.jsonl"},
         Case{"traffic_orpo", "orpo { beta: 0.1 }", "gpt2/pairs.jsonl"},
-        Case{"traffic_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"}}) {
+        Case{"traffic_kto", "kto { beta: 0.1 }", "gpt2/unpaired.jsonl"},
+        Case{"traffic_llama_dpo", "dpo { beta: 0.1 }", "gpt2/pairs.jsonl",
+             kLlama}}) {
     const std::string text = absl::StrCat(
         "model { ", c.model, " }\n", "data { train_files: '",
         testing::WorkspacePath("tests/fixtures/"), c.data,

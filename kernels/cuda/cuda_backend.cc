@@ -210,6 +210,33 @@ class HostStaging {
   size_t next_ = 0;
 };
 
+// The device copy of the host int32 array last uploaded through it. A
+// batch's attention tiles, positions and labels are the same for every layer
+// and for the backward pass, so each goes up once per batch instead of once
+// per op: the host keeps what it sent and compares the next array with it (a
+// few KB) before sending it again.
+class UploadCache {
+ public:
+  explicit UploadCache(const char* name) : buffer_(name) {}
+
+  const int32_t* Get(HostStaging& staging, cudaStream_t stream,
+                     const int32_t* src, size_t n) {
+    // Scratch::Get(n) keeps the buffer for the same n, so an equal array is
+    // still there: every write to it is on `stream`, before the reads.
+    int32_t* dst = buffer_.Get<int32_t>(n);
+    if (n == sent_.size() && std::equal(src, src + n, sent_.begin())) {
+      return dst;
+    }
+    staging.Upload(dst, src, n, stream);
+    sent_.assign(src, src + n);
+    return dst;
+  }
+
+ private:
+  Scratch buffer_;
+  std::vector<int32_t> sent_;
+};
+
 // The largest power of two (up to 256) dividing the address and the leading
 // dimension's byte stride: what cuBLASLt may assume about every column.
 uint32_t Alignment(const void* p, size_t ld_bytes) {
@@ -395,6 +422,10 @@ struct CudaBackend::State {
     staging.Upload(dst, src, n, stream);
     return dst;
   }
+  // The device copy of a host int32 array through `cache`.
+  const int32_t* Upload(UploadCache& cache, const int32_t* src, size_t n) {
+    return cache.Get(staging, stream, src, n);
+  }
 
   void Gemm(const GemmCall& g);
 
@@ -409,6 +440,8 @@ struct CudaBackend::State {
   Scratch bf16_a{"bf16 GEMM operand A"}, bf16_b{"bf16 GEMM operand B"},
       bf16_c{"bf16 GEMM operand C"};
   Scratch indices{"uploaded indices"};
+  UploadCache attention_tiles{"attention tiles"}, positions{"positions"},
+      labels{"labels"};
   // Column partials, attention's D, decoding scores.
   Scratch floats{"partial sums"};
   Scratch doubles{"SumSquares partials"};
@@ -877,7 +910,7 @@ void CudaBackend::AttentionForward(float* out, float* probs, const float* qkv,
       AttentionTiles(spans, num_seqs, hs, &num_tiles);
   if (num_tiles == 0) return;
   const auto* tiles = reinterpret_cast<const cuda::AttentionTile*>(
-      s_->Upload(s_->indices, packed.data(), packed.size()));
+      s_->Upload(s_->attention_tiles, packed.data(), packed.size()));
   PREFOPT_CHECK_CUDA(cuda::AttentionForward(s_->stream, bf16, out, probs,
                                             nullptr, nullptr, qkv, tiles,
                                             num_tiles, NH, NKV, hs));
@@ -896,7 +929,7 @@ void CudaBackend::AttentionBackward(float* dqkv, const float* dout,
       AttentionTiles(spans, num_seqs, hs, &num_tiles);
   if (num_tiles == 0) return;
   const auto* tiles = reinterpret_cast<const cuda::AttentionTile*>(
-      s_->Upload(s_->indices, packed.data(), packed.size()));
+      s_->Upload(s_->attention_tiles, packed.data(), packed.size()));
   float* dsum = s_->floats.Get<float>(AttentionProbsSize(spans, num_seqs, NH));
   PREFOPT_CHECK_CUDA(cuda::AttentionForward(s_->stream, bf16, nullptr, nullptr,
                                             dout, dsum, qkv, tiles, num_tiles,
@@ -921,7 +954,7 @@ void CudaBackend::RopeForward(float* qkv, const int32_t* pos, const float* cos,
                               const float* sin, int N, int NH, int NKV,
                               int hs) {
   if (N == 0) return;
-  const int32_t* dev = s_->Upload(s_->indices, pos, N);
+  const int32_t* dev = s_->Upload(s_->positions, pos, N);
   PREFOPT_CHECK_CUDA(
       cuda::RopeRotate(s_->stream, qkv, dev, cos, sin, N, NH, NKV, hs, 1.0f));
 }
@@ -930,7 +963,7 @@ void CudaBackend::RopeBackward(float* dqkv, const int32_t* pos,
                                const float* cos, const float* sin, int N,
                                int NH, int NKV, int hs) {
   if (N == 0) return;
-  const int32_t* dev = s_->Upload(s_->indices, pos, N);
+  const int32_t* dev = s_->Upload(s_->positions, pos, N);
   // The rotation is orthogonal: its transpose is the rotation by -theta.
   PREFOPT_CHECK_CUDA(
       cuda::RopeRotate(s_->stream, dqkv, dev, cos, sin, N, NH, NKV, hs, -1.0f));
@@ -962,7 +995,7 @@ void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
   if (N == 0) return;
   CheckLabels(labels, N, V);
   const bool bf16 = s_->precision == Precision::kBf16;
-  const int32_t* dev_labels = s_->Upload(s_->indices, labels, N);
+  const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
   const size_t h_elem = bf16 ? 2 : 4;
   const char* h_op = static_cast<const char*>(
       bf16 ? s_->ToBf16(s_->bf16_b, h, static_cast<size_t>(N) * C) : h);
@@ -1001,7 +1034,7 @@ void CudaBackend::OutputBackward(float* dh, float* dwout, const float* h,
   if (N == 0 || (dh == nullptr && dwout == nullptr)) return;
   CheckLabels(labels, N, V);
   const bool bf16 = s_->precision == Precision::kBf16;
-  const int32_t* dev_labels = s_->Upload(s_->indices, labels, N);
+  const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
   const size_t elem = bf16 ? 2 : 4;
   const char* h_op = static_cast<const char*>(
       bf16 ? s_->ToBf16(s_->bf16_b, h, static_cast<size_t>(N) * C) : h);
