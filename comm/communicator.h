@@ -18,8 +18,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace prefopt::comm {
+
+// How long a GPU rank waits for one collective by default
+// (TrainConfig.collective_timeout_s): Hugging Face's ddp_timeout.
+inline constexpr absl::Duration kDefaultCollectiveTimeout = absl::Seconds(1800);
 
 // Where a communicator's buffers live.
 enum class Device { kCpu, kGpu };

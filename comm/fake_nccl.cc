@@ -23,6 +23,7 @@ struct State {
   float peer = 1000.0f;
   ncclResult_t async_error = ncclSuccess;
   bool aborted = false;
+  bool stalled = false;
   std::vector<std::string> log;
   std::vector<cudaStream_t> streams;
 };
@@ -68,6 +69,8 @@ void Reduce(const void* in, void* out, size_t count, ncclDataType_t type,
 
 void SetPeerValue(float peer) { S().peer = peer; }
 void SetAsyncError(ncclResult_t error) { S().async_error = error; }
+
+void SetStalled(bool stalled) { S().stalled = stalled; }
 std::vector<std::string>& Log() { return S().log; }
 bool Aborted() { return S().aborted; }
 
@@ -108,7 +111,9 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t* async_error) {
-  for (cudaStream_t s : S().streams) cudaStreamSynchronize(s);
+  if (!S().stalled) {
+    for (cudaStream_t s : S().streams) cudaStreamSynchronize(s);
+  }
   *async_error = S().async_error;
   return ncclSuccess;
 }

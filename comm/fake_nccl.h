@@ -24,6 +24,10 @@ namespace prefopt::comm::fake_nccl {
 void SetPeerValue(float peer);
 // Returned by later ncclCommGetAsyncError calls (default ncclSuccess).
 void SetAsyncError(ncclResult_t error);
+// While stalled, the other ranks never join: ncclCommGetAsyncError lets no
+// queued work run and reports no error, as NCCL does for a peer that is
+// alive but stuck (default false).
+void SetStalled(bool stalled);
 // Entries "AllReduce <first element's address>" etc., in execution order;
 // tests append their own entries from work they queue.
 std::vector<std::string>& Log();

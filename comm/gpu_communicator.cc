@@ -69,7 +69,8 @@ void RegisterGpuCommunicator(GpuCommunicatorFactory factory) {
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateGpuCommunicator(
-    Communicator* host, int local_rank, void* compute_stream) {
+    Communicator* host, int local_rank, void* compute_stream,
+    absl::Duration timeout) {
   GpuCommunicatorFactory factory;
   {
     std::lock_guard<std::mutex> lock(FactoryMutex());
@@ -81,7 +82,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGpuCommunicator(
         "comm::RegisterGpuCommunicators), so its GPU ranks cannot exchange "
         "gradients");
   }
-  return factory(host, local_rank, compute_stream);
+  return factory(host, local_rank, compute_stream, timeout);
 }
 
 std::unique_ptr<Communicator> Borrow(Communicator* target) {

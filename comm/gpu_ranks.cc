@@ -28,11 +28,12 @@ bool OnSimulatedDevice() {
 
 absl::StatusOr<std::unique_ptr<Communicator>> Create(Communicator* host,
                                                      int local_rank,
-                                                     void* compute_stream) {
+                                                     void* compute_stream,
+                                                     absl::Duration timeout) {
   if (OnSimulatedDevice())
     return CreateStagedCommunicator(host, compute_stream);
   absl::StatusOr<std::unique_ptr<Communicator>> nccl =
-      CreateNcclCommunicator(Borrow(host), local_rank);
+      CreateNcclCommunicator(Borrow(host), local_rank, timeout);
   if (nccl.ok()) (*nccl)->SetComputeStream(compute_stream);
   return nccl;
 }

@@ -11,9 +11,9 @@ namespace prefopt::comm {
 
 void RegisterGpuCommunicators() {
   RegisterGpuCommunicator(
-      [](Communicator* host, int local_rank,
-         void*) -> absl::StatusOr<std::unique_ptr<Communicator>> {
-        return CreateNcclCommunicator(Borrow(host), local_rank);
+      [](Communicator* host, int local_rank, void*, absl::Duration timeout)
+          -> absl::StatusOr<std::unique_ptr<Communicator>> {
+        return CreateNcclCommunicator(Borrow(host), local_rank, timeout);
       });
 }
 

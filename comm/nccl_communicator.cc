@@ -16,6 +16,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace prefopt::comm {
 namespace {
@@ -98,8 +100,9 @@ absl::StatusOr<int> SelectDevice(int local_rank) {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(std::unique_ptr<Communicator> host, int device)
-      : host_(std::move(host)), device_(device) {}
+  NcclCommunicator(std::unique_ptr<Communicator> host, int device,
+                   absl::Duration timeout)
+      : host_(std::move(host)), device_(device), timeout_(timeout) {}
 
   ~NcclCommunicator() override {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
@@ -258,13 +261,23 @@ class NcclCommunicator : public Communicator {
 
   // Waits until `query` (a cudaStreamQuery or cudaEventQuery) reports
   // completion while watching NCCL's asynchronous errors, so that a broken
-  // connection to a peer comes back as an error instead of a hang.
+  // connection to a peer comes back as an error instead of a hang, and at
+  // most timeout_: a peer that is alive but never joins (stuck, or far
+  // behind) gives NCCL no error to report.
   template <typename Query>
   absl::Status WaitUntil(Query query, const std::string& operation) {
+    const absl::Time deadline = absl::Now() + timeout_;
     for (;;) {
       absl::StatusOr<bool> done = Poll(query(), operation);
       if (!done.ok()) return done.status();
       if (*done) return absl::OkStatus();
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "rank ", rank(), ": NCCL ", operation, " did not finish within ",
+            absl::FormatDuration(timeout_),
+            " (collective_timeout_s): another rank is stuck or far behind; "
+            "see the other ranks' logs"));
+      }
       std::this_thread::yield();
     }
   }
@@ -314,6 +327,7 @@ class NcclCommunicator : public Communicator {
 
   std::unique_ptr<Communicator> host_;
   int device_;
+  absl::Duration timeout_;  // the longest wait for one operation
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaStream_t async_stream_ = nullptr;
@@ -395,7 +409,8 @@ std::unique_ptr<PendingReduce> NcclCommunicator::StartAllReduceSum(float* data,
 bool BuiltWithNccl() { return true; }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
-    std::unique_ptr<Communicator> host, int local_rank) {
+    std::unique_ptr<Communicator> host, int local_rank,
+    absl::Duration timeout) {
   if (host == nullptr) {
     return absl::InvalidArgumentError(
         "CreateNcclCommunicator: no host communicator to bootstrap over");
@@ -404,7 +419,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
   absl::Status local;
   absl::StatusOr<int> device = SelectDevice(local_rank);
   if (device.ok()) {
-    comm = std::make_unique<NcclCommunicator>(std::move(host), *device);
+    comm =
+        std::make_unique<NcclCommunicator>(std::move(host), *device, timeout);
     local = comm->CreateStreams();
   } else {
     local = device.status();

@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "comm/communicator.h"
 
 namespace prefopt::comm {
@@ -30,8 +31,15 @@ bool BuiltWithNccl();
 // all of them fail rather than hang. `host` is an MpiCommunicator for a
 // multi-process job, a LocalCommunicator for a single GPU without a launcher;
 // the returned communicator owns it.
+//
+// A rank that waits longer than `timeout` for one operation (a peer rank
+// alive but stuck, or far behind: NCCL reports no error for it) gets a
+// DeadlineExceeded error naming the operation, which the caller turns into
+// the end of the job (AbortAll: ncclCommAbort, then the host communicator's
+// abort) instead of a hang.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
-    std::unique_ptr<Communicator> host, int local_rank);
+    std::unique_ptr<Communicator> host, int local_rank,
+    absl::Duration timeout = kDefaultCollectiveTimeout);
 
 }  // namespace prefopt::comm
 

@@ -9,7 +9,8 @@ namespace prefopt::comm {
 bool BuiltWithNccl() { return false; }
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
-    std::unique_ptr<Communicator> /*host*/, int /*local_rank*/) {
+    std::unique_ptr<Communicator> /*host*/, int /*local_rank*/,
+    absl::Duration /*timeout*/) {
   return absl::FailedPreconditionError(
       "the GPU communicator (NCCL) is not in this build: prefopt was built "
       "without CUDA/NCCL (no nvcc under $CUDA_PATH or /usr/local/cuda at "

@@ -16,7 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "comm/communicator.h"
 #include "comm/failure.h"
 #include "comm/fake_nccl.h"
@@ -74,10 +77,12 @@ class NcclStreamOrderTest : public ::testing::Test {
   void SetUp() override {
     fake_nccl::Log().clear();
     fake_nccl::SetAsyncError(ncclSuccess);
+    fake_nccl::SetStalled(false);
     fake_nccl::SetPeerValue(kPeer);
     ASSERT_EQ(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking),
               cudaSuccess);
-    auto comm = CreateNcclCommunicator(std::make_unique<FakeHost>(), 0);
+    auto comm = CreateNcclCommunicator(std::make_unique<FakeHost>(), 0,
+                                       absl::Milliseconds(300));
     ASSERT_TRUE(comm.ok()) << comm.status();
     comm_ = *std::move(comm);
     comm_->SetComputeStream(compute_);
@@ -209,6 +214,28 @@ TEST_F(NcclStreamOrderTest, AsyncErrorEndsTheWaitWithAnError) {
       << s;
   EXPECT_NE(s.message().find("StartAllReduceSum(n=16)"), std::string::npos)
       << s;
+}
+
+// A peer that is alive but never joins gives NCCL no error: the wait ends
+// after the timeout (300 ms here) with an error naming the operation, for a
+// blocking collective and for a bucket's all-reduce alike.
+TEST_F(NcclStreamOrderTest, StuckPeerEndsTheWaitAfterTheTimeout) {
+  fake_nccl::SetStalled(true);
+  const absl::Time start = absl::Now();
+  const absl::Status s = comm_->AllReduceSum(grads_, kTotal);
+  const absl::Duration waited = absl::Now() - start;
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_NE(s.message().find("did not finish within 300ms "
+                             "(collective_timeout_s)"),
+            std::string::npos)
+      << s;
+  EXPECT_GE(waited, absl::Milliseconds(300));
+  const absl::Status bucket = comm_->StartAllReduceSum(grads_, kTotal)->Wait();
+  EXPECT_EQ(bucket.code(), absl::StatusCode::kDeadlineExceeded) << bucket;
+  EXPECT_NE(bucket.message().find("StartAllReduceSum(n=16)"), std::string::npos)
+      << bucket;
+  // The peers arrive after all: the queued collectives run, nothing hangs.
+  fake_nccl::SetStalled(false);
 }
 
 TEST_F(NcclStreamOrderTest, AbortAllAbortsNcclThenEndsTheJobNamingTheRank) {

@@ -1210,6 +1210,11 @@ void CheckBatch(const TrainConfig& config, std::vector<std::string>* problems) {
 }
 
 void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
+  if (config.collective_timeout_s() < 0) {
+    problems->push_back(absl::StrCat(
+        "collective_timeout_s: must be >= 0 (0 = 1800 seconds), got ",
+        config.collective_timeout_s()));
+  }
   if (config.zero_stage() != 0 && config.zero_stage() != 1) {
     problems->push_back(absl::StrCat(
         "zero_stage: must be 0 (no sharding) or 1 (AdamW moments sharded), "

@@ -638,6 +638,9 @@ INSTANTIATE_TEST_SUITE_P(
                     "step), got -1"},
         InvalidCase{{"keep_last_n=-2"},
                     "keep_last_n: must be >= 0 (0 = keep all), got -2"},
+        InvalidCase{{"collective_timeout_s=-1"},
+                    "collective_timeout_s: must be >= 0 (0 = 1800 seconds), "
+                    "got -1"},
         InvalidCase{{"objective.sparsepo.mapo_groups=MLP"},
                     "objective.sparsepo.mapo_groups: only used with mask: "
                     "MAPO"},

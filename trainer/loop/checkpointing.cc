@@ -143,6 +143,7 @@ TrainConfig TrainingConfig(const TrainConfig& config) {
   training.clear_log_every_steps();
   training.clear_eval_every_steps();
   training.clear_export_hf_path();
+  training.clear_collective_timeout_s();
   // The weights and moments have one layout on every backend: a run may
   // resume on another device.
   training.clear_device();

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "comm/failure.h"
 #include "comm/gpu_communicator.h"
 #include "comm/launch_env.h"
@@ -259,8 +260,13 @@ absl::Status Trainer::SelectDevice() {
     // communicator, through this one.
     absl::StatusOr<comm::LaunchEnv> env = comm::DetectLaunchEnv();
     if (!env.ok()) return env.status();
+    const absl::Duration timeout =
+        config_.collective_timeout_s() > 0
+            ? absl::Seconds(config_.collective_timeout_s())
+            : comm::kDefaultCollectiveTimeout;
     absl::StatusOr<std::unique_ptr<comm::Communicator>> gpu =
-        comm::CreateGpuCommunicator(comm_, env->local_rank, selected->stream);
+        comm::CreateGpuCommunicator(comm_, env->local_rank, selected->stream,
+                                    timeout);
     if (!gpu.ok()) {
       return absl::Status(
           gpu.status().code(),
