@@ -50,6 +50,27 @@ PREFOPT_HOST_DEVICE inline double SmoothedLogistic(double beta, double eps,
   return (1 - eps) * Softplus(-u) + eps * Softplus(u);
 }
 
+// The losses of a margin δ that DPO (on its log-ratios) and CPO (on its
+// rewards) share, and their derivative w.r.t. δ: kSigmoid with label
+// smoothing ε, kHinge and kIpo (TRL ignores ε for these two).
+PREFOPT_HOST_DEVICE inline double MarginLoss(PairLoss type, double beta,
+                                             double eps, double delta,
+                                             double* d) {
+  const double u = beta * delta;
+  switch (type) {
+    case PairLoss::kHinge:
+      *d = u < 1.0 ? -beta : 0.0;
+      return fmax(0.0, 1.0 - u);
+    case PairLoss::kIpo: {
+      const double e = delta - 1.0 / (2.0 * beta);
+      *d = 2.0 * e;
+      return e * e;
+    }
+    default:
+      return SmoothedLogistic(beta, eps, delta, d);
+  }
+}
+
 // log(1 − e^x) for x < 0, without cancellation (TRL's log1mexp: log1p(−e^x)
 // below −ln 2, log(−expm1(x)) above).
 PREFOPT_HOST_DEVICE inline double Log1mExp(double x) {
@@ -100,25 +121,13 @@ PREFOPT_HOST_DEVICE inline ReferenceFreePair CpoPair(const ObjectiveParams& p,
   }
   double h = rw - rl;
   if (p.cpo_loss == CpoLoss::kSimpo) h -= p.simpo_gamma / beta;
-  const double u = beta * h;
-  double loss = 0, dloss_dh = 0;
-  switch (p.cpo_loss) {
-    case CpoLoss::kSigmoid:
-    case CpoLoss::kSimpo:
-      loss = SmoothedLogistic(beta, p.label_smoothing, h, &dloss_dh);
-      break;
-    case CpoLoss::kHinge:
-      // TRL ignores label_smoothing here, as for IPO.
-      loss = fmax(0.0, 1.0 - u);
-      dloss_dh = u < 1.0 ? -beta : 0.0;
-      break;
-    case CpoLoss::kIpo: {
-      const double d = h - 1.0 / (2.0 * beta);
-      loss = d * d;
-      dloss_dh = 2.0 * d;
-      break;
-    }
-  }
+  const PairLoss margin_loss = p.cpo_loss == CpoLoss::kHinge ? PairLoss::kHinge
+                               : p.cpo_loss == CpoLoss::kIpo
+                                   ? PairLoss::kIpo
+                                   : PairLoss::kSigmoid;
+  double dloss_dh = 0;
+  const double loss =
+      MarginLoss(margin_loss, beta, p.label_smoothing, h, &dloss_dh);
   ReferenceFreePair out;
   out.loss = loss;
   out.dchosen = dloss_dh * drw / nw;
@@ -212,21 +221,13 @@ PREFOPT_HOST_DEVICE inline void AddPairLoss(
       double loss = 0, d = 0;
       switch (type) {
         case PairLoss::kSigmoid:
-          loss = SmoothedLogistic(b, eps, delta, &d);
+        case PairLoss::kHinge:
+        case PairLoss::kIpo:
+          loss = MarginLoss(type, b, eps, delta, &d);
           break;
         case PairLoss::kSigmoidNorm:
-          loss = SmoothedLogistic(b, 0.0, delta, &d);
+          loss = MarginLoss(PairLoss::kSigmoid, b, 0.0, delta, &d);
           break;
-        case PairLoss::kHinge:
-          loss = fmax(0.0, 1.0 - u);
-          d = u < 1.0 ? -b : 0.0;
-          break;
-        case PairLoss::kIpo: {
-          const double e = delta - 1.0 / (2.0 * b);
-          loss = e * e;
-          d = 2.0 * e;
-          break;
-        }
         case PairLoss::kRobust:
           loss = ((1 - eps) * Softplus(-u) - eps * Softplus(u)) / (1 - 2 * eps);
           d = b * (-(1 - eps) * Sigmoid(-u) - eps * Sigmoid(u)) / (1 - 2 * eps);

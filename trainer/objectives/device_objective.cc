@@ -108,6 +108,20 @@ absl::Span<const float> TokenLogps(const ReferenceValues& reference,
 
 DeviceObjective::~DeviceObjective() { backend_->Free(metrics_); }
 
+void DeviceObjective::AddPairCounts(double pairs, double chosen_tokens,
+                                    double rejected_tokens) {
+  using M = kernels::ObjectiveMetric;
+  for (M m :
+       {M::kMetricLoss, M::kMetricRewardsChosen, M::kMetricRewardsRejected,
+        M::kMetricRewardsMargins, M::kMetricRewardsAccuracies,
+        M::kMetricLogpsChosen, M::kMetricLogpsRejected,
+        M::kMetricRankingAccuracy, M::kMetricRankingAccuracyLenNorm}) {
+    counts_[m] += pairs;
+  }
+  counts_[M::kMetricLogitsChosen] += chosen_tokens * vocab_;
+  counts_[M::kMetricLogitsRejected] += rejected_tokens * vocab_;
+}
+
 int DeviceObjective::SetSpans(const std::vector<ResponseSegment>& segments,
                               size_t per_example, size_t examples) {
   if (segments.size() != per_example * examples) {
@@ -222,15 +236,7 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
           spans_[per * i].len + (per == 3 ? spans_[3 * i + 2].len : 0);
     }
     const double n = static_cast<double>(examples.size());
-    for (M m :
-         {M::kMetricLoss, M::kMetricRewardsChosen, M::kMetricRewardsRejected,
-          M::kMetricRewardsMargins, M::kMetricRewardsAccuracies,
-          M::kMetricLogpsChosen, M::kMetricLogpsRejected,
-          M::kMetricRankingAccuracy, M::kMetricRankingAccuracyLenNorm}) {
-      counts_[m] += n;
-    }
-    counts_[M::kMetricLogitsChosen] += chosen_tokens * vocab_;
-    counts_[M::kMetricLogitsRejected] += rejected_tokens * vocab_;
+    AddPairCounts(n, chosen_tokens, rejected_tokens);
     const bool with_nll =
         kind == kernels::ObjectiveKind::kOrpo || params.nll_weight != 0;
     counts_[M::kMetricNllLoss] += with_nll ? nll_tokens : n;
@@ -275,15 +281,7 @@ void DeviceObjective::Coefficients(const std::vector<ResponseSegment>& segments,
       }
     }
     const double n = static_cast<double>(examples.size());
-    for (M m :
-         {M::kMetricLoss, M::kMetricRewardsChosen, M::kMetricRewardsRejected,
-          M::kMetricRewardsMargins, M::kMetricRewardsAccuracies,
-          M::kMetricLogpsChosen, M::kMetricLogpsRejected,
-          M::kMetricRankingAccuracy, M::kMetricRankingAccuracyLenNorm}) {
-      counts_[m] += n;
-    }
-    counts_[M::kMetricLogitsChosen] += chosen_tokens * vocab_;
-    counts_[M::kMetricLogitsRejected] += rejected_tokens * vocab_;
+    AddPairCounts(n, chosen_tokens, rejected_tokens);
     counts_[M::kMetricMeanTokenAccuracy] += chosen_tokens;
   } else {
     if (kernels::NeedsReferenceTokens(params)) {

@@ -74,6 +74,10 @@ class DeviceObjective {
   // staged reference values; returns the rows.
   int SetSpans(const std::vector<ResponseSegment>& segments, size_t per_example,
                size_t examples);
+  // The counts of the metrics every pair objective reports (a mean over
+  // pairs; logits/* over tokens × V).
+  void AddPairCounts(double pairs, double chosen_tokens,
+                     double rejected_tokens);
   // Backend::ObjectiveCoefficients over spans_ and the staged values.
   void Launch(const kernels::ObjectiveParams& params,
               ChunkedOutputLayer* output);

@@ -105,6 +105,17 @@ struct Fixture {
   }
 };
 
+// Compares the metric sums `got` with `want`: names, sums and counts.
+void ExpectSameSums(const MetricSums& got, const MetricSums& want) {
+  ASSERT_EQ(got.JoinedNames(), want.JoinedNames());
+  const std::vector<double> g = got.Flattened(), w = want.Flattened();
+  for (size_t k = 0; k < w.size(); ++k) {
+    EXPECT_NEAR(g[k], w[k], 1e-9 * (1.0 + std::fabs(w[k])))
+        << (k % 2 == 0 ? "sum" : "count") << " of metric " << k / 2 << " ("
+        << want.JoinedNames() << ")";
+  }
+}
+
 // Runs `objective` on the host path and on the device path over the same
 // micro-batch and compares coefficients and metrics.
 void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
@@ -159,13 +170,7 @@ void ExpectDeviceMatchesHost(const Objective& objective, int pairs_or_seqs,
   }
   EXPECT_GT(nonzero, 0);
   want.Merge(want);  // two micro-batches
-  ASSERT_EQ(got.JoinedNames(), want.JoinedNames());
-  const std::vector<double> g = got.Flattened(), w = want.Flattened();
-  for (size_t k = 0; k < w.size(); ++k) {
-    EXPECT_NEAR(g[k], w[k], 1e-9 * (1.0 + std::fabs(w[k])))
-        << (k % 2 == 0 ? "sum" : "count") << " of metric " << k / 2 << " ("
-        << want.JoinedNames() << ")";
-  }
+  ExpectSameSums(got, want);
   // Taken: the next call adds nothing.
   MetricSums none;
   device->TakeMetrics(&none);
@@ -350,17 +355,6 @@ TEST(DeviceObjectiveTest, OrpoMatchesTheHost) {
   ASSERT_TRUE(orpo.ok()) << orpo.status();
   ASSERT_TRUE((*orpo)->scores_prompts());
   ExpectDeviceMatchesHost(**orpo, 7, /*token_denominator=*/61);
-}
-
-// Compares the metric sums `got` with `want`: names, sums and counts.
-void ExpectSameSums(const MetricSums& got, const MetricSums& want) {
-  ASSERT_EQ(got.JoinedNames(), want.JoinedNames());
-  const std::vector<double> g = got.Flattened(), w = want.Flattened();
-  for (size_t k = 0; k < w.size(); ++k) {
-    EXPECT_NEAR(g[k], w[k], 1e-9 * (1.0 + std::fabs(w[k])))
-        << (k % 2 == 0 ? "sum" : "count") << " of metric " << k / 2 << " ("
-        << want.JoinedNames() << ")";
-  }
 }
 
 // KTO: the pre-pass's KL sums over each example's KL completion (response
