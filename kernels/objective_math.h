@@ -560,6 +560,29 @@ struct RowScale {
 inline constexpr int kRowScaleValues = 3;
 static_assert(sizeof(RowScale) == kRowScaleValues * sizeof(double));
 
+// The metrics every pair objective reports for a pair whose responses have
+// sums `sw`, `sl` over `tokens[0]`, `tokens[1]` rows: its rewards, the
+// log-probs its loss compares, the logits sums, the ranking accuracies
+// (docs/objectives.md §1) and the responses' entropy.
+PREFOPT_HOST_DEVICE inline void PairMetrics(
+    const SequenceSums& sw, const SequenceSums& sl, const int* tokens,
+    double reward_chosen, double reward_rejected, double logp_chosen,
+    double logp_rejected, double metrics[kObjectiveMetricCount]) {
+  metrics[kMetricRewardsChosen] = reward_chosen;
+  metrics[kMetricRewardsRejected] = reward_rejected;
+  metrics[kMetricRewardsMargins] = reward_chosen - reward_rejected;
+  metrics[kMetricRewardsAccuracies] =
+      reward_chosen > reward_rejected ? 1.0 : 0.0;
+  metrics[kMetricLogpsChosen] = logp_chosen;
+  metrics[kMetricLogpsRejected] = logp_rejected;
+  metrics[kMetricLogitsChosen] = sw.logit_sum;
+  metrics[kMetricLogitsRejected] = sl.logit_sum;
+  metrics[kMetricRankingAccuracy] = sw.logp >= sl.logp ? 1.0 : 0.0;
+  metrics[kMetricRankingAccuracyLenNorm] =
+      sw.logp / tokens[0] >= sl.logp / tokens[1] ? 1.0 : 0.0;
+  metrics[kMetricEntropy] = sw.entropy + sl.entropy;
+}
+
 // The metrics and row scales of a reference-free unit (kCpo: a pair; kOrpo:
 // a pair and its chosen prompt), as CpoObjective::Coefficients and
 // OrpoObjective::Coefficients compute them: the pair's term plus the NLL
@@ -595,20 +618,9 @@ PREFOPT_HOST_DEVICE inline void ReferenceFreeUnit(
   rows[1].scale = pair.drejected;
   metrics[kMetricLoss] = loss;
   metrics[kMetricNllLoss] = with_nll ? nll : 0.0;
-  metrics[kMetricRewardsChosen] = pair.reward_chosen;
-  metrics[kMetricRewardsRejected] = pair.reward_rejected;
-  metrics[kMetricRewardsMargins] = pair.reward_chosen - pair.reward_rejected;
-  metrics[kMetricRewardsAccuracies] =
-      pair.reward_chosen > pair.reward_rejected ? 1.0 : 0.0;
-  metrics[kMetricLogpsChosen] = pair.logp_chosen;
-  metrics[kMetricLogpsRejected] = pair.logp_rejected;
-  metrics[kMetricLogitsChosen] = sw.logit_sum;
-  metrics[kMetricLogitsRejected] = sl.logit_sum;
-  metrics[kMetricRankingAccuracy] = sw.logp >= sl.logp ? 1.0 : 0.0;
-  metrics[kMetricRankingAccuracyLenNorm] =
-      sw.logp / tokens[0] >= sl.logp / tokens[1] ? 1.0 : 0.0;
-  // TRL's entropy is over the response tokens only.
-  metrics[kMetricEntropy] = sw.entropy + sl.entropy;
+  // TRL's entropy is over the response tokens only, as PairMetrics'.
+  PairMetrics(sw, sl, tokens, pair.reward_chosen, pair.reward_rejected,
+              pair.logp_chosen, pair.logp_rejected, metrics);
 }
 
 // One unit's metric values (ObjectiveMetric order) and what its sequences'
@@ -753,22 +765,10 @@ PREFOPT_HOST_DEVICE inline void UnitCoefficients(
   rows[0].shared = shared;
   rows[1].scale = pair_weight * t.drejected;
   rows[1].shared = shared;
-  const double reward_w = p.beta * ratio_chosen;
-  const double reward_l = p.beta * ratio_rejected;
   metrics[kMetricLoss] = pair_weight * t.loss;
-  metrics[kMetricRewardsChosen] = reward_w;
-  metrics[kMetricRewardsRejected] = reward_l;
-  metrics[kMetricRewardsMargins] = reward_w - reward_l;
-  metrics[kMetricRewardsAccuracies] = reward_w > reward_l ? 1.0 : 0.0;
-  metrics[kMetricLogpsChosen] = logp_chosen;
-  metrics[kMetricLogpsRejected] = logp_rejected;
-  metrics[kMetricLogitsChosen] = sw.logit_sum;
-  metrics[kMetricLogitsRejected] = sl.logit_sum;
   metrics[kMetricMeanTokenAccuracy] = sw.correct;
-  metrics[kMetricRankingAccuracy] = sw.logp >= sl.logp ? 1.0 : 0.0;
-  metrics[kMetricRankingAccuracyLenNorm] =
-      sw.logp / tokens[0] >= sl.logp / tokens[1] ? 1.0 : 0.0;
-  metrics[kMetricEntropy] = sw.entropy + sl.entropy;
+  PairMetrics(sw, sl, tokens, p.beta * ratio_chosen, p.beta * ratio_rejected,
+              logp_chosen, logp_rejected, metrics);
 }
 
 // G_t of row t of a sequence with RowScale `s`, policy log-prob `logp` and
