@@ -604,14 +604,13 @@ PREFOPT_HOST_DEVICE inline void ReferenceFreeUnit(
   const double nll = orpo ? -(sw.logp + seq[2].logp) : -sw.logp;
   double loss = pair.loss;
   if (orpo) {
-    loss = pair.loss + nll * p.denominator / tokens_all;
+    loss += nll * p.denominator / tokens_all;
     rows[0].offset = -(1.0 / tokens_all);
     rows[2].offset = -(1.0 / tokens_all);
     metrics[kMetricLogOddsRatio] = pair.log_odds_ratio;
     metrics[kMetricLogOddsChosen] = pair.log_odds;
   } else {
-    loss = pair.loss +
-           (with_nll ? p.nll_weight * nll * p.denominator / tokens_all : 0);
+    loss += with_nll ? p.nll_weight * nll * p.denominator / tokens_all : 0;
     rows[0].offset = with_nll ? -p.nll_weight / tokens_all : 0.0;
   }
   rows[0].scale = pair.dchosen;

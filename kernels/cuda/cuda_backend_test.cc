@@ -1060,8 +1060,8 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   orpo.denominator = 7;
   cases.push_back(orpo);
   // KTO (z₀ > 0) and APO_ZERO_UNPAIRED over 600 examples, and KTO's
-  // pre-pass: `reference` then holds each sequence's L̃ and label (ktos_ref
-  // below).
+  // pre-pass: `reference` then holds each sequence's L̃ and label
+  // (kto_reference above).
   for (bool apo : {false, true}) {
     ObjectiveParams kto;
     kto.kind = ObjectiveKind::kKto;

@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<KtoObjective>> KtoObjective::Create(
 }
 
 double KtoObjective::KlEstimate(const MetricSums* prepass) const {
-  if (loss_type_ != KtoConfig::KTO || prepass == nullptr) return 0.0;
+  if (params_.kto_apo || prepass == nullptr) return 0.0;
   const double count = prepass->Count("kl");
   if (count == 0) return 0.0;
   // TRL: the batch mean of the KL log-ratios, clamped at 0 and detached.
@@ -62,8 +62,7 @@ double KtoObjective::KlEstimate(const MetricSums* prepass) const {
 
 KtoExampleGradient KtoObjective::Example(bool desirable, double logratio,
                                          double kl) const {
-  kernels::ObjectiveParams p;
-  DeviceParams(&p);
+  kernels::ObjectiveParams p = params_;
   p.kto_kl = kl;
   KtoExampleGradient g;
   g.loss =
@@ -71,14 +70,17 @@ KtoExampleGradient KtoObjective::Example(bool desirable, double logratio,
   return g;
 }
 
+KtoObjective::KtoObjective(const KtoConfig& config, int vocab_size)
+    : vocab_(vocab_size) {
+  params_.kind = kernels::ObjectiveKind::kKto;
+  params_.beta = config.beta();
+  params_.desirable_weight = config.desirable_weight();
+  params_.undesirable_weight = config.undesirable_weight();
+  params_.kto_apo = config.loss_type() != KtoConfig::KTO;
+}
+
 bool KtoObjective::DeviceParams(kernels::ObjectiveParams* params) const {
-  kernels::ObjectiveParams p;
-  p.kind = kernels::ObjectiveKind::kKto;
-  p.beta = beta_;
-  p.desirable_weight = desirable_weight_;
-  p.undesirable_weight = undesirable_weight_;
-  p.kto_apo = loss_type_ != KtoConfig::KTO;
-  *params = p;
+  *params = params_;
   return true;
 }
 
@@ -121,7 +123,7 @@ void KtoObjective::Coefficients(const MicroBatchView& batch, double denominator,
     // every rank has the same metric names; FinishMetrics drops empty ones.
     const std::string side = desirable ? "chosen" : "rejected";
     const std::string other = desirable ? "rejected" : "chosen";
-    sums->Add("rewards/" + side, beta_ * logratio);
+    sums->Add("rewards/" + side, params_.beta * logratio);
     sums->Add("logps/" + side, s.logp);
     sums->Add("logits/" + side, s.logit_sum,
               static_cast<double>(s.tokens) * vocab_);

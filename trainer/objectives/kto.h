@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/objectives/metric_sums.h"
 #include "trainer/objectives/objective.h"
@@ -47,7 +48,7 @@ class KtoObjective : public Objective {
     return ReferenceNeeds::kSequenceLogps;
   }
   // Loss type KTO estimates z₀ from the KL completions (response 1).
-  bool has_prepass() const override { return loss_type_ == KtoConfig::KTO; }
+  bool has_prepass() const override { return !params_.kto_apo; }
   // Adds L(y') − L̃(y') of each example's KL completion y' as "kl".
   void AddPrepass(const MicroBatchView& batch, MetricSums* sums) const override;
   // The mean is over the examples.
@@ -74,17 +75,11 @@ class KtoObjective : public Objective {
   KtoExampleGradient Example(bool desirable, double logratio, double kl) const;
 
  private:
-  KtoObjective(const KtoConfig& config, int vocab_size)
-      : loss_type_(config.loss_type()),
-        beta_(config.beta()),
-        desirable_weight_(config.desirable_weight()),
-        undesirable_weight_(config.undesirable_weight()),
-        vocab_(vocab_size) {}
+  KtoObjective(const KtoConfig& config, int vocab_size);
 
-  KtoConfig::LossType loss_type_;
-  double beta_;
-  double desirable_weight_;
-  double undesirable_weight_;
+  // The loss as kernels/objective_math.h's KtoLoss reads it (kind kKto;
+  // z₀ is set per batch).
+  kernels::ObjectiveParams params_;
   int vocab_;
 };
 
