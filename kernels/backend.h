@@ -258,6 +258,34 @@ enum ObjectiveMetric : int32_t {
   kObjectiveMetricCount,
 };
 
+// SparsePO's two output layers over the same N rows (Backend::
+// SparsePoOutputForward). The reference has its own final hidden states and
+// output embedding (it may be a different model with the same vocabulary),
+// and never receives a gradient.
+struct SparsePoOutputLayers {
+  const float* h;     // policy rows [N, C]
+  const float* wout;  // policy output embedding [V, C]
+  int C;
+  const float* ref_h;     // reference rows [N, ref_C]
+  const float* ref_wout;  // reference output embedding [V, ref_C]
+  int ref_C;
+  int V;
+};
+
+// Per-row outputs of SparsePoOutputForward, each [N]. The logit sums (for the
+// logits/* metrics and MaPO's logits map) and the entropy may be null when not
+// needed.
+struct SparsePoRowStats {
+  float* lse;       // logsumexp(z)
+  float* ref_lse;   // logsumexp(z̃)
+  float* logp;      // ℓ = z[y] − lse(z)
+  float* ref_logp;  // ℓ̃ = z̃[y] − lse(z̃)
+  float* kl;  // K = Σ_v p_v (z_v − z̃_v) − (lse z − lse z̃) ≤ 0
+  float* logit_sum;      // Σ_v z_v, or null
+  float* ref_logit_sum;  // Σ_v z̃_v, or null
+  float* entropy;  // −Σ_v π_v log π_v (TRL's entropy metric), or null
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -271,6 +299,8 @@ class Backend {
   virtual void Zero(float* p, size_t n) = 0;
   virtual void CopyToDevice(float* dst, const float* host_src, size_t n) = 0;
   virtual void CopyToHost(float* host_dst, const float* src, size_t n) = 0;
+  // dst[0..n) = src[0..n), both backend memory, not overlapping.
+  virtual void Copy(float* dst, const float* src, size_t n) = 0;
   // Whether host code may read and write backend memory directly (the CPU
   // backend's is host memory; a GPU's is not).
   virtual bool HostAddressable() const { return true; }
@@ -434,6 +464,29 @@ class Backend {
                               const float* wout, const int32_t* labels,
                               const float* lse, const float* coef, int N, int C,
                               int V, float* chunk_buf, int chunk) = 0;
+
+  // ---- SparsePO's two-model output layer (docs/objectives.md §2, §7) ----
+  // The policy's and the frozen reference's logits of the same N rows,
+  // `chunk` rows at a time through chunk_buf and ref_chunk_buf (chunk*V
+  // floats each), reduced to SparsePoRowStats and discarded. Pointers are
+  // backend memory except the host array labels[N].
+  virtual void SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                                     const int32_t* labels, int N,
+                                     float* chunk_buf, float* ref_chunk_buf,
+                                     int chunk,
+                                     const SparsePoRowStats& out) = 0;
+  // Pass 2: with pass 1's lse and ref_lse and the per-row coefficients
+  // coef_a[N], coef_b[N], the logit gradient
+  //   dz[n,v] = A_n (π_{n,v} − 1[v = labels[n]]) + B_n (π_{n,v} − p_{n,v}),
+  // π = softmax(z), p = softmax(z̃), accumulated as dh[N, C] += dz @ wout and
+  // dwout[V, C] += dz^T @ h. Either output may be null; rows whose two
+  // coefficients are 0 may be skipped.
+  virtual void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
+                                      const int32_t* labels, int N,
+                                      const float* lse, const float* ref_lse,
+                                      const float* coef_a, const float* coef_b,
+                                      float* chunk_buf, float* ref_chunk_buf,
+                                      int chunk, float* dh, float* dwout) = 0;
 
   // ---- objectives on the device (docs/objectives.md §7) ----
   // From pass 1's per-row values of `num_seqs` sequences (OutputForward's

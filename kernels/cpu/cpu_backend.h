@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/fused_sparsepo.h"
 #include "kernels/objective_math.h"
 
 namespace prefopt::kernels {
@@ -58,6 +59,9 @@ class CpuBackend : public Backend {
   void Zero(float* p, size_t n) override;
   void CopyToDevice(float* dst, const float* host_src, size_t n) override;
   void CopyToHost(float* host_dst, const float* src, size_t n) override;
+  void Copy(float* dst, const float* src, size_t n) override {
+    CopyToDevice(dst, src, n);
+  }
 
   void EmbeddingForward(float* out, const int32_t* ids, const int32_t* pos,
                         const float* wte, const float* wpe, int N,
@@ -124,6 +128,24 @@ class CpuBackend : public Backend {
                       const float* wout, const int32_t* labels,
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
+
+  // kernels/cpu/fused_sparsepo.h.
+  void SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                             const int32_t* labels, int N, float* chunk_buf,
+                             float* ref_chunk_buf, int chunk,
+                             const SparsePoRowStats& out) override {
+    cpu::SparsePoOutputForward(layers, labels, N, chunk_buf, ref_chunk_buf,
+                               chunk, out);
+  }
+  void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
+                              const int32_t* labels, int N, const float* lse,
+                              const float* ref_lse, const float* coef_a,
+                              const float* coef_b, float* chunk_buf,
+                              float* ref_chunk_buf, int chunk, float* dh,
+                              float* dwout) override {
+    cpu::SparsePoOutputBackward(layers, labels, N, lse, ref_lse, coef_a, coef_b,
+                                chunk_buf, ref_chunk_buf, chunk, dh, dwout);
+  }
 
   // objective_math::HostObjectiveCoefficients.
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,

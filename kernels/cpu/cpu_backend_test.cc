@@ -81,10 +81,62 @@ TEST_P(CpuBackendTest, MemoryOps) {
   std::vector<float> back(n);
   cpu_.CopyToHost(back.data(), p, n);
   EXPECT_TRUE(BitwiseEqual(back, src));
+  float* q = cpu_.Alloc(n);
+  cpu_.Copy(q, p, n);
+  cpu_.CopyToHost(back.data(), q, n);
+  EXPECT_TRUE(BitwiseEqual(back, src));
   cpu_.Zero(p, n);
   cpu_.CopyToHost(back.data(), p, n);
   EXPECT_TRUE(BitwiseEqual(back, std::vector<float>(n, 0.0f)));
+  cpu_.Free(q);
   cpu_.Free(p);
+}
+
+// SparsePO's two-model output layer: the fused CPU kernels
+// (fused_sparsepo.h, tested against a double-precision materialization in
+// fused_sparsepo_test) against ReferenceBackend's, which the CUDA backend's
+// tests take as the reference.
+TEST_P(CpuBackendTest, SparsePoOutputLayer) {
+  const int N = 37, C = 24, RC = 40, V = 517, chunk = 8;
+  const std::vector<float> h = RandomNormal(N * C, 31);
+  const std::vector<float> wout = RandomNormal(V * C, 32, 0.5f);
+  const std::vector<float> ref_h = RandomNormal(N * RC, 33);
+  const std::vector<float> ref_wout = RandomNormal(V * RC, 34, 0.4f);
+  const std::vector<int32_t> labels = RandomInts(N, V, 35);
+  std::vector<float> coef_a = RandomNormal(N, 36);
+  std::vector<float> coef_b = RandomNormal(N, 37);
+  coef_a[5] = coef_b[5] = coef_b[9] = 0.0f;
+  const SparsePoOutputLayers layers{
+      h.data(), wout.data(), C, ref_h.data(), ref_wout.data(), RC, V};
+  std::vector<std::vector<float>> want(8, std::vector<float>(N)),
+      got(8, std::vector<float>(N));
+  auto stats_of = [](std::vector<std::vector<float>>& v) {
+    return SparsePoRowStats{v[0].data(), v[1].data(), v[2].data(), v[3].data(),
+                            v[4].data(), v[5].data(), v[6].data(), v[7].data()};
+  };
+  std::vector<float> buf(chunk * V), ref_buf(chunk * V);
+  ref_.SparsePoOutputForward(layers, labels.data(), N, buf.data(),
+                             ref_buf.data(), 1, stats_of(want));
+  cpu_.SparsePoOutputForward(layers, labels.data(), N, buf.data(),
+                             ref_buf.data(), chunk, stats_of(got));
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_LE(ErrorVsScale(got[i], want[i]), kTol) << "member " << i;
+  }
+  const std::vector<float> dh0 = RandomNormal(N * C, 38);
+  const std::vector<float> dwout0 = RandomNormal(V * C, 39);
+  std::vector<float> dh_want = dh0, dwout_want = dwout0, dh = dh0,
+                     dwout = dwout0;
+  ref_.SparsePoOutputBackward(layers, labels.data(), N, want[0].data(),
+                              want[1].data(), coef_a.data(), coef_b.data(),
+                              buf.data(), ref_buf.data(), 1, dh_want.data(),
+                              dwout_want.data());
+  cpu_.SparsePoOutputBackward(layers, labels.data(), N, want[0].data(),
+                              want[1].data(), coef_a.data(), coef_b.data(),
+                              buf.data(), ref_buf.data(), chunk, dh.data(),
+                              dwout.data());
+  EXPECT_LE(ErrorVsScale(Delta(dh, dh0), Delta(dh_want, dh0)), kTol);
+  EXPECT_LE(ErrorVsScale(Delta(dwout, dwout0), Delta(dwout_want, dwout0)),
+            kTol);
 }
 
 TEST_P(CpuBackendTest, Embedding) {

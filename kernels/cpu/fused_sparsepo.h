@@ -1,8 +1,9 @@
 // SparsePO's fused, chunked output layer on the CPU (docs/objectives.md §2 and
-// §7): the policy's and the frozen reference's logits of the same response rows
-// are computed chunk by chunk, reduced to the per-token quantities SparsePO
-// needs (ℓ_t, ℓ̃_t and the KL term K_t), and discarded; the backward pass
-// recomputes them and writes the logit gradient
+// §7), CpuBackend's Backend::SparsePoOutputForward/Backward: the policy's and
+// the frozen reference's logits of the same response rows are computed chunk by
+// chunk, reduced to the per-token quantities SparsePO needs (ℓ_t, ℓ̃_t and the
+// KL term K_t), and discarded; the backward pass recomputes them and writes the
+// logit gradient
 //   dz_{t,v} = A_t (π_{t,v} − 1[v = y_t]) + B_t (π_{t,v} − p_{t,v})
 // (π = softmax(z), p = softmax(z̃)) straight into the GEMMs that produce the
 // hidden-state and output-embedding gradients. Memory is two [chunk, V]
@@ -18,34 +19,9 @@
 
 #include <cstdint>
 
+#include "kernels/backend.h"
+
 namespace prefopt::kernels::cpu {
-
-// The two output layers over the same N response rows. The reference has its
-// own final hidden states and output embedding (it may be a different model
-// with the same vocabulary), and never receives a gradient.
-struct SparsePoOutputLayers {
-  const float* h;     // policy rows [N, C]
-  const float* wout;  // policy output embedding [V, C]
-  int C;
-  const float* ref_h;     // reference rows [N, ref_C]
-  const float* ref_wout;  // reference output embedding [V, ref_C]
-  int ref_C;
-  int V;
-};
-
-// Per-row outputs of SparsePoOutputForward, each [N]. The logit sums (for the
-// logits/* metrics and MaPO's logits map) and the entropy may be null when not
-// needed.
-struct SparsePoRowStats {
-  float* lse;       // logsumexp(z)
-  float* ref_lse;   // logsumexp(z̃)
-  float* logp;      // ℓ = z[y] − lse(z)
-  float* ref_logp;  // ℓ̃ = z̃[y] − lse(z̃)
-  float* kl;  // K = Σ_v p_v (z_v − z̃_v) − (lse z − lse z̃) ≤ 0
-  float* logit_sum;      // Σ_v z_v, or null
-  float* ref_logit_sum;  // Σ_v z̃_v, or null
-  float* entropy;  // −Σ_v π_v log π_v (TRL's entropy metric), or null
-};
 
 // Pass 1 over rows [0, N) with next-token labels[N]. chunk_buf holds chunk*V
 // floats, ref_chunk_buf another chunk*V.

@@ -1,5 +1,6 @@
 #include "kernels/cpu/reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -90,6 +91,10 @@ void ReferenceBackend::CopyToDevice(float* dst, const float* host_src,
 
 void ReferenceBackend::CopyToHost(float* host_dst, const float* src, size_t n) {
   std::memcpy(host_dst, src, n * sizeof(float));
+}
+
+void ReferenceBackend::Copy(float* dst, const float* src, size_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
 }
 
 void ReferenceBackend::EmbeddingForward(float* out, const int32_t* ids,
@@ -577,6 +582,98 @@ void ReferenceBackend::OutputBackward(float* dh, float* dwout, const float* h,
         for (int v = 0; v < V; ++v) {
           acc +=
               static_cast<double>(dz[v]) * wout[static_cast<size_t>(v) * C + c];
+        }
+        g[c] += static_cast<float>(acc);
+      }
+    }
+    if (dwout != nullptr) {
+      for (int v = 0; v < V; ++v) {
+        float* g = dwout + static_cast<size_t>(v) * C;
+        for (int c = 0; c < C; ++c) g[c] += dz[v] * h_row[c];
+      }
+    }
+  }
+}
+
+void ReferenceBackend::SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                                             const int32_t* labels, int N,
+                                             float* chunk_buf,
+                                             float* ref_chunk_buf,
+                                             int /*chunk*/,
+                                             const SparsePoRowStats& out) {
+  const int V = layers.V;
+  float* z = chunk_buf;
+  float* zr = ref_chunk_buf;
+  for (int n = 0; n < N; ++n) {
+    CheckLabel(labels[n], V);
+    Logits(z, layers.h + static_cast<size_t>(n) * layers.C, layers.wout,
+           layers.C, V);
+    Logits(zr, layers.ref_h + static_cast<size_t>(n) * layers.ref_C,
+           layers.ref_wout, layers.ref_C, V);
+    const double max_z = *std::max_element(z, z + V);
+    const double max_zr = *std::max_element(zr, zr + V);
+    double s0 = 0, s1 = 0, ref_s0 = 0, sum = 0, ref_sum = 0;
+    for (int v = 0; v < V; ++v) {
+      const double d = z[v] - max_z;
+      s0 += std::exp(d);
+      s1 += std::exp(d) * d;
+      ref_s0 += std::exp(zr[v] - max_zr);
+      sum += z[v];
+      ref_sum += zr[v];
+    }
+    const double lse = max_z + std::log(s0);
+    const double ref_lse = max_zr + std::log(ref_s0);
+    // K from its definition, Σ_v p_v (log π_v − log p_v).
+    double kl = 0;
+    for (int v = 0; v < V; ++v) {
+      const double log_p = zr[v] - ref_lse;
+      kl += std::exp(log_p) * ((z[v] - lse) - log_p);
+    }
+    const int32_t y = labels[n];
+    out.lse[n] = static_cast<float>(lse);
+    out.ref_lse[n] = static_cast<float>(ref_lse);
+    out.logp[n] = static_cast<float>(z[y] - lse);
+    out.ref_logp[n] = static_cast<float>(zr[y] - ref_lse);
+    out.kl[n] = static_cast<float>(kl);
+    if (out.logit_sum != nullptr) out.logit_sum[n] = static_cast<float>(sum);
+    if (out.ref_logit_sum != nullptr) {
+      out.ref_logit_sum[n] = static_cast<float>(ref_sum);
+    }
+    if (out.entropy != nullptr) {
+      out.entropy[n] = static_cast<float>(std::log(s0) - s1 / s0);
+    }
+  }
+}
+
+void ReferenceBackend::SparsePoOutputBackward(
+    const SparsePoOutputLayers& layers, const int32_t* labels, int N,
+    const float* lse, const float* ref_lse, const float* coef_a,
+    const float* coef_b, float* chunk_buf, float* ref_chunk_buf, int /*chunk*/,
+    float* dh, float* dwout) {
+  const int C = layers.C, V = layers.V;
+  float* dz = chunk_buf;
+  float* zr = ref_chunk_buf;
+  for (int n = 0; n < N; ++n) {
+    const double a = coef_a[n], b = coef_b[n];
+    if (a == 0 && b == 0) continue;
+    CheckLabel(labels[n], V);
+    const float* h_row = layers.h + static_cast<size_t>(n) * C;
+    Logits(dz, h_row, layers.wout, C, V);
+    Logits(zr, layers.ref_h + static_cast<size_t>(n) * layers.ref_C,
+           layers.ref_wout, layers.ref_C, V);
+    for (int v = 0; v < V; ++v) {
+      const double pi = std::exp(static_cast<double>(dz[v]) - lse[n]);
+      const double p = std::exp(static_cast<double>(zr[v]) - ref_lse[n]);
+      const double onehot = v == labels[n] ? 1.0 : 0.0;
+      dz[v] = static_cast<float>(a * (pi - onehot) + b * (pi - p));
+    }
+    if (dh != nullptr) {
+      float* g = dh + static_cast<size_t>(n) * C;
+      for (int c = 0; c < C; ++c) {
+        double acc = 0.0;
+        for (int v = 0; v < V; ++v) {
+          acc += static_cast<double>(dz[v]) *
+                 layers.wout[static_cast<size_t>(v) * C + c];
         }
         g[c] += static_cast<float>(acc);
       }

@@ -37,6 +37,7 @@ class ReferenceBackend : public Backend {
   void Zero(float* p, size_t n) override;
   void CopyToDevice(float* dst, const float* host_src, size_t n) override;
   void CopyToHost(float* host_dst, const float* src, size_t n) override;
+  void Copy(float* dst, const float* src, size_t n) override;
 
   void EmbeddingForward(float* out, const int32_t* ids, const int32_t* pos,
                         const float* wte, const float* wpe, int N,
@@ -101,6 +102,19 @@ class ReferenceBackend : public Backend {
                       const float* wout, const int32_t* labels,
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
+
+  // One row at a time through the first row of each chunk buffer, every sum
+  // in double.
+  void SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                             const int32_t* labels, int N, float* chunk_buf,
+                             float* ref_chunk_buf, int chunk,
+                             const SparsePoRowStats& out) override;
+  void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
+                              const int32_t* labels, int N, const float* lse,
+                              const float* ref_lse, const float* coef_a,
+                              const float* coef_b, float* chunk_buf,
+                              float* ref_chunk_buf, int chunk, float* dh,
+                              float* dwout) override;
 
   // objective_math::HostObjectiveCoefficients.
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,

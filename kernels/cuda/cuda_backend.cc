@@ -437,8 +437,9 @@ struct CudaBackend::State {
   void* lt_workspace = nullptr;
   double* host_result = nullptr;  // page-locked, for SumSquares
   // bf16 operand copies: up to three per GEMM op.
+  // (SparsePO's two output layers use all four.)
   Scratch bf16_a{"bf16 GEMM operand A"}, bf16_b{"bf16 GEMM operand B"},
-      bf16_c{"bf16 GEMM operand C"};
+      bf16_c{"bf16 GEMM operand C"}, bf16_d{"bf16 GEMM operand D"};
   Scratch indices{"uploaded indices"};
   UploadCache attention_tiles{"attention tiles"}, positions{"positions"},
       labels{"labels"};
@@ -658,6 +659,11 @@ void CudaBackend::CopyToDevice(float* dst, const float* host_src, size_t n) {
   if (attr.type == cudaMemoryTypeHost) {
     PREFOPT_CHECK_CUDA(cudaStreamSynchronize(s_->stream));
   }
+}
+
+void CudaBackend::Copy(float* dst, const float* src, size_t n) {
+  PREFOPT_CHECK_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, s_->stream));
 }
 
 void CudaBackend::CopyToHost(float* host_dst, const float* src, size_t n) {
@@ -984,9 +990,93 @@ void CheckLabels(const int32_t* labels, int N, int V) {
 
 }  // namespace
 
-// Per chunk of rows, in column-major views (see MatmulForward): logits
-// (V x rows) = wout (C x V)^T h_chunk (C x rows), then one fused kernel per
-// row.
+namespace {
+
+// The logits of rows [r0, r0 + rows) of h_op (C wide, elements of `elem`
+// bytes) under w_op, in column-major views (see MatmulForward): out (V x
+// rows) = w_op (C x V)^T h_chunk (C x rows).
+GemmCall ChunkLogits(const void* w_op, const char* h_op, size_t elem, int r0,
+                     int rows, int C, int V, float* out, bool bf16) {
+  GemmCall g;
+  g.trans_a = true;
+  g.m = V;
+  g.n = rows;
+  g.k = C;
+  g.a = w_op;
+  g.lda = C;
+  g.b = h_op + static_cast<size_t>(r0) * C * elem;
+  g.ldb = C;
+  g.d = out;
+  g.ldd = V;
+  g.bf16 = bf16;
+  return g;
+}
+
+}  // namespace
+
+// The output layer's operands as the GEMMs take them: the fp32 arrays, or
+// their bf16 copies in `h_slot` and `w_slot`.
+struct CudaBackend::OutputOperands {
+  const char* h;
+  const void* w;
+  size_t elem;
+};
+
+CudaBackend::OutputOperands CudaBackend::Operands(const float* h,
+                                                  const float* wout, int N,
+                                                  int C, int V, int slot) {
+  if (s_->precision != Precision::kBf16)
+    return {reinterpret_cast<const char*>(h), wout, 4};
+  Scratch& h_slot = slot == 0 ? s_->bf16_b : s_->bf16_d;
+  Scratch& w_slot = slot == 0 ? s_->bf16_a : s_->bf16_c;
+  return {static_cast<const char*>(
+              s_->ToBf16(h_slot, h, static_cast<size_t>(N) * C)),
+          s_->ToBf16(w_slot, wout, static_cast<size_t>(V) * C), 2};
+}
+
+// dz (V x rows, in place in chunk_buf: bf16 mode as bf16 with leading
+// dimension 2V) into dh_chunk (C x rows) += wout (C x V) dz and dwout (C x V)
+// += h_chunk (C x rows) dz^T.
+void CudaBackend::AccumulateOutputGrads(float* dh, float* dwout,
+                                        const OutputOperands& op, int r0,
+                                        int rows, int C, int V,
+                                        const float* chunk_buf) {
+  const bool bf16 = s_->precision == Precision::kBf16;
+  const int ldz = bf16 ? 2 * V : V;
+  if (dh != nullptr) {
+    GemmCall g;
+    g.m = C;
+    g.n = rows;
+    g.k = V;
+    g.a = op.w;
+    g.lda = C;
+    g.b = chunk_buf;
+    g.ldb = ldz;
+    g.d = dh + static_cast<size_t>(r0) * C;
+    g.ldd = C;
+    g.beta = 1.0f;
+    g.bf16 = bf16;
+    s_->Gemm(g);
+  }
+  if (dwout != nullptr) {
+    GemmCall g;
+    g.trans_b = true;
+    g.m = C;
+    g.n = V;
+    g.k = rows;
+    g.a = op.h + static_cast<size_t>(r0) * C * op.elem;
+    g.lda = C;
+    g.b = chunk_buf;
+    g.ldb = ldz;
+    g.d = dwout;
+    g.ldd = C;
+    g.beta = 1.0f;
+    g.bf16 = bf16;
+    s_->Gemm(g);
+  }
+}
+
+// Per chunk of rows: the logits, then one fused kernel per row.
 void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
                                 int32_t* correct, float* entropy,
                                 float* log_sum_sq_probs, const float* h,
@@ -996,26 +1086,10 @@ void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
   CheckLabels(labels, N, V);
   const bool bf16 = s_->precision == Precision::kBf16;
   const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
-  const size_t h_elem = bf16 ? 2 : 4;
-  const char* h_op = static_cast<const char*>(
-      bf16 ? s_->ToBf16(s_->bf16_b, h, static_cast<size_t>(N) * C) : h);
-  const void* w_op =
-      bf16 ? s_->ToBf16(s_->bf16_a, wout, static_cast<size_t>(V) * C) : wout;
+  const OutputOperands op = Operands(h, wout, N, C, V, 0);
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int rows = std::min(chunk, N - r0);
-    GemmCall g;
-    g.trans_a = true;
-    g.m = V;
-    g.n = rows;
-    g.k = C;
-    g.a = w_op;
-    g.lda = C;
-    g.b = h_op + static_cast<size_t>(r0) * C * h_elem;
-    g.ldb = C;
-    g.d = chunk_buf;
-    g.ldd = V;
-    g.bf16 = bf16;
-    s_->Gemm(g);
+    s_->Gemm(ChunkLogits(op.w, op.h, op.elem, r0, rows, C, V, chunk_buf, bf16));
     PREFOPT_CHECK_CUDA(cuda::OutputRowStats(
         s_->stream, lse + r0, logp + r0, logit_sum + r0, correct + r0,
         entropy + r0,
@@ -1024,9 +1098,7 @@ void CudaBackend::OutputForward(float* lse, float* logp, float* logit_sum,
   }
 }
 
-// Per chunk: the logits again, dz (V x rows) in place (bf16 mode: as bf16
-// with leading dimension 2V), then dh_chunk (C x rows) += wout (C x V) dz and
-// dwout (C x V) += h_chunk (C x rows) dz^T.
+// Per chunk: the logits again, dz in place, then its two GEMMs.
 void CudaBackend::OutputBackward(float* dh, float* dwout, const float* h,
                                  const float* wout, const int32_t* labels,
                                  const float* lse, const float* coef, int N,
@@ -1035,61 +1107,72 @@ void CudaBackend::OutputBackward(float* dh, float* dwout, const float* h,
   CheckLabels(labels, N, V);
   const bool bf16 = s_->precision == Precision::kBf16;
   const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
-  const size_t elem = bf16 ? 2 : 4;
-  const char* h_op = static_cast<const char*>(
-      bf16 ? s_->ToBf16(s_->bf16_b, h, static_cast<size_t>(N) * C) : h);
-  const void* w_op =
-      bf16 ? s_->ToBf16(s_->bf16_a, wout, static_cast<size_t>(V) * C) : wout;
-  const int ldz = bf16 ? 2 * V : V;
+  const OutputOperands op = Operands(h, wout, N, C, V, 0);
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int rows = std::min(chunk, N - r0);
-    GemmCall logits;
-    logits.trans_a = true;
-    logits.m = V;
-    logits.n = rows;
-    logits.k = C;
-    logits.a = w_op;
-    logits.lda = C;
-    logits.b = h_op + static_cast<size_t>(r0) * C * elem;
-    logits.ldb = C;
-    logits.d = chunk_buf;
-    logits.ldd = V;
-    logits.bf16 = bf16;
-    s_->Gemm(logits);
+    s_->Gemm(ChunkLogits(op.w, op.h, op.elem, r0, rows, C, V, chunk_buf, bf16));
     PREFOPT_CHECK_CUDA(cuda::OutputRowGrad(s_->stream, bf16, chunk_buf,
                                            dev_labels + r0, lse + r0, coef + r0,
                                            rows, V));
-    if (dh != nullptr) {
-      GemmCall g;
-      g.m = C;
-      g.n = rows;
-      g.k = V;
-      g.a = w_op;
-      g.lda = C;
-      g.b = chunk_buf;
-      g.ldb = ldz;
-      g.d = dh + static_cast<size_t>(r0) * C;
-      g.ldd = C;
-      g.beta = 1.0f;
-      g.bf16 = bf16;
-      s_->Gemm(g);
-    }
-    if (dwout != nullptr) {
-      GemmCall g;
-      g.trans_b = true;
-      g.m = C;
-      g.n = V;
-      g.k = rows;
-      g.a = h_op + static_cast<size_t>(r0) * C * elem;
-      g.lda = C;
-      g.b = chunk_buf;
-      g.ldb = ldz;
-      g.d = dwout;
-      g.ldd = C;
-      g.beta = 1.0f;
-      g.bf16 = bf16;
-      s_->Gemm(g);
-    }
+    AccumulateOutputGrads(dh, dwout, op, r0, rows, C, V, chunk_buf);
+  }
+}
+
+// As OutputForward, with the reference's logits of the same rows beside the
+// policy's.
+void CudaBackend::SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                                        const int32_t* labels, int N,
+                                        float* chunk_buf, float* ref_chunk_buf,
+                                        int chunk,
+                                        const SparsePoRowStats& out) {
+  if (N == 0) return;
+  const int C = layers.C, RC = layers.ref_C, V = layers.V;
+  CheckLabels(labels, N, V);
+  const bool bf16 = s_->precision == Precision::kBf16;
+  const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
+  const OutputOperands op = Operands(layers.h, layers.wout, N, C, V, 0);
+  const OutputOperands ref =
+      Operands(layers.ref_h, layers.ref_wout, N, RC, V, 1);
+  auto at = [](float* p, int r0) { return p == nullptr ? nullptr : p + r0; };
+  for (int r0 = 0; r0 < N; r0 += chunk) {
+    const int rows = std::min(chunk, N - r0);
+    s_->Gemm(ChunkLogits(op.w, op.h, op.elem, r0, rows, C, V, chunk_buf, bf16));
+    s_->Gemm(ChunkLogits(ref.w, ref.h, ref.elem, r0, rows, RC, V, ref_chunk_buf,
+                         bf16));
+    PREFOPT_CHECK_CUDA(cuda::SparsePoRowStats(
+        s_->stream, out.lse + r0, out.ref_lse + r0, out.logp + r0,
+        out.ref_logp + r0, out.kl + r0, at(out.logit_sum, r0),
+        at(out.ref_logit_sum, r0), at(out.entropy, r0), chunk_buf,
+        ref_chunk_buf, dev_labels + r0, rows, V));
+  }
+}
+
+// As OutputBackward. The coefficients are device memory, so no chunk is
+// skipped: the reference's logits are recomputed for every one.
+void CudaBackend::SparsePoOutputBackward(const SparsePoOutputLayers& layers,
+                                         const int32_t* labels, int N,
+                                         const float* lse, const float* ref_lse,
+                                         const float* coef_a,
+                                         const float* coef_b, float* chunk_buf,
+                                         float* ref_chunk_buf, int chunk,
+                                         float* dh, float* dwout) {
+  if (N == 0 || (dh == nullptr && dwout == nullptr)) return;
+  const int C = layers.C, RC = layers.ref_C, V = layers.V;
+  CheckLabels(labels, N, V);
+  const bool bf16 = s_->precision == Precision::kBf16;
+  const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
+  const OutputOperands op = Operands(layers.h, layers.wout, N, C, V, 0);
+  const OutputOperands ref =
+      Operands(layers.ref_h, layers.ref_wout, N, RC, V, 1);
+  for (int r0 = 0; r0 < N; r0 += chunk) {
+    const int rows = std::min(chunk, N - r0);
+    s_->Gemm(ChunkLogits(op.w, op.h, op.elem, r0, rows, C, V, chunk_buf, bf16));
+    s_->Gemm(ChunkLogits(ref.w, ref.h, ref.elem, r0, rows, RC, V, ref_chunk_buf,
+                         bf16));
+    PREFOPT_CHECK_CUDA(cuda::SparsePoRowGrad(
+        s_->stream, bf16, chunk_buf, ref_chunk_buf, dev_labels + r0, lse + r0,
+        ref_lse + r0, coef_a + r0, coef_b + r0, rows, V));
+    AccumulateOutputGrads(dh, dwout, op, r0, rows, C, V, chunk_buf);
   }
 }
 

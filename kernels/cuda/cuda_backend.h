@@ -100,6 +100,7 @@ class CudaBackend : public Backend {
   // host_src may be reused as soon as the call returns.
   void CopyToDevice(float* dst, const float* host_src, size_t n) override;
   void CopyToHost(float* host_dst, const float* src, size_t n) override;
+  void Copy(float* dst, const float* src, size_t n) override;
 
   void EmbeddingForward(float* out, const int32_t* ids, const int32_t* pos,
                         const float* wte, const float* wpe, int N,
@@ -165,6 +166,17 @@ class CudaBackend : public Backend {
                       const float* lse, const float* coef, int N, int C, int V,
                       float* chunk_buf, int chunk) override;
 
+  void SparsePoOutputForward(const SparsePoOutputLayers& layers,
+                             const int32_t* labels, int N, float* chunk_buf,
+                             float* ref_chunk_buf, int chunk,
+                             const SparsePoRowStats& out) override;
+  void SparsePoOutputBackward(const SparsePoOutputLayers& layers,
+                              const int32_t* labels, int N, const float* lse,
+                              const float* ref_lse, const float* coef_a,
+                              const float* coef_b, float* chunk_buf,
+                              float* ref_chunk_buf, int chunk, float* dh,
+                              float* dwout) override;
+
   // Uploads spans and reference values in one copy; three kernels
   // (objectives.cu).
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
@@ -182,6 +194,15 @@ class CudaBackend : public Backend {
 
  private:
   struct State;
+  struct OutputOperands;
+  // h[N, C] and wout[V, C] as the output layer's GEMMs read them: in place
+  // (fp32), or rounded to bf16 into the model's pair of scratch buffers
+  // (slot 0: the policy's, 1: SparsePO's reference's).
+  OutputOperands Operands(const float* h, const float* wout, int N, int C,
+                          int V, int slot);
+  void AccumulateOutputGrads(float* dh, float* dwout, const OutputOperands& op,
+                             int r0, int rows, int C, int V,
+                             const float* chunk_buf);
   explicit CudaBackend(std::unique_ptr<State> state);
 
   std::unique_ptr<State> s_;

@@ -879,6 +879,111 @@ TEST_P(CudaBackendTest, OutputLayer) {
   }
 }
 
+// SparsePO's two-model output layer against ReferenceBackend's, which
+// materializes every logit and sums in double: a reference with another
+// hidden size, chunks that do not divide N, rows with A = 0, B = 0 and both
+// 0, and the optional outputs left null.
+TEST_P(CudaBackendTest, SparsePoOutputLayer) {
+  const int N = 45, C = 32, RC = 48, V = 1003;
+  const std::vector<float> h = RandomNormal(N * C, 11);
+  const std::vector<float> wout = RandomNormal(V * C, 12, 0.5f);
+  const std::vector<float> ref_h = RandomNormal(N * RC, 13);
+  const std::vector<float> ref_wout = RandomNormal(V * RC, 14, 0.4f);
+  const std::vector<int32_t> labels = RandomInts(N, V, 15);
+  std::vector<float> coef_a = RandomNormal(N, 16);
+  std::vector<float> coef_b = RandomNormal(N, 17);
+  for (int n : {0, 7, 30}) coef_a[n] = 0.0f;
+  for (int n : {3, 7, 31, N - 1}) coef_b[n] = 0.0f;
+  coef_a[N - 1] = 0.0f;
+
+  constexpr int kOut = 8;  // SparsePoRowStats' arrays, in its order
+  std::vector<std::vector<float>> want(kOut, std::vector<float>(N));
+  auto stats_of = [](std::vector<float*> p) {
+    return SparsePoRowStats{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+  };
+  std::vector<float> z(V), zr(V);
+  const SparsePoOutputLayers host_layers{
+      h.data(), wout.data(), C, ref_h.data(), ref_wout.data(), RC, V};
+  std::vector<float*> want_ptrs;
+  for (auto& w : want) want_ptrs.push_back(w.data());
+  ref_.SparsePoOutputForward(host_layers, labels.data(), N, z.data(), zr.data(),
+                             1, stats_of(want_ptrs));
+  const std::vector<float> dh0 = RandomNormal(N * C, 18);
+  const std::vector<float> dwout0 = RandomNormal(V * C, 19);
+  std::vector<float> dh_want = dh0, dwout_want = dwout0;
+  ref_.SparsePoOutputBackward(host_layers, labels.data(), N, want[0].data(),
+                              want[1].data(), coef_a.data(), coef_b.data(),
+                              z.data(), zr.data(), 1, dh_want.data(),
+                              dwout_want.data());
+
+  DeviceBuffers buf(cuda_.get());
+  const SparsePoOutputLayers layers{buf.Upload(h),
+                                    buf.Upload(wout),
+                                    C,
+                                    buf.Upload(ref_h),
+                                    buf.Upload(ref_wout),
+                                    RC,
+                                    V};
+  float* d_a = buf.Upload(coef_a);
+  float* d_b = buf.Upload(coef_b);
+  for (int chunk : {1, 16, 64}) {
+    SCOPED_TRACE(::testing::Message() << "chunk " << chunk);
+    float* chunk_buf = buf.Unwritten(static_cast<size_t>(chunk) * V);
+    float* ref_chunk_buf = buf.Unwritten(static_cast<size_t>(chunk) * V);
+    std::vector<float*> out;
+    for (int i = 0; i < kOut; ++i) out.push_back(buf.Unwritten(N));
+    cuda_->SparsePoOutputForward(layers, labels.data(), N, chunk_buf,
+                                 ref_chunk_buf, chunk, stats_of(out));
+    for (int i = 0; i < kOut; ++i) {
+      EXPECT_LE(ErrorVsScale(buf.Read(out[i], N), want[i]), ForwardTol())
+          << "SparsePoRowStats member " << i;
+    }
+    // The optional sums left out: the rest is the same, bit for bit.
+    std::vector<float*> some = out;
+    for (int i = 0; i < kOut; ++i) some[i] = buf.Unwritten(N);
+    some[5] = some[6] = some[7] = nullptr;
+    cuda_->SparsePoOutputForward(layers, labels.data(), N, chunk_buf,
+                                 ref_chunk_buf, chunk, stats_of(some));
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_TRUE(BitwiseEqual(buf.Read(some[i], N), buf.Read(out[i], N)))
+          << "member " << i;
+    }
+
+    // The backward from the reference's lse, as the OutputLayer test.
+    float* lse = buf.Upload(want[0]);
+    float* ref_lse = buf.Upload(want[1]);
+    float* dh = buf.Upload(dh0);
+    float* dwout = buf.Upload(dwout0);
+    cuda_->SparsePoOutputBackward(layers, labels.data(), N, lse, ref_lse, d_a,
+                                  d_b, chunk_buf, ref_chunk_buf, chunk, dh,
+                                  dwout);
+    const std::vector<float> dh_cuda = buf.Read(dh, N * C);
+    const std::vector<float> dwout_cuda = buf.Read(dwout, V * C);
+    EXPECT_LE(GradError(dh_cuda, dh_want, dh0), GradTol());
+    EXPECT_LE(GradError(dwout_cuda, dwout_want, dwout0), GradTol());
+    float* dwout_only = buf.Upload(dwout0);
+    cuda_->SparsePoOutputBackward(layers, labels.data(), N, lse, ref_lse, d_a,
+                                  d_b, chunk_buf, ref_chunk_buf, chunk, nullptr,
+                                  dwout_only);
+    EXPECT_TRUE(BitwiseEqual(buf.Read(dwout_only, V * C), dwout_cuda));
+    ExpectDeterministic(cuda_.get(), {dh0, dwout0}, [&](const auto& o) {
+      cuda_->SparsePoOutputBackward(layers, labels.data(), N, lse, ref_lse, d_a,
+                                    d_b, chunk_buf, ref_chunk_buf, chunk, o[0],
+                                    o[1]);
+    });
+  }
+}
+
+TEST_P(CudaBackendTest, CopyBetweenDeviceBuffers) {
+  const std::vector<float> x = RandomNormal(1000, 20);
+  DeviceBuffers buf(cuda_.get());
+  float* src = buf.Upload(x);
+  float* dst = buf.Unwritten(1000);
+  cuda_->Copy(dst, src + 10, 990);
+  const std::vector<float> got = buf.Read(dst, 990);
+  EXPECT_TRUE(BitwiseEqual(got, std::vector<float>(x.begin() + 10, x.end())));
+}
+
 // torch.argmax returns the first of equal maxima; so must `correct`. Rows 5
 // and 700 of wout are equal (also after rounding to bf16) and give both rows
 // their largest logit.

@@ -171,6 +171,24 @@ cudaError_t OutputRowGrad(cudaStream_t stream, bool bf16, float* logits,
                           const int32_t* labels, const float* lse,
                           const float* coef, int rows, int V);
 
+// SparsePO's two-model output layer: per row r of logits and ref_logits
+// [rows, V], SparsePoRowStats' values (logit_sum, ref_logit_sum and entropy
+// may be null).
+cudaError_t SparsePoRowStats(cudaStream_t stream, float* lse, float* ref_lse,
+                             float* logp, float* ref_logp, float* kl,
+                             float* logit_sum, float* ref_logit_sum,
+                             float* entropy, const float* logits,
+                             const float* ref_logits, const int32_t* labels,
+                             int rows, int V);
+// Overwrites logits[rows, V] with SparsePO's logit gradient
+// dz = (A + B) softmax(z) − B softmax(z̃) − A onehot (exact zeros where A and B
+// are 0), in place as OutputRowGrad (bf16: row stride 2V).
+cudaError_t SparsePoRowGrad(cudaStream_t stream, bool bf16, float* logits,
+                            const float* ref_logits, const int32_t* labels,
+                            const float* lse, const float* ref_lse,
+                            const float* coef_a, const float* coef_b, int rows,
+                            int V);
+
 // ---- objectives (objectives.cu) ----
 // Backend::ObjectiveCoefficients with spans, reference and reference_tokens
 // in device memory (log_sum_sq and reference_tokens may be null where params

@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/cpu/fused_sparsepo.h"
+#include "kernels/memory_purpose.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::loop {
@@ -286,21 +286,30 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
                SparsePoConfig::LEARNED) {
   const size_t rows = policy_->capacity().max_rows;
   const size_t V = policy_->vocab_size();
-  rows_h_.resize(rows * policy_->hidden_size());
-  rows_dh_.resize(rows * policy_->hidden_size());
-  rows_ref_h_.resize(rows * reference_->hidden_size());
-  labels_.resize(rows);
-  for (std::vector<float>* v :
-       {&lse_, &ref_lse_, &logp_, &ref_logp_, &kl_, &logit_sum_,
-        &ref_logit_sum_, &entropy_, &mask_reward_, &mask_kl_}) {
-    v->resize(rows);
+  kernels::Backend& b = *policy_->backend();
+  {
+    kernels::MemoryPurpose purpose("SparsePO output layer");
+    rows_h_ = b.Alloc(rows * policy_->hidden_size());
+    rows_dh_ = b.Alloc(rows * policy_->hidden_size());
+    rows_ref_h_ = b.Alloc(rows * reference_->hidden_size());
+    chunk_buf_ = b.Alloc(static_cast<size_t>(chunk_) * V);
+    ref_chunk_buf_ = b.Alloc(static_cast<size_t>(chunk_) * V);
+    row_values_ = b.Alloc(kRowValues * rows);
+    coefs_ = b.Alloc(2 * rows);
   }
-  chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
-  ref_chunk_buf_.resize(static_cast<size_t>(chunk_) * V);
+  row_values_h_.resize(kHostRowValues * rows);
+  coefs_h_.resize(2 * rows);
+  labels_.resize(rows);
+  mask_reward_.resize(rows);
+  mask_kl_.resize(rows);
 }
 
 SparsePoStep::~SparsePoStep() {
-  if (dwout_upload_ != nullptr) policy_->backend()->Free(dwout_upload_);
+  kernels::Backend& b = *policy_->backend();
+  for (float* p : {rows_h_, rows_dh_, rows_ref_h_, chunk_buf_, ref_chunk_buf_,
+                   row_values_, coefs_}) {
+    b.Free(p);
+  }
 }
 
 void SparsePoStep::ForwardBackward(const data::Batch& batch,
@@ -313,6 +322,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
 
   // The reference first: with LoRA it is the policy's own decoder (in
   // reference mode), and Backward needs the policy's forward to be the last.
+  // The reference shares the policy's backend (CreateReferenceModel).
   const bool shared = reference_ == policy_;
   inputs_->Begin(&segments);
   reference_->set_observer(inputs_.get());
@@ -320,14 +330,13 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   const float* ref_hidden = reference_->Forward(batch.packed);
   if (shared) policy_->set_reference_mode(false);
   reference_->set_observer(nullptr);
-  // The response rows of both models, gathered so that the fused kernel's
+  // The response rows of both models, gathered so that the output layer's
   // chunks span sequences.
   int rows = 0;
   for (const objectives::ResponseSegment& s : segments) {
-    reference_->backend()->CopyToHost(
-        rows_ref_h_.data() + static_cast<size_t>(rows) * RC,
-        ref_hidden + static_cast<size_t>(s.row) * RC,
-        static_cast<size_t>(s.count) * RC);
+    b.Copy(rows_ref_h_ + static_cast<size_t>(rows) * RC,
+           ref_hidden + static_cast<size_t>(s.row) * RC,
+           static_cast<size_t>(s.count) * RC);
     std::copy(tokens + s.row + 1, tokens + s.row + 1 + s.count,
               labels_.begin() + rows);
     rows += s.count;
@@ -335,97 +344,79 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   const float* hidden = policy_->Forward(batch.packed);
   rows = 0;
   for (const objectives::ResponseSegment& s : segments) {
-    b.CopyToHost(rows_h_.data() + static_cast<size_t>(rows) * C,
-                 hidden + static_cast<size_t>(s.row) * C,
-                 static_cast<size_t>(s.count) * C);
+    b.Copy(rows_h_ + static_cast<size_t>(rows) * C,
+           hidden + static_cast<size_t>(s.row) * C,
+           static_cast<size_t>(s.count) * C);
     rows += s.count;
   }
-  // The fused two-model output layer runs on the host (kernels/cpu). On a
-  // backend whose memory the host cannot address, the output embeddings come
-  // down and their gradient goes up once per micro-batch. With LoRA the
-  // output embedding is frozen: it has no gradient (pass 2 skips it) and
-  // comes down once, for both models.
-  const float* wout = policy_->output_embedding();
-  const float* ref_wout = reference_->output_embedding();
-  float* dwout = policy_->output_embedding_grad();
-  const size_t wout_n = static_cast<size_t>(policy_->vocab_size()) * C;
-  const bool host = b.HostAddressable();
-  if (!host) {
-    if (dwout != nullptr || wout_h_.empty()) {
-      wout_h_.resize(wout_n);
-      b.CopyToHost(wout_h_.data(), wout, wout_n);
-    }
-    if (shared) {
-      ref_wout = wout_h_.data();
-    } else {
-      const size_t ref_wout_n =
-          static_cast<size_t>(reference_->vocab_size()) * RC;
-      ref_wout_h_.resize(ref_wout_n);
-      reference_->backend()->CopyToHost(ref_wout_h_.data(), ref_wout,
-                                        ref_wout_n);
-      ref_wout = ref_wout_h_.data();
-    }
-    wout = wout_h_.data();
-    if (dwout != nullptr) {
-      dwout_h_.assign(wout_n, 0.0f);
-      dwout = dwout_h_.data();
-    }
-  }
-  const kernels::cpu::SparsePoOutputLayers layers{
-      rows_h_.data(),       wout, C, rows_ref_h_.data(), ref_wout, RC,
-      policy_->vocab_size()};
-  kernels::cpu::SparsePoOutputForward(
-      layers, labels_.data(), rows, chunk_buf_.data(), ref_chunk_buf_.data(),
-      chunk_,
-      {lse_.data(), ref_lse_.data(), logp_.data(), ref_logp_.data(), kl_.data(),
-       logit_sum_.data(), learned_ ? nullptr : ref_logit_sum_.data(),
-       entropy_.data()});
+  // With LoRA the output embedding is frozen: it has no gradient, and pass 2
+  // computes none.
+  const kernels::SparsePoOutputLayers layers{rows_h_,
+                                             policy_->output_embedding(),
+                                             C,
+                                             rows_ref_h_,
+                                             reference_->output_embedding(),
+                                             RC,
+                                             policy_->vocab_size()};
+  auto row_value = [&](RowValue v) {
+    return row_values_ + static_cast<size_t>(v) * rows;
+  };
+  b.SparsePoOutputForward(
+      layers, labels_.data(), rows, chunk_buf_, ref_chunk_buf_, chunk_,
+      {row_value(kLse), row_value(kRefLse), row_value(kLogp),
+       row_value(kRefLogp), row_value(kKl), row_value(kLogitSum),
+       learned_ ? nullptr : row_value(kRefLogitSum), row_value(kEntropy)});
+  b.CopyToHost(row_values_h_.data(), row_values_,
+               static_cast<size_t>(kHostRowValues) * rows);
   // TRL's entropy metric over every response token, as the loop logs it for
   // the other objectives (objectives::AddEntropyMetric).
+  const float* entropy = HostRowValue(kEntropy, rows);
   double entropy_sum = 0.0;
-  for (int r = 0; r < rows; ++r) entropy_sum += entropy_[r];
+  for (int r = 0; r < rows; ++r) entropy_sum += entropy[r];
   sums->Add("entropy", entropy_sum, rows);
   ComputeMasks(batch, rows);
 
   // The objective, pair by pair; its per-token outputs come in row order.
   grads_.Clear();
+  const float* logp = HostRowValue(kLogp, rows);
+  const float* ref_logp = HostRowValue(kRefLogp, rows);
+  const float* kl = HostRowValue(kKl, rows);
+  const float* logit_sum = HostRowValue(kLogitSum, rows);
   auto response = [&](int offset, int k) {
     objectives::SparsePoResponse r;
-    r.logp = absl::MakeConstSpan(logp_.data() + offset, k);
-    r.ref_logp = absl::MakeConstSpan(ref_logp_.data() + offset, k);
-    r.kl = absl::MakeConstSpan(kl_.data() + offset, k);
+    r.logp = absl::MakeConstSpan(logp + offset, k);
+    r.ref_logp = absl::MakeConstSpan(ref_logp + offset, k);
+    r.kl = absl::MakeConstSpan(kl + offset, k);
     r.mask_reward = absl::MakeConstSpan(mask_reward_.data() + offset, k);
     if (!objective_.options().common_mask) {
       r.mask_kl = absl::MakeConstSpan(mask_kl_.data() + offset, k);
     }
-    for (int t = 0; t < k; ++t) r.logit_sum += logit_sum_[offset + t];
+    for (int t = 0; t < k; ++t) r.logit_sum += logit_sum[offset + t];
     return r;
   };
   int offset = 0;
   for (size_t s = 0; s + 1 < segments.size(); s += 2) {
-    const int kw = segments[s].count, kl = segments[s + 1].count;
-    objective_.Pair(response(offset, kw), response(offset + kw, kl),
+    const int kw = segments[s].count, kl_rows = segments[s + 1].count;
+    objective_.Pair(response(offset, kw), response(offset + kw, kl_rows),
                     global_pairs, sums, &grads_);
-    offset += kw + kl;
+    offset += kw + kl_rows;
   }
 
-  std::fill(rows_dh_.begin(), rows_dh_.begin() + static_cast<size_t>(rows) * C,
-            0.0f);
-  kernels::cpu::SparsePoOutputBackward(
-      layers, labels_.data(), rows, lse_.data(), ref_lse_.data(),
-      grads_.coef_a.data(), grads_.coef_b.data(), chunk_buf_.data(),
-      ref_chunk_buf_.data(), chunk_, rows_dh_.data(), dwout);
-  if (!host && dwout != nullptr) {
-    if (dwout_upload_ == nullptr) dwout_upload_ = b.Alloc(wout_n);
-    b.CopyToDevice(dwout_upload_, dwout_h_.data(), wout_n);
-    b.Axpy(policy_->output_embedding_grad(), 1.0f, dwout_upload_, wout_n);
-  }
+  std::copy(grads_.coef_a.begin(), grads_.coef_a.end(), coefs_h_.begin());
+  std::copy(grads_.coef_b.begin(), grads_.coef_b.end(),
+            coefs_h_.begin() + rows);
+  b.CopyToDevice(coefs_, coefs_h_.data(), 2 * static_cast<size_t>(rows));
+  b.Zero(rows_dh_, static_cast<size_t>(rows) * C);
+  b.SparsePoOutputBackward(layers, labels_.data(), rows, row_value(kLse),
+                           row_value(kRefLse), coefs_, coefs_ + rows,
+                           chunk_buf_, ref_chunk_buf_, chunk_, rows_dh_,
+                           policy_->output_embedding_grad());
   b.Zero(policy_->dhidden(), static_cast<size_t>(batch.packed.rows()) * C);
   rows = 0;
   for (const objectives::ResponseSegment& s : segments) {
-    b.CopyToDevice(policy_->dhidden() + static_cast<size_t>(s.row) * C,
-                   rows_dh_.data() + static_cast<size_t>(rows) * C,
-                   static_cast<size_t>(s.count) * C);
+    b.Copy(policy_->dhidden() + static_cast<size_t>(s.row) * C,
+           rows_dh_ + static_cast<size_t>(rows) * C,
+           static_cast<size_t>(s.count) * C);
     rows += s.count;
   }
   policy_->Backward(batch.packed);
@@ -446,7 +437,8 @@ void SparsePoStep::ComputeMasks(const data::Batch& batch, int rows) {
   }
   // The logits map's score is the mean reference logit of the row.
   const float inv_vocab = 1.0f / static_cast<float>(policy_->vocab_size());
-  for (int r = 0; r < rows; ++r) ref_logit_sum_[r] *= inv_vocab;
+  float* ref_logit_mean = HostRowValue(kRefLogitSum, rows);
+  for (int r = 0; r < rows; ++r) ref_logit_mean[r] *= inv_vocab;
   std::vector<objectives::MapoActivation> maps;
   int offset = 0;
   for (const objectives::ResponseSegment& s : batch.segments) {
@@ -455,7 +447,7 @@ void SparsePoStep::ComputeMasks(const data::Batch& batch, int rows) {
       maps.push_back(
           {inputs_->map_group(i), inputs_->scores(i) + offset, 1, 1});
     }
-    maps.push_back({MapoGroup::kLogits, ref_logit_sum_.data() + offset, 1, 1});
+    maps.push_back({MapoGroup::kLogits, ref_logit_mean + offset, 1, 1});
     const absl::Status status = objectives::MapoMask(
         maps, mapo_groups_, s.count, mask_reward_.data() + offset);
     if (!status.ok()) {

@@ -12,8 +12,9 @@
 //     hidden state after each layer, the last after the final norm, on the
 //     response rows) with their own AdamW, or MaPO's fixed masks (MAPO: from
 //     the reference's activations and logits);
-//   - the fused two-model output layer (kernels/cpu/fused_sparsepo.h), which
-//     keeps the output layer's memory at two [chunk, V] buffers.
+//   - the fused two-model output layer (Backend::SparsePoOutputForward/
+//     Backward, on the policy's backend), which keeps the output layer's
+//     memory at two [chunk, V] buffers.
 //
 // One micro-batch: reference forward (capturing) → policy forward → fused
 // pass 1 (ℓ, ℓ̃, K per response token) → masks → SparsePoObjective::Pair per
@@ -24,10 +25,12 @@
 // The loop sums the mask gradients across ranks, clips them together with the
 // policy's, and calls Update after the policy's AdamW step.
 //
-// The fused kernel and the mask networks are CPU code. On a backend whose
-// memory the host cannot address (the GPU), the step copies what they read
-// (activation rows, the output embeddings) to the host and sends the
-// output-embedding gradient back; on the CPU backend they work in place.
+// The output layer runs on the policy's backend over the response rows,
+// gathered there; only per-token values come to the host (one copy) and the
+// two coefficients per token go back (one copy). The objective's pair math
+// and the mask networks are host code: on a backend whose memory the host
+// cannot address (the GPU), the mask networks' inputs (the reference's
+// activation rows) are copied to the host.
 #ifndef PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 #define PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 
@@ -127,6 +130,27 @@ class SparsePoStep {
     float* data;
   };
 
+  // The per-row values of the fused output layer, in row_values_' order:
+  // those the host reads (they come down in one copy), then lse and ref_lse,
+  // which only pass 2 reads.
+  enum RowValue {
+    kLogp,
+    kRefLogp,
+    kKl,
+    kLogitSum,
+    kRefLogitSum,
+    kEntropy,
+    kLse,
+    kRefLse,
+  };
+  static constexpr int kHostRowValues = kLse;
+  static constexpr int kRowValues = kRefLse + 1;
+
+  // Host copy of per-row value `v` of the last forward's `rows` rows.
+  float* HostRowValue(RowValue v, int rows) {
+    return row_values_h_.data() + static_cast<size_t>(v) * rows;
+  }
+
   SparsePoStep(const TrainConfig& config, model::Decoder* policy,
                std::unique_ptr<model::Decoder> reference,
                objectives::SparsePoObjective objective);
@@ -153,21 +177,24 @@ class SparsePoStep {
   std::vector<std::unique_ptr<optim::AdamWOptimizer>> optimizers_;
   std::unique_ptr<MaskInputs> inputs_;
 
-  // Response rows of one micro-batch, segment after segment (host memory,
-  // sized for the capacity once).
-  std::vector<float> rows_h_, rows_ref_h_, rows_dh_;
+  // Backend memory, sized for the capacity once: the response rows of one
+  // micro-batch, segment after segment, of both models' final hidden states
+  // and of the policy's ∂hidden; the two chunk buffers; the per-row values
+  // (kRowValues arrays, `rows` apart, in RowValue order); the coefficients
+  // A then B, `rows` apart.
+  float* rows_h_ = nullptr;
+  float* rows_ref_h_ = nullptr;
+  float* rows_dh_ = nullptr;
+  float* chunk_buf_ = nullptr;
+  float* ref_chunk_buf_ = nullptr;
+  float* row_values_ = nullptr;
+  float* coefs_ = nullptr;
+  // Host copies: the per-row values the host reads (the first
+  // kHostRowValues), and the coefficients going up.
+  std::vector<float> row_values_h_, coefs_h_;
   std::vector<int32_t> labels_;
-  std::vector<float> lse_, ref_lse_, logp_, ref_logp_, kl_, logit_sum_,
-      ref_logit_sum_, entropy_;
   std::vector<float> mask_reward_, mask_kl_;
   kernels::CpuBackend host_backend_;
-  std::vector<float> chunk_buf_, ref_chunk_buf_;
-  // On a backend the host cannot address: host copies of both models'
-  // output embeddings (one, copied once, when the policy is its own LoRA
-  // reference: the frozen base's) and of the policy's gradient for them, and
-  // a backend buffer that carries that gradient up (see ForwardBackward).
-  std::vector<float> wout_h_, ref_wout_h_, dwout_h_;
-  float* dwout_upload_ = nullptr;
   objectives::SparsePoGradients grads_;
 };
 
