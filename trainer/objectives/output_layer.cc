@@ -22,6 +22,9 @@ ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
   entropy_ = backend_->Alloc(max_rows);
   log_sum_sq_ = backend_->Alloc(max_rows);
   coef_ = backend_->Alloc(max_rows);
+  rows_h_ = backend_->Alloc(static_cast<size_t>(max_rows) * hidden);
+  rows_dh_ = backend_->Alloc(static_cast<size_t>(max_rows) * hidden);
+  labels_.reserve(max_rows);
   logp_host_.reserve(max_rows);
   logit_sum_host_.reserve(max_rows);
   entropy_host_.reserve(max_rows);
@@ -30,9 +33,39 @@ ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
 
 ChunkedOutputLayer::~ChunkedOutputLayer() {
   for (float* p : {chunk_buf_, lse_, logp_, logit_sum_, correct_, entropy_,
-                   log_sum_sq_, coef_}) {
+                   log_sum_sq_, coef_, rows_h_, rows_dh_}) {
     backend_->Free(p);
   }
+}
+
+const float* ChunkedOutputLayer::GatherRows(
+    const float* hidden, const int32_t* tokens,
+    const std::vector<ResponseSegment>& segments, int* total) {
+  int rows = 0;
+  for (const ResponseSegment& s : segments) rows += s.count;
+  if (rows > max_rows_) {
+    // A caller bug: the trainer sizes the layer for its largest micro-batch.
+    std::fprintf(stderr, "ChunkedOutputLayer: %d response rows, sized for %d\n",
+                 rows, max_rows_);
+    std::abort();
+  }
+  *total = rows;
+  labels_.clear();
+  for (const ResponseSegment& s : segments) {
+    labels_.insert(labels_.end(), tokens + s.row + 1,
+                   tokens + s.row + 1 + s.count);
+  }
+  if (segments.size() == 1) {
+    return hidden + static_cast<size_t>(segments[0].row) * hidden_;
+  }
+  rows = 0;
+  for (const ResponseSegment& s : segments) {
+    backend_->Copy(rows_h_ + static_cast<size_t>(rows) * hidden_,
+                   hidden + static_cast<size_t>(s.row) * hidden_,
+                   static_cast<size_t>(s.count) * hidden_);
+    rows += s.count;
+  }
+  return rows_h_;
 }
 
 int ChunkedOutputLayer::Pass1(const float* hidden, const float* wout,
@@ -40,24 +73,11 @@ int ChunkedOutputLayer::Pass1(const float* hidden, const float* wout,
                               const std::vector<ResponseSegment>& segments,
                               bool log_sum_sq_probs) {
   int total = 0;
-  for (const ResponseSegment& s : segments) total += s.count;
-  if (total > max_rows_) {
-    // A caller bug: the trainer sizes the layer for its largest micro-batch.
-    std::fprintf(
-        stderr, "ChunkedOutputLayer::Forward: %d response rows, sized for %d\n",
-        total, max_rows_);
-    std::abort();
-  }
-  total = 0;
-  for (const ResponseSegment& s : segments) {
-    backend_->OutputForward(
-        lse_ + total, logp_ + total, logit_sum_ + total,
-        reinterpret_cast<int32_t*>(correct_ + total), entropy_ + total,
-        log_sum_sq_probs ? log_sum_sq_ + total : nullptr,
-        hidden + static_cast<size_t>(s.row) * hidden_, wout, tokens + s.row + 1,
-        s.count, hidden_, vocab_, chunk_buf_, chunk_);
-    total += s.count;
-  }
+  const float* rows = GatherRows(hidden, tokens, segments, &total);
+  backend_->OutputForward(
+      lse_, logp_, logit_sum_, reinterpret_cast<int32_t*>(correct_), entropy_,
+      log_sum_sq_probs ? log_sum_sq_ : nullptr, rows, wout, labels_.data(),
+      total, hidden_, vocab_, chunk_buf_, chunk_);
   return total;
 }
 
@@ -118,12 +138,29 @@ void ChunkedOutputLayer::BackwardOnBackend(
     float* dhidden, float* dwout, const float* hidden, const float* wout,
     const int32_t* tokens, const std::vector<ResponseSegment>& segments) {
   int total = 0;
+  const float* rows = GatherRows(hidden, tokens, segments, &total);
+  if (segments.size() == 1) {
+    backend_->OutputBackward(
+        dhidden == nullptr
+            ? nullptr
+            : dhidden + static_cast<size_t>(segments[0].row) * hidden_,
+        dwout, rows, wout, labels_.data(), lse_, coef_, total, hidden_, vocab_,
+        chunk_buf_, chunk_);
+    return;
+  }
+  if (dhidden != nullptr) {
+    backend_->Zero(rows_dh_, static_cast<size_t>(total) * hidden_);
+  }
+  backend_->OutputBackward(dhidden == nullptr ? nullptr : rows_dh_, dwout, rows,
+                           wout, labels_.data(), lse_, coef_, total, hidden_,
+                           vocab_, chunk_buf_, chunk_);
+  if (dhidden == nullptr) return;
+  int r = 0;
   for (const ResponseSegment& s : segments) {
-    const size_t off = static_cast<size_t>(s.row) * hidden_;
-    backend_->OutputBackward(dhidden + off, dwout, hidden + off, wout,
-                             tokens + s.row + 1, lse_ + total, coef_ + total,
-                             s.count, hidden_, vocab_, chunk_buf_, chunk_);
-    total += s.count;
+    backend_->Axpy(dhidden + static_cast<size_t>(s.row) * hidden_, 1.0f,
+                   rows_dh_ + static_cast<size_t>(r) * hidden_,
+                   static_cast<size_t>(s.count) * hidden_);
+    r += s.count;
   }
 }
 

@@ -93,6 +93,14 @@ class ChunkedOutputLayer {
   int Pass1(const float* hidden, const float* wout, const int32_t* tokens,
             const std::vector<ResponseSegment>& segments,
             bool log_sum_sq_probs);
+  // The segments' rows of `hidden` back to back, so that one Output* call
+  // covers them all and its chunks span segments (one GEMM per chunk, and on
+  // a GPU one bf16 rounding of wout per pass, instead of per sequence):
+  // in place for one segment, else gathered into rows_h_. Fills labels_ with
+  // their next tokens and returns the rows' count in *total.
+  const float* GatherRows(const float* hidden, const int32_t* tokens,
+                          const std::vector<ResponseSegment>& segments,
+                          int* total);
 
   kernels::Backend* backend_;
   int max_rows_, hidden_, vocab_, chunk_;
@@ -105,6 +113,11 @@ class ChunkedOutputLayer {
   float* entropy_;
   float* log_sum_sq_;
   float* coef_;
+  // Gathered response rows of the hidden states and of their gradient
+  // (GatherRows), and their labels (host).
+  float* rows_h_;
+  float* rows_dh_;
+  std::vector<int32_t> labels_;
   std::vector<float> logp_host_, logit_sum_host_, entropy_host_,
       log_sum_sq_host_;
   std::vector<int32_t> correct_host_;
