@@ -337,6 +337,12 @@ class Backend {
                                const float* inp, const float* weight,
                                const float* rstd, int N, int C) = 0;
 
+  // out[r] = the mean of in[r * stride + c] over c < width, r < N, summed in
+  // at least fp32 per lane and double across lanes: per-row summaries of an
+  // activation (SparsePO's MaPO masks read one per row and map).
+  virtual void RowMeans(float* out, const float* in, int N, int width,
+                        int stride) = 0;
+
   // ---- dense layers ----
   // out[N,OC] = inp[N,C] @ weight[OC,C]^T (+ bias[OC] when bias is non-null).
   virtual void MatmulForward(float* out, const float* inp, const float* weight,

@@ -529,6 +529,17 @@ void CpuBackend::RmsNormBackward(float* dinp, float* dweight, const float* dout,
   });
 }
 
+void CpuBackend::RowMeans(float* out, const float* in, int N, int width,
+                          int stride) {
+#pragma omp parallel for schedule(static) if (size_t{1} * N * width >= 1 << 16)
+  for (int r = 0; r < N; ++r) {
+    const float* row = in + static_cast<size_t>(r) * stride;
+    double sum = 0;
+    for (int c = 0; c < width; ++c) sum += row[c];
+    out[r] = static_cast<float>(sum / width);
+  }
+}
+
 void CpuBackend::MatmulForward(float* out, const float* inp,
                                const float* weight, const float* bias, int N,
                                int C, int OC) {

@@ -92,6 +92,19 @@ TEST_P(CpuBackendTest, MemoryOps) {
   cpu_.Free(p);
 }
 
+TEST_P(CpuBackendTest, RowMeans) {
+  const int N = 301, width = 70, stride = 96;
+  const std::vector<float> x = RandomNormal(N * stride, 30);
+  std::vector<float> want(N), got(N);
+  ref_.RowMeans(want.data(), x.data() + 5, N, width, stride);
+  cpu_.RowMeans(got.data(), x.data() + 5, N, width, stride);
+  EXPECT_TRUE(BitwiseEqual(got, want));
+  // Row 0 by hand.
+  double sum = 0;
+  for (int c = 0; c < width; ++c) sum += x[5 + c];
+  EXPECT_FLOAT_EQ(want[0], static_cast<float>(sum / width));
+}
+
 // SparsePO's two-model output layer: the fused CPU kernels
 // (fused_sparsepo.h, tested against a double-precision materialization in
 // fused_sparsepo_test) against ReferenceBackend's, which the CUDA backend's

@@ -233,6 +233,16 @@ void ReferenceBackend::RmsNormBackward(float* dinp, float* dweight,
   }
 }
 
+void ReferenceBackend::RowMeans(float* out, const float* in, int N, int width,
+                                int stride) {
+  for (int r = 0; r < N; ++r) {
+    const float* row = in + static_cast<size_t>(r) * stride;
+    double sum = 0;
+    for (int c = 0; c < width; ++c) sum += row[c];
+    out[r] = static_cast<float>(sum / width);
+  }
+}
+
 void ReferenceBackend::MatmulForward(float* out, const float* inp,
                                      const float* weight, const float* bias,
                                      int N, int C, int OC) {

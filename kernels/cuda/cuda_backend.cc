@@ -765,6 +765,12 @@ void CudaBackend::RmsNormBackward(float* dinp, float* dweight,
 // cuBLASLt is column-major, and a row-major R x K matrix is the column-major
 // K x R matrix of the same memory; the GEMMs below are written in those
 // column-major views. Forward: out (OC x N) = weight (C x OC)^T inp (C x N).
+void CudaBackend::RowMeans(float* out, const float* in, int N, int width,
+                           int stride) {
+  if (N == 0) return;
+  PREFOPT_CHECK_CUDA(cuda::RowMeans(s_->stream, out, in, N, width, stride));
+}
+
 void CudaBackend::MatmulForward(float* out, const float* inp,
                                 const float* weight, const float* bias, int N,
                                 int C, int OC) {

@@ -122,6 +122,9 @@ class CudaBackend : public Backend {
                        const float* inp, const float* weight, const float* rstd,
                        int N, int C) override;
 
+  void RowMeans(float* out, const float* in, int N, int width,
+                int stride) override;
+
   void MatmulForward(float* out, const float* inp, const float* weight,
                      const float* bias, int N, int C, int OC) override;
   void MatmulBackward(float* dinp, float* dweight, float* dbias,

@@ -974,6 +974,19 @@ TEST_P(CudaBackendTest, SparsePoOutputLayer) {
   }
 }
 
+// Rows of a wider, strided buffer (a view of some heads of qkv).
+TEST_P(CudaBackendTest, RowMeans) {
+  const int N = 37, width = 70, stride = 96;
+  const std::vector<float> x = RandomNormal(N * stride, 21);
+  std::vector<float> want(N);
+  ref_.RowMeans(want.data(), x.data() + 5, N, width, stride);
+  DeviceBuffers buf(cuda_.get());
+  float* in = buf.Upload(x);
+  float* out = buf.Unwritten(N);
+  cuda_->RowMeans(out, in + 5, N, width, stride);
+  EXPECT_LE(ErrorVsScale(buf.Read(out, N), want), kTol);
+}
+
 TEST_P(CudaBackendTest, CopyBetweenDeviceBuffers) {
   const std::vector<float> x = RandomNormal(1000, 20);
   DeviceBuffers buf(cuda_.get());

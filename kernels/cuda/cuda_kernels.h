@@ -55,6 +55,9 @@ cudaError_t LayerNormBackwardInput(cudaStream_t stream, float* dinp,
                                    const float* dout, const float* inp,
                                    const float* weight, const float* mean,
                                    const float* rstd, int N, int C);
+// Backend::RowMeans: one warp per row.
+cudaError_t RowMeans(cudaStream_t stream, float* out, const float* in, int N,
+                     int width, int stride);
 cudaError_t RmsNormForward(cudaStream_t stream, float* out, float* rstd,
                            const float* inp, const float* weight, int N, int C,
                            float eps);

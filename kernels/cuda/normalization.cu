@@ -70,6 +70,18 @@ __global__ void LayerNormBackwardInputKernel(float* dinp, const float* dout,
   }
 }
 
+__global__ void RowMeansKernel(float* out, const float* in, int N, int width,
+                               int stride) {
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const float* x = in + static_cast<size_t>(row) * stride;
+  float sum = 0.0f;
+  for (int c = lane; c < width; c += 32) sum += x[c];
+  const double total = WarpSum(static_cast<double>(sum));
+  if (lane == 0) out[row] = static_cast<float>(total / width);
+}
+
 __global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp,
                                      const float* weight, int N, int C,
                                      float eps) {
@@ -188,6 +200,13 @@ cudaError_t LayerNormBackwardInput(cudaStream_t stream, float* dinp,
   PREFOPT_LAUNCH(LayerNormBackwardInputKernel, CeilDiv(N, kRowsPerBlock),
                  kThreads, 0, stream)
   (dinp, dout, inp, weight, mean, rstd, N, C);
+  return cudaGetLastError();
+}
+
+cudaError_t RowMeans(cudaStream_t stream, float* out, const float* in, int N,
+                     int width, int stride) {
+  PREFOPT_LAUNCH(RowMeansKernel, CeilDiv(N, kRowsPerBlock), kThreads, 0, stream)
+  (out, in, N, width, stride);
   return cudaGetLastError();
 }
 

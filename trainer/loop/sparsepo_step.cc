@@ -66,13 +66,14 @@ std::optional<MapoGroup> MapoGroupOf(Activation kind,
   return std::nullopt;
 }
 
-// Copies what the masks need from the reference's Forward, restricted to the
+// Keeps what the masks need from the reference's Forward, restricted to the
 // response rows (segment after segment): LEARNED keeps the hidden state after
 // each layer (the last after the final norm); MAPO keeps one score per row
 // and map, the row's mean over the map's width, which is all MapoMask reads
-// of a map (its min-max rescaling follows per sequence). The views are read
-// in place when the host can address the decoder's memory, else through a
-// host copy of each segment's rows.
+// of a map (its min-max rescaling follows per sequence). Both are gathered in
+// backend memory by backend ops while the reference runs, and Finish brings
+// them to the host in one copy (none when the host can address the
+// backend's memory).
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
   MaskInputs(kernels::Backend* backend, bool learned,
@@ -82,27 +83,31 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
         learned_(learned),
         arch_(arch),
         layers_(layers),
-        hidden_(hidden),
-        max_rows_(max_rows) {
-    if (learned_) {
-      states_.resize(static_cast<size_t>(layers) * max_rows * hidden);
-      for (int l = 0; l < layers; ++l) {
-        state_ptrs_.push_back(states_.data() +
-                              static_cast<size_t>(l) * max_rows * hidden);
-      }
-      return;
-    }
+        hidden_(hidden) {
     for (MapoGroup g : groups) selected_[static_cast<int>(g)] = true;
-    // Per layer at most (Llama/Qwen2) one MLP, six attention and six
-    // residual maps; plus the embedding and final-norm outputs.
-    const int max_maps = 13 * layers + 2;
-    scores_.resize(static_cast<size_t>(max_maps) * max_rows);
-    map_groups_.reserve(max_maps);
+    // LEARNED: every layer's rows; MAPO: per layer at most (Llama/Qwen2) one
+    // MLP, six attention and six residual maps, plus the embedding and
+    // final-norm outputs, one float per row each.
+    const size_t floats = learned_
+                              ? static_cast<size_t>(layers) * max_rows * hidden
+                              : static_cast<size_t>(13 * layers + 2) * max_rows;
+    {
+      kernels::MemoryPurpose purpose("SparsePO mask inputs");
+      buffer_ = backend_->Alloc(floats);
+    }
+    if (!backend_->HostAddressable()) host_.resize(floats);
+    map_groups_.reserve(13 * layers + 2);
+    state_ptrs_.resize(layers);
   }
+  ~MaskInputs() override { backend_->Free(buffer_); }
+  MaskInputs(const MaskInputs&) = delete;
+  MaskInputs& operator=(const MaskInputs&) = delete;
 
   // Before the reference's Forward over a batch with these segments.
   void Begin(const std::vector<objectives::ResponseSegment>* segments) {
     segments_ = segments;
+    rows_ = 0;
+    for (const objectives::ResponseSegment& s : *segments) rows_ += s.count;
     map_groups_.clear();
   }
 
@@ -117,45 +122,46 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
         slot = layers_ - 1;
       }
       if (slot < 0) return;
-      float* out =
-          states_.data() + static_cast<size_t>(slot) * max_rows_ * hidden_;
+      float* out = buffer_ + static_cast<size_t>(slot) * rows_ * hidden_;
       for (const objectives::ResponseSegment& s : *segments_) {
-        const float* rows = SegmentRows(v, s);
-        for (int t = 0; t < s.count; ++t, out += hidden_) {
-          const float* row = rows + static_cast<size_t>(t) * v.stride;
-          std::copy(row, row + hidden_, out);
+        const float* rows = v.data + static_cast<size_t>(s.row) * v.stride;
+        if (v.stride == hidden_) {
+          backend_->Copy(out, rows, static_cast<size_t>(s.count) * hidden_);
+        } else {
+          for (int t = 0; t < s.count; ++t) {
+            backend_->Copy(out + static_cast<size_t>(t) * hidden_,
+                           rows + static_cast<size_t>(t) * v.stride, hidden_);
+          }
         }
+        out += static_cast<size_t>(s.count) * hidden_;
       }
       return;
     }
     const std::optional<MapoGroup> group = MapoGroupOf(v.kind, arch_);
     if (!group || !selected_[static_cast<int>(*group)]) return;
-    float* out = scores_.data() + map_groups_.size() * max_rows_;
+    float* out = buffer_ + map_groups_.size() * rows_;
     map_groups_.push_back(*group);
     for (const objectives::ResponseSegment& s : *segments_) {
-      const float* rows = SegmentRows(v, s);
-      for (int t = 0; t < s.count; ++t) {
-        const float* row = rows + static_cast<size_t>(t) * v.stride;
-        double sum = 0;
-        for (int h = 0; h < v.width; ++h) sum += row[h];
-        *out++ = static_cast<float>(sum / v.width);
-      }
+      backend_->RowMeans(out, v.data + static_cast<size_t>(s.row) * v.stride,
+                         s.count, v.width, v.stride);
+      out += s.count;
     }
   }
 
-  // The segment's rows of an activation, `v.stride` floats apart: in place
-  // on the CPU backend, else a host copy (a GPU's memory is not readable
-  // here).
-  const float* SegmentRows(const model::ActivationView& v,
-                           const objectives::ResponseSegment& s) {
-    const float* first = v.data + static_cast<size_t>(s.row) * v.stride;
-    if (backend_->HostAddressable()) return first;
-    if (s.count == 0) return nullptr;
-    const size_t n = static_cast<size_t>(s.count - 1) * v.stride +
-                     static_cast<size_t>(v.width);
-    segment_rows_.resize(n);
-    backend_->CopyToHost(segment_rows_.data(), first, n);
-    return segment_rows_.data();
+  // After the reference's Forward: the inputs on the host.
+  void Finish() {
+    const float* base = buffer_;
+    if (!backend_->HostAddressable()) {
+      const size_t n =
+          static_cast<size_t>(rows_) *
+          (learned_ ? layers_ * hidden_ : static_cast<int>(map_groups_.size()));
+      backend_->CopyToHost(host_.data(), buffer_, n);
+      base = host_.data();
+    }
+    host_base_ = base;
+    for (int l = 0; l < layers_; ++l) {
+      state_ptrs_[l] = base + static_cast<size_t>(l) * rows_ * hidden_;
+    }
   }
 
   // LEARNED: per layer, the hidden states of the response rows.
@@ -165,20 +171,21 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
   int num_maps() const { return static_cast<int>(map_groups_.size()); }
   MapoGroup map_group(int i) const { return map_groups_[i]; }
   const float* scores(int i) const {
-    return scores_.data() + static_cast<size_t>(i) * max_rows_;
+    return host_base_ + static_cast<size_t>(i) * rows_;
   }
 
  private:
   kernels::Backend* backend_;
   bool learned_;
   io::ModelSpec::Arch arch_;
-  int layers_, hidden_, max_rows_;
+  int layers_, hidden_;
   const std::vector<objectives::ResponseSegment>* segments_ = nullptr;
-  std::vector<float> segment_rows_;
-  std::vector<float> states_;
+  int rows_ = 0;  // the segments' rows: the stride of the buffer's parts
+  float* buffer_ = nullptr;  // backend memory
+  std::vector<float> host_;  // its host copy, unless host-addressable
+  const float* host_base_ = nullptr;
   std::vector<const float*> state_ptrs_;
   bool selected_[4] = {false, false, false, false};  // by MapoGroup
-  std::vector<float> scores_;
   std::vector<MapoGroup> map_groups_;
 };
 
@@ -330,6 +337,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   const float* ref_hidden = reference_->Forward(batch.packed);
   if (shared) policy_->set_reference_mode(false);
   reference_->set_observer(nullptr);
+  inputs_->Finish();
   // The response rows of both models, gathered so that the output layer's
   // chunks span sequences.
   int rows = 0;
