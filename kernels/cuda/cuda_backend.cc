@@ -428,6 +428,14 @@ struct CudaBackend::State {
   }
 
   void Gemm(const GemmCall& g);
+  // The input and weight gradients of out (N x OC) = inp (N x C) weight^T
+  // (row-major), in column-major views: dinp (C x N) += weight (C x OC) dout
+  // (OC x N) and dweight (C x OC) += inp (C x N) dout^T, dout with leading
+  // dimension ldo; operands fp32, or bf16 when `bf16`. Null outputs are
+  // skipped.
+  void LinearGrads(float* dinp, float* dweight, const void* weight,
+                   const void* inp, const void* dout, int ldo, int N, int C,
+                   int OC, bool bf16);
 
   Precision precision = Precision::kFp32;
   std::string device_name;
@@ -454,6 +462,43 @@ struct CudaBackend::State {
   std::vector<int32_t> objective_upload;  // reused host packing buffer
   std::map<GemmKey, GemmPlan> plans;
 };
+
+void CudaBackend::State::LinearGrads(float* dinp, float* dweight,
+                                     const void* weight, const void* inp,
+                                     const void* dout, int ldo, int N, int C,
+                                     int OC, bool bf16) {
+  if (dinp != nullptr) {
+    GemmCall g;
+    g.m = C;
+    g.n = N;
+    g.k = OC;
+    g.a = weight;
+    g.lda = C;
+    g.b = dout;
+    g.ldb = ldo;
+    g.d = dinp;
+    g.ldd = C;
+    g.beta = 1.0f;
+    g.bf16 = bf16;
+    Gemm(g);
+  }
+  if (dweight != nullptr) {
+    GemmCall g;
+    g.trans_b = true;
+    g.m = C;
+    g.n = OC;
+    g.k = N;
+    g.a = inp;
+    g.lda = C;
+    g.b = dout;
+    g.ldb = ldo;
+    g.d = dweight;
+    g.ldd = C;
+    g.beta = 1.0f;
+    g.bf16 = bf16;
+    Gemm(g);
+  }
+}
 
 void CudaBackend::State::Gemm(const GemmCall& g) {
   if (g.m == 0 || g.n == 0 || g.k == 0) return;
@@ -802,40 +847,16 @@ void CudaBackend::MatmulBackward(float* dinp, float* dweight, float* dbias,
   if (bf16 && (dinp != nullptr || dweight != nullptr)) {
     dout_op = s_->ToBf16(s_->bf16_c, dout, static_cast<size_t>(N) * OC);
   }
-  if (dinp != nullptr) {
-    // dinp (C x N) += weight (C x OC) dout (OC x N).
-    GemmCall g;
-    g.m = C;
-    g.n = N;
-    g.k = OC;
-    g.a = bf16 ? s_->ToBf16(s_->bf16_a, weight, static_cast<size_t>(OC) * C)
-               : weight;
-    g.lda = C;
-    g.b = dout_op;
-    g.ldb = OC;
-    g.d = dinp;
-    g.ldd = C;
-    g.beta = 1.0f;
-    g.bf16 = bf16;
-    s_->Gemm(g);
-  }
-  if (dweight != nullptr) {
-    // dweight (C x OC) += inp (C x N) dout (OC x N)^T.
-    GemmCall g;
-    g.trans_b = true;
-    g.m = C;
-    g.n = OC;
-    g.k = N;
-    g.a = bf16 ? s_->ToBf16(s_->bf16_b, inp, static_cast<size_t>(N) * C) : inp;
-    g.lda = C;
-    g.b = dout_op;
-    g.ldb = OC;
-    g.d = dweight;
-    g.ldd = C;
-    g.beta = 1.0f;
-    g.bf16 = bf16;
-    s_->Gemm(g);
-  }
+  const void* weight_op =
+      bf16 && dinp != nullptr
+          ? s_->ToBf16(s_->bf16_a, weight, static_cast<size_t>(OC) * C)
+          : weight;
+  const void* inp_op =
+      bf16 && dweight != nullptr
+          ? s_->ToBf16(s_->bf16_b, inp, static_cast<size_t>(N) * C)
+          : inp;
+  s_->LinearGrads(dinp, dweight, weight_op, inp_op, dout_op, OC, N, C, OC,
+                  bf16);
   if (dbias != nullptr) {
     float* partials = s_->floats.Get<float>(
         2 * static_cast<size_t>(cuda::ColumnSlices(N)) * OC);
@@ -1048,38 +1069,9 @@ void CudaBackend::AccumulateOutputGrads(float* dh, float* dwout,
                                         int rows, int C, int V,
                                         const float* chunk_buf) {
   const bool bf16 = s_->precision == Precision::kBf16;
-  const int ldz = bf16 ? 2 * V : V;
-  if (dh != nullptr) {
-    GemmCall g;
-    g.m = C;
-    g.n = rows;
-    g.k = V;
-    g.a = op.w;
-    g.lda = C;
-    g.b = chunk_buf;
-    g.ldb = ldz;
-    g.d = dh + static_cast<size_t>(r0) * C;
-    g.ldd = C;
-    g.beta = 1.0f;
-    g.bf16 = bf16;
-    s_->Gemm(g);
-  }
-  if (dwout != nullptr) {
-    GemmCall g;
-    g.trans_b = true;
-    g.m = C;
-    g.n = V;
-    g.k = rows;
-    g.a = op.h + static_cast<size_t>(r0) * C * op.elem;
-    g.lda = C;
-    g.b = chunk_buf;
-    g.ldb = ldz;
-    g.d = dwout;
-    g.ldd = C;
-    g.beta = 1.0f;
-    g.bf16 = bf16;
-    s_->Gemm(g);
-  }
+  s_->LinearGrads(dh == nullptr ? nullptr : dh + static_cast<size_t>(r0) * C,
+                  dwout, op.w, op.h + static_cast<size_t>(r0) * C * op.elem,
+                  chunk_buf, bf16 ? 2 * V : V, rows, C, V, bf16);
 }
 
 // Per chunk of rows: the logits, then one fused kernel per row.
