@@ -749,7 +749,7 @@ std::string CurrentExceptionText() {
 }
 
 int Main(int argc, char** argv) {
-  kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  kernels::cpu::ReexecWithCpuRuntimeSettings(argv);
   // device: GPU/AUTO use the CUDA backend (the CPU simulation of it in a
   // --config=cudasim build), and GPU ranks the GPU communicator (NCCL; staged
   // over MPI on the simulation).

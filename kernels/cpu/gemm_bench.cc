@@ -248,7 +248,7 @@ void PrintVectorFeatures() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  prefopt::kernels::cpu::ReexecWithCpuRuntimeSettings(argv);
   PrintVectorFeatures();
   const std::vector<int> lengths = {512, 1024, 2048, 4096, 8192};
   if (argc > 1 && std::string(argv[1]) == "attention") {

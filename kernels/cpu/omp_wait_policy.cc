@@ -1,16 +1,48 @@
 #include "kernels/cpu/omp_wait_policy.h"
 
+#include <cblas.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdlib>
+#include <string>
 
 namespace prefopt::kernels::cpu {
 
-void ReexecWithPassiveOpenMpWait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0) != 0) return;
+const char* BetterOpenBlasCoreType() {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return nullptr;
+  std::string chosen = openblas_get_corename();
+  for (char& c : chosen) c = static_cast<char>(std::tolower(c));
+  const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl");
+  const bool avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // The cores whose kernels use AVX-512, and those that use at least AVX2.
+  for (const char* core : {"skylakex", "cooperlake", "sapphirerapids"}) {
+    if (chosen == core) return nullptr;
+  }
+  if (avx512) return "SkylakeX";
+  for (const char* core : {"haswell", "zen", "excavator", "steamroller"}) {
+    if (chosen == core) return nullptr;
+  }
+  return avx2 ? "Haswell" : nullptr;
+}
+
+void ReexecWithCpuRuntimeSettings(char** argv) {
+  bool changed = false;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr &&
+      setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0) == 0) {
+    changed = true;
+  }
+  const char* core = BetterOpenBlasCoreType();
+  if (core != nullptr &&
+      setenv("OPENBLAS_CORETYPE", core, /*overwrite=*/0) == 0) {
+    changed = true;
+  }
+  if (!changed) return;
   execv("/proc/self/exe", argv);
-  // Only reached if execv failed; the run goes on with the default policy.
+  // Only reached if execv failed; the run goes on with the defaults.
 }
 
 }  // namespace prefopt::kernels::cpu

@@ -1,20 +1,32 @@
-// OpenMP's default wait policy keeps idle worker threads spinning after each
-// parallel region. Here they compete with OpenBLAS's own threads and with the
-// other ranks on the same cores: on this project's 2-core machine a GPT-2 DPO
-// step took 10.0 s spinning versus 3.4 s with passive waiting. libgomp reads
-// the policy once at startup, so a binary that wants it must be started with
-// it set.
+// Two settings of the CPU runtime that must be in the environment before the
+// libraries start, so a binary that wants them re-executes itself with them:
+// - OpenMP's default wait policy keeps idle worker threads spinning after
+//   each parallel region. Here they compete with OpenBLAS's own threads and
+//   with the other ranks on the same cores: on this project's 2-core AMD
+//   machine a GPT-2 DPO step took 10.0 s spinning versus 3.4 s with passive
+//   waiting. libgomp reads the policy once at startup.
+// - OpenBLAS picks its kernels by CPU model at load time, and a model newer
+//   than the library knows falls back to Prescott's SSE3 kernels: Debian 12's
+//   OpenBLAS 0.3.21 on a 2-core Xeon with AVX-512 (2026-12) ran sgemm at
+//   45-60 GFLOP/s instead of 260-300 with OPENBLAS_CORETYPE naming an
+//   AVX-512 core. OPENBLAS_CORETYPE is read only when the library loads.
 #ifndef PREFOPT_KERNELS_CPU_OMP_WAIT_POLICY_H_
 #define PREFOPT_KERNELS_CPU_OMP_WAIT_POLICY_H_
 
 namespace prefopt::kernels::cpu {
 
-// If OMP_WAIT_POLICY is unset, sets it to PASSIVE and re-executes the current
-// program with the same arguments (the process keeps its pid, so mpirun and
-// srun are unaffected). Returns normally when the policy was already set, or
-// when re-executing failed (the program then runs with the default policy).
-// Call first thing in main(), before any OpenMP region has run.
-void ReexecWithPassiveOpenMpWait(char** argv);
+// The OPENBLAS_CORETYPE to set when OpenBLAS chose kernels older than the
+// CPU's vector features allow (AVX-512 F/BW/VL: SkylakeX, AVX2 with FMA:
+// Haswell), or null when it chose well or the variable is set already.
+const char* BetterOpenBlasCoreType();
+
+// Sets OMP_WAIT_POLICY=PASSIVE if it is unset and OPENBLAS_CORETYPE if
+// BetterOpenBlasCoreType() names one, and when either changed re-executes the
+// current program with the same arguments (the process keeps its pid, so
+// mpirun and srun are unaffected). Returns normally when nothing needed
+// changing, or when re-executing failed (the program then runs with the
+// defaults). Call first thing in main(), before any OpenMP region has run.
+void ReexecWithCpuRuntimeSettings(char** argv);
 
 }  // namespace prefopt::kernels::cpu
 

@@ -461,7 +461,7 @@ absl::Status WriteRandomModelInChild(const ModelSpec& spec,
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefopt::kernels::cpu::ReexecWithPassiveOpenMpWait(argv);
+  prefopt::kernels::cpu::ReexecWithCpuRuntimeSettings(argv);
   Options o;
   if (!Parse(argc, argv, &o)) {
     std::cerr << "usage: dpo_step_bench [--arch=gpt2|llama] [--n_embd=N] "
