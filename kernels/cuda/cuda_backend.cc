@@ -444,8 +444,8 @@ struct CudaBackend::State {
   cublasLtHandle_t lt = nullptr;
   void* lt_workspace = nullptr;
   double* host_result = nullptr;  // page-locked, for SumSquares
-  // bf16 operand copies: up to three per GEMM op.
-  // (SparsePO's two output layers use all four.)
+  // bf16 operand copies: up to three per GEMM op, four for SparsePO's two
+  // output layers.
   Scratch bf16_a{"bf16 GEMM operand A"}, bf16_b{"bf16 GEMM operand B"},
       bf16_c{"bf16 GEMM operand C"}, bf16_d{"bf16 GEMM operand D"};
   Scratch indices{"uploaded indices"};
@@ -1049,16 +1049,27 @@ struct CudaBackend::OutputOperands {
   size_t elem;
 };
 
-CudaBackend::OutputOperands CudaBackend::Operands(const float* h,
-                                                  const float* wout, int N,
-                                                  int C, int V, int slot) {
+CudaBackend::OutputOperands CudaBackend::Operands(
+    const float* h, const float* wout, int N, int C, int V, int slot,
+    const OutputOperands* same_wout) {
   if (s_->precision != Precision::kBf16)
     return {reinterpret_cast<const char*>(h), wout, 4};
   Scratch& h_slot = slot == 0 ? s_->bf16_b : s_->bf16_d;
   Scratch& w_slot = slot == 0 ? s_->bf16_a : s_->bf16_c;
   return {static_cast<const char*>(
               s_->ToBf16(h_slot, h, static_cast<size_t>(N) * C)),
-          s_->ToBf16(w_slot, wout, static_cast<size_t>(V) * C), 2};
+          same_wout != nullptr
+              ? same_wout->w
+              : s_->ToBf16(w_slot, wout, static_cast<size_t>(V) * C),
+          2};
+}
+
+// The reference's operands beside the policy's `op`: a LoRA policy is its
+// own reference, and its frozen output embedding is rounded once.
+CudaBackend::OutputOperands CudaBackend::ReferenceOperands(
+    const SparsePoOutputLayers& layers, int N, const OutputOperands& op) {
+  return Operands(layers.ref_h, layers.ref_wout, N, layers.ref_C, layers.V, 1,
+                  layers.ref_wout == layers.wout ? &op : nullptr);
 }
 
 // dz (V x rows, in place in chunk_buf: bf16 mode as bf16 with leading
@@ -1129,8 +1140,7 @@ void CudaBackend::SparsePoOutputForward(const SparsePoOutputLayers& layers,
   const bool bf16 = s_->precision == Precision::kBf16;
   const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
   const OutputOperands op = Operands(layers.h, layers.wout, N, C, V, 0);
-  const OutputOperands ref =
-      Operands(layers.ref_h, layers.ref_wout, N, RC, V, 1);
+  const OutputOperands ref = ReferenceOperands(layers, N, op);
   auto at = [](float* p, int r0) { return p == nullptr ? nullptr : p + r0; };
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int rows = std::min(chunk, N - r0);
@@ -1160,8 +1170,7 @@ void CudaBackend::SparsePoOutputBackward(const SparsePoOutputLayers& layers,
   const bool bf16 = s_->precision == Precision::kBf16;
   const int32_t* dev_labels = s_->Upload(s_->labels, labels, N);
   const OutputOperands op = Operands(layers.h, layers.wout, N, C, V, 0);
-  const OutputOperands ref =
-      Operands(layers.ref_h, layers.ref_wout, N, RC, V, 1);
+  const OutputOperands ref = ReferenceOperands(layers, N, op);
   for (int r0 = 0; r0 < N; r0 += chunk) {
     const int rows = std::min(chunk, N - r0);
     s_->Gemm(ChunkLogits(op.w, op.h, op.elem, r0, rows, C, V, chunk_buf, bf16));

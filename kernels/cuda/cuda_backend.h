@@ -200,9 +200,13 @@ class CudaBackend : public Backend {
   struct OutputOperands;
   // h[N, C] and wout[V, C] as the output layer's GEMMs read them: in place
   // (fp32), or rounded to bf16 into the model's pair of scratch buffers
-  // (slot 0: the policy's, 1: SparsePO's reference's).
+  // (slot 0: the policy's, 1: SparsePO's reference's), except that wout is
+  // taken from `same_wout` when given (the same matrix, already rounded).
   OutputOperands Operands(const float* h, const float* wout, int N, int C,
-                          int V, int slot);
+                          int V, int slot,
+                          const OutputOperands* same_wout = nullptr);
+  OutputOperands ReferenceOperands(const SparsePoOutputLayers& layers, int N,
+                                   const OutputOperands& op);
   void AccumulateOutputGrads(float* dh, float* dwout, const OutputOperands& op,
                              int r0, int rows, int C, int V,
                              const float* chunk_buf);

@@ -974,6 +974,35 @@ TEST_P(CudaBackendTest, SparsePoOutputLayer) {
   }
 }
 
+// A LoRA policy is its own reference: both layers read the same output
+// embedding (rounded to bf16 once), with different hidden rows.
+TEST_P(CudaBackendTest, SparsePoOutputLayerWithASharedEmbedding) {
+  const int N = 20, C = 32, V = 515;
+  const std::vector<float> h = RandomNormal(N * C, 41);
+  const std::vector<float> ref_h = RandomNormal(N * C, 42);
+  const std::vector<float> wout = RandomNormal(V * C, 43, 0.5f);
+  const std::vector<int32_t> labels = RandomInts(N, V, 44);
+  std::vector<std::vector<float>> want(8, std::vector<float>(N));
+  std::vector<float> z(V), zr(V);
+  ref_.SparsePoOutputForward(
+      {h.data(), wout.data(), C, ref_h.data(), wout.data(), C, V},
+      labels.data(), N, z.data(), zr.data(), 1,
+      {want[0].data(), want[1].data(), want[2].data(), want[3].data(),
+       want[4].data(), want[5].data(), want[6].data(), want[7].data()});
+  DeviceBuffers buf(cuda_.get());
+  float* d_wout = buf.Upload(wout);
+  std::vector<float*> out;
+  for (int i = 0; i < 8; ++i) out.push_back(buf.Unwritten(N));
+  cuda_->SparsePoOutputForward(
+      {buf.Upload(h), d_wout, C, buf.Upload(ref_h), d_wout, C, V},
+      labels.data(), N, buf.Unwritten(16 * V), buf.Unwritten(16 * V), 16,
+      {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]});
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_LE(ErrorVsScale(buf.Read(out[i], N), want[i]), ForwardTol())
+        << "SparsePoRowStats member " << i;
+  }
+}
+
 // Rows of a wider, strided buffer (a view of some heads of qkv).
 TEST_P(CudaBackendTest, RowMeans) {
   const int N = 37, width = 70, stride = 96;

@@ -122,19 +122,17 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
         slot = layers_ - 1;
       }
       if (slot < 0) return;
-      float* out = buffer_ + static_cast<size_t>(slot) * rows_ * hidden_;
-      for (const objectives::ResponseSegment& s : *segments_) {
-        const float* rows = v.data + static_cast<size_t>(s.row) * v.stride;
-        if (v.stride == hidden_) {
-          backend_->Copy(out, rows, static_cast<size_t>(s.count) * hidden_);
-        } else {
-          for (int t = 0; t < s.count; ++t) {
-            backend_->Copy(out + static_cast<size_t>(t) * hidden_,
-                           rows + static_cast<size_t>(t) * v.stride, hidden_);
-          }
-        }
-        out += static_cast<size_t>(s.count) * hidden_;
+      // The residual stream's views are whole, contiguous rows.
+      if (v.width != hidden_ || v.stride != hidden_) {
+        std::fprintf(stderr,
+                     "SparsePoStep: hidden-state view %d wide with stride %d, "
+                     "expected %d\n",
+                     v.width, v.stride, hidden_);
+        std::abort();
       }
+      objectives::GatherSegmentRows(
+          *backend_, buffer_ + static_cast<size_t>(slot) * rows_ * hidden_,
+          v.data, hidden_, *segments_);
       return;
     }
     const std::optional<MapoGroup> group = MapoGroupOf(v.kind, arch_);
@@ -306,7 +304,7 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
   }
   row_values_h_.resize(kHostRowValues * rows);
   coefs_h_.resize(2 * rows);
-  labels_.resize(rows);
+  labels_.reserve(rows);
   mask_reward_.resize(rows);
   mask_kl_.resize(rows);
 }
@@ -325,7 +323,6 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   kernels::Backend& b = *policy_->backend();
   const int C = policy_->hidden_size(), RC = reference_->hidden_size();
   const std::vector<objectives::ResponseSegment>& segments = batch.segments;
-  const int32_t* tokens = batch.packed.tokens.data();
 
   // The reference first: with LoRA it is the policy's own decoder (in
   // reference mode), and Backward needs the policy's forward to be the last.
@@ -340,23 +337,11 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   inputs_->Finish();
   // The response rows of both models, gathered so that the output layer's
   // chunks span sequences.
-  int rows = 0;
-  for (const objectives::ResponseSegment& s : segments) {
-    b.Copy(rows_ref_h_ + static_cast<size_t>(rows) * RC,
-           ref_hidden + static_cast<size_t>(s.row) * RC,
-           static_cast<size_t>(s.count) * RC);
-    std::copy(tokens + s.row + 1, tokens + s.row + 1 + s.count,
-              labels_.begin() + rows);
-    rows += s.count;
-  }
-  const float* hidden = policy_->Forward(batch.packed);
-  rows = 0;
-  for (const objectives::ResponseSegment& s : segments) {
-    b.Copy(rows_h_ + static_cast<size_t>(rows) * C,
-           hidden + static_cast<size_t>(s.row) * C,
-           static_cast<size_t>(s.count) * C);
-    rows += s.count;
-  }
+  const int rows =
+      objectives::GatherSegmentRows(b, rows_ref_h_, ref_hidden, RC, segments);
+  objectives::SegmentLabels(batch.packed.tokens.data(), segments, &labels_);
+  objectives::GatherSegmentRows(b, rows_h_, policy_->Forward(batch.packed), C,
+                                segments);
   // With LoRA the output embedding is frozen: it has no gradient, and pass 2
   // computes none.
   const kernels::SparsePoOutputLayers layers{rows_h_,
@@ -420,13 +405,8 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
                            chunk_buf_, ref_chunk_buf_, chunk_, rows_dh_,
                            policy_->output_embedding_grad());
   b.Zero(policy_->dhidden(), static_cast<size_t>(batch.packed.rows()) * C);
-  rows = 0;
-  for (const objectives::ResponseSegment& s : segments) {
-    b.Copy(policy_->dhidden() + static_cast<size_t>(s.row) * C,
-           rows_dh_ + static_cast<size_t>(rows) * C,
-           static_cast<size_t>(s.count) * C);
-    rows += s.count;
-  }
+  objectives::ScatterAddSegmentRows(b, policy_->dhidden(), rows_dh_, C,
+                                    segments);
   policy_->Backward(batch.packed);
   for (size_t i = 0; i < nets_.size(); ++i) {
     nets_[i]->Backward(

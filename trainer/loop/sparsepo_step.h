@@ -49,6 +49,7 @@
 #include "trainer/model/decoder.h"
 #include "trainer/objectives/mapo_masks.h"
 #include "trainer/objectives/metric_sums.h"
+#include "trainer/objectives/output_layer.h"
 #include "trainer/objectives/sparsepo.h"
 #include "trainer/objectives/sparsepo_mask_net.h"
 #include "trainer/optim/optimizer.h"

@@ -38,33 +38,55 @@ ChunkedOutputLayer::~ChunkedOutputLayer() {
   }
 }
 
+int GatherSegmentRows(kernels::Backend& backend, float* out, const float* rows,
+                      int width, const std::vector<ResponseSegment>& segments) {
+  int n = 0;
+  for (const ResponseSegment& s : segments) {
+    backend.Copy(out + static_cast<size_t>(n) * width,
+                 rows + static_cast<size_t>(s.row) * width,
+                 static_cast<size_t>(s.count) * width);
+    n += s.count;
+  }
+  return n;
+}
+
+void ScatterAddSegmentRows(kernels::Backend& backend, float* rows,
+                           const float* in, int width,
+                           const std::vector<ResponseSegment>& segments) {
+  int n = 0;
+  for (const ResponseSegment& s : segments) {
+    backend.Axpy(rows + static_cast<size_t>(s.row) * width, 1.0f,
+                 in + static_cast<size_t>(n) * width,
+                 static_cast<size_t>(s.count) * width);
+    n += s.count;
+  }
+}
+
+void SegmentLabels(const int32_t* tokens,
+                   const std::vector<ResponseSegment>& segments,
+                   std::vector<int32_t>* labels) {
+  labels->clear();
+  for (const ResponseSegment& s : segments) {
+    labels->insert(labels->end(), tokens + s.row + 1,
+                   tokens + s.row + 1 + s.count);
+  }
+}
+
 const float* ChunkedOutputLayer::GatherRows(
     const float* hidden, const int32_t* tokens,
-    const std::vector<ResponseSegment>& segments, int* total) {
-  int rows = 0;
-  for (const ResponseSegment& s : segments) rows += s.count;
-  if (rows > max_rows_) {
+    const std::vector<ResponseSegment>& segments) {
+  SegmentLabels(tokens, segments, &labels_);
+  if (static_cast<int>(labels_.size()) > max_rows_) {
     // A caller bug: the trainer sizes the layer for its largest micro-batch.
-    std::fprintf(stderr, "ChunkedOutputLayer: %d response rows, sized for %d\n",
-                 rows, max_rows_);
+    std::fprintf(stderr,
+                 "ChunkedOutputLayer: %zu response rows, sized for %d\n",
+                 labels_.size(), max_rows_);
     std::abort();
-  }
-  *total = rows;
-  labels_.clear();
-  for (const ResponseSegment& s : segments) {
-    labels_.insert(labels_.end(), tokens + s.row + 1,
-                   tokens + s.row + 1 + s.count);
   }
   if (segments.size() == 1) {
     return hidden + static_cast<size_t>(segments[0].row) * hidden_;
   }
-  rows = 0;
-  for (const ResponseSegment& s : segments) {
-    backend_->Copy(rows_h_ + static_cast<size_t>(rows) * hidden_,
-                   hidden + static_cast<size_t>(s.row) * hidden_,
-                   static_cast<size_t>(s.count) * hidden_);
-    rows += s.count;
-  }
+  GatherSegmentRows(*backend_, rows_h_, hidden, hidden_, segments);
   return rows_h_;
 }
 
@@ -72,8 +94,8 @@ int ChunkedOutputLayer::Pass1(const float* hidden, const float* wout,
                               const int32_t* tokens,
                               const std::vector<ResponseSegment>& segments,
                               bool log_sum_sq_probs) {
-  int total = 0;
-  const float* rows = GatherRows(hidden, tokens, segments, &total);
+  const float* rows = GatherRows(hidden, tokens, segments);
+  const int total = static_cast<int>(labels_.size());
   backend_->OutputForward(
       lse_, logp_, logit_sum_, reinterpret_cast<int32_t*>(correct_), entropy_,
       log_sum_sq_probs ? log_sum_sq_ : nullptr, rows, wout, labels_.data(),
@@ -137,30 +159,24 @@ void ChunkedOutputLayer::Backward(float* dhidden, float* dwout,
 void ChunkedOutputLayer::BackwardOnBackend(
     float* dhidden, float* dwout, const float* hidden, const float* wout,
     const int32_t* tokens, const std::vector<ResponseSegment>& segments) {
-  int total = 0;
-  const float* rows = GatherRows(hidden, tokens, segments, &total);
-  if (segments.size() == 1) {
-    backend_->OutputBackward(
-        dhidden == nullptr
-            ? nullptr
-            : dhidden + static_cast<size_t>(segments[0].row) * hidden_,
-        dwout, rows, wout, labels_.data(), lse_, coef_, total, hidden_, vocab_,
-        chunk_buf_, chunk_);
-    return;
-  }
+  const float* rows = GatherRows(hidden, tokens, segments);
+  const int total = static_cast<int>(labels_.size());
+  // One segment is scored in place; gathered rows get their ∂hidden in
+  // rows_dh_ and scatter it back.
+  const bool in_place = segments.size() == 1;
+  float* dh = dhidden;
   if (dhidden != nullptr) {
-    backend_->Zero(rows_dh_, static_cast<size_t>(total) * hidden_);
+    if (in_place) {
+      dh += static_cast<size_t>(segments[0].row) * hidden_;
+    } else {
+      dh = rows_dh_;
+      backend_->Zero(rows_dh_, static_cast<size_t>(total) * hidden_);
+    }
   }
-  backend_->OutputBackward(dhidden == nullptr ? nullptr : rows_dh_, dwout, rows,
-                           wout, labels_.data(), lse_, coef_, total, hidden_,
-                           vocab_, chunk_buf_, chunk_);
-  if (dhidden == nullptr) return;
-  int r = 0;
-  for (const ResponseSegment& s : segments) {
-    backend_->Axpy(dhidden + static_cast<size_t>(s.row) * hidden_, 1.0f,
-                   rows_dh_ + static_cast<size_t>(r) * hidden_,
-                   static_cast<size_t>(s.count) * hidden_);
-    r += s.count;
+  backend_->OutputBackward(dh, dwout, rows, wout, labels_.data(), lse_, coef_,
+                           total, hidden_, vocab_, chunk_buf_, chunk_);
+  if (dhidden != nullptr && !in_place) {
+    ScatterAddSegmentRows(*backend_, dhidden, rows_dh_, hidden_, segments);
   }
 }
 

@@ -22,6 +22,20 @@ struct ResponseSegment {
   int count;
 };
 
+// The segments' rows of `rows` (backend memory, `width` floats each) copied
+// back to back into `out`, so that one output-layer call covers them all and
+// its chunks span segments; returns their count.
+int GatherSegmentRows(kernels::Backend& backend, float* out, const float* rows,
+                      int width, const std::vector<ResponseSegment>& segments);
+// The inverse: adds rows [0, count) of `in` to the segments' rows of `rows`.
+void ScatterAddSegmentRows(kernels::Backend& backend, float* rows,
+                           const float* in, int width,
+                           const std::vector<ResponseSegment>& segments);
+// The next tokens of the segments' rows, back to back (host arrays).
+void SegmentLabels(const int32_t* tokens,
+                   const std::vector<ResponseSegment>& segments,
+                   std::vector<int32_t>* labels);
+
 // Per-sequence reductions of pass 1.
 struct SequenceScores {
   double logp = 0;         // Σ_t ℓ_t over the response tokens
@@ -97,10 +111,9 @@ class ChunkedOutputLayer {
   // covers them all and its chunks span segments (one GEMM per chunk, and on
   // a GPU one bf16 rounding of wout per pass, instead of per sequence):
   // in place for one segment, else gathered into rows_h_. Fills labels_ with
-  // their next tokens and returns the rows' count in *total.
+  // their next tokens (so labels_.size() is the rows' count).
   const float* GatherRows(const float* hidden, const int32_t* tokens,
-                          const std::vector<ResponseSegment>& segments,
-                          int* total);
+                          const std::vector<ResponseSegment>& segments);
 
   kernels::Backend* backend_;
   int max_rows_, hidden_, vocab_, chunk_;
