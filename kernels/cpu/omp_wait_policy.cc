@@ -18,15 +18,15 @@ const char* BetterOpenBlasCoreType() {
                       __builtin_cpu_supports("avx512vl");
   const bool avx2 =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  // The cores whose kernels use AVX-512, and those that use at least AVX2.
-  for (const char* core : {"skylakex", "cooperlake", "sapphirerapids"}) {
+  // OpenBLAS's cores whose kernels use AVX2 or more: a choice among them is
+  // the library's own judgment and stays; anything older on a CPU with AVX2
+  // is its fallback for a model it does not know.
+  for (const char* core : {"haswell", "zen", "excavator", "skylakex",
+                           "cooperlake", "sapphirerapids"}) {
     if (chosen == core) return nullptr;
   }
-  if (avx512) return "SkylakeX";
-  for (const char* core : {"haswell", "zen", "excavator", "steamroller"}) {
-    if (chosen == core) return nullptr;
-  }
-  return avx2 ? "Haswell" : nullptr;
+  if (!avx2) return nullptr;
+  return avx512 ? "SkylakeX" : "Haswell";
 }
 
 void ReexecWithCpuRuntimeSettings(char** argv) {

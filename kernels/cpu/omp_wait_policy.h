@@ -15,9 +15,10 @@
 
 namespace prefopt::kernels::cpu {
 
-// The OPENBLAS_CORETYPE to set when OpenBLAS chose kernels older than the
-// CPU's vector features allow (AVX-512 F/BW/VL: SkylakeX, AVX2 with FMA:
-// Haswell), or null when it chose well or the variable is set already.
+// The OPENBLAS_CORETYPE to set when OpenBLAS fell back to kernels without
+// AVX2 on a CPU with AVX2 and FMA (SkylakeX with AVX-512 F/BW/VL, else
+// Haswell), or null when it chose AVX2 kernels or better, or the variable is
+// set already.
 const char* BetterOpenBlasCoreType();
 
 // Sets OMP_WAIT_POLICY=PASSIVE if it is unset and OPENBLAS_CORETYPE if
