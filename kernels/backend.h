@@ -24,6 +24,13 @@
 #include <string>
 #include <vector>
 
+// Marks functions that the host and CUDA kernels both call.
+#if defined(__CUDACC__)
+#define PREFOPT_HOST_DEVICE __host__ __device__
+#else
+#define PREFOPT_HOST_DEVICE
+#endif
+
 namespace prefopt::kernels {
 
 // One sequence inside a packed batch.
@@ -286,6 +293,107 @@ struct SparsePoRowStats {
   float* entropy;  // −Σ_v π_v log π_v (TRL's entropy metric), or null
 };
 
+// SparsePO's pair objective (docs/objectives.md §2) as Backend::
+// SparsePoCoefficients computes it: β, the L1 weights c_u and c_d, which
+// terms are masked and whether one mask serves both, and the global batch's
+// pair count every output is divided by.
+struct SparsePoParams {
+  double beta = 0.8;
+  double l1_reward = 0;
+  double l1_kl = 0;
+  bool common_mask = true;
+  bool mask_on_reward = true;
+  bool mask_on_kl = true;
+  double denominator = 1;
+};
+
+// The metric sums SparsePoCoefficients adds to, one double each; their counts
+// (pairs, response tokens, tokens × V) are the caller's. "Mask" is the common
+// mask, or m^u with independent masks; "kl mask" is m^d with independent
+// masks.
+enum SparsePoMetric : int32_t {
+  kSparsePoLoss,
+  kSparsePoRewardsChosen,
+  kSparsePoRewardsRejected,
+  kSparsePoRewardsMargins,
+  kSparsePoRewardsAccuracies,
+  kSparsePoLogpsChosen,
+  kSparsePoLogpsRejected,
+  kSparsePoLogitsChosen,
+  kSparsePoLogitsRejected,
+  kSparsePoKlChosen,
+  kSparsePoKlRejected,
+  kSparsePoKlUnmaskedChosen,
+  kSparsePoKlUnmaskedRejected,
+  kSparsePoMaskZeros,
+  kSparsePoMaskSum,
+  kSparsePoMaskL1,
+  kSparsePoKlMaskZeros,
+  kSparsePoKlMaskSum,
+  kSparsePoKlMaskL1,
+  kSparsePoEntropy,
+  kSparsePoMetricCount,
+};
+
+// SparsePoCoefficients' per-row inputs over the response rows, each [rows]:
+// pass 1's values (SparsePoRowStats) and the masks. mask_kl is read with
+// independent masks and mask_on_kl only; mask_reward unless independent masks
+// leave the reward unmasked.
+struct SparsePoRowInputs {
+  const float* logp;
+  const float* ref_logp;
+  const float* kl;
+  const float* logit_sum;
+  const float* entropy;
+  const float* mask_reward;
+  const float* mask_kl;
+};
+
+// SparsePoCoefficients' per-row outputs, each [rows]: the logit gradient's
+// coefficients A and B, and the gradients w.r.t. the masks (dmask_reward for
+// the common mask or m^u, dmask_kl for m^d; each written where its mask is
+// read, and may be null otherwise).
+struct SparsePoRowOutputs {
+  float* coef_a;
+  float* coef_b;
+  float* dmask_reward;
+  float* dmask_kl;
+};
+
+// SparsePO's learned mask network (docs/objectives.md §2, "Learned") over
+// the hidden states of `layers` layers of `hidden` channels:
+//   m_t = ReLU(Σ_l c_l · ReLU(w_lᵀ LN(h_{l,t}) + b_l)),
+// one LayerNorm (epsilon `eps`) shared by the layers. Its parameters are one
+// array: LN weight [H], LN bias [H], w_0 … w_{L−1} [H each], b [L], c [L],
+// each starting at a multiple of 16 floats (model::ParamLayout's alignment;
+// the gaps are never read).
+struct SparsePoMaskNetShape {
+  int layers;
+  int hidden;
+  float eps;
+
+  PREFOPT_HOST_DEVICE static size_t Aligned(size_t n) {
+    return (n + 15) / 16 * 16;
+  }
+  PREFOPT_HOST_DEVICE size_t ln_weight() const { return 0; }
+  PREFOPT_HOST_DEVICE size_t ln_bias() const { return Aligned(hidden); }
+  PREFOPT_HOST_DEVICE size_t w(int l) const {
+    return static_cast<size_t>(2 + l) * Aligned(hidden);
+  }
+  PREFOPT_HOST_DEVICE size_t b() const { return w(layers); }
+  PREFOPT_HOST_DEVICE size_t c() const { return b() + Aligned(layers); }
+  PREFOPT_HOST_DEVICE size_t params() const { return c() + layers; }
+};
+
+// MaPO's groups of activation maps (docs/objectives.md §2, "MaPO"), as
+// Backend::MapoMask reads them.
+enum class MapoGroup : int32_t {
+  kMlp,     // the MLP activation of every layer (not captured for GPT-2)
+  kAttn,    // the attention block's q, k, v and weighted values of every layer
+  kResid,   // the residual stream, the norms' outputs and the blocks' outputs
+  kLogits,  // the reference logits (a_t = their mean over the vocabulary)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -493,6 +601,42 @@ class Backend {
                                       const float* coef_a, const float* coef_b,
                                       float* chunk_buf, float* ref_chunk_buf,
                                       int chunk, float* dh, float* dwout) = 0;
+
+  // ---- SparsePO's masks and coefficients (docs/objectives.md §2, §7) ----
+  // The learned mask of `rows` rows into mask[rows]: hidden holds the L
+  // layers' rows one layer after the other ([L, rows, H]); params is the
+  // network's parameter array (SparsePoMaskNetShape).
+  virtual void SparsePoMaskForward(float* mask, const float* hidden, int rows,
+                                   const float* params,
+                                   const SparsePoMaskNetShape& shape) = 0;
+  // Given dmask[rows] = ∂loss/∂m for the same rows and parameters, adds the
+  // parameter gradients into grads (shape.params() floats).
+  virtual void SparsePoMaskBackward(float* grads, const float* dmask,
+                                    const float* hidden, int rows,
+                                    const float* params,
+                                    const SparsePoMaskNetShape& shape) = 0;
+  // MaPO's mask of each sequence's rows from per-row map scores: map i holds
+  // scores[i * rows + r] for the `rows` rows and belongs to group
+  // map_groups[i]. For each span (a sequence's rows), each map's scores are
+  // rescaled over the span (z-normalized, then min-max, with the official
+  // code's half-precision rounding; a map without ranking counts as all
+  // ones), averaged within each group, and the mean over the selected
+  // `groups` is the mask. Every selected group must hold a map (the caller
+  // checks). map_groups, groups and spans are host arrays.
+  virtual void MapoMask(float* mask, const float* scores, int rows,
+                        const MapoGroup* map_groups, int num_maps,
+                        const MapoGroup* groups, int num_groups,
+                        const SeqSpan* spans, int num_spans) = 0;
+  // SparsePO's pair objective over `num_pairs` pairs, pair i's chosen and
+  // rejected responses being spans 2i and 2i + 1 (host array) of the rows:
+  // writes every span row's outputs and adds the metric sums
+  // (kSparsePoMetricCount doubles, SparsePoMetric order, backend memory),
+  // the entropy summed over every span row.
+  virtual void SparsePoCoefficients(const SparsePoRowOutputs& out,
+                                    double* metrics,
+                                    const SparsePoRowInputs& in,
+                                    const SeqSpan* spans, int num_pairs,
+                                    const SparsePoParams& params) = 0;
 
   // ---- objectives on the device (docs/objectives.md §7) ----
   // From pass 1's per-row values of `num_seqs` sequences (OutputForward's

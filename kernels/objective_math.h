@@ -20,12 +20,6 @@
 
 #include "kernels/backend.h"
 
-#if defined(__CUDACC__)
-#define PREFOPT_HOST_DEVICE __host__ __device__
-#else
-#define PREFOPT_HOST_DEVICE
-#endif
-
 namespace prefopt::kernels::objective_math {
 
 // log(1 + e^x).

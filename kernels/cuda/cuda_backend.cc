@@ -458,6 +458,9 @@ struct CudaBackend::State {
   // reference log-probs, and its per-sequence sums and row scales.
   Scratch objective_in{"objective inputs"},
       objective_work{"objective per-sequence sums"};
+  // SparsePO's mask-network statistics, MaPO's per-row sums and the
+  // per-pair metric values.
+  Scratch sparsepo_work{"SparsePO mask and pair sums"};
   HostStaging staging;
   std::vector<int32_t> objective_upload;  // reused host packing buffer
   std::map<GemmKey, GemmPlan> plans;
@@ -1181,6 +1184,64 @@ void CudaBackend::SparsePoOutputBackward(const SparsePoOutputLayers& layers,
         ref_lse + r0, coef_a + r0, coef_b + r0, rows, V));
     AccumulateOutputGrads(dh, dwout, op, r0, rows, C, V, chunk_buf);
   }
+}
+
+void CudaBackend::SparsePoMaskForward(float* mask, const float* hidden,
+                                      int rows, const float* params,
+                                      const SparsePoMaskNetShape& shape) {
+  double* scratch = s_->sparsepo_work.Get<double>(
+      cuda::SparsePoMaskScratchDoubles(shape, rows));
+  PREFOPT_CHECK_CUDA(cuda::SparsePoMaskForward(s_->stream, mask, hidden, rows,
+                                               params, shape, scratch));
+}
+
+void CudaBackend::SparsePoMaskBackward(float* grads, const float* dmask,
+                                       const float* hidden, int rows,
+                                       const float* params,
+                                       const SparsePoMaskNetShape& shape) {
+  double* scratch = s_->sparsepo_work.Get<double>(
+      cuda::SparsePoMaskScratchDoubles(shape, rows));
+  PREFOPT_CHECK_CUDA(cuda::SparsePoMaskBackward(
+      s_->stream, grads, dmask, hidden, rows, params, shape, scratch));
+}
+
+void CudaBackend::MapoMask(float* mask, const float* scores, int rows,
+                           const MapoGroup* map_groups, int num_maps,
+                           const MapoGroup* groups, int num_groups,
+                           const SeqSpan* spans, int num_spans) {
+  if (num_spans == 0) return;
+  // One upload: the maps' groups, the selected groups, the spans.
+  static_assert(sizeof(MapoGroup) == sizeof(int32_t));
+  static_assert(sizeof(SeqSpan) == 2 * sizeof(int32_t));
+  std::vector<int32_t>& packed = s_->objective_upload;
+  packed.resize(num_maps + num_groups + 2 * static_cast<size_t>(num_spans));
+  std::memcpy(packed.data(), map_groups, num_maps * sizeof(int32_t));
+  std::memcpy(packed.data() + num_maps, groups, num_groups * sizeof(int32_t));
+  std::memcpy(packed.data() + num_maps + num_groups, spans,
+              num_spans * sizeof(SeqSpan));
+  const int32_t* dev =
+      s_->Upload(s_->objective_in, packed.data(), packed.size());
+  double* work = s_->sparsepo_work.Get<double>(2 * static_cast<size_t>(rows));
+  PREFOPT_CHECK_CUDA(cuda::MapoMask(
+      s_->stream, mask, scores, rows, dev, num_maps, dev + num_maps, num_groups,
+      reinterpret_cast<const SeqSpan*>(dev + num_maps + num_groups), num_spans,
+      work));
+}
+
+void CudaBackend::SparsePoCoefficients(const SparsePoRowOutputs& out,
+                                       double* metrics,
+                                       const SparsePoRowInputs& in,
+                                       const SeqSpan* spans, int num_pairs,
+                                       const SparsePoParams& params) {
+  if (num_pairs == 0) return;
+  const int32_t* dev =
+      s_->Upload(s_->objective_in, reinterpret_cast<const int32_t*>(spans),
+                 4 * static_cast<size_t>(num_pairs));
+  double* pair_metrics = s_->sparsepo_work.Get<double>(
+      static_cast<size_t>(num_pairs) * kSparsePoMetricCount);
+  PREFOPT_CHECK_CUDA(cuda::SparsePoCoefficients(
+      s_->stream, out, metrics, in, reinterpret_cast<const SeqSpan*>(dev),
+      num_pairs, params, pair_metrics));
 }
 
 void CudaBackend::ObjectiveCoefficients(

@@ -180,6 +180,23 @@ class CudaBackend : public Backend {
                               float* ref_chunk_buf, int chunk, float* dh,
                               float* dwout) override;
 
+  // sparsepo.cu. MapoMask and SparsePoCoefficients upload their host arrays
+  // in one copy each.
+  void SparsePoMaskForward(float* mask, const float* hidden, int rows,
+                           const float* params,
+                           const SparsePoMaskNetShape& shape) override;
+  void SparsePoMaskBackward(float* grads, const float* dmask,
+                            const float* hidden, int rows, const float* params,
+                            const SparsePoMaskNetShape& shape) override;
+  void MapoMask(float* mask, const float* scores, int rows,
+                const MapoGroup* map_groups, int num_maps,
+                const MapoGroup* groups, int num_groups, const SeqSpan* spans,
+                int num_spans) override;
+  void SparsePoCoefficients(const SparsePoRowOutputs& out, double* metrics,
+                            const SparsePoRowInputs& in, const SeqSpan* spans,
+                            int num_pairs,
+                            const SparsePoParams& params) override;
+
   // Uploads spans and reference values in one copy; three kernels
   // (objectives.cu).
   void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,

@@ -1287,6 +1287,214 @@ TEST_P(CudaBackendTest, ObjectiveCoefficients) {
   }
 }
 
+// The learned mask network: L = 3 layers of H = 300 channels (more than a
+// block's threads), rows with their own offset and scale as residual streams
+// have; the parameter array's alignment gaps hold NaN, so reading one shows.
+TEST_P(CudaBackendTest, SparsePoMaskNet) {
+  if (bf16()) GTEST_SKIP() << "precision-independent";
+  const SparsePoMaskNetShape shape{3, 300, 1e-5f};
+  const int rows = 77, H = shape.hidden;
+  std::vector<float> hidden = RandomNormal(shape.layers * rows * H, 31);
+  const std::vector<float> row_shift = RandomNormal(shape.layers * rows, 32);
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    hidden[i] =
+        3 * row_shift[i / H] + (1.5f + 0.5f * row_shift[i / H]) * hidden[i];
+  }
+  std::vector<float> params(shape.params(), std::nanf(""));
+  const std::vector<float> noise = RandomNormal(shape.params(), 33, 0.3f);
+  for (int c = 0; c < H; ++c) {
+    params[shape.ln_weight() + c] = 1 + noise[c];
+    params[shape.ln_bias() + c] = noise[H + c];
+    for (int l = 0; l < shape.layers; ++l) {
+      params[shape.w(l) + c] = 0.5f * noise[(2 + l) * H + c];
+    }
+  }
+  // Mixer weights of both signs, so that some masks are exactly 0.
+  const float b[3] = {0.2f, -0.1f, 0.3f}, c[3] = {1.0f, -0.8f, 0.6f};
+  for (int l = 0; l < shape.layers; ++l) {
+    params[shape.b() + l] = b[l];
+    params[shape.c() + l] = c[l];
+  }
+  std::vector<float> want_mask(rows);
+  ref_.SparsePoMaskForward(want_mask.data(), hidden.data(), rows, params.data(),
+                           shape);
+  int zeros = 0;
+  for (float m : want_mask) zeros += m == 0.0f;
+  EXPECT_GT(zeros, 0);
+  EXPECT_LT(zeros, rows);
+
+  const std::vector<float> dmask = RandomNormal(rows, 34);
+  std::vector<float> initial = RandomNormal(shape.params(), 35);
+  std::vector<float> want_grads = initial;
+  ref_.SparsePoMaskBackward(want_grads.data(), dmask.data(), hidden.data(),
+                            rows, params.data(), shape);
+
+  DeviceBuffers buf(cuda_.get());
+  float* d_hidden = buf.Upload(hidden);
+  float* d_params = buf.Upload(params);
+  float* d_dmask = buf.Upload(dmask);
+  float* d_mask = buf.Unwritten(rows);
+  float* d_grads = buf.Upload(initial);
+  cuda_->SparsePoMaskForward(d_mask, d_hidden, rows, d_params, shape);
+  const std::vector<float> mask = buf.Read(d_mask, rows);
+  EXPECT_LE(ErrorVsScale(mask, want_mask), kTol);
+  for (int t = 0; t < rows; ++t) {
+    EXPECT_EQ(mask[t] == 0.0f, want_mask[t] == 0.0f) << "row " << t;
+  }
+  cuda_->SparsePoMaskBackward(d_grads, d_dmask, d_hidden, rows, d_params,
+                              shape);
+  EXPECT_LE(GradError(buf.Read(d_grads, shape.params()), want_grads, initial),
+            kTol);
+  ExpectDeterministic(cuda_.get(), {std::vector<float>(rows), initial},
+                      [&](const std::vector<float*>& out) {
+                        cuda_->SparsePoMaskForward(out[0], d_hidden, rows,
+                                                   d_params, shape);
+                        cuda_->SparsePoMaskBackward(out[1], d_dmask, d_hidden,
+                                                    rows, d_params, shape);
+                      });
+}
+
+// MaPO's masks: spans of 1 token (no ranking), 2, 3 and 300 (more than a
+// block's threads) tokens, a map that is constant over one span, an
+// unselected group, and groups of one and of several maps.
+TEST_P(CudaBackendTest, MapoMask) {
+  if (bf16()) GTEST_SKIP() << "precision-independent";
+  const std::vector<int> lengths = {5, 1, 300, 2, 40, 3};
+  std::vector<SeqSpan> spans;
+  int rows = 0;
+  for (int len : lengths) {
+    spans.push_back({rows, len});
+    rows += len;
+  }
+  const std::vector<MapoGroup> map_groups = {
+      MapoGroup::kAttn,   MapoGroup::kResid, MapoGroup::kAttn, MapoGroup::kMlp,
+      MapoGroup::kLogits, MapoGroup::kResid, MapoGroup::kAttn};
+  const int maps = static_cast<int>(map_groups.size());
+  std::vector<float> scores = RandomNormal(maps * rows, 41, 2.0f);
+  for (int t = 0; t < lengths[4]; ++t) scores[rows + spans[4].start + t] = 0.7f;
+  const std::vector<MapoGroup> groups = {MapoGroup::kAttn, MapoGroup::kResid,
+                                         MapoGroup::kLogits};
+  std::vector<float> want(rows);
+  ref_.MapoMask(want.data(), scores.data(), rows, map_groups.data(), maps,
+                groups.data(), 3, spans.data(), static_cast<int>(spans.size()));
+  for (int t = 0; t < lengths[1]; ++t) {
+    EXPECT_EQ(want[spans[1].start + t], 1.0f) << "a single token is all ones";
+  }
+  DeviceBuffers buf(cuda_.get());
+  float* d_scores = buf.Upload(scores);
+  float* d_mask = buf.Unwritten(rows);
+  cuda_->MapoMask(d_mask, d_scores, rows, map_groups.data(), maps,
+                  groups.data(), 3, spans.data(),
+                  static_cast<int>(spans.size()));
+  EXPECT_LE(ErrorVsScale(buf.Read(d_mask, rows), want), kTol);
+  ExpectDeterministic(cuda_.get(), {std::vector<float>(rows)},
+                      [&](const std::vector<float*>& out) {
+                        cuda_->MapoMask(out[0], d_scores, rows,
+                                        map_groups.data(), maps, groups.data(),
+                                        3, spans.data(),
+                                        static_cast<int>(spans.size()));
+                      });
+}
+
+// SparsePO's pair math over 40 pairs (one response of 300 tokens) for a
+// common mask and independent masks, each masking both terms or one, with L1
+// weights; metrics are added to nonzero sums.
+TEST_P(CudaBackendTest, SparsePoCoefficients) {
+  if (bf16()) GTEST_SKIP() << "precision-independent";
+  const int pairs = 40, seqs = 2 * pairs;
+  const std::vector<int32_t> lengths = RandomInts(seqs, 30, 51);
+  std::vector<SeqSpan> spans;
+  int rows = 0;
+  for (int s = 0; s < seqs; ++s) {
+    const int len = s == 5 ? 300 : 1 + lengths[s];
+    spans.push_back({rows, len});
+    rows += len;
+  }
+  std::vector<float> logp = RandomNormal(rows, 52, 0.5f);
+  std::vector<float> ref_logp = RandomNormal(rows, 53, 0.5f);
+  std::vector<float> kl = RandomNormal(rows, 54, 0.1f);
+  for (int r = 0; r < rows; ++r) {
+    logp[r] = -std::fabs(logp[r]) - 0.01f;
+    ref_logp[r] = -std::fabs(ref_logp[r]) - 0.01f;
+    kl[r] = -std::fabs(kl[r]);
+  }
+  const std::vector<float> logit_sum = RandomNormal(rows, 55, 40.0f);
+  std::vector<float> entropy = RandomNormal(rows, 56);
+  for (float& v : entropy) v = std::fabs(v);
+  std::vector<float> mask_reward = RandomNormal(rows, 57);
+  std::vector<float> mask_kl = RandomNormal(rows, 58);
+  for (int r = 0; r < rows; ++r) {
+    mask_reward[r] = std::max(0.0f, mask_reward[r]);
+    mask_kl[r] = std::max(0.0f, mask_kl[r] + 0.3f);
+  }
+  std::vector<double> initial_metrics(kSparsePoMetricCount);
+  for (int k = 0; k < kSparsePoMetricCount; ++k) initial_metrics[k] = 0.25 * k;
+
+  DeviceBuffers buf(cuda_.get());
+  const SparsePoRowInputs d_in{buf.Upload(logp),    buf.Upload(ref_logp),
+                               buf.Upload(kl),      buf.Upload(logit_sum),
+                               buf.Upload(entropy), buf.Upload(mask_reward),
+                               buf.Upload(mask_kl)};
+  for (bool common : {true, false}) {
+    for (int masked : {0, 1, 2}) {  // both terms, the reward only, the KL only
+      SparsePoParams p;
+      p.beta = 0.7;
+      p.l1_reward = 0.01;
+      p.l1_kl = 0.03;
+      p.common_mask = common;
+      p.mask_on_reward = masked != 2;
+      p.mask_on_kl = masked != 1;
+      p.denominator = 64;
+      SCOPED_TRACE(::testing::Message()
+                   << "common " << common << " masked " << masked);
+      const bool reads_reward = common || p.mask_on_reward;
+      const bool reads_kl = !common && p.mask_on_kl;
+      SparsePoRowInputs in{logp.data(),
+                           ref_logp.data(),
+                           kl.data(),
+                           logit_sum.data(),
+                           entropy.data(),
+                           reads_reward ? mask_reward.data() : nullptr,
+                           reads_kl ? mask_kl.data() : nullptr};
+      std::vector<std::vector<float>> want(4, std::vector<float>(rows, 0.0f));
+      std::vector<double> want_metrics = initial_metrics;
+      ref_.SparsePoCoefficients({want[0].data(), want[1].data(),
+                                 reads_reward ? want[2].data() : nullptr,
+                                 reads_kl ? want[3].data() : nullptr},
+                                want_metrics.data(), in, spans.data(), pairs,
+                                p);
+
+      SparsePoRowInputs dev = d_in;
+      if (!reads_reward) dev.mask_reward = nullptr;
+      if (!reads_kl) dev.mask_kl = nullptr;
+      float* out[4];
+      for (float*& o : out) o = buf.Unwritten(rows);
+      std::vector<float> metric_words(2 * kSparsePoMetricCount);
+      std::memcpy(metric_words.data(), initial_metrics.data(),
+                  kSparsePoMetricCount * sizeof(double));
+      float* d_metrics = buf.Upload(metric_words);
+      cuda_->SparsePoCoefficients(
+          {out[0], out[1], reads_reward ? out[2] : nullptr,
+           reads_kl ? out[3] : nullptr},
+          reinterpret_cast<double*>(d_metrics), dev, spans.data(), pairs, p);
+      for (int k = 0; k < 4; ++k) {
+        if ((k == 2 && !reads_reward) || (k == 3 && !reads_kl)) continue;
+        EXPECT_LE(ErrorVsScale(buf.Read(out[k], rows), want[k]), 1e-6)
+            << "output " << k;
+      }
+      const std::vector<float> words = buf.Read(d_metrics, metric_words.size());
+      std::vector<double> metrics(kSparsePoMetricCount);
+      std::memcpy(metrics.data(), words.data(),
+                  kSparsePoMetricCount * sizeof(double));
+      for (int k = 0; k < kSparsePoMetricCount; ++k) {
+        EXPECT_NEAR(metrics[k], want_metrics[k],
+                    1e-12 * (1.0 + std::fabs(want_metrics[k])))
+            << "metric " << k;
+      }
+    }
+  }
+}
+
 TEST_P(CudaBackendTest, SumSquares) {
   // Many blocks of the first pass plus a partial one.
   const size_t n = (size_t{1} << 20) + 5;

@@ -204,6 +204,35 @@ cudaError_t ObjectiveCoefficients(
     const float* reference_tokens, int num_seqs, const ObjectiveParams& params,
     double* scratch);
 
+// ---- SparsePO's masks and pair objective (sparsepo.cu) ----
+// Backend::SparsePoMaskForward/Backward; scratch holds
+// SparsePoMaskScratchDoubles(shape, rows) doubles.
+size_t SparsePoMaskScratchDoubles(const SparsePoMaskNetShape& shape, int rows);
+cudaError_t SparsePoMaskForward(cudaStream_t stream, float* mask,
+                                const float* hidden, int rows,
+                                const float* params,
+                                const SparsePoMaskNetShape& shape,
+                                double* scratch);
+cudaError_t SparsePoMaskBackward(cudaStream_t stream, float* grads,
+                                 const float* dmask, const float* hidden,
+                                 int rows, const float* params,
+                                 const SparsePoMaskNetShape& shape,
+                                 double* scratch);
+// Backend::MapoMask with map_groups, groups (MapoGroup values) and spans in
+// device memory; work holds 2 * rows doubles.
+cudaError_t MapoMask(cudaStream_t stream, float* mask, const float* scores,
+                     int rows, const int32_t* map_groups, int num_maps,
+                     const int32_t* groups, int num_groups,
+                     const SeqSpan* spans, int num_spans, double* work);
+// Backend::SparsePoCoefficients with spans in device memory; pair_metrics
+// holds num_pairs * kSparsePoMetricCount doubles.
+cudaError_t SparsePoCoefficients(cudaStream_t stream,
+                                 const SparsePoRowOutputs& out, double* metrics,
+                                 const SparsePoRowInputs& in,
+                                 const SeqSpan* spans, int num_pairs,
+                                 const SparsePoParams& params,
+                                 double* pair_metrics);
+
 // ---- optimizer ----
 // Blocks of the first SumSquares pass for n values (at most 1024; a function
 // of n alone, so the reduction order does not depend on the device).

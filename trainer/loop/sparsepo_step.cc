@@ -67,13 +67,12 @@ std::optional<MapoGroup> MapoGroupOf(Activation kind,
 }
 
 // Keeps what the masks need from the reference's Forward, restricted to the
-// response rows (segment after segment): LEARNED keeps the hidden state after
-// each layer (the last after the final norm); MAPO keeps one score per row
-// and map, the row's mean over the map's width, which is all MapoMask reads
-// of a map (its min-max rescaling follows per sequence). Both are gathered in
-// backend memory by backend ops while the reference runs, and Finish brings
-// them to the host in one copy (none when the host can address the
-// backend's memory).
+// response rows (segment after segment), in backend memory: LEARNED keeps the
+// hidden state after each layer (the last after the final norm), [L, rows,
+// H]; MAPO keeps one score per row and map, the row's mean over the map's
+// width, which is all the mask reads of a map (its rescaling follows per
+// sequence), [maps, rows]. Both are gathered by backend ops while the
+// reference runs.
 class SparsePoStep::MaskInputs : public model::ActivationObserver {
  public:
   MaskInputs(kernels::Backend* backend, bool learned,
@@ -87,17 +86,13 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     for (MapoGroup g : groups) selected_[static_cast<int>(g)] = true;
     // LEARNED: every layer's rows; MAPO: per layer at most (Llama/Qwen2) one
     // MLP, six attention and six residual maps, plus the embedding and
-    // final-norm outputs, one float per row each.
-    const size_t floats = learned_
-                              ? static_cast<size_t>(layers) * max_rows * hidden
-                              : static_cast<size_t>(13 * layers + 2) * max_rows;
-    {
-      kernels::MemoryPurpose purpose("SparsePO mask inputs");
-      buffer_ = backend_->Alloc(floats);
-    }
-    if (!backend_->HostAddressable()) host_.resize(floats);
-    map_groups_.reserve(13 * layers + 2);
-    state_ptrs_.resize(layers);
+    // final-norm outputs and the logits map, one float per row each.
+    const size_t floats =
+        learned_ ? static_cast<size_t>(layers) * max_rows * hidden
+                 : static_cast<size_t>(kMaxMaps(layers)) * max_rows;
+    kernels::MemoryPurpose purpose("SparsePO mask inputs");
+    buffer_ = backend_->Alloc(floats);
+    map_groups_.reserve(kMaxMaps(layers));
   }
   ~MaskInputs() override { backend_->Free(buffer_); }
   MaskInputs(const MaskInputs&) = delete;
@@ -137,8 +132,7 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     }
     const std::optional<MapoGroup> group = MapoGroupOf(v.kind, arch_);
     if (!group || !selected_[static_cast<int>(*group)]) return;
-    float* out = buffer_ + map_groups_.size() * rows_;
-    map_groups_.push_back(*group);
+    float* out = NextMap(*group);
     for (const objectives::ResponseSegment& s : *segments_) {
       backend_->RowMeans(out, v.data + static_cast<size_t>(s.row) * v.stride,
                          s.count, v.width, v.stride);
@@ -146,43 +140,42 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     }
   }
 
-  // After the reference's Forward: the inputs on the host.
-  void Finish() {
-    const float* base = buffer_;
-    if (!backend_->HostAddressable()) {
-      const size_t n =
-          static_cast<size_t>(rows_) *
-          (learned_ ? layers_ * hidden_ : static_cast<int>(map_groups_.size()));
-      backend_->CopyToHost(host_.data(), buffer_, n);
-      base = host_.data();
-    }
-    host_base_ = base;
-    for (int l = 0; l < layers_; ++l) {
-      state_ptrs_[l] = base + static_cast<size_t>(l) * rows_ * hidden_;
-    }
+  // MAPO, after the reference's Forward: the logits map, whose score is a
+  // row's mean reference logit, from the rows' logit sums.
+  void AddLogitsMap(const float* ref_logit_sums, int vocab) {
+    float* out = NextMap(MapoGroup::kLogits);
+    backend_->Copy(out, ref_logit_sums, rows_);
+    backend_->Scale(out, 1.0f / static_cast<float>(vocab), rows_);
   }
 
-  // LEARNED: per layer, the hidden states of the response rows.
-  absl::Span<const float* const> states() const { return state_ptrs_; }
-  // MAPO: the maps of the last Forward; map i's scores of the response rows
-  // start at scores(i).
-  int num_maps() const { return static_cast<int>(map_groups_.size()); }
-  MapoGroup map_group(int i) const { return map_groups_[i]; }
-  const float* scores(int i) const {
-    return host_base_ + static_cast<size_t>(i) * rows_;
-  }
+  // LEARNED: the layers' hidden states of the response rows, [L, rows, H].
+  const float* states() const { return buffer_; }
+  // MAPO: the maps' scores, [maps, rows], and each map's group.
+  const float* scores() const { return buffer_; }
+  const std::vector<MapoGroup>& map_groups() const { return map_groups_; }
 
  private:
+  static int kMaxMaps(int layers) { return 13 * layers + 3; }
+
+  // The next map's scores, of `group`.
+  float* NextMap(MapoGroup group) {
+    if (map_groups_.size() == static_cast<size_t>(kMaxMaps(layers_))) {
+      std::fprintf(stderr, "SparsePoStep: more than %d MaPO maps\n",
+                   kMaxMaps(layers_));
+      std::abort();
+    }
+    float* out = buffer_ + map_groups_.size() * rows_;
+    map_groups_.push_back(group);
+    return out;
+  }
+
   kernels::Backend* backend_;
   bool learned_;
   io::ModelSpec::Arch arch_;
   int layers_, hidden_;
   const std::vector<objectives::ResponseSegment>* segments_ = nullptr;
   int rows_ = 0;  // the segments' rows: the stride of the buffer's parts
-  float* buffer_ = nullptr;  // backend memory
-  std::vector<float> host_;  // its host copy, unless host-addressable
-  const float* host_base_ = nullptr;
-  std::vector<const float*> state_ptrs_;
+  float* buffer_ = nullptr;                          // backend memory
   bool selected_[4] = {false, false, false, false};  // by MapoGroup
   std::vector<MapoGroup> map_groups_;
 };
@@ -266,7 +259,7 @@ absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
     }
     for (const auto& [name, kl] : nets) {
       auto net = std::make_unique<objectives::SparsePoMaskNet>(
-          name, static_cast<int>(ref_spec.n_layer),
+          step->mask_backend(), name, static_cast<int>(ref_spec.n_layer),
           static_cast<int>(ref_spec.hidden),
           static_cast<float>(ref_spec.norm_eps));
       net->Init(&rng, sp.mask_init_std());
@@ -300,26 +293,25 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
     chunk_buf_ = b.Alloc(static_cast<size_t>(chunk_) * V);
     ref_chunk_buf_ = b.Alloc(static_cast<size_t>(chunk_) * V);
     row_values_ = b.Alloc(kRowValues * rows);
-    coefs_ = b.Alloc(2 * rows);
+    // Two floats per double.
+    metrics_ = b.Alloc(2 * kernels::kSparsePoMetricCount);
+    b.Zero(metrics_, 2 * kernels::kSparsePoMetricCount);
   }
-  row_values_h_.resize(kHostRowValues * rows);
-  coefs_h_.resize(2 * rows);
+  metrics_h_.resize(kernels::kSparsePoMetricCount);
   labels_.reserve(rows);
-  mask_reward_.resize(rows);
-  mask_kl_.resize(rows);
+  spans_.reserve(rows);
 }
 
 SparsePoStep::~SparsePoStep() {
   kernels::Backend& b = *policy_->backend();
   for (float* p : {rows_h_, rows_dh_, rows_ref_h_, chunk_buf_, ref_chunk_buf_,
-                   row_values_, coefs_}) {
+                   row_values_, metrics_}) {
     b.Free(p);
   }
 }
 
 void SparsePoStep::ForwardBackward(const data::Batch& batch,
-                                   double global_pairs,
-                                   objectives::MetricSums* sums) {
+                                   double global_pairs) {
   kernels::Backend& b = *policy_->backend();
   const int C = policy_->hidden_size(), RC = reference_->hidden_size();
   const std::vector<objectives::ResponseSegment>& segments = batch.segments;
@@ -334,7 +326,6 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   const float* ref_hidden = reference_->Forward(batch.packed);
   if (shared) policy_->set_reference_mode(false);
   reference_->set_observer(nullptr);
-  inputs_->Finish();
   // The response rows of both models, gathered so that the output layer's
   // chunks span sequences.
   const int rows =
@@ -359,49 +350,40 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
       {row_value(kLse), row_value(kRefLse), row_value(kLogp),
        row_value(kRefLogp), row_value(kKl), row_value(kLogitSum),
        learned_ ? nullptr : row_value(kRefLogitSum), row_value(kEntropy)});
-  b.CopyToHost(row_values_h_.data(), row_values_,
-               static_cast<size_t>(kHostRowValues) * rows);
-  // TRL's entropy metric over every response token, as the loop logs it for
-  // the other objectives (objectives::AddEntropyMetric).
-  const float* entropy = HostRowValue(kEntropy, rows);
-  double entropy_sum = 0.0;
-  for (int r = 0; r < rows; ++r) entropy_sum += entropy[r];
-  sums->Add("entropy", entropy_sum, rows);
-  ComputeMasks(batch, rows);
 
-  // The objective, pair by pair; its per-token outputs come in row order.
-  grads_.Clear();
-  const float* logp = HostRowValue(kLogp, rows);
-  const float* ref_logp = HostRowValue(kRefLogp, rows);
-  const float* kl = HostRowValue(kKl, rows);
-  const float* logit_sum = HostRowValue(kLogitSum, rows);
-  auto response = [&](int offset, int k) {
-    objectives::SparsePoResponse r;
-    r.logp = absl::MakeConstSpan(logp + offset, k);
-    r.ref_logp = absl::MakeConstSpan(ref_logp + offset, k);
-    r.kl = absl::MakeConstSpan(kl + offset, k);
-    r.mask_reward = absl::MakeConstSpan(mask_reward_.data() + offset, k);
-    if (!objective_.options().common_mask) {
-      r.mask_kl = absl::MakeConstSpan(mask_kl_.data() + offset, k);
-    }
-    for (int t = 0; t < k; ++t) r.logit_sum += logit_sum[offset + t];
-    return r;
-  };
+  // Pair i's chosen and rejected responses are segments 2i and 2i + 1.
+  spans_.clear();
   int offset = 0;
-  for (size_t s = 0; s + 1 < segments.size(); s += 2) {
-    const int kw = segments[s].count, kl_rows = segments[s + 1].count;
-    objective_.Pair(response(offset, kw), response(offset + kw, kl_rows),
-                    global_pairs, sums, &grads_);
-    offset += kw + kl_rows;
+  for (const objectives::ResponseSegment& s : segments) {
+    spans_.push_back({offset, s.count});
+    offset += s.count;
   }
+  const int pairs = static_cast<int>(segments.size() / 2);
+  for (int i = 0; i < pairs; ++i) {
+    chosen_tokens_ += spans_[2 * i].len;
+    rejected_tokens_ += spans_[2 * i + 1].len;
+  }
+  pairs_ += pairs;
+  ComputeMasks(rows);
 
-  std::copy(grads_.coef_a.begin(), grads_.coef_a.end(), coefs_h_.begin());
-  std::copy(grads_.coef_b.begin(), grads_.coef_b.end(),
-            coefs_h_.begin() + rows);
-  b.CopyToDevice(coefs_, coefs_h_.data(), 2 * static_cast<size_t>(rows));
+  const kernels::SparsePoParams params = objective_.Params(global_pairs);
+  const bool common = objective_.options().common_mask;
+  kernels::SparsePoRowInputs in{row_value(kLogp),    row_value(kRefLogp),
+                                row_value(kKl),      row_value(kLogitSum),
+                                row_value(kEntropy), row_value(kMaskReward),
+                                row_value(kMaskKl)};
+  if (!common && !params.mask_on_reward) in.mask_reward = nullptr;
+  if (common || !params.mask_on_kl) in.mask_kl = nullptr;
+  const kernels::SparsePoRowOutputs out{
+      row_value(kCoefA), row_value(kCoefB),
+      in.mask_reward != nullptr ? row_value(kDmaskReward) : nullptr,
+      in.mask_kl != nullptr ? row_value(kDmaskKl) : nullptr};
+  b.SparsePoCoefficients(out, reinterpret_cast<double*>(metrics_), in,
+                         spans_.data(), pairs, params);
+
   b.Zero(rows_dh_, static_cast<size_t>(rows) * C);
   b.SparsePoOutputBackward(layers, labels_.data(), rows, row_value(kLse),
-                           row_value(kRefLse), coefs_, coefs_ + rows,
+                           row_value(kRefLse), out.coef_a, out.coef_b,
                            chunk_buf_, ref_chunk_buf_, chunk_, rows_dh_,
                            policy_->output_embedding_grad());
   b.Zero(policy_->dhidden(), static_cast<size_t>(batch.packed.rows()) * C);
@@ -409,43 +391,54 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
                                     segments);
   policy_->Backward(batch.packed);
   for (size_t i = 0; i < nets_.size(); ++i) {
-    nets_[i]->Backward(
-        inputs_->states(), rows,
-        net_is_kl_[i] ? grads_.dmask_kl.data() : grads_.dmask_reward.data());
+    nets_[i]->Backward(inputs_->states(), rows,
+                       net_is_kl_[i] ? out.dmask_kl : out.dmask_reward);
   }
 }
 
-void SparsePoStep::ComputeMasks(const data::Batch& batch, int rows) {
+void SparsePoStep::ComputeMasks(int rows) {
+  auto row_value = [&](RowValue v) {
+    return row_values_ + static_cast<size_t>(v) * rows;
+  };
   if (learned_) {
     for (size_t i = 0; i < nets_.size(); ++i) {
       nets_[i]->Forward(inputs_->states(), rows,
-                        net_is_kl_[i] ? mask_kl_.data() : mask_reward_.data());
+                        row_value(net_is_kl_[i] ? kMaskKl : kMaskReward));
     }
     return;
   }
-  // The logits map's score is the mean reference logit of the row.
-  const float inv_vocab = 1.0f / static_cast<float>(policy_->vocab_size());
-  float* ref_logit_mean = HostRowValue(kRefLogitSum, rows);
-  for (int r = 0; r < rows; ++r) ref_logit_mean[r] *= inv_vocab;
-  std::vector<objectives::MapoActivation> maps;
-  int offset = 0;
-  for (const objectives::ResponseSegment& s : batch.segments) {
-    maps.clear();
-    for (int i = 0; i < inputs_->num_maps(); ++i) {
-      maps.push_back(
-          {inputs_->map_group(i), inputs_->scores(i) + offset, 1, 1});
-    }
-    maps.push_back({MapoGroup::kLogits, ref_logit_mean + offset, 1, 1});
-    const absl::Status status = objectives::MapoMask(
-        maps, mapo_groups_, s.count, mask_reward_.data() + offset);
-    if (!status.ok()) {
+  if (std::find(mapo_groups_.begin(), mapo_groups_.end(), MapoGroup::kLogits) !=
+      mapo_groups_.end()) {
+    inputs_->AddLogitsMap(row_value(kRefLogitSum), policy_->vocab_size());
+  }
+  const std::vector<MapoGroup>& maps = inputs_->map_groups();
+  for (MapoGroup g : mapo_groups_) {
+    if (std::find(maps.begin(), maps.end(), g) == maps.end()) {
       // Create checked the groups, and the decoder reports every one.
-      std::fprintf(stderr, "SparsePoStep: %s\n",
-                   std::string(status.message()).c_str());
+      std::fprintf(stderr,
+                   "SparsePoStep: MaPO group %s is selected but no %s "
+                   "activation was captured\n",
+                   objectives::MapoGroupName(g), objectives::MapoGroupName(g));
       std::abort();
     }
-    offset += s.count;
   }
+  policy_->backend()->MapoMask(row_value(kMaskReward), inputs_->scores(), rows,
+                               maps.data(), static_cast<int>(maps.size()),
+                               mapo_groups_.data(),
+                               static_cast<int>(mapo_groups_.size()),
+                               spans_.data(), static_cast<int>(spans_.size()));
+}
+
+void SparsePoStep::TakeMetrics(objectives::MetricSums* sums) {
+  if (pairs_ == 0) return;
+  kernels::Backend& b = *policy_->backend();
+  b.CopyToHost(reinterpret_cast<float*>(metrics_h_.data()), metrics_,
+               2 * kernels::kSparsePoMetricCount);
+  objective_.AddMetrics(metrics_h_.data(), pairs_, chosen_tokens_,
+                        rejected_tokens_, /*entropy=*/true, sums);
+  b.Zero(metrics_, 2 * kernels::kSparsePoMetricCount);
+  pairs_ = 0;
+  chosen_tokens_ = rejected_tokens_ = 0;
 }
 
 std::vector<optim::GradientSpan> SparsePoStep::Gradients() {
@@ -485,9 +478,16 @@ std::vector<SparsePoStep::StateBuffer> SparsePoStep::StateBuffers() {
 }
 
 std::vector<io::TensorToWrite> SparsePoStep::CheckpointTensors() {
+  const std::vector<StateBuffer> buffers = StateBuffers();
+  size_t total = 0;
+  for (const StateBuffer& b : buffers) total += b.tensor->numel;
+  checkpoint_host_.resize(total);
   std::vector<io::TensorToWrite> out;
-  for (const StateBuffer& b : StateBuffers()) {
-    out.push_back({b.name, b.tensor->shape, b.data});
+  float* at = checkpoint_host_.data();
+  for (const StateBuffer& b : buffers) {
+    mask_backend()->CopyToHost(at, b.data, b.tensor->numel);
+    out.push_back({b.name, b.tensor->shape, at});
+    at += b.tensor->numel;
   }
   return out;
 }
@@ -522,8 +522,7 @@ absl::Status SparsePoStep::RestoreCheckpointTensors(
     }
   }
   for (const StateBuffer& b : buffers) {
-    const float* src = given[b.name]->data;
-    std::copy(src, src + b.tensor->numel, b.data);
+    mask_backend()->CopyToDevice(b.data, given[b.name]->data, b.tensor->numel);
   }
   return absl::OkStatus();
 }

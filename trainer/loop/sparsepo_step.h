@@ -25,12 +25,11 @@
 // The loop sums the mask gradients across ranks, clips them together with the
 // policy's, and calls Update after the policy's AdamW step.
 //
-// The output layer runs on the policy's backend over the response rows,
-// gathered there; only per-token values come to the host (one copy) and the
-// two coefficients per token go back (one copy). The objective's pair math
-// and the mask networks are host code: on a backend whose memory the host
-// cannot address (the GPU), the mask networks' inputs (the reference's
-// activation rows) are copied to the host.
+// Everything runs on the policy's backend: the response rows are gathered
+// there, the masks (Backend::SparsePoMaskForward/Backward, MapoMask), the
+// pair math (Backend::SparsePoCoefficients) and the mask networks' AdamW too.
+// Per micro-batch the labels and the pairs' spans go up; the metric sums stay
+// on the backend until TakeMetrics brings them down, once per step.
 #ifndef PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 #define PREFOPT_TRAINER_LOOP_SPARSEPO_STEP_H_
 
@@ -42,7 +41,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend.h"
 #include "proto/config.pb.h"
 #include "trainer/data/batch.h"
 #include "trainer/io/safetensors.h"
@@ -81,17 +80,18 @@ class SparsePoStep {
   // BuildBatch order: each example's chosen, then rejected sequence) of a
   // global batch of `global_pairs` pairs. Accumulates into the policy's
   // gradients (the caller zeroes them once per step) and the mask networks'
-  // gradients, and adds the loss and §2's metrics to `sums`.
-  void ForwardBackward(const data::Batch& batch, double global_pairs,
-                       objectives::MetricSums* sums);
+  // gradients, and adds the loss and §2's metrics to the backend's sums.
+  void ForwardBackward(const data::Batch& batch, double global_pairs);
+  // Adds the metrics of the micro-batches since the last call to `sums`
+  // (one copy from the backend) and starts over; nothing when none ran.
+  void TakeMetrics(objectives::MetricSums* sums);
 
   // The mask networks' gradient buffers (none with MaPO masks), for the
   // all-reduce across ranks and the global clipping norm.
   std::vector<optim::GradientSpan> Gradients();
   // The backend those gradients (and the mask networks' parameters and
-  // moments) live on: the host's, whatever the policy's backend is, since
-  // the mask networks run on the host.
-  kernels::Backend* mask_backend() { return &host_backend_; }
+  // moments) live on: the policy's.
+  kernels::Backend* mask_backend() { return policy_->backend(); }
   // Discards the mask networks' gradients (a skipped, non-finite step).
   void ZeroGradients();
   // For resuming: the updates the mask optimizers have already applied.
@@ -103,8 +103,8 @@ class SparsePoStep {
   // The trained state outside the policy, for checkpoints (never for the
   // Hugging Face export): each mask network's tensors under their layout
   // names ("sparsepo_mask.w.0", ...), and its AdamW moments as
-  // "<name>.exp_avg" and "<name>.exp_avg_sq". Host memory, valid until the
-  // next Update or restore. Empty with MaPO masks. The mask optimizers step
+  // "<name>.exp_avg" and "<name>.exp_avg_sq". Host copies, valid until the
+  // next call. Empty with MaPO masks. The mask optimizers step
   // once per policy step, so their step count is the policy optimizer's.
   std::vector<io::TensorToWrite> CheckpointTensors();
   // Restores tensors of CheckpointTensors' names and shapes. Fails, changing
@@ -131,9 +131,9 @@ class SparsePoStep {
     float* data;
   };
 
-  // The per-row values of the fused output layer, in row_values_' order:
-  // those the host reads (they come down in one copy), then lse and ref_lse,
-  // which only pass 2 reads.
+  // The per-row arrays of a micro-batch in row_values_, `rows` apart: the
+  // fused output layer's values, the masks, the coefficients A and B, and
+  // the mask gradients.
   enum RowValue {
     kLogp,
     kRefLogp,
@@ -143,21 +143,21 @@ class SparsePoStep {
     kEntropy,
     kLse,
     kRefLse,
+    kMaskReward,
+    kMaskKl,
+    kCoefA,
+    kCoefB,
+    kDmaskReward,
+    kDmaskKl,
   };
-  static constexpr int kHostRowValues = kLse;
-  static constexpr int kRowValues = kRefLse + 1;
-
-  // Host copy of per-row value `v` of the last forward's `rows` rows.
-  float* HostRowValue(RowValue v, int rows) {
-    return row_values_h_.data() + static_cast<size_t>(v) * rows;
-  }
+  static constexpr int kRowValues = kDmaskKl + 1;
 
   SparsePoStep(const TrainConfig& config, model::Decoder* policy,
                std::unique_ptr<model::Decoder> reference,
                objectives::SparsePoObjective objective);
-  // Writes the masks of the last forward's response rows into mask_reward_
-  // (and mask_kl_ with independent masks).
-  void ComputeMasks(const data::Batch& batch, int rows);
+  // Writes the masks of the last forward's `rows` response rows (spans_)
+  // into kMaskReward (and kMaskKl with independent masks).
+  void ComputeMasks(int rows);
   // Every buffer CheckpointTensors names, in that order.
   std::vector<StateBuffer> StateBuffers();
 
@@ -172,31 +172,30 @@ class SparsePoStep {
   // LEARNED: the common mask network, or with independent masks one network
   // per masked term (reward, then KL); each with its own AdamW.
   std::vector<std::unique_ptr<objectives::SparsePoMaskNet>> nets_;
-  // Per network: whether it is the independent KL mask (writes mask_kl_),
-  // rather than the common or reward mask (mask_reward_).
+  // Per network: whether it is the independent KL mask (writes kMaskKl),
+  // rather than the common or reward mask (kMaskReward).
   std::vector<bool> net_is_kl_;
   std::vector<std::unique_ptr<optim::AdamWOptimizer>> optimizers_;
   std::unique_ptr<MaskInputs> inputs_;
 
   // Backend memory, sized for the capacity once: the response rows of one
   // micro-batch, segment after segment, of both models' final hidden states
-  // and of the policy's ∂hidden; the two chunk buffers; the per-row values
-  // (kRowValues arrays, `rows` apart, in RowValue order); the coefficients
-  // A then B, `rows` apart.
+  // and of the policy's ∂hidden; the two chunk buffers; the per-row arrays
+  // (RowValue); the metric sums (kSparsePoMetricCount doubles).
   float* rows_h_ = nullptr;
   float* rows_ref_h_ = nullptr;
   float* rows_dh_ = nullptr;
   float* chunk_buf_ = nullptr;
   float* ref_chunk_buf_ = nullptr;
   float* row_values_ = nullptr;
-  float* coefs_ = nullptr;
-  // Host copies: the per-row values the host reads (the first
-  // kHostRowValues), and the coefficients going up.
-  std::vector<float> row_values_h_, coefs_h_;
+  float* metrics_ = nullptr;
   std::vector<int32_t> labels_;
-  std::vector<float> mask_reward_, mask_kl_;
-  kernels::CpuBackend host_backend_;
-  objectives::SparsePoGradients grads_;
+  // The micro-batch's responses over the gathered rows.
+  std::vector<kernels::SeqSpan> spans_;
+  // The metric sums' counts since the last TakeMetrics, and their host copy.
+  double pairs_ = 0, chosen_tokens_ = 0, rejected_tokens_ = 0;
+  std::vector<double> metrics_h_;
+  std::vector<float> checkpoint_host_;
 };
 
 }  // namespace prefopt::loop

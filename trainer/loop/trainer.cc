@@ -899,7 +899,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
       // the reference forward, in reference mode, never drops.
       policy_->set_lora_dropout_seed(LoraDropoutSeed(
           config_.seed(), step_, static_cast<int>(begin / mb), rank_));
-      sparsepo_->ForwardBackward(batch_, denominator, sums);
+      sparsepo_->ForwardBackward(batch_, denominator);
       policy_->set_lora_dropout_seed(std::nullopt);
       continue;
     }
@@ -963,6 +963,7 @@ int64_t Trainer::LocalForwardBackward(const std::vector<int>& indices,
     policy_->set_lora_dropout_seed(std::nullopt);
   }
   if (device_objective_ != nullptr) device_objective_->TakeMetrics(sums);
+  if (sparsepo_ != nullptr) sparsepo_->TakeMetrics(sums);
   return tokens;
 }
 

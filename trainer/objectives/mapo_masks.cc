@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "trainer/io/safetensors.h"
+#include "kernels/sparsepo_math.h"
 
 namespace prefopt::objectives {
 
@@ -23,38 +23,7 @@ const char* MapoGroupName(MapoGroup group) {
   return "unknown";
 }
 
-double RoundToHalf(float x) { return io::Fp16ToFloat(io::FloatToFp16(x)); }
-
-namespace {
-
-// One map's scores rescaled as the official "zn_rescale" does; false when the
-// map carries no ranking.
-bool Rescale(absl::Span<double> scores) {
-  const int rows = static_cast<int>(scores.size());
-  if (rows < 2) return false;
-  double mean = 0;
-  for (int t = 0; t < rows; ++t) mean += scores[t];
-  mean /= rows;
-  double squares = 0;
-  for (int t = 0; t < rows; ++t) {
-    squares += (scores[t] - mean) * (scores[t] - mean);
-  }
-  const double std_dev =
-      RoundToHalf(static_cast<float>(std::sqrt(squares / (rows - 1))));
-  if (!(std_dev > 0) || !std::isfinite(std_dev)) return false;
-  for (int t = 0; t < rows; ++t) scores[t] = (scores[t] - mean) / std_dev;
-  const auto [lo, hi] = std::minmax_element(scores.begin(), scores.end());
-  const double min = RoundToHalf(static_cast<float>(*lo));
-  // The official code subtracts the two half-precision values in half
-  // precision.
-  const double range = RoundToHalf(
-      static_cast<float>(RoundToHalf(static_cast<float>(*hi)) - min));
-  if (!(range > 0)) return false;
-  for (int t = 0; t < rows; ++t) scores[t] = (scores[t] - min) / range;
-  return true;
-}
-
-}  // namespace
+float RoundToHalf(float x) { return kernels::sparsepo_math::RoundToHalf(x); }
 
 absl::Status MapoMask(absl::Span<const MapoActivation> maps,
                       absl::Span<const MapoGroup> groups, int rows,
@@ -63,38 +32,37 @@ absl::Status MapoMask(absl::Span<const MapoActivation> maps,
     return absl::InvalidArgumentError(
         "MaPO masks: no activation group selected");
   }
-  std::vector<double> total(rows, 0.0), group_sum(rows), scores(rows);
-  for (MapoGroup group : groups) {
-    std::fill(group_sum.begin(), group_sum.end(), 0.0);
-    int count = 0;
-    for (const MapoActivation& map : maps) {
-      if (map.group != group) continue;
-      if (map.width < 1 || map.stride < map.width) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("MaPO masks: a ", MapoGroupName(group),
-                         " map has width ", map.width, " and row stride ",
-                         map.stride, " (need width >= 1 and stride >= width)"));
-      }
-      for (int t = 0; t < rows; ++t) {
-        const float* row = map.data + static_cast<size_t>(t) * map.stride;
-        double s = 0;
-        for (int h = 0; h < map.width; ++h) s += row[h];
-        scores[t] = s / map.width;
-      }
-      const bool ranked = Rescale(absl::MakeSpan(scores));
-      for (int t = 0; t < rows; ++t) group_sum[t] += ranked ? scores[t] : 1.0;
-      ++count;
+  std::vector<MapoGroup> map_groups;
+  for (const MapoActivation& map : maps) {
+    const bool selected =
+        std::find(groups.begin(), groups.end(), map.group) != groups.end();
+    if (selected && (map.width < 1 || map.stride < map.width)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MaPO masks: a ", MapoGroupName(map.group),
+                       " map has width ", map.width, " and row stride ",
+                       map.stride, " (need width >= 1 and stride >= width)"));
     }
-    if (count == 0) {
+    map_groups.push_back(map.group);
+  }
+  for (MapoGroup group : groups) {
+    if (std::find(map_groups.begin(), map_groups.end(), group) ==
+        map_groups.end()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "MaPO masks: group ", MapoGroupName(group), " is selected but no ",
           MapoGroupName(group), " activation was captured"));
     }
-    for (int t = 0; t < rows; ++t) total[t] += group_sum[t] / count;
   }
-  for (int t = 0; t < rows; ++t) {
-    mask[t] = static_cast<float>(total[t] / groups.size());
-  }
+  // A map's score of a row is the row's mean activation.
+  auto score = [&](int i, int t) {
+    const float* row = maps[i].data + static_cast<size_t>(t) * maps[i].stride;
+    double s = 0;
+    for (int h = 0; h < maps[i].width; ++h) s += row[h];
+    return s / maps[i].width;
+  };
+  std::vector<double> work(3 * static_cast<size_t>(rows));
+  kernels::sparsepo_math::HostMapoSequenceMask(
+      rows, map_groups.data(), static_cast<int>(map_groups.size()),
+      groups.data(), static_cast<int>(groups.size()), score, work.data(), mask);
   return absl::OkStatus();
 }
 

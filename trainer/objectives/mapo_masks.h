@@ -15,17 +15,14 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kernels/backend.h"
 
 namespace prefopt::objectives {
 
 // Which activations each group holds depends on the architecture
-// (docs/objectives.md §2 lists them); SparsePoStep assigns the maps.
-enum class MapoGroup {
-  kMlp,     // the MLP activation of every layer (not captured for GPT-2)
-  kAttn,    // the attention block's q, k, v and weighted values of every layer
-  kResid,   // the residual stream, the norms' outputs and the blocks' outputs
-  kLogits,  // the reference logits (a_t = their mean over the vocabulary)
-};
+// (docs/objectives.md §2 lists them); SparsePoStep assigns the maps. The
+// backends compute the same masks (Backend::MapoMask).
+using MapoGroup = kernels::MapoGroup;
 
 const char* MapoGroupName(MapoGroup group);
 
@@ -42,7 +39,7 @@ struct MapoActivation {
 
 // x rounded to the nearest IEEE half-precision value (ties to even; beyond
 // the largest half, ±infinity), as torch's float32 → float16 conversion.
-double RoundToHalf(float x);
+float RoundToHalf(float x);
 
 // Writes the mask of a sequence's `rows` response tokens to mask[rows] from the
 // maps of the selected `groups`. A map that carries no ranking (a single

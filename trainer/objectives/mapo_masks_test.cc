@@ -4,9 +4,11 @@
 #include "trainer/objectives/mapo_masks.h"
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "trainer/io/safetensors.h"
 
 namespace prefopt::objectives {
 namespace {
@@ -75,6 +77,43 @@ TEST(MapoMasks, RoundToHalf) {
   EXPECT_EQ(RoundToHalf(1e-8f), 0.0);
   EXPECT_EQ(RoundToHalf(65504.0f), 65504.0);
   EXPECT_TRUE(std::isinf(RoundToHalf(65520.0f)));
+}
+
+// Every float's rounding against the safetensors reader's own float ↔ half
+// conversion: all 2^16 halves, the values halfway between neighbours (ties to
+// even), and random floats across the range.
+TEST(MapoMasks, RoundToHalfMatchesTheHalfConversion) {
+  auto expected = [](float x) { return io::Fp16ToFloat(io::FloatToFp16(x)); };
+  std::vector<float> values;
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float v = io::Fp16ToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(v)) continue;
+    values.push_back(v);
+    values.push_back(std::nextafter(v, 0.0f));
+    values.push_back(std::nextafter(v, 1e30f));
+    values.push_back(std::nextafter(v, -1e30f));
+  }
+  for (uint32_t h = 0; h + 1 < 0x7c00; ++h) {
+    const float a = io::Fp16ToFloat(static_cast<uint16_t>(h));
+    const float b = io::Fp16ToFloat(static_cast<uint16_t>(h + 1));
+    values.push_back(0.5f * (a + b));
+    values.push_back(-0.5f * (a + b));
+  }
+  uint32_t state = 12345;
+  for (int i = 0; i < 200000; ++i) {
+    state = state * 1664525u + 1013904223u;
+    float f;
+    std::memcpy(&f, &state, sizeof(f));
+    if (!std::isnan(f)) values.push_back(f);
+  }
+  for (float v : values) {
+    const float want = expected(v);
+    const float got = RoundToHalf(v);
+    ASSERT_TRUE(got == want || (std::isinf(got) && std::isinf(want) &&
+                                std::signbit(got) == std::signbit(want)))
+        << v << ": " << got << " vs " << want;
+    ASSERT_EQ(std::signbit(got), std::signbit(want)) << v;
+  }
 }
 
 TEST(MapoMasks, ConstantMapCountsAsOnes) {

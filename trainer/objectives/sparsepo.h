@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/backend.h"
 #include "trainer/objectives/metric_sums.h"
 
 namespace prefopt::objectives {
@@ -80,7 +81,8 @@ class SparsePoObjective {
   static absl::StatusOr<SparsePoObjective> Create(
       const SparsePoOptions& options, int vocab_size);
 
-  // One pair. With U = Σ_t m^u_t r_t, D = Σ_t m^d_t K_t per response,
+  // One pair (the formulas are kernels/sparsepo_math.h's). With U = Σ_t m^u_t
+  // r_t, D = Σ_t m^d_t K_t per response,
   //   Δ = [U_w − U_l] − [D_w − D_l],
   //   loss = softplus(−βΔ) + c_u(‖m^u_w‖₁ + ‖m^u_l‖₁) + c_d(‖m^d_w‖₁ +
   //   ‖m^d_l‖₁)
@@ -123,6 +125,17 @@ class SparsePoObjective {
   double Pair(const SparsePoResponse& chosen, const SparsePoResponse& rejected,
               double global_pairs, MetricSums* sums,
               SparsePoGradients* grads) const;
+
+  // The options as the backends' SparsePoCoefficients reads them, for a
+  // global batch of `global_pairs` pairs.
+  kernels::SparsePoParams Params(double global_pairs) const;
+
+  // Adds metric values summed over `pairs` pairs (SparsePoMetric order, as
+  // Pair and Backend::SparsePoCoefficients produce them) to `sums` under
+  // Pair's names and counts, with TRL's "entropy" (a mean over the response
+  // tokens) when `entropy` is set.
+  void AddMetrics(const double* metrics, double pairs, double chosen_tokens,
+                  double rejected_tokens, bool entropy, MetricSums* sums) const;
 
   const SparsePoOptions& options() const { return options_; }
 

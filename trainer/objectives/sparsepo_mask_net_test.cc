@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace prefopt::objectives {
 namespace {
@@ -45,9 +46,10 @@ double Mask(const std::vector<double>& p, const model::ParamLayout& layout,
 }
 
 struct Fixture {
-  SparsePoMaskNet net{"m", kL, kH, kEps};
+  kernels::CpuBackend backend;
+  SparsePoMaskNet net{&backend, "m", kL, kH, kEps};
   std::vector<std::vector<float>> hidden;
-  std::vector<const float*> ptrs;
+  std::vector<float> flat;  // the layers one after the other
 
   explicit Fixture(uint32_t seed) {
     std::mt19937 rng(seed);
@@ -61,7 +63,7 @@ struct Fixture {
       }
       hidden.push_back(std::move(h));
     }
-    for (const auto& h : hidden) ptrs.push_back(h.data());
+    for (const auto& h : hidden) flat.insert(flat.end(), h.begin(), h.end());
     // Away from the defaults so that every parameter matters, and mixer
     // weights of both signs so that some masks are exactly 0.
     util::Rng r(seed);
@@ -85,7 +87,7 @@ struct Fixture {
 TEST(SparsePoMaskNet, ForwardMatchesTranscription) {
   Fixture s(3);
   std::vector<float> mask(kRows);
-  s.net.Forward(s.ptrs, kRows, mask.data());
+  s.net.Forward(s.flat.data(), kRows, mask.data());
   const std::vector<double> p = s.Params();
   int zeros = 0;
   for (int t = 0; t < kRows; ++t) {
@@ -107,7 +109,7 @@ TEST(SparsePoMaskNet, BackwardMatchesFiniteDifferences) {
   std::vector<float> start(s.net.layout().total());
   for (float& g : start) g = n(rng);
   std::copy(start.begin(), start.end(), s.net.grads());
-  s.net.Backward(s.ptrs, kRows, dmask.data());
+  s.net.Backward(s.flat.data(), kRows, dmask.data());
 
   // F = Σ_t dmask_t m_t in double; central differences per parameter.
   const std::vector<double> p = s.Params();
@@ -137,7 +139,8 @@ TEST(SparsePoMaskNet, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(SparsePoMaskNet, LayoutAndInit) {
-  SparsePoMaskNet net("sparsepo_mask", 2, 5, 1e-5f);
+  kernels::CpuBackend backend;
+  SparsePoMaskNet net(&backend, "sparsepo_mask", 2, 5, 1e-5f);
   std::vector<std::string> names;
   for (const model::ParamTensor& t : net.layout().tensors()) {
     names.push_back(t.name);
@@ -176,12 +179,12 @@ TEST(SparsePoMaskNet, LayoutAndInit) {
 TEST(SparsePoMaskNet, NoGradientWhereTheMaskIsZero) {
   Fixture s(3);
   std::vector<float> mask(kRows);
-  s.net.Forward(s.ptrs, kRows, mask.data());
+  s.net.Forward(s.flat.data(), kRows, mask.data());
   // ∂loss/∂m only on rows whose mask is 0: nothing reaches the parameters.
   std::vector<float> dmask(kRows, 0.0f);
   for (int t = 0; t < kRows; ++t) dmask[t] = mask[t] == 0.0f ? 1.0f : 0.0f;
   s.net.ZeroGrads();
-  s.net.Backward(s.ptrs, kRows, dmask.data());
+  s.net.Backward(s.flat.data(), kRows, dmask.data());
   for (size_t i = 0; i < s.net.layout().total(); ++i) {
     EXPECT_EQ(s.net.grads()[i], 0.0f);
   }

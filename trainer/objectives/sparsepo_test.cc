@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "trainer/objectives/naive_logits.h"
 
 namespace prefopt::objectives {
@@ -343,6 +344,103 @@ TEST(SparsePo, Metrics) {
   // A zero mask token has no logit gradient.
   EXPECT_EQ(g.coef_a[0], 0.0f);
   EXPECT_EQ(g.coef_b[0], 0.0f);
+}
+
+// Backend::SparsePoCoefficients (the CPU backend's) over a micro-batch of
+// three pairs gives what Pair gives pair by pair: the per-token outputs in
+// row order, and the same metrics once AddMetrics names them.
+TEST(SparsePo, BackendCoefficientsMatchPair) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  const std::vector<int> lengths = {3, 5, 1, 4, 6, 2};
+  const int rows = 21;
+  std::vector<float> logp(rows), ref_logp(rows), kl(rows), logit_sum(rows),
+      entropy(rows), mask_reward(rows), mask_kl(rows);
+  for (int r = 0; r < rows; ++r) {
+    logp[r] = -std::fabs(n(rng));
+    ref_logp[r] = -std::fabs(n(rng));
+    kl[r] = -0.1f * std::fabs(n(rng));
+    logit_sum[r] = 20 * n(rng);
+    entropy[r] = std::fabs(n(rng));
+    mask_reward[r] = std::max(0.0f, n(rng));
+    mask_kl[r] = std::max(0.0f, n(rng) + 0.5f);
+  }
+  for (bool common : {true, false}) {
+    for (int masked : {0, 1, 2}) {  // both terms, the reward only, the KL only
+      SCOPED_TRACE(absl::StrCat("common ", common, " masked ", masked));
+      SparsePoOptions o;
+      o.beta = 0.6;
+      o.l1_reward = 0.02;
+      o.l1_kl = 0.05;
+      o.common_mask = common;
+      o.mask_on_reward = masked != 2;
+      o.mask_on_kl = masked != 1;
+      auto sp = SparsePoObjective::Create(o, kVocab);
+      ASSERT_TRUE(sp.ok());
+      const bool reads_reward = common || o.mask_on_reward;
+      const bool reads_kl = !common && o.mask_on_kl;
+
+      MetricSums want_sums;
+      SparsePoGradients want;
+      double entropy_sum = 0;
+      std::vector<kernels::SeqSpan> spans;
+      int start = 0;
+      for (size_t s = 0; s < lengths.size(); ++s) {
+        spans.push_back({start, lengths[s]});
+        start += lengths[s];
+      }
+      auto response = [&](const kernels::SeqSpan& span) {
+        SparsePoResponse r;
+        auto part = [&](const std::vector<float>& v) {
+          return absl::MakeConstSpan(v.data() + span.start, span.len);
+        };
+        r.logp = part(logp);
+        r.ref_logp = part(ref_logp);
+        r.kl = part(kl);
+        if (reads_reward) r.mask_reward = part(mask_reward);
+        if (reads_kl) r.mask_kl = part(mask_kl);
+        for (int t = 0; t < span.len; ++t) {
+          r.logit_sum += logit_sum[span.start + t];
+          entropy_sum += entropy[span.start + t];
+        }
+        return r;
+      };
+      for (int i = 0; i < 3; ++i) {
+        sp->Pair(response(spans[2 * i]), response(spans[2 * i + 1]), 8,
+                 &want_sums, &want);
+      }
+      want_sums.Add("entropy", entropy_sum, rows);
+
+      kernels::CpuBackend backend;
+      std::vector<float> a(rows), b(rows), dmr(rows), dmk(rows);
+      double metrics[kernels::kSparsePoMetricCount] = {};
+      backend.SparsePoCoefficients(
+          {a.data(), b.data(), dmr.data(), dmk.data()}, metrics,
+          {logp.data(), ref_logp.data(), kl.data(), logit_sum.data(),
+           entropy.data(), reads_reward ? mask_reward.data() : nullptr,
+           reads_kl ? mask_kl.data() : nullptr},
+          spans.data(), 3, sp->Params(8));
+      MetricSums got_sums;
+      sp->AddMetrics(metrics, 3, 3 + 1 + 6, 5 + 4 + 2, true, &got_sums);
+
+      EXPECT_EQ(a, want.coef_a);
+      EXPECT_EQ(b, want.coef_b);
+      if (reads_reward) {
+        EXPECT_EQ(dmr, want.dmask_reward);
+      }
+      if (reads_kl) {
+        EXPECT_EQ(dmk, want.dmask_kl);
+      }
+      const auto got_means = got_sums.Means();
+      const auto want_means = want_sums.Means();
+      ASSERT_EQ(got_means.size(), want_means.size());
+      for (const auto& [name, value] : want_means) {
+        ASSERT_EQ(got_means.count(name), 1u) << name;
+        EXPECT_NEAR(got_means.at(name), value, 1e-12 * (1 + std::fabs(value)))
+            << name;
+      }
+    }
+  }
 }
 
 TEST(SparsePo, RejectsBadOptions) {
