@@ -347,62 +347,70 @@ TEST_F(SimulatedGpu, RunsAreBitwiseRepeatable) {
 
 // A checkpoint written on the GPU resumes on the CPU and one written on the
 // CPU resumes on the GPU (one weights/moments layout): GPU 2 steps, CPU 2,
-// GPU 2 follow the uninterrupted CPU run.
+// GPU 2 follow the uninterrupted CPU run. Learned SparsePO also carries its
+// mask networks' weights and moments, held in device memory on the GPU.
 TEST_F(SimulatedGpu, CheckpointsMoveBetweenDevices) {
-  auto config_file = [](const std::string& name) {
-    return testing::WriteTempFile(
-        name + ".textproto",
-        absl::StrCat(
-            "model { architecture: GPT2 vocab_size: 101 n_positions: 32 "
-            "n_embd: 32 n_layer: 2 n_head: 4 }\n",
-            "data { train_files: '",
-            testing::WorkspacePath("tests/fixtures/gpt2/pairs.jsonl"),
-            "' max_length: 32 shuffle: true }\n",
-            "objective { dpo { beta: 0.1 } }\noptimizer { lr: ", kLr,
-            " }\nbatch { micro_batch_size: 2 global_batch_size: 2 }\n",
-            "max_steps: 6\nseed: 5\nprecision: FP32\nrun_dir: '",
-            std::getenv("TEST_TMPDIR"), "/", name, "'\n"));
-  };
-  auto run = [](const std::string& path, const std::vector<std::string>& set,
-                int until, std::vector<std::map<std::string, double>>* steps,
-                std::vector<float>* weights) {
-    auto config = config::LoadTrainConfig(path, set);
-    ASSERT_TRUE(config.ok()) << config.status();
-    std::ostringstream log;
-    auto trainer = loop::Trainer::Create(*config, log);
-    ASSERT_TRUE(trainer.ok()) << trainer.status();
-    while ((*trainer)->steps_done() < until) {
-      auto m = (*trainer)->Step();
-      ASSERT_TRUE(m.ok()) << m.status();
-      steps->push_back(*m);
+  for (const char* objective :
+       {"dpo { beta: 0.1 }", "sparsepo { beta: 0.8 }"}) {
+    SCOPED_TRACE(objective);
+    const std::string tag = objective[0] == 'd' ? "dpo" : "sparsepo";
+    auto config_file = [&](const std::string& name) {
+      return testing::WriteTempFile(
+          name + ".textproto",
+          absl::StrCat(
+              "model { architecture: GPT2 vocab_size: 101 n_positions: 32 "
+              "n_embd: 32 n_layer: 2 n_head: 4 }\n",
+              "data { train_files: '",
+              testing::WorkspacePath("tests/fixtures/gpt2/pairs.jsonl"),
+              "' max_length: 32 shuffle: true }\n", "objective { ", objective,
+              " }\noptimizer { lr: ", kLr,
+              " }\nbatch { micro_batch_size: 2 global_batch_size: 2 }\n",
+              "max_steps: 6\nseed: 5\nprecision: FP32\nrun_dir: '",
+              std::getenv("TEST_TMPDIR"), "/", name, "'\n"));
+    };
+    auto run = [](const std::string& path, const std::vector<std::string>& set,
+                  int until, std::vector<std::map<std::string, double>>* steps,
+                  std::vector<float>* weights) {
+      auto config = config::LoadTrainConfig(path, set);
+      ASSERT_TRUE(config.ok()) << config.status();
+      std::ostringstream log;
+      auto trainer = loop::Trainer::Create(*config, log);
+      ASSERT_TRUE(trainer.ok()) << trainer.status();
+      while ((*trainer)->steps_done() < until) {
+        auto m = (*trainer)->Step();
+        ASSERT_TRUE(m.ok()) << m.status();
+        steps->push_back(*m);
+      }
+      ASSERT_TRUE((*trainer)->SaveCheckpoint().ok());
+      const model::Decoder& policy = (*trainer)->policy();
+      weights->resize(policy.layout().total());
+      policy.backend()->CopyToHost(weights->data(), policy.params(),
+                                   weights->size());
+    };
+    std::vector<std::map<std::string, double>> straight, moved;
+    std::vector<float> straight_weights, moved_weights;
+    run(config_file(tag + "_straight"), {"device=CPU"}, 6, &straight,
+        &straight_weights);
+    const std::string path = config_file(tag + "_moved");
+    run(path, {"device=GPU"}, 2, &moved, &moved_weights);
+    run(path, {"device=CPU", "resume=latest"}, 4, &moved, &moved_weights);
+    run(path, {"device=GPU", "resume=latest"}, 6, &moved, &moved_weights);
+    ASSERT_EQ(straight.size(), 6u);
+    ASSERT_EQ(moved.size(), 6u);
+    for (int s = 0; s < 6; ++s) {
+      const double want = straight[s].at("loss");
+      EXPECT_NEAR(moved[s].at("loss"), want,
+                  kMetricTol * (1.0 + std::fabs(want)))
+          << "step " << s + 1;
     }
-    ASSERT_TRUE((*trainer)->SaveCheckpoint().ok());
-    const model::Decoder& policy = (*trainer)->policy();
-    weights->resize(policy.layout().total());
-    policy.backend()->CopyToHost(weights->data(), policy.params(),
-                                 weights->size());
-  };
-  std::vector<std::map<std::string, double>> straight, moved;
-  std::vector<float> straight_weights, moved_weights;
-  run(config_file("straight"), {"device=CPU"}, 6, &straight, &straight_weights);
-  const std::string path = config_file("moved");
-  run(path, {"device=GPU"}, 2, &moved, &moved_weights);
-  run(path, {"device=CPU", "resume=latest"}, 4, &moved, &moved_weights);
-  run(path, {"device=GPU", "resume=latest"}, 6, &moved, &moved_weights);
-  ASSERT_EQ(straight.size(), 6u);
-  ASSERT_EQ(moved.size(), 6u);
-  for (int s = 0; s < 6; ++s) {
-    const double want = straight[s].at("loss");
-    EXPECT_NEAR(moved[s].at("loss"), want, kMetricTol * (1.0 + std::fabs(want)))
-        << "step " << s + 1;
+    ASSERT_EQ(moved_weights.size(), straight_weights.size());
+    double max_err = 0.0;
+    for (size_t i = 0; i < straight_weights.size(); ++i) {
+      max_err = std::max(
+          max_err, std::fabs(double{moved_weights[i]} - straight_weights[i]));
+    }
+    EXPECT_LE(max_err, 2 * kWeightTol) << "final weights (6 steps)";
   }
-  ASSERT_EQ(moved_weights.size(), straight_weights.size());
-  double max_err = 0.0;
-  for (size_t i = 0; i < straight_weights.size(); ++i) {
-    max_err = std::max(
-        max_err, std::fabs(double{moved_weights[i]} - straight_weights[i]));
-  }
-  EXPECT_LE(max_err, 2 * kWeightTol) << "final weights (6 steps)";
 }
 
 // Greedy generation with the key/value cache (prefopt generate) on the
