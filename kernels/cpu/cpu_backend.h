@@ -43,12 +43,11 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/fused_sparsepo.h"
-#include "kernels/cpu/sparsepo_host.h"
-#include "kernels/objective_math.h"
+#include "kernels/cpu/host_objective_ops.h"
 
 namespace prefopt::kernels {
 
-class CpuBackend : public Backend {
+class CpuBackend : public HostObjectiveOps {
  public:
   CpuBackend();
 
@@ -151,46 +150,6 @@ class CpuBackend : public Backend {
                                 chunk_buf, ref_chunk_buf, chunk, dh, dwout);
   }
 
-  // kernels/cpu/sparsepo_host.h.
-  void SparsePoMaskForward(float* mask, const float* hidden, int rows,
-                           const float* params,
-                           const SparsePoMaskNetShape& shape) override {
-    cpu::SparsePoMaskForward(mask, hidden, rows, params, shape,
-                             &sparsepo_scratch_);
-  }
-  void SparsePoMaskBackward(float* grads, const float* dmask,
-                            const float* hidden, int rows, const float* params,
-                            const SparsePoMaskNetShape& shape) override {
-    cpu::SparsePoMaskBackward(grads, dmask, hidden, rows, params, shape,
-                              &sparsepo_scratch_);
-  }
-  void MapoMask(float* mask, const float* scores, int rows,
-                const MapoGroup* map_groups, int num_maps,
-                const MapoGroup* groups, int num_groups, const SeqSpan* spans,
-                int num_spans) override {
-    cpu::MapoMask(mask, scores, rows, map_groups, num_maps, groups, num_groups,
-                  spans, num_spans, &sparsepo_scratch_);
-  }
-  void SparsePoCoefficients(const SparsePoRowOutputs& out, double* metrics,
-                            const SparsePoRowInputs& in, const SeqSpan* spans,
-                            int num_pairs,
-                            const SparsePoParams& params) override {
-    cpu::SparsePoCoefficients(out, metrics, in, spans, num_pairs, params);
-  }
-
-  // objective_math::HostObjectiveCoefficients.
-  void ObjectiveCoefficients(float* coef, double* metrics, const float* logp,
-                             const float* logit_sum, const int32_t* correct,
-                             const float* entropy,
-                             const float* log_sum_sq_probs,
-                             const SeqSpan* spans, const double* reference,
-                             const float* reference_tokens, int num_seqs,
-                             const ObjectiveParams& params) override {
-    objective_math::HostObjectiveCoefficients(
-        coef, metrics, logp, logit_sum, correct, entropy, log_sum_sq_probs,
-        spans, reference, reference_tokens, num_seqs, params);
-  }
-
   double SumSquares(const float* x, size_t n) override;
   void Scale(float* x, float alpha, size_t n) override;
   void AdamW(float* p, const float* grad, float* m, float* v, size_t n,
@@ -236,7 +195,6 @@ class CpuBackend : public Backend {
   std::vector<float> attention_scratch_;
   // Per-block partial sums for SumSquares.
   std::vector<double> sum_partials_;
-  cpu::SparsePoScratch sparsepo_scratch_;
 };
 
 }  // namespace prefopt::kernels
