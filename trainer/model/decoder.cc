@@ -66,8 +66,10 @@ struct Decoder::LayerActs {
   float* ln2;
   float* ln2_mean;  // LayerNorm only
   float* ln2_rstd;
-  float* fc;    // MLP input projection: [N, FF] (GPT-2) or [N, 2*FF] gate|up
-  float* act;   // GELU(fc) or SwiGLU(fc), [N, FF]
+  float* fc;  // MLP input projection: [N, FF] (GPT-2) or [N, 2*FF] gate|up
+  // GELU(fc) or SwiGLU(fc), [N, FF]: one buffer every block shares, as
+  // Backward recomputes it from fc (MlpActivation).
+  float* act;
   float* res3;  // residual stream after the MLP block = the block's output
 };
 
@@ -165,15 +167,17 @@ Count ActivationCount(const io::ModelSpec& spec, const Capacity& capacity,
   const Count ATT = Count(spec.n_head) * hd;
   const Count QKV = ATT + Count(2) * Count(spec.n_kv_head) * hd;
   const Count FC = llama ? Count(2) * FF : FF;
-  const Count layer = Count(4) * N * C + Count(4) * N + N * QKV + N * ATT +
-                      attention + N * FC + N * FF;
+  // The MLP activation (N * FF) is one buffer every block shares.
+  const Count layer =
+      Count(4) * N * C + Count(4) * N + N * QKV + N * ATT + attention + N * FC;
   // Frozen: one block's buffers reused by every block. Checkpointed: those
   // plus every other block's output.
   const Count blocks =
       trainable && !capacity.activation_checkpointing
           ? Count(spec.n_layer) * layer
           : layer + (trainable ? Count(spec.n_layer - 1) * N * C : Count(0));
-  Count total = blocks + Count(3) * N * C + Count(2) * N + Count(2) * S * hd;
+  Count total =
+      blocks + N * FF + Count(3) * N * C + Count(2) * N + Count(2) * S * hd;
   if (trainable) {
     total = total + Count(3) * N * C + N * ATT + N * QKV + N * FF + N * FC;
   }
@@ -591,6 +595,15 @@ bool Decoder::IsHeldInBf16(const ParamTensor& t) const {
   return layout_.tensors()[i].name == t.name && held_bf16_[i];
 }
 
+void Decoder::MlpActivation(const LayerActs& a, int N) {
+  const int FF = spec_.intermediate;
+  if (llama_family_) {
+    backend_->SwiGluForward(a.act, a.fc, N, FF);
+  } else {
+    backend_->GeluForward(a.act, a.fc, static_cast<size_t>(N) * FF);
+  }
+}
+
 void Decoder::WidenBlock(int layer) {
   if (base_bf16_ == nullptr || widened_layer_ == layer) return;
   const auto [first, count] = bf16_blocks_[layer];
@@ -726,8 +739,12 @@ void Decoder::AllocateActivations() {
   lnf_rstd_ = alloc(N);
   // A frozen model needs no saved activations: one block's buffers are reused
   // by every block. Under activation checkpointing every block shares block
-  // 0's buffers but keeps its own output, the next block's saved input.
+  // 0's buffers but keeps its own output, the next block's saved input. The
+  // MLP activation is never saved: Backward recomputes it, an elementwise
+  // pass, rather than keep [N, FF] floats per block (GPT-2 small at 1024
+  // tokens: 132 MiB).
   const int stored = trainable_ ? spec_.n_layer : 1;
+  float* mlp_act = nullptr;
   const bool checkpointing = trainable_ && capacity_.activation_checkpointing;
   for (int l = 0; l < stored; ++l) {
     kernels::MemoryPurpose layer_purpose(absl::StrCat("layer ", l));
@@ -749,7 +766,8 @@ void Decoder::AllocateActivations() {
     a.ln2_mean = llama_family_ ? nullptr : alloc(N);
     a.ln2_rstd = alloc(N);
     a.fc = alloc(N * FC);
-    a.act = alloc(N * FF);
+    if (mlp_act == nullptr) mlp_act = alloc(N * FF);
+    a.act = mlp_act;
     a.res3 = alloc(N * C);
     acts_.push_back(a);
   }
@@ -1101,11 +1119,7 @@ void Decoder::BlockForward(int l, const PackedBatch& batch,
   observe(Activation::kMlpNorm, a.ln2, C, C);
   b.MatmulForward(a.fc, a.ln2, W(o.fc_w), P(o.fc_b), N, C, FC);
   AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, recompute);
-  if (llama_family_) {
-    b.SwiGluForward(a.act, a.fc, N, FF);
-  } else {
-    b.GeluForward(a.act, a.fc, n * FF);
-  }
+  MlpActivation(a, N);
   if (recompute) return;
   observe(Activation::kMlpActivation, a.act, FF, FF);
   b.MatmulForward(branch_out_, a.act, W(o.fcproj_w), P(o.fcproj_b), N, FF, C);
@@ -1207,11 +1221,7 @@ const float* Decoder::ForwardIncremental(absl::Span<const int32_t> tokens,
     NormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, o.ln2_w, o.ln2_b, N);
     b.MatmulForward(a.fc, a.ln2, W(o.fc_w), P(o.fc_b), N, C, FC);
     AdaptersForward(l, Slot::kMlpIn, a.fc, a.ln2, N, false);
-    if (llama_family_) {
-      b.SwiGluForward(a.act, a.fc, N, FF);
-    } else {
-      b.GeluForward(a.act, a.fc, n * FF);
-    }
+    MlpActivation(a, N);
     b.MatmulForward(branch_out_, a.act, W(o.fcproj_w), P(o.fcproj_b), N, FF, C);
     AdaptersForward(l, Slot::kMlpOut, branch_out_, a.act, N, false);
     b.Add(a.res3, a.res2, branch_out_, n * C);
@@ -1249,6 +1259,9 @@ void Decoder::Backward(const PackedBatch& batch) {
     // Forward; every other block's are refilled from its saved input.
     if (capacity_.activation_checkpointing && l < L - 1) {
       BlockForward(l, batch, residual_in, /*recompute=*/true);
+    } else {
+      // The blocks share one MLP-activation buffer.
+      MlpActivation(a, N);
     }
     WidenBlock(l);
     // MLP block.

@@ -373,6 +373,8 @@ class Decoder {
   // block's output is saved and the backward needs nothing after it).
   void BlockForward(int layer, const PackedBatch& batch, const float* residual,
                     bool recompute);
+  // a.act = GELU(a.fc), or SwiGLU of its gate|up halves, for N rows.
+  void MlpActivation(const LayerActs& a, int N);
   // A bf16 base: lays out the bf16 tensors block by block and the fp32 ones
   // in a compact buffer, and moves every offset the passes use there.
   void BuildBf16Base();
