@@ -43,8 +43,8 @@ std::vector<float> Random(size_t n, float scale, uint32_t seed) {
   return v;
 }
 
-void OutputLayer() {
-  const int N = 256, C = 768, V = 50257, chunk = 64, reps = 3;
+void OutputLayer(int N, int chunk) {
+  const int C = 768, V = 50257, reps = 3;
   prefopt::kernels::CpuBackend cpu;
   const std::vector<float> h = Random(static_cast<size_t>(N) * C, 1.0f, 1);
   const std::vector<float> wout = Random(static_cast<size_t>(V) * C, 0.02f, 2);
@@ -257,12 +257,16 @@ int main(int argc, char** argv) {
     Attention(chosen.empty() ? lengths : chosen);
     return 0;
   }
+  if (argc > 1 && std::string(argv[1]) == "output") {
+    for (int a = 2; a < argc; ++a) OutputLayer(512, std::atoi(argv[a]));
+    return 0;
+  }
   for (int n : {512, 1024, 2048}) {
     std::printf("sgemm n=%4d: %7.1f GFLOP/s (%d OpenBLAS threads)\n", n,
                 prefopt::kernels::cpu::MeasureSgemmGflops(n, 1.0),
                 openblas_get_num_threads());
   }
-  OutputLayer();
+  OutputLayer(256, 64);
   OutputRowStatistics();
   Attention(lengths);
   return 0;

@@ -56,7 +56,6 @@ constexpr float kDefaultMaxGradNorm = 1.0f;
 constexpr int kDefaultMicroBatchSize = 8;  // per_device_train_batch_size
 constexpr uint64_t kDefaultSeed = 42;
 constexpr int kDefaultLogEverySteps = 1;
-constexpr int kDefaultOutputChunkTokens = 64;
 constexpr float kDefaultInitStd = 0.02f;
 constexpr int kDefaultMaxLength = 1024;  // TRL's DPOConfig.max_length
 // The most tokens one micro-batch may hold: a micro-batch of pairs holds
@@ -1234,9 +1233,11 @@ void CheckRun(const TrainConfig& config, std::vector<std::string>* problems) {
     problems->push_back(absl::StrCat("log_every_steps: must be >= 1, got ",
                                      config.log_every_steps()));
   }
-  if (config.output_chunk_tokens() < 1) {
-    problems->push_back(absl::StrCat("output_chunk_tokens: must be >= 1, got ",
-                                     config.output_chunk_tokens()));
+  if (config.output_chunk_tokens() < 0) {
+    problems->push_back(absl::StrCat(
+        "output_chunk_tokens: must be >= 0 (0 = sized from the vocabulary), "
+        "got ",
+        config.output_chunk_tokens()));
   }
   if (config.save_every_steps() < 0) {
     problems->push_back(absl::StrCat(
@@ -1404,9 +1405,6 @@ void FillDefaults(TrainConfig* config) {
   }
   if (config->log_every_steps() == 0) {
     config->set_log_every_steps(kDefaultLogEverySteps);
-  }
-  if (config->output_chunk_tokens() == 0) {
-    config->set_output_chunk_tokens(kDefaultOutputChunkTokens);
   }
   if (!config->has_save_on_signal()) config->set_save_on_signal(true);
   ModelConfig& model = *config->mutable_model();

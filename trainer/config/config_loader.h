@@ -46,7 +46,7 @@ absl::Status ApplyOverride(const std::string& override_text,
 // beta1 0.9, beta2 0.999, eps 1e-8, max_grad_norm 1; schedule.kind LINEAR;
 // batch.micro_batch_size 8; num_epochs 3 when max_steps is 0; seed 42;
 // data.max_length 1024, data.shuffle true; log_every_steps 1;
-// output_chunk_tokens 64; model.init_std 0.02 for a from-scratch model;
+// model.init_std 0.02 for a from-scratch model;
 // save_on_signal true. batch.global_batch_size depends on the world size
 // (FillBatchForWorld).
 void FillDefaults(prefopt::TrainConfig* config);

@@ -147,7 +147,9 @@ TEST(LoadTrainConfigTest, FillsDefaults) {
   EXPECT_EQ(config->max_steps(), 0);
   EXPECT_EQ(config->num_epochs(), 3);
   EXPECT_EQ(config->log_every_steps(), 1);
-  EXPECT_EQ(config->output_chunk_tokens(), 64);
+  // 0: the output layer sizes its chunk from the vocabulary
+  // (objectives::OutputChunkRows).
+  EXPECT_EQ(config->output_chunk_tokens(), 0);
   EXPECT_EQ(config->data().max_length(), 1024);
   EXPECT_EQ(config->data().max_prompt_length(), 0);
   EXPECT_EQ(config->save_every_steps(), 0);
@@ -632,7 +634,8 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{{"log_every_steps=-1"},
                     "log_every_steps: must be >= 1, got -1"},
         InvalidCase{{"output_chunk_tokens=-64"},
-                    "output_chunk_tokens: must be >= 1, got -64"},
+                    "output_chunk_tokens: must be >= 0 (0 = sized from the "
+                    "vocabulary), got -64"},
         InvalidCase{{"save_every_steps=-1"},
                     "save_every_steps: must be >= 0 (0 = only after the last "
                     "step), got -1"},

@@ -7,6 +7,7 @@
 //     [--intermediate=4*n_embd] [--vocab=50257] [--prompt=256]
 //     [--response=256] [--n_positions=prompt+response] [--warmup=1]
 //     [--steps=3] [--activation_checkpointing=0|1|both] [--live_reference=0|1]
+//     [--output_chunk=N]
 //     [--lora_r=N [--lora_alpha=2*r] [--lora_targets=q_proj,v_proj,...]
 //      [--base_dtype=fp32|bf16]] [--sweep=1024,2048,4096,8192]
 //
@@ -90,6 +91,7 @@
 #include "trainer/io/weight_store.h"
 #include "trainer/loop/trainer.h"
 #include "trainer/model/decoder.h"
+#include "trainer/objectives/output_layer.h"
 #include "trainer/util/rng.h"
 
 namespace {
@@ -101,7 +103,8 @@ struct Options {
   int n_embd = 768, n_layer = 12, n_head = 12, vocab = 50257;
   int n_kv_head = 0, intermediate = 0;  // 0: n_head, 4 * n_embd
   int prompt = 256, response = 256, steps = 3, warmup = 1;
-  int n_positions = 0;  // 0: prompt + response
+  int n_positions = 0;   // 0: prompt + response
+  int output_chunk = 0;  // output_chunk_tokens; 0: sized from the vocabulary
   // 0 or 1: TrainConfig.activation_checkpointing; -1: both, one process each.
   int activation_checkpointing = 0;
   bool live_reference = false;
@@ -181,6 +184,8 @@ bool Parse(int argc, char** argv, Options* o) {
       o->lora_r = v;
     else if (name == "lora_alpha")
       o->lora_alpha = v;
+    else if (name == "output_chunk")
+      o->output_chunk = v;
     else
       return false;
   }
@@ -471,7 +476,7 @@ int main(int argc, char** argv) {
                  "[--activation_checkpointing=0|1|both] "
                  "[--live_reference=0|1] [--lora_r=N] [--lora_alpha=N] "
                  "[--lora_targets=a,b,...] [--base_dtype=fp32|bf16] "
-                 "[--sweep=T1,T2,... (even)]\n";
+                 "[--output_chunk=N] [--sweep=T1,T2,... (even)]\n";
     return 2;
   }
   if (!o.sweep.empty()) return Sweep(argc, argv, o);
@@ -553,6 +558,7 @@ int main(int argc, char** argv) {
                    "objective { dpo { beta: 0.1 } }\n",
                    "optimizer { lr: 1e-5 max_grad_norm: 1.0 }\n",
                    "batch { micro_batch_size: 1 global_batch_size: 1 }\n",
+                   "output_chunk_tokens: ", o.output_chunk, "\n",
                    "max_steps: ", o.steps + o.warmup, "\nrun_dir: '", dir,
                    "/run'\nactivation_checkpointing: ",
                    o.activation_checkpointing ? "true" : "false", "\n");
@@ -630,11 +636,13 @@ int main(int argc, char** argv) {
   std::printf(
       "DPO step, %s shape: d=%d layers=%d heads=%d kv_heads=%d ff=%d V=%d "
       "positions=%d, 1 pair, prompt %d + response %d tokens per sequence, "
-      "%s, %s reference, activation checkpointing %s\n",
+      "%s, %s reference, activation checkpointing %s, output-layer chunk %d "
+      "rows\n",
       o.llama ? "Llama" : "GPT-2", o.n_embd, o.n_layer, o.n_head, o.n_kv_head,
       o.intermediate, o.vocab, o.n_positions, o.prompt, o.response,
       lora.c_str(), o.live_reference ? "live" : "precomputed",
-      o.activation_checkpointing ? "on" : "off");
+      o.activation_checkpointing ? "on" : "off",
+      prefopt::objectives::OutputChunkRows(o.output_chunk, o.vocab, 2 * T));
   std::printf("step time         %.3f s (mean of %d after %d warm-up)\n",
               seconds, o.steps, o.warmup);
   std::printf("tokens/s          %.1f\n", 2.0 * T / seconds);

@@ -279,7 +279,9 @@ SparsePoStep::SparsePoStep(const TrainConfig& config, model::Decoder* policy,
       own_reference_(std::move(reference)),
       reference_(own_reference_ != nullptr ? own_reference_.get() : policy),
       objective_(std::move(objective)),
-      chunk_(config.output_chunk_tokens()),
+      chunk_(objectives::OutputChunkRows(config.output_chunk_tokens(),
+                                         policy_->vocab_size(),
+                                         policy_->capacity().max_rows)),
       learned_(config.objective().sparsepo().mask() ==
                SparsePoConfig::LEARNED) {
   const size_t rows = policy_->capacity().max_rows;

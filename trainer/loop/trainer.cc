@@ -616,6 +616,19 @@ absl::Status Trainer::Init() {
           << dpo.ref_model_mixup_alpha() << " (TR-DPO)\n";
   }
 
+  {
+    const int chunk = objectives::OutputChunkRows(
+        config_.output_chunk_tokens(), spec_.vocab_size, cap.max_rows);
+    out() << "output layer: chunks of " << chunk << " rows ("
+          << (sparsepo ? "2 x " : "") << "[" << chunk << ", "
+          << spec_.vocab_size << "] logits, "
+          << absl::StrFormat("%.1f MiB", static_cast<double>(chunk) *
+                                             spec_.vocab_size * sizeof(float) /
+                                             (1 << 20) * (sparsepo ? 2 : 1))
+          << (config_.output_chunk_tokens() > 0 ? ", output_chunk_tokens"
+                                                : ", sized from the vocabulary")
+          << ")\n";
+  }
   if (!sparsepo) {
     kernels::MemoryPurpose purpose("output layer");
     output_ = std::make_unique<objectives::ChunkedOutputLayer>(

@@ -1,10 +1,24 @@
 #include "trainer/objectives/output_layer.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace prefopt::objectives {
+
+int OutputChunkRows(int configured, int64_t vocab, int max_rows) {
+  int rows = configured;
+  if (rows <= 0) {
+    constexpr int64_t kBudgetBytes = int64_t{64} << 20;
+    constexpr int kStep = 32, kRows = 256;
+    const int64_t fit =
+        kBudgetBytes / (std::max<int64_t>(vocab, 1) * int64_t{sizeof(float)});
+    rows = static_cast<int>(
+        std::clamp<int64_t>(fit / kStep * kStep, kStep, kRows));
+  }
+  return std::max(1, std::min(rows, max_rows));
+}
 
 ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
                                        int hidden, int vocab, int chunk)
@@ -12,8 +26,8 @@ ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
       max_rows_(max_rows),
       hidden_(hidden),
       vocab_(vocab),
-      chunk_(chunk) {
-  chunk_buf_ = backend_->Alloc(static_cast<size_t>(chunk) * vocab);
+      chunk_(OutputChunkRows(chunk, vocab, max_rows)) {
+  chunk_buf_ = backend_->Alloc(static_cast<size_t>(chunk_) * vocab);
   lse_ = backend_->Alloc(max_rows);
   logp_ = backend_->Alloc(max_rows);
   logit_sum_ = backend_->Alloc(max_rows);

@@ -36,6 +36,16 @@ void SegmentLabels(const int32_t* tokens,
                    const std::vector<ResponseSegment>& segments,
                    std::vector<int32_t>* labels);
 
+// The rows of one output-layer chunk: `configured` (output_chunk_tokens) when
+// positive, else 256, or fewer where a [256, V] fp32 logits buffer would
+// exceed 64 MiB: then as many as fit, a multiple of 32 and at least 32
+// (GPT-2's V = 50257: 256 rows; Llama 3's 128256: 128; Qwen2's 151936: 96).
+// Never more than `max_rows`, the rows of the largest batch. Each chunk's
+// logits GEMM reads the whole [V, C] embedding, so a small chunk leaves the
+// layer bound by that read, below the GEMM's rate; from about 256 rows it
+// runs at it (docs/benchmarks.md, "Output-layer chunk size").
+int OutputChunkRows(int configured, int64_t vocab, int max_rows);
+
 // Per-sequence reductions of pass 1.
 struct SequenceScores {
   double logp = 0;         // Σ_t ℓ_t over the response tokens
@@ -48,7 +58,7 @@ struct SequenceScores {
 class ChunkedOutputLayer {
  public:
   // max_rows bounds the response rows of one batch; chunk is how many rows
-  // share one [chunk, V] logits buffer.
+  // share one [chunk, V] logits buffer (0: OutputChunkRows' choice).
   ChunkedOutputLayer(kernels::Backend* backend, int max_rows, int hidden,
                      int vocab, int chunk);
   ~ChunkedOutputLayer();

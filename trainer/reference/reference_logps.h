@@ -23,7 +23,7 @@ struct ReferenceOptions {
   bool token_logps = false;     // also keep ℓ̃_t of every response token
   bool include_context = true;  // false: score without the examples' context
   int micro_batch_examples = 1;
-  int output_chunk = 64;
+  int output_chunk = 0;  // objectives::OutputChunkRows' `configured`
   // Data-parallel ranks split the examples and exchange their values; only
   // rank 0 writes the cache file. Null: one process.
   comm::Communicator* comm = nullptr;
