@@ -87,12 +87,12 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
     // LEARNED: every layer's rows; MAPO: per layer at most (Llama/Qwen2) one
     // MLP, six attention and six residual maps, plus the embedding and
     // final-norm outputs and the logits map, one float per row each.
-    const size_t floats =
-        learned_ ? static_cast<size_t>(layers) * max_rows * hidden
-                 : static_cast<size_t>(kMaxMaps(layers)) * max_rows;
+    const size_t floats = learned_
+                              ? static_cast<size_t>(layers) * max_rows * hidden
+                              : static_cast<size_t>(MaxMaps(layers)) * max_rows;
     kernels::MemoryPurpose purpose("SparsePO mask inputs");
     buffer_ = backend_->Alloc(floats);
-    map_groups_.reserve(kMaxMaps(layers));
+    map_groups_.reserve(MaxMaps(layers));
   }
   ~MaskInputs() override { backend_->Free(buffer_); }
   MaskInputs(const MaskInputs&) = delete;
@@ -155,13 +155,13 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
   const std::vector<MapoGroup>& map_groups() const { return map_groups_; }
 
  private:
-  static int kMaxMaps(int layers) { return 13 * layers + 3; }
+  static int MaxMaps(int layers) { return 13 * layers + 3; }
 
   // The next map's scores, of `group`.
   float* NextMap(MapoGroup group) {
-    if (map_groups_.size() == static_cast<size_t>(kMaxMaps(layers_))) {
+    if (map_groups_.size() == static_cast<size_t>(MaxMaps(layers_))) {
       std::fprintf(stderr, "SparsePoStep: more than %d MaPO maps\n",
-                   kMaxMaps(layers_));
+                   MaxMaps(layers_));
       std::abort();
     }
     float* out = buffer_ + map_groups_.size() * rows_;
@@ -344,9 +344,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
                                              reference_->output_embedding(),
                                              RC,
                                              policy_->vocab_size()};
-  auto row_value = [&](RowValue v) {
-    return row_values_ + static_cast<size_t>(v) * rows;
-  };
+  auto row_value = [&](RowValue v) { return this->row_value(v, rows); };
   b.SparsePoOutputForward(
       layers, labels_.data(), rows, chunk_buf_, ref_chunk_buf_, chunk_,
       {row_value(kLse), row_value(kRefLse), row_value(kLogp),
@@ -399,9 +397,7 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
 }
 
 void SparsePoStep::ComputeMasks(int rows) {
-  auto row_value = [&](RowValue v) {
-    return row_values_ + static_cast<size_t>(v) * rows;
-  };
+  auto row_value = [&](RowValue v) { return this->row_value(v, rows); };
   if (learned_) {
     for (size_t i = 0; i < nets_.size(); ++i) {
       nets_[i]->Forward(inputs_->states(), rows,

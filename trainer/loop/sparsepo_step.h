@@ -151,6 +151,10 @@ class SparsePoStep {
     kDmaskKl,
   };
   static constexpr int kRowValues = kDmaskKl + 1;
+  // Array `v` of a micro-batch of `rows` response rows.
+  float* row_value(RowValue v, int rows) const {
+    return row_values_ + static_cast<size_t>(v) * rows;
+  }
 
   SparsePoStep(const TrainConfig& config, model::Decoder* policy,
                std::unique_ptr<model::Decoder> reference,
