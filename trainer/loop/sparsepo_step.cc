@@ -66,6 +66,14 @@ std::optional<MapoGroup> MapoGroupOf(Activation kind,
   return std::nullopt;
 }
 
+namespace {
+
+// MAPO's maps: per layer at most (Llama/Qwen2) one MLP, six attention and six
+// residual maps, plus the embedding and final-norm outputs and the logits map.
+int MaxMapoMaps(int layers) { return 13 * layers + 3; }
+
+}  // namespace
+
 // Keeps what the masks need from the reference's Forward, restricted to the
 // response rows (segment after segment), in backend memory: LEARNED keeps the
 // hidden state after each layer (the last after the final norm), [L, rows,
@@ -84,15 +92,10 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
         layers_(layers),
         hidden_(hidden) {
     for (MapoGroup g : groups) selected_[static_cast<int>(g)] = true;
-    // LEARNED: every layer's rows; MAPO: per layer at most (Llama/Qwen2) one
-    // MLP, six attention and six residual maps, plus the embedding and
-    // final-norm outputs and the logits map, one float per row each.
-    const size_t floats = learned_
-                              ? static_cast<size_t>(layers) * max_rows * hidden
-                              : static_cast<size_t>(MaxMaps(layers)) * max_rows;
     kernels::MemoryPurpose purpose("SparsePO mask inputs");
-    buffer_ = backend_->Alloc(floats);
-    map_groups_.reserve(MaxMaps(layers));
+    buffer_ =
+        backend_->Alloc(MaskInputFloats(learned_, layers, hidden, max_rows));
+    map_groups_.reserve(MaxMapoMaps(layers));
   }
   ~MaskInputs() override { backend_->Free(buffer_); }
   MaskInputs(const MaskInputs&) = delete;
@@ -155,13 +158,11 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
   const std::vector<MapoGroup>& map_groups() const { return map_groups_; }
 
  private:
-  static int MaxMaps(int layers) { return 13 * layers + 3; }
-
   // The next map's scores, of `group`.
   float* NextMap(MapoGroup group) {
-    if (map_groups_.size() == static_cast<size_t>(MaxMaps(layers_))) {
+    if (map_groups_.size() == static_cast<size_t>(MaxMapoMaps(layers_))) {
       std::fprintf(stderr, "SparsePoStep: more than %d MaPO maps\n",
-                   MaxMaps(layers_));
+                   MaxMapoMaps(layers_));
       std::abort();
     }
     float* out = buffer_ + map_groups_.size() * rows_;
@@ -179,6 +180,12 @@ class SparsePoStep::MaskInputs : public model::ActivationObserver {
   bool selected_[4] = {false, false, false, false};  // by MapoGroup
   std::vector<MapoGroup> map_groups_;
 };
+
+size_t SparsePoStep::MaskInputFloats(bool learned, int layers, int hidden,
+                                     int max_rows) {
+  return learned ? static_cast<size_t>(layers) * max_rows * hidden
+                 : static_cast<size_t>(MaxMapoMaps(layers)) * max_rows;
+}
 
 absl::StatusOr<std::unique_ptr<SparsePoStep>> SparsePoStep::Create(
     const TrainConfig& config, model::Decoder* policy,

@@ -72,6 +72,11 @@ class SparsePoStep {
   static absl::StatusOr<std::unique_ptr<SparsePoStep>> Create(
       const TrainConfig& config, model::Decoder* policy,
       std::unique_ptr<model::Decoder> reference);
+  // Floats the step keeps for the masks' inputs, gathered from a reference
+  // of `layers` blocks of width `hidden` over up to `max_rows` rows: every
+  // layer's hidden rows (learned masks) or one score per row and MaPO map.
+  static size_t MaskInputFloats(bool learned, int layers, int hidden,
+                                int max_rows);
   ~SparsePoStep();
   SparsePoStep(const SparsePoStep&) = delete;
   SparsePoStep& operator=(const SparsePoStep&) = delete;

@@ -491,6 +491,19 @@ absl::Status Trainer::Init() {
   // Equal ZeRO-1 shards, each a multiple of 16 floats (vector alignment).
   cap.param_multiple = 16 * world_;
   cap.activation_checkpointing = config_.activation_checkpointing();
+  // The output layer and SparsePO's mask inputs are allocated after the
+  // models; each model's memory check counts them (SparsePO's reference is
+  // counted with the policy's shape).
+  const int output_chunk = objectives::OutputChunkRows(
+      config_.output_chunk_tokens(), spec_.vocab_size, cap.max_rows);
+  cap.objective_floats = objectives::OutputLayerFloats(
+      output_chunk, spec_.vocab_size, cap.max_rows, spec_.hidden,
+      sparsepo ? 2 : 1);
+  if (sparsepo) {
+    cap.objective_floats += SparsePoStep::MaskInputFloats(
+        config_.objective().sparsepo().mask() == SparsePoConfig::LEARNED,
+        spec_.n_layer, spec_.hidden, cap.max_rows);
+  }
   model::LoraOptions lora;
   if (mc.has_lora()) {
     if (!mc.lora().adapter_path().empty()) {
@@ -616,19 +629,15 @@ absl::Status Trainer::Init() {
           << dpo.ref_model_mixup_alpha() << " (TR-DPO)\n";
   }
 
-  {
-    const int chunk = objectives::OutputChunkRows(
-        config_.output_chunk_tokens(), spec_.vocab_size, cap.max_rows);
-    out() << "output layer: chunks of " << chunk << " rows ("
-          << (sparsepo ? "2 x " : "") << "[" << chunk << ", "
-          << spec_.vocab_size << "] logits, "
-          << absl::StrFormat("%.1f MiB", static_cast<double>(chunk) *
-                                             spec_.vocab_size * sizeof(float) /
-                                             (1 << 20) * (sparsepo ? 2 : 1))
-          << (config_.output_chunk_tokens() > 0 ? ", output_chunk_tokens"
-                                                : ", sized from the vocabulary")
-          << ")\n";
-  }
+  out() << "output layer: chunks of " << output_chunk << " rows ("
+        << (sparsepo ? "2 x " : "") << "[" << output_chunk << ", "
+        << spec_.vocab_size << "] logits, "
+        << absl::StrFormat("%.1f MiB", static_cast<double>(output_chunk) *
+                                           spec_.vocab_size * sizeof(float) /
+                                           (1 << 20) * (sparsepo ? 2 : 1))
+        << (config_.output_chunk_tokens() > 0 ? ", output_chunk_tokens"
+                                              : ", sized from the vocabulary")
+        << ")\n";
   if (!sparsepo) {
     kernels::MemoryPurpose purpose("output layer");
     output_ = std::make_unique<objectives::ChunkedOutputLayer>(

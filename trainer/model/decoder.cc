@@ -220,7 +220,10 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
   // only a shard of the moments; counting them whole errs on the safe side).
   // With LoRA only the adapters train; their activations are the saved
   // A x, the dropout masks and one adapter's scratch.
-  Count floats = ActivationCount(spec, capacity, trainable, attention);
+  Count floats =
+      ActivationCount(spec, capacity, trainable, attention) +
+      Count(static_cast<int64_t>(std::min<size_t>(
+          capacity.objective_floats, std::numeric_limits<int64_t>::max())));
   if (lora.enabled()) {
     const Count N(capacity.max_rows), r(lora.r);
     Count adapters(0), widest(0);
@@ -248,10 +251,18 @@ absl::Status CheckModelFitsInMemory(const io::ModelSpec& spec,
           : absl::StrCat(needed),
       " bytes for its parameters",
       trainable ? ", gradients, AdamW moments" : "", " and activations (",
-      capacity.max_rows, " tokens of up to ", capacity.max_seq_len, "), but ",
-      *available, " bytes of memory are available; check the sizes in ",
+      capacity.max_rows, " tokens of up to ", capacity.max_seq_len, ")",
+      capacity.objective_floats > 0
+          ? absl::StrCat(" with the output layer and objective (",
+                         capacity.objective_floats * sizeof(float), " bytes)")
+          : "",
+      ", but ", *available,
+      " bytes of memory are available; check the sizes in ",
       spec.config_path.empty() ? std::string("the model config")
-                               : spec.config_path));
+                               : spec.config_path,
+      capacity.objective_floats > 0
+          ? ", batch.micro_batch_size, data.max_length and output_chunk_tokens"
+          : ""));
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(

@@ -118,6 +118,11 @@ struct Capacity {
   // its saved input before that block's backward. Same kernels on the same
   // inputs, so the gradients are bitwise those of the stored path.
   bool activation_checkpointing = false;
+  // Floats the caller will allocate beside the model for the output layer
+  // and the objective (objectives::OutputLayerFloats, SparsePO's mask
+  // inputs): CheckModelFitsInMemory counts them with the model's own buffers,
+  // before anything is allocated.
+  size_t objective_floats = 0;
 };
 
 // LoRA (docs/lora.md): low-rank adapters on `modules`. Each adapted linear

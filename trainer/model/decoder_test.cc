@@ -127,6 +127,28 @@ TEST(DecoderMemoryTest, ReportsBytesNeededAndAvailable) {
                        {"needs more than 2^64 bytes"}));
 }
 
+// The output layer's and objective's buffers, allocated after the model, are
+// counted with it: the smallest memory that fits grows by exactly them.
+TEST(DecoderMemoryTest, CountsTheObjectiveFloats) {
+  const io::ModelSpec spec = TinyLlama();
+  auto smallest_fit = [&](const Capacity& cap) {
+    uint64_t lo = 0, hi = uint64_t{1} << 40;
+    while (lo + 1 < hi) {
+      const uint64_t mid = lo + (hi - lo) / 2;
+      (CheckModelFitsInMemory(spec, cap, true, mid).ok() ? hi : lo) = mid;
+    }
+    return hi;
+  };
+  Capacity cap = SmallCapacity();
+  const uint64_t without = smallest_fit(cap);
+  cap.objective_floats = 12345;
+  EXPECT_EQ(smallest_fit(cap) - without, 12345 * sizeof(float));
+  EXPECT_TRUE(ErrorHas(CheckModelFitsInMemory(spec, cap, true, 1000),
+                       {") with the output layer and objective (49380 bytes), "
+                        "but 1000",
+                        "output_chunk_tokens"}));
+}
+
 TEST(DecoderMemoryTest, RefusesAKeyValueCacheBeyondMemory) {
   // Small parameters and activations, but 20000 layers of 2^20 positions of
   // 16 floats: 1.3 TB of cache.

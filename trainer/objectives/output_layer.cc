@@ -20,6 +20,16 @@ int OutputChunkRows(int configured, int64_t vocab, int max_rows) {
   return std::max(1, std::min(rows, max_rows));
 }
 
+size_t OutputLayerFloats(int chunk, int64_t vocab, int max_rows, int hidden,
+                         int models) {
+  const size_t rows = static_cast<size_t>(std::max(max_rows, 0));
+  constexpr size_t kRowValues = 16;
+  return static_cast<size_t>(models) * static_cast<size_t>(chunk) *
+             static_cast<size_t>(vocab) +
+         static_cast<size_t>(models + 1) * rows * static_cast<size_t>(hidden) +
+         kRowValues * rows;
+}
+
 ChunkedOutputLayer::ChunkedOutputLayer(kernels::Backend* backend, int max_rows,
                                        int hidden, int vocab, int chunk)
     : backend_(backend),

@@ -46,6 +46,13 @@ void SegmentLabels(const int32_t* tokens,
 // runs at it (docs/benchmarks.md, "Output-layer chunk size").
 int OutputChunkRows(int configured, int64_t vocab, int max_rows);
 
+// An upper bound on the floats an output layer allocates for batches of up to
+// `max_rows` rows: `models` [chunk, V] logits buffers (two for SparsePO's
+// fused layer), its gathered rows and their gradient ([max_rows, hidden]
+// each, three for SparsePO) and its per-row values.
+size_t OutputLayerFloats(int chunk, int64_t vocab, int max_rows, int hidden,
+                         int models);
+
 // Per-sequence reductions of pass 1.
 struct SequenceScores {
   double logp = 0;         // Σ_t ℓ_t over the response tokens
