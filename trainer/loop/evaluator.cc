@@ -303,6 +303,11 @@ absl::StatusOr<ModelEvaluation> EvaluateModel(
   cap.max_seq_len = data::MaxSequenceLength(data->examples);
   cap.max_seqs = objectives::SequencesPerExample(**objective) * mb;
   cap.max_rows = cap.max_seqs * cap.max_seq_len;
+  // The output layer, allocated after the models (CheckModelFitsInMemory).
+  cap.objective_floats = objectives::OutputLayerFloats(
+      objectives::OutputChunkRows(config.output_chunk_tokens(),
+                                  spec->vocab_size, cap.max_rows),
+      spec->vocab_size, cap.max_rows, spec->hidden, 1);
   auto policy = LoadFrozen(policy_dir, *spec, &backend, cap, config);
   if (!policy.ok()) return policy.status();
 
