@@ -33,12 +33,13 @@ PREFOPT_HOST_DEVICE inline float KlMask(const SparsePoParams& p, float reward,
   return p.common_mask ? reward : kl;
 }
 
-// Whether the mask/* metrics (the common mask, or m^u) and the
-// mask/kl_* metrics (an independent m^d) are reported.
-PREFOPT_HOST_DEVICE inline bool HasRewardMaskMetrics(const SparsePoParams& p) {
+// Whether the loss reads the stored reward mask (the common mask, or m^u) and
+// the stored independent KL mask m^d: those masks get gradients and their
+// mask/* and mask/kl_* metrics are reported.
+PREFOPT_HOST_DEVICE inline bool ReadsRewardMask(const SparsePoParams& p) {
   return p.common_mask || p.mask_on_reward;
 }
-PREFOPT_HOST_DEVICE inline bool HasKlMaskMetrics(const SparsePoParams& p) {
+PREFOPT_HOST_DEVICE inline bool ReadsKlMask(const SparsePoParams& p) {
   return !p.common_mask && p.mask_on_kl;
 }
 
@@ -84,12 +85,12 @@ PREFOPT_HOST_DEVICE inline void AddRow(const SparsePoParams& p, float logp,
   s->logp += logp;
   s->logit_sum += logit_sum;
   s->entropy += entropy;
-  if (HasRewardMaskMetrics(p)) {
+  if (ReadsRewardMask(p)) {
     s->reward_zeros += reward == 0.0f ? 1.0 : 0.0;
     s->reward_sum += reward;
     s->reward_l1 += fabs(static_cast<double>(reward));
   }
-  if (HasKlMaskMetrics(p)) {
+  if (ReadsKlMask(p)) {
     s->kl_zeros += kl_mask == 0.0f ? 1.0 : 0.0;
     s->kl_sum += kl_mask;
     s->kl_l1 += fabs(static_cast<double>(kl_mask));

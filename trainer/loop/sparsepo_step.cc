@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/memory_purpose.h"
+#include "kernels/sparsepo_math.h"
 #include "trainer/util/rng.h"
 
 namespace prefopt::loop {
@@ -374,17 +375,20 @@ void SparsePoStep::ForwardBackward(const data::Batch& batch,
   ComputeMasks(rows);
 
   const kernels::SparsePoParams params = objective_.Params(global_pairs);
-  const bool common = objective_.options().common_mask;
-  kernels::SparsePoRowInputs in{row_value(kLogp),    row_value(kRefLogp),
-                                row_value(kKl),      row_value(kLogitSum),
-                                row_value(kEntropy), row_value(kMaskReward),
-                                row_value(kMaskKl)};
-  if (!common && !params.mask_on_reward) in.mask_reward = nullptr;
-  if (common || !params.mask_on_kl) in.mask_kl = nullptr;
+  const bool reads_reward = kernels::sparsepo_math::ReadsRewardMask(params);
+  const bool reads_kl = kernels::sparsepo_math::ReadsKlMask(params);
+  const kernels::SparsePoRowInputs in{
+      row_value(kLogp),
+      row_value(kRefLogp),
+      row_value(kKl),
+      row_value(kLogitSum),
+      row_value(kEntropy),
+      reads_reward ? row_value(kMaskReward) : nullptr,
+      reads_kl ? row_value(kMaskKl) : nullptr};
   const kernels::SparsePoRowOutputs out{
       row_value(kCoefA), row_value(kCoefB),
-      in.mask_reward != nullptr ? row_value(kDmaskReward) : nullptr,
-      in.mask_kl != nullptr ? row_value(kDmaskKl) : nullptr};
+      reads_reward ? row_value(kDmaskReward) : nullptr,
+      reads_kl ? row_value(kDmaskKl) : nullptr};
   b.SparsePoCoefficients(out, reinterpret_cast<double*>(metrics_), in,
                          spans_.data(), pairs, params);
 

@@ -21,8 +21,8 @@ math::ResponseSums Sum(const kernels::SparsePoParams& p,
   const size_t k = r.logp.size();
   CheckSameLength(kWhere, "ref_logp", k, r.ref_logp.size());
   CheckSameLength(kWhere, "kl", k, r.kl.size());
-  const bool reads_reward = p.common_mask || p.mask_on_reward;
-  const bool reads_kl = !p.common_mask && p.mask_on_kl;
+  const bool reads_reward = math::ReadsRewardMask(p);
+  const bool reads_kl = math::ReadsKlMask(p);
   if (reads_reward)
     CheckSameLength(kWhere, "mask_reward", k, r.mask_reward.size());
   if (reads_kl) CheckSameLength(kWhere, "mask_kl", k, r.mask_kl.size());
@@ -93,8 +93,8 @@ double SparsePoObjective::Pair(const SparsePoResponse& chosen,
                 &b, &du, &dd);
       grads->coef_a.push_back(a);
       grads->coef_b.push_back(b);
-      if (p.common_mask || p.mask_on_reward) grads->dmask_reward.push_back(du);
-      if (!p.common_mask && p.mask_on_kl) grads->dmask_kl.push_back(dd);
+      if (math::ReadsRewardMask(p)) grads->dmask_reward.push_back(du);
+      if (math::ReadsKlMask(p)) grads->dmask_kl.push_back(dd);
     }
   };
   append(chosen, 1.0);
@@ -126,13 +126,13 @@ void SparsePoObjective::AddMetrics(const double* metrics, double pairs,
   add("kl/unmasked_chosen", kernels::kSparsePoKlUnmaskedChosen, pairs);
   add("kl/unmasked_rejected", kernels::kSparsePoKlUnmaskedRejected, pairs);
   const kernels::SparsePoParams p = Params(1);
-  if (math::HasRewardMaskMetrics(p)) {
+  if (math::ReadsRewardMask(p)) {
     sums->Add("mask/sparsity", 100.0 * metrics[kernels::kSparsePoMaskZeros],
               tokens);
     add("mask/mean", kernels::kSparsePoMaskSum, tokens);
     add("mask/l1", kernels::kSparsePoMaskL1, pairs);
   }
-  if (math::HasKlMaskMetrics(p)) {
+  if (math::ReadsKlMask(p)) {
     sums->Add("mask/kl_sparsity",
               100.0 * metrics[kernels::kSparsePoKlMaskZeros], tokens);
     add("mask/kl_mean", kernels::kSparsePoKlMaskSum, tokens);
