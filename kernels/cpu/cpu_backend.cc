@@ -36,8 +36,10 @@ constexpr double kMinParallelMacs = 1 << 20;
 // block only touch the keys its causal mask lets through.
 constexpr int kAttentionBlock = 64;
 // The tiled backward's tiles: this many keys by this many query rows (P and
-// dS of a tile, 64 KiB each, stay in a core's L2).
-constexpr int kTiledKeys = 64;
+// dS of a tile, 128 KiB each, stay in a core's L2). 128 keys rather than 64
+// lengthen its GEMMs, which made the backward 11-12% faster at T >= 2048
+// (docs/benchmarks.md, "CPU kernels").
+constexpr int kTiledKeys = 128;
 constexpr int kTiledQueries = 256;
 // Column tile of the reductions over rows (LayerNorm dweight/dbias, Matmul
 // dbias, embedding backward): each tile is summed by one thread in row order.
@@ -913,8 +915,8 @@ void CpuBackend::TiledAttentionBackward(float* dqkv, const float* dout,
   const int group = NH / NKV;
   // Per thread: the recomputed probabilities and dS of one tile, and the row
   // terms of one sequence.
-  const size_t tile = static_cast<size_t>(kTiledQueries) * kTiledKeys;
-  const size_t per_thread = 2 * tile + MaxLen(spans, num_seqs);
+  const size_t tile_floats = static_cast<size_t>(kTiledQueries) * kTiledKeys;
+  const size_t per_thread = 2 * tile_floats + MaxLen(spans, num_seqs);
   float* const scratch_base = AttentionScratch(per_thread);
 
   SingleThreadedBlas blas;
@@ -932,8 +934,8 @@ void CpuBackend::TiledAttentionBackward(float* dqkv, const float* dout,
     float* dK = dqkv + first * row + (NH + kv) * hs;
     float* dV = dqkv + first * row + (NH + NKV + kv) * hs;
     float* P = scratch_base + per_thread * omp_get_thread_num();
-    float* dS = P + tile;
-    float* D = dS + tile;
+    float* dS = P + tile_floats;
+    float* D = dS + tile_floats;
     for (int h = kv * group; h < (kv + 1) * group; ++h) {
       const float* Q = qkv + first * row + h * hs;
       float* dQ = dqkv + first * row + h * hs;
@@ -950,58 +952,66 @@ void CpuBackend::TiledAttentionBackward(float* dqkv, const float* dout,
         for (int d = 0; d < hs; ++d) dot += o[d] * d_o[d];
         D[i] = dot;
       }
-      // Key blocks [j0, j1) outside, the query rows that see them inside: a
-      // tile's P and dS stay in cache from their GEMMs to the three that
-      // consume them, and dK, dV of the key block take long updates.
-      for (int j0 = 0; j0 < T; j0 += kTiledKeys) {
-        const int j1 = std::min(T, j0 + kTiledKeys);
-        const int keys = j1 - j0;
+      // One tile: query rows [c0, c1) against keys [j0, j1). A tile's P and
+      // dS stay in cache from their GEMMs to the three that consume them.
+      const auto tile = [&](int c0, int c1, int j0, int j1) {
+        const int rows = c1 - c0, keys = j1 - j0;
+        const float* Qc = Q + static_cast<size_t>(c0) * row;
+        const float* dOc = dO + static_cast<size_t>(c0) * out_row;
         const float* Kj = K + static_cast<size_t>(j0) * row;
         const float* Vj = V + static_cast<size_t>(j0) * row;
-        for (int c0 = j0; c0 < T; c0 += kTiledQueries) {
-          const int c1 = std::min(T, c0 + kTiledQueries);
-          const int rows = c1 - c0;
-          const float* Qc = Q + static_cast<size_t>(c0) * row;
-          const float* dOc = dO + static_cast<size_t>(c0) * out_row;
-          // The forward's probabilities, recomputed from the scores and the
-          // saved logsumexp: P = exp(scale * Q_c K_j^T - lse); dP = dO_c V_j^T
-          // into dS.
-          Sgemm(false, true, rows, keys, hs, scale, Qc, row, Kj, row, 0.0f, P,
-                keys);
-          Sgemm(false, true, rows, keys, hs, 1.0f, dOc, out_row, Vj, row, 0.0f,
-                dS, keys);
-          // dS = P * (dP - D) * scale; row i sees keys j <= i only.
-          for (int r = 0; r < rows; ++r) {
-            const int i = c0 + r;
-            const int seen = std::min(keys, i - j0 + 1);
-            float* p = P + static_cast<size_t>(r) * keys;
-            float* ds = dS + static_cast<size_t>(r) * keys;
-            const __m256 row_lse =
-                _mm256_set1_ps(L[static_cast<size_t>(i) * NH]);
-            const __m256 row_d = _mm256_set1_ps(D[i]);
-            const __m256 scale8 = _mm256_set1_ps(scale);
-            for (int j = 0; j < keys; j += 8) {
-              const __m256i in = FirstLanes(std::min(8, keys - j));
-              const __m256 visible = _mm256_castsi256_ps(
-                  FirstLanes(std::max(0, std::min(8, seen - j))));
-              const __m256 y = _mm256_and_ps(
-                  Exp8(_mm256_sub_ps(_mm256_maskload_ps(p + j, in), row_lse)),
-                  visible);
-              const __m256 g = _mm256_mul_ps(
-                  _mm256_mul_ps(
-                      y, _mm256_sub_ps(_mm256_maskload_ps(ds + j, in), row_d)),
-                  scale8);
-              _mm256_maskstore_ps(p + j, in, y);
-              _mm256_maskstore_ps(ds + j, in, g);
-            }
+        // The forward's probabilities, recomputed from the scores and the
+        // saved logsumexp: P = exp(scale * Q_c K_j^T - lse); dP = dO_c V_j^T
+        // into dS.
+        Sgemm(false, true, rows, keys, hs, scale, Qc, row, Kj, row, 0.0f, P,
+              keys);
+        Sgemm(false, true, rows, keys, hs, 1.0f, dOc, out_row, Vj, row, 0.0f,
+              dS, keys);
+        // dS = P * (dP - D) * scale; row i sees keys j <= i only.
+        for (int r = 0; r < rows; ++r) {
+          const int i = c0 + r;
+          const int seen = std::min(keys, i - j0 + 1);
+          float* p = P + static_cast<size_t>(r) * keys;
+          float* ds = dS + static_cast<size_t>(r) * keys;
+          const __m256 row_lse = _mm256_set1_ps(L[static_cast<size_t>(i) * NH]);
+          const __m256 row_d = _mm256_set1_ps(D[i]);
+          const __m256 scale8 = _mm256_set1_ps(scale);
+          for (int j = 0; j < keys; j += 8) {
+            const __m256i in = FirstLanes(std::min(8, keys - j));
+            const __m256 visible = _mm256_castsi256_ps(
+                FirstLanes(std::max(0, std::min(8, seen - j))));
+            const __m256 y = _mm256_and_ps(
+                Exp8(_mm256_sub_ps(_mm256_maskload_ps(p + j, in), row_lse)),
+                visible);
+            const __m256 g = _mm256_mul_ps(
+                _mm256_mul_ps(
+                    y, _mm256_sub_ps(_mm256_maskload_ps(ds + j, in), row_d)),
+                scale8);
+            _mm256_maskstore_ps(p + j, in, y);
+            _mm256_maskstore_ps(ds + j, in, g);
           }
-          // dV_j += P^T dO_c; dK_j += dS^T Q_c; dQ_c += dS K_j.
-          Sgemm(true, false, keys, hs, rows, 1.0f, P, keys, dOc, out_row, 1.0f,
-                dV + static_cast<size_t>(j0) * row, row);
-          Sgemm(true, false, keys, hs, rows, 1.0f, dS, keys, Qc, row, 1.0f,
-                dK + static_cast<size_t>(j0) * row, row);
-          Sgemm(false, false, rows, hs, keys, 1.0f, dS, keys, Kj, row, 1.0f,
-                dQ + static_cast<size_t>(c0) * row, row);
+        }
+        // dV_j += P^T dO_c; dK_j += dS^T Q_c; dQ_c += dS K_j.
+        Sgemm(true, false, keys, hs, rows, 1.0f, P, keys, dOc, out_row, 1.0f,
+              dV + static_cast<size_t>(j0) * row, row);
+        Sgemm(true, false, keys, hs, rows, 1.0f, dS, keys, Qc, row, 1.0f,
+              dK + static_cast<size_t>(j0) * row, row);
+        Sgemm(false, false, rows, hs, keys, 1.0f, dS, keys, Kj, row, 1.0f,
+              dQ + static_cast<size_t>(c0) * row, row);
+      };
+      // Key blocks [j0, j1) outside, the query rows that see them inside, so
+      // that dK and dV of a key block take long updates. Within the key
+      // block's own rows (the causal diagonal), strips of kAttentionBlock rows
+      // each take only the keys up to their last row: a large key block then
+      // wastes no more of the masked triangle than a small one.
+      for (int j0 = 0; j0 < T; j0 += kTiledKeys) {
+        const int j1 = std::min(T, j0 + kTiledKeys);
+        for (int r0 = j0; r0 < j1; r0 += kAttentionBlock) {
+          const int r1 = std::min(j1, r0 + kAttentionBlock);
+          tile(r0, r1, j0, r1);
+        }
+        for (int c0 = j1; c0 < T; c0 += kTiledQueries) {
+          tile(c0, std::min(T, c0 + kTiledQueries), j0, j1);
         }
       }
     }

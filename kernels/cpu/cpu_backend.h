@@ -23,10 +23,10 @@
 //    Backward reads them;
 //  - tiled: above it, Forward saves only the row logsumexp, N * NH floats,
 //    lse[n * NH + h] for row n and query head h (the CUDA backend's layout),
-//    and Backward recomputes the probabilities tile by tile (64 keys by 256
-//    query rows) from q, k and the logsumexp, with the softmax backward's row
-//    term rowsum(dout * out) from the forward's output, so attention memory
-//    grows with T, not T^2.
+//    and Backward recomputes the probabilities tile by tile (128 keys by 256
+//    query rows, 64-row strips on the causal diagonal) from q, k and the
+//    logsumexp, with the softmax backward's row term rowsum(dout * out) from
+//    the forward's output, so attention memory grows with T, not T^2.
 // Both forwards work on blocks of 64 query rows; the two paths agree within
 // fp32 rounding.
 //
